@@ -1,0 +1,269 @@
+"""Settings for Flow Manager, read from the environment (12-factor).
+
+Every knob is an environment variable; bad values stop the process at start with a message
+that names the variable. See README.md, "Configuration".
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from flowmanager.env import env_bool, env_float, env_int, env_list
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+
+
+def _secret_key() -> str:
+    key = os.environ.get("SECRET_KEY", "").strip()
+    if key:
+        return key
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set SECRET_KEY to a long random string, "
+            "or DEBUG=1 for local development."
+        )
+    # Local development only: a random key kept in an untracked file, so sessions survive a
+    # restart and no key is ever committed.
+    path = BASE_DIR / ".local_secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "flows",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "flowmanager.urls"
+WSGI_APPLICATION = "flowmanager.wsgi.application"
+ASGI_APPLICATION = "flowmanager.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+try:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+except Exception as exc:  # dj-database-url raises several types for a bad URL
+    raise ImproperlyConfigured(f"DATABASE_URL={DATABASE_URL!r} cannot be used: {exc}") from exc
+
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server, the ORM broker and the engine share one SQLite file: WAL lets readers run
+    # beside the writer, IMMEDIATE takes the write lock at BEGIN so two writers queue on the
+    # busy timeout instead of failing with "database is locked" on lock upgrade.
+    _db["CONN_MAX_AGE"] = 0 if _db["NAME"] == ":memory:" else 60
+    _db["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": env_float("SQLITE_BUSY_TIMEOUT", 20.0, minimum=0),
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        **_db.get("OPTIONS", {}),
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache: shared between web and worker processes so /health sees the worker clusters ---
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "flowmanager_cache",
+        }
+    }
+
+# --- Auth ------------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Static files (whitenoise) ----------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# --- Request limits: an oversize body is refused with 413 before it is parsed ----------------
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 1_048_576, minimum=1024)
+
+# --- Security headers when not in DEBUG ---------------------------------------------------------
+if not DEBUG:
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SESSION_COOKIE_HTTPONLY = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
+    CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
+
+# --- REST framework / OpenAPI -------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header makes DRF answer anonymous requests with 401.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "flows.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append(
+        "rest_framework.renderers.BrowsableAPIRenderer"
+    )
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Flow Manager API",
+    "DESCRIPTION": (
+        "Define flows of pluggable tasks with conditional branching and run them on "
+        "django-q2 workers. Authenticate with `Authorization: Token <key>` "
+        "(`python manage.py drf_create_token <user>`) or a logged-in session."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Flow engine ------------------------------------------------------------------------------
+FLOW_TASKS_DIR = Path(os.environ.get("FLOW_TASKS_DIR", "").strip() or BASE_DIR / "tasks")
+# A task with no timeout of its own and none from its type gets this many seconds.
+FLOW_DEFAULT_TASK_TIMEOUT = env_float("FLOW_DEFAULT_TASK_TIMEOUT", 300.0, minimum=0.001)
+# Upper bound for any task's timeout; the django-q2 job timeout is derived from it.
+FLOW_MAX_TASK_TIMEOUT = env_float("FLOW_MAX_TASK_TIMEOUT", 3600.0, minimum=1)
+FLOW_DEFAULT_MAX_STEPS = env_int("FLOW_DEFAULT_MAX_STEPS", 1000, minimum=1)
+# How long a worker's claim on a running step lasts without renewal; renewed every third.
+FLOW_LEASE_SECONDS = env_float("FLOW_LEASE_SECONDS", 30.0, minimum=1)
+# A worker runs steps of one execution back to back, then yields to the queue after this
+# many seconds (or steps) so that long flows do not starve the others.
+FLOW_STEP_BUDGET_SECONDS = env_float("FLOW_STEP_BUDGET_SECONDS", 10.0, minimum=0)
+FLOW_STEP_BUDGET_STEPS = env_int("FLOW_STEP_BUDGET_STEPS", 10_000, minimum=1)
+# A PENDING step nobody has picked up for this long is woken again by the reaper.
+FLOW_WAKE_AFTER_SECONDS = env_float("FLOW_WAKE_AFTER_SECONDS", 60.0, minimum=1)
+FLOW_MAX_RESULT_BYTES = env_int("FLOW_MAX_RESULT_BYTES", 1_048_576, minimum=1024)
+FLOW_MAX_DOCUMENT_BYTES = env_int("FLOW_MAX_DOCUMENT_BYTES", 524_288, minimum=1024)
+
+# --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
+Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
+_job_timeout = int(FLOW_MAX_TASK_TIMEOUT + 120)
+Q_CLUSTER = {
+    "name": os.environ.get("Q_CLUSTER_NAME", "flowmanager"),
+    "workers": Q_WORKERS,
+    # Less prefetch: fewer jobs to lose (Redis) or run twice (ORM) when a cluster dies.
+    "queue_limit": Q_WORKERS,
+    "timeout": _job_timeout,
+    # Longer than any job may run, so a slow job is never handed out a second time.
+    "retry": _job_timeout * 2 + 60,
+    # Jobs never raise (flows.jobs), so this is only a backstop against poison messages.
+    "max_attempts": 3,
+    "ack_failures": True,
+    # Results of successful jobs are not needed: the engine's own tables hold the truth.
+    "save_limit": -1,
+    "recycle": 1000,
+    "max_rss": 512 * 1024,
+    "catch_up": False,
+    "poll": 0.05,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+if env_bool("Q_SYNC", False):
+    Q_CLUSTER["sync"] = True
+
+# --- Logging: one line per event, to stderr ------------------------------------------------
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "line",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
+    "loggers": {
+        "flows": {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False},
+        "tasks": {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False},
+        "django_q": {
+            "handlers": ["stderr"],
+            "level": os.environ.get("Q_LOG_LEVEL", "WARNING").upper(),
+            "propagate": False,
+        },
+    },
+}

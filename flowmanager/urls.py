@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from flows.web import views as web
+
+urlpatterns = [
+    path("", web.home, name="home"),
+    path("", include("flows.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema")),
+    path("admin/", admin.site.urls),
+]

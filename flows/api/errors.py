@@ -1,0 +1,71 @@
+"""One JSON error shape for the whole API: ``{"detail", "code", "errors": [{field, message}]}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from flows.services import ServiceError
+
+logger = logging.getLogger("flows.api")
+
+
+def error_response(
+    detail: str, *, code: str, http_status: int, errors: list[dict[str, str]] | None = None
+) -> Response:
+    return Response({"detail": detail, "code": code, "errors": errors or []}, status=http_status)
+
+
+def _flatten(data: Any, prefix: str = "") -> list[dict[str, str]]:
+    """DRF's nested validation errors as a list of {field, message}."""
+    if isinstance(data, dict):
+        out: list[dict[str, str]] = []
+        for key, value in data.items():
+            name = "" if key == "non_field_errors" else str(key)
+            out += _flatten(value, f"{prefix}.{name}" if prefix and name else prefix or name)
+        return out
+    if isinstance(data, list):
+        if all(not isinstance(v, dict | list) for v in data):
+            return [{"field": prefix, "message": str(v)} for v in data]
+        out = []
+        for i, value in enumerate(data):
+            out += _flatten(value, f"{prefix}[{i}]")
+        return out
+    return [{"field": prefix, "message": str(data)}]
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ServiceError):
+        return error_response(exc.message, code=exc.code, http_status=exc.status, errors=exc.errors)
+    if isinstance(exc, RequestDataTooBig):
+        return error_response(
+            "request body too large; send at most MAX_REQUEST_BYTES bytes",
+            code="too_large",
+            http_status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "not found")
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = _flatten(exc.detail)
+        detail = "; ".join(
+            f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors
+        )
+        response.data = {"detail": detail or "invalid input", "code": "invalid", "errors": errors}
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+        response.data = {
+            "detail": str(detail),
+            "code": code if isinstance(code, str) else "error",
+            "errors": [],
+        }
+    return response

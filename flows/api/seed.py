@@ -1,0 +1,189 @@
+"""The seed's endpoints, same paths, shapes and status codes, so its clients keep working."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import DatabaseError, connection
+from django.utils import timezone
+from django_q.status import Stat
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from flows import services
+from flows.api.errors import error_response
+from flows.api.serializers import (
+    DeletedSerializer,
+    ErrorSerializer,
+    ExecuteRequestSerializer,
+    ExecutionStatusSerializer,
+    FlowCreatedSerializer,
+    HealthSerializer,
+    status_document,
+)
+
+logger = logging.getLogger("flows.api")
+
+SAMPLE_FLOW = {
+    "id": "example_flow",
+    "name": "Sample Data Pipeline",
+    "start_task": "task1",
+    "tasks": [
+        {"name": "task1", "task_type": "fetch_data", "description": "Fetch data", "parameters": {}},
+        {
+            "name": "task2",
+            "task_type": "process_data",
+            "description": "Process data",
+            "parameters": {},
+        },
+        {"name": "task3", "task_type": "store_data", "description": "Store data", "parameters": {}},
+    ],
+    "conditions": [
+        {
+            "name": "condition_task1_result",
+            "source_task": "task1",
+            "outcome": "success",
+            "target_task_success": "task2",
+            "target_task_failure": "end",
+        },
+        {
+            "name": "condition_task2_result",
+            "source_task": "task2",
+            "outcome": "success",
+            "target_task_success": "task3",
+            "target_task_failure": "end",
+        },
+    ],
+}
+
+_ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid input; `errors` lists each field."),
+    401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
+}
+
+
+class FlowCreateView(APIView):
+    @extend_schema(
+        operation_id="flow_create",
+        summary="Store a flow (a new version if the id exists) and prepare an execution",
+        request={"application/json": {"type": "object", "additionalProperties": True}},
+        responses={200: FlowCreatedSerializer, **_ERRORS},
+        examples=[OpenApiExample("Sample flow", value={"flow": SAMPLE_FLOW}, request_only=True)],
+        tags=["seed"],
+    )
+    def post(self, request: Request) -> Response:
+        try:
+            version, execution, definition = services.flow_create_with_execution(
+                document=request.data, user=request.user
+            )
+        except services.InvalidFlow as exc:
+            return error_response(
+                f"Failed to create flow: {exc.message}",
+                code=exc.code,
+                http_status=status.HTTP_400_BAD_REQUEST,
+                errors=exc.errors,
+            )
+        return Response(
+            {
+                "execution_id": str(execution.id),
+                "flow_id": version.flow_id,
+                "flow_name": definition.name,
+                "version": version.version,
+                "status": "created",
+                "message": f"Flow '{definition.name}' created (version {version.version}); "
+                "POST /flow/execute with this execution_id to run it",
+                "warnings": [w.as_dict() for w in definition.warnings],
+            }
+        )
+
+
+class FlowExecuteView(APIView):
+    @extend_schema(
+        operation_id="flow_execute",
+        summary="Start a CREATED execution",
+        request=ExecuteRequestSerializer,
+        responses={
+            200: ExecutionStatusSerializer,
+            **_ERRORS,
+            404: OpenApiResponse(ErrorSerializer, description="No such execution."),
+            409: OpenApiResponse(ErrorSerializer, description="The execution is not CREATED."),
+        },
+        tags=["seed"],
+    )
+    def post(self, request: Request) -> Response:
+        body = ExecuteRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        execution = services.execution_start(execution_id=body.validated_data["execution_id"])
+        return Response(status_document(execution))
+
+
+class FlowStatusView(APIView):
+    @extend_schema(
+        operation_id="flow_status",
+        summary="The status document of an execution",
+        responses={
+            200: ExecutionStatusSerializer,
+            401: _ERRORS[401],
+            404: OpenApiResponse(ErrorSerializer, description="No such execution."),
+        },
+        tags=["seed"],
+    )
+    def get(self, request: Request, execution_id: str) -> Response:
+        return Response(status_document(services.get_execution(execution_id)))
+
+
+class FlowDeleteView(APIView):
+    @extend_schema(
+        operation_id="flow_delete",
+        summary="Delete an execution (a running one is cancelled first)",
+        responses={
+            200: DeletedSerializer,
+            401: _ERRORS[401],
+            404: OpenApiResponse(ErrorSerializer, description="No such execution."),
+        },
+        tags=["seed"],
+    )
+    def delete(self, request: Request, execution_id: str) -> Response:
+        execution = services.get_execution(execution_id)
+        services.execution_delete(execution_id=execution.id)
+        return Response({"message": f"Flow execution {execution.id} deleted successfully"})
+
+
+class HealthView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="health",
+        summary="Liveness of the web process, its database and the worker clusters",
+        responses={200: HealthSerializer, 503: HealthSerializer},
+        tags=["seed"],
+    )
+    def get(self, request: Request) -> Response:
+        now = timezone.now().isoformat()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except DatabaseError as exc:
+            logger.error("health: database unreachable: %s", exc)
+            return Response(
+                {
+                    "status": "unhealthy",
+                    "timestamp": now,
+                    "database": f"error: {exc}",
+                    "workers": 0,
+                },
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        try:
+            workers = len(Stat.get_all())
+        except Exception as exc:  # the cache is optional for health: report, don't fail
+            logger.warning("health: cannot read cluster status: %s", exc)
+            workers = 0
+        return Response(
+            {"status": "healthy", "timestamp": now, "database": "ok", "workers": workers}
+        )

@@ -1,0 +1,103 @@
+"""Shapes of the seed-compatible endpoints, for input checks and the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from flows.models import Execution, TaskRunStatus
+
+
+class FieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(help_text="Path of the field, e.g. tasks[1].task_type")
+    message = serializers.CharField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    errors = FieldErrorSerializer(many=True)
+
+
+class FlowCreatedSerializer(serializers.Serializer):
+    execution_id = serializers.UUIDField()
+    flow_id = serializers.CharField()
+    flow_name = serializers.CharField()
+    version = serializers.IntegerField()
+    status = serializers.CharField()
+    message = serializers.CharField()
+    warnings = FieldErrorSerializer(many=True)
+
+
+class ExecuteRequestSerializer(serializers.Serializer):
+    execution_id = serializers.UUIDField(
+        help_text="The id returned by POST /flow/create.",
+        error_messages={"invalid": "must be a UUID, as returned by POST /flow/create"},
+    )
+
+
+class TaskResultSerializer(serializers.Serializer):
+    task_name = serializers.CharField()
+    status = serializers.ChoiceField(choices=TaskRunStatus.choices)
+    message = serializers.CharField()
+    data = serializers.JSONField(allow_null=True)
+    execution_time = serializers.FloatField(allow_null=True, help_text="Seconds the task ran.")
+    timestamp = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+
+
+class ExecutionStatusSerializer(serializers.Serializer):
+    execution_id = serializers.UUIDField()
+    flow_id = serializers.CharField()
+    flow_name = serializers.CharField()
+    flow_version = serializers.IntegerField()
+    status = serializers.CharField()
+    current_task = serializers.CharField(allow_null=True)
+    completed_tasks = serializers.ListField(child=serializers.CharField())
+    executed_tasks = serializers.ListField(
+        child=serializers.CharField(), help_text="Task names in run order, repeats included."
+    )
+    task_results = serializers.DictField(child=TaskResultSerializer())
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+
+
+class DeletedSerializer(serializers.Serializer):
+    message = serializers.CharField()
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    timestamp = serializers.DateTimeField()
+    database = serializers.CharField()
+    workers = serializers.IntegerField(help_text="django-q2 clusters alive.")
+
+
+def status_document(execution: Execution) -> dict[str, Any]:
+    """The seed's status document for one execution (2 queries)."""
+    steps = list(execution.steps.order_by("seq"))
+    finished = [s for s in steps if s.status not in (TaskRunStatus.PENDING, TaskRunStatus.RUNNING)]
+    completed: list[str] = []
+    for s in finished:
+        if s.status == TaskRunStatus.SUCCESS and s.task_name not in completed:
+            completed.append(s.task_name)
+    return {
+        "execution_id": str(execution.id),
+        "flow_id": execution.flow_id,
+        "flow_name": execution.flow.name,
+        "flow_version": execution.flow_version.version,
+        "status": execution.status,
+        "current_task": execution.current_task or None,
+        "completed_tasks": completed,
+        "executed_tasks": [s.task_name for s in finished if s.status != TaskRunStatus.LOST],
+        "task_results": {
+            s.task_name: s.seed_result() for s in finished if s.status != TaskRunStatus.LOST
+        },
+        "created_at": execution.created_at.isoformat(),
+        "started_at": execution.started_at.isoformat() if execution.started_at else None,
+        "ended_at": execution.ended_at.isoformat() if execution.ended_at else None,
+        "error": execution.error or None,
+    }

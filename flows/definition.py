@@ -1,0 +1,397 @@
+"""Parse and validate a flow document into plain typed objects, and route between its tasks.
+
+No ORM and no Django here: the same rules serve the API, the operator pages, ``runflow`` and
+the engine. ``parse_flow`` reports every problem at once, each with the path of its field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import jsonschema
+
+END = "end"
+OUTCOMES = ("success", "failure")
+FLOW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+MAX_NAME = 100
+MAX_TASKS = 500
+MAX_STEPS_LIMIT = 100_000
+
+_FLOW_KEYS = {"id", "name", "description", "start_task", "tasks", "conditions", "max_steps"}
+_TASK_KEYS = {"name", "task_type", "description", "parameters", "timeout_seconds"}
+_CONDITION_KEYS = {
+    "name",
+    "description",
+    "source_task",
+    "outcome",
+    "target_task_success",
+    "target_task_failure",
+}
+
+
+class Registry(Protocol):
+    def get(self, task_type: str) -> Any: ...
+
+    def problem(self, task_type: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class FlowValidationError(Exception):
+    """The document is not a valid flow; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+
+    def as_list(self) -> list[dict[str, str]]:
+        return [e.as_dict() for e in self.errors]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    task_type: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ConditionSpec:
+    source_task: str
+    outcome: str
+    target_task_success: str
+    target_task_failure: str
+    name: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class FlowDefinition:
+    id: str
+    name: str
+    start_task: str
+    tasks: tuple[TaskSpec, ...]
+    conditions: tuple[ConditionSpec, ...] = ()
+    description: str = ""
+    max_steps: int = 1000
+    warnings: tuple[FieldError, ...] = ()
+
+    def task(self, name: str) -> TaskSpec:
+        for spec in self.tasks:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def condition_for(self, task_name: str) -> ConditionSpec | None:
+        for cond in self.conditions:
+            if cond.source_task == task_name:
+                return cond
+        return None
+
+    def route(self, task_name: str, status: str) -> tuple[str | None, str]:
+        """Where to go after ``task_name`` ended with ``status`` ('success' or 'failure').
+
+        Returns ``(next task name or None to end, a sentence saying why)``.
+        """
+        cond = self.condition_for(task_name)
+        if cond is not None:
+            matched = status == cond.outcome
+            target = cond.target_task_success if matched else cond.target_task_failure
+            label = f"condition '{cond.name}'" if cond.name else "its condition"
+            verdict = "matched" if matched else "did not match"
+            why = f"{task_name} ended {status}; {label} expects {cond.outcome}: {verdict}"
+            return (None if target == END else target), why
+        if status != "success":
+            return None, f"{task_name} ended {status} and has no condition: the flow ends"
+        names = [t.name for t in self.tasks]
+        index = names.index(task_name)
+        if index + 1 < len(names):
+            return names[index + 1], f"{task_name} succeeded; no condition, next task in order"
+        return None, f"{task_name} succeeded and is the last task: the flow ends"
+
+    def reachable(self) -> set[str]:
+        seen: set[str] = set()
+        todo = [self.start_task]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for status in OUTCOMES:
+                nxt, _ = self.route(name, status)
+                if nxt is not None and nxt not in seen:
+                    todo.append(nxt)
+        return seen
+
+
+def unwrap(document: Any) -> Any:
+    """Accept ``{"flow": {...}}`` as well as the bare document."""
+    if isinstance(document, Mapping) and set(document) == {"flow"}:
+        return document["flow"]
+    return document
+
+
+def parse_flow(
+    document: Any, registry: Registry, *, default_max_steps: int = 1000
+) -> FlowDefinition:
+    """Validate ``document`` and return its definition, or raise FlowValidationError."""
+    doc = unwrap(document)
+    errors: list[FieldError] = []
+
+    def err(path: str, message: str) -> None:
+        errors.append(FieldError(path, message))
+
+    if not isinstance(doc, Mapping):
+        raise FlowValidationError(
+            [FieldError("", f"a flow document must be a JSON object, not {_kind(doc)}")]
+        )
+    for key in sorted(set(doc) - _FLOW_KEYS, key=str):
+        err(str(key), f"unknown field; allowed: {', '.join(sorted(_FLOW_KEYS))}")
+
+    flow_id = doc.get("id")
+    if not isinstance(flow_id, str) or not FLOW_ID_RE.match(flow_id):
+        err(
+            "id",
+            "required: 1-100 characters, letters, digits, '-' and '_', starting with a "
+            "letter or digit",
+        )
+        flow_id = ""
+    name = _optional_text(doc, "name", "name", err, 200) or flow_id
+    description = _optional_text(doc, "description", "description", err, 5000)
+
+    max_steps = doc.get("max_steps", default_max_steps)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+        err("max_steps", f"must be a whole number, not {_kind(max_steps)}")
+        max_steps = default_max_steps
+    elif not 1 <= max_steps <= MAX_STEPS_LIMIT:
+        err("max_steps", f"must be between 1 and {MAX_STEPS_LIMIT}")
+
+    tasks = _parse_tasks(doc.get("tasks"), registry, err)
+    names = [t.name for t in tasks]
+    known = set(names)
+
+    start = doc.get("start_task")
+    if start is None:
+        start = names[0] if names else ""
+    elif not isinstance(start, str):
+        err("start_task", f"must be a task name, not {_kind(start)}")
+        start = ""
+    elif names and start not in known:
+        err("start_task", f"'{start}' is not one of the tasks ({_listing(names)})")
+
+    conditions = _parse_conditions(doc.get("conditions", []), known, names, err)
+
+    if errors:
+        raise FlowValidationError(errors)
+
+    definition = FlowDefinition(
+        id=flow_id,
+        name=name,
+        start_task=start,
+        tasks=tuple(tasks),
+        conditions=tuple(conditions),
+        description=description,
+        max_steps=max_steps,
+    )
+    reachable = definition.reachable()
+    warnings = tuple(
+        FieldError(f"tasks[{i}]", f"task '{t.name}' can never run: no path reaches it")
+        for i, t in enumerate(tasks)
+        if t.name not in reachable
+    )
+    return FlowDefinition(**{**definition.__dict__, "warnings": warnings})
+
+
+def _parse_tasks(raw: Any, registry: Registry, err: Any) -> list[TaskSpec]:
+    if raw is None:
+        err("tasks", "required: a list with at least one task")
+        return []
+    if not isinstance(raw, list):
+        err("tasks", f"must be a list of tasks, not {_kind(raw)}")
+        return []
+    if not raw:
+        err("tasks", "a flow needs at least one task")
+        return []
+    if len(raw) > MAX_TASKS:
+        err("tasks", f"at most {MAX_TASKS} tasks per flow")
+        return []
+    specs: list[TaskSpec] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        path = f"tasks[{i}]"
+        if not isinstance(item, Mapping):
+            err(path, f"must be an object, not {_kind(item)}")
+            continue
+        for key in sorted(set(item) - _TASK_KEYS, key=str):
+            err(f"{path}.{key}", f"unknown field; allowed: {', '.join(sorted(_TASK_KEYS))}")
+        ok = True
+        name = item.get("name")
+        if not _is_name(name):
+            err(f"{path}.name", f"required: a non-empty name of at most {MAX_NAME} characters")
+            ok = False
+        elif name in seen:
+            err(f"{path}.name", f"duplicate task name '{name}' (also tasks[{seen[name]}])")
+            ok = False
+        else:
+            seen[name] = i
+        task_type = item.get("task_type")
+        type_info = None
+        if not isinstance(task_type, str) or not task_type:
+            err(f"{path}.task_type", "required: the name of a registered task type")
+            ok = False
+        else:
+            problem = registry.problem(task_type)
+            if problem:
+                err(f"{path}.task_type", problem)
+                ok = False
+            else:
+                type_info = registry.get(task_type)
+        params = item.get("parameters", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            err(f"{path}.parameters", f"must be an object, not {_kind(params)}")
+            ok = False
+        elif type_info is not None:
+            validator = jsonschema.Draft202012Validator(type_info.parameters_schema)
+            for e in sorted(validator.iter_errors(dict(params)), key=lambda e: list(e.path)):
+                sub = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
+                err(f"{path}.parameters{sub}", e.message)
+                ok = False
+        timeout = item.get("timeout_seconds")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            err(f"{path}.timeout_seconds", "must be a positive number of seconds")
+            ok = False
+        description = _optional_text(item, "description", f"{path}.description", err, 5000)
+        if ok:
+            specs.append(
+                TaskSpec(
+                    name=name,
+                    task_type=task_type,
+                    parameters=dict(params),
+                    description=description,
+                    timeout_seconds=float(timeout) if timeout is not None else None,
+                )
+            )
+        elif _is_name(name):
+            # Keep the name known so conditions pointing at it are not reported twice.
+            specs.append(TaskSpec(name=name, task_type=str(task_type)))
+    return specs
+
+
+def _parse_conditions(raw: Any, known: set[str], names: list[str], err: Any) -> list[ConditionSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        err("conditions", f"must be a list of conditions, not {_kind(raw)}")
+        return []
+    out: list[ConditionSpec] = []
+    sources: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        path = f"conditions[{i}]"
+        if not isinstance(item, Mapping):
+            err(path, f"must be an object, not {_kind(item)}")
+            continue
+        for key in sorted(set(item) - _CONDITION_KEYS, key=str):
+            err(f"{path}.{key}", f"unknown field; allowed: {', '.join(sorted(_CONDITION_KEYS))}")
+        ok = True
+        source = item.get("source_task")
+        if not isinstance(source, str) or not source:
+            err(f"{path}.source_task", "required: the name of the task this condition follows")
+            ok = False
+        elif source not in known:
+            err(f"{path}.source_task", f"'{source}' is not one of the tasks ({_listing(names)})")
+            ok = False
+        elif source in sources:
+            err(
+                f"{path}.source_task",
+                f"task '{source}' already has a condition (conditions[{sources[source]}]); "
+                "at most one condition per task",
+            )
+            ok = False
+        else:
+            sources[source] = i
+        outcome = item.get("outcome")
+        if outcome not in OUTCOMES:
+            err(f"{path}.outcome", "must be 'success' or 'failure'")
+            ok = False
+        targets = {}
+        for key in ("target_task_success", "target_task_failure"):
+            target = item.get(key)
+            if not isinstance(target, str) or not target:
+                err(f"{path}.{key}", "required: a task name or 'end'")
+                ok = False
+            elif target != END and target not in known:
+                err(f"{path}.{key}", f"'{target}' is not one of the tasks or 'end'")
+                ok = False
+            targets[key] = target
+        cname = _optional_text(item, "name", f"{path}.name", err, 200)
+        description = _optional_text(item, "description", f"{path}.description", err, 5000)
+        if ok:
+            out.append(
+                ConditionSpec(
+                    source_task=source,
+                    outcome=outcome,
+                    target_task_success=targets["target_task_success"],
+                    target_task_failure=targets["target_task_failure"],
+                    name=cname,
+                    description=description,
+                )
+            )
+    return out
+
+
+def _optional_text(doc: Mapping, key: str, path: str, err: Any, limit: int) -> str:
+    value = doc.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        err(path, f"must be text, not {_kind(value)}")
+        return ""
+    if len(value) > limit:
+        err(path, f"at most {limit} characters")
+        return ""
+    return value
+
+
+def _is_name(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_NAME
+        and value.strip() == value
+        and value.isprintable()
+    )
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:20]) + (" …" if len(names) > 20 else "") if names else "none"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__

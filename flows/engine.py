@@ -1,0 +1,611 @@
+"""The engine: claim a step, run it, record it with the routing decision, go on.
+
+The database is the truth and the queue only wakes workers (see DESIGN.md):
+
+1. A job carries only an execution id. It *claims* the execution's PENDING step with a
+   conditional UPDATE (PENDING -> RUNNING, with a lease); no row changed means another worker
+   has it, and the job returns.
+2. The task's coroutine runs on a private event loop thread under its timeout while this
+   thread watches the database once a second: it renews the lease and stops the task when
+   the execution is cancelled or deleted.
+3. The step's result and the routing decision (the next step, or the execution's end) commit
+   in one transaction. The next step is created already claimed by this worker, so it runs
+   here without a queue round trip, until the job's step budget is spent; then it is left
+   PENDING and a new job is enqueued in the same transaction.
+4. ``reap`` (a django-q2 schedule) re-runs steps whose lease expired (their worker died) and
+   wakes PENDING steps whose queue message was lost. Every job is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import functools
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback as tb
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.conf import Conf
+from django_q.tasks import async_task
+
+from flows.definition import FlowDefinition, FlowValidationError, parse_flow
+from flows.models import (
+    ACTIVE_STATUSES,
+    Execution,
+    ExecutionEvent,
+    ExecutionStatus,
+    TaskRun,
+    TaskRunStatus,
+)
+from flows.registry import TaskRegistry, default_registry
+from tasks.base_task import TaskContext, TaskLogger
+
+logger = logging.getLogger("flows.engine")
+
+JOB_FUNC = "flows.jobs.run_execution"
+# How long past its own timeout a task may keep its thread before it is abandoned: a task
+# that blocks the event loop (time.sleep, CPU loop) cannot be cancelled, only left behind.
+ABANDON_GRACE_SECONDS = 2.0
+WATCH_INTERVAL_SECONDS = 1.0
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Waking workers
+# ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _broker(pid: int) -> Any:
+    # One broker per process: a fresh Redis broker per enqueue costs ~8x more (DJANGO-Q2.md).
+    return get_broker()
+
+
+def wake(execution_id: uuid.UUID | str) -> None:
+    """Ask a worker to run the execution's PENDING step.
+
+    Call inside the transaction that made the step PENDING. With the ORM broker the queue row
+    is written in that same transaction, so it commits (or rolls back) with the state. With
+    Redis, or in sync mode where the job would run inline, it is sent after the commit.
+    """
+
+    def push() -> None:
+        async_task(
+            JOB_FUNC,
+            str(execution_id),
+            task_name=f"flow-{execution_id}",
+            broker=_broker(os.getpid()),
+        )
+
+    if Conf.SYNC or not Conf.ORM:
+        transaction.on_commit(push, robust=True)
+    else:
+        push()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running task coroutines
+# ---------------------------------------------------------------------------------------------
+class TaskLoop:
+    """An event loop on a daemon thread: task code runs there, the database calls stay here."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="flow-task-loop", daemon=True
+        )
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=1.0)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+async def _run_task(task: Any, timeout: float) -> Any:
+    try:
+        return await asyncio.wait_for(task.run(), timeout)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # A plugin must not take the worker down with it.
+        raise RuntimeError(f"task tried to stop the process ({type(exc).__name__})") from None
+
+
+@dataclass
+class StepOutcome:
+    status: str  # a TaskRunStatus value
+    result: dict[str, Any] | None = None
+    error: str = ""
+    traceback: str = ""
+    duration: float = 0.0
+    log_lines: list[tuple[str, str]] = field(default_factory=list)
+    stop: bool = False  # the execution vanished or the step was taken away: record nothing
+
+
+def _failure(
+    message: str, *, trace: str = "", duration: float = 0.0, lines: Any = ()
+) -> StepOutcome:
+    return StepOutcome(
+        TaskRunStatus.FAILURE,
+        error=message,
+        traceback=trace,
+        duration=duration,
+        log_lines=list(lines),
+    )
+
+
+def _check_result(value: Any) -> tuple[dict[str, Any] | None, str]:
+    """A step's return value as stored JSON, or why it cannot be stored."""
+    if not isinstance(value, dict):
+        return None, f"task returned {type(value).__name__}, expected a dict"
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return None, f"task returned a dict that is not JSON-serialisable: {exc}"
+    if len(text) > settings.FLOW_MAX_RESULT_BYTES:
+        return None, (
+            f"task result is {len(text)} bytes, over the limit of "
+            f"{settings.FLOW_MAX_RESULT_BYTES} (FLOW_MAX_RESULT_BYTES)"
+        )
+    return (value if not value else json.loads(text)), ""
+
+
+# ---------------------------------------------------------------------------------------------
+# One execution, in one job
+# ---------------------------------------------------------------------------------------------
+class Runner:
+    """Runs one execution's steps back to back in this worker, within a budget."""
+
+    def __init__(self, execution_id: uuid.UUID, registry: TaskRegistry | None = None) -> None:
+        self.execution_id = execution_id
+        self.registry = registry or default_registry()
+        self.me = worker_id()
+        self.lease = timedelta(seconds=settings.FLOW_LEASE_SECONDS)
+        self._loop: TaskLoop | None = None
+
+    # 1. Claim ------------------------------------------------------------------------------
+    def claim(self) -> TaskRun | None:
+        now = timezone.now()
+        with transaction.atomic():
+            step = TaskRun.objects.filter(
+                execution_id=self.execution_id, status=TaskRunStatus.PENDING
+            ).first()
+            if step is None:
+                return None
+            taken = TaskRun.objects.filter(pk=step.pk, status=TaskRunStatus.PENDING).update(
+                status=TaskRunStatus.RUNNING,
+                worker=self.me,
+                started_at=now,
+                lease_expires_at=now + self.lease,
+            )
+            if taken != 1:
+                return None
+            Execution.objects.filter(pk=self.execution_id, status=ExecutionStatus.QUEUED).update(
+                status=ExecutionStatus.RUNNING, started_at=now
+            )
+        step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, self.me, now
+        return step
+
+    def run(self) -> int:
+        """Run until the execution ends, waits, or the budget is spent. Returns steps run."""
+        step = self.claim()
+        if step is None:
+            return 0
+        execution = Execution.objects.select_related("flow_version").get(pk=self.execution_id)
+        try:
+            definition = parse_flow(
+                execution.flow_version.definition,
+                self.registry,
+                default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
+            )
+        except FlowValidationError as exc:
+            self._record(
+                execution,
+                None,
+                step,
+                _failure(f"the flow's definition is no longer valid: {exc}"),
+                continue_here=False,
+            )
+            return 1
+        results = dict(
+            TaskRun.objects.filter(execution_id=self.execution_id, status=TaskRunStatus.SUCCESS)
+            .order_by("seq")
+            .values_list("task_name", "result")
+        )
+        budget_end = time.monotonic() + settings.FLOW_STEP_BUDGET_SECONDS
+        done = 0
+        try:
+            while step is not None:
+                if execution.cancel_requested:
+                    outcome = StepOutcome(
+                        TaskRunStatus.CANCELLED, error="cancelled before it started"
+                    )
+                else:
+                    outcome = self.run_step(execution, definition, step, results)
+                if outcome.stop:
+                    break
+                done += 1
+                keep_going = (
+                    done < settings.FLOW_STEP_BUDGET_STEPS and time.monotonic() < budget_end
+                )
+                if outcome.status == TaskRunStatus.SUCCESS:
+                    results[step.task_name] = outcome.result
+                step = self._record(execution, definition, step, outcome, continue_here=keep_going)
+        finally:
+            if self._loop is not None:
+                self._loop.close()
+        return done
+
+    # 2. Run --------------------------------------------------------------------------------
+    def run_step(
+        self,
+        execution: Execution,
+        definition: FlowDefinition,
+        step: TaskRun,
+        results: dict[str, Any],
+    ) -> StepOutcome:
+        log = TaskLogger(str(execution.id), step.task_name)
+        logger.info(
+            "execution=%s step=%s task=%s type=%s attempt=%s started",
+            execution.id,
+            step.seq,
+            step.task_name,
+            step.task_type,
+            step.attempt,
+        )
+        task_type = self.registry.get(step.task_type)
+        if task_type is None:
+            return _failure(self.registry.problem(step.task_type) or "unknown task type")
+        try:
+            spec = definition.task(step.task_name)
+        except KeyError:
+            return _failure(f"task '{step.task_name}' is not in the flow's definition")
+        timeout = min(
+            spec.timeout_seconds or task_type.default_timeout or settings.FLOW_DEFAULT_TASK_TIMEOUT,
+            settings.FLOW_MAX_TASK_TIMEOUT,
+        )
+        try:
+            task = task_type.cls(name=step.task_name, parameters=copy.deepcopy(step.parameters))
+            task.context = TaskContext(
+                execution_id=str(execution.id),
+                results=copy.deepcopy(results),
+                input=copy.deepcopy(execution.input),
+                attempt=step.attempt,
+                logger=log,
+            )
+        except Exception as exc:
+            return _failure(
+                f"could not create task: {type(exc).__name__}: {exc}", trace=tb.format_exc()
+            )
+        if self._loop is None:
+            self._loop = TaskLoop()
+        started = time.perf_counter()
+        future = self._loop.submit(_run_task(task, timeout))
+        hard_deadline = started + timeout + ABANDON_GRACE_SECONDS
+        next_watch = started + WATCH_INTERVAL_SECONDS
+        lease_renew_every = settings.FLOW_LEASE_SECONDS / 3
+        next_renew = started + lease_renew_every
+        while True:
+            now = time.perf_counter()
+            try:
+                value = future.result(timeout=max(0.0, min(next_watch, hard_deadline) - now))
+            except concurrent.futures.TimeoutError:
+                now = time.perf_counter()
+                if now >= hard_deadline:
+                    future.cancel()
+                    # The loop is stuck in blocking code: leave it behind, start a fresh one.
+                    self._loop = None
+                    return _failure(
+                        f"task did not finish within its timeout of {timeout:g}s and blocked "
+                        "its event loop (blocking code in an async task?)",
+                        duration=now - started,
+                        lines=log.lines,
+                    )
+                next_watch = now + WATCH_INTERVAL_SECONDS
+                renew = now >= next_renew
+                if renew:
+                    next_renew = now + lease_renew_every
+                verdict = self._watch(step, renew_lease=renew)
+                if verdict is None:
+                    continue
+                future.cancel()
+                # Give the coroutine a moment to unwind; its CancelledError is what we asked for.
+                with contextlib.suppress(BaseException):
+                    future.result(timeout=ABANDON_GRACE_SECONDS)
+                duration = time.perf_counter() - started
+                if verdict == "cancel":
+                    logger.info(
+                        "execution=%s step=%s cancelled while running", execution.id, step.seq
+                    )
+                    return StepOutcome(
+                        TaskRunStatus.CANCELLED,
+                        error="cancelled while running",
+                        duration=duration,
+                        log_lines=log.lines,
+                    )
+                logger.info("execution=%s step=%s stopped: %s", execution.id, step.seq, verdict)
+                return StepOutcome(TaskRunStatus.CANCELLED, stop=True)
+            except TimeoutError:
+                return _failure(
+                    f"task timed out after {timeout:g}s",
+                    duration=time.perf_counter() - started,
+                    lines=log.lines,
+                )
+            except concurrent.futures.CancelledError:
+                return _failure(
+                    "task was cancelled", duration=time.perf_counter() - started, lines=log.lines
+                )
+            except Exception as exc:
+                return _failure(
+                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                    trace=tb.format_exc(),
+                    duration=time.perf_counter() - started,
+                    lines=log.lines,
+                )
+            duration = time.perf_counter() - started
+            result, problem = _check_result(value)
+            if problem:
+                return _failure(problem, duration=duration, lines=log.lines)
+            return StepOutcome(
+                TaskRunStatus.SUCCESS, result=result, duration=duration, log_lines=log.lines
+            )
+
+    def _watch(self, step: TaskRun, *, renew_lease: bool) -> str | None:
+        """Once a second while a task runs: 'cancel', 'deleted', 'lost' or None to go on."""
+        row = (
+            Execution.objects.filter(pk=self.execution_id)
+            .values_list("cancel_requested", flat=True)
+            .first()
+        )
+        if row is None:
+            return "deleted"
+        if row:
+            return "cancel"
+        if renew_lease:
+            kept = TaskRun.objects.filter(
+                pk=step.pk, status=TaskRunStatus.RUNNING, worker=self.me
+            ).update(lease_expires_at=timezone.now() + self.lease)
+            if kept != 1:
+                return "lost"
+        return None
+
+    # 3. Record and route -------------------------------------------------------------------
+    def _record(
+        self,
+        execution: Execution,
+        definition: FlowDefinition | None,
+        step: TaskRun,
+        outcome: StepOutcome,
+        *,
+        continue_here: bool,
+    ) -> TaskRun | None:
+        """Store the step's outcome and the routing decision in one transaction.
+
+        Returns the next step when it is claimed by this worker, else None.
+        """
+        now = timezone.now()
+        eid = execution.id
+        events: list[tuple[str, str]] = list(outcome.log_lines)
+        next_step: TaskRun | None = None
+        with transaction.atomic():
+            # Lock the execution first: cancel and delete take the same lock, so neither can
+            # slip between closing this step and opening the next.
+            state = (
+                Execution.objects.select_for_update()
+                .filter(pk=eid)
+                .values_list("cancel_requested", "steps_taken")
+                .first()
+            )
+            if state is None:
+                logger.info("execution=%s was deleted while step %s ran", eid, step.seq)
+                return None
+            cancel_requested, steps_taken = state
+            closed = TaskRun.objects.filter(
+                pk=step.pk, status=TaskRunStatus.RUNNING, worker=self.me
+            ).update(
+                status=outcome.status,
+                result=outcome.result,
+                error=outcome.error,
+                traceback=outcome.traceback,
+                ended_at=now,
+                duration=outcome.duration,
+                lease_expires_at=None,
+            )
+            if closed != 1:
+                logger.warning(
+                    "execution=%s step=%s was taken over by another worker; result dropped",
+                    eid,
+                    step.seq,
+                )
+                return None
+            steps_taken += 1
+            level = "INFO" if outcome.status == TaskRunStatus.SUCCESS else "ERROR"
+            logger.log(
+                logging.INFO if level == "INFO" else logging.WARNING,
+                "execution=%s step=%s task=%s ended %s in %.3fs%s",
+                eid,
+                step.seq,
+                step.task_name,
+                outcome.status,
+                outcome.duration,
+                f": {outcome.error}" if outcome.error else "",
+            )
+            if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
+                self._end(eid, ExecutionStatus.CANCELLED, "cancelled by request", steps_taken, now)
+                events.append(("WARNING", f"{step.task_name} cancelled; execution cancelled"))
+            elif definition is None:
+                self._end(eid, ExecutionStatus.FAILED, outcome.error, steps_taken, now)
+                events.append(("ERROR", outcome.error))
+            else:
+                status = "success" if outcome.status == TaskRunStatus.SUCCESS else "failure"
+                target, why = definition.route(step.task_name, status)
+                if outcome.error:
+                    events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
+                if target is None:
+                    final = (
+                        ExecutionStatus.COMPLETED if status == "success" else ExecutionStatus.FAILED
+                    )
+                    error = (
+                        ""
+                        if status == "success"
+                        else f"task '{step.task_name}' failed: {outcome.error}"
+                    )
+                    self._end(eid, final, error, steps_taken, now)
+                    events.append(("INFO", f"{why} -> execution {final}"))
+                    logger.info("execution=%s route: %s -> %s", eid, why, final)
+                elif steps_taken >= definition.max_steps:
+                    error = (
+                        f"step limit of {definition.max_steps} steps (max_steps) reached before "
+                        f"task '{target}' could run"
+                    )
+                    self._end(eid, ExecutionStatus.FAILED, error, steps_taken, now)
+                    events.append(("ERROR", error))
+                    logger.warning("execution=%s %s", eid, error)
+                else:
+                    spec = definition.task(target)
+                    next_step = TaskRun.objects.create(
+                        execution_id=eid,
+                        seq=step.seq + 1,
+                        task_name=spec.name,
+                        task_type=spec.task_type,
+                        parameters=spec.parameters,
+                        status=TaskRunStatus.RUNNING if continue_here else TaskRunStatus.PENDING,
+                        worker=self.me if continue_here else "",
+                        started_at=now if continue_here else None,
+                        lease_expires_at=now + self.lease if continue_here else None,
+                        woken_at=None if continue_here else now,
+                    )
+                    Execution.objects.filter(pk=eid).update(
+                        current_task=spec.name, steps_taken=steps_taken
+                    )
+                    events.append(("INFO", f"{why} -> {spec.name}"))
+                    logger.info("execution=%s route: %s -> %s", eid, why, spec.name)
+                    if not continue_here:
+                        wake(eid)
+                        next_step = None
+            ExecutionEvent.objects.bulk_create(
+                ExecutionEvent(
+                    execution_id=eid, task_run_id=step.pk, created_at=now, level=lvl, message=msg
+                )
+                for lvl, msg in events
+            )
+        return next_step
+
+    @staticmethod
+    def _end(eid: uuid.UUID, status: str, error: str, steps_taken: int, now: datetime) -> None:
+        Execution.objects.filter(pk=eid).update(
+            status=status, error=error, ended_at=now, current_task="", steps_taken=steps_taken
+        )
+
+
+def run_execution(execution_id: uuid.UUID | str, registry: TaskRegistry | None = None) -> int:
+    """Run the execution's next steps in this process; returns how many ran."""
+    return Runner(uuid.UUID(str(execution_id)), registry).run()
+
+
+# ---------------------------------------------------------------------------------------------
+# The reaper
+# ---------------------------------------------------------------------------------------------
+def reap(limit: int = 500) -> dict[str, int]:
+    """Re-run steps whose worker died and wake steps nobody picked up.
+
+    A RUNNING step whose lease expired is marked LOST and a new attempt of the same task is
+    queued, so a killed worker costs one re-run of the step it held. A PENDING step whose
+    wake-up is older than FLOW_WAKE_AFTER_SECONDS is woken again (a lost queue message).
+    """
+    now = timezone.now()
+    counts = {"lost": 0, "woken": 0}
+    expired = list(
+        TaskRun.objects.filter(status=TaskRunStatus.RUNNING, lease_expires_at__lt=now).order_by(
+            "lease_expires_at"
+        )[:limit]
+    )
+    for step in expired:
+        with transaction.atomic():
+            execution = Execution.objects.select_for_update().filter(pk=step.execution_id).first()
+            if execution is None:
+                continue
+            taken = TaskRun.objects.filter(
+                pk=step.pk, status=TaskRunStatus.RUNNING, lease_expires_at__lt=now
+            ).update(
+                status=TaskRunStatus.LOST,
+                ended_at=now,
+                lease_expires_at=None,
+                error=f"worker {step.worker or '?'} stopped renewing its lease; step runs again",
+            )
+            if taken != 1:
+                continue
+            counts["lost"] += 1
+            logger.warning(
+                "execution=%s step=%s task=%s lost with worker %s",
+                step.execution_id,
+                step.seq,
+                step.task_name,
+                step.worker,
+            )
+            if execution.cancel_requested:
+                Runner._end(
+                    execution.id,
+                    ExecutionStatus.CANCELLED,
+                    "cancelled by request",
+                    execution.steps_taken,
+                    now,
+                )
+                continue
+            TaskRun.objects.create(
+                execution_id=step.execution_id,
+                seq=step.seq + 1,
+                task_name=step.task_name,
+                task_type=step.task_type,
+                parameters=step.parameters,
+                attempt=step.attempt + 1,
+                woken_at=now,
+            )
+            ExecutionEvent.objects.create(
+                execution_id=step.execution_id,
+                task_run_id=step.pk,
+                created_at=now,
+                level="WARNING",
+                message=f"{step.task_name}: worker {step.worker or '?'} was lost; running it again",
+            )
+            wake(step.execution_id)
+
+    stale = now - timedelta(seconds=settings.FLOW_WAKE_AFTER_SECONDS)
+    sleepy = list(
+        TaskRun.objects.filter(
+            status=TaskRunStatus.PENDING,
+            woken_at__lt=stale,
+            execution__status__in=ACTIVE_STATUSES,
+        ).values_list("pk", "execution_id")[:limit]
+    )
+    for pk, eid in sleepy:
+        with transaction.atomic():
+            if TaskRun.objects.filter(
+                pk=pk, status=TaskRunStatus.PENDING, woken_at__lt=stale
+            ).update(woken_at=now):
+                counts["woken"] += 1
+                logger.warning("execution=%s pending step woken again (lost queue message?)", eid)
+                wake(eid)
+    return counts
+
+
+__all__ = ["Runner", "StepOutcome", "TaskLoop", "reap", "run_execution", "wake", "worker_id"]

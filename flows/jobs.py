@@ -1,0 +1,36 @@
+"""django-q2 entry points: plain ``def`` functions that take ids and never raise.
+
+A job that raised would be redelivered by the ORM broker every ``retry`` seconds; the engine
+records failures on the steps themselves, so nothing here needs the queue's retry.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import close_old_connections
+
+from flows import engine
+
+logger = logging.getLogger("flows.jobs")
+
+
+def run_execution(execution_id: str) -> None:
+    try:
+        engine.run_execution(execution_id)
+    except Exception:
+        # The step stays RUNNING under its lease; the reaper re-runs it when the lease expires.
+        logger.exception("execution=%s engine error; the reaper will retry the step", execution_id)
+    finally:
+        close_old_connections()
+
+
+def reap() -> None:
+    try:
+        counts = engine.reap()
+        if any(counts.values()):
+            logger.info("reaper: %s", counts)
+    except Exception:
+        logger.exception("reaper failed; it runs again at its next schedule")
+    finally:
+        close_old_connections()

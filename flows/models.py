@@ -1,0 +1,218 @@
+"""Flows, their versions, executions, the steps they ran and their log lines.
+
+The engine owns the state columns of Execution and TaskRun; everything else writes through
+``flows.services``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Flow(models.Model):
+    """A named flow; its definition is the latest of its versions."""
+
+    id = models.SlugField(primary_key=True, max_length=100)
+    name = models.CharField(max_length=200)
+    version = models.PositiveIntegerField(default=1, help_text="Current (latest) version.")
+    definition = models.JSONField(help_text="The current version's flow document.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["-updated_at"], name="flow_updated_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+
+class FlowVersion(models.Model):
+    """An immutable snapshot of a flow document; executions pin one."""
+
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    definition = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["flow_id", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["flow", "version"], name="flowversion_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flow_id} v{self.version}"
+
+
+class ExecutionStatus(models.TextChoices):
+    CREATED = "CREATED"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+ACTIVE_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+TERMINAL_STATUSES = (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
+
+
+class ExecutionQuerySet(models.QuerySet["Execution"]):
+    def with_flow(self) -> ExecutionQuerySet:
+        """Executions with their flow and pinned version, for lists and status documents."""
+        return self.select_related("flow", "flow_version")
+
+    def active(self) -> ExecutionQuerySet:
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+
+class Execution(models.Model):
+    """One run of one version of a flow."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="executions")
+    flow_version = models.ForeignKey(
+        FlowVersion, on_delete=models.CASCADE, related_name="executions"
+    )
+    status = models.CharField(
+        max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.CREATED
+    )
+    current_task = models.CharField(max_length=100, blank=True)
+    input = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    steps_taken = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ExecutionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="exec_status_created_idx"),
+            models.Index(fields=["flow", "-created_at"], name="exec_flow_created_idx"),
+            models.Index(fields=["-created_at"], name="exec_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flow_id} {self.id} {self.status}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class TaskRunStatus(models.TextChoices):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    CANCELLED = "CANCELLED"
+    LOST = "LOST"  # the worker holding it died; the step was run again as a new attempt
+
+
+class TaskRun(models.Model):
+    """One step of an execution: one attempt of one task."""
+
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="steps")
+    seq = models.PositiveIntegerField(help_text="Position of this step in the execution, from 1.")
+    task_name = models.CharField(max_length=100)
+    task_type = models.CharField(max_length=100)
+    attempt = models.PositiveIntegerField(default=1)
+    status = models.CharField(
+        max_length=16, choices=TaskRunStatus.choices, default=TaskRunStatus.PENDING
+    )
+    parameters = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    duration = models.FloatField(null=True, blank=True, help_text="Seconds the task ran.")
+    worker = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    woken_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a worker was last asked to pick this step up."
+    )
+
+    class Meta:
+        ordering = ["execution_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["execution", "seq"], name="taskrun_unique_seq"),
+            # The engine's core invariant: an execution has at most one step in flight.
+            models.UniqueConstraint(
+                fields=["execution"],
+                condition=Q(status__in=["PENDING", "RUNNING"]),
+                name="taskrun_one_open_step",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="RUNNING"),
+                name="taskrun_running_lease_idx",
+            ),
+            models.Index(
+                fields=["woken_at"], condition=Q(status="PENDING"), name="taskrun_pending_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.execution_id} #{self.seq} {self.task_name} {self.status}"
+
+    @property
+    def message(self) -> str:
+        if isinstance(self.result, dict) and isinstance(self.result.get("message"), str):
+            return self.result["message"]
+        if self.status == TaskRunStatus.SUCCESS:
+            return f"Task {self.task_name} completed successfully"
+        if self.status == TaskRunStatus.FAILURE:
+            return f"Task {self.task_name} failed"
+        return f"Task {self.task_name} is {self.status.lower()}"
+
+    def seed_result(self) -> dict[str, Any]:
+        """This step in the seed's ``task_results`` shape."""
+        return {
+            "task_name": self.task_name,
+            "status": self.status,
+            "message": self.message,
+            "data": self.result,
+            "execution_time": self.duration,
+            "timestamp": self.ended_at.isoformat() if self.ended_at else None,
+            "error": self.error or None,
+        }
+
+
+class ExecutionEvent(models.Model):
+    """A log line of an execution: the engine's decisions and what tasks logged."""
+
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="events")
+    task_run = models.ForeignKey(
+        TaskRun, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    created_at = models.DateTimeField()
+    level = models.CharField(max_length=10, default="INFO")
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["execution_id", "id"]
+        indexes = [models.Index(fields=["execution", "id"], name="event_exec_id_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%H:%M:%S} {self.level} {self.message[:60]}"

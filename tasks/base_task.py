@@ -1,0 +1,83 @@
+"""The contract every task plugin fulfils.
+
+A module ``tasks/task_<task_type>.py`` holds ``class <TaskType>Task(BaseTask)`` (``fetch_data``
+-> ``FetchDataTask``). The engine builds it as ``Task(name=..., parameters=...)``, sets
+``task.context`` and awaits ``task.run()``. Returning a dict is success; raising is failure
+(raise :class:`PermanentTaskError` for a failure no retry will fix).
+
+Optional class attributes describe the type: ``description`` (else the docstring),
+``parameters_schema`` (a JSON Schema object the flow's parameters must match) and
+``default_timeout`` (seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+_forward = logging.getLogger("tasks")
+
+
+class PermanentTaskError(Exception):
+    """A failure that retrying will not fix (bad input, a 4xx answer, ...)."""
+
+
+class TaskLogger:
+    """Collects a task's log lines so the engine stores them as the execution's events.
+
+    Every line also goes to the ``tasks`` logger (stderr) with the execution id.
+    """
+
+    def __init__(self, execution_id: str = "", task_name: str = "") -> None:
+        self.execution_id = execution_id
+        self.task_name = task_name
+        self.lines: list[tuple[str, str]] = []
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        text = message % args if args else str(message)
+        self.lines.append((logging.getLevelName(level), text))
+        _forward.log(level, "execution=%s task=%s %s", self.execution_id, self.task_name, text)
+
+    def debug(self, message: str, *args: Any) -> None:
+        self.log(logging.DEBUG, message, *args)
+
+    def info(self, message: str, *args: Any) -> None:
+        self.log(logging.INFO, message, *args)
+
+    def warning(self, message: str, *args: Any) -> None:
+        self.log(logging.WARNING, message, *args)
+
+    def error(self, message: str, *args: Any) -> None:
+        self.log(logging.ERROR, message, *args)
+
+
+@dataclass
+class TaskContext:
+    """What a running task may read about its execution."""
+
+    execution_id: str = ""
+    #: Results of the tasks that already succeeded in this execution, by task name.
+    results: dict[str, Any] = field(default_factory=dict)
+    #: The execution's input object.
+    input: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    logger: TaskLogger = field(default_factory=TaskLogger)
+
+
+class BaseTask(ABC):
+    """Base class of every task type (the seed's contract, kept)."""
+
+    description: ClassVar[str] = ""
+    parameters_schema: ClassVar[dict[str, Any]] = {"type": "object"}
+    default_timeout: ClassVar[float | None] = None
+
+    def __init__(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.parameters: dict[str, Any] = dict(parameters or {})
+        self.context = TaskContext()
+
+    @abstractmethod
+    async def run(self) -> dict[str, Any]:
+        """Do the work; return a JSON-serialisable dict, or raise to fail the step."""

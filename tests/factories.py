@@ -1,0 +1,76 @@
+"""Small builders for flow documents and stored flows."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from flows import engine, services
+from flows.models import Execution
+
+SAMPLE = json.loads(
+    (Path(__file__).resolve().parent.parent / "examples" / "sample_flow.json").read_text()
+)
+
+
+def sample_flow() -> dict[str, Any]:
+    """The seed's sample document, wrapped as ``{"flow": {...}}``."""
+    return copy.deepcopy(SAMPLE)
+
+
+def task(name: str, task_type: str = "noop", **parameters: Any) -> dict[str, Any]:
+    return {"name": name, "task_type": task_type, "parameters": parameters}
+
+
+def failing(name: str) -> dict[str, Any]:
+    """A task that always fails (the seed's failure_rate at 1)."""
+    return task(name, "fetch_data", failure_rate=1)
+
+
+def cond(source: str, outcome: str, success: str, failure: str) -> dict[str, Any]:
+    return {
+        "source_task": source,
+        "outcome": outcome,
+        "target_task_success": success,
+        "target_task_failure": failure,
+    }
+
+
+def flow_doc(
+    tasks: list[dict[str, Any]],
+    conditions: list[dict[str, Any]] | None = None,
+    *,
+    flow_id: str = "test_flow",
+    **extra: Any,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {"id": flow_id, "name": flow_id.replace("_", " ").title(), "tasks": tasks}
+    if conditions is not None:
+        doc["conditions"] = conditions
+    doc.update(extra)
+    return doc
+
+
+def start_execution(document: dict[str, Any], *, input: dict | None = None) -> Execution:
+    """Store the flow, create and start an execution (its job is queued, not run)."""
+    version = services.flow_create(document=document)
+    execution = services.execution_create(flow_version=version, input=input)
+    services.execution_start(execution_id=execution.id)
+    return execution
+
+
+def run_to_end(execution_id: Any) -> Execution:
+    """Run the execution inline with the worker's engine until nothing is left to claim."""
+    while engine.run_execution(execution_id):
+        pass
+    return Execution.objects.get(pk=execution_id)
+
+
+def run_flow(document: dict[str, Any], *, input: dict | None = None) -> Execution:
+    return run_to_end(start_execution(document, input=input).id)
+
+
+def ran(execution: Execution) -> list[tuple[str, str]]:
+    """(task name, status) of every step in order."""
+    return list(execution.steps.order_by("seq").values_list("task_name", "status"))
