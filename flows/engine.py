@@ -122,9 +122,19 @@ class TaskLoop:
             self.loop.close()
 
 
+class StepTimeout(Exception):
+    """The task outlived its timeout (as opposed to raising a TimeoutError of its own)."""
+
+
 async def _run_task(task: Any, timeout: float) -> Any:
+    scope = asyncio.timeout(timeout)
     try:
-        return await asyncio.wait_for(task.run(), timeout)
+        async with scope:
+            return await task.run()
+    except TimeoutError:
+        if scope.expired():
+            raise StepTimeout from None
+        raise
     except (SystemExit, KeyboardInterrupt) as exc:
         # A plugin must not take the worker down with it.
         raise RuntimeError(f"task tried to stop the process ({type(exc).__name__})") from None
@@ -344,9 +354,9 @@ class Runner:
                     )
                 logger.info("execution=%s step=%s stopped: %s", execution.id, step.seq, verdict)
                 return StepOutcome(TaskRunStatus.CANCELLED, stop=True)
-            except TimeoutError:
+            except StepTimeout:
                 return _failure(
-                    f"task timed out after {timeout:g}s",
+                    f"task timed out after {timeout:g}s (timeout_seconds)",
                     duration=time.perf_counter() - started,
                     lines=log.lines,
                 )

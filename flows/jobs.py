@@ -1,14 +1,13 @@
 """django-q2 entry points: plain ``def`` functions that take ids and never raise.
 
 A job that raised would be redelivered by the ORM broker every ``retry`` seconds; the engine
-records failures on the steps themselves, so nothing here needs the queue's retry.
+records failures on the steps themselves, so nothing here needs the queue's retry. (The
+django-q2 worker closes stale database connections before each job.)
 """
 
 from __future__ import annotations
 
 import logging
-
-from django.db import close_old_connections
 
 from flows import engine
 
@@ -21,8 +20,6 @@ def run_execution(execution_id: str) -> None:
     except Exception:
         # The step stays RUNNING under its lease; the reaper re-runs it when the lease expires.
         logger.exception("execution=%s engine error; the reaper will retry the step", execution_id)
-    finally:
-        close_old_connections()
 
 
 def reap() -> None:
@@ -32,5 +29,3 @@ def reap() -> None:
             logger.info("reaper: %s", counts)
     except Exception:
         logger.exception("reaper failed; it runs again at its next schedule")
-    finally:
-        close_old_connections()

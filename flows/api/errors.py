@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -44,10 +45,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, ServiceError):
         return error_response(exc.message, code=exc.code, http_status=exc.status, errors=exc.errors)
     if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         return error_response(
-            "request body too large; send at most MAX_REQUEST_BYTES bytes",
+            f"request body too large; send at most {limit} bytes (MAX_REQUEST_BYTES)",
             code="too_large",
             http_status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, RecursionError):
+        # json.load (or json.dumps of what it returned) gives up on a document nested a few
+        # hundred levels deep; that is bad input, not a server error.
+        logger.warning("request refused: JSON nested too deeply")
+        return error_response(
+            "JSON parse error - the document is nested too deeply; send a flatter JSON object",
+            code="parse_error",
+            http_status=status.HTTP_400_BAD_REQUEST,
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "not found")

@@ -30,8 +30,18 @@ class FlowCreatedSerializer(serializers.Serializer):
     warnings = FieldErrorSerializer(many=True)
 
 
+class TextUUIDField(serializers.UUIDField):
+    """A UUID sent as text. DRF's UUIDField also turns integers (and booleans) into UUIDs,
+    so ``{"execution_id": 1}`` would look up 00000000-...-0001 instead of being refused."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class ExecuteRequestSerializer(serializers.Serializer):
-    execution_id = serializers.UUIDField(
+    execution_id = TextUUIDField(
         help_text="The id returned by POST /flow/create.",
         error_messages={"invalid": "must be a UUID, as returned by POST /flow/create"},
     )

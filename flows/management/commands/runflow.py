@@ -39,6 +39,8 @@ class Command(BaseCommand):
                 input_value = json.loads(options["input"])
             except ValueError as exc:
                 self._invalid(f"--input is not valid JSON: {exc}")
+            if not isinstance(input_value, dict):
+                self._invalid('--input must be a JSON object, e.g. --input \'{"key": "value"}\'')
         try:
             version = services.flow_create(document=document)
             execution = services.execution_create(flow_version=version, input=input_value)
@@ -50,11 +52,16 @@ class Command(BaseCommand):
 
         self.stdout.write(f"flow {version.flow_id} v{version.version}, execution {execution.id}")
         # django-q2's sync mode: the job execution_start enqueues runs here, in this process,
-        # through the same engine a worker uses.
+        # through the same engine a worker uses. Conf is process-wide, so the previous mode is
+        # put back for callers in a long-lived process (call_command from tests or a shell).
+        was_sync = Conf.SYNC
         Conf.SYNC = True
-        services.execution_start(execution_id=execution.id)
-        while engine.run_execution(execution.id):  # only if a step was left for another job
-            pass
+        try:
+            services.execution_start(execution_id=execution.id)
+            while engine.run_execution(execution.id):  # only if a step was left for another job
+                pass
+        finally:
+            Conf.SYNC = was_sync
         execution = Execution.objects.get(pk=execution.id)
         for step in execution.steps.order_by("seq"):
             duration = f"{step.duration:.3f}s" if step.duration is not None else "-"

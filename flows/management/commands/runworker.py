@@ -23,7 +23,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         manage = str(settings.BASE_DIR / "manage.py")
-        cluster = subprocess.Popen([sys.executable, manage, "qcluster"], start_new_session=True)
+        # Our own interpreter and manage.py, no user input: nothing to inject.
+        cluster = subprocess.Popen(  # noqa: S603
+            [sys.executable, manage, "qcluster"], start_new_session=True
+        )
 
         def forward(signum: int, _frame: Any) -> None:
             if cluster.poll() is None:
