@@ -43,3 +43,12 @@ def sync_jobs(monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callback
 
     monkeypatch.setattr(Conf, "SYNC", True)
     return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_files(settings: Any) -> None:
+    """Serve static files without collectstatic's manifest, which tests don't build."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
