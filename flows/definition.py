@@ -6,9 +6,12 @@ the engine. ``parse_flow`` reports every problem at once, each with the path of 
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import jsonschema
@@ -88,17 +91,20 @@ class FlowDefinition:
     max_steps: int = 1000
     warnings: tuple[FieldError, ...] = ()
 
+    # The engine looks tasks and conditions up once per step: index them once per definition.
+    @cached_property
+    def _tasks_by_name(self) -> dict[str, tuple[int, TaskSpec]]:
+        return {spec.name: (i, spec) for i, spec in enumerate(self.tasks)}
+
+    @cached_property
+    def _conditions_by_source(self) -> dict[str, ConditionSpec]:
+        return {cond.source_task: cond for cond in self.conditions}
+
     def task(self, name: str) -> TaskSpec:
-        for spec in self.tasks:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
+        return self._tasks_by_name[name][1]
 
     def condition_for(self, task_name: str) -> ConditionSpec | None:
-        for cond in self.conditions:
-            if cond.source_task == task_name:
-                return cond
-        return None
+        return self._conditions_by_source.get(task_name)
 
     def route(self, task_name: str, status: str) -> tuple[str | None, str]:
         """Where to go after ``task_name`` ended with ``status`` ('success' or 'failure').
@@ -115,10 +121,10 @@ class FlowDefinition:
             return (None if target == END else target), why
         if status != "success":
             return None, f"{task_name} ended {status} and has no condition: the flow ends"
-        names = [t.name for t in self.tasks]
-        index = names.index(task_name)
-        if index + 1 < len(names):
-            return names[index + 1], f"{task_name} succeeded; no condition, next task in order"
+        index = self._tasks_by_name[task_name][0]
+        if index + 1 < len(self.tasks):
+            nxt = self.tasks[index + 1].name
+            return nxt, f"{task_name} succeeded; no condition, next task in order"
         return None, f"{task_name} succeeded and is the last task: the flow ends"
 
     def reachable(self) -> set[str]:
@@ -168,7 +174,9 @@ def parse_flow(
             "letter or digit",
         )
         flow_id = ""
-    name = _optional_text(doc, "name", "name", err, 200) or flow_id
+    for path in _nul_paths(doc, ""):
+        err(path, "contains a NUL character (\\u0000), which cannot be stored; remove it")
+    name = _optional_text(doc, "name", "name", err, 200, single_line=True) or flow_id
     description = _optional_text(doc, "description", "description", err, 5000)
 
     max_steps = doc.get("max_steps", default_max_steps)
@@ -211,7 +219,7 @@ def parse_flow(
         for i, t in enumerate(tasks)
         if t.name not in reachable
     )
-    return FlowDefinition(**{**definition.__dict__, "warnings": warnings})
+    return dataclasses.replace(definition, warnings=warnings)
 
 
 def _parse_tasks(raw: Any, registry: Registry, err: Any) -> list[TaskSpec]:
@@ -339,7 +347,7 @@ def _parse_conditions(raw: Any, known: set[str], names: list[str], err: Any) -> 
                 err(f"{path}.{key}", f"'{target}' is not one of the tasks or 'end'")
                 ok = False
             targets[key] = target
-        cname = _optional_text(item, "name", f"{path}.name", err, 200)
+        cname = _optional_text(item, "name", f"{path}.name", err, 200, single_line=True)
         description = _optional_text(item, "description", f"{path}.description", err, 5000)
         if ok:
             out.append(
@@ -355,7 +363,9 @@ def _parse_conditions(raw: Any, known: set[str], names: list[str], err: Any) -> 
     return out
 
 
-def _optional_text(doc: Mapping, key: str, path: str, err: Any, limit: int) -> str:
+def _optional_text(
+    doc: Mapping, key: str, path: str, err: Any, limit: int, *, single_line: bool = False
+) -> str:
     value = doc.get(key)
     if value is None:
         return ""
@@ -365,7 +375,33 @@ def _optional_text(doc: Mapping, key: str, path: str, err: Any, limit: int) -> s
     if len(value) > limit:
         err(path, f"at most {limit} characters")
         return ""
+    allowed = "\x00" if single_line else "\x00\n\r\t"  # NUL has its own error
+    if any(_is_control(ch) and ch not in allowed for ch in value):
+        what = "a single line of printable text" if single_line else "printable text"
+        err(path, f"must be {what} (no control characters)")
+        return ""
     return value
+
+
+def _nul_paths(value: Any, path: str) -> list[str]:
+    """Paths of every string (or key) holding a NUL character, which databases refuse."""
+    if isinstance(value, str):
+        return [path or "(document)"] if "\x00" in value else []
+    if isinstance(value, Mapping):
+        out: list[str] = []
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                out.append(sub)
+            out += _nul_paths(item, sub)
+        return out
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _nul_paths(item, f"{path}[{i}]")]
+    return []
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) == "Cc"
 
 
 def _is_name(value: Any) -> bool:
@@ -373,7 +409,7 @@ def _is_name(value: Any) -> bool:
         isinstance(value, str)
         and 0 < len(value) <= MAX_NAME
         and value.strip() == value
-        and value.isprintable()
+        and not any(_is_control(ch) for ch in value)
     )
 
 

@@ -52,7 +52,7 @@ from flows.models import (
     TaskRun,
     TaskRunStatus,
 )
-from flows.registry import TaskRegistry, default_registry
+from flows.registry import TaskRegistry, TaskType, default_registry
 from tasks.base_task import TaskContext, TaskLogger
 
 logger = logging.getLogger("flows.engine")
@@ -171,6 +171,8 @@ def _check_result(value: Any) -> tuple[dict[str, Any] | None, str]:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         return None, f"task returned a dict that is not JSON-serialisable: {exc}"
+    if "\\u0000" in text:
+        return None, "task result contains a NUL character (\\u0000), which cannot be stored"
     if len(text) > settings.FLOW_MAX_RESULT_BYTES:
         return None, (
             f"task result is {len(text)} bytes, over the limit of "
@@ -191,6 +193,13 @@ class Runner:
         self.me = worker_id()
         self.lease = timedelta(seconds=settings.FLOW_LEASE_SECONDS)
         self._loop: TaskLoop | None = None
+        self._types: dict[str, TaskType | None] = {}
+
+    def _task_type(self, name: str) -> TaskType | None:
+        # One registry look-up (and plugin-folder scan) per type per job, not per step.
+        if name not in self._types:
+            self._types[name] = self.registry.get(name)
+        return self._types[name]
 
     # 1. Claim ------------------------------------------------------------------------------
     def claim(self) -> TaskRun | None:
@@ -282,7 +291,7 @@ class Runner:
             step.task_type,
             step.attempt,
         )
-        task_type = self.registry.get(step.task_type)
+        task_type = self._task_type(step.task_type)
         if task_type is None:
             return _failure(self.registry.problem(step.task_type) or "unknown task type")
         try:
@@ -314,70 +323,75 @@ class Runner:
         next_watch = started + WATCH_INTERVAL_SECONDS
         lease_renew_every = settings.FLOW_LEASE_SECONDS / 3
         next_renew = started + lease_renew_every
-        while True:
+        # Wait on the future, waking once a second to renew the lease and look for a cancel.
+        # (concurrent.futures.wait, not result(timeout=...): a task's own TimeoutError must
+        # not be mistaken for "still running".)
+        while not future.done():
             now = time.perf_counter()
-            try:
-                value = future.result(timeout=max(0.0, min(next_watch, hard_deadline) - now))
-            except concurrent.futures.TimeoutError:
-                now = time.perf_counter()
-                if now >= hard_deadline:
-                    future.cancel()
-                    # The loop is stuck in blocking code: leave it behind, start a fresh one.
-                    self._loop = None
-                    return _failure(
-                        f"task did not finish within its timeout of {timeout:g}s and blocked "
-                        "its event loop (blocking code in an async task?)",
-                        duration=now - started,
-                        lines=log.lines,
-                    )
-                next_watch = now + WATCH_INTERVAL_SECONDS
-                renew = now >= next_renew
-                if renew:
-                    next_renew = now + lease_renew_every
-                verdict = self._watch(step, renew_lease=renew)
-                if verdict is None:
-                    continue
-                future.cancel()
-                # Give the coroutine a moment to unwind; its CancelledError is what we asked for.
-                with contextlib.suppress(BaseException):
-                    future.result(timeout=ABANDON_GRACE_SECONDS)
-                duration = time.perf_counter() - started
-                if verdict == "cancel":
-                    logger.info(
-                        "execution=%s step=%s cancelled while running", execution.id, step.seq
-                    )
-                    return StepOutcome(
-                        TaskRunStatus.CANCELLED,
-                        error="cancelled while running",
-                        duration=duration,
-                        log_lines=log.lines,
-                    )
-                logger.info("execution=%s step=%s stopped: %s", execution.id, step.seq, verdict)
-                return StepOutcome(TaskRunStatus.CANCELLED, stop=True)
-            except StepTimeout:
-                return _failure(
-                    f"task timed out after {timeout:g}s (timeout_seconds)",
-                    duration=time.perf_counter() - started,
-                    lines=log.lines,
-                )
-            except concurrent.futures.CancelledError:
-                return _failure(
-                    "task was cancelled", duration=time.perf_counter() - started, lines=log.lines
-                )
-            except Exception as exc:
-                return _failure(
-                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-                    trace=tb.format_exc(),
-                    duration=time.perf_counter() - started,
-                    lines=log.lines,
-                )
-            duration = time.perf_counter() - started
-            result, problem = _check_result(value)
-            if problem:
-                return _failure(problem, duration=duration, lines=log.lines)
-            return StepOutcome(
-                TaskRunStatus.SUCCESS, result=result, duration=duration, log_lines=log.lines
+            concurrent.futures.wait(
+                [future], timeout=max(0.0, min(next_watch, hard_deadline) - now)
             )
+            if future.done():
+                break
+            now = time.perf_counter()
+            if now >= hard_deadline:
+                future.cancel()
+                # The loop is stuck in blocking code: leave it behind, start a fresh one.
+                self._loop = None
+                return _failure(
+                    f"task did not finish within its timeout of {timeout:g}s and blocked "
+                    "its event loop (blocking code in an async task?)",
+                    duration=now - started,
+                    lines=log.lines,
+                )
+            if now < next_watch:
+                continue
+            next_watch = now + WATCH_INTERVAL_SECONDS
+            renew = now >= next_renew
+            if renew:
+                next_renew = now + lease_renew_every
+            verdict = self._watch(step, renew_lease=renew)
+            if verdict is None:
+                continue
+            future.cancel()
+            # Give the coroutine a moment to unwind; its CancelledError is what we asked for.
+            with contextlib.suppress(BaseException):
+                future.result(timeout=ABANDON_GRACE_SECONDS)
+            if verdict == "cancel":
+                logger.info("execution=%s step=%s cancelled while running", execution.id, step.seq)
+                return StepOutcome(
+                    TaskRunStatus.CANCELLED,
+                    error="cancelled while running",
+                    duration=time.perf_counter() - started,
+                    log_lines=log.lines,
+                )
+            logger.info("execution=%s step=%s stopped: %s", execution.id, step.seq, verdict)
+            return StepOutcome(TaskRunStatus.CANCELLED, stop=True)
+
+        duration = time.perf_counter() - started
+        try:
+            value = future.result()
+        except StepTimeout:
+            return _failure(
+                f"task timed out after {timeout:g}s (timeout_seconds)",
+                duration=duration,
+                lines=log.lines,
+            )
+        except concurrent.futures.CancelledError:
+            return _failure("task was cancelled", duration=duration, lines=log.lines)
+        except Exception as exc:
+            return _failure(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                trace=tb.format_exc(),
+                duration=duration,
+                lines=log.lines,
+            )
+        result, problem = _check_result(value)
+        if problem:
+            return _failure(problem, duration=duration, lines=log.lines)
+        return StepOutcome(
+            TaskRunStatus.SUCCESS, result=result, duration=duration, log_lines=log.lines
+        )
 
     def _watch(self, step: TaskRun, *, renew_lease: bool) -> str | None:
         """Once a second while a task runs: 'cancel', 'deleted', 'lost' or None to go on."""

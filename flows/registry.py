@@ -37,8 +37,9 @@ class TaskType:
 
     @property
     def description(self) -> str:
-        text = getattr(self.cls, "description", "") or inspect.getdoc(self.cls) or ""
-        return text.strip()
+        # The class's own docstring, not one inherited from BaseTask.
+        own_doc = inspect.cleandoc(self.cls.__dict__.get("__doc__") or "")
+        return (getattr(self.cls, "description", "") or own_doc).strip()
 
     @property
     def parameters_schema(self) -> dict[str, Any]:
@@ -133,7 +134,7 @@ class TaskRegistry:
             path = self.folder / filename
             try:
                 cls = self._load_class(path, stem, task_type)
-            except Exception as exc:  # a plugin may fail in any way; it must not stop us
+            except (Exception, SystemExit) as exc:  # a plugin may fail in any way, even exit
                 message = f"{type(exc).__name__}: {exc}"
                 errors[task_type] = message
                 logger.error("task module %s failed to load: %s", path, message)
