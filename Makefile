@@ -34,13 +34,16 @@ run: migrate
 
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
+# make bench BENCH_ARGS="--profile --runs 10"; see bench/README.md
 bench: install
-	$(BIN)/python bench/engine_overhead.py
+	$(BIN)/python bench/engine_overhead.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3 db.sqlite3-wal db.sqlite3-shm

@@ -7,7 +7,8 @@ case "$role" in
   web)
     python manage.py migrate --noinput
     exec gunicorn flowmanager.wsgi --bind "0.0.0.0:${PORT:-8000}" \
-      --workers "${WEB_CONCURRENCY:-2}" --access-logfile - --forwarded-allow-ips '*'
+      --workers "${WEB_CONCURRENCY:-2}" --access-logfile - --forwarded-allow-ips '*' \
+      --no-control-socket
     ;;
   worker)
     exec python manage.py qcluster

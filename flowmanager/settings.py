@@ -262,7 +262,8 @@ LOGGING = {
     "loggers": {
         "flows": {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False},
         "tasks": {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False},
-        "django_q": {
+        # django-q2 logs as "django-q" (with a dash).
+        "django-q": {
             "handlers": ["stderr"],
             "level": os.environ.get("Q_LOG_LEVEL", "WARNING").upper(),
             "propagate": False,

@@ -22,6 +22,9 @@ FLOW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 MAX_NAME = 100
 MAX_TASKS = 500
 MAX_STEPS_LIMIT = 100_000
+# Deeper documents are refused up front, so no later walk over them can hit Python's
+# recursion limit.
+MAX_DEPTH = 64
 
 _FLOW_KEYS = {"id", "name", "description", "start_task", "tasks", "conditions", "max_steps"}
 _TASK_KEYS = {"name", "task_type", "description", "parameters", "timeout_seconds"}
@@ -162,6 +165,10 @@ def parse_flow(
     if not isinstance(doc, Mapping):
         raise FlowValidationError(
             [FieldError("", f"a flow document must be a JSON object, not {_kind(doc)}")]
+        )
+    if _deeper_than(doc, MAX_DEPTH):
+        raise FlowValidationError(
+            [FieldError("", f"the document is nested deeper than {MAX_DEPTH} levels")]
         )
     for key in sorted(set(doc) - _FLOW_KEYS, key=str):
         err(str(key), f"unknown field; allowed: {', '.join(sorted(_FLOW_KEYS))}")
@@ -381,6 +388,19 @@ def _optional_text(
         err(path, f"must be {what} (no control characters)")
         return ""
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
 def _nul_paths(value: Any, path: str) -> list[str]:

@@ -181,6 +181,19 @@ def _check_result(value: Any) -> tuple[dict[str, Any] | None, str]:
     return (value if not value else json.loads(text)), ""
 
 
+def _timeout_for(own: float | None, type_default: float | None) -> tuple[float, str]:
+    """A step's timeout and where it came from, for the error message."""
+    if own:
+        value, source = own, "the task's timeout_seconds"
+    elif type_default:
+        value, source = type_default, "the task type's default timeout"
+    else:
+        value, source = settings.FLOW_DEFAULT_TASK_TIMEOUT, "FLOW_DEFAULT_TASK_TIMEOUT"
+    if value > settings.FLOW_MAX_TASK_TIMEOUT:
+        value, source = settings.FLOW_MAX_TASK_TIMEOUT, "FLOW_MAX_TASK_TIMEOUT"
+    return value, source
+
+
 # ---------------------------------------------------------------------------------------------
 # One execution, in one job
 # ---------------------------------------------------------------------------------------------
@@ -245,11 +258,16 @@ class Runner:
                 continue_here=False,
             )
             return 1
-        results = dict(
+        # Results by task name, most recent last: a task that ran again moves to the end, so
+        # "the latest result" means the latest in run order.
+        results: dict[str, Any] = {}
+        for name, result in (
             TaskRun.objects.filter(execution_id=self.execution_id, status=TaskRunStatus.SUCCESS)
             .order_by("seq")
             .values_list("task_name", "result")
-        )
+        ):
+            results.pop(name, None)
+            results[name] = result
         budget_end = time.monotonic() + settings.FLOW_STEP_BUDGET_SECONDS
         done = 0
         try:
@@ -267,6 +285,7 @@ class Runner:
                     done < settings.FLOW_STEP_BUDGET_STEPS and time.monotonic() < budget_end
                 )
                 if outcome.status == TaskRunStatus.SUCCESS:
+                    results.pop(step.task_name, None)
                     results[step.task_name] = outcome.result
                 step = self._record(execution, definition, step, outcome, continue_here=keep_going)
         finally:
@@ -298,10 +317,7 @@ class Runner:
             spec = definition.task(step.task_name)
         except KeyError:
             return _failure(f"task '{step.task_name}' is not in the flow's definition")
-        timeout = min(
-            spec.timeout_seconds or task_type.default_timeout or settings.FLOW_DEFAULT_TASK_TIMEOUT,
-            settings.FLOW_MAX_TASK_TIMEOUT,
-        )
+        timeout, source = _timeout_for(spec.timeout_seconds, task_type.default_timeout)
         try:
             task = task_type.cls(name=step.task_name, parameters=copy.deepcopy(step.parameters))
             task.context = TaskContext(
@@ -336,7 +352,9 @@ class Runner:
             now = time.perf_counter()
             if now >= hard_deadline:
                 future.cancel()
-                # The loop is stuck in blocking code: leave it behind, start a fresh one.
+                # The loop is stuck in blocking code: leave it behind (its thread ends once the
+                # blocking call returns) and start a fresh one for the next step.
+                self._loop.loop.call_soon_threadsafe(self._loop.loop.stop)
                 self._loop = None
                 return _failure(
                     f"task did not finish within its timeout of {timeout:g}s and blocked "
@@ -373,7 +391,7 @@ class Runner:
             value = future.result()
         except StepTimeout:
             return _failure(
-                f"task timed out after {timeout:g}s (timeout_seconds)",
+                f"task timed out after {timeout:g}s ({source})",
                 duration=duration,
                 lines=log.lines,
             )

@@ -7,7 +7,9 @@ import httpx
 
 from tasks.base_task import BaseTask, PermanentTaskError
 
-_MAX_BODY_BYTES = 1_048_576
+# The engine stores results up to FLOW_MAX_RESULT_BYTES (1 MiB by default), JSON-escaped and
+# with the headers beside the body: keep the body well under that by default.
+DEFAULT_MAX_BODY_BYTES = 262_144
 
 
 class HttpRequestTask(BaseTask):
@@ -59,6 +61,14 @@ class HttpRequestTask(BaseTask):
                 "description": "Seconds to wait for the whole request.",
             },
             "follow_redirects": {"type": "boolean", "default": False},
+            "max_body_bytes": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 786_432,
+                "default": DEFAULT_MAX_BODY_BYTES,
+                "description": "Keep at most this many bytes of the response body; a longer "
+                "body is cut and the result says body_truncated.",
+            },
         },
         "additionalProperties": False,
     }
@@ -72,17 +82,20 @@ class HttpRequestTask(BaseTask):
         if "json" in p:
             kwargs["json"] = p["json"]
         timeout = float(p.get("timeout", 30))
+        limit = int(p.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
         async with httpx.AsyncClient(
             timeout=timeout, follow_redirects=bool(p.get("follow_redirects", False))
         ) as client:
             try:
-                response = await client.request(method, url, **kwargs)
+                # Streamed, so a huge answer is never held in memory past the limit.
+                async with client.stream(method, url, **kwargs) as response:
+                    content, truncated = await _read_capped(response, limit)
             except httpx.TimeoutException as exc:
                 raise TimeoutError(f"{method} {url} timed out after {timeout:g}s") from exc
             except httpx.HTTPError as exc:
                 raise ConnectionError(f"{method} {url} failed: {exc}") from exc
 
-        body = _parse_body(response)
+        body = _parse_body(response, content, truncated)
         self.context.logger.info("%s %s -> %s", method, url, response.status_code)
         if not _status_ok(response.status_code, p.get("expected_status")):
             detail = f"{method} {url} answered {response.status_code}"
@@ -95,6 +108,7 @@ class HttpRequestTask(BaseTask):
             "status_code": response.status_code,
             "headers": dict(response.headers),
             "body": body,
+            "body_truncated": truncated,
         }
 
 
@@ -106,9 +120,19 @@ def _status_ok(status: int, expected: int | list[int] | None) -> bool:
     return status in expected
 
 
-def _parse_body(response: httpx.Response) -> Any:
-    content = response.content[:_MAX_BODY_BYTES]
-    if "json" in response.headers.get("content-type", ""):
+async def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
+def _parse_body(response: httpx.Response, content: bytes, truncated: bool) -> Any:
+    if not truncated and "json" in response.headers.get("content-type", ""):
         try:
             return json.loads(content)
         except ValueError:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import engine, services
-from flows.models import Execution
+from flows.models import Execution, Flow, FlowVersion
 
 SAMPLE = json.loads(
     (Path(__file__).resolve().parent.parent / "examples" / "sample_flow.json").read_text()
@@ -74,3 +74,8 @@ def run_flow(document: dict[str, Any], *, input: dict | None = None) -> Executio
 def ran(execution: Execution) -> list[tuple[str, str]]:
     """(task name, status) of every step in order."""
     return list(execution.steps.order_by("seq").values_list("task_name", "status"))
+
+
+def stored_counts() -> tuple[int, int, int]:
+    """How many flows, flow versions and executions are stored."""
+    return Flow.objects.count(), FlowVersion.objects.count(), Execution.objects.count()

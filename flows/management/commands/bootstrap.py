@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rest_framework.authtoken.models import Token
 
 from flows import services
@@ -53,6 +53,11 @@ class Command(BaseCommand):
             )
             self.stdout.write(f"API token for '{admin.get_username()}': {token.key}")
             return
+        if User.objects.filter(**{User.USERNAME_FIELD: username}).exists():
+            raise CommandError(
+                f"user '{username}' exists but is not a superuser; set FLOW_ADMIN_USER to a "
+                f"new name, or promote '{username}' yourself (manage.py shell)"
+            )
         password = os.environ.get("FLOW_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         admin = User.objects.create_superuser(username=username, email="", password=password)
         token = Token.objects.create(user=admin)

@@ -33,6 +33,8 @@ class Command(BaseCommand):
             self._invalid(f"cannot read {path}: {exc.strerror}")
         except ValueError as exc:
             self._invalid(f"{path} is not valid JSON: {exc}")
+        except RecursionError:
+            self._invalid(f"{path} is nested too deeply to read; use a flatter document")
         input_value = None
         if options["input"] is not None:
             try:
@@ -49,6 +51,8 @@ class Command(BaseCommand):
             for error in exc.errors or [{"field": "", "message": exc.message}]:
                 self.stderr.write(f"  {error['field'] or '(document)'}: {error['message']}")
             raise SystemExit(2) from None
+        except RecursionError:
+            self._invalid(f"{path}: invalid flow: nested too deeply; use a flatter document")
 
         self.stdout.write(f"flow {version.flow_id} v{version.version}, execution {execution.id}")
         # django-q2's sync mode: the job execution_start enqueues runs here, in this process,

@@ -1,0 +1,347 @@
+"""End to end: a real web server and a real ``qcluster`` on a shared SQLite file.
+
+Nothing here uses pytest-django's test database. A module fixture migrates a fresh SQLite
+file, starts gunicorn and ``manage.py qcluster`` against it as subprocesses, and the tests
+talk to them over HTTP as a client of the seed API would. The database file is only read
+(never written) from the test process, to check what the worker left behind.
+
+The cluster runs ONE worker process, so "the worker ran the next flow" can only mean the
+worker that held a deleted execution let go of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.factories import cond, failing, flow_doc, sample_flow, task
+
+pytestmark = pytest.mark.worker
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+# Deadlines for "it never happened"; nothing asserts how fast anything was.
+DEADLINE_SECONDS = 30.0
+STOP_GRACE_SECONDS = 15.0
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+# Far longer than DEADLINE_SECONDS: a worker that kept holding a deleted execution's step
+# could not run anything else before a poll gives up.
+HOLD_SECONDS = 300
+
+
+@dataclass
+class Stack:
+    """The running web server and cluster, and where to find their traces."""
+
+    url: str
+    client: httpx.Client
+    db_path: Path
+    cluster: subprocess.Popen
+    logs: dict[str, Path]
+
+    def log_tails(self, lines: int = 40) -> str:
+        parts = []
+        for name, path in self.logs.items():
+            text = path.read_text(errors="replace").splitlines() if path.exists() else []
+            parts.append(f"--- {name} (last {lines} lines) ---\n" + "\n".join(text[-lines:]))
+        return "\n".join(parts)
+
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        """Read the shared database file directly (read-only), as an operator's sqlite3 would."""
+        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stderr}"
+    return done.stdout
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child pids, recursively, from /proc (empty where /proc has no children files)."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in children.read_text().split():
+                found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _stop(proc: subprocess.Popen, *, grace: float) -> None:
+    """SIGTERM the main pid only (never its group: DJANGO-Q2.md, "Shutdown"), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    leftovers = _descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    # A SIGKILLed main process leaves its worker processes behind; end exactly those.
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        # A session of its own keeps a Ctrl-C at the terminal (a signal to the whole
+        # foreground group) away from qcluster, which hangs on group signals; the
+        # finalizer stops it properly instead.
+        return subprocess.Popen(
+            args,
+            cwd=BASE_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("worker_e2e")
+    db_path = home / "db.sqlite3"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{db_path}",
+        "SECRET_KEY": "insecure-key-for-the-worker-e2e-tests-only",
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "FLOW_DEMO_DELAY_SECONDS": "0",
+        "Q_WORKERS": "1",
+        "Q_CLUSTER_NAME": f"e2e-{port}",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("REDIS_URL", "Q_SYNC"):  # the ORM broker on the file database, real workers
+        env.pop(name, None)
+
+    _manage(env, "migrate", "--noinput", "--verbosity", "0")
+    token = (
+        _manage(
+            env,
+            "shell",
+            "--verbosity",
+            "0",
+            "-c",
+            "from django.contrib.auth import get_user_model\n"
+            "from rest_framework.authtoken.models import Token\n"
+            "user = get_user_model().objects.create_user('e2e', password='e2e-pass-123')\n"
+            "print(Token.objects.create(user=user).key)",
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+
+    logs = {"qcluster": home / "qcluster.log", "gunicorn": home / "gunicorn.log"}
+    procs: list[tuple[subprocess.Popen, float]] = []
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Token {token}"},
+        timeout=10,
+    )
+    try:
+        cluster = _start([sys.executable, "manage.py", "qcluster"], env, logs["qcluster"])
+        procs.append((cluster, STOP_GRACE_SECONDS))
+        web = _start(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "flowmanager.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--no-control-socket",
+            ],
+            env,
+            logs["gunicorn"],
+        )
+        procs.append((web, 10.0))
+        running = Stack(f"http://127.0.0.1:{port}", client, db_path, cluster, logs)
+
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while True:
+            for proc, _ in procs:
+                assert proc.poll() is None, f"{proc.args} exited\n{running.log_tails()}"
+            with contextlib.suppress(httpx.TransportError):
+                if client.get("/health").status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"web server never answered\n{running.log_tails()}"
+            time.sleep(0.1)
+        yield running
+    finally:
+        client.close()
+        for proc, grace in reversed(procs):
+            _stop(proc, grace=grace)
+
+
+# -------------------------------------------------------------------------------------------
+# Helpers that act like an API client
+# -------------------------------------------------------------------------------------------
+def _poll(stack: Stack, what: str, read: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    last = None
+    while time.monotonic() < deadline:
+        last = read()
+        if done(last):
+            return last
+        time.sleep(0.1)
+    pytest.fail(f"{what} did not happen; last seen: {last}\n{stack.log_tails()}")
+
+
+def _create_and_execute(stack: Stack, document: dict[str, Any]) -> str:
+    created = stack.client.post("/flow/create", json=document)
+    assert created.status_code == 200, created.text
+    execution_id = created.json()["execution_id"]
+    started = stack.client.post("/flow/execute", json={"execution_id": execution_id})
+    assert started.status_code == 200, started.text
+    return execution_id
+
+
+def _status(stack: Stack, execution_id: str) -> dict[str, Any]:
+    response = stack.client.get(f"/flow/{execution_id}/status")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _wait_until_ended(stack: Stack, execution_id: str) -> dict[str, Any]:
+    return _poll(
+        stack,
+        f"execution {execution_id} ending",
+        lambda: _status(stack, execution_id),
+        lambda doc: doc["status"] in TERMINAL,
+    )
+
+
+def _steps(stack: Stack, execution_id: str) -> list[tuple[str, str, str]]:
+    return stack.query(
+        "SELECT task_name, status, worker FROM flows_taskrun WHERE execution_id = ? ORDER BY seq",
+        uuid.UUID(execution_id).hex,
+    )
+
+
+# -------------------------------------------------------------------------------------------
+# Tests
+# -------------------------------------------------------------------------------------------
+def test_the_seed_sample_flow_runs_to_completed_on_a_real_worker(stack: Stack) -> None:
+    execution_id = _create_and_execute(stack, sample_flow())
+
+    doc = _wait_until_ended(stack, execution_id)
+
+    assert doc["status"] == "COMPLETED", doc
+    assert doc["executed_tasks"] == ["task1", "task2", "task3"]
+    assert {name: r["status"] for name, r in doc["task_results"].items()} == {
+        "task1": "SUCCESS",
+        "task2": "SUCCESS",
+        "task3": "SUCCESS",
+    }
+    assert doc["started_at"] and doc["ended_at"]
+    assert doc["error"] is None
+
+
+def test_a_failure_routed_to_a_recovery_task_ends_completed(stack: Stack) -> None:
+    document = flow_doc(
+        [failing("fetch"), task("store", "store_data"), task("recover", "print", message="fixed")],
+        [
+            cond("fetch", "success", "store", "recover"),
+            cond("store", "success", "end", "end"),
+        ],
+        flow_id="e2e_recovery",
+    )
+    execution_id = _create_and_execute(stack, document)
+
+    doc = _wait_until_ended(stack, execution_id)
+
+    assert doc["status"] == "COMPLETED", doc
+    assert doc["executed_tasks"] == ["fetch", "recover"]
+    assert doc["task_results"]["fetch"]["status"] == "FAILURE"
+    assert "Simulated failure" in doc["task_results"]["fetch"]["error"]
+    assert doc["task_results"]["recover"]["status"] == "SUCCESS"
+    assert doc["task_results"]["recover"]["data"] == {"message": "fixed"}
+    assert "store" not in doc["task_results"]
+
+
+def test_deleting_a_running_execution_frees_its_worker_for_the_next_flow(stack: Stack) -> None:
+    document = flow_doc(
+        [task("hold", "wait", seconds=HOLD_SECONDS), task("after")], flow_id="e2e_delete_running"
+    )
+    execution_id = _create_and_execute(stack, document)
+    _poll(
+        stack,
+        "the worker picking up the wait task",
+        lambda: _status(stack, execution_id),
+        lambda doc: doc["status"] == "RUNNING" and doc["current_task"] == "hold",
+    )
+    [(_, step_status, holder)] = _steps(stack, execution_id)
+    assert step_status == "RUNNING"
+
+    deleted = stack.client.delete(f"/flow/{execution_id}")
+
+    assert deleted.status_code == 200, deleted.text
+    assert execution_id in deleted.json()["message"]
+    gone = stack.client.get(f"/flow/{execution_id}/status")
+    assert gone.status_code == 404, gone.text
+
+    # One worker process: the next flow runs only once that worker has let go of the deleted
+    # execution, long before its wait would have ended on its own.
+    next_id = _create_and_execute(stack, flow_doc([task("only")], flow_id="e2e_after_delete"))
+    doc = _wait_until_ended(stack, next_id)
+    assert doc["status"] == "COMPLETED", doc
+    assert [worker for _, _, worker in _steps(stack, next_id)] == [holder]
+
+    assert stack.cluster.poll() is None, stack.log_tails()
+    os.kill(int(holder.rsplit(":", 1)[1]), 0)  # the same worker process is still alive
+    hex_id = uuid.UUID(execution_id).hex
+    for table in ("flows_execution", "flows_taskrun", "flows_executionevent"):
+        column = "id" if table == "flows_execution" else "execution_id"
+        rows = stack.query(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", hex_id)
+        assert rows == [(0,)], f"{table} has rows of the deleted execution again"
+    assert stack.client.get(f"/flow/{execution_id}/status").status_code == 404
+
+
+def test_health_reports_the_running_cluster(stack: Stack) -> None:
+    def health() -> dict[str, Any]:
+        response = stack.client.get("/health")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    doc = _poll(stack, "/health reporting a worker cluster", health, lambda d: d["workers"] >= 1)
+
+    assert doc["status"] == "healthy"
+    assert doc["database"] == "ok"
