@@ -38,10 +38,14 @@ _CONDITION_KEYS = {
 }
 
 
-class Registry(Protocol):
+class Lookup(Protocol):
     def get(self, task_type: str) -> Any: ...
 
     def problem(self, task_type: str) -> str | None: ...
+
+
+class Registry(Protocol):
+    def snapshot(self) -> Lookup: ...
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,7 @@ def parse_flow(
     elif not 1 <= max_steps <= MAX_STEPS_LIMIT:
         err("max_steps", f"must be between 1 and {MAX_STEPS_LIMIT}")
 
-    tasks = _parse_tasks(doc.get("tasks"), registry, err)
+    tasks = _parse_tasks(doc.get("tasks"), registry.snapshot(), err)
     names = [t.name for t in tasks]
     known = set(names)
 
@@ -229,7 +233,7 @@ def parse_flow(
     return dataclasses.replace(definition, warnings=warnings)
 
 
-def _parse_tasks(raw: Any, registry: Registry, err: Any) -> list[TaskSpec]:
+def _parse_tasks(raw: Any, registry: Lookup, err: Any) -> list[TaskSpec]:
     if raw is None:
         err("tasks", "required: a list with at least one task")
         return []

@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.conf import Conf
@@ -194,6 +194,50 @@ def _timeout_for(own: float | None, type_default: float | None) -> tuple[float, 
     return value, source
 
 
+_definitions: dict[tuple[str, int, Any], FlowDefinition] = {}
+
+
+def _definition_for(execution: Execution, registry: TaskRegistry) -> FlowDefinition:
+    """The execution's parsed flow, parsed once per process per document and plugin set.
+
+    Keyed by the document's text rather than the version's id, which a database reset (or a
+    test's rollback) can hand out again for another document.
+    """
+    registry.refresh()
+    document = json.dumps(execution.flow_version.definition, sort_keys=True)
+    key = (document, id(registry), registry.fingerprint)
+    definition = _definitions.get(key)
+    if definition is None:
+        definition = parse_flow(
+            execution.flow_version.definition,
+            registry,
+            default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
+        )
+        if len(_definitions) >= 256:
+            _definitions.clear()
+        _definitions[key] = definition
+    return definition
+
+
+def _bump_execution(eid: uuid.UUID, current_task: str) -> tuple[bool, int] | None:
+    """Count a step and set the current task; return (cancel_requested, steps_taken).
+
+    One ``UPDATE ... RETURNING`` instead of a locking SELECT plus an UPDATE: on PostgreSQL it
+    takes the same row lock, and on SQLite the IMMEDIATE transaction already holds the
+    database's write lock. None when the execution no longer exists.
+    """
+    table = connection.ops.quote_name(Execution._meta.db_table)
+    key = Execution._meta.pk.get_db_prep_value(eid, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET steps_taken = steps_taken + 1, current_task = %s "  # noqa: S608
+            "WHERE id = %s RETURNING cancel_requested, steps_taken",
+            [current_task, key],
+        )
+        row = cursor.fetchone()
+    return None if row is None else (bool(row[0]), int(row[1]))
+
+
 # ---------------------------------------------------------------------------------------------
 # One execution, in one job
 # ---------------------------------------------------------------------------------------------
@@ -244,11 +288,7 @@ class Runner:
             return 0
         execution = Execution.objects.select_related("flow_version").get(pk=self.execution_id)
         try:
-            definition = parse_flow(
-                execution.flow_version.definition,
-                self.registry,
-                default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
-            )
+            definition = _definition_for(execution, self.registry)
         except FlowValidationError as exc:
             self._record(
                 execution,
@@ -442,25 +482,60 @@ class Runner:
     ) -> TaskRun | None:
         """Store the step's outcome and the routing decision in one transaction.
 
-        Returns the next step when it is claimed by this worker, else None.
+        Returns the next step when it is claimed by this worker, else None. This runs once per
+        step, so it keeps to three statements on the common path: bump the execution, close
+        the step, open the next one; ending, failures and log lines add their own.
         """
         now = timezone.now()
         eid = execution.id
         events: list[tuple[str, str]] = list(outcome.log_lines)
+        # Routing is a pure function of the definition and the outcome: decide it before
+        # taking the lock. Only a cancel request or the step limit can override it below.
+        succeeded = outcome.status == TaskRunStatus.SUCCESS
+        target: str | None = None
+        if outcome.status == TaskRunStatus.CANCELLED:
+            why = "cancelled"
+        elif definition is None:
+            why = outcome.error
+        else:
+            target, why = definition.route(step.task_name, "success" if succeeded else "failure")
+        if outcome.error:
+            events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
+        logger.log(
+            logging.INFO if succeeded else logging.WARNING,
+            "execution=%s step=%s task=%s ended %s in %.3fs%s",
+            eid, step.seq, step.task_name, outcome.status, outcome.duration,
+            f": {outcome.error}" if outcome.error else "",
+        )  # fmt: skip
         next_step: TaskRun | None = None
         with transaction.atomic():
-            # Lock the execution first: cancel and delete take the same lock, so neither can
-            # slip between closing this step and opening the next.
-            state = (
-                Execution.objects.select_for_update()
-                .filter(pk=eid)
-                .values_list("cancel_requested", "steps_taken")
-                .first()
-            )
+            # 1. The execution row first: cancel and delete lock it too, so neither can slip
+            #    between closing this step and opening the next.
+            state = _bump_execution(eid, target or "")
             if state is None:
                 logger.info("execution=%s was deleted while step %s ran", eid, step.seq)
                 return None
             cancel_requested, steps_taken = state
+            # 2. The decision: the next task, or how the execution ends.
+            final, error = "", ""
+            if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
+                final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
+            elif target is None:
+                final = ExecutionStatus.COMPLETED if succeeded else ExecutionStatus.FAILED
+                if not succeeded:
+                    error = (
+                        outcome.error
+                        if definition is None
+                        else f"task '{step.task_name}' failed: {outcome.error}"
+                    )
+            elif definition is not None and steps_taken >= definition.max_steps:
+                final = ExecutionStatus.FAILED
+                error = why = (
+                    f"step limit of {definition.max_steps} steps (max_steps) reached before "
+                    f"task '{target}' could run"
+                )
+            route = f"{why} -> {f'execution {final}' if final else target}"
+            # 3. Close the step with its decision, if this worker still holds it.
             closed = TaskRun.objects.filter(
                 pk=step.pk, status=TaskRunStatus.RUNNING, worker=self.me
             ).update(
@@ -471,85 +546,58 @@ class Runner:
                 ended_at=now,
                 duration=outcome.duration,
                 lease_expires_at=None,
+                route=route[:300],
             )
             if closed != 1:
+                transaction.set_rollback(True)
                 logger.warning(
                     "execution=%s step=%s was taken over by another worker; result dropped",
-                    eid,
-                    step.seq,
-                )
+                    eid, step.seq,
+                )  # fmt: skip
                 return None
-            steps_taken += 1
-            level = "INFO" if outcome.status == TaskRunStatus.SUCCESS else "ERROR"
-            logger.log(
-                logging.INFO if level == "INFO" else logging.WARNING,
-                "execution=%s step=%s task=%s ended %s in %.3fs%s",
-                eid,
-                step.seq,
-                step.task_name,
-                outcome.status,
-                outcome.duration,
-                f": {outcome.error}" if outcome.error else "",
-            )
-            if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
-                self._end(eid, ExecutionStatus.CANCELLED, "cancelled by request", steps_taken, now)
-                events.append(("WARNING", f"{step.task_name} cancelled; execution cancelled"))
-            elif definition is None:
-                self._end(eid, ExecutionStatus.FAILED, outcome.error, steps_taken, now)
-                events.append(("ERROR", outcome.error))
+            logger.info("execution=%s route: %s", eid, route)
+            # Every decision is on its step; the log keeps those worth reading in sequence:
+            # conditions, failures and the end (list order adds nothing to the step rows).
+            if final:
+                self._end(eid, final, error, steps_taken, now)
+                level = "INFO" if final == ExecutionStatus.COMPLETED else "ERROR"
+                events.append((level if final != ExecutionStatus.CANCELLED else "WARNING", route))
             else:
-                status = "success" if outcome.status == TaskRunStatus.SUCCESS else "failure"
-                target, why = definition.route(step.task_name, status)
-                if outcome.error:
-                    events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
-                if target is None:
-                    final = (
-                        ExecutionStatus.COMPLETED if status == "success" else ExecutionStatus.FAILED
-                    )
-                    error = (
-                        ""
-                        if status == "success"
-                        else f"task '{step.task_name}' failed: {outcome.error}"
-                    )
-                    self._end(eid, final, error, steps_taken, now)
-                    events.append(("INFO", f"{why} -> execution {final}"))
-                    logger.info("execution=%s route: %s -> %s", eid, why, final)
-                elif steps_taken >= definition.max_steps:
-                    error = (
-                        f"step limit of {definition.max_steps} steps (max_steps) reached before "
-                        f"task '{target}' could run"
-                    )
-                    self._end(eid, ExecutionStatus.FAILED, error, steps_taken, now)
-                    events.append(("ERROR", error))
-                    logger.warning("execution=%s %s", eid, error)
-                else:
-                    spec = definition.task(target)
-                    next_step = TaskRun.objects.create(
-                        execution_id=eid,
-                        seq=step.seq + 1,
-                        task_name=spec.name,
-                        task_type=spec.task_type,
-                        parameters=spec.parameters,
-                        status=TaskRunStatus.RUNNING if continue_here else TaskRunStatus.PENDING,
-                        worker=self.me if continue_here else "",
-                        started_at=now if continue_here else None,
-                        lease_expires_at=now + self.lease if continue_here else None,
-                        woken_at=None if continue_here else now,
-                    )
-                    Execution.objects.filter(pk=eid).update(
-                        current_task=spec.name, steps_taken=steps_taken
-                    )
-                    events.append(("INFO", f"{why} -> {spec.name}"))
-                    logger.info("execution=%s route: %s -> %s", eid, why, spec.name)
-                    if not continue_here:
-                        wake(eid)
-                        next_step = None
-            ExecutionEvent.objects.bulk_create(
-                ExecutionEvent(
-                    execution_id=eid, task_run_id=step.pk, created_at=now, level=lvl, message=msg
+                if definition is not None and definition.condition_for(step.task_name):
+                    events.append(("INFO", route))
+                # 4. Open the next step: claimed by this worker, or PENDING for another job.
+                spec = definition.task(target)
+                next_step = TaskRun(
+                    execution_id=eid,
+                    seq=step.seq + 1,
+                    task_name=spec.name,
+                    task_type=spec.task_type,
+                    parameters=spec.parameters,
+                    status=TaskRunStatus.RUNNING if continue_here else TaskRunStatus.PENDING,
+                    worker=self.me if continue_here else "",
+                    created_at=now,
+                    started_at=now if continue_here else None,
+                    lease_expires_at=now + self.lease if continue_here else None,
+                    woken_at=None if continue_here else now,
                 )
-                for lvl, msg in events
-            )
+                # bulk_create skips save()'s per-object machinery; it sets the pk on
+                # SQLite 3.35+ and PostgreSQL alike.
+                TaskRun.objects.bulk_create([next_step])
+                if not continue_here:
+                    wake(eid)
+                    next_step = None
+            # 4. What the task logged, failures and the end, as the execution's log lines.
+            if events:
+                ExecutionEvent.objects.bulk_create(
+                    ExecutionEvent(
+                        execution_id=eid,
+                        task_run_id=step.pk,
+                        created_at=now,
+                        level=lvl,
+                        message=msg,
+                    )
+                    for lvl, msg in events
+                )
         return next_step
 
     @staticmethod

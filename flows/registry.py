@@ -59,6 +59,26 @@ class TaskType:
         }
 
 
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """Task types and load errors at one moment; look-ups here never rescan the folder."""
+
+    types: dict[str, TaskType]
+    errors: dict[str, str]
+
+    def get(self, task_type: str) -> TaskType | None:
+        return self.types.get(task_type)
+
+    def problem(self, task_type: str) -> str | None:
+        """Why ``task_type`` cannot be used, or None when it can."""
+        if task_type in self.types:
+            return None
+        if task_type in self.errors:
+            return f"task type '{task_type}' failed to load: {self.errors[task_type]}"
+        known = ", ".join(sorted(self.types)) or "none"
+        return f"unknown task type '{task_type}' (registered: {known})"
+
+
 class TaskRegistry:
     """Task types found in one folder; rescanned when a file there is added or changed."""
 
@@ -81,17 +101,22 @@ class TaskRegistry:
         self.refresh()
         return self._errors
 
+    @property
+    def fingerprint(self) -> tuple[tuple[str, float, int], ...] | None:
+        """Changes whenever a plugin file is added, removed or changed (after a refresh)."""
+        return self._fingerprint
+
+    def snapshot(self) -> RegistrySnapshot:
+        """The task types as of now (one rescan), for many look-ups in a row."""
+        self.refresh()
+        return RegistrySnapshot(self._types, self._errors)
+
     def get(self, task_type: str) -> TaskType | None:
-        return self.types.get(task_type)
+        return self.snapshot().get(task_type)
 
     def problem(self, task_type: str) -> str | None:
         """Why ``task_type`` cannot be used, or None when it can."""
-        if task_type in self.types:
-            return None
-        if task_type in self._errors:
-            return f"task type '{task_type}' failed to load: {self._errors[task_type]}"
-        known = ", ".join(sorted(self._types)) or "none"
-        return f"unknown task type '{task_type}' (registered: {known})"
+        return self.snapshot().problem(task_type)
 
     def refresh(self) -> None:
         fingerprint = self._scan()
