@@ -58,9 +58,16 @@ class ExecutionStatus(models.TextChoices):
     CREATED = "CREATED"
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+
+
+class ExecutionTrigger(models.TextChoices):
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    RERUN = "rerun"
 
 
 ACTIVE_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
@@ -92,6 +99,18 @@ class Execution(models.Model):
     error = models.TextField(blank=True)
     steps_taken = models.PositiveIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
+    pause_requested = models.BooleanField(default=False)
+    deadline_at = models.DateTimeField(
+        null=True, blank=True, help_text="The flow's timeout_seconds, counted from the start."
+    )
+    trigger = models.CharField(
+        max_length=16, choices=ExecutionTrigger.choices, default=ExecutionTrigger.MANUAL
+    )
+    rerun_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns"
+    )
+    redrive_count = models.PositiveIntegerField(default=0)
+    idempotency_key = models.CharField(max_length=200, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -108,6 +127,14 @@ class Execution(models.Model):
             models.Index(fields=["status", "-created_at"], name="exec_status_created_idx"),
             models.Index(fields=["flow", "-created_at"], name="exec_flow_created_idx"),
             models.Index(fields=["-created_at"], name="exec_created_idx"),
+        ]
+        constraints = [
+            # A repeated start with the same Idempotency-Key returns the first execution.
+            models.UniqueConstraint(
+                fields=["flow", "created_by", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="execution_idempotency_key",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -154,6 +181,9 @@ class TaskRun(models.Model):
     woken_at = models.DateTimeField(
         null=True, blank=True, help_text="When a worker was last asked to pick this step up."
     )
+    not_before = models.DateTimeField(
+        null=True, blank=True, help_text="A retry waits in the database until this time."
+    )
 
     class Meta:
         ordering = ["execution_id", "seq"]
@@ -174,6 +204,9 @@ class TaskRun(models.Model):
             ),
             models.Index(
                 fields=["woken_at"], condition=Q(status="PENDING"), name="taskrun_pending_idx"
+            ),
+            models.Index(
+                fields=["not_before"], condition=Q(status="PENDING"), name="taskrun_due_idx"
             ),
         ]
 
@@ -201,6 +234,23 @@ class TaskRun(models.Model):
             "timestamp": self.ended_at.isoformat() if self.ended_at else None,
             "error": self.error or None,
         }
+
+
+class FlowSchedule(models.Model):
+    """Runs a flow on a cron schedule through a django-q2 Schedule kept in step with it."""
+
+    flow = models.OneToOneField(Flow, on_delete=models.CASCADE, related_name="schedule")
+    cron = models.CharField(max_length=100, help_text="Cron expression, e.g. '*/5 * * * *'.")
+    enabled = models.BooleanField(default=True)
+    input = models.JSONField(default=dict, blank=True)
+    q_schedule = models.OneToOneField(
+        "django_q.Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.flow_id} {self.cron}{'' if self.enabled else ' (paused)'}"
 
 
 class ExecutionEvent(models.Model):
