@@ -18,6 +18,7 @@ from flows.models import (
     Execution,
     ExecutionEvent,
     ExecutionStatus,
+    ExecutionTrigger,
     Flow,
     FlowVersion,
     TaskRun,
@@ -250,6 +251,86 @@ def execution_delete(*, execution_id: Any) -> None:
     logger.info("execution=%s deleted", execution.id)
 
 
+def get_flow(flow_id: Any) -> Flow:
+    flow = Flow.objects.filter(pk=str(flow_id)).first()
+    if flow is None:
+        raise NotFound(f"no flow with id '{flow_id}'")
+    return flow
+
+
+@transaction.atomic
+def flow_delete(*, flow_id: Any) -> None:
+    """Delete a flow with its versions and finished executions; refused while one runs."""
+    flow = get_flow(flow_id)
+    running = flow.executions.filter(status__in=ACTIVE_STATUSES).count()
+    if running:
+        raise Conflict(
+            f"flow '{flow.id}' has {running} execution(s) queued or running; cancel them first"
+        )
+    flow.delete()
+    logger.info("flow=%s deleted", flow.id)
+
+
+def execution_submit(
+    *,
+    flow_version: FlowVersion,
+    user: Any = None,
+    input: dict[str, Any] | None = None,
+    idempotency_key: str = "",
+    trigger: str = ExecutionTrigger.MANUAL,
+    rerun_of: Execution | None = None,
+) -> tuple[Execution, bool]:
+    """Create and start an execution in one go. Returns (execution, created).
+
+    With an ``idempotency_key``, a repeated submit by the same user for the same flow returns
+    the execution the first one made (created=False) instead of starting another.
+    """
+    key = (idempotency_key or "").strip()
+    if len(key) > 200:
+        raise ServiceError(
+            "Idempotency-Key is longer than 200 characters",
+            errors=[{"field": "Idempotency-Key", "message": "at most 200 characters"}],
+        )
+    owner = _user(user)
+    if key:
+        existing = Execution.objects.filter(
+            flow_id=flow_version.flow_id, created_by=owner, idempotency_key=key
+        ).first()
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            execution = execution_create(flow_version=flow_version, user=user, input=input)
+            Execution.objects.filter(pk=execution.id).update(
+                idempotency_key=key, trigger=trigger, rerun_of=rerun_of
+            )
+            execution = execution_start(execution_id=execution.id)
+    except IntegrityError:
+        # A concurrent submit with the same key won the race: answer with its execution.
+        if not key:
+            raise
+        existing = Execution.objects.filter(
+            flow_id=flow_version.flow_id, created_by=owner, idempotency_key=key
+        ).first()
+        if existing is None:
+            raise
+        return existing, False
+    return execution, True
+
+
+def execution_rerun(*, execution_id: Any, user: Any = None) -> Execution:
+    """Start a new execution of the same flow version with the same input."""
+    original = get_execution(execution_id)
+    execution, _ = execution_submit(
+        flow_version=original.flow_version,
+        user=user,
+        input=original.input,
+        trigger=ExecutionTrigger.RERUN,
+        rerun_of=original,
+    )
+    return execution
+
+
 def _user(user: Any) -> Any:
     return user if user is not None and getattr(user, "is_authenticated", False) else None
 
@@ -263,9 +344,13 @@ __all__ = [
     "execution_cancel",
     "execution_create",
     "execution_delete",
+    "execution_rerun",
     "execution_start",
+    "execution_submit",
     "flow_create",
     "flow_create_with_execution",
+    "flow_delete",
     "get_execution",
+    "get_flow",
     "validate_flow",
 ]
