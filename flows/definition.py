@@ -16,6 +16,15 @@ from typing import Any, Protocol
 
 import jsonschema
 
+from flows.expressions import (
+    Expression,
+    ExpressionError,
+    ResolveError,
+    compile_expression,
+    has_reference,
+    references_in,
+)
+
 END = "end"
 OUTCOMES = ("success", "failure")
 FLOW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
@@ -26,8 +35,21 @@ MAX_STEPS_LIMIT = 100_000
 # recursion limit.
 MAX_DEPTH = 64
 
-_FLOW_KEYS = {"id", "name", "description", "start_task", "tasks", "conditions", "max_steps"}
-_TASK_KEYS = {"name", "task_type", "description", "parameters", "timeout_seconds"}
+MAX_ATTEMPTS = 100
+MAX_RETRY_DELAY = 86_400.0
+
+_FLOW_KEYS = {
+    "id",
+    "name",
+    "description",
+    "start_task",
+    "tasks",
+    "conditions",
+    "max_steps",
+    "timeout_seconds",
+}
+_TASK_KEYS = {"name", "task_type", "description", "parameters", "timeout_seconds", "retry"}
+_RETRY_KEYS = {"max_attempts", "delay_seconds", "backoff", "max_delay_seconds"}
 _CONDITION_KEYS = {
     "name",
     "description",
@@ -35,6 +57,7 @@ _CONDITION_KEYS = {
     "outcome",
     "target_task_success",
     "target_task_failure",
+    "expression",
 }
 
 
@@ -69,12 +92,33 @@ class FlowValidationError(Exception):
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failed task is tried again, and how long each retry waits."""
+
+    max_attempts: int = 1
+    delay_seconds: float = 0.0
+    backoff: str = "fixed"  # or "exponential": delay doubles with each attempt
+    max_delay_seconds: float = 3600.0
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before try number ``attempt`` (2 for the first retry)."""
+        delay = self.delay_seconds
+        if self.backoff == "exponential":
+            delay = self.delay_seconds * (2 ** max(0, attempt - 2))
+        return min(delay, self.max_delay_seconds)
+
+
+NO_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     task_type: str
     parameters: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     timeout_seconds: float | None = None
+    retry: RetryPolicy = NO_RETRY
 
 
 @dataclass(frozen=True)
@@ -85,6 +129,7 @@ class ConditionSpec:
     target_task_failure: str
     name: str = ""
     description: str = ""
+    expression: Expression | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -96,6 +141,7 @@ class FlowDefinition:
     conditions: tuple[ConditionSpec, ...] = ()
     description: str = ""
     max_steps: int = 1000
+    timeout_seconds: float | None = None
     warnings: tuple[FieldError, ...] = ()
 
     # The engine looks tasks and conditions up once per step: index them once per definition.
@@ -113,18 +159,39 @@ class FlowDefinition:
     def condition_for(self, task_name: str) -> ConditionSpec | None:
         return self._conditions_by_source.get(task_name)
 
-    def route(self, task_name: str, status: str) -> tuple[str | None, str]:
+    def route(
+        self,
+        task_name: str,
+        status: str,
+        *,
+        result: Any = None,
+        results: Mapping[str, Any] | None = None,
+        input: Any = None,
+    ) -> tuple[str | None, str]:
         """Where to go after ``task_name`` ended with ``status`` ('success' or 'failure').
 
-        Returns ``(next task name or None to end, a sentence saying why)``.
+        Returns ``(next task name or None to end, a sentence saying why)``. A condition with
+        an ``expression`` is evaluated over the task's result, all results and the input when
+        the task succeeded (true: success target, false: failure target); a failed task
+        takes the failure target. Raises ExpressionError when the expression fails.
         """
         cond = self.condition_for(task_name)
         if cond is not None:
-            matched = status == cond.outcome
-            target = cond.target_task_success if matched else cond.target_task_failure
             label = f"condition '{cond.name}'" if cond.name else "its condition"
-            verdict = "matched" if matched else "did not match"
-            why = f"{task_name} ended {status}; {label} expects {cond.outcome}: {verdict}"
+            if cond.expression is not None:
+                if status == "success":
+                    matched = cond.expression.evaluate(
+                        result=result, results=results or {}, input=input
+                    )
+                    why = f"{task_name} succeeded; {label} `{cond.expression.source}` is {matched}"
+                else:
+                    matched = False
+                    why = f"{task_name} ended {status}; {label} takes its failure target"
+            else:
+                matched = status == cond.outcome
+                verdict = "matched" if matched else "did not match"
+                why = f"{task_name} ended {status}; {label} expects {cond.outcome}: {verdict}"
+            target = cond.target_task_success if matched else cond.target_task_failure
             return (None if target == END else target), why
         if status != "success":
             return None, f"{task_name} ended {status} and has no condition: the flow ends"
@@ -142,10 +209,12 @@ class FlowDefinition:
             if name in seen:
                 continue
             seen.add(name)
-            for status in OUTCOMES:
-                nxt, _ = self.route(name, status)
-                if nxt is not None and nxt not in seen:
-                    todo.append(nxt)
+            cond = self.condition_for(name)
+            if cond is not None:
+                targets = {cond.target_task_success, cond.target_task_failure} - {END}
+            else:
+                targets = {self.route(name, "success")[0]} - {None}
+            todo.extend(t for t in targets if t not in seen)
         return seen
 
 
@@ -172,7 +241,7 @@ def parse_flow(
         )
     if _deeper_than(doc, MAX_DEPTH):
         raise FlowValidationError(
-            [FieldError("", f"the document is nested deeper than {MAX_DEPTH} levels")]
+            [FieldError("", f"the document is nested too deeply (more than {MAX_DEPTH} levels)")]
         )
     for key in sorted(set(doc) - _FLOW_KEYS, key=str):
         err(str(key), f"unknown field; allowed: {', '.join(sorted(_FLOW_KEYS))}")
@@ -197,9 +266,19 @@ def parse_flow(
     elif not 1 <= max_steps <= MAX_STEPS_LIMIT:
         err("max_steps", f"must be between 1 and {MAX_STEPS_LIMIT}")
 
+    flow_timeout = doc.get("timeout_seconds")
+    if flow_timeout is not None and (
+        isinstance(flow_timeout, bool)
+        or not isinstance(flow_timeout, int | float)
+        or flow_timeout <= 0
+    ):
+        err("timeout_seconds", "must be a positive number of seconds")
+        flow_timeout = None
+
     tasks = _parse_tasks(doc.get("tasks"), registry.snapshot(), err)
     names = [t.name for t in tasks]
     known = set(names)
+    _check_references(doc.get("tasks"), known, err)
 
     start = doc.get("start_task")
     if start is None:
@@ -223,6 +302,7 @@ def parse_flow(
         conditions=tuple(conditions),
         description=description,
         max_steps=max_steps,
+        timeout_seconds=float(flow_timeout) if flow_timeout is not None else None,
     )
     reachable = definition.reachable()
     warnings = tuple(
@@ -286,6 +366,8 @@ def _parse_tasks(raw: Any, registry: Lookup, err: Any) -> list[TaskSpec]:
         elif type_info is not None:
             validator = jsonschema.Draft202012Validator(type_info.parameters_schema)
             for e in sorted(validator.iter_errors(dict(params)), key=lambda e: list(e.path)):
+                if has_reference(e.instance):
+                    continue  # checked against the schema at run time, once resolved
                 sub = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
                 err(f"{path}.parameters{sub}", e.message)
                 ok = False
@@ -296,6 +378,11 @@ def _parse_tasks(raw: Any, registry: Lookup, err: Any) -> list[TaskSpec]:
             err(f"{path}.timeout_seconds", "must be a positive number of seconds")
             ok = False
         description = _optional_text(item, "description", f"{path}.description", err, 5000)
+        retry = _parse_retry(
+            item.get("retry", getattr(type_info, "default_retry", None)), f"{path}.retry", err
+        )
+        if retry is None:
+            ok = False
         if ok:
             specs.append(
                 TaskSpec(
@@ -304,12 +391,79 @@ def _parse_tasks(raw: Any, registry: Lookup, err: Any) -> list[TaskSpec]:
                     parameters=dict(params),
                     description=description,
                     timeout_seconds=float(timeout) if timeout is not None else None,
+                    retry=retry or NO_RETRY,
                 )
             )
         elif _is_name(name):
             # Keep the name known so conditions pointing at it are not reported twice.
             specs.append(TaskSpec(name=name, task_type=str(task_type)))
     return specs
+
+
+def _parse_retry(raw: Any, path: str, err: Any) -> RetryPolicy | None:
+    """The task's retry policy; None (with errors reported) when it is invalid."""
+    if raw is None:
+        return NO_RETRY
+    if not isinstance(raw, Mapping):
+        err(
+            path,
+            f"must be an object like {{'max_attempts': 3, 'delay_seconds': 2}}, not {_kind(raw)}",
+        )
+        return None
+    ok = True
+    for key in sorted(set(raw) - _RETRY_KEYS, key=str):
+        err(f"{path}.{key}", f"unknown field; allowed: {', '.join(sorted(_RETRY_KEYS))}")
+        ok = False
+    attempts = raw.get("max_attempts", 1)
+    if (
+        isinstance(attempts, bool)
+        or not isinstance(attempts, int)
+        or not 1 <= attempts <= MAX_ATTEMPTS
+    ):
+        err(f"{path}.max_attempts", f"must be a whole number from 1 to {MAX_ATTEMPTS}")
+        ok = False
+    numbers = {}
+    for key, default in (("delay_seconds", 0.0), ("max_delay_seconds", 3600.0)):
+        value = raw.get(key, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= MAX_RETRY_DELAY
+        ):
+            err(f"{path}.{key}", f"must be a number of seconds from 0 to {MAX_RETRY_DELAY:g}")
+            ok = False
+        numbers[key] = float(value) if isinstance(value, int | float) else default
+    backoff = raw.get("backoff", "fixed")
+    if backoff not in ("fixed", "exponential"):
+        err(f"{path}.backoff", "must be 'fixed' or 'exponential'")
+        ok = False
+    if not ok:
+        return None
+    return RetryPolicy(
+        max_attempts=attempts,
+        delay_seconds=numbers["delay_seconds"],
+        backoff=backoff,
+        max_delay_seconds=numbers["max_delay_seconds"],
+    )
+
+
+def _check_references(raw_tasks: Any, known: set[str], err: Any) -> None:
+    """Parameters may only refer to tasks of this flow, in the ${...} syntax."""
+    if not isinstance(raw_tasks, list):
+        return
+    for i, item in enumerate(raw_tasks):
+        params = item.get("parameters") if isinstance(item, Mapping) else None
+        if not isinstance(params, Mapping):
+            continue
+        for sub, ref in references_in(dict(params)):
+            where = f"tasks[{i}].parameters{sub}"
+            if isinstance(ref, ResolveError):
+                err(where, str(ref))
+            elif ref.task is not None and ref.task not in known:
+                err(
+                    where,
+                    f"'${{{ref.text}}}' refers to task '{ref.task}', which is not in this flow",
+                )
 
 
 def _parse_conditions(raw: Any, known: set[str], names: list[str], err: Any) -> list[ConditionSpec]:
@@ -344,9 +498,29 @@ def _parse_conditions(raw: Any, known: set[str], names: list[str], err: Any) -> 
             ok = False
         else:
             sources[source] = i
-        outcome = item.get("outcome")
+        expression: Expression | None = None
+        source_text = item.get("expression")
+        if source_text is not None:
+            if (
+                not isinstance(source_text, str)
+                or not source_text.strip()
+                or len(source_text) > 2000
+            ):
+                err(f"{path}.expression", "must be a CEL expression of at most 2000 characters")
+                ok = False
+            else:
+                try:
+                    expression = compile_expression(source_text)
+                except ExpressionError as exc:
+                    err(f"{path}.expression", str(exc))
+                    ok = False
+        # With an expression the outcome is implied (the task must succeed first).
+        outcome = item.get("outcome", "success" if source_text is not None else None)
         if outcome not in OUTCOMES:
             err(f"{path}.outcome", "must be 'success' or 'failure'")
+            ok = False
+        elif source_text is not None and outcome != "success":
+            err(f"{path}.outcome", "with an expression, leave outcome out (or 'success')")
             ok = False
         targets = {}
         for key in ("target_task_success", "target_task_failure"):
@@ -369,6 +543,7 @@ def _parse_conditions(raw: Any, known: set[str], names: list[str], err: Any) -> 
                     target_task_failure=targets["target_task_failure"],
                     name=cname,
                     description=description,
+                    expression=expression,
                 )
             )
     return out

@@ -36,14 +36,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import jsonschema
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django_q.brokers import get_broker
+from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
 from flows.definition import FlowDefinition, FlowValidationError, parse_flow
+from flows.expressions import ExpressionError, references_in, resolve
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
@@ -53,7 +57,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.registry import TaskRegistry, TaskType, default_registry
-from tasks.base_task import TaskContext, TaskLogger
+from tasks.base_task import PermanentTaskError, TaskContext, TaskLogger
 
 logger = logging.getLogger("flows.engine")
 
@@ -77,21 +81,35 @@ def _broker(pid: int) -> Any:
     return get_broker()
 
 
-def wake(execution_id: uuid.UUID | str) -> None:
-    """Ask a worker to run the execution's PENDING step.
+class _DelayedOrmBroker(ORM):
+    """The ORM broker, enqueueing a message that stays invisible until ``due``.
+
+    The ORM broker hands out rows whose ``lock`` is in the past (its visibility timeout), so
+    a row written with ``lock = due`` is delivered at ``due``: a retry waits in the database,
+    not in a worker.
+    """
+
+    def __init__(self, due: datetime) -> None:
+        super().__init__(list_key=Conf.CLUSTER_NAME)
+        self.due = due
+
+    def enqueue(self, task: str) -> int:
+        return self.get_connection().create(key=self.list_key, payload=task, lock=self.due).pk
+
+
+def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
+    """Ask a worker to run the execution's PENDING step (at ``at``, if given).
 
     Call inside the transaction that made the step PENDING. With the ORM broker the queue row
     is written in that same transaction, so it commits (or rolls back) with the state. With
-    Redis, or in sync mode where the job would run inline, it is sent after the commit.
+    Redis, or in sync mode where the job would run inline, it is sent after the commit; a
+    delayed step is then picked up when a job or the reaper next looks after it is due.
     """
+    delayed = at is not None and at > timezone.now()
 
     def push() -> None:
-        async_task(
-            JOB_FUNC,
-            str(execution_id),
-            task_name=f"flow-{execution_id}",
-            broker=_broker(os.getpid()),
-        )
+        broker = _DelayedOrmBroker(at) if delayed and Conf.ORM else _broker(os.getpid())
+        async_task(JOB_FUNC, str(execution_id), task_name=f"flow-{execution_id}", broker=broker)
 
     if Conf.SYNC or not Conf.ORM:
         transaction.on_commit(push, robust=True)
@@ -149,13 +167,22 @@ class StepOutcome:
     duration: float = 0.0
     log_lines: list[tuple[str, str]] = field(default_factory=list)
     stop: bool = False  # the execution vanished or the step was taken away: record nothing
+    permanent: bool = False  # no retry will fix it (PermanentTaskError, a bad reference, ...)
+    flow_timed_out: bool = False  # the flow's own timeout_seconds ran out
+    parameters: dict[str, Any] | None = None  # as resolved for this run
 
 
 def _failure(
-    message: str, *, trace: str = "", duration: float = 0.0, lines: Any = ()
+    message: str,
+    *,
+    trace: str = "",
+    duration: float = 0.0,
+    lines: Any = (),
+    permanent: bool = False,
 ) -> StepOutcome:
     return StepOutcome(
         TaskRunStatus.FAILURE,
+        permanent=permanent,
         error=message,
         traceback=trace,
         duration=duration,
@@ -194,6 +221,46 @@ def _timeout_for(own: float | None, type_default: float | None) -> tuple[float, 
     return value, source
 
 
+FLOW_TIMEOUT_SOURCE = "the flow's timeout_seconds"
+
+
+def _remaining(execution: Execution) -> float | None:
+    """Seconds left before the flow's timeout, or None when it has none."""
+    if execution.deadline_at is None:
+        return None
+    return (execution.deadline_at - timezone.now()).total_seconds()
+
+
+def _flow_timeout(definition: FlowDefinition | None) -> StepOutcome:
+    limit = (
+        f" of {definition.timeout_seconds:g}s" if definition and definition.timeout_seconds else ""
+    )
+    outcome = _failure(f"the flow's timeout{limit} (timeout_seconds) ran out", permanent=True)
+    outcome.flow_timed_out = True
+    return outcome
+
+
+def _resolve_parameters(
+    raw: dict[str, Any], task_type: TaskType, results: dict[str, Any], input: Any
+) -> dict[str, Any]:
+    """The step's parameters with ${...} references filled in, checked against the schema."""
+    if not any(True for _ in references_in(raw)):
+        return copy.deepcopy(raw)
+    scope = {
+        "results": {name: {"data": value, "status": "SUCCESS"} for name, value in results.items()},
+        "input": input or {},
+    }
+    resolved = copy.deepcopy(resolve(raw, scope))
+    errors = list(
+        jsonschema.Draft202012Validator(task_type.parameters_schema).iter_errors(resolved)
+    )
+    if errors:
+        first = errors[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.path)
+        raise ValueError(f"parameters{where} after resolving references: {first.message}")
+    return resolved
+
+
 _definitions: dict[tuple[str, int, Any], FlowDefinition] = {}
 
 
@@ -219,23 +286,37 @@ def _definition_for(execution: Execution, registry: TaskRegistry) -> FlowDefinit
     return definition
 
 
-def _bump_execution(eid: uuid.UUID, current_task: str) -> tuple[bool, int] | None:
-    """Count a step and set the current task; return (cancel_requested, steps_taken).
+def _bump_execution(eid: uuid.UUID, current_task: str) -> tuple[bool, bool, int] | None:
+    """Count a step and set the current task.
 
-    One ``UPDATE ... RETURNING`` instead of a locking SELECT plus an UPDATE: on PostgreSQL it
-    takes the same row lock, and on SQLite the IMMEDIATE transaction already holds the
-    database's write lock. None when the execution no longer exists.
+    Returns (cancel_requested, pause_requested, steps_taken), or None when the execution no
+    longer exists. One ``UPDATE ... RETURNING`` instead of a locking SELECT plus an UPDATE:
+    on PostgreSQL it takes the same row lock, and on SQLite the IMMEDIATE transaction
+    already holds the database's write lock.
     """
     table = connection.ops.quote_name(Execution._meta.db_table)
     key = Execution._meta.pk.get_db_prep_value(eid, connection)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET steps_taken = steps_taken + 1, current_task = %s "  # noqa: S608
-            "WHERE id = %s RETURNING cancel_requested, steps_taken",
+            "WHERE id = %s RETURNING cancel_requested, pause_requested, steps_taken",
             [current_task, key],
         )
         row = cursor.fetchone()
-    return None if row is None else (bool(row[0]), int(row[1]))
+    return None if row is None else (bool(row[0]), bool(row[1]), int(row[2]))
+
+
+@dataclass
+class _Plan:
+    """The routing decision for a finished step, before the database has its say."""
+
+    target: str | None = None  # the next task, when the flow goes on
+    final: str = ""  # the execution's end status, when it ends
+    error: str = ""
+    why: str = ""
+    attempt: int = 1  # of the next step
+    delay: float = 0.0  # seconds the next step waits (a retry's delay)
+    noteworthy: bool = False  # worth a line in the execution's log
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,9 +343,16 @@ class Runner:
     def claim(self) -> TaskRun | None:
         now = timezone.now()
         with transaction.atomic():
-            step = TaskRun.objects.filter(
-                execution_id=self.execution_id, status=TaskRunStatus.PENDING
-            ).first()
+            step = (
+                TaskRun.objects.filter(
+                    execution_id=self.execution_id,
+                    status=TaskRunStatus.PENDING,
+                    execution__status__in=ACTIVE_STATUSES,
+                    execution__pause_requested=False,
+                )
+                .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+                .first()
+            )
             if step is None:
                 return None
             taken = TaskRun.objects.filter(pk=step.pk, status=TaskRunStatus.PENDING).update(
@@ -294,7 +382,8 @@ class Runner:
                 execution,
                 None,
                 step,
-                _failure(f"the flow's definition is no longer valid: {exc}"),
+                _failure(f"the flow's definition is no longer valid: {exc}", permanent=True),
+                {},
                 continue_here=False,
             )
             return 1
@@ -324,10 +413,9 @@ class Runner:
                 keep_going = (
                     done < settings.FLOW_STEP_BUDGET_STEPS and time.monotonic() < budget_end
                 )
-                if outcome.status == TaskRunStatus.SUCCESS:
-                    results.pop(step.task_name, None)
-                    results[step.task_name] = outcome.result
-                step = self._record(execution, definition, step, outcome, continue_here=keep_going)
+                step = self._record(
+                    execution, definition, step, outcome, results, continue_here=keep_going
+                )
         finally:
             if self._loop is not None:
                 self._loop.close()
@@ -352,14 +440,27 @@ class Runner:
         )
         task_type = self._task_type(step.task_type)
         if task_type is None:
-            return _failure(self.registry.problem(step.task_type) or "unknown task type")
+            return _failure(
+                self.registry.problem(step.task_type) or "unknown task type", permanent=True
+            )
         try:
             spec = definition.task(step.task_name)
         except KeyError:
-            return _failure(f"task '{step.task_name}' is not in the flow's definition")
+            return _failure(
+                f"task '{step.task_name}' is not in the flow's definition", permanent=True
+            )
+        remaining = _remaining(execution)
+        if remaining is not None and remaining <= 0:
+            return _flow_timeout(definition)
         timeout, source = _timeout_for(spec.timeout_seconds, task_type.default_timeout)
+        if remaining is not None and remaining < timeout:
+            timeout, source = remaining, FLOW_TIMEOUT_SOURCE
         try:
-            task = task_type.cls(name=step.task_name, parameters=copy.deepcopy(step.parameters))
+            parameters = _resolve_parameters(step.parameters, task_type, results, execution.input)
+        except ValueError as exc:
+            return _failure(str(exc), permanent=True)
+        try:
+            task = task_type.cls(name=step.task_name, parameters=parameters)
             task.context = TaskContext(
                 execution_id=str(execution.id),
                 results=copy.deepcopy(results),
@@ -430,6 +531,10 @@ class Runner:
         try:
             value = future.result()
         except StepTimeout:
+            if source == FLOW_TIMEOUT_SOURCE:
+                outcome = _flow_timeout(definition)
+                outcome.duration, outcome.log_lines = duration, log.lines
+                return outcome
             return _failure(
                 f"task timed out after {timeout:g}s ({source})",
                 duration=duration,
@@ -443,12 +548,17 @@ class Runner:
                 trace=tb.format_exc(),
                 duration=duration,
                 lines=log.lines,
+                permanent=isinstance(exc, PermanentTaskError),
             )
         result, problem = _check_result(value)
         if problem:
             return _failure(problem, duration=duration, lines=log.lines)
         return StepOutcome(
-            TaskRunStatus.SUCCESS, result=result, duration=duration, log_lines=log.lines
+            TaskRunStatus.SUCCESS,
+            result=result,
+            duration=duration,
+            log_lines=log.lines,
+            parameters=parameters if parameters != step.parameters else None,
         )
 
     def _watch(self, step: TaskRun, *, renew_lease: bool) -> str | None:
@@ -477,6 +587,7 @@ class Runner:
         definition: FlowDefinition | None,
         step: TaskRun,
         outcome: StepOutcome,
+        results: dict[str, Any],
         *,
         continue_here: bool,
     ) -> TaskRun | None:
@@ -489,65 +600,55 @@ class Runner:
         now = timezone.now()
         eid = execution.id
         events: list[tuple[str, str]] = list(outcome.log_lines)
-        # Routing is a pure function of the definition and the outcome: decide it before
-        # taking the lock. Only a cancel request or the step limit can override it below.
+        plan = self._plan(execution, definition, step, outcome, results)
         succeeded = outcome.status == TaskRunStatus.SUCCESS
-        target: str | None = None
-        if outcome.status == TaskRunStatus.CANCELLED:
-            why = "cancelled"
-        elif definition is None:
-            why = outcome.error
-        else:
-            target, why = definition.route(step.task_name, "success" if succeeded else "failure")
         if outcome.error:
             events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
         logger.log(
             logging.INFO if succeeded else logging.WARNING,
-            "execution=%s step=%s task=%s ended %s in %.3fs%s",
-            eid, step.seq, step.task_name, outcome.status, outcome.duration,
+            "execution=%s step=%s task=%s attempt=%s ended %s in %.3fs%s",
+            eid, step.seq, step.task_name, step.attempt, outcome.status, outcome.duration,
             f": {outcome.error}" if outcome.error else "",
         )  # fmt: skip
         next_step: TaskRun | None = None
         with transaction.atomic():
-            # 1. The execution row first: cancel and delete lock it too, so neither can slip
-            #    between closing this step and opening the next.
-            state = _bump_execution(eid, target or "")
+            # 1. The execution row first: cancel, pause and delete lock it too, so none of
+            #    them can slip between closing this step and opening the next.
+            state = _bump_execution(eid, plan.target or "")
             if state is None:
                 logger.info("execution=%s was deleted while step %s ran", eid, step.seq)
                 return None
-            cancel_requested, steps_taken = state
+            cancel_requested, pause_requested, steps_taken = state
             # 2. The decision: the next task, or how the execution ends.
-            final, error = "", ""
+            final, error, why = plan.final, plan.error, plan.why
             if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
                 final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
-            elif target is None:
-                final = ExecutionStatus.COMPLETED if succeeded else ExecutionStatus.FAILED
-                if not succeeded:
-                    error = (
-                        outcome.error
-                        if definition is None
-                        else f"task '{step.task_name}' failed: {outcome.error}"
-                    )
-            elif definition is not None and steps_taken >= definition.max_steps:
+            elif not final and _remaining(execution) is not None and _remaining(execution) <= 0:
+                timeout = _flow_timeout(definition)
+                final, error, why = ExecutionStatus.FAILED, timeout.error, timeout.error
+            elif not final and definition is not None and steps_taken >= definition.max_steps:
                 final = ExecutionStatus.FAILED
                 error = why = (
                     f"step limit of {definition.max_steps} steps (max_steps) reached before "
-                    f"task '{target}' could run"
+                    f"task '{plan.target}' could run"
                 )
-            route = f"{why} -> {f'execution {final}' if final else target}"
+            route = f"{why} -> {f'execution {final}' if final else plan.target}"
             # 3. Close the step with its decision, if this worker still holds it.
+            fields: dict[str, Any] = {
+                "status": outcome.status,
+                "result": outcome.result,
+                "error": outcome.error,
+                "traceback": outcome.traceback,
+                "ended_at": now,
+                "duration": outcome.duration,
+                "lease_expires_at": None,
+                "route": route[:300],
+            }
+            if outcome.parameters is not None:
+                fields["parameters"] = outcome.parameters
             closed = TaskRun.objects.filter(
                 pk=step.pk, status=TaskRunStatus.RUNNING, worker=self.me
-            ).update(
-                status=outcome.status,
-                result=outcome.result,
-                error=outcome.error,
-                traceback=outcome.traceback,
-                ended_at=now,
-                duration=outcome.duration,
-                lease_expires_at=None,
-                route=route[:300],
-            )
+            ).update(**fields)
             if closed != 1:
                 transaction.set_rollback(True)
                 logger.warning(
@@ -557,36 +658,46 @@ class Runner:
                 return None
             logger.info("execution=%s route: %s", eid, route)
             # Every decision is on its step; the log keeps those worth reading in sequence:
-            # conditions, failures and the end (list order adds nothing to the step rows).
+            # conditions, retries, pauses, failures and the end.
             if final:
                 self._end(eid, final, error, steps_taken, now)
-                level = "INFO" if final == ExecutionStatus.COMPLETED else "ERROR"
-                events.append((level if final != ExecutionStatus.CANCELLED else "WARNING", route))
+                level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
+                events.append((level.get(final, "ERROR"), route))
             else:
-                if definition is not None and definition.condition_for(step.task_name):
-                    events.append(("INFO", route))
-                # 4. Open the next step: claimed by this worker, or PENDING for another job.
-                spec = definition.task(target)
+                if plan.noteworthy:
+                    events.append(("INFO" if succeeded else "WARNING", route))
+                spec = definition.task(plan.target)  # type: ignore[union-attr]
+                due = now + timedelta(seconds=plan.delay) if plan.delay > 0 else None
+                # 4. Open the next step: claimed by this worker when it can run now, else
+                #    PENDING for a later job (a retry's delay, a pause, the budget).
+                claim_here = continue_here and due is None and not pause_requested
                 next_step = TaskRun(
                     execution_id=eid,
                     seq=step.seq + 1,
                     task_name=spec.name,
                     task_type=spec.task_type,
                     parameters=spec.parameters,
-                    status=TaskRunStatus.RUNNING if continue_here else TaskRunStatus.PENDING,
-                    worker=self.me if continue_here else "",
+                    attempt=plan.attempt,
+                    status=TaskRunStatus.RUNNING if claim_here else TaskRunStatus.PENDING,
+                    worker=self.me if claim_here else "",
                     created_at=now,
-                    started_at=now if continue_here else None,
-                    lease_expires_at=now + self.lease if continue_here else None,
-                    woken_at=None if continue_here else now,
+                    started_at=now if claim_here else None,
+                    lease_expires_at=now + self.lease if claim_here else None,
+                    woken_at=None if claim_here else (due or now),
+                    not_before=due,
                 )
                 # bulk_create skips save()'s per-object machinery; it sets the pk on
                 # SQLite 3.35+ and PostgreSQL alike.
                 TaskRun.objects.bulk_create([next_step])
-                if not continue_here:
-                    wake(eid)
+                if pause_requested:
+                    Execution.objects.filter(pk=eid).update(status=ExecutionStatus.PAUSED)
+                    events.append(("WARNING", f"paused before {spec.name}"))
+                    logger.info("execution=%s paused before %s", eid, spec.name)
                     next_step = None
-            # 4. What the task logged, failures and the end, as the execution's log lines.
+                elif not claim_here:
+                    wake(eid, at=due)
+                    next_step = None
+            # 5. What the task logged, failures and decisions, as the execution's log lines.
             if events:
                 ExecutionEvent.objects.bulk_create(
                     ExecutionEvent(
@@ -600,6 +711,66 @@ class Runner:
                 )
         return next_step
 
+    def _plan(
+        self,
+        execution: Execution,
+        definition: FlowDefinition | None,
+        step: TaskRun,
+        outcome: StepOutcome,
+        results: dict[str, Any],
+    ) -> _Plan:
+        """What follows this step, decided from the definition and the outcome alone.
+
+        Updates ``results`` and, when a condition's expression fails, ``outcome`` (the step
+        then fails with that error).
+        """
+        if outcome.status == TaskRunStatus.CANCELLED:
+            return _Plan(
+                final=ExecutionStatus.CANCELLED, error="cancelled by request", why="cancelled"
+            )
+        if definition is None or outcome.flow_timed_out:
+            return _Plan(final=ExecutionStatus.FAILED, error=outcome.error, why=outcome.error)
+        succeeded = outcome.status == TaskRunStatus.SUCCESS
+        spec = definition.task(step.task_name)
+        if succeeded:
+            results.pop(step.task_name, None)
+            results[step.task_name] = outcome.result
+        elif not outcome.permanent and step.attempt < spec.retry.max_attempts:
+            delay = spec.retry.delay_before(step.attempt + 1)
+            why = (
+                f"{step.task_name} failed (attempt {step.attempt} of {spec.retry.max_attempts}); "
+                f"retry in {delay:g}s"
+            )
+            return _Plan(
+                target=step.task_name,
+                why=why,
+                attempt=step.attempt + 1,
+                delay=delay,
+                noteworthy=True,
+            )
+        status = "success" if succeeded else "failure"
+        try:
+            target, why = definition.route(
+                step.task_name,
+                status,
+                result=outcome.result,
+                results=results,
+                input=execution.input,
+            )
+        except ExpressionError as exc:
+            # A condition that cannot be evaluated fails its step, and routes as a failure.
+            outcome.status, outcome.error, outcome.permanent = TaskRunStatus.FAILURE, str(exc), True
+            results.pop(step.task_name, None)
+            target, why = definition.route(step.task_name, "failure")
+            status = "failure"
+        noteworthy = definition.condition_for(step.task_name) is not None
+        if target is None:
+            if status == "success":
+                return _Plan(final=ExecutionStatus.COMPLETED, why=why)
+            error = f"task '{step.task_name}' failed: {outcome.error}"
+            return _Plan(final=ExecutionStatus.FAILED, error=error, why=why)
+        return _Plan(target=target, why=why, noteworthy=noteworthy)
+
     @staticmethod
     def _end(eid: uuid.UUID, status: str, error: str, steps_taken: int, now: datetime) -> None:
         Execution.objects.filter(pk=eid).update(
@@ -612,18 +783,49 @@ def run_execution(execution_id: uuid.UUID | str, registry: TaskRegistry | None =
     return Runner(uuid.UUID(str(execution_id)), registry).run()
 
 
+def run_inline(
+    execution_id: uuid.UUID | str,
+    registry: TaskRegistry | None = None,
+    *,
+    sleep: Any = time.sleep,
+) -> Execution:
+    """Run an execution to its end in this process, waiting out retry delays here.
+
+    What ``manage.py runflow`` and the tests use: the worker's engine, with no queue. It
+    returns when the execution ends, pauses, or has nothing left this process can run.
+    """
+    while True:
+        ran = run_execution(execution_id, registry)
+        execution = Execution.objects.get(pk=execution_id)
+        if execution.status not in ACTIVE_STATUSES:
+            return execution
+        pending = TaskRun.objects.filter(
+            execution_id=execution.id, status=TaskRunStatus.PENDING
+        ).first()
+        if pending is None:
+            return execution
+        wait = (pending.not_before - timezone.now()).total_seconds() if pending.not_before else 0.0
+        if wait > 0:
+            sleep(wait)
+        elif not ran:
+            return execution
+
+
 # ---------------------------------------------------------------------------------------------
 # The reaper
 # ---------------------------------------------------------------------------------------------
 def reap(limit: int = 500) -> dict[str, int]:
     """Re-run steps whose worker died and wake steps nobody picked up.
 
-    A RUNNING step whose lease expired is marked LOST and a new attempt of the same task is
-    queued, so a killed worker costs one re-run of the step it held. A PENDING step whose
-    wake-up is older than FLOW_WAKE_AFTER_SECONDS is woken again (a lost queue message).
+    1. A RUNNING step whose lease expired is marked LOST and a new attempt of the same task
+       is queued, so a killed worker costs one re-run of the step it held.
+    2. An execution past its flow timeout with no step running ends FAILED (a running step
+       times itself out).
+    3. A PENDING step whose wake-up (or due time) is older than FLOW_WAKE_AFTER_SECONDS is
+       woken again: its queue message was lost.
     """
     now = timezone.now()
-    counts = {"lost": 0, "woken": 0}
+    counts = {"lost": 0, "timed_out": 0, "woken": 0}
     expired = list(
         TaskRun.objects.filter(status=TaskRunStatus.RUNNING, lease_expires_at__lt=now).order_by(
             "lease_expires_at"
@@ -677,7 +879,33 @@ def reap(limit: int = 500) -> dict[str, int]:
                 level="WARNING",
                 message=f"{step.task_name}: worker {step.worker or '?'} was lost; running it again",
             )
-            wake(step.execution_id)
+            if execution.pause_requested:
+                Execution.objects.filter(pk=execution.id).update(status=ExecutionStatus.PAUSED)
+            else:
+                wake(step.execution_id)
+
+    overdue = list(
+        Execution.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__lt=now)
+        .exclude(steps__status=TaskRunStatus.RUNNING)
+        .values_list("pk", flat=True)[:limit]
+    )
+    for eid in overdue:
+        with transaction.atomic():
+            execution = Execution.objects.select_for_update().filter(pk=eid).first()
+            if execution is None or execution.status not in ACTIVE_STATUSES:
+                continue
+            if TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.RUNNING).exists():
+                continue
+            error = "the flow's timeout (timeout_seconds) ran out"
+            TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.PENDING).update(
+                status=TaskRunStatus.CANCELLED, ended_at=now, error=f"{error} before it ran"
+            )
+            Runner._end(eid, ExecutionStatus.FAILED, error, execution.steps_taken, now)
+            ExecutionEvent.objects.create(
+                execution_id=eid, created_at=now, level="ERROR", message=error
+            )
+            counts["timed_out"] += 1
+            logger.warning("execution=%s %s", eid, error)
 
     stale = now - timedelta(seconds=settings.FLOW_WAKE_AFTER_SECONDS)
     sleepy = list(

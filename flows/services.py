@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -164,8 +165,21 @@ def get_execution(execution_id: Any) -> Execution:
 
 
 @transaction.atomic
-def execution_start(*, execution_id: Any, registry: TaskRegistry | None = None) -> Execution:
-    """CREATED -> QUEUED: write the first step and wake a worker, in one transaction."""
+def execution_start(
+    *,
+    execution_id: Any,
+    input: dict[str, Any] | None = None,
+    registry: TaskRegistry | None = None,
+) -> Execution:
+    """CREATED -> QUEUED: write the first step and wake a worker, in one transaction.
+
+    ``input``, when given, replaces the execution's input object.
+    """
+    if input is not None and not isinstance(input, dict):
+        raise ServiceError(
+            "input must be a JSON object",
+            errors=[{"field": "input", "message": "must be an object"}],
+        )
     execution = get_execution(execution_id)
     try:
         definition = parse_flow(
@@ -179,8 +193,16 @@ def execution_start(*, execution_id: Any, registry: TaskRegistry | None = None) 
             errors=exc.as_list(),
         ) from None
     now = timezone.now()
+    changes: dict[str, Any] = {
+        "status": ExecutionStatus.QUEUED,
+        "queued_at": now,
+        "current_task": definition.start_task,
+        "deadline_at": _deadline(definition, now),
+    }
+    if input is not None:
+        changes["input"] = input
     moved = Execution.objects.filter(pk=execution.id, status=ExecutionStatus.CREATED).update(
-        status=ExecutionStatus.QUEUED, queued_at=now, current_task=definition.start_task
+        **changes
     )
     if moved != 1:
         current = Execution.objects.filter(pk=execution.id).values_list("status", flat=True).first()
@@ -205,8 +227,7 @@ def execution_start(*, execution_id: Any, registry: TaskRegistry | None = None) 
 @transaction.atomic
 def execution_cancel(*, execution_id: Any) -> Execution:
     """Stop an execution. A step that is running is cancelled by its worker within a second."""
-    execution = get_execution(execution_id)
-    locked = Execution.objects.select_for_update().get(pk=execution.id)
+    locked = _locked(execution_id)
     if locked.is_terminal:
         raise Conflict(f"execution {locked.id} is already {locked.status}")
     now = timezone.now()
@@ -225,12 +246,138 @@ def execution_cancel(*, execution_id: Any) -> Execution:
             ended_at=now,
             current_task="",
         )
-    ExecutionEvent.objects.create(
-        execution_id=locked.id, created_at=now, level="WARNING", message="cancel requested"
-    )
+    _event(locked.id, "WARNING", "cancel requested")
     logger.info("execution=%s cancel requested (step running: %s)", locked.id, running)
     locked.refresh_from_db()
     return locked
+
+
+@transaction.atomic
+def execution_pause(*, execution_id: Any) -> Execution:
+    """Pause: the step in flight finishes, then the execution waits as PAUSED until resumed."""
+    locked = _locked(execution_id)
+    if locked.status not in ACTIVE_STATUSES or locked.pause_requested:
+        raise Conflict(
+            f"execution {locked.id} is {locked.status}"
+            f"{' and already pausing' if locked.pause_requested else ''}; "
+            "only a QUEUED or RUNNING execution can be paused"
+        )
+    running = TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.RUNNING).exists()
+    changes: dict[str, Any] = {"pause_requested": True}
+    if not running:
+        changes["status"] = ExecutionStatus.PAUSED  # nothing in flight: paused right away
+    Execution.objects.filter(pk=locked.id).update(**changes)
+    _event(locked.id, "WARNING", "pause requested")
+    logger.info("execution=%s pause requested (step running: %s)", locked.id, running)
+    locked.refresh_from_db()
+    return locked
+
+
+@transaction.atomic
+def execution_resume(*, execution_id: Any) -> Execution:
+    """Resume a paused execution where it stopped (or withdraw a pause not yet reached)."""
+    locked = _locked(execution_id)
+    if locked.status == ExecutionStatus.PAUSED:
+        now = timezone.now()
+        Execution.objects.filter(pk=locked.id).update(
+            pause_requested=False, status=ExecutionStatus.QUEUED
+        )
+        step = TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.PENDING).first()
+        if step is not None:
+            due = step.not_before if step.not_before and step.not_before > now else None
+            TaskRun.objects.filter(pk=step.pk).update(woken_at=due or now)
+            engine.wake(locked.id, at=due)
+    elif locked.pause_requested and locked.status in ACTIVE_STATUSES:
+        Execution.objects.filter(pk=locked.id).update(pause_requested=False)
+    else:
+        raise Conflict(f"execution {locked.id} is {locked.status}; only a PAUSED one can resume")
+    _event(locked.id, "INFO", "resumed")
+    logger.info("execution=%s resumed", locked.id)
+    locked.refresh_from_db()
+    return locked
+
+
+@transaction.atomic
+def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None) -> Execution:
+    """Resume a FAILED or CANCELLED execution from the step that stopped it.
+
+    Same execution id; every step run so far stays in its history and finished steps are not
+    run again. The step limit and the flow's timeout start afresh.
+    """
+    locked = _locked(execution_id)
+    if locked.status not in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+        raise Conflict(
+            f"execution {locked.id} is {locked.status}; only a FAILED or CANCELLED execution "
+            "can be redriven"
+        )
+    try:
+        definition = parse_flow(
+            locked.flow_version.definition,
+            registry or default_registry(),
+            default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
+        )
+    except FlowValidationError as exc:
+        raise Conflict(
+            f"execution {locked.id} cannot be redriven: its flow is no longer valid: {exc}",
+            errors=exc.as_list(),
+        ) from None
+    last = TaskRun.objects.filter(execution_id=locked.id).order_by("-seq").first()
+    if last is None:
+        task_name, attempt, seq = definition.start_task, 1, 1
+    elif last.status == TaskRunStatus.SUCCESS:
+        # It ended after a success (the step limit or the flow's timeout): go where it would
+        # have gone next.
+        task_name, _ = definition.route(last.task_name, "success", result=last.result)
+        if task_name is None:
+            raise Conflict(f"execution {locked.id} has no step left to run")
+        attempt, seq = 1, last.seq + 1
+    else:
+        task_name, attempt, seq = last.task_name, last.attempt + 1, last.seq + 1
+    spec = definition.task(task_name)
+    now = timezone.now()
+    TaskRun.objects.create(
+        execution_id=locked.id,
+        seq=seq,
+        task_name=spec.name,
+        task_type=spec.task_type,
+        parameters=spec.parameters,
+        attempt=attempt,
+        woken_at=now,
+    )
+    Execution.objects.filter(pk=locked.id).update(
+        status=ExecutionStatus.QUEUED,
+        error="",
+        ended_at=None,
+        cancel_requested=False,
+        pause_requested=False,
+        steps_taken=0,
+        current_task=spec.name,
+        deadline_at=_deadline(definition, now),
+        redrive_count=locked.redrive_count + 1,
+    )
+    engine.wake(locked.id)
+    _event(locked.id, "INFO", f"redriven from {spec.name} (attempt {attempt})")
+    logger.info("execution=%s redriven from %s", locked.id, spec.name)
+    locked.refresh_from_db()
+    return locked
+
+
+def _locked(execution_id: Any) -> Execution:
+    """The execution, row-locked for a state change (PostgreSQL; SQLite locks the database)."""
+    execution = get_execution(execution_id)
+    return Execution.objects.select_for_update().select_related("flow_version").get(pk=execution.id)
+
+
+def _deadline(definition: FlowDefinition, now: Any) -> Any:
+    if definition.timeout_seconds is None:
+        return None
+    return now + timedelta(seconds=definition.timeout_seconds)
+
+
+def _event(execution_id: Any, level: str, message: str) -> None:
+    ExecutionEvent.objects.create(
+        execution_id=execution_id, created_at=timezone.now(), level=level, message=message
+    )
 
 
 @transaction.atomic
@@ -331,6 +478,40 @@ def execution_rerun(*, execution_id: Any, user: Any = None) -> Execution:
     return execution
 
 
+# --- resource API ---
+def get_flow_version(*, flow_id: Any, version: int | None = None) -> FlowVersion:
+    """Version ``version`` of a flow (its latest when None), or NotFound."""
+    flow = get_flow(flow_id)
+    number = flow.version if version is None else version
+    found = FlowVersion.objects.select_related("flow").filter(flow=flow, version=number).first()
+    if found is None:
+        raise NotFound(
+            f"flow '{flow.id}' has no version {number} (latest is {flow.version})",
+            errors=[{"field": "version", "message": f"no such version; latest is {flow.version}"}],
+        )
+    return found
+
+
+@transaction.atomic
+def flow_update(*, flow_id: Any, document: Any, user: Any = None) -> FlowVersion:
+    """Store ``document`` as the next version of an existing flow.
+
+    The document may leave out ``id``; one that names another flow is refused, so that an
+    update never writes to a flow other than the one addressed.
+    """
+    flow = get_flow(flow_id)
+    doc = unwrap(document)
+    if isinstance(doc, dict):
+        if "id" in doc and doc["id"] != flow.id:
+            raise InvalidFlow(
+                f"the document's id {doc['id']!r} is not the id of the flow it updates, "
+                f"'{flow.id}'",
+                errors=[{"field": "id", "message": f"must be '{flow.id}' (or left out)"}],
+            )
+        doc = {**doc, "id": flow.id}
+    return flow_create(document=doc, user=user)
+
+
 def _user(user: Any) -> Any:
     return user if user is not None and getattr(user, "is_authenticated", False) else None
 
@@ -344,13 +525,18 @@ __all__ = [
     "execution_cancel",
     "execution_create",
     "execution_delete",
+    "execution_pause",
+    "execution_redrive",
     "execution_rerun",
+    "execution_resume",
     "execution_start",
     "execution_submit",
     "flow_create",
     "flow_create_with_execution",
     "flow_delete",
+    "flow_update",
     "get_execution",
     "get_flow",
+    "get_flow_version",
     "validate_flow",
 ]

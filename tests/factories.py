@@ -61,10 +61,8 @@ def start_execution(document: dict[str, Any], *, input: dict | None = None) -> E
 
 
 def run_to_end(execution_id: Any) -> Execution:
-    """Run the execution inline with the worker's engine until nothing is left to claim."""
-    while engine.run_execution(execution_id):
-        pass
-    return Execution.objects.get(pk=execution_id)
+    """Run the execution inline with the worker's engine (retry delays waited out here)."""
+    return engine.run_inline(execution_id)
 
 
 def run_flow(document: dict[str, Any], *, input: dict | None = None) -> Execution:

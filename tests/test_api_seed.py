@@ -350,7 +350,7 @@ def test_a_worker_holding_the_step_of_a_deleted_execution_does_not_bring_it_back
 
     assert api.delete(f"/flow/{execution.id}").status_code == 200
     outcome = engine.StepOutcome("SUCCESS", result={"ok": True}, duration=0.01)
-    next_step = runner._record(execution, None, step, outcome, continue_here=True)
+    next_step = runner._record(execution, None, step, outcome, {}, continue_here=True)
 
     assert next_step is None
     assert rows_of(execution.id) == 0

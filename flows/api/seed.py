@@ -117,7 +117,10 @@ class FlowExecuteView(APIView):
     def post(self, request: Request) -> Response:
         body = ExecuteRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        execution = services.execution_start(execution_id=body.validated_data["execution_id"])
+        execution = services.execution_start(
+            execution_id=body.validated_data["execution_id"],
+            input=body.validated_data.get("input"),
+        )
         return Response(status_document(execution))
 
 

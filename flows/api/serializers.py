@@ -45,6 +45,10 @@ class ExecuteRequestSerializer(serializers.Serializer):
         help_text="The id returned by POST /flow/create.",
         error_messages={"invalid": "must be a UUID, as returned by POST /flow/create"},
     )
+    input = serializers.DictField(
+        required=False,
+        help_text="An object the tasks read as ${input.<key>} and self.context.input.",
+    )
 
 
 class TaskResultSerializer(serializers.Serializer):

@@ -62,8 +62,8 @@ class Command(BaseCommand):
         Conf.SYNC = True
         try:
             services.execution_start(execution_id=execution.id)
-            while engine.run_execution(execution.id):  # only if a step was left for another job
-                pass
+            # Steps a job left behind (a retry's delay, the step budget) run here too.
+            engine.run_inline(execution.id)
         finally:
             Conf.SYNC = was_sync
         execution = Execution.objects.get(pk=execution.id)

@@ -1,0 +1,172 @@
+"""References in task parameters and CEL conditions: parsed and checked without Django.
+
+References. A parameter value may name earlier results or the execution's input:
+``"${results.fetch.data.records}"``, ``"${input.customer_id}"``. A string that is exactly one
+reference takes the referenced JSON value with its type; a reference inside a longer string
+is interpolated as text. ``results.<task>.data`` is what the task returned and
+``results.<task>.status`` its step status. Paths are dot-separated names with ``[n]`` for
+list items; ``$${`` writes a literal ``${``.
+
+Conditions. A condition's ``expression`` is CEL (the cel-python package, no ``eval``), over
+``result`` (what the source task returned), ``results`` (task name -> returned dict) and
+``input``; it must evaluate to a boolean.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import celpy
+from celpy import celtypes
+
+REF_RE = re.compile(r"(?<!\$)\$\{\s*([^{}]*?)\s*\}")
+_SEGMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)((?:\[\d+\])*)")
+ROOTS = ("results", "input")
+
+
+class ResolveError(ValueError):
+    """A reference that is malformed, or that cannot be resolved at run time."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    text: str  # as written, without ${ }
+    root: str  # "results" or "input"
+    path: tuple[str | int, ...]  # for results: (task name, ...)
+
+    @property
+    def task(self) -> str | None:
+        return str(self.path[0]) if self.root == "results" and self.path else None
+
+
+def parse_reference(text: str) -> Reference:
+    parts: list[str | int] = []
+    for raw in text.split("."):
+        match = _SEGMENT_RE.fullmatch(raw)
+        if not match:
+            raise ResolveError(
+                f"'${{{text}}}' is not a reference: use names separated by dots, "
+                "like ${results.fetch.data.records[0]} or ${input.customer_id}"
+            )
+        parts.append(match.group(1))
+        parts += [int(i) for i in re.findall(r"\[(\d+)\]", match.group(2))]
+    root, path = str(parts[0]), tuple(parts[1:])
+    if root not in ROOTS:
+        raise ResolveError(f"'${{{text}}}' must start with results. or input.")
+    if root == "results" and (not path or not isinstance(path[0], str)):
+        raise ResolveError(f"'${{{text}}}' must name a task: ${{results.<task>.data...}}")
+    return Reference(text, root, path)
+
+
+def references_in(value: Any) -> Iterator[tuple[str, Reference | ResolveError]]:
+    """Every reference in a parameter value, with the path of the value holding it."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            for match in REF_RE.finditer(item):
+                try:
+                    yield path, parse_reference(match.group(1))
+                except ResolveError as exc:
+                    yield path, exc
+        elif isinstance(item, Mapping):
+            stack.extend((f"{path}.{k}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+
+
+def has_reference(value: Any) -> bool:
+    return isinstance(value, str) and REF_RE.search(value) is not None
+
+
+def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
+    """``value`` with every reference replaced from ``scope`` ({"results": ..., "input": ...}).
+
+    ``scope["results"]`` maps task names to ``{"data": result, "status": "SUCCESS"}``.
+    Raises ResolveError naming the reference that could not be resolved.
+    """
+    if isinstance(value, str):
+        whole = REF_RE.fullmatch(value.strip()) if value.strip().startswith("${") else None
+        if whole:
+            return _lookup(parse_reference(whole.group(1)), scope)
+
+        def text_of(match: re.Match[str]) -> str:
+            found = _lookup(parse_reference(match.group(1)), scope)
+            return found if isinstance(found, str) else json.dumps(found)
+
+        return REF_RE.sub(text_of, value).replace("$${", "${")
+    if isinstance(value, Mapping):
+        return {k: resolve(v, scope) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, scope) for v in value]
+    return value
+
+
+def _lookup(ref: Reference, scope: Mapping[str, Any]) -> Any:
+    current: Any = scope.get(ref.root, {})
+    walked = ref.root
+    for key in ref.path:
+        if isinstance(key, int):
+            if not isinstance(current, list) or key >= len(current):
+                raise ResolveError(f"${{{ref.text}}}: {walked} has no item [{key}]")
+            current = current[key]
+            walked += f"[{key}]"
+            continue
+        if not isinstance(current, Mapping) or key not in current:
+            if walked == "results":
+                raise ResolveError(
+                    f"${{{ref.text}}}: task '{key}' has no result yet in this execution"
+                )
+            raise ResolveError(f"${{{ref.text}}}: {walked} has no key '{key}'")
+        current = current[key]
+        walked += f".{key}"
+    return current
+
+
+# --- CEL ------------------------------------------------------------------------------------
+_env = celpy.Environment()
+
+
+class ExpressionError(ValueError):
+    """A CEL expression that does not compile, fails, or does not give a boolean."""
+
+
+@dataclass(frozen=True)
+class Expression:
+    source: str
+    program: Any
+
+    def evaluate(self, *, result: Any, results: Mapping[str, Any], input: Any) -> bool:
+        activation = {
+            "result": celpy.json_to_cel(result if result is not None else {}),
+            "results": celpy.json_to_cel(dict(results)),
+            "input": celpy.json_to_cel(input or {}),
+        }
+        try:
+            value = self.program.evaluate(activation)
+        except Exception as exc:  # celpy raises its own error types, and may leak others
+            raise ExpressionError(
+                f"expression '{self.source}' failed: {_cel_message(exc)}"
+            ) from None
+        if not isinstance(value, celtypes.BoolType):
+            raise ExpressionError(
+                f"expression '{self.source}' gave {type(value).__name__}, not true or false"
+            )
+        return bool(value)
+
+
+def compile_expression(source: str) -> Expression:
+    try:
+        return Expression(source, _env.program(_env.compile(source)))
+    except Exception as exc:  # CELParseError, or anything the compiler raises on odd input
+        raise ExpressionError(f"not a valid CEL expression: {_cel_message(exc)}") from None
+
+
+def _cel_message(exc: Exception) -> str:
+    if exc.args and isinstance(exc.args[0], str):
+        return exc.args[0].strip().splitlines()[0]
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
