@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flows import engine
+from flows import engine, services
 
 logger = logging.getLogger("flows.jobs")
 
@@ -20,6 +20,14 @@ def run_execution(execution_id: str) -> None:
     except Exception:
         # The step stays RUNNING under its lease; the reaper re-runs it when the lease expires.
         logger.exception("execution=%s engine error; the reaper will retry the step", execution_id)
+
+
+def run_scheduled(flow_id: str) -> None:
+    """Fired by a flow's django-q2 Schedule: start one execution of its latest version."""
+    try:
+        services.flow_run_scheduled(flow_id=flow_id)
+    except Exception:
+        logger.exception("flow=%s scheduled run failed to start", flow_id)
 
 
 def reap() -> None:

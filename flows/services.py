@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from croniter import croniter
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django_q.models import Schedule
 
 from flows import engine
 from flows.definition import FieldError, FlowDefinition, FlowValidationError, parse_flow, unwrap
@@ -21,6 +23,7 @@ from flows.models import (
     ExecutionStatus,
     ExecutionTrigger,
     Flow,
+    FlowSchedule,
     FlowVersion,
     TaskRun,
     TaskRunStatus,
@@ -362,6 +365,83 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
     return locked
 
 
+# --- schedules ---------------------------------------------------------------------------------
+SCHEDULE_FUNC = "flows.jobs.run_scheduled"
+
+
+def _cron_next(cron: str) -> Any:
+    return croniter(cron, timezone.localtime()).get_next(datetime)
+
+
+@transaction.atomic
+def flow_schedule_set(
+    *,
+    flow_id: Any,
+    cron: Any,
+    enabled: bool = True,
+    input: dict[str, Any] | None = None,
+) -> FlowSchedule:
+    """Create or change the flow's cron schedule; each run is an ordinary execution.
+
+    The django-q2 Schedule that fires it is kept in step: paused means it never fires
+    (``repeats=0``), enabled means it fires at every cron time from now on.
+    """
+    flow = get_flow(flow_id)
+    errors = []
+    if not isinstance(cron, str) or not croniter.is_valid(cron.strip()):
+        errors.append({"field": "cron", "message": "must be a cron expression like '*/15 * * * *'"})
+    if input is not None and not isinstance(input, dict):
+        errors.append({"field": "input", "message": "must be an object"})
+    if not isinstance(enabled, bool):
+        errors.append({"field": "enabled", "message": "must be true or false"})
+    if errors:
+        raise ServiceError(
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+        )
+    cron = cron.strip()
+    schedule = FlowSchedule.objects.select_for_update().filter(flow=flow).first()
+    if schedule is None:
+        schedule = FlowSchedule(flow=flow)
+    schedule.cron, schedule.enabled = cron, enabled
+    if input is not None:
+        schedule.input = input
+    q = schedule.q_schedule or Schedule(name=f"flow:{flow.id}")
+    q.func, q.args = SCHEDULE_FUNC, repr(flow.id)
+    q.schedule_type, q.cron = Schedule.CRON, cron
+    q.repeats = -1 if enabled else 0
+    q.next_run = _cron_next(cron)
+    q.save()
+    schedule.q_schedule = q
+    schedule.save()
+    logger.info("flow=%s schedule %s%s", flow.id, cron, "" if enabled else " (paused)")
+    return schedule
+
+
+@transaction.atomic
+def flow_schedule_delete(*, flow_id: Any) -> None:
+    flow = get_flow(flow_id)
+    schedule = FlowSchedule.objects.filter(flow=flow).select_related("q_schedule").first()
+    if schedule is None:
+        raise NotFound(f"flow '{flow.id}' has no schedule")
+    if schedule.q_schedule is not None:
+        schedule.q_schedule.delete()
+    schedule.delete()
+    logger.info("flow=%s schedule deleted", flow.id)
+
+
+def flow_run_scheduled(*, flow_id: str) -> Execution | None:
+    """What the schedule's job does: start the flow's latest version, marked as scheduled."""
+    schedule = FlowSchedule.objects.filter(flow_id=flow_id).select_related("flow").first()
+    if schedule is None or not schedule.enabled:
+        logger.warning("flow=%s scheduled run skipped: no enabled schedule", flow_id)
+        return None
+    version = FlowVersion.objects.get(flow_id=flow_id, version=schedule.flow.version)
+    execution, _ = execution_submit(
+        flow_version=version, input=schedule.input, trigger=ExecutionTrigger.SCHEDULE
+    )
+    return execution
+
+
 def _locked(execution_id: Any) -> Execution:
     """The execution, row-locked for a state change (PostgreSQL; SQLite locks the database)."""
     execution = get_execution(execution_id)
@@ -414,6 +494,7 @@ def flow_delete(*, flow_id: Any) -> None:
         raise Conflict(
             f"flow '{flow.id}' has {running} execution(s) queued or running; cancel them first"
         )
+    Schedule.objects.filter(name=f"flow:{flow.id}").delete()
     flow.delete()
     logger.info("flow=%s deleted", flow.id)
 
@@ -534,6 +615,9 @@ __all__ = [
     "flow_create",
     "flow_create_with_execution",
     "flow_delete",
+    "flow_run_scheduled",
+    "flow_schedule_delete",
+    "flow_schedule_set",
     "flow_update",
     "get_execution",
     "get_flow",
