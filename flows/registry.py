@@ -180,6 +180,11 @@ class TaskRegistry:
         except BaseException:
             sys.modules.pop(module_name, None)
             raise
+        # As the import system does: the package knows its submodule, so `tasks.task_x`
+        # resolves the same however it was first loaded.
+        package_name, _, attr = module_name.rpartition(".")
+        if package_name in sys.modules:
+            setattr(sys.modules[package_name], attr, module)
         expected = class_name_for(task_type)
         cls = getattr(module, expected, None)
         if cls is None:
