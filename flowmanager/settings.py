@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_filters",
     "django_q",
     "flows",
 ]
@@ -194,6 +195,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Executions and their steps both have a "status"; give each choice set its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "ExecutionStatusEnum": "flows.models.ExecutionStatus",
+        "StepStatusEnum": "flows.models.TaskRunStatus",
+        "TriggerEnum": "flows.models.ExecutionTrigger",
+    },
 }
 
 # --- Flow engine ------------------------------------------------------------------------------

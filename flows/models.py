@@ -82,6 +82,21 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
     def active(self) -> ExecutionQuerySet:
         return self.filter(status__in=ACTIVE_STATUSES)
 
+    def for_api_list(self) -> ExecutionQuerySet:
+        """Executions as the API lists them: one query per page, whatever the row count.
+
+        Joins the flow, the pinned version and the user who started it, without the flow
+        documents (the list never shows them, and decoding them costs more than the rows).
+        """
+        return self.select_related("flow", "flow_version", "created_by").defer(
+            "flow__definition", "flow_version__definition"
+        )
+
+    def for_api_detail(self) -> ExecutionQuerySet:
+        """One execution as the API shows it: the list's joins plus its steps in order."""
+        steps = models.Prefetch("steps", queryset=TaskRun.objects.order_by("seq"))
+        return self.for_api_list().prefetch_related(steps)
+
 
 class Execution(models.Model):
     """One run of one version of a flow."""
@@ -123,6 +138,11 @@ class Execution(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Roles (groups made in migration 0005) are built from these and the model defaults.
+        permissions = [
+            ("start_execution", "Can start executions and re-run them"),
+            ("cancel_execution", "Can cancel executions"),
+        ]
         indexes = [
             models.Index(fields=["status", "-created_at"], name="exec_status_created_idx"),
             models.Index(fields=["flow", "-created_at"], name="exec_flow_created_idx"),

@@ -58,3 +58,55 @@ def _plain_static_files(settings: Any) -> None:
 def _fast_password_hasher(settings: Any) -> None:
     """Users are made in most tests; the default PBKDF2 costs ~0.3 s per password."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# --- Roles of the resource API (groups made by migration 0005) --------------------------------
+ROLES = ("viewer", "operator", "editor")
+
+
+def token_client(user: Any) -> APIClient:
+    """A client that authenticates as ``user`` with an API token, as scripts do."""
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def make_user(db: Any) -> Any:
+    """``make_user("carol", "operator")``: a user in that role; role "admin" is a superuser,
+    None a user in no group."""
+    from django.contrib.auth.models import Group
+
+    def make(username: str, role: str | None) -> Any:
+        model = get_user_model()
+        if role == "admin":
+            return model.objects.create_superuser(username, password=f"{username}-pass-123")
+        user = model.objects.create_user(username, password=f"{username}-pass-123")
+        if role is not None:
+            user.groups.add(Group.objects.get(name=role))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def grant(db: Any) -> Any:
+    """``grant(alice, "operator")``: put an existing user in a role."""
+    from django.contrib.auth.models import Group
+
+    def add(user: Any, role: str) -> Any:
+        user.groups.add(Group.objects.get(name=role))
+        return get_user_model().objects.get(pk=user.pk)  # a fresh object: no stale perm cache
+
+    return add
+
+
+@pytest.fixture
+def client_as(make_user: Any) -> Any:
+    """``client_as("editor")``: a token client for a new user in that role (or "admin"/None)."""
+
+    def make(role: str | None) -> APIClient:
+        return token_client(make_user(f"{role or 'nobody'}_user", role))
+
+    return make

@@ -77,3 +77,13 @@ def ran(execution: Execution) -> list[tuple[str, str]]:
 def stored_counts() -> tuple[int, int, int]:
     """How many flows, flow versions and executions are stored."""
     return Flow.objects.count(), FlowVersion.objects.count(), Execution.objects.count()
+
+
+def error_body(response: Any, status_code: int) -> dict[str, Any]:
+    """Assert ``response`` is the API's one error shape with ``status_code``; return its body."""
+    assert response.status_code == status_code, response.content[:500]
+    assert response["Content-Type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"detail", "code", "errors"}, body
+    assert body["detail"]
+    return body

@@ -43,3 +43,66 @@ def test_the_schema_describes_the_seed_endpoints_with_their_error_shape(db, tmp_
         "code",
         "errors",
     }
+
+
+def _operations(schema: dict) -> list[tuple[str, str, dict]]:
+    return [
+        (path, method, operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if method in {"get", "post", "put", "patch", "delete"}
+    ]
+
+
+def test_every_operation_documents_its_errors_in_the_one_error_shape_with_examples(db, tmp_path):
+    target = tmp_path / "schema.yaml"
+    call_command("spectacular", "--file", str(target))
+    schema = yaml.safe_load(target.read_text())
+
+    operations = _operations(schema)
+    assert len(operations) >= 18
+    for path, method, operation in operations:
+        where = f"{method.upper()} {path}"
+        responses = operation["responses"]
+        success = [code for code in responses if code.startswith("2")]
+        assert success, where
+        if path == "/health":
+            continue  # public, and its 503 is the health document itself (the seed's shape)
+        errors = {code: r for code, r in responses.items() if code[0] in "45"}
+        assert {"401", "403"} <= set(errors), where
+        if "{" in path:
+            assert "404" in errors, where
+        if method in {"post", "put"} and not path.endswith(("/cancel/", "/rerun/")):
+            assert "requestBody" in operation, where
+            assert {"400", "415"} <= set(errors), where
+        for code, response in errors.items():
+            content = response["content"]["application/json"]
+            assert content["schema"] == {"$ref": "#/components/schemas/Error"}, (where, code)
+            assert content["examples"], (where, code)
+
+
+def test_the_resource_api_is_in_the_schema_with_its_parameters(db, tmp_path):
+    target = tmp_path / "schema.yaml"
+    call_command("spectacular", "--file", str(target))
+    paths = yaml.safe_load(target.read_text())["paths"]
+
+    assert {
+        "/api/flows/",
+        "/api/flows/{id}/",
+        "/api/flows/{id}/versions/",
+        "/api/flows/{id}/versions/{version}/",
+        "/api/flows/{id}/executions/",
+        "/api/flows/validate/",
+        "/api/executions/",
+        "/api/executions/{id}/",
+        "/api/executions/{id}/cancel/",
+        "/api/executions/{id}/rerun/",
+        "/api/executions/{id}/events/",
+        "/api/task-types/",
+        "/api/task-types/{name}/",
+    } <= set(paths)
+    listing = {p["name"] for p in paths["/api/executions/"]["get"]["parameters"]}
+    assert {"status", "flow", "created_after", "created_before", "ordering", "page"} <= listing
+    start = {p["name"] for p in paths["/api/flows/{id}/executions/"]["post"]["parameters"]}
+    assert "Idempotency-Key" in start
+    assert set(paths["/api/flows/{id}/executions/"]["post"]["responses"]) >= {"200", "201", "409"}

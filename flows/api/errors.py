@@ -7,7 +7,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -80,3 +81,27 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             "errors": [],
         }
     return response
+
+
+# --- Django's own error pages, for URLs no API view matched ---------------------------------
+API_PREFIXES = ("/api/", "/flow/", "/flow", "/health")
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(API_PREFIXES)
+
+
+def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: a URL under the API that no route matches answers in the API's shape."""
+    if not _is_api(request):
+        return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
+    body = {"detail": f"no endpoint at {request.path}", "code": "not_found", "errors": []}
+    return JsonResponse(body, status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: never a stack trace, and JSON under the API."""
+    if not _is_api(request):
+        return defaults.server_error(request)
+    body = {"detail": "internal server error", "code": "server_error", "errors": []}
+    return JsonResponse(body, status=500)

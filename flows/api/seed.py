@@ -7,7 +7,7 @@ import logging
 from django.db import DatabaseError, connection
 from django.utils import timezone
 from django_q.status import Stat
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -16,9 +16,9 @@ from rest_framework.views import APIView
 
 from flows import services
 from flows.api.errors import error_response
+from flows.api.schema import error_responses
 from flows.api.serializers import (
     DeletedSerializer,
-    ErrorSerializer,
     ExecuteRequestSerializer,
     ExecutionStatusSerializer,
     FlowCreatedSerializer,
@@ -60,10 +60,38 @@ SAMPLE_FLOW = {
     ],
 }
 
-_ERRORS = {
-    400: OpenApiResponse(ErrorSerializer, description="Invalid input; `errors` lists each field."),
-    401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
-}
+STATUS_EXAMPLE = OpenApiExample(
+    "Completed",
+    value={
+        "execution_id": "6f0c1a55-5d2e-4a8e-9d7e-0c6b1f0e9a01",
+        "flow_id": "example_flow",
+        "flow_name": "Sample Data Pipeline",
+        "flow_version": 1,
+        "status": "COMPLETED",
+        "current_task": None,
+        "completed_tasks": ["task1"],
+        "executed_tasks": ["task1"],
+        "task_results": {
+            "task1": {
+                "task_name": "task1",
+                "status": "SUCCESS",
+                "message": "Fetched 3 records",
+                "data": {"records": [1, 2, 3]},
+                "execution_time": 0.501,
+                "timestamp": "2026-11-28T08:00:01+00:00",
+                "error": None,
+            }
+        },
+        "created_at": "2026-11-28T08:00:00+00:00",
+        "started_at": "2026-11-28T08:00:00.100000+00:00",
+        "ended_at": "2026-11-28T08:00:01+00:00",
+        "error": None,
+    },
+    response_only=True,
+    status_codes=[200],
+)
+_ERRORS = error_responses(400, 401, 403, 413, 415)
+_READ_ERRORS = error_responses(401, 403, 404)
 
 
 class FlowCreateView(APIView):
@@ -72,7 +100,24 @@ class FlowCreateView(APIView):
         summary="Store a flow (a new version if the id exists) and prepare an execution",
         request={"application/json": {"type": "object", "additionalProperties": True}},
         responses={200: FlowCreatedSerializer, **_ERRORS},
-        examples=[OpenApiExample("Sample flow", value={"flow": SAMPLE_FLOW}, request_only=True)],
+        examples=[
+            OpenApiExample("Sample flow", value={"flow": SAMPLE_FLOW}, request_only=True),
+            OpenApiExample(
+                "Created",
+                value={
+                    "execution_id": "6f0c1a55-5d2e-4a8e-9d7e-0c6b1f0e9a01",
+                    "flow_id": "example_flow",
+                    "flow_name": "Sample Data Pipeline",
+                    "version": 1,
+                    "status": "created",
+                    "message": "Flow 'Sample Data Pipeline' created (version 1); "
+                    "POST /flow/execute with this execution_id to run it",
+                    "warnings": [],
+                },
+                response_only=True,
+                status_codes=[200],
+            ),
+        ],
         tags=["seed"],
     )
     def post(self, request: Request) -> Response:
@@ -109,9 +154,16 @@ class FlowExecuteView(APIView):
         responses={
             200: ExecutionStatusSerializer,
             **_ERRORS,
-            404: OpenApiResponse(ErrorSerializer, description="No such execution."),
-            409: OpenApiResponse(ErrorSerializer, description="The execution is not CREATED."),
+            **error_responses(404, 409),
         },
+        examples=[
+            OpenApiExample(
+                "Execute",
+                value={"execution_id": "6f0c1a55-5d2e-4a8e-9d7e-0c6b1f0e9a01"},
+                request_only=True,
+            ),
+            STATUS_EXAMPLE,
+        ],
         tags=["seed"],
     )
     def post(self, request: Request) -> Response:
@@ -128,11 +180,8 @@ class FlowStatusView(APIView):
     @extend_schema(
         operation_id="flow_status",
         summary="The status document of an execution",
-        responses={
-            200: ExecutionStatusSerializer,
-            401: _ERRORS[401],
-            404: OpenApiResponse(ErrorSerializer, description="No such execution."),
-        },
+        responses={200: ExecutionStatusSerializer, **_READ_ERRORS},
+        examples=[STATUS_EXAMPLE],
         tags=["seed"],
     )
     def get(self, request: Request, execution_id: str) -> Response:
@@ -143,11 +192,18 @@ class FlowDeleteView(APIView):
     @extend_schema(
         operation_id="flow_delete",
         summary="Delete an execution (a running one is cancelled first)",
-        responses={
-            200: DeletedSerializer,
-            401: _ERRORS[401],
-            404: OpenApiResponse(ErrorSerializer, description="No such execution."),
-        },
+        responses={200: DeletedSerializer, **_READ_ERRORS},
+        examples=[
+            OpenApiExample(
+                "Deleted",
+                value={
+                    "message": "Flow execution 6f0c1a55-5d2e-4a8e-9d7e-0c6b1f0e9a01 "
+                    "deleted successfully"
+                },
+                response_only=True,
+                status_codes=[200],
+            )
+        ],
         tags=["seed"],
     )
     def delete(self, request: Request, execution_id: str) -> Response:
@@ -164,6 +220,19 @@ class HealthView(APIView):
         operation_id="health",
         summary="Liveness of the web process, its database and the worker clusters",
         responses={200: HealthSerializer, 503: HealthSerializer},
+        examples=[
+            OpenApiExample(
+                "Healthy",
+                value={
+                    "status": "healthy",
+                    "timestamp": "2026-11-28T08:00:00+00:00",
+                    "database": "ok",
+                    "workers": 1,
+                },
+                response_only=True,
+                status_codes=[200],
+            )
+        ],
         tags=["seed"],
     )
     def get(self, request: Request) -> Response:

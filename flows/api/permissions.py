@@ -1,0 +1,47 @@
+"""Who may do what in the resource API: one Django permission per viewset action.
+
+Roles are Django groups made by migration 0005 (viewer, operator, editor); superusers (admins)
+hold every permission. Anonymous requests are answered 401, a role that may not act 403.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+VIEW_FLOWS = "flows.view_flow"
+ADD_FLOWS = "flows.add_flow"
+CHANGE_FLOWS = "flows.change_flow"
+DELETE_FLOWS = "flows.delete_flow"
+VIEW_EXECUTIONS = "flows.view_execution"
+START_EXECUTIONS = "flows.start_execution"
+CANCEL_EXECUTIONS = "flows.cancel_execution"
+
+
+class ActionPermission(BasePermission):
+    """Require the permission the view's ``action_permissions`` names for its action.
+
+    An action missing from the map is refused: a new action is closed until someone decides
+    who may call it.
+    """
+
+    message = "your role may not do this"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False  # DRF answers 401 (token auth sends WWW-Authenticate)
+        action = getattr(view, "action", None)
+        if action is None or action == "metadata":
+            # No action: a method the endpoint lacks, which DRF answers 405 after this check.
+            # "metadata" is OPTIONS, which describes the endpoint and reads nothing stored.
+            return True
+        permission = view.action_permissions.get(action)
+        if permission is None:
+            return False
+        if not user.has_perm(permission):
+            self.message = f"your role may not do this (needs permission '{permission}')"
+            return False
+        return True

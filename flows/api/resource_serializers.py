@@ -1,0 +1,237 @@
+"""Shapes of the resource API (``/api/``): what it reads from requests and what it answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from flows.api.serializers import FieldErrorSerializer
+from flows.models import Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
+
+# The flow document, for the OpenAPI schema only: definition.py is the one that checks it, and
+# it reports every problem with its field path (a 400 with ``errors``).
+_TASK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "task_type"],
+    "properties": {
+        "name": {"type": "string", "example": "task1"},
+        "task_type": {"type": "string", "example": "fetch_data"},
+        "description": {"type": "string"},
+        "parameters": {"type": "object", "additionalProperties": True},
+        "timeout_seconds": {"type": "number"},
+    },
+}
+_CONDITION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["source_task", "outcome", "target_task_success", "target_task_failure"],
+    "properties": {
+        "name": {"type": "string"},
+        "source_task": {"type": "string"},
+        "outcome": {"type": "string", "enum": ["success", "failure"]},
+        "target_task_success": {"type": "string", "description": 'a task name or "end"'},
+        "target_task_failure": {"type": "string", "description": 'a task name or "end"'},
+    },
+}
+FLOW_DOCUMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "A flow document (README, 'Flow documents'), bare or wrapped as {\"flow\": {...}}. "
+        "Every problem is reported at once, each with its field path."
+    ),
+    "properties": {
+        "id": {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$", "maxLength": 100},
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "start_task": {"type": "string"},
+        "max_steps": {"type": "integer", "minimum": 1},
+        "tasks": {"type": "array", "minItems": 1, "items": _TASK_SCHEMA},
+        "conditions": {"type": "array", "items": _CONDITION_SCHEMA},
+        "flow": {"type": "object", "description": "The same document, wrapped."},
+    },
+    "additionalProperties": True,
+}
+
+
+class FlowSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Flow
+        fields = ["id", "name", "version", "created_at", "updated_at"]
+        extra_kwargs = {"version": {"help_text": "The latest version; executions start it."}}
+
+
+class FlowDetailSerializer(FlowSerializer):
+    description = serializers.SerializerMethodField()
+    definition = serializers.DictField(help_text="The latest version's flow document.")
+
+    class Meta(FlowSerializer.Meta):
+        fields = [*FlowSerializer.Meta.fields, "description", "definition"]
+
+    def get_description(self, flow: Flow) -> str:
+        value = flow.definition.get("description", "") if isinstance(flow.definition, dict) else ""
+        return value if isinstance(value, str) else ""
+
+
+class FlowWrittenSerializer(FlowDetailSerializer):
+    """A flow just stored, with the warnings its new version drew (tasks nothing reaches)."""
+
+    warnings = serializers.SerializerMethodField()
+
+    class Meta(FlowDetailSerializer.Meta):
+        fields = [*FlowDetailSerializer.Meta.fields, "warnings"]
+
+    @extend_schema_field(FieldErrorSerializer(many=True))
+    def get_warnings(self, flow: Flow) -> list[dict[str, str]]:
+        return list(self.context.get("warnings", []))
+
+
+class FlowVersionSerializer(serializers.ModelSerializer):
+    flow = serializers.CharField(source="flow_id", read_only=True)
+    created_by = serializers.CharField(
+        source="created_by.username", read_only=True, allow_null=True, default=None
+    )
+
+    class Meta:
+        model = FlowVersion
+        fields = ["flow", "version", "created_at", "created_by"]
+
+
+class FlowVersionDetailSerializer(FlowVersionSerializer):
+    definition = serializers.DictField(help_text="This version's flow document, as stored.")
+
+    class Meta(FlowVersionSerializer.Meta):
+        fields = [*FlowVersionSerializer.Meta.fields, "definition"]
+
+
+class ValidationReportSerializer(serializers.Serializer):
+    valid = serializers.BooleanField(help_text="True when the document would be stored.")
+    flow_id = serializers.CharField(allow_null=True, help_text="The document's id, when valid.")
+    errors = FieldErrorSerializer(many=True, help_text="Why it would be refused (if not valid).")
+    warnings = FieldErrorSerializer(many=True, help_text="Tasks no path reaches, and the like.")
+
+
+class StartExecutionSerializer(serializers.Serializer):
+    version = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="Flow version to run; the latest when left out.",
+    )
+    input = serializers.DictField(
+        required=False, help_text="A JSON object the tasks read as self.context.input."
+    )
+
+
+class ExecutionSerializer(serializers.ModelSerializer):
+    flow = serializers.CharField(source="flow_id", read_only=True)
+    flow_name = serializers.CharField(source="flow.name", read_only=True)
+    flow_version = serializers.IntegerField(source="flow_version.version", read_only=True)
+    rerun_of = serializers.UUIDField(source="rerun_of_id", read_only=True, allow_null=True)
+    created_by = serializers.CharField(
+        source="created_by.username", read_only=True, allow_null=True, default=None
+    )
+    input = serializers.DictField(read_only=True)
+
+    class Meta:
+        model = Execution
+        fields = [
+            "id",
+            "flow",
+            "flow_name",
+            "flow_version",
+            "status",
+            "trigger",
+            "current_task",
+            "input",
+            "error",
+            "steps_taken",
+            "cancel_requested",
+            "rerun_of",
+            "created_by",
+            "created_at",
+            "queued_at",
+            "started_at",
+            "ended_at",
+        ]
+        read_only_fields = fields
+
+
+class StepSerializer(serializers.ModelSerializer):
+    parameters = serializers.DictField(read_only=True)
+    result = serializers.JSONField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = TaskRun
+        fields = [
+            "seq",
+            "task_name",
+            "task_type",
+            "attempt",
+            "status",
+            "parameters",
+            "result",
+            "error",
+            "traceback",
+            "route",
+            "created_at",
+            "started_at",
+            "ended_at",
+            "duration",
+        ]
+        read_only_fields = fields
+
+
+class ExecutionDetailSerializer(ExecutionSerializer):
+    steps = StepSerializer(many=True, read_only=True, help_text="Every step in run order.")
+
+    class Meta(ExecutionSerializer.Meta):
+        fields = [*ExecutionSerializer.Meta.fields, "steps"]
+        read_only_fields = fields
+
+
+class EventsQuerySerializer(serializers.Serializer):
+    after = serializers.IntegerField(
+        required=False,
+        default=0,
+        min_value=0,
+        max_value=2**63 - 1,
+        help_text="Only lines after this seq (the last seq you have; 0 for all).",
+    )
+    limit = serializers.IntegerField(
+        required=False, default=200, min_value=1, max_value=1000, help_text="At most this many."
+    )
+
+
+class EventSerializer(serializers.ModelSerializer):
+    seq = serializers.IntegerField(source="id", read_only=True, help_text="Increasing, not dense.")
+    step = serializers.IntegerField(
+        source="task_run.seq", read_only=True, allow_null=True, default=None
+    )
+    task_name = serializers.CharField(
+        source="task_run.task_name", read_only=True, allow_null=True, default=None
+    )
+
+    class Meta:
+        model = ExecutionEvent
+        fields = ["seq", "created_at", "level", "message", "step", "task_name"]
+        read_only_fields = fields
+
+
+class EventPageSerializer(serializers.Serializer):
+    execution = serializers.UUIDField()
+    status = serializers.CharField(help_text="The execution's status now.")
+    finished = serializers.BooleanField(help_text="The execution has ended: no more lines come.")
+    events = EventSerializer(many=True)
+    next_after = serializers.IntegerField(help_text="Pass as ?after= to get the lines after these.")
+    more = serializers.BooleanField(help_text="More lines are already waiting past this page.")
+
+
+class TaskTypeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    parameters_schema = serializers.DictField(help_text="JSON Schema of the task's parameters.")
+    defaults = serializers.DictField(help_text="Parameter defaults declared by the schema.")
+    default_timeout = serializers.FloatField(
+        allow_null=True, help_text="Seconds; null means FLOW_DEFAULT_TASK_TIMEOUT."
+    )

@@ -1,0 +1,448 @@
+"""The resource API under ``/api/``: flows, their versions, executions and task types.
+
+Viewsets stay thin: they check the request's shape, call ``flows.services`` for every write
+and serialize what comes back. Who may call what is ``action_permissions`` on each viewset
+(see flows.api.permissions and the README's role table).
+
+Scope: flows, executions and task types are shared by the whole team, so every user holding
+a model's ``view`` permission sees all of its rows; ``get_queryset`` returns nothing to a
+user without it, and shapes each action's query (joins, deferred documents, prefetches).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from flows import services
+from flows.api import permissions as perms
+from flows.api.filters import ExecutionFilter
+from flows.api.resource_serializers import (
+    FLOW_DOCUMENT_SCHEMA,
+    EventPageSerializer,
+    EventSerializer,
+    EventsQuerySerializer,
+    ExecutionDetailSerializer,
+    ExecutionSerializer,
+    FlowDetailSerializer,
+    FlowSerializer,
+    FlowVersionDetailSerializer,
+    FlowVersionSerializer,
+    FlowWrittenSerializer,
+    StartExecutionSerializer,
+    TaskTypeSerializer,
+    ValidationReportSerializer,
+)
+from flows.api.schema import READ, WRITE, error_responses
+from flows.models import Execution, ExecutionEvent, Flow, FlowVersion
+from flows.registry import default_registry
+
+SAMPLE_DOCUMENT = {
+    "id": "example_flow",
+    "name": "Sample Data Pipeline",
+    "tasks": [
+        {"name": "task1", "task_type": "fetch_data", "parameters": {}},
+        {"name": "task2", "task_type": "process_data", "parameters": {}},
+    ],
+    "conditions": [
+        {
+            "source_task": "task1",
+            "outcome": "success",
+            "target_task_success": "task2",
+            "target_task_failure": "end",
+        }
+    ],
+}
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description=(
+        "Repeating a start with the same key (same user, same flow) returns the execution the "
+        "first one made, with 200, instead of starting another. At most 200 characters."
+    ),
+)
+
+
+class Pages(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class ScopedObjectMixin:
+    """``get_object`` over the scoped ``get_queryset``, with a 404 that names the id."""
+
+    noun = "object"
+
+    def get_object(self) -> Any:
+        try:
+            return super().get_object()  # type: ignore[misc]
+        except Http404:
+            key = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field)  # type: ignore[attr-defined]
+            raise services.NotFound(f"no {self.noun} with id '{key}'") from None
+
+
+def _can(request: Request, permission: str) -> bool:
+    return bool(request.user and request.user.has_perm(permission))
+
+
+@extend_schema(tags=["flows"])
+@extend_schema_view(
+    list=extend_schema(
+        summary="List flows",
+        description="Search matches id and name; order by id, name, version, created_at or "
+        "updated_at (prefix - for descending).",
+        responses={200: FlowSerializer(many=True), **error_responses(401, 403, 404)},
+    ),
+    retrieve=extend_schema(
+        summary="A flow with its latest document",
+        responses={200: FlowDetailSerializer, **error_responses(*READ)},
+    ),
+)
+class FlowViewSet(
+    ScopedObjectMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Flows and their versions; storing a document makes a new version, never an edit."""
+
+    permission_classes = [perms.ActionPermission]
+    noun = "flow"
+    queryset = Flow.objects.all()
+    serializer_class = FlowSerializer
+    pagination_class = Pages
+    filter_backends = [SearchFilter, OrderingFilter]
+    search_fields = ["id", "name"]
+    ordering_fields = ["id", "name", "version", "created_at", "updated_at"]
+    ordering = ["id"]
+    lookup_value_regex = "[^/]+"
+    action_permissions = {
+        "list": perms.VIEW_FLOWS,
+        "retrieve": perms.VIEW_FLOWS,
+        "versions": perms.VIEW_FLOWS,
+        "version": perms.VIEW_FLOWS,
+        "validate": perms.VIEW_FLOWS,
+        "create": perms.ADD_FLOWS,
+        "update": perms.CHANGE_FLOWS,
+        "destroy": perms.DELETE_FLOWS,
+        "start": perms.START_EXECUTIONS,
+    }
+
+    def get_queryset(self) -> QuerySet[Flow]:
+        if not _can(self.request, perms.VIEW_FLOWS):
+            return Flow.objects.none()
+        if self.action == "list":
+            return Flow.objects.defer("definition")
+        return Flow.objects.all()
+
+    def get_serializer_class(self) -> type:
+        return FlowDetailSerializer if self.action == "retrieve" else FlowSerializer
+
+    def _written(self, version: FlowVersion, http_status: int) -> Response:
+        warnings = services.validate_flow(version.definition).warnings
+        data = FlowWrittenSerializer(
+            version.flow, context={"warnings": [w.as_dict() for w in warnings]}
+        ).data
+        return Response(data, status=http_status)
+
+    @extend_schema(
+        summary="Create a flow (a new version when its id exists)",
+        request={"application/json": FLOW_DOCUMENT_SCHEMA},
+        responses={201: FlowWrittenSerializer, **error_responses(*WRITE)},
+        examples=[OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True)],
+    )
+    def create(self, request: Request) -> Response:
+        version = services.flow_create(document=request.data, user=request.user)
+        return self._written(version, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Store a new version of a flow",
+        description="The document may leave out `id`; one naming another flow is a 400.",
+        request={"application/json": FLOW_DOCUMENT_SCHEMA},
+        responses={200: FlowWrittenSerializer, **error_responses(*WRITE, 404)},
+        examples=[OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True)],
+    )
+    def update(self, request: Request, pk: str) -> Response:
+        version = services.flow_update(flow_id=pk, document=request.data, user=request.user)
+        return self._written(version, status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Delete a flow with its versions and executions",
+        responses={
+            204: OpenApiResponse(description="Deleted."),
+            **error_responses(*READ, 409),
+        },
+    )
+    def destroy(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        services.flow_delete(flow_id=flow.id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Check a flow document without storing it",
+        description="Always 200 for a JSON body: `valid` says whether it would be stored, "
+        "`errors` why not, `warnings` what would run never.",
+        request={"application/json": FLOW_DOCUMENT_SCHEMA},
+        responses={200: ValidationReportSerializer, **error_responses(*WRITE)},
+        examples=[
+            OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True),
+            OpenApiExample(
+                "Invalid",
+                value={
+                    "valid": False,
+                    "flow_id": None,
+                    "errors": [
+                        {"field": "tasks[0].task_type", "message": "unknown task type 'fetch'"}
+                    ],
+                    "warnings": [],
+                },
+                response_only=True,
+            ),
+        ],
+    )
+    @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None)
+    def validate(self, request: Request) -> Response:
+        try:
+            definition = services.validate_flow(request.data)
+        except services.InvalidFlow as exc:
+            report = {"valid": False, "flow_id": None, "errors": exc.errors, "warnings": []}
+        else:
+            warnings = [w.as_dict() for w in definition.warnings]
+            report = {"valid": True, "flow_id": definition.id, "errors": [], "warnings": warnings}
+        return Response(ValidationReportSerializer(report).data)
+
+    @extend_schema(
+        summary="The versions of a flow, newest first",
+        responses={200: FlowVersionSerializer(many=True), **error_responses(*READ)},
+    )
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def versions(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        rows = FlowVersion.objects.filter(flow=flow).defer("definition")
+        page = self.paginate_queryset(rows.select_related("created_by").order_by("-version"))
+        return self.get_paginated_response(FlowVersionSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="One version of a flow, with its document",
+        parameters=[OpenApiParameter("version", int, OpenApiParameter.PATH)],
+        responses={200: FlowVersionDetailSerializer, **error_responses(*READ)},
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"versions/(?P<version>[0-9]+)",
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def version(self, request: Request, pk: str, version: str) -> Response:
+        flow = self.get_object()
+        found = services.get_flow_version(flow_id=flow.id, version=int(version))
+        return Response(FlowVersionDetailSerializer(found).data)
+
+    @extend_schema(
+        summary="Start an execution of the flow",
+        description="Runs the latest version unless `version` is given. With an "
+        "`Idempotency-Key`, a repeat answers 200 with the first execution.",
+        parameters=[IDEMPOTENCY_KEY],
+        request=StartExecutionSerializer,
+        responses={
+            201: ExecutionDetailSerializer,
+            200: OpenApiResponse(
+                ExecutionDetailSerializer, description="A repeat of an Idempotency-Key."
+            ),
+            **error_responses(*WRITE, 404, 409),
+        },
+        examples=[
+            OpenApiExample(
+                "With input", value={"input": {"customer": 42}, "version": 1}, request_only=True
+            )
+        ],
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="executions",
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def start(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        body = StartExecutionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        version = services.get_flow_version(
+            flow_id=flow.id, version=body.validated_data.get("version")
+        )
+        execution, created = services.execution_submit(
+            flow_version=version,
+            user=request.user,
+            input=body.validated_data.get("input"),
+            idempotency_key=request.headers.get("Idempotency-Key", ""),
+        )
+        data = ExecutionDetailSerializer(
+            Execution.objects.for_api_detail().get(pk=execution.pk)
+        ).data
+        return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+@extend_schema(tags=["executions"])
+@extend_schema_view(
+    list=extend_schema(
+        summary="List executions",
+        description="Newest first by default; order by created_at, started_at, ended_at or "
+        "status (prefix - for descending). 50 per page (`page_size` up to 200).",
+        responses={200: ExecutionSerializer(many=True), **error_responses(400, 401, 403, 404)},
+    ),
+    retrieve=extend_schema(
+        summary="An execution with its steps",
+        responses={200: ExecutionDetailSerializer, **error_responses(*READ)},
+    ),
+)
+class ExecutionViewSet(
+    ScopedObjectMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Runs of flow versions, with their steps and log lines; started from a flow."""
+
+    permission_classes = [perms.ActionPermission]
+    noun = "execution"
+    queryset = Execution.objects.all()
+    serializer_class = ExecutionSerializer
+    pagination_class = Pages
+    filter_backends = [DjangoFilterBackend, OrderingFilter]
+    filterset_class = ExecutionFilter
+    ordering_fields = ["created_at", "started_at", "ended_at", "status"]
+    ordering = ["-created_at"]
+    lookup_value_regex = "[^/]+"
+    action_permissions = {
+        "list": perms.VIEW_EXECUTIONS,
+        "retrieve": perms.VIEW_EXECUTIONS,
+        "events": perms.VIEW_EXECUTIONS,
+        "cancel": perms.CANCEL_EXECUTIONS,
+        "rerun": perms.START_EXECUTIONS,
+    }
+
+    def get_queryset(self) -> QuerySet[Execution]:
+        if not _can(self.request, perms.VIEW_EXECUTIONS):
+            return Execution.objects.none()
+        if self.action == "list":
+            return Execution.objects.for_api_list()
+        if self.action == "events":
+            return Execution.objects.only("id", "status")
+        return Execution.objects.for_api_detail()
+
+    def get_serializer_class(self) -> type:
+        return ExecutionSerializer if self.action == "list" else ExecutionDetailSerializer
+
+    def _detail(self, execution: Execution, http_status: int = status.HTTP_200_OK) -> Response:
+        fresh = Execution.objects.for_api_detail().get(pk=execution.pk)
+        return Response(ExecutionDetailSerializer(fresh).data, status=http_status)
+
+    @extend_schema(
+        summary="Cancel an execution",
+        description="A running step is stopped by its worker within about a second.",
+        request=None,
+        responses={200: ExecutionDetailSerializer, **error_responses(*READ, 409)},
+    )
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def cancel(self, request: Request, pk: str) -> Response:
+        execution = self.get_object()
+        return self._detail(services.execution_cancel(execution_id=execution.id))
+
+    @extend_schema(
+        summary="Start a new execution of the same flow version with the same input",
+        request=None,
+        responses={201: ExecutionDetailSerializer, **error_responses(*READ, 409)},
+    )
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def rerun(self, request: Request, pk: str) -> Response:
+        execution = self.get_object()
+        rerun = services.execution_rerun(execution_id=execution.id, user=request.user)
+        return self._detail(rerun, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Log lines of an execution after a seq, for live tails",
+        description="Poll with `?after=<next_after>` until `finished` is true and `more` false.",
+        parameters=[EventsQuerySerializer],
+        responses={200: EventPageSerializer, **error_responses(400, *READ)},
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def events(self, request: Request, pk: str) -> Response:
+        execution = self.get_object()
+        query = EventsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        after, limit = query.validated_data["after"], query.validated_data["limit"]
+        rows = list(
+            ExecutionEvent.objects.filter(execution_id=execution.id, id__gt=after)
+            .select_related("task_run")
+            .order_by("id")[: limit + 1]
+        )
+        page = rows[:limit]
+        return Response(
+            {
+                "execution": execution.id,
+                "status": execution.status,
+                "finished": execution.is_terminal,
+                "events": EventSerializer(page, many=True).data,
+                "next_after": page[-1].id if page else after,
+                "more": len(rows) > limit,
+            }
+        )
+
+
+@extend_schema(tags=["task types"])
+@extend_schema_view(
+    list=extend_schema(
+        summary="Every registered task type",
+        responses={200: TaskTypeSerializer(many=True), **error_responses(401, 403)},
+    ),
+    retrieve=extend_schema(
+        summary="One task type",
+        responses={200: TaskTypeSerializer, **error_responses(*READ)},
+    ),
+)
+class TaskTypeViewSet(viewsets.ViewSet):
+    """Task types come from the plugin registry, not the database: there is no queryset."""
+
+    permission_classes = [perms.ActionPermission]
+    serializer_class = TaskTypeSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+    action_permissions = {"list": perms.VIEW_FLOWS, "retrieve": perms.VIEW_FLOWS}
+
+    def list(self, request: Request) -> Response:
+        types = default_registry().types
+        data = [task_type_document(types[name]) for name in sorted(types)]
+        return Response(TaskTypeSerializer(data, many=True).data)
+
+    def retrieve(self, request: Request, name: str) -> Response:
+        found = default_registry().types.get(name)
+        if found is None:
+            raise services.NotFound(f"no task type '{name}'")
+        return Response(TaskTypeSerializer(task_type_document(found)).data)
+
+
+def task_type_document(task_type: Any) -> dict[str, Any]:
+    """``TaskType.describe()`` plus the parameter defaults its JSON Schema declares."""
+    described = task_type.describe()
+    properties = described["parameters_schema"].get("properties") or {}
+    described["defaults"] = {
+        key: spec["default"]
+        for key, spec in properties.items()
+        if isinstance(spec, dict) and "default" in spec
+    }
+    return described
