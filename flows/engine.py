@@ -240,16 +240,18 @@ def _flow_timeout(definition: FlowDefinition | None) -> StepOutcome:
     return outcome
 
 
+def _results_scope(results: dict[str, Any]) -> dict[str, Any]:
+    """Earlier results as references and expressions see them: results.<task>.data."""
+    return {name: {"data": value, "status": "SUCCESS"} for name, value in results.items()}
+
+
 def _resolve_parameters(
     raw: dict[str, Any], task_type: TaskType, results: dict[str, Any], input: Any
 ) -> dict[str, Any]:
     """The step's parameters with ${...} references filled in, checked against the schema."""
     if not any(True for _ in references_in(raw)):
         return copy.deepcopy(raw)
-    scope = {
-        "results": {name: {"data": value, "status": "SUCCESS"} for name, value in results.items()},
-        "input": input or {},
-    }
+    scope = {"results": _results_scope(results), "input": input or {}}
     resolved = copy.deepcopy(resolve(raw, scope))
     errors = list(
         jsonschema.Draft202012Validator(task_type.parameters_schema).iter_errors(resolved)
@@ -749,12 +751,15 @@ class Runner:
                 noteworthy=True,
             )
         status = "success" if succeeded else "failure"
+        condition = definition.condition_for(step.task_name)
+        # Expressions see results in the same shape as ${results.<task>.data} references.
+        scope = _results_scope(results) if condition and condition.expression else {}
         try:
             target, why = definition.route(
                 step.task_name,
                 status,
                 result=outcome.result,
-                results=results,
+                results=scope,
                 input=execution.input,
             )
         except ExpressionError as exc:
@@ -763,7 +768,7 @@ class Runner:
             results.pop(step.task_name, None)
             target, why = definition.route(step.task_name, "failure")
             status = "failure"
-        noteworthy = definition.condition_for(step.task_name) is not None
+        noteworthy = condition is not None
         if target is None:
             if status == "success":
                 return _Plan(final=ExecutionStatus.COMPLETED, why=why)

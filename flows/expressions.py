@@ -8,8 +8,8 @@ is interpolated as text. ``results.<task>.data`` is what the task returned and
 list items; ``$${`` writes a literal ``${``.
 
 Conditions. A condition's ``expression`` is CEL (the cel-python package, no ``eval``), over
-``result`` (what the source task returned), ``results`` (task name -> returned dict) and
-``input``; it must evaluate to a boolean.
+``result`` (what the source task returned), ``results`` (as in references:
+``results.<task>.data``) and ``input``; it must evaluate to a boolean.
 """
 
 from __future__ import annotations
