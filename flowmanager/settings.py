@@ -277,3 +277,14 @@ LOGGING = {
         },
     },
 }
+
+# --- Metrics (/metrics, Prometheus text format; README "Metrics") ---------------------------
+# Without either, /metrics needs a logged-in session or an API token, like the API.
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
+# A scraper sends "Authorization: Bearer <METRICS_TOKEN>".
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
+# A "flow" label on the execution metrics: one series per flow and status, so leave it off
+# when flows are many or made by users.
+METRICS_FLOW_LABEL = env_bool("METRICS_FLOW_LABEL", False)

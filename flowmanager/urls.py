@@ -7,6 +7,7 @@ from flows.web import views as web
 urlpatterns = [
     path("", web.home, name="home"),
     path("", include("flows.api.urls")),
+    path("", include("flows.metrics.urls")),
     path("api/", include("flows.api.urls_resource")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

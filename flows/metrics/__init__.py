@@ -1,0 +1,1 @@
+"""Prometheus metrics computed from the database at scrape time (``GET /metrics``)."""
