@@ -288,3 +288,8 @@ if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
 # A "flow" label on the execution metrics: one series per flow and status, so leave it off
 # when flows are many or made by users.
 METRICS_FLOW_LABEL = env_bool("METRICS_FLOW_LABEL", False)
+
+# --- Retention (README "Retention") ----------------------------------------------------------
+# Set: a daily django-q2 schedule deletes finished executions older than this many days
+# (created, updated or removed at `manage.py migrate`). Unset: executions are kept forever.
+FLOW_PURGE_AFTER_DAYS = env_int("FLOW_PURGE_AFTER_DAYS", 0, minimum=1)

@@ -624,3 +624,94 @@ __all__ = [
     "get_flow_version",
     "validate_flow",
 ]
+
+
+# --- retention ---
+# Statuses retention may delete. Never QUEUED, RUNNING or PAUSED: those executions are in
+# flight. CREATED (made by /flow/create, never started) only when asked for by name.
+PURGEABLE_STATUSES: tuple[str, ...] = (
+    ExecutionStatus.COMPLETED,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.CANCELLED,
+    ExecutionStatus.CREATED,
+)
+DEFAULT_PURGE_STATUSES: tuple[str, ...] = (
+    ExecutionStatus.COMPLETED,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.CANCELLED,
+)
+
+
+def _purge_statuses(statuses: list[str] | None) -> list[str]:
+    chosen = list(statuses) if statuses else list(DEFAULT_PURGE_STATUSES)
+    refused = sorted({s for s in chosen if s not in PURGEABLE_STATUSES})
+    if refused:
+        raise ServiceError(
+            f"cannot purge executions in status {', '.join(refused)}: only "
+            f"{', '.join(PURGEABLE_STATUSES)} executions may be purged",
+            errors=[{"field": "statuses", "message": f"not purgeable: {', '.join(refused)}"}],
+        )
+    return chosen
+
+
+def executions_purgeable(
+    *, older_than: timedelta, statuses: list[str] | None = None, now: datetime | None = None
+) -> Any:
+    """Executions retention would delete: in ``statuses`` (default COMPLETED, FAILED,
+    CANCELLED) that ended before ``now - older_than`` or, never having ended, were created
+    before it. A QuerySet of Execution; reads only."""
+    cutoff = (now or timezone.now()) - older_than
+    base = Execution.objects.filter(status__in=_purge_statuses(statuses)).order_by()
+    return base.filter(ended_at__lt=cutoff) | base.filter(
+        ended_at__isnull=True, created_at__lt=cutoff
+    )
+
+
+def executions_purge(
+    *,
+    older_than: timedelta,
+    statuses: list[str] | None,
+    batch_size: int,
+    on_batch: Any = None,
+) -> int:
+    """Delete the executions ``executions_purgeable`` selects, with their steps and log lines;
+    return how many executions were deleted.
+
+    Not one transaction: each batch is its own short one, so no lock is held for long and
+    an interrupted purge keeps what it did (run it again to go on). Per batch:
+    1. lock up to ``batch_size`` matching executions, skipping rows another transaction
+       holds (a redrive or a delete in progress); status and age are checked again under
+       the lock, so an execution redriven a moment ago is left alone;
+    2. delete their log lines, then their steps, then the executions, each a plain DELETE
+       on a list of ids, so no statement cascades over more than the batch.
+    ``on_batch(executions, steps, events)`` is called after each batch is committed.
+    """
+    if batch_size < 1:
+        raise ServiceError("batch_size must be at least 1")
+    # One cutoff for the whole run: a long purge does not chase a moving boundary.
+    candidates = executions_purgeable(older_than=older_than, statuses=statuses, now=timezone.now())
+    total = 0
+    while True:
+        with transaction.atomic():
+            ids = list(
+                candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)[
+                    :batch_size
+                ]
+            )
+            if not ids:
+                break
+            events, _ = ExecutionEvent.objects.filter(execution_id__in=ids).delete()
+            # only("pk"): the cascade check loads ids, not results and tracebacks.
+            _, step_rows = TaskRun.objects.filter(execution_id__in=ids).only("pk").delete()
+            _, execution_rows = Execution.objects.filter(pk__in=ids).only("pk").delete()
+        steps = step_rows.get(TaskRun._meta.label, 0)
+        deleted = execution_rows.get(Execution._meta.label, 0)
+        total += deleted
+        logger.info(
+            "retention: deleted %d executions, %d steps, %d log lines", deleted, steps, events
+        )
+        if on_batch is not None:
+            on_batch(deleted, steps, events)
+        if deleted == 0:  # nothing could be deleted (never expected): do not spin
+            break
+    return total
