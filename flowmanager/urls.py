@@ -2,10 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from flows.web import views as web
-
 urlpatterns = [
-    path("", web.home, name="home"),
+    path("", include("flows.web.urls")),
     path("", include("flows.api.urls")),
     path("", include("flows.metrics.urls")),
     path("api/", include("flows.api.urls_resource")),

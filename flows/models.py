@@ -11,8 +11,28 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.utils import timezone
+
+
+class FlowQuerySet(models.QuerySet["Flow"]):
+    def search(self, text: str) -> FlowQuerySet:
+        """Flows whose id or name contains ``text`` (case-insensitive); all when blank."""
+        text = (text or "").strip()
+        return self.filter(Q(id__icontains=text) | Q(name__icontains=text)) if text else self
+
+    def with_last_run(self) -> FlowQuerySet:
+        """Annotate ``last_run_id``, ``last_run_status`` and ``last_run_at`` (None if never run).
+
+        Three correlated subqueries on the (flow, -created_at) index: one query for the list
+        however many flows it shows.
+        """
+        latest = Execution.objects.filter(flow=OuterRef("pk")).order_by("-created_at")
+        return self.annotate(
+            last_run_id=Subquery(latest.values("id")[:1]),
+            last_run_status=Subquery(latest.values("status")[:1]),
+            last_run_at=Subquery(latest.values("created_at")[:1]),
+        )
 
 
 class Flow(models.Model):
@@ -24,6 +44,8 @@ class Flow(models.Model):
     definition = models.JSONField(help_text="The current version's flow document.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = FlowQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
@@ -81,6 +103,59 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
 
     def active(self) -> ExecutionQuerySet:
         return self.filter(status__in=ACTIVE_STATUSES)
+
+    def for_list(self) -> ExecutionQuerySet:
+        """Newest first, with flow and version, without the (possibly large) input document."""
+        return self.with_flow().defer("input").order_by("-created_at")
+
+    def matching(
+        self,
+        *,
+        status: str = "",
+        flow_id: str = "",
+        created_from: Any = None,
+        created_until: Any = None,
+    ) -> ExecutionQuerySet:
+        """Filter by status, flow and an inclusive range of creation times; blank means any."""
+        qs = self
+        if status:
+            qs = qs.filter(status=status)
+        if flow_id:
+            qs = qs.filter(flow_id=flow_id)
+        if created_from is not None:
+            qs = qs.filter(created_at__gte=created_from)
+        if created_until is not None:
+            qs = qs.filter(created_at__lte=created_until)
+        return qs
+
+    def status_counts(self, since: Any) -> dict[str, int]:
+        """How many executions were created since ``since``, per status (one query)."""
+        rows = (
+            self.filter(created_at__gte=since)
+            .order_by()
+            .values_list("status")
+            .annotate(n=Count("id"))
+        )
+        return dict(rows)
+
+    def failing_flows(self, since: Any, limit: int = 5) -> list[dict[str, Any]]:
+        """The flows with the most FAILED executions since ``since``, most first.
+
+        Each item: ``flow_id``, ``flow__name``, ``failed`` and ``total`` (all executions of
+        that flow in the window), so the page can show a failure rate.
+        """
+        rows = (
+            self.filter(created_at__gte=since)
+            .order_by()
+            .values("flow_id", "flow__name")
+            .annotate(
+                failed=Count("id", filter=Q(status=ExecutionStatus.FAILED)),
+                total=Count("id"),
+            )
+            .filter(failed__gt=0)
+            .order_by("-failed", "flow_id")
+        )
+        return list(rows[:limit])
 
     def for_api_list(self) -> ExecutionQuerySet:
         """Executions as the API lists them: one query per page, whatever the row count.

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +27,7 @@ import httpx
 import pytest
 
 from tests.factories import cond, failing, flow_doc, sample_flow, task
+from tests.live import descendants, free_port, manage, start, stop
 
 pytestmark = pytest.mark.worker
 
@@ -68,66 +67,8 @@ class Stack:
             con.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stderr}"
-    return done.stdout
-
-
-def _descendants(pid: int) -> list[int]:
-    """Child pids, recursively, from /proc (empty where /proc has no children files)."""
-    found: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in children.read_text().split():
-                found += [int(child), *_descendants(int(child))]
-    return found
-
-
-def _stop(proc: subprocess.Popen, *, grace: float) -> None:
-    """SIGTERM the main pid only (never its group: DJANGO-Q2.md, "Shutdown"), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    leftovers = _descendants(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    # A SIGKILLed main process leaves its worker processes behind; end exactly those.
-    for pid in leftovers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        # A session of its own keeps a Ctrl-C at the terminal (a signal to the whole
-        # foreground group) away from qcluster, which hangs on group signals; the
-        # finalizer stops it properly instead.
-        return subprocess.Popen(
-            args,
-            cwd=BASE_DIR,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+# The process helpers live in tests/live.py (shared with the browser test).
+_free_port, _manage, _descendants, _stop, _start = free_port, manage, descendants, stop, start
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,413 @@
-"""Operator pages."""
+"""Operator pages: thin views over ``flows.services`` and the models' QuerySet methods."""
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
 
-from flows.models import Execution, Flow
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from flows import services
+from flows.models import Execution, Flow, FlowVersion
+from flows.registry import default_registry
+from flows.web import builder, presenters
+from flows.web.forms import ExecutionFilterForm, RunForm
+
+PAGE_SIZE = 50
+
+
+# -- dashboard -------------------------------------------------------------------------------
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """Executions by status, recent executions, failing flows and the workers' health."""
+    now = timezone.now()
+    executions = Execution.objects
+    context = {
+        "status_rows": presenters.status_table(
+            executions.status_counts(now - timedelta(days=1)),
+            executions.status_counts(now - timedelta(days=7)),
+        ),
+        "recent": executions.for_list()[:10],
+        "failing": executions.failing_flows(now - timedelta(days=7)),
+        "workers": presenters.worker_health(),
+        "flow_count": Flow.objects.count(),
+    }
+    return render(request, "flows/dashboard.html", context)
+
+
+# -- flows -----------------------------------------------------------------------------------
+@login_required
+def flow_list(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()
+    flows = Flow.objects.search(query).with_last_run().order_by("-updated_at")
+    page = Paginator(flows, PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [{"flow": flow, "missing": presenters.missing_types(flow.definition)} for flow in page]
+    return render(request, "flows/flow_list.html", {"page": page, "rows": rows, "q": query})
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
-    """Flows and the most recent executions, with links to the API docs and the admin."""
+def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
+    flow = _flow_or_404(flow_id)
     return render(
         request,
-        "flows/home.html",
+        "flows/flow_detail.html",
         {
-            "flows": Flow.objects.order_by("-updated_at")[:50],
-            "executions": Execution.objects.with_flow().order_by("-created_at")[:25],
+            "flow": flow,
+            "graph": presenters.graph_view(flow.definition),
+            "problems": presenters.flow_problems(flow.definition),
+            "versions": flow.versions.select_related("created_by").order_by("-version"),
+            "executions": Execution.objects.filter(flow=flow).for_list()[:10],
+            "run_form": RunForm(),
         },
     )
+
+
+@login_required
+def flow_version(request: HttpRequest, flow_id: str, version: int) -> HttpResponse:
+    stored = get_object_or_404(FlowVersion.objects.select_related("flow"), flow_id=flow_id,
+                               version=version)  # fmt: skip
+    return render(
+        request,
+        "flows/flow_version.html",
+        {
+            "flow": stored.flow,
+            "stored": stored,
+            "graph": presenters.graph_view(stored.definition),
+            "document": builder.pretty(stored.definition),
+        },
+    )
+
+
+@login_required
+def flow_export(request: HttpRequest, flow_id: str, version: int) -> HttpResponse:
+    stored = get_object_or_404(FlowVersion, flow_id=flow_id, version=version)
+    return _download(stored.definition, f"{flow_id}-v{version}.json")
+
+
+@login_required
+@require_POST
+def flow_run(request: HttpRequest, flow_id: str) -> HttpResponse:
+    """Start an execution of the flow's current version, then show it."""
+    flow = _flow_or_404(flow_id)
+    form = RunForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Input: {' '.join(form.errors['input'])}")
+        return redirect("flow_detail", flow_id=flow.id)
+    current = flow.versions.get(version=flow.version)
+    try:
+        execution, _ = services.execution_submit(
+            flow_version=current, user=request.user, input=form.cleaned_data["input"]
+        )
+    except services.ServiceError as exc:
+        messages.error(request, _explain(exc))
+        return redirect("flow_detail", flow_id=flow.id)
+    return redirect("execution_detail", execution_id=execution.id)
+
+
+@login_required
+def flow_delete(request: HttpRequest, flow_id: str) -> HttpResponse:
+    flow = _flow_or_404(flow_id)
+    if request.method == "POST":
+        try:
+            services.flow_delete(flow_id=flow.id)
+        except services.ServiceError as exc:
+            messages.error(request, _explain(exc))
+            return redirect("flow_detail", flow_id=flow.id)
+        messages.success(request, f"Flow {flow.id} and its executions were deleted.")
+        return redirect("flow_list")
+    count = flow.executions.count()
+    return render(request, "flows/flow_delete.html", {"flow": flow, "count": count})
+
+
+# -- builder ---------------------------------------------------------------------------------
+@login_required
+def flow_new(request: HttpRequest) -> HttpResponse:
+    return _builder(request, None)
+
+
+@login_required
+def flow_edit(request: HttpRequest, flow_id: str) -> HttpResponse:
+    return _builder(request, _flow_or_404(flow_id))
+
+
+@login_required
+def builder_task_fields(request: HttpRequest) -> HttpResponse:
+    """The parameter fields of one task row for a task type (the builder's script asks)."""
+    prefix = request.GET.get("prefix", "")
+    if not prefix.startswith("tasks-") or not prefix[6:].isdigit():
+        raise Http404("bad prefix")
+    form = builder.TaskForm(prefix=prefix, initial={"task_type": request.GET.get("type", "")})
+    return render(request, "flows/_task_params.html", {"form": form})
+
+
+def _builder(request: HttpRequest, flow: Flow | None) -> HttpResponse:
+    if request.method != "POST":
+        document = flow.definition if flow else {"id": "", "tasks": [{}]}
+        draft, _ = builder.draft_from_document(document, editing=flow is not None)
+        return _render_builder(request, flow, draft=draft, document=document)
+    return _BuilderPost(request, flow).response()
+
+
+class _BuilderPost:
+    """One submission of the builder (either tab): work out the document, then act on it."""
+
+    ROW_ACTIONS = ("add", "remove", "up", "down", "refresh")
+
+    def __init__(self, request: HttpRequest, flow: Flow | None) -> None:
+        self.request, self.flow = request, flow
+        self.mode = "json" if request.POST.get("mode") == "json" else "builder"
+        self.action, _, self.arg = request.POST.get("action", "save").partition(":")
+        self.editing = flow is not None
+
+    def response(self) -> HttpResponse:
+        if self.action == "import":
+            return self._import()
+        if self.mode == "json":
+            text = self.request.POST.get("document", "")
+            document, problem = builder.parse_json_document(text)
+            if problem:
+                return self._json_page(text, [{"field": "", "message": problem}], status=400)
+            draft = None
+        else:
+            draft = builder.bind_draft(
+                self.request.POST,
+                editing=self.editing,
+                initial_id=self.flow.id if self.flow else "",
+            )
+            document = builder.document_from_draft(draft)
+            if document is None:
+                draft.general_errors.append("Some fields need fixing first (marked below).")
+                return _render_builder(self.request, self.flow, draft=draft, status=400)
+            if self.action in self.ROW_ACTIONS:
+                return self._row_action(draft, document)
+        return self._act(document, draft)
+
+    def _act(self, document: Any, draft: builder.Draft | None) -> HttpResponse:
+        if self.action == "json":
+            return self._json_page(builder.pretty(document), [], document=document)
+        if self.action == "builder":
+            return self._builder_from(document)
+        if self.action == "export":
+            doc_id = document.get("id") if isinstance(document, dict) else None
+            return _download(document, f"{doc_id or 'flow'}.json")
+        errors = self._identity_errors(document)
+        if not errors:
+            try:
+                version = services.flow_create(document=document, user=self.request.user)
+            except services.InvalidFlow as exc:
+                errors = exc.errors
+            else:
+                messages.success(
+                    self.request, f"Saved {version.flow_id} version {version.version}."
+                )
+                return redirect("flow_detail", flow_id=version.flow_id)
+        if draft is None:
+            return self._json_page(self.request.POST.get("document", ""), errors, status=400)
+        builder.attach_errors(draft, errors)
+        return _render_builder(self.request, self.flow, draft=draft, document=document, status=400)
+
+    def _identity_errors(self, document: Any) -> list[dict[str, str]]:
+        """The page edits one flow; the new-flow page never overwrites an existing one."""
+        doc = builder.unwrap(document) if isinstance(document, dict) else {}
+        doc_id = doc.get("id") if isinstance(doc, dict) else None
+        if self.flow is not None and doc_id != self.flow.id:
+            message = f"This page edits flow '{self.flow.id}'; the id cannot change here."
+            return [{"field": "id", "message": message}]
+        if self.flow is None and isinstance(doc_id, str) and Flow.objects.filter(pk=doc_id):
+            message = f"A flow '{doc_id}' exists already: edit it instead, or choose another id."
+            return [{"field": "id", "message": message}]
+        return []
+
+    def _row_action(self, draft: builder.Draft, document: dict[str, Any]) -> HttpResponse:
+        tasks = list(document["tasks"])
+        conditions = document.get("conditions", [])
+        position = {id(form): i for i, form in enumerate(draft.task_forms)}
+        index = next(
+            (position.get(id(f)) for f in draft.formset.forms if f.prefix == f"tasks-{self.arg}"),
+            None,
+        )
+        if self.action == "add":
+            tasks.append({})
+        elif index is not None and self.action == "remove":
+            removed = tasks.pop(index)
+            conditions = [c for c in conditions if c["source_task"] != removed.get("name")]
+        elif index is not None and self.action in ("up", "down"):
+            other = index - 1 if self.action == "up" else index + 1
+            if 0 <= other < len(tasks):
+                tasks[index], tasks[other] = tasks[other], tasks[index]
+        return self._builder_from({**document, "tasks": tasks, "conditions": conditions})
+
+    def _import(self) -> HttpResponse:
+        upload = self.request.FILES.get("import_file")
+        if upload is None:
+            messages.error(self.request, "Choose a .json file to import.")
+            return redirect(self.request.path)
+        document, problem = builder.parse_json_document(upload.read().decode("utf-8", "replace"))
+        if problem:
+            return self._json_page("", [{"field": "import_file", "message": problem}], status=400)
+        messages.info(self.request, f"Imported {upload.name}. Review it, then save.")
+        if self.flow is not None and isinstance(document, dict):
+            document = {**builder.unwrap(document), "id": self.flow.id}
+        return self._builder_from(document)
+
+    def _builder_from(self, document: Any) -> HttpResponse:
+        draft, dropped = builder.draft_from_document(document, editing=self.editing)
+        if self.flow is not None:
+            draft.flow_form.initial["id"] = self.flow.id
+        for item in dropped:
+            draft.general_errors.append(f"Not shown in the builder: {item}.")
+        return _render_builder(self.request, self.flow, draft=draft, document=document)
+
+    def _json_page(
+        self, text: str, errors: list[dict[str, str]], *, document: Any = None, status: int = 200
+    ) -> HttpResponse:
+        return _render_builder(
+            self.request, self.flow, text=text, json_errors=errors, document=document, status=status
+        )
+
+
+def _render_builder(
+    request: HttpRequest,
+    flow: Flow | None,
+    *,
+    draft: builder.Draft | None = None,
+    text: str | None = None,
+    json_errors: list[dict[str, str]] | None = None,
+    document: Any = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "flow": flow,
+        "mode": "json" if draft is None else "builder",
+        "draft": draft,
+        "document_text": text,
+        "json_errors": json_errors or [],
+        "graph": presenters.graph_view(document) if isinstance(document, dict) else None,
+        "types": sorted(default_registry().types.values(), key=lambda t: t.name),
+    }
+    return render(request, "flows/builder.html", context, status=status)
+
+
+# -- executions ------------------------------------------------------------------------------
+@login_required
+def execution_list(request: HttpRequest) -> HttpResponse:
+    form = ExecutionFilterForm(request.GET or None)
+    executions = Execution.objects.for_list().matching(**form.filters())
+    page = Paginator(executions, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "flows/execution_list.html",
+        {"form": form, "page": page, "query": query.urlencode()},
+    )
+
+
+@login_required
+@require_POST
+def execution_bulk_delete(request: HttpRequest) -> HttpResponse:
+    """First POST shows what will be deleted; the POST with ``confirm`` deletes."""
+    ids = [i for i in request.POST.getlist("ids") if _is_uuid(i)]
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        back = ""
+    back = back or reverse("execution_list")
+    if not ids:
+        messages.error(request, "Select at least one execution to delete.")
+        return redirect(back)
+    if request.POST.get("confirm") != "yes":
+        chosen = Execution.objects.filter(pk__in=ids).for_list()
+        return render(request, "flows/execution_delete.html", {"executions": chosen, "next": back})
+    deleted = 0
+    for execution_id in ids:
+        try:
+            services.execution_delete(execution_id=execution_id)
+            deleted += 1
+        except services.NotFound:
+            continue
+    messages.success(request, f"Deleted {deleted} execution{'s' if deleted != 1 else ''}.")
+    return redirect(back)
+
+
+@login_required
+def execution_detail(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
+    view = presenters.execution_view(_execution_or_404(execution_id))
+    return render(request, "flows/execution_detail.html", {"view": view})
+
+
+@login_required
+def execution_live(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
+    """The live region alone: the execution page's script polls it while the run is active."""
+    view = presenters.execution_view(_execution_or_404(execution_id))
+    return render(request, "flows/_execution_status.html", {"view": view})
+
+
+@login_required
+@require_POST
+def execution_action(request: HttpRequest, execution_id: uuid.UUID, action: str) -> HttpResponse:
+    """execute (a CREATED one), cancel, or rerun (a new execution of the same version)."""
+    try:
+        if action == "execute":
+            services.execution_start(execution_id=execution_id)
+            messages.success(request, "Execution started.")
+        elif action == "cancel":
+            services.execution_cancel(execution_id=execution_id)
+            messages.success(request, "Cancel requested.")
+        elif action == "rerun":
+            new = services.execution_rerun(execution_id=execution_id, user=request.user)
+            messages.success(request, "Started a new execution of the same version.")
+            return redirect("execution_detail", execution_id=new.id)
+        else:
+            raise Http404(f"unknown action {action}")
+    except services.NotFound as exc:
+        raise Http404(exc.message) from None
+    except services.ServiceError as exc:
+        messages.error(request, _explain(exc))
+    return redirect("execution_detail", execution_id=execution_id)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _flow_or_404(flow_id: str) -> Flow:
+    try:
+        return services.get_flow(flow_id)
+    except services.NotFound as exc:
+        raise Http404(exc.message) from None
+
+
+def _execution_or_404(execution_id: Any) -> Execution:
+    try:
+        return services.get_execution(execution_id)
+    except services.NotFound as exc:
+        raise Http404(exc.message) from None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _explain(exc: services.ServiceError) -> str:
+    details = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors[:5] if e.get("field"))
+    return f"{exc.message}" + (f" ({details})" if details and details not in exc.message else "")
+
+
+def _download(document: Any, filename: str) -> HttpResponse:
+    response = HttpResponse(
+        json.dumps(document, indent=2, ensure_ascii=False) + "\n",
+        content_type="application/json",
+    )
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

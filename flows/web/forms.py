@@ -1,0 +1,73 @@
+"""Small forms of the operator pages (the builder's forms are in ``builder.py``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django import forms
+from django.utils import timezone
+
+from flows.models import ExecutionStatus, Flow
+from flows.web.builder import JSONValueField
+
+
+class ExecutionFilterForm(forms.Form):
+    status = forms.ChoiceField(
+        required=False, choices=[("", "any status"), *ExecutionStatus.choices]
+    )
+    flow = forms.ChoiceField(required=False)
+    created_from = forms.DateField(
+        label="from", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    created_until = forms.DateField(
+        label="until", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        flows = Flow.objects.order_by("id").values_list("id", "name")
+        self.fields["flow"].choices = [("", "any flow"), *((i, f"{n} ({i})") for i, n in flows)]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        start, until = data.get("created_from"), data.get("created_until")
+        if start and until and until < start:
+            self.add_error("created_until", "Must not be before the start date.")
+        return data
+
+    def filters(self) -> dict[str, Any]:
+        """Keyword arguments for ``ExecutionQuerySet.matching`` (the whole days, inclusive)."""
+        if not self.is_valid():
+            return {}
+        data = self.cleaned_data
+        tz = timezone.get_current_timezone()
+
+        def moment(day: dt.date | None, end: bool) -> dt.datetime | None:
+            if day is None:
+                return None
+            time = dt.time.max if end else dt.time.min
+            return dt.datetime.combine(day, time, tzinfo=tz)
+
+        return {
+            "status": data.get("status") or "",
+            "flow_id": data.get("flow") or "",
+            "created_from": moment(data.get("created_from"), end=False),
+            "created_until": moment(data.get("created_until"), end=True),
+        }
+
+
+class RunForm(forms.Form):
+    input = JSONValueField(
+        required=False,
+        label="Input (JSON object, optional)",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": '{"customer": 42}'}),
+    )
+
+    def clean_input(self) -> dict[str, Any]:
+        value = self.cleaned_data.get("input")
+        if value in (None, ""):
+            return {}
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Must be a JSON object, e.g. {"key": "value"}.')
+        return value

@@ -1,0 +1,229 @@
+"""What the operator pages show, computed from models: no writes, no rules of their own."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.status import Stat
+
+from flows import services
+from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
+from flows.registry import default_registry
+from flows.web.graph import END_KEY, START_KEY, Layout, layout_document, taken_edges
+
+logger = logging.getLogger("flows.web")
+
+# Each step status drawn as one of the graph's task states.
+STATE_OF_STEP = {
+    TaskRunStatus.PENDING: "running",
+    TaskRunStatus.RUNNING: "running",
+    TaskRunStatus.SUCCESS: "success",
+    TaskRunStatus.FAILURE: "failure",
+    TaskRunStatus.LOST: "failure",
+    TaskRunStatus.CANCELLED: "cancelled",
+}
+STATE_LABELS = {
+    "not-run": "not run",
+    "running": "running",
+    "success": "success",
+    "failure": "failure",
+    "cancelled": "cancelled",
+}
+ACTIVE = {ExecutionStatus.CREATED, ExecutionStatus.QUEUED, ExecutionStatus.RUNNING}
+LIVE = {ExecutionStatus.QUEUED, ExecutionStatus.RUNNING}
+STEP_LIMIT_SHOWN = 500
+
+
+# -- graph -----------------------------------------------------------------------------------
+@dataclass
+class GraphView:
+    """A laid-out flow plus per-node state and the edges an execution walked."""
+
+    layout: Layout
+    nodes: list[dict[str, Any]]
+    edges: list[dict[str, Any]]
+
+    @property
+    def width(self) -> float:
+        return self.layout.width
+
+    @property
+    def height(self) -> float:
+        return self.layout.height
+
+
+def graph_view(
+    document: Any,
+    *,
+    states: dict[str, str] | None = None,
+    walked: set[tuple[str, str]] | None = None,
+    ended: str = "",
+) -> GraphView:
+    """The graph of ``document``; with ``states`` (task name -> state) it shows an execution."""
+    layout = layout_document(document)
+    walked = walked or set()
+    nodes = []
+    for node in layout.nodes:
+        if node.kind == "task":
+            state = "" if states is None else states.get(node.key, "not-run")
+        elif node.kind == "end":
+            state = ended
+        else:
+            state = ""
+        nodes.append({"node": node, "state": state, "state_label": STATE_LABELS.get(state, "")})
+    edges = [{"edge": edge, "taken": (edge.source, edge.target) in walked} for edge in layout.edges]
+    return GraphView(layout, nodes, edges)
+
+
+# -- execution page --------------------------------------------------------------------------
+@dataclass
+class StepRow:
+    step: TaskRun
+    offset: float  # % of the execution's span before the step started
+    width: float  # % of the span the step took
+    result_json: str
+    logs: list[ExecutionEvent] = field(default_factory=list)
+
+
+@dataclass
+class ExecutionView:
+    execution: Execution
+    graph: GraphView
+    steps: list[StepRow]
+    hidden_steps: int
+    general_logs: list[ExecutionEvent]
+    live: bool
+    span_seconds: float
+
+
+def execution_view(execution: Execution) -> ExecutionView:
+    """Everything the execution page and its live region show: three queries."""
+    total = execution.steps.count()
+    steps = list(execution.steps.order_by("-seq")[:STEP_LIMIT_SHOWN])[::-1]
+    events = list(execution.events.order_by("id"))
+    by_step: dict[int | None, list[ExecutionEvent]] = defaultdict(list)
+    for event in events:
+        by_step[event.task_run_id].append(event)
+
+    now = timezone.now()
+    begin = execution.started_at or (steps[0].started_at if steps else None) or now
+    end = execution.ended_at or now
+    span = max((end - begin).total_seconds(), 0.001)
+    rows = []
+    states: dict[str, str] = {}
+    for step in steps:
+        states[step.task_name] = STATE_OF_STEP.get(step.status, "not-run")
+        offset = width = 0.0
+        if step.started_at:
+            stop = step.ended_at or now
+            offset = min(max((step.started_at - begin).total_seconds() / span * 100, 0), 100)
+            width = min(max((stop - step.started_at).total_seconds() / span * 100, 0.6), 100)
+        result = json.dumps(step.result, indent=2, ensure_ascii=False) if step.result else ""
+        rows.append(StepRow(step, offset, min(width, 100 - offset), result, by_step[step.id]))
+
+    ended = execution.status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
+    end_state = {"COMPLETED": "success", "FAILED": "failure"}.get(execution.status, "")
+    graph = graph_view(
+        execution.flow_version.definition,
+        states=states,
+        walked=taken_edges((s.task_name for s in steps), ended=ended),
+        ended=end_state,
+    )
+    return ExecutionView(
+        execution=execution,
+        graph=graph,
+        steps=rows,
+        hidden_steps=total - len(steps),
+        general_logs=by_step[None],
+        live=execution.status in LIVE,
+        span_seconds=span,
+    )
+
+
+# -- dashboard -------------------------------------------------------------------------------
+@dataclass
+class WorkerHealth:
+    clusters: list[dict[str, Any]]
+    queued: int | None
+    problem: str = ""
+
+    @property
+    def alive(self) -> int:
+        return len(self.clusters)
+
+
+def worker_health() -> WorkerHealth:
+    """Clusters alive (django-q2's status in the shared cache) and jobs waiting in the queue."""
+    clusters: list[dict[str, Any]] = []
+    problem = ""
+    try:
+        for stat in Stat.get_all():
+            clusters.append(
+                {
+                    "id": stat.cluster_id,
+                    "host": stat.host,
+                    "status": stat.status,
+                    "workers": len(stat.workers),
+                    "uptime": timedelta(seconds=int(stat.uptime())) if stat.tob else None,
+                }
+            )
+    except Exception as exc:  # the page must render even when the cache is unreachable
+        logger.warning("dashboard: cannot read cluster status: %s", exc)
+        problem = f"cannot read the cluster status: {exc}"
+    try:
+        queued: int | None = get_broker().queue_size()
+    except Exception as exc:
+        logger.warning("dashboard: cannot read the queue size: %s", exc)
+        queued = None
+    return WorkerHealth(clusters, queued, problem)
+
+
+def status_table(counts_day: dict[str, int], counts_week: dict[str, int]) -> list[dict]:
+    return [
+        {"status": s.value, "day": counts_day.get(s.value, 0), "week": counts_week.get(s.value, 0)}
+        for s in ExecutionStatus
+    ]
+
+
+# -- flows -----------------------------------------------------------------------------------
+def missing_types(document: Any) -> list[str]:
+    """Task types a stored flow uses that the registry cannot provide any more."""
+    snapshot = default_registry().snapshot()
+    doc = document.get("flow", document) if isinstance(document, dict) else {}
+    out = []
+    for task in doc.get("tasks") or []:
+        task_type = task.get("task_type") if isinstance(task, dict) else None
+        if isinstance(task_type, str) and snapshot.problem(task_type) and task_type not in out:
+            out.append(task_type)
+    return out
+
+
+def flow_problems(document: Any) -> list[dict[str, str]]:
+    """Why a stored flow cannot run now (validation errors), or an empty list."""
+    try:
+        services.validate_flow(document)
+    except services.InvalidFlow as exc:
+        return exc.errors
+    return []
+
+
+__all__ = [
+    "END_KEY",
+    "START_KEY",
+    "ExecutionView",
+    "GraphView",
+    "WorkerHealth",
+    "execution_view",
+    "flow_problems",
+    "graph_view",
+    "missing_types",
+    "status_table",
+    "worker_health",
+]

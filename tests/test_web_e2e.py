@@ -1,0 +1,129 @@
+"""In a real browser: build a flow in the builder, run it, watch it finish on a real worker.
+
+Debian's Chromium driven by Playwright (never a downloaded browser) against gunicorn and
+``manage.py qcluster`` on a fresh SQLite file (tests/live.py). Screenshots of the builder and
+of the execution page are saved under ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.live import BASE_DIR, log_tails, manage, running_stack
+
+pytestmark = [pytest.mark.worker, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = BASE_DIR / "test-artifacts"
+TIMEOUT_MS = 30_000  # a deadline for "it never happened", not a speed requirement
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Path]]]:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(
+                f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)"
+            )
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    home = tmp_path_factory.mktemp("web_e2e")
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{home / 'db.sqlite3'}",
+        "SECRET_KEY": "insecure-key-for-the-browser-e2e-test-only",
+        "DEBUG": "0",
+        "SECURE_COOKIES": "0",  # plain http on the loopback
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "FLOW_DEMO_DELAY_SECONDS": "0",
+        "Q_WORKERS": "1",
+        "Q_CLUSTER_NAME": f"browser-{home.name}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("REDIS_URL", "Q_SYNC"):
+        env.pop(name, None)
+    manage(env, "migrate", "--noinput", "--verbosity", "0")
+    manage(env, "collectstatic", "--noinput", "--verbosity", "0")  # served by whitenoise
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n"
+        "get_user_model().objects.create_user('operator', password='operator-pass-123')",
+    )
+    with running_stack(home, env) as running:
+        yield running
+
+
+def test_an_operator_builds_runs_and_watches_a_flow_with_a_failure_branch(site) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, logs = site
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        page = browser.new_page(viewport={"width": 1360, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            # Log in; the builder is where the login sends us back to.
+            page.goto(f"{url}/flows/new")
+            page.fill("#id_username", "operator")
+            page.fill("#id_password", "operator-pass-123")
+            page.click("button:has-text('Log in')")
+            expect(page.get_by_role("heading", name="New flow")).to_be_visible()
+
+            page.fill("#id_id", "browser_built")
+            page.fill("#id_name", "Built in the browser")
+            # Three tasks: fetch always fails and slowly enough to be watched running.
+            page.click("#add-task")
+            page.click("#add-task")
+            rows = [
+                ("fetch", "fetch_data"),
+                ("store", "store_data"),
+                ("recover", "print"),
+            ]
+            for i, (name, task_type) in enumerate(rows):
+                page.fill(f"#id_tasks-{i}-name", name)
+                page.select_option(f"#id_tasks-{i}-task_type", task_type)
+            # The script fetched each type's parameter fields from its schema.
+            page.fill("#id_tasks-0-param_failure_rate", "1")
+            page.fill("#id_tasks-0-param_delay_seconds", "1.5")
+            page.fill("#id_tasks-2-param_message", "recovered from a failed fetch")
+            # The failure branch: fetch -> store on success, -> recover on failure.
+            page.select_option("#id_tasks-0-outcome", "success")
+            page.select_option("#id_tasks-0-target_task_success", "store")
+            page.select_option("#id_tasks-0-target_task_failure", "recover")
+            for i in (1, 2):
+                page.select_option(f"#id_tasks-{i}-outcome", "success")
+                page.select_option(f"#id_tasks-{i}-target_task_success", "end")
+                page.select_option(f"#id_tasks-{i}-target_task_failure", "end")
+            page.screenshot(path=str(ARTIFACTS / "builder.png"), full_page=True)
+
+            page.click(".save-bar button:has-text('Save flow')")
+            expect(page.get_by_text("Saved browser_built version 1")).to_be_visible()
+            assert page.locator('g.node-task[data-task="recover"]').count() == 1
+
+            page.click("button:has-text('Run v1')")
+            live = page.locator("#live")
+            expect(page.locator('#live[data-live="false"]')).to_be_attached()
+            expect(live.locator(".exec-summary .status")).to_have_text("COMPLETED")
+            states = {
+                name: page.locator(f'g.node-task[data-task="{name}"]').get_attribute("class")
+                for name, _ in rows
+            }
+            assert "state-failure" in states["fetch"], states
+            assert "state-success" in states["recover"], states
+            assert "state-not-run" in states["store"], states
+            expect(live.locator("table.timeline tbody tr")).to_have_count(2)
+            expect(page.get_by_text("recovered from a failed fetch").first).to_be_attached()
+            page.screenshot(path=str(ARTIFACTS / "execution.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+            raise AssertionError(log_tails(logs)) from None
+        finally:
+            browser.close()
