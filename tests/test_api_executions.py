@@ -410,3 +410,20 @@ def test_tailing_events_costs_the_same_queries_however_many_lines_there_are(
         response = operator.get(f"/api/executions/{execution.id}/events/")
 
     assert len(response.json()["events"]) >= rows
+
+
+@pytest.mark.parametrize(
+    "moment", ["2026-01-01T00:00:00+22:58", "2026-01-01T00:00:00-15:30", "2026-01-01T05:00:00Z"]
+)
+def test_a_creation_time_with_any_offset_is_compared_in_utc(operator, version, moment):
+    submit(version)
+
+    assert len(ids(operator.get("/api/executions/", {"created_after": moment}))) == 1
+
+
+def test_a_creation_time_that_does_not_exist_in_utc_is_400(operator, version):
+    response = operator.get("/api/executions/", {"created_before": "0001-01-01T00:00:00+05:00"})
+
+    assert error_body(response, 400)["errors"] == [
+        {"field": "created_before", "message": "out of range"}
+    ]

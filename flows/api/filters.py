@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import django_filters
+from django.db.models import QuerySet
+from rest_framework.exceptions import ValidationError
 
 from flows.models import Execution, ExecutionStatus, ExecutionTrigger
+
+
+class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 time with any offset Python accepts, compared in UTC.
+
+    PostgreSQL refuses offsets past ±15:59 (``+22:58`` parses fine in Python), and a time at
+    the edge of the calendar may not exist in UTC: both are the caller's error, a 400.
+    """
+
+    def __init__(self, *args: Any, param: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.param = param
+
+    def filter(self, qs: QuerySet, value: datetime | None) -> QuerySet:
+        if value is not None:
+            try:
+                value = value.astimezone(UTC)
+            except OverflowError:
+                raise ValidationError({self.param: ["out of range"]}) from None
+        return super().filter(qs, value)
+
+
+def _created(param: str, lookup: str, help_text: str) -> Any:
+    return UTCDateTimeFilter(
+        field_name="created_at", lookup_expr=lookup, help_text=help_text, param=param
+    )
 
 
 class ExecutionFilter(django_filters.FilterSet):
@@ -18,16 +49,8 @@ class ExecutionFilter(django_filters.FilterSet):
     trigger = django_filters.ChoiceFilter(
         choices=ExecutionTrigger.choices, help_text="How the executions were started."
     )
-    created_after = django_filters.IsoDateTimeFilter(
-        field_name="created_at",
-        lookup_expr="gte",
-        help_text="Created at or after this ISO 8601 time.",
-    )
-    created_before = django_filters.IsoDateTimeFilter(
-        field_name="created_at",
-        lookup_expr="lt",
-        help_text="Created before this ISO 8601 time.",
-    )
+    created_after = _created("created_after", "gte", "Created at or after this ISO 8601 time.")
+    created_before = _created("created_before", "lt", "Created before this ISO 8601 time.")
 
     class Meta:
         model = Execution

@@ -35,8 +35,7 @@ class ActionPermission(BasePermission):
             return False  # DRF answers 401 (token auth sends WWW-Authenticate)
         action = getattr(view, "action", None)
         if action is None or action == "metadata":
-            # No action: a method the endpoint lacks, which DRF answers 405 after this check.
-            # "metadata" is OPTIONS, which describes the endpoint and reads nothing stored.
+            # A method the endpoint lacks (OPTIONS too): DRF answers 405 after this check.
             return True
         permission = view.action_permissions.get(action)
         if permission is None:

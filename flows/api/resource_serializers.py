@@ -111,6 +111,16 @@ class ValidationReportSerializer(serializers.Serializer):
     warnings = FieldErrorSerializer(many=True, help_text="Tasks no path reaches, and the like.")
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class StartExecutionSerializer(serializers.Serializer):
     version = serializers.IntegerField(
         required=False,
@@ -121,6 +131,12 @@ class StartExecutionSerializer(serializers.Serializer):
     input = serializers.DictField(
         required=False, help_text="A JSON object the tasks read as self.context.input."
     )
+
+    def validate_input(self, value: dict[str, Any]) -> dict[str, Any]:
+        # No database stores a NUL in text (PostgreSQL refuses it in JSON too).
+        if _has_nul(value):
+            raise serializers.ValidationError("must not contain NUL (\\u0000) characters")
+        return value
 
 
 class ExecutionSerializer(serializers.ModelSerializer):

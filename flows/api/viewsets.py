@@ -26,6 +26,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
@@ -93,11 +94,20 @@ class ScopedObjectMixin:
     noun = "object"
 
     def get_object(self) -> Any:
+        key = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field)  # type: ignore[attr-defined]
         try:
+            if "\x00" in str(key):  # no row has one, and PostgreSQL refuses to compare it
+                raise Http404
             return super().get_object()  # type: ignore[misc]
         except Http404:
-            key = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field)  # type: ignore[attr-defined]
-            raise services.NotFound(f"no {self.noun} with id '{key}'") from None
+            raise services.NotFound(f"no {self.noun} with id {str(key)!r}") from None
+
+
+def idempotency_key(request: Request) -> str:
+    key = request.headers.get("Idempotency-Key", "")
+    if not key.isprintable():
+        raise ValidationError({"Idempotency-Key": ["must be printable text"]})
+    return key
 
 
 def _can(request: Request, permission: str) -> bool:
@@ -123,6 +133,7 @@ class FlowViewSet(
     """Flows and their versions; storing a document makes a new version, never an edit."""
 
     permission_classes = [perms.ActionPermission]
+    metadata_class = None  # OPTIONS is 405: the OpenAPI schema describes the endpoints
     noun = "flow"
     queryset = Flow.objects.all()
     serializer_class = FlowSerializer
@@ -138,6 +149,7 @@ class FlowViewSet(
         "versions": perms.VIEW_FLOWS,
         "version": perms.VIEW_FLOWS,
         "validate": perms.VIEW_FLOWS,
+        "validate_as_id": perms.VIEW_FLOWS,
         "create": perms.ADD_FLOWS,
         "update": perms.CHANGE_FLOWS,
         "destroy": perms.DELETE_FLOWS,
@@ -179,7 +191,8 @@ class FlowViewSet(
         examples=[OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True)],
     )
     def update(self, request: Request, pk: str) -> Response:
-        version = services.flow_update(flow_id=pk, document=request.data, user=request.user)
+        flow = self.get_object()
+        version = services.flow_update(flow_id=flow.id, document=request.data, user=request.user)
         return self._written(version, status.HTTP_200_OK)
 
     @extend_schema(
@@ -226,6 +239,20 @@ class FlowViewSet(
             warnings = [w.as_dict() for w in definition.warnings]
             report = {"valid": True, "flow_id": definition.id, "errors": [], "warnings": warnings}
         return Response(ValidationReportSerializer(report).data)
+
+    @extend_schema(exclude=True)
+    @validate.mapping.get
+    @validate.mapping.put
+    @validate.mapping.delete
+    def validate_as_id(self, request: Request) -> Response:
+        """``flows/validate/`` is the dry run, so GET/PUT/DELETE there mean a flow of that id.
+
+        No flow can be addressed as "validate" here: answer as for any unknown flow (404)
+        rather than 405, as ``/api/flows/{id}/`` documents.
+        """
+        raise services.NotFound(
+            "no flow with id 'validate' here: /api/flows/validate/ is the dry run (POST)"
+        )
 
     @extend_schema(
         summary="The versions of a flow, newest first",
@@ -292,7 +319,7 @@ class FlowViewSet(
             flow_version=version,
             user=request.user,
             input=body.validated_data.get("input"),
-            idempotency_key=request.headers.get("Idempotency-Key", ""),
+            idempotency_key=idempotency_key(request),
         )
         data = ExecutionDetailSerializer(
             Execution.objects.for_api_detail().get(pk=execution.pk)
@@ -319,6 +346,7 @@ class ExecutionViewSet(
     """Runs of flow versions, with their steps and log lines; started from a flow."""
 
     permission_classes = [perms.ActionPermission]
+    metadata_class = None  # OPTIONS is 405: the OpenAPI schema describes the endpoints
     noun = "execution"
     queryset = Execution.objects.all()
     serializer_class = ExecutionSerializer
@@ -419,6 +447,7 @@ class TaskTypeViewSet(viewsets.ViewSet):
     """Task types come from the plugin registry, not the database: there is no queryset."""
 
     permission_classes = [perms.ActionPermission]
+    metadata_class = None  # OPTIONS is 405: the OpenAPI schema describes the endpoints
     serializer_class = TaskTypeSerializer
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
