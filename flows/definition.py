@@ -459,6 +459,14 @@ def _check_references(raw_tasks: Any, known: set[str], err: Any) -> None:
             where = f"tasks[{i}].parameters{sub}"
             if isinstance(ref, ResolveError):
                 err(where, str(ref))
+            elif ref.task is not None and (
+                len(ref.path) < 2 or ref.path[1] not in ("data", "status")
+            ):
+                err(
+                    where,
+                    f"'${{{ref.text}}}': write ${{results.{ref.task}.data...}} for what the task "
+                    f"returned, or ${{results.{ref.task}.status}}",
+                )
             elif ref.task is not None and ref.task not in known:
                 err(
                     where,

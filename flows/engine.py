@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import copy
 import functools
 import json
@@ -39,7 +38,8 @@ from typing import Any
 import jsonschema
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
@@ -47,7 +47,7 @@ from django_q.conf import Conf
 from django_q.tasks import async_task
 
 from flows.definition import FlowDefinition, FlowValidationError, parse_flow
-from flows.expressions import ExpressionError, references_in, resolve
+from flows.expressions import ExpressionError, needs_resolving, resolve
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
@@ -144,7 +144,9 @@ class StepTimeout(Exception):
     """The task outlived its timeout (as opposed to raising a TimeoutError of its own)."""
 
 
-async def _run_task(task: Any, timeout: float) -> Any:
+async def _run_task(task: Any, timeout: float, finished: threading.Event) -> Any:
+    """The task's coroutine under its timeout; ``finished`` is set once it has fully unwound
+    (a cancelled future reports "cancelled" before the coroutine's own clean-up has run)."""
     scope = asyncio.timeout(timeout)
     try:
         async with scope:
@@ -156,6 +158,8 @@ async def _run_task(task: Any, timeout: float) -> Any:
     except (SystemExit, KeyboardInterrupt) as exc:
         # A plugin must not take the worker down with it.
         raise RuntimeError(f"task tried to stop the process ({type(exc).__name__})") from None
+    finally:
+        finished.set()
 
 
 @dataclass
@@ -249,7 +253,7 @@ def _resolve_parameters(
     raw: dict[str, Any], task_type: TaskType, results: dict[str, Any], input: Any
 ) -> dict[str, Any]:
     """The step's parameters with ${...} references filled in, checked against the schema."""
-    if not any(True for _ in references_in(raw)):
+    if not needs_resolving(raw):
         return copy.deepcopy(raw)
     scope = {"results": _results_scope(results), "input": input or {}}
     resolved = copy.deepcopy(resolve(raw, scope))
@@ -366,7 +370,9 @@ class Runner:
             if taken != 1:
                 return None
             Execution.objects.filter(pk=self.execution_id, status=ExecutionStatus.QUEUED).update(
-                status=ExecutionStatus.RUNNING, started_at=now
+                # Resume and redrive queue it again: the first start time stays.
+                status=ExecutionStatus.RUNNING,
+                started_at=Coalesce(F("started_at"), Value(now)),
             )
         step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, self.me, now
         return step
@@ -461,6 +467,26 @@ class Runner:
             parameters = _resolve_parameters(step.parameters, task_type, results, execution.input)
         except ValueError as exc:
             return _failure(str(exc), permanent=True)
+        outcome = self._execute(
+            execution, definition, step, task_type, parameters, results, log, timeout, source
+        )
+        if parameters != step.parameters:
+            outcome.parameters = parameters  # what this run really got, whatever its outcome
+        return outcome
+
+    def _execute(
+        self,
+        execution: Execution,
+        definition: FlowDefinition,
+        step: TaskRun,
+        task_type: TaskType,
+        parameters: dict[str, Any],
+        results: dict[str, Any],
+        log: TaskLogger,
+        timeout: float,
+        source: str,
+    ) -> StepOutcome:
+        """Run the task's coroutine under its timeout while watching for cancel and delete."""
         try:
             task = task_type.cls(name=step.task_name, parameters=parameters)
             task.context = TaskContext(
@@ -477,7 +503,8 @@ class Runner:
         if self._loop is None:
             self._loop = TaskLoop()
         started = time.perf_counter()
-        future = self._loop.submit(_run_task(task, timeout))
+        finished = threading.Event()
+        future = self._loop.submit(_run_task(task, timeout, finished))
         hard_deadline = started + timeout + ABANDON_GRACE_SECONDS
         next_watch = started + WATCH_INTERVAL_SECONDS
         lease_renew_every = settings.FLOW_LEASE_SECONDS / 3
@@ -515,9 +542,8 @@ class Runner:
             if verdict is None:
                 continue
             future.cancel()
-            # Give the coroutine a moment to unwind; its CancelledError is what we asked for.
-            with contextlib.suppress(BaseException):
-                future.result(timeout=ABANDON_GRACE_SECONDS)
+            # Give the coroutine a moment to run its own clean-up before the step is recorded.
+            finished.wait(ABANDON_GRACE_SECONDS)
             if verdict == "cancel":
                 logger.info("execution=%s step=%s cancelled while running", execution.id, step.seq)
                 return StepOutcome(
@@ -556,11 +582,7 @@ class Runner:
         if problem:
             return _failure(problem, duration=duration, lines=log.lines)
         return StepOutcome(
-            TaskRunStatus.SUCCESS,
-            result=result,
-            duration=duration,
-            log_lines=log.lines,
-            parameters=parameters if parameters != step.parameters else None,
+            TaskRunStatus.SUCCESS, result=result, duration=duration, log_lines=log.lines
         )
 
     def _watch(self, step: TaskRun, *, renew_lease: bool) -> str | None:
@@ -625,7 +647,13 @@ class Runner:
             final, error, why = plan.final, plan.error, plan.why
             if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
                 final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
-            elif not final and _remaining(execution) is not None and _remaining(execution) <= 0:
+            elif (
+                not final
+                and _remaining(execution) is not None
+                and (
+                    _remaining(execution) <= plan.delay  # a retry that would be due too late
+                )
+            ):
                 timeout = _flow_timeout(definition)
                 final, error, why = ExecutionStatus.FAILED, timeout.error, timeout.error
             elif not final and definition is not None and steps_taken >= definition.max_steps:
@@ -901,7 +929,10 @@ def reap(limit: int = 500) -> dict[str, int]:
                 continue
             if TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.RUNNING).exists():
                 continue
-            error = "the flow's timeout (timeout_seconds) ran out"
+            error = (
+                f"the flow's timeout (timeout_seconds) ran out at "
+                f"{execution.deadline_at:%Y-%m-%d %H:%M:%S}"
+            )
             TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.PENDING).update(
                 status=TaskRunStatus.CANCELLED, ended_at=now, error=f"{error} before it ran"
             )

@@ -79,6 +79,21 @@ def references_in(value: Any) -> Iterator[tuple[str, Reference | ResolveError]]:
             stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
 
 
+def needs_resolving(value: Any) -> bool:
+    """Whether ``value`` holds a reference or a ``$${`` escape anywhere."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "${" in item:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def has_reference(value: Any) -> bool:
     return isinstance(value, str) and REF_RE.search(value) is not None
 

@@ -50,12 +50,17 @@ class TaskType:
         value = getattr(self.cls, "default_timeout", None)
         return float(value) if value else None
 
+    @property
+    def default_retry(self) -> dict[str, Any] | None:
+        return getattr(self.cls, "default_retry", None)
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
             "parameters_schema": self.parameters_schema,
             "default_timeout": self.default_timeout,
+            "default_retry": self.default_retry,
         }
 
 

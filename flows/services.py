@@ -16,6 +16,7 @@ from django_q.models import Schedule
 
 from flows import engine
 from flows.definition import FieldError, FlowDefinition, FlowValidationError, parse_flow, unwrap
+from flows.expressions import ExpressionError
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
@@ -329,11 +330,23 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
         task_name, attempt, seq = definition.start_task, 1, 1
     elif last.status == TaskRunStatus.SUCCESS:
         # It ended after a success (the step limit or the flow's timeout): go where it would
-        # have gone next.
-        task_name, _ = definition.route(last.task_name, "success", result=last.result)
+        # have gone next, deciding the condition as the engine would have.
+        try:
+            task_name, _ = definition.route(
+                last.task_name,
+                "success",
+                result=last.result,
+                results=_results_of(locked),
+                input=locked.input,
+            )
+        except ExpressionError as exc:
+            raise Conflict(f"execution {locked.id} cannot be redriven: {exc}") from None
         if task_name is None:
             raise Conflict(f"execution {locked.id} has no step left to run")
         attempt, seq = 1, last.seq + 1
+    elif last.status == TaskRunStatus.CANCELLED and last.started_at is None:
+        # Cancelled before it ever ran: that was no attempt.
+        task_name, attempt, seq = last.task_name, last.attempt, last.seq + 1
     else:
         task_name, attempt, seq = last.task_name, last.attempt + 1, last.seq + 1
     spec = definition.task(task_name)
@@ -440,6 +453,19 @@ def flow_run_scheduled(*, flow_id: str) -> Execution | None:
         flow_version=version, input=schedule.input, trigger=ExecutionTrigger.SCHEDULE
     )
     return execution
+
+
+def _results_of(execution: Execution) -> dict[str, Any]:
+    """Successful results by task name, latest last, as expressions see them."""
+    results: dict[str, Any] = {}
+    for name, result in (
+        TaskRun.objects.filter(execution_id=execution.id, status=TaskRunStatus.SUCCESS)
+        .order_by("seq")
+        .values_list("task_name", "result")
+    ):
+        results.pop(name, None)
+        results[name] = {"data": result, "status": TaskRunStatus.SUCCESS}
+    return results
 
 
 def _locked(execution_id: Any) -> Execution:

@@ -7,7 +7,8 @@ A module ``tasks/task_<task_type>.py`` holds ``class <TaskType>Task(BaseTask)`` 
 
 Optional class attributes describe the type: ``description`` (else the docstring),
 ``parameters_schema`` (a JSON Schema object the flow's parameters must match) and
-``default_timeout`` (seconds).
+``default_timeout`` (seconds) and ``default_retry`` (a retry policy, as in a flow's task:
+``{"max_attempts": 3, "delay_seconds": 2, "backoff": "exponential"}``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class BaseTask(ABC):
     description: ClassVar[str] = ""
     parameters_schema: ClassVar[dict[str, Any]] = {"type": "object"}
     default_timeout: ClassVar[float | None] = None
+    default_retry: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         self.name = name

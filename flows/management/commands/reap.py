@@ -7,12 +7,13 @@ from flows import engine
 
 class Command(BaseCommand):
     help = (
-        "Re-run steps whose worker died and wake steps nobody picked up "
-        "(qcluster runs this every minute)."
+        "Re-run steps whose worker died, end executions past their timeout and wake steps "
+        "nobody picked up (qcluster runs this every minute)."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
         counts = engine.reap()
         self.stdout.write(
-            f"lost steps re-queued: {counts['lost']}, pending steps woken: {counts['woken']}"
+            f"lost steps re-queued: {counts['lost']}, executions past their timeout ended: "
+            f"{counts['timed_out']}, pending steps woken: {counts['woken']}"
         )
