@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from flows import services
-from flows.models import Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
+from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion, TaskRun
 
 
 class FlowVersionInline(admin.TabularInline):
@@ -88,7 +89,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         "ended_at",
     )
     inlines = [TaskRunInline]
-    actions = ["cancel_executions", "run_again"]
+    actions = ["cancel_executions", "pause", "resume", "redrive", "run_again"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # executions start from a flow (operator pages, API)
@@ -99,28 +100,39 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected executions")
     def cancel_executions(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
-        done, refused = 0, []
-        for execution_id in queryset.values_list("id", flat=True):
-            try:
-                services.execution_cancel(execution_id=execution_id)
-                done += 1
-            except services.ServiceError as exc:
-                refused.append(exc.message)
-        self._report(request, f"Cancel requested for {done} execution(s).", refused)
+        self._each(request, queryset, services.execution_cancel, "Cancel requested for {n}")
+
+    @admin.action(description="Pause the selected executions")
+    def pause(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
+        self._each(request, queryset, services.execution_pause, "Pause requested for {n}")
+
+    @admin.action(description="Resume the selected executions")
+    def resume(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
+        self._each(request, queryset, services.execution_resume, "Resumed {n}")
+
+    @admin.action(description="Redrive the selected executions from the step that stopped them")
+    def redrive(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
+        self._each(request, queryset, services.execution_redrive, "Redrove {n}")
 
     @admin.action(description="Run again (a new execution of the same version)")
     def run_again(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
+        def rerun(*, execution_id: Any) -> Any:
+            return services.execution_rerun(execution_id=execution_id, user=request.user)
+
+        self._each(request, queryset, rerun, "Started {n} new")
+
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet[Execution], service: Any, summary: str
+    ) -> None:
+        """Apply a service to each selected execution; report what it refused, and why."""
         done, refused = 0, []
         for execution_id in queryset.values_list("id", flat=True):
             try:
-                services.execution_rerun(execution_id=execution_id, user=request.user)
+                service(execution_id=execution_id)
                 done += 1
             except services.ServiceError as exc:
                 refused.append(exc.message)
-        self._report(request, f"Started {done} new execution(s).", refused)
-
-    def _report(self, request: HttpRequest, summary: str, refused: list[str]) -> None:
-        self.message_user(request, summary, messages.SUCCESS)
+        self.message_user(request, summary.format(n=done) + " execution(s).", messages.SUCCESS)
         for message in refused[:10]:
             self.message_user(request, message, messages.WARNING)
 
@@ -139,3 +151,44 @@ class ExecutionEventAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+class FlowScheduleForm(forms.ModelForm):
+    class Meta:
+        model = FlowSchedule
+        fields = ("flow", "cron", "enabled", "input")
+
+    def clean_cron(self) -> str:
+        problem = services.cron_error(self.cleaned_data["cron"])
+        if problem:
+            raise forms.ValidationError(problem)
+        return self.cleaned_data["cron"].strip()
+
+
+@admin.register(FlowSchedule)
+class FlowScheduleAdmin(admin.ModelAdmin):
+    """Saving and deleting go through the services, which keep the django-q2 Schedule in step."""
+
+    form = FlowScheduleForm
+    list_display = ("flow", "cron", "enabled", "next_run", "updated_at")
+    list_filter = ("enabled",)
+    search_fields = ("flow__id", "flow__name", "cron")
+    list_select_related = ("flow", "q_schedule")
+    readonly_fields = ("q_schedule", "created_at", "updated_at")
+
+    @admin.display(description="next run", ordering="q_schedule__next_run")
+    def next_run(self, obj: FlowSchedule) -> Any:
+        return obj.q_schedule.next_run if obj.q_schedule and obj.enabled else None
+
+    def save_model(self, request: HttpRequest, obj: FlowSchedule, form: Any, change: bool) -> None:
+        saved = services.flow_schedule_set(
+            flow_id=obj.flow_id, cron=obj.cron, enabled=obj.enabled, input=obj.input
+        )
+        obj.pk, obj.q_schedule = saved.pk, saved.q_schedule
+
+    def delete_model(self, request: HttpRequest, obj: FlowSchedule) -> None:
+        services.flow_schedule_delete(flow_id=obj.flow_id)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[FlowSchedule]) -> None:
+        for flow_id in queryset.values_list("flow_id", flat=True):
+            services.flow_schedule_delete(flow_id=flow_id)

@@ -386,6 +386,13 @@ def _cron_next(cron: str) -> Any:
     return croniter(cron, timezone.localtime()).get_next(datetime)
 
 
+def cron_error(cron: Any) -> str:
+    """Why ``cron`` is not a usable cron expression, or "" when it is."""
+    if not isinstance(cron, str) or not croniter.is_valid(cron.strip()):
+        return "must be a cron expression like '*/15 * * * *' (minute hour day month weekday)"
+    return ""
+
+
 @transaction.atomic
 def flow_schedule_set(
     *,
@@ -401,8 +408,9 @@ def flow_schedule_set(
     """
     flow = get_flow(flow_id)
     errors = []
-    if not isinstance(cron, str) or not croniter.is_valid(cron.strip()):
-        errors.append({"field": "cron", "message": "must be a cron expression like '*/15 * * * *'"})
+    cron_problem = cron_error(cron)
+    if cron_problem:
+        errors.append({"field": "cron", "message": cron_problem})
     if input is not None and not isinstance(input, dict):
         errors.append({"field": "input", "message": "must be an object"})
     if not isinstance(enabled, bool):

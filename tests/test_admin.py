@@ -1,12 +1,14 @@
-"""The Django admin: lists, inlines, read-only engine fields, and the two actions."""
+"""The Django admin: lists, inlines, read-only engine fields, actions and schedules."""
 
 from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django_q.models import Schedule
 
-from flows.models import Execution, ExecutionStatus
-from tests.factories import run_flow, sample_flow, start_execution
+from flows import services
+from flows.models import Execution, ExecutionStatus, FlowSchedule
+from tests.factories import failing, flow_doc, run_flow, sample_flow, start_execution, task
 
 pytestmark = pytest.mark.django_db
 
@@ -57,3 +59,56 @@ def test_admin_actions_cancel_and_run_again(staff):
         "/admin/flows/execution/", {"action": "run_again", "_selected_action": [str(done.id)]}
     )
     assert Execution.objects.filter(rerun_of=done).count() == 1
+
+
+def test_admin_actions_pause_resume_and_redrive(staff):
+    queued = start_execution(sample_flow())
+    failed = run_flow(flow_doc([failing("a")]))
+
+    staff.post("/admin/flows/execution/", {"action": "pause", "_selected_action": [str(queued.id)]})
+    assert Execution.objects.get(pk=queued.id).status == ExecutionStatus.PAUSED
+
+    staff.post(
+        "/admin/flows/execution/", {"action": "resume", "_selected_action": [str(queued.id)]}
+    )
+    assert Execution.objects.get(pk=queued.id).status == ExecutionStatus.QUEUED
+
+    response = staff.post(
+        "/admin/flows/execution/",
+        {"action": "redrive", "_selected_action": [str(failed.id), str(queued.id)]},
+        follow=True,
+    )
+    assert Execution.objects.get(pk=failed.id).status == ExecutionStatus.QUEUED
+    # The queued one cannot be redriven: the admin says why instead of failing.
+    assert "only a FAILED or CANCELLED execution can be redriven" in response.content.decode()
+
+
+def test_a_schedule_saved_in_the_admin_is_kept_in_step_with_django_q(staff):
+    flow_id = services.flow_create(document=flow_doc([task("a")], flow_id="nightly")).flow_id
+
+    response = staff.post(
+        "/admin/flows/flowschedule/add/",
+        {"flow": flow_id, "cron": "0 3 * * *", "enabled": "on", "input": "{}"},
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    schedule = FlowSchedule.objects.get()
+    assert schedule.q_schedule.cron == "0 3 * * *"
+    assert schedule.q_schedule.repeats == -1
+
+    staff.post(f"/admin/flows/flowschedule/{schedule.pk}/delete/", {"post": "yes"})
+    assert not FlowSchedule.objects.exists()
+    assert not Schedule.objects.filter(name=f"flow:{flow_id}").exists()
+
+
+def test_the_admin_refuses_a_bad_cron_expression_at_its_field(staff):
+    flow_id = services.flow_create(document=flow_doc([task("a")], flow_id="nightly")).flow_id
+
+    response = staff.post(
+        "/admin/flows/flowschedule/add/",
+        {"flow": flow_id, "cron": "whenever", "enabled": "on", "input": "{}"},
+    )
+
+    assert response.status_code == 200
+    assert "must be a cron expression" in response.content.decode()
+    assert not FlowSchedule.objects.exists()

@@ -65,9 +65,33 @@ class RunForm(forms.Form):
     )
 
     def clean_input(self) -> dict[str, Any]:
-        value = self.cleaned_data.get("input")
-        if value in (None, ""):
-            return {}
-        if not isinstance(value, dict):
-            raise forms.ValidationError('Must be a JSON object, e.g. {"key": "value"}.')
-        return value
+        return _json_object(self.cleaned_data.get("input"))
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    """An optional JSON-object field: blank is {}, anything but an object is refused."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise forms.ValidationError('Must be a JSON object, e.g. {"key": "value"}.')
+    return value
+
+
+class ScheduleForm(forms.Form):
+    """A flow's cron schedule; the cron expression itself is checked by the service."""
+
+    cron = forms.CharField(
+        max_length=100,
+        label="Cron expression",
+        help_text="minute hour day month weekday, e.g. */15 * * * * (every 15 minutes)",
+        widget=forms.TextInput(attrs={"placeholder": "*/15 * * * *"}),
+    )
+    enabled = forms.BooleanField(required=False, initial=True, label="Enabled")
+    input = JSONValueField(
+        required=False,
+        label="Input for each run (JSON object, optional)",
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": '{"region": "eu"}'}),
+    )
+
+    def clean_input(self) -> dict[str, Any]:
+        return _json_object(self.cleaned_data.get("input"))

@@ -12,6 +12,7 @@ urlpatterns = [
     path("flows/<slug:flow_id>/", views.flow_detail, name="flow_detail"),
     path("flows/<slug:flow_id>/edit", views.flow_edit, name="flow_edit"),
     path("flows/<slug:flow_id>/run", views.flow_run, name="flow_run"),
+    path("flows/<slug:flow_id>/schedule", views.flow_schedule, name="flow_schedule"),
     path("flows/<slug:flow_id>/delete", views.flow_delete, name="flow_delete"),
     path("flows/<slug:flow_id>/v<int:version>/", views.flow_version, name="flow_version"),
     path("flows/<slug:flow_id>/v<int:version>/export", views.flow_export, name="flow_export"),

@@ -21,7 +21,7 @@ from flows import services
 from flows.models import Execution, Flow, FlowVersion
 from flows.registry import default_registry
 from flows.web import builder, presenters
-from flows.web.forms import ExecutionFilterForm, RunForm
+from flows.web.forms import ExecutionFilterForm, RunForm, ScheduleForm
 
 PAGE_SIZE = 50
 
@@ -68,8 +68,50 @@ def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
             "versions": flow.versions.select_related("created_by").order_by("-version"),
             "executions": Execution.objects.filter(flow=flow).for_list()[:10],
             "run_form": RunForm(),
+            "schedule": getattr(flow, "schedule", None),
+            "schedule_form": _schedule_form(flow),
         },
     )
+
+
+def _schedule_form(flow: Flow) -> ScheduleForm:
+    schedule = getattr(flow, "schedule", None)
+    if schedule is None:
+        return ScheduleForm()
+    return ScheduleForm(
+        initial={"cron": schedule.cron, "enabled": schedule.enabled, "input": schedule.input}
+    )
+
+
+@login_required
+@require_POST
+def flow_schedule(request: HttpRequest, flow_id: str) -> HttpResponse:
+    """Save (create, change, pause) or delete the flow's cron schedule."""
+    flow = _flow_or_404(flow_id)
+    if request.POST.get("action") == "delete":
+        try:
+            services.flow_schedule_delete(flow_id=flow.id)
+            messages.success(request, "Schedule deleted.")
+        except services.ServiceError as exc:
+            messages.error(request, _explain(exc))
+        return redirect("flow_detail", flow_id=flow.id)
+    form = ScheduleForm(request.POST)
+    if form.is_valid():
+        try:
+            schedule = services.flow_schedule_set(
+                flow_id=flow.id,
+                cron=form.cleaned_data["cron"],
+                enabled=form.cleaned_data["enabled"],
+                input=form.cleaned_data["input"],
+            )
+            state = "saved" if schedule.enabled else "saved, paused"
+            messages.success(request, f"Schedule {state}: {schedule.cron}")
+        except services.ServiceError as exc:
+            messages.error(request, _explain(exc))
+    else:
+        for field, errors in form.errors.items():
+            messages.error(request, f"{field}: {' '.join(errors)}")
+    return redirect("flow_detail", flow_id=flow.id)
 
 
 @login_required
@@ -355,7 +397,8 @@ def execution_live(request: HttpRequest, execution_id: uuid.UUID) -> HttpRespons
 @login_required
 @require_POST
 def execution_action(request: HttpRequest, execution_id: uuid.UUID, action: str) -> HttpResponse:
-    """execute (a CREATED one), cancel, or rerun (a new execution of the same version)."""
+    """execute (a CREATED one), cancel, pause, resume, redrive, or rerun (a new execution of
+    the same version)."""
     try:
         if action == "execute":
             services.execution_start(execution_id=execution_id)
@@ -363,6 +406,15 @@ def execution_action(request: HttpRequest, execution_id: uuid.UUID, action: str)
         elif action == "cancel":
             services.execution_cancel(execution_id=execution_id)
             messages.success(request, "Cancel requested.")
+        elif action == "pause":
+            services.execution_pause(execution_id=execution_id)
+            messages.success(request, "Pausing: the step in flight finishes, then it waits.")
+        elif action == "resume":
+            services.execution_resume(execution_id=execution_id)
+            messages.success(request, "Resumed.")
+        elif action == "redrive":
+            services.execution_redrive(execution_id=execution_id)
+            messages.success(request, "Redriven from the step that stopped it.")
         elif action == "rerun":
             new = services.execution_rerun(execution_id=execution_id, user=request.user)
             messages.success(request, "Started a new execution of the same version.")
