@@ -161,3 +161,23 @@ def test_every_user_with_view_permission_sees_every_execution_not_only_their_own
 
     assert started.json()["id"] in [row["id"] for row in seen_by_bob]
     assert {row["created_by"] for row in seen_by_bob} == {"alice", None}
+
+
+def test_the_token_of_a_deactivated_user_is_401(make_user, execution):
+    user = make_user("gone", "viewer")
+    client = token_client(user)
+    user.is_active = False
+    user.save()
+
+    body = error_body(client.get("/api/flows/"), 401)
+
+    assert body["detail"] == "User inactive or deleted."
+
+
+def test_a_token_authenticates_as_its_own_user_among_many(make_user, execution):
+    users = [make_user(f"user{i}", "operator") for i in range(3)]
+    clients = [token_client(u) for u in users]
+
+    started = clients[1].post("/api/flows/test_flow/executions/", {}, format="json")
+
+    assert started.json()["created_by"] == "user1"

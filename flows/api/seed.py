@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from flows import services
+from flows.api import fast_reads
 from flows.api.errors import error_response
 from flows.api.schema import error_responses
 from flows.api.serializers import (
@@ -185,7 +186,9 @@ class FlowStatusView(APIView):
         tags=["seed"],
     )
     def get(self, request: Request, execution_id: str) -> Response:
-        return Response(status_document(services.get_execution(execution_id)))
+        # Polled by clients: two queries built once per process (flows/api/fast_reads.py).
+        execution = fast_reads.execution_for_status(execution_id)
+        return Response(status_document(execution, fast_reads.steps_for_status(execution)))
 
 
 class FlowDeleteView(APIView):

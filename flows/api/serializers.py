@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from flows.models import Execution, TaskRunStatus
+from flows.models import Execution, TaskRun, TaskRunStatus
 
 
 class FieldErrorSerializer(serializers.Serializer):
@@ -90,9 +90,10 @@ class HealthSerializer(serializers.Serializer):
     workers = serializers.IntegerField(help_text="django-q2 clusters alive.")
 
 
-def status_document(execution: Execution) -> dict[str, Any]:
-    """The seed's status document for one execution (2 queries)."""
-    steps = list(execution.steps.order_by("seq"))
+def status_document(execution: Execution, steps: list[TaskRun] | None = None) -> dict[str, Any]:
+    """The seed's status document for one execution (one query for its steps unless given)."""
+    if steps is None:
+        steps = list(execution.steps.order_by("seq"))
     finished = [s for s in steps if s.status not in (TaskRunStatus.PENDING, TaskRunStatus.RUNNING)]
     completed: list[str] = []
     for s in finished:
