@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 export DEBUG ?= 1
 
-.PHONY: run test install install-dev lint bench bench-pages browser migrate clean
+.PHONY: run test install install-dev lint bench bench-pages bench-api browser migrate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench: install
 # Server time of the operator pages over 10,000 executions; see bench/README.md
 bench-pages: install
 	$(BIN)/python bench/pages.py $(BENCH_ARGS)
+
+# API requests/s and latency under wrk (apt-get install -y wrk); see bench/README.md
+bench-api: install
+	$(BIN)/python bench/api_load.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3 db.sqlite3-wal db.sqlite3-shm

@@ -17,7 +17,8 @@ What it does
        status        GET /flow/{id}/status of a completed execution (the seed's poll)
        executions    GET /api/executions/ (50 per page, the default)
        start         POST /api/flows/bench/executions/: create + start (queue) an execution;
-                     the qcluster runs them meanwhile, writing to the same SQLite file
+                     the qcluster runs them meanwhile, writing to the same SQLite file, and
+                     the script then waits (``--drain``) and reports how they all ended
 
     5. Stops both (SIGTERM to their own pids) and prints a markdown table: requests/s, p50
        and p99 latency (wrk's --latency, corrected for coordinated omission by wrk's
@@ -184,6 +185,24 @@ def run_wrk(
     return parse_wrk(done.stdout), done.stdout
 
 
+def _drain(db_path: Path, *, deadline: float) -> dict[str, int]:
+    """Wait (until ``deadline``) for the qcluster to finish the executions wrk started."""
+    while True:
+        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            counts = dict(
+                con.execute(
+                    "SELECT status, COUNT(*) FROM flows_execution "
+                    "WHERE input LIKE '%wrk%' GROUP BY status"
+                ).fetchall()
+            )
+        finally:
+            con.close()
+        if set(counts) <= {"COMPLETED", "FAILED", "CANCELLED"} or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per endpoint")
@@ -194,6 +213,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="gunicorn --threads (gthread)")
     parser.add_argument(
         "--only", nargs="*", choices=["status", "executions", "start"], help="endpoints to run"
+    )
+    parser.add_argument(
+        "--drain", type=float, default=60.0, help="seconds to wait for started runs to end"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     options = parser.parse_args()
@@ -217,6 +239,7 @@ def main() -> None:
     env.pop("REDIS_URL", None)
     procs: list[subprocess.Popen] = []
     rows: list[dict[str, Any]] = []
+    drained: dict[str, int] = {}
     try:
         print(f"seeding {options.executions} executions in {home} ...", file=sys.stderr)
         _manage(env, "migrate", "--noinput", "--verbosity", "0")
@@ -282,6 +305,9 @@ def main() -> None:
             )
             rows.append({"endpoint": name, "label": label, **figures, "wrk": raw})
             print(f"{label}: {figures}", file=sys.stderr)
+        if any(row["endpoint"] == "start" for row in rows):
+            drained = _drain(home / "db.sqlite3", deadline=time.monotonic() + options.drain)
+            print(f"executions started under load, by status: {drained}", file=sys.stderr)
     finally:
         for proc in reversed(procs):
             _stop(proc)
@@ -315,6 +341,7 @@ def main() -> None:
                 },
                 "config": vars(options),
                 "results": rows,
+                "started_executions_by_status": drained,
             },
             indent=2,
         )
