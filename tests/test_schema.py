@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from io import StringIO
 
 import yaml
@@ -54,7 +55,7 @@ def _operations(schema: dict) -> list[tuple[str, str, dict]]:
     ]
 
 
-def test_every_operation_documents_its_errors_in_the_one_error_shape_with_examples(db, tmp_path):
+def test_every_operation_documents_its_answers_and_errors_with_examples(db, tmp_path):
     target = tmp_path / "schema.yaml"
     call_command("spectacular", "--file", str(target))
     schema = yaml.safe_load(target.read_text())
@@ -66,6 +67,9 @@ def test_every_operation_documents_its_errors_in_the_one_error_shape_with_exampl
         responses = operation["responses"]
         success = [code for code in responses if code.startswith("2")]
         assert success, where
+        for code in success:
+            if "content" in responses[code]:
+                assert responses[code]["content"]["application/json"].get("examples"), (where, code)
         if path == "/health":
             continue  # public, and its 503 is the health document itself (the seed's shape)
         errors = {code: r for code, r in responses.items() if code[0] in "45"}
@@ -106,3 +110,40 @@ def test_the_resource_api_is_in_the_schema_with_its_parameters(db, tmp_path):
     start = {p["name"] for p in paths["/api/flows/{id}/executions/"]["post"]["parameters"]}
     assert "Idempotency-Key" in start
     assert set(paths["/api/flows/{id}/executions/"]["post"]["responses"]) >= {"200", "201", "409"}
+
+
+def _as_json_schema(node):
+    """OpenAPI 3.0 schema -> JSON Schema: ``nullable`` becomes "or null"; refs stay refs."""
+    if isinstance(node, list):
+        return [_as_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _as_json_schema(value) for key, value in node.items() if key != "nullable"}
+    if node.get("nullable"):
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+def test_every_example_answer_matches_the_schema_it_illustrates(db, tmp_path):
+    import jsonschema
+
+    target = tmp_path / "schema.yaml"
+    call_command("spectacular", "--file", str(target))
+    schema = yaml.safe_load(target.read_text())
+    components = _as_json_schema(schema["components"]["schemas"])
+
+    checked = 0
+    for path, method, operation in _operations(schema):
+        for code, response in operation["responses"].items():
+            content = response.get("content", {}).get("application/json", {})
+            for name, example in (content.get("examples") or {}).items():
+                document = {**_as_json_schema(content["schema"]), "components": components}
+                document = json.loads(
+                    json.dumps(document).replace("#/components/schemas/", "#/components/")
+                )
+                try:
+                    jsonschema.validate(example["value"], document)
+                except jsonschema.ValidationError as exc:
+                    raise AssertionError(f"{method.upper()} {path} {code} {name}: {exc}") from exc
+                checked += 1
+    assert checked >= 40

@@ -33,6 +33,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from flows import services
+from flows.api import examples as ex
 from flows.api import permissions as perms
 from flows.api.filters import ExecutionFilter
 from flows.api.resource_serializers import (
@@ -121,10 +122,12 @@ def _can(request: Request, permission: str) -> bool:
         description="Search matches id and name; order by id, name, version, created_at or "
         "updated_at (prefix - for descending).",
         responses={200: FlowSerializer(many=True), **error_responses(401, 403, 404)},
+        examples=[ex.answer("Flows", ex.FLOW_ROW)],
     ),
     retrieve=extend_schema(
         summary="A flow with its latest document",
         responses={200: FlowDetailSerializer, **error_responses(*READ)},
+        examples=[ex.answer("Flow", ex.FLOW)],
     ),
 )
 class FlowViewSet(
@@ -177,7 +180,10 @@ class FlowViewSet(
         summary="Create a flow (a new version when its id exists)",
         request={"application/json": FLOW_DOCUMENT_SCHEMA},
         responses={201: FlowWrittenSerializer, **error_responses(*WRITE)},
-        examples=[OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True)],
+        examples=[
+            OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True),
+            ex.answer("Stored", ex.FLOW_WRITTEN, 201),
+        ],
     )
     def create(self, request: Request) -> Response:
         version = services.flow_create(document=request.data, user=request.user)
@@ -188,7 +194,10 @@ class FlowViewSet(
         description="The document may leave out `id`; one naming another flow is a 400.",
         request={"application/json": FLOW_DOCUMENT_SCHEMA},
         responses={200: FlowWrittenSerializer, **error_responses(*WRITE, 404)},
-        examples=[OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True)],
+        examples=[
+            OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True),
+            ex.answer("Stored", ex.FLOW_WRITTEN),
+        ],
     )
     def update(self, request: Request, pk: str) -> Response:
         flow = self.get_object()
@@ -257,6 +266,7 @@ class FlowViewSet(
     @extend_schema(
         summary="The versions of a flow, newest first",
         responses={200: FlowVersionSerializer(many=True), **error_responses(*READ)},
+        examples=[ex.answer("Versions", ex.VERSION_ROW)],
     )
     @action(detail=True, methods=["get"], filter_backends=[])
     def versions(self, request: Request, pk: str) -> Response:
@@ -269,6 +279,7 @@ class FlowViewSet(
         summary="One version of a flow, with its document",
         parameters=[OpenApiParameter("version", int, OpenApiParameter.PATH)],
         responses={200: FlowVersionDetailSerializer, **error_responses(*READ)},
+        examples=[ex.answer("Version", ex.VERSION)],
     )
     @action(
         detail=True,
@@ -298,7 +309,9 @@ class FlowViewSet(
         examples=[
             OpenApiExample(
                 "With input", value={"input": {"customer": 42}, "version": 1}, request_only=True
-            )
+            ),
+            ex.answer("Started", ex.QUEUED, 201),
+            ex.answer("Repeated key", ex.QUEUED, 200),
         ],
     )
     @action(
@@ -334,10 +347,12 @@ class FlowViewSet(
         description="Newest first by default; order by created_at, started_at, ended_at or "
         "status (prefix - for descending). 50 per page (`page_size` up to 200).",
         responses={200: ExecutionSerializer(many=True), **error_responses(400, 401, 403, 404)},
+        examples=[ex.answer("Executions", ex.EXECUTION_ROW)],
     ),
     retrieve=extend_schema(
         summary="An execution with its steps",
         responses={200: ExecutionDetailSerializer, **error_responses(*READ)},
+        examples=[ex.answer("Completed", ex.EXECUTION)],
     ),
 )
 class ExecutionViewSet(
@@ -385,6 +400,12 @@ class ExecutionViewSet(
         description="A running step is stopped by its worker within about a second.",
         request=None,
         responses={200: ExecutionDetailSerializer, **error_responses(*READ, 409)},
+        examples=[
+            ex.answer(
+                "Cancelled",
+                {**ex.QUEUED, "status": "CANCELLED", "cancel_requested": True, "current_task": ""},
+            )
+        ],
     )
     @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
     def cancel(self, request: Request, pk: str) -> Response:
@@ -395,6 +416,9 @@ class ExecutionViewSet(
         summary="Start a new execution of the same flow version with the same input",
         request=None,
         responses={201: ExecutionDetailSerializer, **error_responses(*READ, 409)},
+        examples=[
+            ex.answer("Rerun", {**ex.QUEUED, "trigger": "rerun", "rerun_of": ex.EXECUTION_ID}, 201)
+        ],
     )
     @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
     def rerun(self, request: Request, pk: str) -> Response:
@@ -407,6 +431,7 @@ class ExecutionViewSet(
         description="Poll with `?after=<next_after>` until `finished` is true and `more` false.",
         parameters=[EventsQuerySerializer],
         responses={200: EventPageSerializer, **error_responses(400, *READ)},
+        examples=[ex.answer("Lines", ex.EVENTS)],
     )
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def events(self, request: Request, pk: str) -> Response:
@@ -437,10 +462,12 @@ class ExecutionViewSet(
     list=extend_schema(
         summary="Every registered task type",
         responses={200: TaskTypeSerializer(many=True), **error_responses(401, 403)},
+        examples=[ex.answer("Task types", ex.TASK_TYPE)],
     ),
     retrieve=extend_schema(
         summary="One task type",
         responses={200: TaskTypeSerializer, **error_responses(*READ)},
+        examples=[ex.answer("Task type", ex.TASK_TYPE)],
     ),
 )
 class TaskTypeViewSet(viewsets.ViewSet):

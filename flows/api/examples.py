@@ -1,0 +1,145 @@
+"""Example answers of the resource API, for the OpenAPI schema (and so for /docs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiExample
+
+EXECUTION_ID = "6f0c1a55-5d2e-4a8e-9d7e-0c6b1f0e9a01"
+AT = "2026-11-28T08:00:00Z"
+
+FLOW_ROW = {
+    "id": "example_flow",
+    "name": "Sample Data Pipeline",
+    "version": 2,
+    "created_at": AT,
+    "updated_at": "2026-11-28T09:30:00Z",
+}
+DOCUMENT = {
+    "id": "example_flow",
+    "name": "Sample Data Pipeline",
+    "tasks": [
+        {"name": "task1", "task_type": "fetch_data", "parameters": {}},
+        {"name": "task2", "task_type": "process_data", "parameters": {}},
+    ],
+    "conditions": [
+        {
+            "source_task": "task1",
+            "outcome": "success",
+            "target_task_success": "task2",
+            "target_task_failure": "end",
+        }
+    ],
+}
+FLOW = {**FLOW_ROW, "description": "", "definition": DOCUMENT}
+FLOW_WRITTEN = {
+    **FLOW,
+    "warnings": [
+        {"field": "tasks[2]", "message": "task 'cleanup' can never run: no path reaches it"}
+    ],
+}
+VERSION_ROW = {"flow": "example_flow", "version": 2, "created_at": AT, "created_by": "erin"}
+VERSION = {**VERSION_ROW, "definition": DOCUMENT}
+EXECUTION_ROW = {
+    "id": EXECUTION_ID,
+    "flow": "example_flow",
+    "flow_name": "Sample Data Pipeline",
+    "flow_version": 2,
+    "status": "COMPLETED",
+    "trigger": "manual",
+    "current_task": "",
+    "input": {"customer": 42},
+    "error": "",
+    "steps_taken": 2,
+    "cancel_requested": False,
+    "rerun_of": None,
+    "created_by": "olga",
+    "created_at": AT,
+    "queued_at": "2026-11-28T08:00:00.010000Z",
+    "started_at": "2026-11-28T08:00:00.060000Z",
+    "ended_at": "2026-11-28T08:00:01.080000Z",
+}
+STEP = {
+    "seq": 1,
+    "task_name": "task1",
+    "task_type": "fetch_data",
+    "attempt": 1,
+    "status": "SUCCESS",
+    "parameters": {},
+    "result": {"message": "Fetched 3 records", "records": [1, 2, 3]},
+    "error": "",
+    "traceback": "",
+    "route": "task1 SUCCESS; condition on task1 (outcome success) -> task2",
+    "created_at": "2026-11-28T08:00:00.010000Z",
+    "started_at": "2026-11-28T08:00:00.060000Z",
+    "ended_at": "2026-11-28T08:00:00.561000Z",
+    "duration": 0.501,
+}
+EXECUTION = {
+    **EXECUTION_ROW,
+    "steps": [
+        STEP,
+        {
+            **STEP,
+            "seq": 2,
+            "task_name": "task2",
+            "task_type": "process_data",
+            "result": {"message": "Processed 3 records"},
+            "route": "task2 SUCCESS; no condition, last task -> end",
+        },
+    ],
+}
+QUEUED = {
+    **EXECUTION_ROW,
+    "status": "QUEUED",
+    "current_task": "task1",
+    "steps_taken": 0,
+    "started_at": None,
+    "ended_at": None,
+    "steps": [
+        {
+            **STEP,
+            "status": "PENDING",
+            "result": None,
+            "route": "",
+            "started_at": None,
+            "ended_at": None,
+            "duration": None,
+        }
+    ],
+}
+EVENTS = {
+    "execution": EXECUTION_ID,
+    "status": "RUNNING",
+    "finished": False,
+    "events": [
+        {
+            "seq": 1873,
+            "created_at": AT,
+            "level": "INFO",
+            "message": "fetched 3 records",
+            "step": 1,
+            "task_name": "task1",
+        }
+    ],
+    "next_after": 1873,
+    "more": False,
+}
+TASK_TYPE = {
+    "name": "fetch_data",
+    "description": "Simulates fetching records from an external source; may fail at random.",
+    "parameters_schema": {
+        "type": "object",
+        "properties": {
+            "failure_rate": {"type": "number", "minimum": 0, "maximum": 1, "default": 0}
+        },
+    },
+    "defaults": {"failure_rate": 0},
+    "default_timeout": None,
+}
+
+
+def answer(name: str, value: Any, status: int = 200) -> OpenApiExample:
+    """An example answer; for a list give one item (drf-spectacular builds the list or page)."""
+    return OpenApiExample(name, value=value, response_only=True, status_codes=[status])
