@@ -10,12 +10,21 @@ from rest_framework.test import APIClient
 
 @pytest.fixture
 def alice(db: Any) -> Any:
-    return get_user_model().objects.create_user("alice", password="alice-pass-123")
+    """An editor (the widest role short of admin): she may create, run and delete."""
+    return _in_role(get_user_model().objects.create_user("alice", password="alice-pass-123"))
 
 
 @pytest.fixture
 def bob(db: Any) -> Any:
-    return get_user_model().objects.create_user("bob", password="bob-pass-123")
+    """Another editor, for rules about whose rows are whose."""
+    return _in_role(get_user_model().objects.create_user("bob", password="bob-pass-123"))
+
+
+def _in_role(user: Any, role: str = "editor") -> Any:
+    from django.contrib.auth.models import Group
+
+    user.groups.add(Group.objects.get(name=role))
+    return user
 
 
 @pytest.fixture

@@ -44,3 +44,20 @@ class ActionPermission(BasePermission):
             self.message = f"your role may not do this (needs permission '{permission}')"
             return False
         return True
+
+
+DELETE_EXECUTIONS = "flows.delete_execution"
+
+
+def require(permission: str) -> type[BasePermission]:
+    """A permission class for a plain APIView that needs one Django permission."""
+
+    class Required(BasePermission):
+        message = f"your role may not do this (needs permission '{permission}')"
+
+        def has_permission(self, request: Request, view: Any) -> bool:
+            user = request.user
+            return bool(user and user.is_authenticated and user.has_perm(permission))
+
+    Required.__name__ = f"Require_{permission.replace('.', '_')}"
+    return Required

@@ -9,7 +9,7 @@ from django.utils import timezone
 from django_q.status import Stat
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,6 +17,12 @@ from rest_framework.views import APIView
 from flows import services
 from flows.api import fast_reads
 from flows.api.errors import error_response
+from flows.api.permissions import (
+    ADD_FLOWS,
+    DELETE_EXECUTIONS,
+    START_EXECUTIONS,
+    require,
+)
 from flows.api.schema import error_responses
 from flows.api.serializers import (
     DeletedSerializer,
@@ -96,6 +102,8 @@ _READ_ERRORS = error_responses(401, 403, 404)
 
 
 class FlowCreateView(APIView):
+    permission_classes = [IsAuthenticated, require(ADD_FLOWS)]
+
     @extend_schema(
         operation_id="flow_create",
         summary="Store a flow (a new version if the id exists) and prepare an execution",
@@ -148,6 +156,8 @@ class FlowCreateView(APIView):
 
 
 class FlowExecuteView(APIView):
+    permission_classes = [IsAuthenticated, require(START_EXECUTIONS)]
+
     @extend_schema(
         operation_id="flow_execute",
         summary="Start a CREATED execution",
@@ -178,6 +188,10 @@ class FlowExecuteView(APIView):
 
 
 class FlowStatusView(APIView):
+    # Any signed-in user may poll a status (the hot path: no permission queries); the roles
+    # govern what changes state.
+    permission_classes = [IsAuthenticated]
+
     @extend_schema(
         operation_id="flow_status",
         summary="The status document of an execution",
@@ -192,6 +206,8 @@ class FlowStatusView(APIView):
 
 
 class FlowDeleteView(APIView):
+    permission_classes = [IsAuthenticated, require(DELETE_EXECUTIONS)]
+
     @extend_schema(
         operation_id="flow_delete",
         summary="Delete an execution (a running one is cancelled first)",

@@ -8,7 +8,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -26,8 +27,14 @@ from flows.web.forms import ExecutionFilterForm, RunForm, ScheduleForm
 PAGE_SIZE = 50
 
 
+def needs(permission: str) -> Any:
+    """The page needs this permission (roles are groups, migration 0005); 403 otherwise."""
+    return permission_required(permission, raise_exception=True)
+
+
 # -- dashboard -------------------------------------------------------------------------------
 @login_required
+@needs("flows.view_execution")
 def home(request: HttpRequest) -> HttpResponse:
     """Executions by status, recent executions, failing flows and the workers' health."""
     now = timezone.now()
@@ -47,6 +54,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 # -- flows -----------------------------------------------------------------------------------
 @login_required
+@needs("flows.view_flow")
 def flow_list(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "").strip()
     flows = Flow.objects.search(query).with_last_run().order_by("-updated_at")
@@ -56,6 +64,7 @@ def flow_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@needs("flows.view_flow")
 def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
     flow = _flow_or_404(flow_id)
     return render(
@@ -84,6 +93,7 @@ def _schedule_form(flow: Flow) -> ScheduleForm:
 
 
 @login_required
+@needs("flows.change_flow")
 @require_POST
 def flow_schedule(request: HttpRequest, flow_id: str) -> HttpResponse:
     """Save (create, change, pause) or delete the flow's cron schedule."""
@@ -115,6 +125,7 @@ def flow_schedule(request: HttpRequest, flow_id: str) -> HttpResponse:
 
 
 @login_required
+@needs("flows.view_flow")
 def flow_version(request: HttpRequest, flow_id: str, version: int) -> HttpResponse:
     stored = get_object_or_404(FlowVersion.objects.select_related("flow"), flow_id=flow_id,
                                version=version)  # fmt: skip
@@ -131,12 +142,14 @@ def flow_version(request: HttpRequest, flow_id: str, version: int) -> HttpRespon
 
 
 @login_required
+@needs("flows.view_flow")
 def flow_export(request: HttpRequest, flow_id: str, version: int) -> HttpResponse:
     stored = get_object_or_404(FlowVersion, flow_id=flow_id, version=version)
     return _download(stored.definition, f"{flow_id}-v{version}.json")
 
 
 @login_required
+@needs("flows.start_execution")
 @require_POST
 def flow_run(request: HttpRequest, flow_id: str) -> HttpResponse:
     """Start an execution of the flow's current version, then show it."""
@@ -157,6 +170,7 @@ def flow_run(request: HttpRequest, flow_id: str) -> HttpResponse:
 
 
 @login_required
+@needs("flows.delete_flow")
 def flow_delete(request: HttpRequest, flow_id: str) -> HttpResponse:
     flow = _flow_or_404(flow_id)
     if request.method == "POST":
@@ -173,16 +187,19 @@ def flow_delete(request: HttpRequest, flow_id: str) -> HttpResponse:
 
 # -- builder ---------------------------------------------------------------------------------
 @login_required
+@needs("flows.add_flow")
 def flow_new(request: HttpRequest) -> HttpResponse:
     return _builder(request, None)
 
 
 @login_required
+@needs("flows.change_flow")
 def flow_edit(request: HttpRequest, flow_id: str) -> HttpResponse:
     return _builder(request, _flow_or_404(flow_id))
 
 
 @login_required
+@needs("flows.view_flow")
 def builder_task_fields(request: HttpRequest) -> HttpResponse:
     """The parameter fields of one task row for a task type (the builder's script asks)."""
     prefix = request.GET.get("prefix", "")
@@ -342,6 +359,7 @@ def _render_builder(
 
 # -- executions ------------------------------------------------------------------------------
 @login_required
+@needs("flows.view_execution")
 def execution_list(request: HttpRequest) -> HttpResponse:
     form = ExecutionFilterForm(request.GET or None)
     executions = Execution.objects.for_list().matching(**form.filters())
@@ -356,6 +374,7 @@ def execution_list(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@needs("flows.delete_execution")
 @require_POST
 def execution_bulk_delete(request: HttpRequest) -> HttpResponse:
     """First POST shows what will be deleted; the POST with ``confirm`` deletes."""
@@ -382,12 +401,14 @@ def execution_bulk_delete(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@needs("flows.view_execution")
 def execution_detail(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
     view = presenters.execution_view(_execution_or_404(execution_id))
     return render(request, "flows/execution_detail.html", {"view": view})
 
 
 @login_required
+@needs("flows.view_execution")
 def execution_live(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
     """The live region alone: the execution page's script polls it while the run is active."""
     view = presenters.execution_view(_execution_or_404(execution_id))
@@ -395,10 +416,16 @@ def execution_live(request: HttpRequest, execution_id: uuid.UUID) -> HttpRespons
 
 
 @login_required
+@needs("flows.view_execution")
 @require_POST
 def execution_action(request: HttpRequest, execution_id: uuid.UUID, action: str) -> HttpResponse:
     """execute (a CREATED one), cancel, pause, resume, redrive, or rerun (a new execution of
     the same version)."""
+    permission = ACTION_PERMISSIONS.get(action)
+    if permission is None:
+        raise Http404(f"unknown action {action}")
+    if not request.user.has_perm(permission):
+        raise PermissionDenied(f"your role may not {action} executions")
     try:
         if action == "execute":
             services.execution_start(execution_id=execution_id)
@@ -429,6 +456,17 @@ def execution_action(request: HttpRequest, execution_id: uuid.UUID, action: str)
 
 
 # -- helpers ---------------------------------------------------------------------------------
+# Which permission each execution action needs; the roles (migration 0005) grant them.
+ACTION_PERMISSIONS = {
+    "execute": "flows.start_execution",
+    "rerun": "flows.start_execution",
+    "resume": "flows.start_execution",
+    "redrive": "flows.start_execution",
+    "cancel": "flows.cancel_execution",
+    "pause": "flows.cancel_execution",
+}
+
+
 def _flow_or_404(flow_id: str) -> Flow:
     try:
         return services.get_flow(flow_id)
