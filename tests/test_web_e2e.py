@@ -52,7 +52,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
         "shell",
         "-c",
         "from django.contrib.auth import get_user_model\n"
-        "get_user_model().objects.create_user('operator', password='operator-pass-123')",
+        "from django.contrib.auth.models import Group\n"
+        "user = get_user_model().objects.create_user('operator', password='operator-pass-123')\n"
+        "user.groups.add(Group.objects.get(name='editor'))  # builds flows, so an editor",
     )
     with running_stack(home, env) as running:
         yield running

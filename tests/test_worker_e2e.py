@@ -100,8 +100,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "0",
             "-c",
             "from django.contrib.auth import get_user_model\n"
+            "from django.contrib.auth.models import Group\n"
             "from rest_framework.authtoken.models import Token\n"
             "user = get_user_model().objects.create_user('e2e', password='e2e-pass-123')\n"
+            "user.groups.add(Group.objects.get(name='editor'))\n"
             "print(Token.objects.create(user=user).key)",
         )
         .strip()

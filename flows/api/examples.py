@@ -53,6 +53,9 @@ EXECUTION_ROW = {
     "error": "",
     "steps_taken": 2,
     "cancel_requested": False,
+    "pause_requested": False,
+    "redrive_count": 0,
+    "deadline_at": None,
     "rerun_of": None,
     "created_by": "olga",
     "created_at": AT,
@@ -143,3 +146,12 @@ TASK_TYPE = {
 def answer(name: str, value: Any, status: int = 200) -> OpenApiExample:
     """An example answer; for a list give one item (drf-spectacular builds the list or page)."""
     return OpenApiExample(name, value=value, response_only=True, status_codes=[status])
+
+
+SCHEDULE = {
+    "cron": "*/15 * * * *",
+    "enabled": True,
+    "input": {"region": "eu"},
+    "next_run": "2026-11-28T08:15:00+00:00",
+    "updated_at": AT,
+}

@@ -163,6 +163,9 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "error",
             "steps_taken",
             "cancel_requested",
+            "pause_requested",
+            "redrive_count",
+            "deadline_at",
             "rerun_of",
             "created_by",
             "created_at",
@@ -251,3 +254,19 @@ class TaskTypeSerializer(serializers.Serializer):
     default_timeout = serializers.FloatField(
         allow_null=True, help_text="Seconds; null means FLOW_DEFAULT_TASK_TIMEOUT."
     )
+
+
+class ScheduleSerializer(serializers.Serializer):
+    """A flow's cron schedule; each run is an execution with trigger "schedule"."""
+
+    cron = serializers.CharField(help_text="Cron expression, e.g. '*/15 * * * *'.")
+    enabled = serializers.BooleanField(default=True, help_text="false pauses the schedule.")
+    input = serializers.DictField(
+        required=False, default=dict, help_text="The input object of each scheduled run."
+    )
+    next_run = serializers.SerializerMethodField()
+    updated_at = serializers.DateTimeField(read_only=True)
+
+    def get_next_run(self, obj: Any) -> str | None:
+        q = getattr(obj, "q_schedule", None)
+        return q.next_run.isoformat() if q is not None and obj.enabled and q.next_run else None

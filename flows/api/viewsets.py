@@ -48,12 +48,13 @@ from flows.api.resource_serializers import (
     FlowVersionDetailSerializer,
     FlowVersionSerializer,
     FlowWrittenSerializer,
+    ScheduleSerializer,
     StartExecutionSerializer,
     TaskTypeSerializer,
     ValidationReportSerializer,
 )
 from flows.api.schema import READ, WRITE, error_responses
-from flows.models import Execution, ExecutionEvent, Flow, FlowVersion
+from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion
 from flows.registry import default_registry
 
 SAMPLE_DOCUMENT = {
@@ -157,6 +158,9 @@ class FlowViewSet(
         "update": perms.CHANGE_FLOWS,
         "destroy": perms.DELETE_FLOWS,
         "start": perms.START_EXECUTIONS,
+        "schedule": perms.VIEW_FLOWS,
+        "set_schedule": perms.CHANGE_FLOWS,
+        "delete_schedule": perms.CHANGE_FLOWS,
     }
 
     def get_queryset(self) -> QuerySet[Flow]:
@@ -339,6 +343,57 @@ class FlowViewSet(
         ).data
         return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
+    # -- the flow's cron schedule -----------------------------------------------------------
+    @extend_schema(
+        summary="The flow's cron schedule",
+        responses={200: ScheduleSerializer, **error_responses(*READ)},
+        examples=[ex.answer("Schedule", ex.SCHEDULE)],
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def schedule(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        schedule = FlowSchedule.objects.filter(flow=flow).select_related("q_schedule").first()
+        if schedule is None:
+            raise services.NotFound(f"flow '{flow.id}' has no schedule")
+        return Response(ScheduleSerializer(schedule).data)
+
+    @extend_schema(
+        summary="Create or change the flow's cron schedule (enabled: false pauses it)",
+        request=ScheduleSerializer,
+        responses={200: ScheduleSerializer, **error_responses(*WRITE, 404)},
+        examples=[
+            OpenApiExample(
+                "Every 15 minutes",
+                value={"cron": "*/15 * * * *", "enabled": True, "input": {"region": "eu"}},
+                request_only=True,
+            ),
+            ex.answer("Schedule", ex.SCHEDULE),
+        ],
+    )
+    @schedule.mapping.put
+    def set_schedule(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        body = ScheduleSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        saved = services.flow_schedule_set(
+            flow_id=flow.id,
+            cron=body.validated_data["cron"],
+            enabled=body.validated_data["enabled"],
+            input=body.validated_data.get("input"),
+        )
+        return Response(ScheduleSerializer(saved).data)
+
+    @extend_schema(
+        summary="Delete the flow's cron schedule",
+        request=None,
+        responses={204: None, **error_responses(*READ)},
+    )
+    @schedule.mapping.delete
+    def delete_schedule(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        services.flow_schedule_delete(flow_id=flow.id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
 
 @extend_schema(tags=["executions"])
 @extend_schema_view(
@@ -376,6 +431,9 @@ class ExecutionViewSet(
         "retrieve": perms.VIEW_EXECUTIONS,
         "events": perms.VIEW_EXECUTIONS,
         "cancel": perms.CANCEL_EXECUTIONS,
+        "pause": perms.CANCEL_EXECUTIONS,
+        "resume": perms.START_EXECUTIONS,
+        "redrive": perms.START_EXECUTIONS,
         "rerun": perms.START_EXECUTIONS,
     }
 
@@ -411,6 +469,41 @@ class ExecutionViewSet(
     def cancel(self, request: Request, pk: str) -> Response:
         execution = self.get_object()
         return self._detail(services.execution_cancel(execution_id=execution.id))
+
+    @extend_schema(
+        summary="Pause an execution",
+        description="The step in flight finishes; the execution then waits as PAUSED.",
+        request=None,
+        responses={200: ExecutionDetailSerializer, **error_responses(*READ, 409)},
+        examples=[ex.answer("Paused", {**ex.QUEUED, "status": "PAUSED", "pause_requested": True})],
+    )
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def pause(self, request: Request, pk: str) -> Response:
+        execution = self.get_object()
+        return self._detail(services.execution_pause(execution_id=execution.id))
+
+    @extend_schema(
+        summary="Resume a paused execution where it stopped",
+        request=None,
+        responses={200: ExecutionDetailSerializer, **error_responses(*READ, 409)},
+        examples=[ex.answer("Resumed", ex.QUEUED)],
+    )
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def resume(self, request: Request, pk: str) -> Response:
+        execution = self.get_object()
+        return self._detail(services.execution_resume(execution_id=execution.id))
+
+    @extend_schema(
+        summary="Redrive a FAILED or CANCELLED execution from the step that stopped it",
+        description="Same execution id; its history stays and finished steps are not run again.",
+        request=None,
+        responses={200: ExecutionDetailSerializer, **error_responses(*READ, 409)},
+        examples=[ex.answer("Redriven", {**ex.QUEUED, "redrive_count": 1})],
+    )
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def redrive(self, request: Request, pk: str) -> Response:
+        execution = self.get_object()
+        return self._detail(services.execution_redrive(execution_id=execution.id))
 
     @extend_schema(
         summary="Start a new execution of the same flow version with the same input",
