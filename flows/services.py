@@ -185,17 +185,7 @@ def execution_start(
             errors=[{"field": "input", "message": "must be an object"}],
         )
     execution = get_execution(execution_id)
-    try:
-        definition = parse_flow(
-            execution.flow_version.definition,
-            registry or default_registry(),
-            default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
-        )
-    except FlowValidationError as exc:
-        raise Conflict(
-            f"execution {execution.id} cannot start: its flow is no longer valid: {exc}",
-            errors=exc.as_list(),
-        ) from None
+    definition = _runnable_definition(execution, registry, "start")
     now = timezone.now()
     changes: dict[str, Any] = {
         "status": ExecutionStatus.QUEUED,
@@ -314,17 +304,7 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
             f"execution {locked.id} is {locked.status}; only a FAILED or CANCELLED execution "
             "can be redriven"
         )
-    try:
-        definition = parse_flow(
-            locked.flow_version.definition,
-            registry or default_registry(),
-            default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
-        )
-    except FlowValidationError as exc:
-        raise Conflict(
-            f"execution {locked.id} cannot be redriven: its flow is no longer valid: {exc}",
-            errors=exc.as_list(),
-        ) from None
+    definition = _runnable_definition(locked, registry, "be redriven")
     last = TaskRun.objects.filter(execution_id=locked.id).order_by("-seq").first()
     if last is None:
         task_name, attempt, seq = definition.start_task, 1, 1
@@ -461,6 +441,23 @@ def flow_run_scheduled(*, flow_id: str) -> Execution | None:
         flow_version=version, input=schedule.input, trigger=ExecutionTrigger.SCHEDULE
     )
     return execution
+
+
+def _runnable_definition(
+    execution: Execution, registry: TaskRegistry | None, doing: str
+) -> FlowDefinition:
+    """The execution's pinned flow, checked against today's plugins (Conflict if invalid)."""
+    try:
+        return parse_flow(
+            execution.flow_version.definition,
+            registry or default_registry(),
+            default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
+        )
+    except FlowValidationError as exc:
+        raise Conflict(
+            f"execution {execution.id} cannot {doing}: its flow is no longer valid: {exc}",
+            errors=exc.as_list(),
+        ) from None
 
 
 def _results_of(execution: Execution) -> dict[str, Any]:
