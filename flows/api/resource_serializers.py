@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from flows.api.serializers import FieldErrorSerializer
-from flows.models import Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
+from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
 
 # The flow document, for the OpenAPI schema only: definition.py is the one that checks it, and
 # it reports every problem with its field path (a 400 with ``errors``).
@@ -151,28 +151,8 @@ class ExecutionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Execution
-        fields = [
-            "id",
-            "flow",
-            "flow_name",
-            "flow_version",
-            "status",
-            "trigger",
-            "current_task",
-            "input",
-            "error",
-            "steps_taken",
-            "cancel_requested",
-            "pause_requested",
-            "redrive_count",
-            "deadline_at",
-            "rerun_of",
-            "created_by",
-            "created_at",
-            "queued_at",
-            "started_at",
-            "ended_at",
-        ]
+        # The columns the list loads (Execution.objects.for_api_list) and the flow's name.
+        fields = [*API_LIST_FIELDS, "flow_name"]
         read_only_fields = fields
 
 
