@@ -106,6 +106,10 @@ def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
     delayed step is then picked up when a job or the reaper next looks after it is due.
     """
     delayed = at is not None and at > timezone.now()
+    if delayed and not Conf.ORM:
+        # Redis has no delayed delivery in django-q2: a message now would find nothing due.
+        # The reaper wakes the step once it is due (see reap, step 3).
+        return
 
     def push() -> None:
         broker = _DelayedOrmBroker(at) if delayed and Conf.ORM else _broker(os.getpid())
@@ -854,8 +858,9 @@ def reap(limit: int = 500) -> dict[str, int]:
        is queued, so a killed worker costs one re-run of the step it held.
     2. An execution past its flow timeout with no step running ends FAILED (a running step
        times itself out).
-    3. A PENDING step whose wake-up (or due time) is older than FLOW_WAKE_AFTER_SECONDS is
-       woken again: its queue message was lost.
+    3. A PENDING step whose wake-up is older than FLOW_WAKE_AFTER_SECONDS is woken again (its
+       queue message was lost), and so is a delayed step that is due but not yet woken (the
+       Redis broker cannot deliver a message late).
     """
     now = timezone.now()
     counts = {"lost": 0, "timed_out": 0, "woken": 0}
@@ -946,18 +951,22 @@ def reap(limit: int = 500) -> dict[str, int]:
     stale = now - timedelta(seconds=settings.FLOW_WAKE_AFTER_SECONDS)
     sleepy = list(
         TaskRun.objects.filter(
+            Q(woken_at__lt=stale) | Q(not_before__lte=now, woken_at__lte=F("not_before")),
             status=TaskRunStatus.PENDING,
-            woken_at__lt=stale,
             execution__status__in=ACTIVE_STATUSES,
         ).values_list("pk", "execution_id")[:limit]
     )
     for pk, eid in sleepy:
         with transaction.atomic():
-            if TaskRun.objects.filter(
-                pk=pk, status=TaskRunStatus.PENDING, woken_at__lt=stale
-            ).update(woken_at=now):
+            if (
+                TaskRun.objects.filter(pk=pk, status=TaskRunStatus.PENDING)
+                .filter(
+                    Q(woken_at__lt=stale) | Q(not_before__lte=now, woken_at__lte=F("not_before"))
+                )
+                .update(woken_at=now)
+            ):
                 counts["woken"] += 1
-                logger.warning("execution=%s pending step woken again (lost queue message?)", eid)
+                logger.info("execution=%s pending step woken by the reaper", eid)
                 wake(eid)
     return counts
 

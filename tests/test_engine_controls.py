@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from flows import engine, services
@@ -294,8 +295,10 @@ def test_a_delayed_retry_waits_as_a_pending_step_and_the_worker_lets_go() -> Non
     assert waiting.not_before is not None
     assert waiting.not_before > failed.ended_at
     assert execution.status in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
-    # The job that wakes the retry stays invisible in the queue until the retry is due.
-    assert OrmQ.objects.filter(lock__gte=waiting.not_before).count() == 1
+    if Conf.ORM:
+        # The ORM broker's job that wakes the retry stays invisible until the retry is due.
+        # (Redis has no delayed delivery: there the reaper wakes the step once it is due.)
+        assert OrmQ.objects.filter(lock__gte=waiting.not_before).count() == 1
     # A job arriving before the retry is due runs nothing.
     assert engine.run_execution(execution.id) == 0
     assert steps_of(refresh(execution))[-1].status == PENDING
