@@ -198,6 +198,21 @@ def _failure(
     )
 
 
+@dataclass
+class Flight:
+    """A step whose coroutine is running on the task loop."""
+
+    step: TaskRun
+    future: concurrent.futures.Future[Any]
+    finished: threading.Event
+    started: float  # time.perf_counter()
+    timeout: float
+    source: str  # where the timeout came from, for the message
+    hard_deadline: float  # past this, the task is blocking its loop
+    log: TaskLogger
+    parameters: dict[str, Any] | None  # resolved parameters, when they differ from the step's
+
+
 def _check_result(value: Any) -> tuple[dict[str, Any] | None, str]:
     """A step's return value as stored JSON, or why it cannot be stored."""
     if not isinstance(value, dict):
@@ -381,11 +396,10 @@ class Runner:
         step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, self.me, now
         return step
 
-    def run(self) -> int:
-        """Run until the execution ends, waits, or the budget is spent. Returns steps run."""
-        step = self.claim()
-        if step is None:
-            return 0
+    def load(self, step: TaskRun) -> tuple[Execution, FlowDefinition, dict[str, Any]] | None:
+        """What running the claimed ``step`` needs: the execution, its flow and the results so
+        far. None when the flow no longer validates (the step and execution are then failed).
+        """
         execution = Execution.objects.select_related("flow_version").get(pk=self.execution_id)
         try:
             definition = _definition_for(execution, self.registry)
@@ -398,7 +412,7 @@ class Runner:
                 {},
                 continue_here=False,
             )
-            return 1
+            return None
         # Results by task name, most recent last: a task that ran again moves to the end, so
         # "the latest result" means the latest in run order.
         results: dict[str, Any] = {}
@@ -409,6 +423,17 @@ class Runner:
         ):
             results.pop(name, None)
             results[name] = result
+        return execution, definition, results
+
+    def run(self) -> int:
+        """Run until the execution ends, waits, or the budget is spent. Returns steps run."""
+        step = self.claim()
+        if step is None:
+            return 0
+        loaded = self.load(step)
+        if loaded is None:
+            return 1
+        execution, definition, results = loaded
         budget_end = time.monotonic() + settings.FLOW_STEP_BUDGET_SECONDS
         done = 0
         try:
@@ -441,6 +466,52 @@ class Runner:
         step: TaskRun,
         results: dict[str, Any],
     ) -> StepOutcome:
+        """Run one step to its outcome, in this thread (one execution at a time)."""
+        flight = self._start(execution, definition, step, results)
+        if isinstance(flight, StepOutcome):
+            return flight
+        next_watch = flight.started + WATCH_INTERVAL_SECONDS
+        lease_renew_every = settings.FLOW_LEASE_SECONDS / 3
+        next_renew = flight.started + lease_renew_every
+        # Wait on the future, waking once a second to renew the lease and look for a cancel.
+        # (concurrent.futures.wait, not result(timeout=...): a task's own TimeoutError must
+        # not be mistaken for "still running".)
+        while not flight.future.done():
+            now = time.perf_counter()
+            concurrent.futures.wait(
+                [flight.future], timeout=max(0.0, min(next_watch, flight.hard_deadline) - now)
+            )
+            if flight.future.done():
+                break
+            now = time.perf_counter()
+            if now >= flight.hard_deadline:
+                # The loop is stuck in blocking code: leave it behind (its thread ends once the
+                # blocking call returns) and start a fresh one for the next step.
+                self._abandon_loop()
+                return self._blocked(flight)
+            if now < next_watch:
+                continue
+            next_watch = now + WATCH_INTERVAL_SECONDS
+            renew = now >= next_renew
+            if renew:
+                next_renew = now + lease_renew_every
+            verdict = self._watch(step, renew_lease=renew)
+            if verdict is not None:
+                return self._stop(flight, verdict)
+        return self._finish(flight, definition)
+
+    def _start(
+        self,
+        execution: Execution,
+        definition: FlowDefinition,
+        step: TaskRun,
+        results: dict[str, Any],
+    ) -> StepOutcome | Flight:
+        """Prepare the step and hand its coroutine to the task loop.
+
+        Returns the running Flight, or the step's outcome when it could not start (unknown
+        type, unresolvable parameters, flow timeout, a task that cannot be built).
+        """
         log = TaskLogger(str(execution.id), step.task_name)
         logger.info(
             "execution=%s step=%s task=%s type=%s attempt=%s started",
@@ -471,26 +542,7 @@ class Runner:
             parameters = _resolve_parameters(step.parameters, task_type, results, execution.input)
         except ValueError as exc:
             return _failure(str(exc), permanent=True)
-        outcome = self._execute(
-            execution, definition, step, task_type, parameters, results, log, timeout, source
-        )
-        if parameters != step.parameters:
-            outcome.parameters = parameters  # what this run really got, whatever its outcome
-        return outcome
-
-    def _execute(
-        self,
-        execution: Execution,
-        definition: FlowDefinition,
-        step: TaskRun,
-        task_type: TaskType,
-        parameters: dict[str, Any],
-        results: dict[str, Any],
-        log: TaskLogger,
-        timeout: float,
-        source: str,
-    ) -> StepOutcome:
-        """Run the task's coroutine under its timeout while watching for cancel and delete."""
+        resolved = parameters if parameters != step.parameters else None
         try:
             task = task_type.cls(name=step.task_name, parameters=parameters)
             task.context = TaskContext(
@@ -501,93 +553,98 @@ class Runner:
                 logger=log,
             )
         except Exception as exc:
-            return _failure(
+            outcome = _failure(
                 f"could not create task: {type(exc).__name__}: {exc}", trace=tb.format_exc()
             )
+            outcome.parameters = resolved
+            return outcome
         if self._loop is None:
             self._loop = TaskLoop()
-        started = time.perf_counter()
         finished = threading.Event()
-        future = self._loop.submit(_run_task(task, timeout, finished))
-        hard_deadline = started + timeout + ABANDON_GRACE_SECONDS
-        next_watch = started + WATCH_INTERVAL_SECONDS
-        lease_renew_every = settings.FLOW_LEASE_SECONDS / 3
-        next_renew = started + lease_renew_every
-        # Wait on the future, waking once a second to renew the lease and look for a cancel.
-        # (concurrent.futures.wait, not result(timeout=...): a task's own TimeoutError must
-        # not be mistaken for "still running".)
-        while not future.done():
-            now = time.perf_counter()
-            concurrent.futures.wait(
-                [future], timeout=max(0.0, min(next_watch, hard_deadline) - now)
-            )
-            if future.done():
-                break
-            now = time.perf_counter()
-            if now >= hard_deadline:
-                future.cancel()
-                # The loop is stuck in blocking code: leave it behind (its thread ends once the
-                # blocking call returns) and start a fresh one for the next step.
-                self._loop.loop.call_soon_threadsafe(self._loop.loop.stop)
-                self._loop = None
-                return _failure(
-                    f"task did not finish within its timeout of {timeout:g}s and blocked "
-                    "its event loop (blocking code in an async task?)",
-                    duration=now - started,
-                    lines=log.lines,
-                )
-            if now < next_watch:
-                continue
-            next_watch = now + WATCH_INTERVAL_SECONDS
-            renew = now >= next_renew
-            if renew:
-                next_renew = now + lease_renew_every
-            verdict = self._watch(step, renew_lease=renew)
-            if verdict is None:
-                continue
-            future.cancel()
-            # Give the coroutine a moment to run its own clean-up before the step is recorded.
-            finished.wait(ABANDON_GRACE_SECONDS)
-            if verdict == "cancel":
-                logger.info("execution=%s step=%s cancelled while running", execution.id, step.seq)
-                return StepOutcome(
-                    TaskRunStatus.CANCELLED,
-                    error="cancelled while running",
-                    duration=time.perf_counter() - started,
-                    log_lines=log.lines,
-                )
-            logger.info("execution=%s step=%s stopped: %s", execution.id, step.seq, verdict)
-            return StepOutcome(TaskRunStatus.CANCELLED, stop=True)
+        started = time.perf_counter()
+        return Flight(
+            step=step,
+            future=self._loop.submit(_run_task(task, timeout, finished)),
+            finished=finished,
+            started=started,
+            timeout=timeout,
+            source=source,
+            hard_deadline=started + timeout + ABANDON_GRACE_SECONDS,
+            log=log,
+            parameters=resolved,
+        )
 
-        duration = time.perf_counter() - started
+    def _finish(self, flight: Flight, definition: FlowDefinition) -> StepOutcome:
+        """The outcome of a flight whose future is done."""
+        outcome = self._outcome_of(flight, definition)
+        outcome.parameters = flight.parameters  # what this run really got, whatever its outcome
+        return outcome
+
+    def _outcome_of(self, flight: Flight, definition: FlowDefinition) -> StepOutcome:
+        duration = time.perf_counter() - flight.started
+        lines = flight.log.lines
         try:
-            value = future.result()
+            value = flight.future.result()
         except StepTimeout:
-            if source == FLOW_TIMEOUT_SOURCE:
+            if flight.source == FLOW_TIMEOUT_SOURCE:
                 outcome = _flow_timeout(definition)
-                outcome.duration, outcome.log_lines = duration, log.lines
+                outcome.duration, outcome.log_lines = duration, lines
                 return outcome
             return _failure(
-                f"task timed out after {timeout:g}s ({source})",
+                f"task timed out after {flight.timeout:g}s ({flight.source})",
                 duration=duration,
-                lines=log.lines,
+                lines=lines,
             )
         except concurrent.futures.CancelledError:
-            return _failure("task was cancelled", duration=duration, lines=log.lines)
+            return _failure("task was cancelled", duration=duration, lines=lines)
         except Exception as exc:
             return _failure(
                 f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                 trace=tb.format_exc(),
                 duration=duration,
-                lines=log.lines,
+                lines=lines,
                 permanent=isinstance(exc, PermanentTaskError),
             )
         result, problem = _check_result(value)
         if problem:
-            return _failure(problem, duration=duration, lines=log.lines)
-        return StepOutcome(
-            TaskRunStatus.SUCCESS, result=result, duration=duration, log_lines=log.lines
+            return _failure(problem, duration=duration, lines=lines)
+        return StepOutcome(TaskRunStatus.SUCCESS, result=result, duration=duration, log_lines=lines)
+
+    def _stop(self, flight: Flight, verdict: str) -> StepOutcome:
+        """Cancel a running task because its execution was cancelled, deleted or taken away."""
+        flight.future.cancel()
+        # Give the coroutine a moment to run its own clean-up before the step is recorded.
+        flight.finished.wait(ABANDON_GRACE_SECONDS)
+        step = flight.step
+        if verdict == "cancel":
+            logger.info("execution=%s step=%s cancelled while running", step.execution_id, step.seq)
+            return StepOutcome(
+                TaskRunStatus.CANCELLED,
+                error="cancelled while running",
+                duration=time.perf_counter() - flight.started,
+                log_lines=flight.log.lines,
+            )
+        logger.info("execution=%s step=%s stopped: %s", step.execution_id, step.seq, verdict)
+        return StepOutcome(TaskRunStatus.CANCELLED, stop=True)
+
+    def _blocked(
+        self,
+        flight: Flight,
+        why: str = "blocked its event loop (blocking code in an async task?)",
+    ) -> StepOutcome:
+        flight.future.cancel()
+        outcome = _failure(
+            f"task did not finish within its timeout of {flight.timeout:g}s and {why}",
+            duration=time.perf_counter() - flight.started,
+            lines=flight.log.lines,
         )
+        outcome.parameters = flight.parameters
+        return outcome
+
+    def _abandon_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.loop.call_soon_threadsafe(self._loop.loop.stop)
+            self._loop = None
 
     def _watch(self, step: TaskRun, *, renew_lease: bool) -> str | None:
         """Once a second while a task runs: 'cancel', 'deleted', 'lost' or None to go on."""
@@ -815,6 +872,274 @@ class Runner:
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# Many executions in one worker
+# ---------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Slot:
+    """One execution the dispatcher is running: its runner, state and step in flight."""
+
+    runner: Runner
+    execution: Execution
+    definition: FlowDefinition
+    results: dict[str, Any]
+    step: TaskRun
+    flight: Flight | None = None
+
+
+class Dispatcher:
+    """Runs up to FLOW_WORKER_CONCURRENCY executions at once in one worker process.
+
+    Tasks are coroutines, so a step that waits on I/O need not hold a process: every task of
+    every execution here runs on one event loop thread, while this thread does the database
+    work (claims, results, routing) one step at a time, in the order steps finish.
+
+    1. The job's own execution is claimed first; then ready steps of other executions are
+       claimed too, up to the concurrency (their queue messages later find nothing to do).
+    2. Whenever a step finishes, its result and routing commit as in ``Runner._record``;
+       the next step of that execution starts at once, on the same loop.
+    3. Once a second: one query looks for cancelled or deleted executions among those in
+       flight, and one UPDATE renews the leases of every running step.
+    4. A task that blocks the loop past its timeout is failed; the loop is replaced, and the
+       other steps it held are recorded LOST and queued again (their tasks never finished).
+    5. After the step budget no new executions are taken and finishing steps hand their
+       successors back to the queue; the job returns when nothing is in flight.
+    """
+
+    def __init__(self, registry: TaskRegistry | None = None, concurrency: int | None = None):
+        self.registry = registry or default_registry()
+        self.concurrency = concurrency or settings.FLOW_WORKER_CONCURRENCY
+        self.me = worker_id()
+        self.lease = timedelta(seconds=settings.FLOW_LEASE_SECONDS)
+        self.loop: TaskLoop | None = None
+        self.slots: dict[uuid.UUID, _Slot] = {}
+        self.steps = 0
+        self.budget_end = time.monotonic() + settings.FLOW_STEP_BUDGET_SECONDS
+
+    def run(self, execution_id: uuid.UUID) -> int:
+        try:
+            self._adopt(execution_id)
+            self._fill()
+            lease_every = settings.FLOW_LEASE_SECONDS / 3
+            next_watch = time.perf_counter() + WATCH_INTERVAL_SECONDS
+            next_renew = time.perf_counter() + lease_every
+            while self.slots:
+                flights = {slot.flight.future: slot for slot in self.slots.values() if slot.flight}
+                wait = max(0.0, next_watch - time.perf_counter())
+                done, _ = concurrent.futures.wait(
+                    flights, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                freed = False
+                for future in done:
+                    slot = flights[future]
+                    assert slot.flight is not None
+                    freed |= self._advance(slot, slot.runner._finish(slot.flight, slot.definition))
+                now = time.perf_counter()
+                if now >= next_watch:
+                    renew = now >= next_renew
+                    if renew:
+                        next_renew = now + lease_every
+                    freed |= self._watch(renew_leases=renew)
+                    next_watch = time.perf_counter() + WATCH_INTERVAL_SECONDS
+                if freed:
+                    self._fill()
+        finally:
+            if self.loop is not None:
+                self.loop.close()
+        return self.steps
+
+    # -- taking work ----------------------------------------------------------------------
+    def _has_budget(self) -> bool:
+        return self.steps < settings.FLOW_STEP_BUDGET_STEPS and time.monotonic() < self.budget_end
+
+    def _fill(self) -> None:
+        """Claim ready steps of other executions while there is room and budget."""
+        room = self.concurrency - len(self.slots)
+        if room <= 0 or not self._has_budget():
+            return
+        now = timezone.now()
+        ready = list(
+            TaskRun.objects.filter(
+                status=TaskRunStatus.PENDING,
+                execution__status__in=ACTIVE_STATUSES,
+                execution__pause_requested=False,
+            )
+            .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+            .exclude(execution_id__in=list(self.slots))
+            .order_by("woken_at")
+            .values_list("execution_id", flat=True)[:room]
+        )
+        for execution_id in ready:
+            self._adopt(execution_id)
+
+    def _adopt(self, execution_id: uuid.UUID) -> None:
+        runner = Runner(execution_id, self.registry)
+        runner._loop = self._task_loop()
+        step = runner.claim()
+        if step is None:
+            return
+        loaded = runner.load(step)
+        if loaded is None:
+            self.steps += 1
+            return
+        execution, definition, results = loaded
+        slot = _Slot(runner, execution, definition, results, step)
+        self.slots[execution_id] = slot
+        if execution.cancel_requested:
+            outcome = StepOutcome(TaskRunStatus.CANCELLED, error="cancelled before it started")
+            self._advance(slot, outcome)
+        else:
+            self._launch(slot)
+
+    def _task_loop(self) -> TaskLoop:
+        if self.loop is None:
+            self.loop = TaskLoop()
+        return self.loop
+
+    # -- moving executions on -------------------------------------------------------------
+    def _launch(self, slot: _Slot) -> None:
+        """Start the slot's current step (its first, just claimed)."""
+        started = self._start(slot)
+        if isinstance(started, StepOutcome):
+            self._advance(slot, started)
+        else:
+            slot.flight = started
+
+    def _start(self, slot: _Slot) -> StepOutcome | Flight:
+        slot.runner._loop = self._task_loop()
+        return slot.runner._start(slot.execution, slot.definition, slot.step, slot.results)
+
+    def _advance(self, slot: _Slot, outcome: StepOutcome) -> bool:
+        """Record a finished step and start the next; True when the slot was freed.
+
+        A loop, not recursion: steps that end before they start (a vanished task type, an
+        unresolvable reference) can follow one another for up to max_steps.
+        """
+        while True:
+            slot.flight = None
+            if outcome.stop:
+                break
+            self.steps += 1
+            next_step = slot.runner._record(
+                slot.execution,
+                slot.definition,
+                slot.step,
+                outcome,
+                slot.results,
+                continue_here=self._has_budget(),
+            )
+            if next_step is None:
+                break
+            slot.step = next_step
+            started = self._start(slot)
+            if isinstance(started, StepOutcome):
+                outcome = started
+                continue
+            slot.flight = started
+            return False
+        self.slots.pop(slot.execution.id, None)
+        return True
+
+    # -- once a second --------------------------------------------------------------------
+    def _watch(self, *, renew_leases: bool) -> bool:
+        """Stop what was cancelled, deleted or taken away; renew leases; handle a blocked
+        loop. True when a slot was freed."""
+        flying = {eid: slot for eid, slot in self.slots.items() if slot.flight is not None}
+        if not flying:
+            return False
+        freed = False
+        cancel = dict(
+            Execution.objects.filter(pk__in=list(flying)).values_list("pk", "cancel_requested")
+        )
+        kept: set[int] = set()
+        if renew_leases:
+            ids = [slot.step.pk for slot in flying.values()]
+            now = timezone.now()
+            renewed = TaskRun.objects.filter(
+                pk__in=ids, status=TaskRunStatus.RUNNING, worker=self.me
+            ).update(lease_expires_at=now + self.lease)
+            if renewed != len(ids):
+                kept = set(
+                    TaskRun.objects.filter(
+                        pk__in=ids, status=TaskRunStatus.RUNNING, worker=self.me
+                    ).values_list("pk", flat=True)
+                )
+            else:
+                kept = set(ids)
+        for eid, slot in flying.items():
+            flight = slot.flight
+            assert flight is not None
+            if flight.future.done():
+                continue  # finished meanwhile: the main loop records it
+            verdict = None
+            if eid not in cancel:
+                verdict = "deleted"
+            elif cancel[eid]:
+                verdict = "cancel"
+            elif renew_leases and slot.step.pk not in kept:
+                verdict = "lost"
+            if verdict is not None:
+                freed |= self._advance(slot, slot.runner._stop(flight, verdict))
+        overdue = [
+            slot
+            for slot in self.slots.values()
+            if slot.flight is not None
+            and not slot.flight.future.done()
+            and time.perf_counter() >= slot.flight.hard_deadline
+        ]
+        if overdue:
+            freed |= self._overdue(overdue)
+        return freed
+
+    def _overdue(self, overdue: list[_Slot]) -> bool:
+        """Steps past their timeout and grace that did not stop: is the loop blocked?"""
+        loop = self._task_loop()
+        probe = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop.loop)
+        try:
+            probe.result(timeout=0.5)
+            blocked = False
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            blocked = True
+        freed = False
+        if not blocked:
+            # The loop runs, so these tasks swallowed their cancellation: fail them and leave
+            # their coroutines behind.
+            for slot in overdue:
+                assert slot.flight is not None
+                why = "did not stop when its timeout cancelled it (it swallowed the cancel)"
+                freed |= self._advance(slot, slot.runner._blocked(slot.flight, why))
+            return freed
+        # The loop is stuck in some task's blocking code. Leave it behind (its thread ends when
+        # that code returns); the overdue steps fail, the others are run again elsewhere.
+        loop.loop.call_soon_threadsafe(loop.loop.stop)
+        self.loop = None
+        now = timezone.now()
+        for slot in list(self.slots.values()):
+            if slot.flight is None or slot.flight.future.done():
+                continue
+            slot.flight.future.cancel()
+            if any(slot is late for late in overdue):
+                freed |= self._advance(slot, slot.runner._blocked(slot.flight))
+            else:
+                _run_again(
+                    slot.step,
+                    why="another task blocked this worker's event loop; step runs again",
+                    event=f"{slot.step.task_name}: interrupted by a blocked event loop; "
+                    "running it again",
+                    now=now,
+                    worker=self.me,
+                )
+                slot.flight = None
+                self.slots.pop(slot.execution.id, None)
+                freed = True
+        return freed
+
+
+def dispatch(execution_id: uuid.UUID | str, registry: TaskRegistry | None = None) -> int:
+    """What a worker's job does: run this execution and, beside it, other ready ones."""
+    return Dispatcher(registry).run(uuid.UUID(str(execution_id)))
+
+
 def run_execution(execution_id: uuid.UUID | str, registry: TaskRegistry | None = None) -> int:
     """Run the execution's next steps in this process; returns how many ran."""
     return Runner(uuid.UUID(str(execution_id)), registry).run()
@@ -851,6 +1176,51 @@ def run_inline(
 # ---------------------------------------------------------------------------------------------
 # The reaper
 # ---------------------------------------------------------------------------------------------
+def _run_again(step: TaskRun, *, why: str, event: str, now: datetime, **held: Any) -> bool:
+    """Mark a RUNNING step LOST and queue a new attempt of the same task.
+
+    ``held`` narrows the RUNNING row that may be taken (an expired lease, or this worker's
+    own claim). False when the step was not in that state any more. A cancel or pause asked
+    for meanwhile is honoured instead of queueing.
+    """
+    with transaction.atomic():
+        execution = Execution.objects.select_for_update().filter(pk=step.execution_id).first()
+        if execution is None:
+            return False
+        taken = TaskRun.objects.filter(pk=step.pk, status=TaskRunStatus.RUNNING, **held).update(
+            status=TaskRunStatus.LOST, ended_at=now, lease_expires_at=None, error=why
+        )
+        if taken != 1:
+            return False
+        if execution.cancel_requested:
+            Runner._end(
+                execution.id, ExecutionStatus.CANCELLED, "cancelled by request",
+                execution.steps_taken, now,
+            )  # fmt: skip
+            return True
+        TaskRun.objects.create(
+            execution_id=step.execution_id,
+            seq=step.seq + 1,
+            task_name=step.task_name,
+            task_type=step.task_type,
+            parameters=step.parameters,
+            attempt=step.attempt + 1,
+            woken_at=now,
+        )
+        ExecutionEvent.objects.create(
+            execution_id=step.execution_id,
+            task_run_id=step.pk,
+            created_at=now,
+            level="WARNING",
+            message=event,
+        )
+        if execution.pause_requested:
+            Execution.objects.filter(pk=execution.id).update(status=ExecutionStatus.PAUSED)
+        else:
+            wake(step.execution_id)
+    return True
+
+
 def reap(limit: int = 500) -> dict[str, int]:
     """Re-run steps whose worker died and wake steps nobody picked up.
 
@@ -870,57 +1240,22 @@ def reap(limit: int = 500) -> dict[str, int]:
         )[:limit]
     )
     for step in expired:
-        with transaction.atomic():
-            execution = Execution.objects.select_for_update().filter(pk=step.execution_id).first()
-            if execution is None:
-                continue
-            taken = TaskRun.objects.filter(
-                pk=step.pk, status=TaskRunStatus.RUNNING, lease_expires_at__lt=now
-            ).update(
-                status=TaskRunStatus.LOST,
-                ended_at=now,
-                lease_expires_at=None,
-                error=f"worker {step.worker or '?'} stopped renewing its lease; step runs again",
-            )
-            if taken != 1:
-                continue
+        worker = step.worker or "?"
+        if _run_again(
+            step,
+            why=f"worker {worker} stopped renewing its lease; step runs again",
+            event=f"{step.task_name}: worker {worker} was lost; running it again",
+            now=now,
+            lease_expires_at__lt=now,
+        ):
             counts["lost"] += 1
             logger.warning(
                 "execution=%s step=%s task=%s lost with worker %s",
                 step.execution_id,
                 step.seq,
                 step.task_name,
-                step.worker,
+                worker,
             )
-            if execution.cancel_requested:
-                Runner._end(
-                    execution.id,
-                    ExecutionStatus.CANCELLED,
-                    "cancelled by request",
-                    execution.steps_taken,
-                    now,
-                )
-                continue
-            TaskRun.objects.create(
-                execution_id=step.execution_id,
-                seq=step.seq + 1,
-                task_name=step.task_name,
-                task_type=step.task_type,
-                parameters=step.parameters,
-                attempt=step.attempt + 1,
-                woken_at=now,
-            )
-            ExecutionEvent.objects.create(
-                execution_id=step.execution_id,
-                task_run_id=step.pk,
-                created_at=now,
-                level="WARNING",
-                message=f"{step.task_name}: worker {step.worker or '?'} was lost; running it again",
-            )
-            if execution.pause_requested:
-                Execution.objects.filter(pk=execution.id).update(status=ExecutionStatus.PAUSED)
-            else:
-                wake(step.execution_id)
 
     overdue = list(
         Execution.objects.filter(status__in=ACTIVE_STATUSES, deadline_at__lt=now)

