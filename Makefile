@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 export DEBUG ?= 1
 
-.PHONY: run test install install-dev lint bench bench-pages bench-api browser migrate clean
+.PHONY: run test install install-dev lint bench bench-engine bench-pages bench-api browser migrate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,8 +55,13 @@ test: install-dev browser
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# make bench BENCH_ARGS="--profile --runs 10"; see bench/README.md
+# The suite: SQLite and PostgreSQL + Redis stacks, Celery and Prefect peers, one table, written
+# to BENCHMARKS.md (~5 min). make bench BENCH_ARGS="--quick --skip-peers"; see bench/README.md
 bench: install
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+
+# Engine overhead per step alone: make bench-engine BENCH_ARGS="--profile --runs 10"
+bench-engine: install
 	$(BIN)/python bench/engine_overhead.py $(BENCH_ARGS)
 
 # Server time of the operator pages over 10,000 executions; see bench/README.md

@@ -37,8 +37,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -48,8 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-RESULTS = BASE_DIR / "bench" / "results"
+from _stack import BASE_DIR, free_port, manage, start, stop
+from _stack import RESULTS_DIR as RESULTS
 
 SEED = """
 from django.contrib.auth import get_user_model
@@ -83,47 +81,6 @@ wrk.method = "POST"
 wrk.body = '{"input": {"source": "wrk"}}'
 wrk.headers["Content-Type"] = "application/json"
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        sys.exit(f"manage.py {args[0]} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        args,
-        cwd=BASE_DIR,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # our signals reach only the processes we started
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _wait_for(url: str, deadline: float) -> None:
@@ -224,7 +181,7 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install -y wrk (Debian/Ubuntu), then run again")
 
     home = Path(tempfile.mkdtemp(prefix="flow-api-load-"))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -242,14 +199,15 @@ def main() -> None:
     drained: dict[str, int] = {}
     try:
         print(f"seeding {options.executions} executions in {home} ...", file=sys.stderr)
-        _manage(env, "migrate", "--noinput", "--verbosity", "0")
-        seeded = _manage(
+        manage(env, "migrate", "--noinput", "--verbosity", "0")
+        seeded = manage(
             {**env, "Q_SYNC": "1"},
             "shell",
             "--verbosity",
             "0",
             "-c",
             f"EXECUTIONS = {options.executions}\n{SEED}",
+            timeout=1800,
         )
         found = dict(line.split(" ", 1) for line in seeded.splitlines() if " " in line)
         token, execution = found["TOKEN"], found["EXECUTION"]
@@ -269,8 +227,8 @@ def main() -> None:
             str(options.threads),
             "--no-control-socket",
         ]
-        procs.append(_start(web_args, env, home / "gunicorn.log"))
-        procs.append(_start([sys.executable, "manage.py", "qcluster"], env, home / "qcluster.log"))
+        procs.append(start(web_args, env, home / "gunicorn.log"))
+        procs.append(start([sys.executable, "manage.py", "qcluster"], env, home / "qcluster.log"))
         _wait_for(url, time.monotonic() + 60)
 
         endpoints = {
@@ -310,7 +268,7 @@ def main() -> None:
             print(f"executions started under load, by status: {drained}", file=sys.stderr)
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc, grace=20)
         if not options.keep:
             shutil.rmtree(home, ignore_errors=True)
         else:

@@ -53,24 +53,20 @@ import io
 import json
 import logging
 import os
-import platform
 import pstats
 import secrets
 import shutil
-import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-RESULTS_DIR = BASE_DIR / "bench" / "results"
+from _stack import BASE_DIR, RESULTS_DIR, machine, manage, start, stop, wait_for_cluster
+
 TARGET_MS_PER_STEP = 1.0
 FLOW_ID = "bench_noop_chain"
 
@@ -118,51 +114,6 @@ def configure_environment(home: Path, args: argparse.Namespace) -> dict[str, str
     for name in ("REDIS_URL", "Q_SYNC"):  # the ORM broker on SQLite is what is measured
         os.environ.pop(name, None)
     return dict(os.environ)
-
-
-def manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=True, timeout=300
-    )
-
-
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in children.read_text().split():
-                found += [int(child), *descendants(int(child))]
-    return found
-
-
-def stop_cluster(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM the main pid only (DJANGO-Q2.md, "Shutdown"); SIGKILL what is left after."""
-    if proc.poll() is not None:
-        return
-    leftovers = descendants(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    for pid in leftovers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def wait_for_cluster(proc: subprocess.Popen, log: Path, deadline_s: float = 60.0) -> None:
-    """Until the cluster publishes its status in the shared cache (what /health reads)."""
-    from django_q.status import Stat
-
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"qcluster exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        if any(stat.status in ("Idle", "Working") for stat in Stat.get_all()):
-            return
-        time.sleep(0.1)
-    sys.exit(f"qcluster did not come up within {deadline_s:g}s:\n{log.read_text()[-4000:]}")
 
 
 # -------------------------------------------------------------------------------------------
@@ -244,19 +195,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "max": max(values),
         }
     return summary
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "django": version("Django"),
-        "django_q2": version("django-q2"),
-        "sqlite": sqlite3.sqlite_version,
-    }
 
 
 def table(title: str, summary: dict[str, dict[str, float]], n: int) -> str:
@@ -469,15 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         version_obj = services.flow_create(document=noop_chain(args.steps))
 
         log = home / "qcluster.log"
-        with log.open("wb") as out:
-            cluster = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
-                cwd=BASE_DIR,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        cluster = start([sys.executable, "manage.py", "qcluster"], env, log)
         wait_for_cluster(cluster, log)
 
         runs = []
@@ -488,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.exit(f"execution {execution_id} ended {status}; see {log}")
             if i >= args.warmup:
                 runs.append(measure(execution_id))
-        stop_cluster(cluster)
+        stop(cluster)
 
         summary = summarize(runs)
         info = machine()
@@ -540,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if cluster is not None:
-            stop_cluster(cluster)
+            stop(cluster)
         if args.keep:
             print(f"Kept {home}")
         else:

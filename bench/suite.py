@@ -1,0 +1,641 @@
+"""The benchmark suite: Flow Manager on SQLite and PostgreSQL + Redis, against Celery and Prefect.
+
+Run: ``make bench`` (or ``.venv/bin/python bench/suite.py [--quick] [--skip-peers]
+[--backends sqlite,pg-redis]``). Prints ONE markdown table on stdout (progress goes to
+stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not ``--quick``, every backend,
+peers included) and the raw figures to ``bench/results/bench-<UTC stamp>.json``.
+
+For each backend it starts a real stack: a fresh database (a SQLite file in a temporary
+directory, or a PostgreSQL database of its own plus a Redis db number of its own, flushed
+before and after), ``manage.py migrate``, then a helper process (this script with
+``--child``) that starts ``manage.py qcluster`` with ``Q_WORKERS=2``, ``LOG_LEVEL=WARNING``
+and ``FLOW_DEMO_DELAY_SECONDS=0``, starts executions through ``flows.services`` and reads
+the figures from the timestamps the engine writes:
+
+  overhead    a 100-step ``noop`` flow, 1 warm-up + N executions one after another:
+              (last step ended_at - first step started_at - sum of step durations) / steps
+              (bench/engine_overhead.py's definition and code)
+  throughput  M executions of the 3-task sample flow (examples/sample_flow.json, with its
+              conditions, every task ``noop``), created first (not timed), then started one
+              after another as fast as the helper can: flows/s = completed / (last
+              execution ended_at - first execution queued_at); latency = ended_at -
+              queued_at of each execution, p50 and p95
+  waits       K executions of a one-task flow (``wait``, 1 s), started the same way:
+              wall = last ended_at - first queued_at. If they are not all done
+              ``--wait-deadline`` s after the first queued_at, the figure is "> deadline",
+              with how many were done by then and the wall time that rate extrapolates to.
+
+Then, unless ``--skip-peers``, it runs ``../shared/bench/peers/run_celery.sh`` and
+``run_prefect.sh 1 2 1`` (one measured process, 2 reps, 1 concurrent rep), reads the result
+JSON each wrote under ``/tmp/peerbench/results`` and prints the ratios. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from _stack import (
+    BASE_DIR,
+    RESULTS_DIR,
+    machine,
+    manage,
+    pg_redis_backend,
+    sqlite_backend,
+    start,
+    stop,
+    utc_stamp,
+    wait_for_cluster,
+)
+
+PEERS_DIR = Path(os.environ.get("PEERS_DIR", BASE_DIR.parent / "shared" / "bench" / "peers"))
+PEER_RESULTS = Path(os.environ.get("PEERBENCH_ROOT", "/tmp/peerbench")) / "results"
+PREFECT_ARGS = ["1", "2", "1"]  # PROCESSES REPS CONC_REPS (positional, see run_prefect.sh)
+BENCHMARKS_MD = BASE_DIR / "BENCHMARKS.md"
+WORKERS = 2
+LOG_LEVEL = "WARNING"
+
+FULL = {"overhead_runs": 5, "steps": 100, "executions": 1000, "waits": 1000, "wait_deadline": 30.0}
+QUICK = {"overhead_runs": 3, "steps": 100, "executions": 200, "waits": 100, "wait_deadline": 10.0}
+
+BACKENDS = ("sqlite", "pg-redis")
+TARGET_OVERHEAD_MS = {"sqlite": 1.0, "pg-redis": 2.0}
+TARGET_FLOWS_PER_S = {"pg-redis": 300.0}
+TARGET_WAIT_WALL_S = 5.0
+TARGET_VS_CELERY = 5.0
+TARGET_VS_PREFECT = 10.0
+
+
+def engine_revision() -> str:
+    """The commit the engine code comes from, and whether flows/ or tasks/ differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BASE_DIR, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "flows", "tasks"],
+            cwd=BASE_DIR,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head or 'unknown'}{' + uncommitted changes in flows/ or tasks/' if dirty else ''}"
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# -------------------------------------------------------------------------------------------
+# The helper process: one backend, Django set up on its environment
+# -------------------------------------------------------------------------------------------
+def sample_flow_noop() -> dict[str, Any]:
+    document = json.loads((BASE_DIR / "examples" / "sample_flow.json").read_text())["flow"]
+    document["id"] = "bench_sample_noop"
+    document["name"] = "Benchmark: the 3-task sample flow, noop tasks"
+    for task in document["tasks"]:
+        task["task_type"] = "noop"
+    return document
+
+
+WAIT_FLOW = {
+    "id": "bench_wait_1s",
+    "name": "Benchmark: one task waiting 1 s",
+    "tasks": [{"name": "wait", "task_type": "wait", "parameters": {"seconds": 1}}],
+}
+
+
+def _percentile(values: list[float], q: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _start_many(version_obj: Any, count: int) -> list[Any]:
+    """Create ``count`` executions (CREATED, not timed), then start them one after another."""
+    from flows import services
+
+    ids = [services.execution_create(flow_version=version_obj).id for _ in range(count)]
+    for execution_id in ids:
+        services.execution_start(execution_id=execution_id)
+    return ids
+
+
+def _ended(flow_id: str) -> int:
+    from flows.models import TERMINAL_STATUSES, Execution
+
+    return Execution.objects.filter(flow_id=flow_id, status__in=TERMINAL_STATUSES).count()
+
+
+def measure_throughput(version_obj: Any, count: int, timeout: float) -> dict[str, Any]:
+    from flows.models import Execution
+
+    flow_id = version_obj.flow_id
+    _start_many(version_obj, count)
+    deadline = time.monotonic() + timeout
+    while _ended(flow_id) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = list(
+        Execution.objects.filter(flow_id=flow_id).values_list("status", "queued_at", "ended_at")
+    )
+    statuses: dict[str, int] = {}
+    for status, _, _ in rows:
+        statuses[status] = statuses.get(status, 0) + 1
+    done = [(q, e) for s, q, e in rows if s == "COMPLETED"]
+    first_queued = min(q for _, q, _ in rows)
+    last_queued = max(q for _, q, _ in rows)
+    latencies = sorted((e - q).total_seconds() for q, e in done)
+    wall = (max(e for _, e in done) - first_queued).total_seconds() if done else None
+    start_span = (last_queued - first_queued).total_seconds()
+    return {
+        "executions": count,
+        "statuses": statuses,
+        "completed": len(done),
+        "wall_s": wall,
+        "flows_per_s": len(done) / wall if wall else None,
+        "start_span_s": start_span,
+        "starts_per_s": (count - 1) / start_span if start_span > 0 else None,
+        "latency_p50_s": _percentile(latencies, 50) if latencies else None,
+        "latency_p95_s": _percentile(latencies, 95) if latencies else None,
+        "latency_max_s": latencies[-1] if latencies else None,
+    }
+
+
+def measure_waits(version_obj: Any, count: int, deadline_s: float) -> dict[str, Any]:
+    from django.utils import timezone
+
+    from flows.models import Execution
+
+    flow_id = version_obj.flow_id
+    _start_many(version_obj, count)
+    executions = Execution.objects.filter(flow_id=flow_id)
+    first_queued = min(executions.values_list("queued_at", flat=True))
+    cutoff = first_queued + timedelta(seconds=deadline_s)
+    while _ended(flow_id) < count and timezone.now() < cutoff:
+        time.sleep(0.2)
+    last_queued = max(executions.values_list("queued_at", flat=True))
+    done = executions.filter(status="COMPLETED", ended_at__lte=cutoff)
+    done_count = done.count()
+    all_done = done_count == count
+    start_span = (last_queued - first_queued).total_seconds()
+    last_end = max(done.values_list("ended_at", flat=True), default=None)
+    return {
+        "executions": count,
+        "wait_seconds": 1.0,
+        "deadline_s": deadline_s,
+        "start_span_s": start_span,
+        "done_by_deadline": done_count,
+        "all_done": all_done,
+        "wall_s": (last_end - first_queued).total_seconds() if all_done else None,
+        # At the rate seen until the deadline, all of them would have taken this long.
+        "estimated_wall_s": None if all_done or not done_count else count * deadline_s / done_count,
+        "starts_per_s": (count - 1) / start_span if start_span > 0 else None,
+    }
+
+
+def child(out_path: Path, counts: dict[str, Any]) -> int:
+    """Run inside the backend's environment (set by the parent); write the figures as JSON."""
+    sys.path.insert(0, str(BASE_DIR))
+    os.chdir(BASE_DIR)
+    import django
+
+    django.setup()
+    import engine_overhead as eo
+    from django.conf import settings
+
+    from flows import services
+
+    home = out_path.parent
+    env = dict(os.environ)
+    result: dict[str, Any] = {
+        "settings": {
+            name: getattr(settings, name, None)
+            for name in (
+                "Q_WORKERS",
+                "FLOW_WORKER_CONCURRENCY",
+                "FLOW_STEP_BUDGET_SECONDS",
+                "FLOW_STEP_BUDGET_STEPS",
+                "LOG_LEVEL",
+            )
+        }
+    }
+    chain = services.flow_create(document=eo.noop_chain(counts["steps"]))
+    sample = services.flow_create(document=sample_flow_noop())
+    waits = services.flow_create(document=WAIT_FLOW)
+
+    qlog = home / "qcluster.log"
+    cluster = start([sys.executable, "manage.py", "qcluster"], env, qlog)
+    try:
+        wait_for_cluster(cluster, qlog)
+        runs = []
+        for i in range(1 + counts["overhead_runs"]):  # the first is a warm-up
+            execution_id = eo.start_execution(chain)
+            status = eo.wait_until_ended(execution_id, 120)
+            if status != "COMPLETED":
+                sys.exit(f"execution {execution_id} ended {status}; see {qlog}")
+            if i:
+                runs.append(eo.measure(execution_id))
+        result["overhead"] = {"summary": eo.summarize(runs), "runs": runs}
+        log(f"  overhead: {result['overhead']['summary']['overhead_ms_per_step']}")
+
+        result["throughput"] = measure_throughput(sample, counts["executions"], timeout=300)
+        log(f"  throughput: {result['throughput']}")
+
+        result["waits"] = measure_waits(waits, counts["waits"], counts["wait_deadline"])
+        log(f"  waits: {result['waits']}")
+    finally:
+        stop(cluster)
+    out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------
+# The parent: backends one after another, then the peers
+# -------------------------------------------------------------------------------------------
+def run_backend(name: str, counts: dict[str, Any], redis_db: int | None) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix=f"flow-suite-{name}-"))
+    try:
+        stack = sqlite_backend(home) if name == "sqlite" else pg_redis_backend(redis_db)
+        with stack as backend:
+            env = {
+                **os.environ,
+                **backend.env,
+                "SECRET_KEY": secrets.token_urlsafe(40),
+                "DEBUG": "0",
+                "DJANGO_SETTINGS_MODULE": "flowmanager.settings",
+                "Q_WORKERS": str(WORKERS),
+                "Q_CLUSTER_NAME": f"bench-suite-{os.getpid()}",
+                "LOG_LEVEL": LOG_LEVEL,
+                "FLOW_DEMO_DELAY_SECONDS": "0",
+            }
+            env.pop("Q_SYNC", None)
+            if "REDIS_URL" not in backend.env:
+                env.pop("REDIS_URL", None)
+            log(f"{backend.label}: migrate ({backend.details})")
+            manage(env, "migrate", "--noinput", "--verbosity", "0")
+            out = home / "figures.json"
+            log(f"{backend.label}: qcluster with {WORKERS} workers, measuring")
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", str(out), "--counts", json.dumps(counts)],
+                cwd=BASE_DIR,
+                env=env,
+                timeout=1200,
+            )
+            if done.returncode != 0:
+                qlog = home / "qcluster.log"
+                tail = qlog.read_text()[-3000:] if qlog.exists() else ""
+                sys.exit(f"the {name} run failed (rc {done.returncode})\n{tail}")
+            figures = json.loads(out.read_text())
+            return {"label": backend.label, "details": backend.details, **figures}
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_peer(engine: str, script: str, args: list[str], timeout: float) -> dict[str, Any]:
+    """Run a peer script (its own output to a log file) and load the result JSON it wrote."""
+    PEER_RESULTS.mkdir(parents=True, exist_ok=True)
+    before = set(PEER_RESULTS.glob(f"{engine}-*.json"))
+    peer_log = PEER_RESULTS.parent / f"suite-{engine}.log"
+    log(f"peer {engine}: bash {PEERS_DIR / script} {' '.join(args)} (log: {peer_log})")
+    started = time.monotonic()
+    with peer_log.open("wb") as out:
+        done = subprocess.run(
+            ["bash", str(PEERS_DIR / script), *args],
+            cwd=BASE_DIR,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        )
+    if done.returncode != 0:
+        sys.exit(f"peer {engine} failed (rc {done.returncode}):\n{peer_log.read_text()[-3000:]}")
+    new = sorted(set(PEER_RESULTS.glob(f"{engine}-*.json")) - before)
+    if not new:
+        sys.exit(f"peer {engine} wrote no new result under {PEER_RESULTS}")
+    path = new[-1]
+    log(f"peer {engine}: {time.monotonic() - started:.0f} s, {path}")
+    return {
+        "file": str(path),
+        "seconds": time.monotonic() - started,
+        **json.loads(path.read_text()),
+    }
+
+
+# -------------------------------------------------------------------------------------------
+# The table
+# -------------------------------------------------------------------------------------------
+def _ms(seconds: float | None) -> str:
+    """A duration: in ms below a second, in s from there."""
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:,.1f} ms" if seconds < 1 else _s(seconds)
+
+
+def _s(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:,.2f} s" if seconds < 100 else f"{seconds:,.0f} s"
+
+
+def _verdict(ok: bool) -> str:
+    return "meets" if ok else "**misses**"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:,.1f}x" if x >= 1 else f"{x:,.2f}x"
+
+
+def build_rows(
+    backends: dict[str, Any], peers: dict[str, Any], counts: dict[str, Any]
+) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+
+    def add(stack: str, figure: str, value: str, target: str = "-", verdict: str = "-") -> None:
+        rows.append(
+            {"stack": stack, "figure": figure, "value": value, "target": target, "verdict": verdict}
+        )
+
+    n_over, steps = counts["overhead_runs"], counts["steps"]
+    # The issue's targets are for 1,000 executions; at --quick counts say so beside the verdict.
+    quick = " at quick counts" if counts["executions"] < FULL["executions"] else ""
+    n_exec, n_wait, deadline = counts["executions"], counts["waits"], counts["wait_deadline"]
+    for name, fig in backends.items():
+        stack = fig["label"]
+        over = fig["overhead"]["summary"]
+        median_ms = over["overhead_ms_per_step"]["median"]
+        target_ms = TARGET_OVERHEAD_MS[name]
+        add(
+            stack,
+            f"engine overhead per step, {steps}-step noop flow (median of {n_over}; "
+            f"min {over['overhead_ms_per_step']['min']:.3f})",
+            f"{median_ms:.3f} ms",
+            f"≤ {target_ms:g} ms",
+            _verdict(median_ms <= target_ms),
+        )
+        thr = fig["throughput"]
+        rate = thr["flows_per_s"]
+        target_rate = TARGET_FLOWS_PER_S.get(name)
+        bad = thr["executions"] - thr["completed"]
+        add(
+            stack,
+            f"{n_exec:,} x 3-task noop sample flow: throughput"
+            + (f" ({bad} not COMPLETED)" if bad else "")
+            + (f"; starts alone {thr['starts_per_s']:,.0f}/s" if thr["starts_per_s"] else ""),
+            "-" if rate is None else f"{rate:,.0f} flows/s",
+            f"≥ {target_rate:g} flows/s" if target_rate else "-",
+            _verdict(rate is not None and rate >= target_rate) + quick if target_rate else "-",
+        )
+        add(
+            stack,
+            f"{n_exec:,} x 3-task noop sample flow: execute → COMPLETED p50 / p95",
+            f"{_ms(thr['latency_p50_s'])} / {_ms(thr['latency_p95_s'])}",
+        )
+        w = fig["waits"]
+        if w["all_done"]:
+            value = _s(w["wall_s"])
+            ok = w["wall_s"] < TARGET_WAIT_WALL_S
+        else:
+            est = w["estimated_wall_s"]
+            value = (
+                f"> {deadline:g} s ({w['done_by_deadline']:,} of {n_wait:,} done by then; "
+                f"≈ {_s(est)} at that rate)"
+            )
+            ok = False
+        concurrency = fig.get("settings", {}).get("FLOW_WORKER_CONCURRENCY")
+        add(
+            stack,
+            f"{n_wait:,} concurrent executions, one task awaiting 1 s: wall ("
+            + "; ".join(
+                part
+                for part in (
+                    f"FLOW_WORKER_CONCURRENCY={concurrency}" if concurrency else "",
+                    f"starts alone {w['starts_per_s']:,.0f}/s" if w.get("starts_per_s") else "",
+                )
+                if part
+            )
+            + ")",
+            value,
+            f"< {TARGET_WAIT_WALL_S:g} s",
+            _verdict(ok) + quick,
+        )
+
+    celery, prefect = peers.get("celery"), peers.get("prefect")
+    if celery:
+        cs = celery["chain_per_step_s"]["median"]
+        ct = celery["independent_throughput_per_s"]["median"]
+        stack = f"Celery {celery['versions'].get('celery', '')} + Redis (prefork, concurrency 2)"
+        add(
+            stack,
+            f"chain of 100 no-op tasks: per step (median of {celery['chain_per_step_s']['n']})",
+            _ms(cs),
+        )
+        add(stack, "1,000 independent no-op tasks: throughput", f"{ct:,.0f} tasks/s")
+    if prefect:
+        pt = prefect["per_task_inner_s"]["median"]
+        pw = prefect.get("concurrent50_async_wall_s", {}).get("median")
+        pf = prefect.get("concurrent50_async_failed_runs", {}).get("median")
+        stack = f"Prefect {prefect['versions'].get('prefect', '')}, ephemeral (SQLite)"
+        add(
+            stack,
+            f"100-task flow: per task, inside the flow "
+            f"(median of {prefect['per_task_inner_s']['n']})",
+            _ms(pt),
+        )
+        if pw is not None:
+            add(
+                stack,
+                "50 concurrent 3-task flows (asyncio.gather): wall",
+                f"{_s(pw)} ({pf:g} failed)",
+            )
+
+    for fig in backends.values():
+        stack = f"ratio, {fig['label']}"
+        ours_ms = fig["overhead"]["summary"]["overhead_ms_per_step"]["median"]
+        if celery:
+            ratio = cs * 1000 / ours_ms
+            add(
+                stack,
+                "per-step speed vs Celery: Celery chain per step / our overhead per step",
+                _ratio(ratio),
+                f"≥ {TARGET_VS_CELERY:g}x",
+                _verdict(ratio >= TARGET_VS_CELERY),
+            )
+            rate = fig["throughput"]["flows_per_s"]
+            if rate:
+                add(
+                    stack,
+                    f"throughput vs Celery: our {n_exec:,} 3-task flows/s / "
+                    "Celery's 1,000 single tasks/s",
+                    _ratio(rate / ct),
+                )
+        if prefect:
+            ratio = pt * 1000 / ours_ms
+            add(
+                stack,
+                "per-step speed vs Prefect: Prefect per task / our overhead per step",
+                _ratio(ratio),
+                f"≥ {TARGET_VS_PREFECT:g}x",
+                _verdict(ratio >= TARGET_VS_PREFECT),
+            )
+            w = fig["waits"]
+            ours = w["wall_s"] if w["all_done"] else w["estimated_wall_s"]
+            if pw is not None and ours:
+                approx = "" if w["all_done"] else "≈ "
+                add(
+                    stack,
+                    f"concurrency vs Prefect: Prefect's 50 x 3-task wall / our {n_wait:,} x 1 s "
+                    "wall (different shapes)",
+                    approx + _ratio(pw / ours),
+                )
+    return rows
+
+
+def render(rows: list[dict[str, str]]) -> str:
+    lines = [
+        f"| stack (Q_WORKERS={WORKERS}, LOG_LEVEL={LOG_LEVEL}) "
+        "| figure | measured | target | verdict |",
+        "|---|---|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['stack']} | {r['figure']} | {r['value']} | {r['target']} | {r['verdict']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"smaller counts: {QUICK}")
+    parser.add_argument("--skip-peers", action="store_true", help="no Celery / Prefect runs")
+    parser.add_argument("--backends", default="sqlite,pg-redis", help="comma-separated")
+    parser.add_argument("--redis-db", type=int, help="Redis db number to use and flush "
+                        "(default: the highest empty one)")  # fmt: skip
+    parser.add_argument("--wait-deadline", type=float, help="seconds (default 30, quick 10)")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--counts", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args.child, json.loads(args.counts))
+
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = set(names) - set(BACKENDS)
+    if unknown or not names:
+        parser.error(f"--backends: choose from {', '.join(BACKENDS)}")
+    counts = dict(QUICK if args.quick else FULL)
+    if args.wait_deadline:
+        counts["wait_deadline"] = args.wait_deadline
+    started, stamp = time.monotonic(), utc_stamp()
+    revision = engine_revision()
+    load_before = os.getloadavg()
+
+    backends = {}
+    for name in names:
+        backends[name] = run_backend(name, counts, args.redis_db)
+    peers: dict[str, Any] = {}
+    if not args.skip_peers:
+        peers["celery"] = run_peer("celery", "run_celery.sh", [], timeout=900)
+        peers["prefect"] = run_peer("prefect", "run_prefect.sh", PREFECT_ARGS, timeout=1500)
+
+    if engine_revision() != revision:
+        log(f"WARNING: the engine changed during the run ({revision} -> {engine_revision()})")
+        revision = f"{revision}, changed to {engine_revision()} during the run"
+    rows = build_rows(backends, peers, counts)
+    table = render(rows)
+    seconds = time.monotonic() - started
+    info = machine()
+    load_after = os.getloadavg()
+    print(table)
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"bench-{stamp}.json"
+    document = {
+        "benchmark": "suite",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "seconds": seconds,
+        "engine_revision": revision,
+        "machine": info,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "config": {
+            **counts,
+            "quick": args.quick,
+            "workers": WORKERS,
+            "log_level": LOG_LEVEL,
+            "backends": names,
+            "peers": sorted(peers),
+        },
+        "backends": backends,
+        "peers": {
+            k: {kk: vv for kk, vv in v.items() if kk not in ("samples",)} for k, v in peers.items()
+        },
+        "table": rows,
+    }
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    complete = not args.quick and set(names) == set(BACKENDS) and not args.skip_peers
+    if complete:
+        notes = {"waits_missed": any(not b["waits"]["all_done"] for b in backends.values())}
+        BENCHMARKS_MD.write_text(
+            markdown(table, info, stamp, seconds, (load_before, load_after), revision, notes)
+        )
+        log(f"wrote {BENCHMARKS_MD.relative_to(BASE_DIR)}")
+    else:
+        log("partial run (--quick, --skip-peers or a subset of backends): BENCHMARKS.md unchanged")
+    log(f"wrote {path.relative_to(BASE_DIR)} in {seconds / 60:.1f} min")
+    return 0
+
+
+def markdown(
+    table: str,
+    info: dict[str, Any],
+    stamp: str,
+    seconds: float,
+    load: Any,
+    revision: str,
+    notes: dict[str, bool],
+) -> str:
+    before, after = load
+    waits = (
+        " Where the 1 s waits end after the deadline, the figure says how many had ended by then "
+        "and what that rate extrapolates to."
+        if notes["waits_missed"]
+        else ""
+    )
+    return f"""# Benchmarks
+
+Generated by `make bench` (`bench/suite.py`); do not edit by hand. Rerun with `make bench`
+(about {seconds / 60:.0f} minutes here, peers included; the Celery and Prefect venvs are built
+under `/tmp/peerbench` the first time, which adds a few minutes). `make bench
+BENCH_ARGS=--quick` runs smaller counts without touching this file. What each figure means:
+[`bench/README.md`](bench/README.md); raw figures: `bench/results/bench-{stamp}.json`.
+
+Run {stamp}, engine at commit {revision}:
+{info["nproc"]} CPUs, Python {info["python"]}, Django {info["django"]},
+django-q2 {info["django_q2"]}, SQLite {info["sqlite"]}; load average
+{before[0]:.2f} before, {after[0]:.2f} after (a shared machine: compare ratios, not absolutes).
+
+{table}
+
+Reading it: "engine overhead per step" leaves out the task's own time (the no-op coroutine and
+its hand-off to the task thread); the peers' per-step figures include their trivial task body.
+"starts alone" is how fast the one helper process started the executions: where it is close to
+the throughput, the client bounds the figure (the 1 s waits' wall includes starting them,
+too).{waits}
+Prefect's concurrent run is a different shape (50 three-task flows), so that ratio is only a
+rough comparison.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
