@@ -1,8 +1,11 @@
-"""Run the real thing for end-to-end tests: a migrated SQLite file, gunicorn and a qcluster.
+"""Run the real thing for end-to-end tests: a migrated database, gunicorn and a qcluster.
 
-Shared by the worker tests (``test_worker_e2e.py``) and the browser test
-(``test_web_e2e.py``). Processes get a session of their own and are stopped with SIGTERM to
-their main pid only (DJANGO-Q2.md, "Shutdown"), then SIGKILL for what is left.
+Shared by the worker tests (``test_worker_e2e.py``), the browser test (``test_web_e2e.py``)
+and the fault tests (``test_worker_faults.py``). ``live_backend`` gives a stack the CI pass's
+backend: a fresh PostgreSQL database when the suite's ``DATABASE_URL`` is PostgreSQL (else a
+SQLite file), and the suite's Redis with a queue name of its own when ``REDIS_URL`` is set.
+Processes get a session of their own and are stopped with SIGTERM to their main pid only
+(DJANGO-Q2.md, "Shutdown"), then SIGKILL for what is left.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -84,7 +92,7 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-def gunicorn_args(port: int) -> list[str]:
+def gunicorn_args(port: int, *, workers: int = 1, threads: int = 4) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -93,9 +101,9 @@ def gunicorn_args(port: int) -> list[str]:
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        "1",
+        str(workers),
         "--threads",
-        "4",
+        str(threads),
         "--no-control-socket",
     ]
 
@@ -133,3 +141,133 @@ def running_stack(
     finally:
         for proc, grace in reversed(procs):
             stop(proc, grace=grace)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CI pass's backend, for a live stack of its own
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Backend:
+    """Where one live stack keeps its state: a database of its own and, in the Redis pass, a
+    queue name of its own on the suite's Redis.
+
+    ``env`` holds the variables to lay over ``os.environ`` for every process of the stack.
+    ``query`` reads the database from the test process with ``%s`` placeholders whatever the
+    engine; ``key`` turns an execution id into the form its engine stores.
+    """
+
+    kind: str  # "sqlite" or "postgresql"
+    database_url: str
+    redis_url: str
+    cluster_name: str
+    sqlite_path: Path | None = None
+
+    @property
+    def postgresql(self) -> bool:
+        return self.kind == "postgresql"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"DATABASE_URL": self.database_url, "Q_CLUSTER_NAME": self.cluster_name}
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        """``os.environ`` with this stack's backend, real workers and ``extra`` on top."""
+        env = {**os.environ, **self.env, **extra}
+        env.pop("Q_SYNC", None)
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        else:
+            env.pop("REDIS_URL", None)
+        return env
+
+    def key(self, execution_id: str) -> str:
+        return str(uuid.UUID(execution_id)) if self.postgresql else uuid.UUID(execution_id).hex
+
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        if self.postgresql:
+            import psycopg
+
+            with psycopg.connect(self.database_url, connect_timeout=10) as con:
+                return con.execute(sql, params).fetchall()
+        con = sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True, timeout=20)
+        try:
+            return con.execute(sql.replace("%s", "?"), params).fetchall()
+        finally:
+            con.close()
+
+    # -- Redis: only this stack's keys --------------------------------------------------------
+    def flush_redis(self) -> int:
+        """Delete every key of this stack at once (what FLUSHDB would take from it).
+
+        Returns how many queued messages went with them.
+        """
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"django_q:{self.cluster_name}:*"))
+            if not keys:
+                return 0
+            with client.pipeline(transaction=True) as pipe:
+                pipe.llen(f"django_q:{self.cluster_name}:q")
+                pipe.delete(*keys)
+                queued, _ = pipe.execute()
+            return int(queued)
+        finally:
+            client.close()
+
+
+def _suite_database_url() -> str:
+    return os.environ.get("DATABASE_URL", "").strip()
+
+
+def suite_uses_postgresql() -> bool:
+    """True in the CI passes that run with a PostgreSQL ``DATABASE_URL``."""
+    url = _suite_database_url()
+    return bool(url) and urlsplit(url).scheme in {"postgres", "postgresql", "pgsql", "postgis"}
+
+
+def suite_uses_redis() -> bool:
+    """True in the CI pass that runs with ``REDIS_URL`` (the Redis broker and cache)."""
+    return bool(os.environ.get("REDIS_URL", "").strip())
+
+
+@contextlib.contextmanager
+def live_backend(home: Path, label: str) -> Iterator[Backend]:
+    """A fresh, migrated database on the suite's backend, and a queue name of its own.
+
+    PostgreSQL in the suite's ``DATABASE_URL``: a database ``flowmanager_live_<random>`` on
+    that server, dropped ``WITH (FORCE)`` afterwards. Otherwise a SQLite file under ``home``.
+    ``REDIS_URL`` set: passed through, with a cluster name of our own (django-q2's Redis keys
+    all carry it), whose keys are deleted afterwards. Stop the stack's processes first.
+    """
+    suffix = uuid.uuid4().hex[:10]
+    redis_url = os.environ.get("REDIS_URL", "").strip()
+    cluster_name = f"live-{label}-{suffix}"
+    if suite_uses_postgresql():
+        import psycopg
+
+        server = _suite_database_url()
+        name = f"flowmanager_live_{suffix}"
+        with psycopg.connect(server, dbname="postgres", autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        parts = urlsplit(server)
+        backend = Backend("postgresql", urlunsplit(parts._replace(path=f"/{name}")), redis_url,
+                          cluster_name)  # fmt: skip
+    else:
+        name = ""
+        path = home / "db.sqlite3"
+        backend = Backend("sqlite", f"sqlite:///{path}", redis_url, cluster_name, path)
+    try:
+        manage(backend.process_env(SECRET_KEY="insecure-live-key"), "migrate", "--noinput",
+               "--verbosity", "0")  # fmt: skip
+        yield backend
+    finally:
+        if redis_url:
+            with contextlib.suppress(Exception):
+                backend.flush_redis()
+        if name:
+            import psycopg
+
+            with psycopg.connect(server, dbname="postgres", autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
