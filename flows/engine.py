@@ -37,7 +37,7 @@ from typing import Any
 
 import jsonschema
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -915,14 +915,14 @@ class Dispatcher:
         self.slots: dict[uuid.UUID, _Slot] = {}
         self.steps = 0
         self.budget_end = time.monotonic() + settings.FLOW_STEP_BUDGET_SECONDS
+        self.renew_every = settings.FLOW_LEASE_SECONDS / 3
+        self.next_renew = time.perf_counter() + self.renew_every
 
     def run(self, execution_id: uuid.UUID) -> int:
         try:
             self._adopt(execution_id)
             self._fill()
-            lease_every = settings.FLOW_LEASE_SECONDS / 3
             next_watch = time.perf_counter() + WATCH_INTERVAL_SECONDS
-            next_renew = time.perf_counter() + lease_every
             while self.slots:
                 flights = {slot.flight.future: slot for slot in self.slots.values() if slot.flight}
                 wait = max(0.0, next_watch - time.perf_counter())
@@ -934,12 +934,14 @@ class Dispatcher:
                     slot = flights[future]
                     assert slot.flight is not None
                     freed |= self._advance(slot, slot.runner._finish(slot.flight, slot.definition))
-                now = time.perf_counter()
-                if now >= next_watch:
-                    renew = now >= next_renew
-                    if renew:
-                        next_renew = now + lease_every
-                    freed |= self._watch(renew_leases=renew)
+                if time.perf_counter() >= next_watch:
+                    try:
+                        freed |= self._watch()
+                    except DatabaseError as exc:
+                        # A database hiccup (a restart, a failover): look again at the next
+                        # tick. Leases last FLOW_LEASE_SECONDS, so a short outage costs no step.
+                        logger.warning("worker %s: watch failed, will retry: %s", self.me, exc)
+                        connection.close()
                     next_watch = time.perf_counter() + WATCH_INTERVAL_SECONDS
                 if freed:
                     self._fill()
@@ -971,6 +973,9 @@ class Dispatcher:
         )
         for execution_id in ready:
             self._adopt(execution_id)
+            if time.perf_counter() >= self.next_renew:
+                # Claiming many can take a while: keep the steps already running ours.
+                self._renew_leases()
 
     def _adopt(self, execution_id: uuid.UUID) -> None:
         runner = Runner(execution_id, self.registry)
@@ -1020,7 +1025,8 @@ class Dispatcher:
             if outcome.stop:
                 break
             self.steps += 1
-            next_step = slot.runner._record(
+            record = functools.partial(
+                slot.runner._record,
                 slot.execution,
                 slot.definition,
                 slot.step,
@@ -1028,6 +1034,14 @@ class Dispatcher:
                 slot.results,
                 continue_here=self._has_budget(),
             )
+            try:
+                next_step = record()
+            except DatabaseError as exc:
+                # Reconnect and try once more (the database restarted, say). Had the first
+                # try committed, the step is no longer ours and this records nothing.
+                logger.warning("execution=%s record failed, retrying: %s", slot.execution.id, exc)
+                connection.close()
+                next_step = record()
             if next_step is None:
                 break
             slot.step = next_step
@@ -1041,9 +1055,26 @@ class Dispatcher:
         return True
 
     # -- once a second --------------------------------------------------------------------
-    def _watch(self, *, renew_leases: bool) -> bool:
-        """Stop what was cancelled, deleted or taken away; renew leases; handle a blocked
-        loop. True when a slot was freed."""
+    def _renew_leases(self) -> set[int] | None:
+        """Extend the leases of every running step; the ids still ours (None: all are)."""
+        self.next_renew = time.perf_counter() + self.renew_every
+        ids = [slot.step.pk for slot in self.slots.values() if slot.flight is not None]
+        if not ids:
+            return None
+        renewed = TaskRun.objects.filter(
+            pk__in=ids, status=TaskRunStatus.RUNNING, worker=self.me
+        ).update(lease_expires_at=timezone.now() + self.lease)
+        if renewed == len(ids):
+            return None
+        return set(
+            TaskRun.objects.filter(
+                pk__in=ids, status=TaskRunStatus.RUNNING, worker=self.me
+            ).values_list("pk", flat=True)
+        )
+
+    def _watch(self) -> bool:
+        """Stop what was cancelled, deleted or taken away; renew leases when due; handle a
+        blocked loop. True when a slot was freed."""
         flying = {eid: slot for eid, slot in self.slots.items() if slot.flight is not None}
         if not flying:
             return False
@@ -1051,21 +1082,7 @@ class Dispatcher:
         cancel = dict(
             Execution.objects.filter(pk__in=list(flying)).values_list("pk", "cancel_requested")
         )
-        kept: set[int] = set()
-        if renew_leases:
-            ids = [slot.step.pk for slot in flying.values()]
-            now = timezone.now()
-            renewed = TaskRun.objects.filter(
-                pk__in=ids, status=TaskRunStatus.RUNNING, worker=self.me
-            ).update(lease_expires_at=now + self.lease)
-            if renewed != len(ids):
-                kept = set(
-                    TaskRun.objects.filter(
-                        pk__in=ids, status=TaskRunStatus.RUNNING, worker=self.me
-                    ).values_list("pk", flat=True)
-                )
-            else:
-                kept = set(ids)
+        kept = self._renew_leases() if time.perf_counter() >= self.next_renew else None
         for eid, slot in flying.items():
             flight = slot.flight
             assert flight is not None
@@ -1076,7 +1093,7 @@ class Dispatcher:
                 verdict = "deleted"
             elif cancel[eid]:
                 verdict = "cancel"
-            elif renew_leases and slot.step.pk not in kept:
+            elif kept is not None and slot.step.pk not in kept:
                 verdict = "lost"
             if verdict is not None:
                 freed |= self._advance(slot, slot.runner._stop(flight, verdict))

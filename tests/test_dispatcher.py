@@ -170,3 +170,49 @@ def test_a_long_linear_flow_runs_to_the_end_in_one_job(registry):
 
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.COMPLETED
+
+
+def test_a_database_hiccup_while_watching_is_retried_at_the_next_tick(registry, monkeypatch):
+    from django.db import OperationalError
+
+    monkeypatch.setattr(engine, "WATCH_INTERVAL_SECONDS", 0.05)
+    execution = start(registry, flow_doc([task("wait", "pause", seconds=0.3)], flow_id="w"))
+    real_watch = engine.Dispatcher._watch
+    calls = []
+
+    def flaky_watch(self, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_watch(self, **kwargs)
+
+    monkeypatch.setattr(engine.Dispatcher, "_watch", flaky_watch)
+
+    engine.Dispatcher(registry).run(execution.id)
+
+    execution.refresh_from_db()
+    assert len(calls) > 1
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert ran(execution) == [("wait", "SUCCESS")]
+
+
+def test_recording_a_step_is_tried_once_more_after_a_database_error(registry, monkeypatch):
+    from django.db import OperationalError
+
+    execution = start(registry, flow_doc([task("a", "noop"), task("b", "noop")], flow_id="r"))
+    real_record = engine.Runner._record
+    failures = []
+
+    def record_failing_once(self, *args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise OperationalError("connection reset")
+        return real_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Runner, "_record", record_failing_once)
+
+    engine.Dispatcher(registry).run(execution.id)
+
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert ran(execution) == [("a", "SUCCESS"), ("b", "SUCCESS")]
