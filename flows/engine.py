@@ -875,6 +875,16 @@ class Runner:
 # ---------------------------------------------------------------------------------------------
 # Many executions in one worker
 # ---------------------------------------------------------------------------------------------
+def _reconnect() -> None:
+    """After a database error: drop the connection so the next query opens a fresh one.
+
+    Never inside a transaction (an outer atomic block, as in tests), which closing would
+    break; there the next statement shows whether the connection still works.
+    """
+    if not connection.in_atomic_block:
+        connection.close()
+
+
 @dataclass(eq=False)
 class _Slot:
     """One execution the dispatcher is running: its runner, state and step in flight."""
@@ -941,7 +951,7 @@ class Dispatcher:
                         # A database hiccup (a restart, a failover): look again at the next
                         # tick. Leases last FLOW_LEASE_SECONDS, so a short outage costs no step.
                         logger.warning("worker %s: watch failed, will retry: %s", self.me, exc)
-                        connection.close()
+                        _reconnect()
                     next_watch = time.perf_counter() + WATCH_INTERVAL_SECONDS
                 if freed:
                     self._fill()
@@ -1040,7 +1050,7 @@ class Dispatcher:
                 # Reconnect and try once more (the database restarted, say). Had the first
                 # try committed, the step is no longer ours and this records nothing.
                 logger.warning("execution=%s record failed, retrying: %s", slot.execution.id, exc)
-                connection.close()
+                _reconnect()
                 next_step = record()
             if next_step is None:
                 break
