@@ -57,22 +57,6 @@ from flows.api.schema import READ, WRITE, error_responses
 from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion
 from flows.registry import default_registry
 
-SAMPLE_DOCUMENT = {
-    "id": "example_flow",
-    "name": "Sample Data Pipeline",
-    "tasks": [
-        {"name": "task1", "task_type": "fetch_data", "parameters": {}},
-        {"name": "task2", "task_type": "process_data", "parameters": {}},
-    ],
-    "conditions": [
-        {
-            "source_task": "task1",
-            "outcome": "success",
-            "target_task_success": "task2",
-            "target_task_failure": "end",
-        }
-    ],
-}
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
     OpenApiTypes.STR,
@@ -185,7 +169,7 @@ class FlowViewSet(
         request={"application/json": FLOW_DOCUMENT_SCHEMA},
         responses={201: FlowWrittenSerializer, **error_responses(*WRITE)},
         examples=[
-            OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True),
+            OpenApiExample("Two tasks", value=ex.DOCUMENT, request_only=True),
             ex.answer("Stored", ex.FLOW_WRITTEN, 201),
         ],
     )
@@ -199,7 +183,7 @@ class FlowViewSet(
         request={"application/json": FLOW_DOCUMENT_SCHEMA},
         responses={200: FlowWrittenSerializer, **error_responses(*WRITE, 404)},
         examples=[
-            OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True),
+            OpenApiExample("Two tasks", value=ex.DOCUMENT, request_only=True),
             ex.answer("Stored", ex.FLOW_WRITTEN),
         ],
     )
@@ -227,7 +211,7 @@ class FlowViewSet(
         request={"application/json": FLOW_DOCUMENT_SCHEMA},
         responses={200: ValidationReportSerializer, **error_responses(*WRITE)},
         examples=[
-            OpenApiExample("Two tasks", value=SAMPLE_DOCUMENT, request_only=True),
+            OpenApiExample("Two tasks", value=ex.DOCUMENT, request_only=True),
             OpenApiExample(
                 "Invalid",
                 value={
