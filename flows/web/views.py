@@ -421,33 +421,18 @@ def execution_live(request: HttpRequest, execution_id: uuid.UUID) -> HttpRespons
 def execution_action(request: HttpRequest, execution_id: uuid.UUID, action: str) -> HttpResponse:
     """execute (a CREATED one), cancel, pause, resume, redrive, or rerun (a new execution of
     the same version)."""
-    permission = ACTION_PERMISSIONS.get(action)
-    if permission is None:
+    if action not in EXECUTION_ACTIONS:
         raise Http404(f"unknown action {action}")
+    permission, service, done = EXECUTION_ACTIONS[action]
     if not request.user.has_perm(permission):
         raise PermissionDenied(f"your role may not {action} executions")
     try:
-        if action == "execute":
-            services.execution_start(execution_id=execution_id)
-            messages.success(request, "Execution started.")
-        elif action == "cancel":
-            services.execution_cancel(execution_id=execution_id)
-            messages.success(request, "Cancel requested.")
-        elif action == "pause":
-            services.execution_pause(execution_id=execution_id)
-            messages.success(request, "Pausing: the step in flight finishes, then it waits.")
-        elif action == "resume":
-            services.execution_resume(execution_id=execution_id)
-            messages.success(request, "Resumed.")
-        elif action == "redrive":
-            services.execution_redrive(execution_id=execution_id)
-            messages.success(request, "Redriven from the step that stopped it.")
-        elif action == "rerun":
+        if action == "rerun":  # a new execution: show that one
             new = services.execution_rerun(execution_id=execution_id, user=request.user)
-            messages.success(request, "Started a new execution of the same version.")
+            messages.success(request, done)
             return redirect("execution_detail", execution_id=new.id)
-        else:
-            raise Http404(f"unknown action {action}")
+        service(execution_id=execution_id)
+        messages.success(request, done)
     except services.NotFound as exc:
         raise Http404(exc.message) from None
     except services.ServiceError as exc:
@@ -456,14 +441,20 @@ def execution_action(request: HttpRequest, execution_id: uuid.UUID, action: str)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-# Which permission each execution action needs; the roles (migration 0005) grant them.
-ACTION_PERMISSIONS = {
-    "execute": "flows.start_execution",
-    "rerun": "flows.start_execution",
-    "resume": "flows.start_execution",
-    "redrive": "flows.start_execution",
-    "cancel": "flows.cancel_execution",
-    "pause": "flows.cancel_execution",
+# Each execution action: the permission it needs (granted by the roles, migrations 0005 and
+# 0006), the service it calls and what the page says after it.
+START, CANCEL = "flows.start_execution", "flows.cancel_execution"
+EXECUTION_ACTIONS: dict[str, tuple[str, Any, str]] = {
+    "execute": (START, services.execution_start, "Execution started."),
+    "resume": (START, services.execution_resume, "Resumed."),
+    "redrive": (START, services.execution_redrive, "Redriven from the step that stopped it."),
+    "rerun": (START, services.execution_rerun, "Started a new execution of the same version."),
+    "cancel": (CANCEL, services.execution_cancel, "Cancel requested."),
+    "pause": (
+        CANCEL,
+        services.execution_pause,
+        "Pausing: the step in flight finishes, then it waits.",
+    ),
 }
 
 
