@@ -66,6 +66,12 @@ JOB_FUNC = "flows.jobs.run_execution"
 # that blocks the event loop (time.sleep, CPU loop) cannot be cancelled, only left behind.
 ABANDON_GRACE_SECONDS = 2.0
 WATCH_INTERVAL_SECONDS = 1.0
+# How often a dispatcher with room looks for newly ready executions besides its job's own: one
+# indexed query that claims a batch, so a start waits at most this long for a busy worker.
+FILL_INTERVAL_SECONDS = 0.05
+# At most this many finished steps are written in one transaction (SQLite holds its one write
+# lock that long).
+RECORD_BATCH = 50
 
 
 def worker_id() -> str:
@@ -289,7 +295,7 @@ def _resolve_parameters(
 _definitions: dict[tuple[str, int, Any], FlowDefinition] = {}
 
 
-def _definition_for(execution: Execution, registry: TaskRegistry) -> FlowDefinition:
+def flow_definition(execution: Execution, registry: TaskRegistry) -> FlowDefinition:
     """The execution's parsed flow, parsed once per process per document and plugin set.
 
     Keyed by the document's text rather than the version's id, which a database reset (or a
@@ -331,6 +337,57 @@ def _bump_execution(eid: uuid.UUID, current_task: str) -> tuple[bool, bool, int]
     return None if row is None else (bool(row[0]), bool(row[1]), int(row[2]))
 
 
+def _update_row(model: Any, pk: Any, values: dict[str, Any], **where: Any) -> bool:
+    """``UPDATE`` one row by primary key (and ``where`` equalities); True when it matched.
+
+    The record path's statements, written directly: the ORM's query compiler costs several
+    times the statement itself, once per step. Values go through each field's own
+    ``get_db_prep_save`` (JSON, dates), as the ORM would send them.
+    """
+    meta = model._meta
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    def prep(name: str, value: Any) -> Any:
+        return meta.get_field(name).get_db_prep_save(value, connection)
+
+    assignments = ", ".join(f"{column(name)} = %s" for name in values)
+    conditions = "".join(f" AND {column(name)} = %s" for name in where)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608
+            f"WHERE {quote(meta.pk.column)} = %s{conditions}",
+            [prep(name, value) for name, value in values.items()]
+            + [prep(meta.pk.name, pk)]
+            + [prep(name, value) for name, value in where.items()],
+        )
+        return cursor.rowcount == 1
+
+
+def _results_so_far(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """Successful results by execution, then by task name, most recent last.
+
+    A task that ran again moves to the end, so "the latest result" means the latest in run
+    order. One query for any number of executions.
+    """
+    by_execution: dict[uuid.UUID, dict[str, Any]] = {}
+    for execution_id, name, result in (
+        TaskRun.objects.filter(execution_id__in=execution_ids, status=TaskRunStatus.SUCCESS)
+        .order_by("seq")
+        .values_list("execution_id", "task_name", "result")
+    ):
+        results = by_execution.setdefault(execution_id, {})
+        results.pop(name, None)
+        results[name] = result
+    return by_execution
+
+
+class _TakenOver(Exception):
+    """The step being recorded is no longer this worker's: its transaction must roll back."""
+
+
 @dataclass
 class _Plan:
     """The routing decision for a finished step, before the database has its say."""
@@ -342,6 +399,33 @@ class _Plan:
     attempt: int = 1  # of the next step
     delay: float = 0.0  # seconds the next step waits (a retry's delay)
     noteworthy: bool = False  # worth a line in the execution's log
+
+
+@dataclass
+class _Inserts:
+    """Rows a transaction's writes add, inserted together just before it commits."""
+
+    steps: list[TaskRun] = field(default_factory=list)
+    events: list[ExecutionEvent] = field(default_factory=list)
+
+    def save(self) -> None:
+        # bulk_create sets the new steps' pks on SQLite 3.35+ and PostgreSQL alike.
+        if self.steps:
+            TaskRun.objects.bulk_create(self.steps)
+        if self.events:
+            ExecutionEvent.objects.bulk_create(self.events)
+
+
+@dataclass
+class _Finished:
+    """A finished step with its routing decided, ready to be written."""
+
+    execution: Execution
+    definition: FlowDefinition | None
+    step: TaskRun
+    outcome: StepOutcome
+    plan: _Plan
+    events: list[tuple[str, str]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,8 +485,15 @@ class Runner:
         far. None when the flow no longer validates (the step and execution are then failed).
         """
         execution = Execution.objects.select_related("flow_version").get(pk=self.execution_id)
+        definition = self.definition(execution, step)
+        if definition is None:
+            return None
+        return execution, definition, _results_so_far([self.execution_id]).get(execution.id, {})
+
+    def definition(self, execution: Execution, step: TaskRun) -> FlowDefinition | None:
+        """The execution's parsed flow; None (step and execution failed) when it is invalid."""
         try:
-            definition = _definition_for(execution, self.registry)
+            return flow_definition(execution, self.registry)
         except FlowValidationError as exc:
             self._record(
                 execution,
@@ -413,17 +504,6 @@ class Runner:
                 continue_here=False,
             )
             return None
-        # Results by task name, most recent last: a task that ran again moves to the end, so
-        # "the latest result" means the latest in run order.
-        results: dict[str, Any] = {}
-        for name, result in (
-            TaskRun.objects.filter(execution_id=self.execution_id, status=TaskRunStatus.SUCCESS)
-            .order_by("seq")
-            .values_list("task_name", "result")
-        ):
-            results.pop(name, None)
-            results[name] = result
-        return execution, definition, results
 
     def run(self) -> int:
         """Run until the execution ends, waits, or the budget is spent. Returns steps run."""
@@ -678,128 +758,153 @@ class Runner:
     ) -> TaskRun | None:
         """Store the step's outcome and the routing decision in one transaction.
 
-        Returns the next step when it is claimed by this worker, else None. This runs once per
-        step, so it keeps to three statements on the common path: bump the execution, close
-        the step, open the next one; ending, failures and log lines add their own.
+        Returns the next step when it is claimed by this worker, else None.
         """
-        now = timezone.now()
-        eid = execution.id
+        finished = self._decide(execution, definition, step, outcome, results)
+        try:
+            with transaction.atomic():
+                inserts = _Inserts()
+                next_step = self._write(finished, inserts, continue_here=continue_here)
+                inserts.save()
+                return next_step
+        except _TakenOver:
+            return None
+
+    def _decide(
+        self,
+        execution: Execution,
+        definition: FlowDefinition | None,
+        step: TaskRun,
+        outcome: StepOutcome,
+        results: dict[str, Any],
+    ) -> _Finished:
+        """The routing decision and log lines for a finished step, before any write; run once
+        per step, so writing it again (a batch rolled back, a reconnect) decides nothing twice.
+        """
         events: list[tuple[str, str]] = list(outcome.log_lines)
         plan = self._plan(execution, definition, step, outcome, results)
-        succeeded = outcome.status == TaskRunStatus.SUCCESS
         if outcome.error:
             events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
         logger.log(
-            logging.INFO if succeeded else logging.WARNING,
+            logging.INFO if outcome.status == TaskRunStatus.SUCCESS else logging.WARNING,
             "execution=%s step=%s task=%s attempt=%s ended %s in %.3fs%s",
-            eid, step.seq, step.task_name, step.attempt, outcome.status, outcome.duration,
-            f": {outcome.error}" if outcome.error else "",
+            execution.id, step.seq, step.task_name, step.attempt, outcome.status,
+            outcome.duration, f": {outcome.error}" if outcome.error else "",
         )  # fmt: skip
+        return _Finished(execution, definition, step, outcome, plan, events)
+
+    def _write(
+        self, finished: _Finished, inserts: _Inserts, *, continue_here: bool
+    ) -> TaskRun | None:
+        """Write a decided step inside the caller's transaction: the next step when this
+        worker claimed it (its row is in ``inserts``, which the caller saves before it
+        commits), else None. Raises _TakenOver (roll back!) when the step is no longer this
+        worker's.
+
+        This runs once per step, so it keeps to two statements of its own on the common path:
+        bump the execution and close the step; the next step and the log lines join the
+        transaction's inserts, and an ending adds one.
+        """
+        execution, definition, step = finished.execution, finished.definition, finished.step
+        outcome, plan = finished.outcome, finished.plan
+        events = list(finished.events)
+        succeeded = outcome.status == TaskRunStatus.SUCCESS
+        now = timezone.now()
+        eid = execution.id
         next_step: TaskRun | None = None
-        with transaction.atomic():
-            # 1. The execution row first: cancel, pause and delete lock it too, so none of
-            #    them can slip between closing this step and opening the next.
-            state = _bump_execution(eid, plan.target or "")
-            if state is None:
-                logger.info("execution=%s was deleted while step %s ran", eid, step.seq)
-                return None
-            cancel_requested, pause_requested, steps_taken = state
-            # 2. The decision: the next task, or how the execution ends.
-            final, error, why = plan.final, plan.error, plan.why
-            if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
-                final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
-            elif (
-                not final
-                and _remaining(execution) is not None
-                and (
-                    _remaining(execution) <= plan.delay  # a retry that would be due too late
-                )
-            ):
-                timeout = _flow_timeout(definition)
-                final, error, why = ExecutionStatus.FAILED, timeout.error, timeout.error
-            elif not final and definition is not None and steps_taken >= definition.max_steps:
-                final = ExecutionStatus.FAILED
-                error = why = (
-                    f"step limit of {definition.max_steps} steps (max_steps) reached before "
-                    f"task '{plan.target}' could run"
-                )
-            route = f"{why} -> {f'execution {final}' if final else plan.target}"
-            # 3. Close the step with its decision, if this worker still holds it.
-            fields: dict[str, Any] = {
-                "status": outcome.status,
-                "result": outcome.result,
-                "error": outcome.error,
-                "traceback": outcome.traceback,
-                "ended_at": now,
-                "duration": outcome.duration,
-                "lease_expires_at": None,
-                "route": route[:300],
-            }
-            if outcome.parameters is not None:
-                fields["parameters"] = outcome.parameters
-            closed = TaskRun.objects.filter(
-                pk=step.pk, status=TaskRunStatus.RUNNING, worker=self.me
-            ).update(**fields)
-            if closed != 1:
-                transaction.set_rollback(True)
-                logger.warning(
-                    "execution=%s step=%s was taken over by another worker; result dropped",
-                    eid, step.seq,
-                )  # fmt: skip
-                return None
-            logger.info("execution=%s route: %s", eid, route)
-            # Every decision is on its step; the log keeps those worth reading in sequence:
-            # conditions, retries, pauses, failures and the end.
-            if final:
-                self._end(eid, final, error, steps_taken, now)
-                level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
-                events.append((level.get(final, "ERROR"), route))
-            else:
-                if plan.noteworthy:
-                    events.append(("INFO" if succeeded else "WARNING", route))
-                spec = definition.task(plan.target)  # type: ignore[union-attr]
-                due = now + timedelta(seconds=plan.delay) if plan.delay > 0 else None
-                # 4. Open the next step: claimed by this worker when it can run now, else
-                #    PENDING for a later job (a retry's delay, a pause, the budget).
-                claim_here = continue_here and due is None and not pause_requested
-                next_step = TaskRun(
-                    execution_id=eid,
-                    seq=step.seq + 1,
-                    task_name=spec.name,
-                    task_type=spec.task_type,
-                    parameters=spec.parameters,
-                    attempt=plan.attempt,
-                    status=TaskRunStatus.RUNNING if claim_here else TaskRunStatus.PENDING,
-                    worker=self.me if claim_here else "",
-                    created_at=now,
-                    started_at=now if claim_here else None,
-                    lease_expires_at=now + self.lease if claim_here else None,
-                    woken_at=None if claim_here else (due or now),
-                    not_before=due,
-                )
-                # bulk_create skips save()'s per-object machinery; it sets the pk on
-                # SQLite 3.35+ and PostgreSQL alike.
-                TaskRun.objects.bulk_create([next_step])
-                if pause_requested:
-                    Execution.objects.filter(pk=eid).update(status=ExecutionStatus.PAUSED)
-                    events.append(("WARNING", f"paused before {spec.name}"))
-                    logger.info("execution=%s paused before %s", eid, spec.name)
-                    next_step = None
-                elif not claim_here:
-                    wake(eid, at=due)
-                    next_step = None
-            # 5. What the task logged, failures and decisions, as the execution's log lines.
-            if events:
-                ExecutionEvent.objects.bulk_create(
-                    ExecutionEvent(
-                        execution_id=eid,
-                        task_run_id=step.pk,
-                        created_at=now,
-                        level=lvl,
-                        message=msg,
-                    )
-                    for lvl, msg in events
-                )
+        # 1. The execution row first: cancel, pause and delete lock it too, so none of
+        #    them can slip between closing this step and opening the next.
+        state = _bump_execution(eid, plan.target or "")
+        if state is None:
+            logger.info("execution=%s was deleted while step %s ran", eid, step.seq)
+            return None
+        cancel_requested, pause_requested, steps_taken = state
+        # 2. The decision: the next task, or how the execution ends.
+        final, error, why = plan.final, plan.error, plan.why
+        if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
+            final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
+        elif (
+            not final
+            and _remaining(execution) is not None
+            and (
+                _remaining(execution) <= plan.delay  # a retry that would be due too late
+            )
+        ):
+            timeout = _flow_timeout(definition)
+            final, error, why = ExecutionStatus.FAILED, timeout.error, timeout.error
+        elif not final and definition is not None and steps_taken >= definition.max_steps:
+            final = ExecutionStatus.FAILED
+            error = why = (
+                f"step limit of {definition.max_steps} steps (max_steps) reached before "
+                f"task '{plan.target}' could run"
+            )
+        route = f"{why} -> {f'execution {final}' if final else plan.target}"
+        # 3. Close the step with its decision, if this worker still holds it.
+        fields: dict[str, Any] = {
+            "status": outcome.status,
+            "result": outcome.result,
+            "error": outcome.error,
+            "traceback": outcome.traceback,
+            "ended_at": now,
+            "duration": outcome.duration,
+            "lease_expires_at": None,
+            "route": route[:300],
+        }
+        if outcome.parameters is not None:
+            fields["parameters"] = outcome.parameters
+        closed = _update_row(TaskRun, step.pk, fields, status=TaskRunStatus.RUNNING, worker=self.me)
+        if not closed:
+            logger.warning(
+                "execution=%s step=%s was taken over by another worker; result dropped",
+                eid, step.seq,
+            )  # fmt: skip
+            raise _TakenOver
+        logger.info("execution=%s route: %s", eid, route)
+        # Every decision is on its step; the log keeps those worth reading in sequence:
+        # conditions, retries, pauses, failures and the end.
+        if final:
+            self._end(eid, final, error, steps_taken, now)
+            level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
+            events.append((level.get(final, "ERROR"), route))
+        else:
+            if plan.noteworthy:
+                events.append(("INFO" if succeeded else "WARNING", route))
+            spec = definition.task(plan.target)  # type: ignore[union-attr]
+            due = now + timedelta(seconds=plan.delay) if plan.delay > 0 else None
+            # 4. Open the next step: claimed by this worker when it can run now, else
+            #    PENDING for a later job (a retry's delay, a pause, the budget).
+            claim_here = continue_here and due is None and not pause_requested
+            next_step = TaskRun(
+                execution_id=eid,
+                seq=step.seq + 1,
+                task_name=spec.name,
+                task_type=spec.task_type,
+                parameters=spec.parameters,
+                attempt=plan.attempt,
+                status=TaskRunStatus.RUNNING if claim_here else TaskRunStatus.PENDING,
+                worker=self.me if claim_here else "",
+                created_at=now,
+                started_at=now if claim_here else None,
+                lease_expires_at=now + self.lease if claim_here else None,
+                woken_at=None if claim_here else (due or now),
+                not_before=due,
+            )
+            inserts.steps.append(next_step)
+            if pause_requested:
+                Execution.objects.filter(pk=eid).update(status=ExecutionStatus.PAUSED)
+                events.append(("WARNING", f"paused before {spec.name}"))
+                logger.info("execution=%s paused before %s", eid, spec.name)
+                next_step = None
+            elif not claim_here:
+                wake(eid, at=due)
+                next_step = None
+        # 5. What the task logged, failures and decisions, as the execution's log lines.
+        inserts.events.extend(
+            ExecutionEvent(
+                execution_id=eid, task_run_id=step.pk, created_at=now, level=lvl, message=msg
+            )
+            for lvl, msg in events
+        )
         return next_step
 
     def _plan(
@@ -867,8 +972,16 @@ class Runner:
 
     @staticmethod
     def _end(eid: uuid.UUID, status: str, error: str, steps_taken: int, now: datetime) -> None:
-        Execution.objects.filter(pk=eid).update(
-            status=status, error=error, ended_at=now, current_task="", steps_taken=steps_taken
+        _update_row(
+            Execution,
+            eid,
+            {
+                "status": status,
+                "error": error,
+                "ended_at": now,
+                "current_task": "",
+                "steps_taken": steps_taken,
+            },
         )
 
 
@@ -927,67 +1040,129 @@ class Dispatcher:
         self.budget_end = time.monotonic() + settings.FLOW_STEP_BUDGET_SECONDS
         self.renew_every = settings.FLOW_LEASE_SECONDS / 3
         self.next_renew = time.perf_counter() + self.renew_every
+        self.next_fill = 0.0
+        self.finished: list[tuple[_Slot, _Finished]] = []  # to record at the next _flush
 
     def run(self, execution_id: uuid.UUID) -> int:
         try:
             self._adopt(execution_id)
-            self._fill()
             next_watch = time.perf_counter() + WATCH_INTERVAL_SECONDS
-            while self.slots:
+            while True:
+                if self._has_room() and time.perf_counter() >= self.next_fill:
+                    self._guarded(self._fill, "looking for ready executions")
+                self._flush()
+                if not self.slots:
+                    # Whatever became ready since the last look has a queue message of its own.
+                    break
                 flights = {slot.flight.future: slot for slot in self.slots.values() if slot.flight}
-                wait = max(0.0, next_watch - time.perf_counter())
+                wake_at = min(next_watch, self.next_fill) if self._has_room() else next_watch
                 done, _ = concurrent.futures.wait(
-                    flights, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
+                    flights,
+                    timeout=max(0.0, wake_at - time.perf_counter()),
+                    return_when=concurrent.futures.FIRST_COMPLETED,
                 )
-                freed = False
                 for future in done:
                     slot = flights[future]
                     assert slot.flight is not None
-                    freed |= self._advance(slot, slot.runner._finish(slot.flight, slot.definition))
+                    self._advance(slot, slot.runner._finish(slot.flight, slot.definition))
                 if time.perf_counter() >= next_watch:
-                    try:
-                        freed |= self._watch()
-                    except DatabaseError as exc:
-                        # A database hiccup (a restart, a failover): look again at the next
-                        # tick. Leases last FLOW_LEASE_SECONDS, so a short outage costs no step.
-                        logger.warning("worker %s: watch failed, will retry: %s", self.me, exc)
-                        _reconnect()
+                    self._guarded(self._watch, "watch")
                     next_watch = time.perf_counter() + WATCH_INTERVAL_SECONDS
-                if freed:
-                    self._fill()
+                self._flush()
         finally:
             if self.loop is not None:
                 self.loop.close()
         return self.steps
 
+    def _guarded(self, work: Any, what: str) -> None:
+        try:
+            work()
+        except DatabaseError as exc:
+            # A database hiccup (a restart, a failover): try again at the next tick. Leases
+            # last FLOW_LEASE_SECONDS, so a short outage costs no step.
+            logger.warning("worker %s: %s failed, will retry: %s", self.me, what, exc)
+            _reconnect()
+
     # -- taking work ----------------------------------------------------------------------
     def _has_budget(self) -> bool:
         return self.steps < settings.FLOW_STEP_BUDGET_STEPS and time.monotonic() < self.budget_end
 
+    def _has_room(self) -> bool:
+        return len(self.slots) < self.concurrency and self._has_budget()
+
     def _fill(self) -> None:
-        """Claim ready steps of other executions while there is room and budget."""
+        """Claim ready steps of other executions while there is room and budget.
+
+        One batch, four statements however many it takes: lock and claim the ready steps
+        (``SKIP LOCKED`` on PostgreSQL, so workers filling at once take different rows; SQLite's
+        IMMEDIATE transaction serialises them), mark their executions RUNNING, then read those
+        executions and their results so far.
+        """
+        self.next_fill = time.perf_counter() + FILL_INTERVAL_SECONDS
         room = self.concurrency - len(self.slots)
         if room <= 0 or not self._has_budget():
             return
         now = timezone.now()
-        ready = list(
-            TaskRun.objects.filter(
-                status=TaskRunStatus.PENDING,
-                execution__status__in=ACTIVE_STATUSES,
-                execution__pause_requested=False,
+        with transaction.atomic():
+            steps = list(
+                TaskRun.objects.filter(
+                    status=TaskRunStatus.PENDING,
+                    execution__status__in=ACTIVE_STATUSES,
+                    execution__pause_requested=False,
+                )
+                .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+                .exclude(execution_id__in=list(self.slots))
+                .order_by("woken_at")
+                .select_for_update(skip_locked=True, of=("self",))[:room]
             )
-            .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-            .exclude(execution_id__in=list(self.slots))
-            .order_by("woken_at")
-            .values_list("execution_id", flat=True)[:room]
-        )
-        for execution_id in ready:
-            self._adopt(execution_id)
+            if not steps:
+                return
+            claimed = TaskRun.objects.filter(
+                pk__in=[step.pk for step in steps], status=TaskRunStatus.PENDING
+            ).update(
+                status=TaskRunStatus.RUNNING,
+                worker=self.me,
+                started_at=now,
+                lease_expires_at=now + self.lease,
+            )
+            if claimed != len(steps):  # cannot happen under the row locks; kept honest anyway
+                ours = set(
+                    TaskRun.objects.filter(
+                        pk__in=[step.pk for step in steps],
+                        status=TaskRunStatus.RUNNING,
+                        worker=self.me,
+                        started_at=now,
+                    ).values_list("pk", flat=True)
+                )
+                steps = [step for step in steps if step.pk in ours]
+            ids = [step.execution_id for step in steps]
+            Execution.objects.filter(pk__in=ids, status=ExecutionStatus.QUEUED).update(
+                # Resume and redrive queue it again: the first start time stays.
+                status=ExecutionStatus.RUNNING,
+                started_at=Coalesce(F("started_at"), Value(now)),
+            )
+            # Read in the same transaction: if this fails, the claim rolls back with it.
+            executions = Execution.objects.select_related("flow_version").in_bulk(ids)
+            results = _results_so_far(ids)
+        for step in steps:
+            step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, self.me, now
+            step.lease_expires_at = now + self.lease
+            execution = executions.get(step.execution_id)
+            if execution is None:  # deleted since: its steps went with it
+                continue
+            runner = Runner(step.execution_id, self.registry)
+            runner._loop = self._task_loop()
+            definition = runner.definition(execution, step)
+            if definition is None:
+                self.steps += 1
+                continue
+            self._take(runner, execution, definition, results.get(execution.id, {}), step)
             if time.perf_counter() >= self.next_renew:
-                # Claiming many can take a while: keep the steps already running ours.
+                # Starting many can take a while: keep the steps already running ours.
                 self._renew_leases()
 
     def _adopt(self, execution_id: uuid.UUID) -> None:
+        """Claim and start the job's own execution, when its step is still ready."""
         runner = Runner(execution_id, self.registry)
         runner._loop = self._task_loop()
         step = runner.claim()
@@ -997,9 +1172,18 @@ class Dispatcher:
         if loaded is None:
             self.steps += 1
             return
-        execution, definition, results = loaded
+        self._take(runner, *loaded, step)
+
+    def _take(
+        self,
+        runner: Runner,
+        execution: Execution,
+        definition: FlowDefinition,
+        results: dict[str, Any],
+        step: TaskRun,
+    ) -> None:
         slot = _Slot(runner, execution, definition, results, step)
-        self.slots[execution_id] = slot
+        self.slots[execution.id] = slot
         if execution.cancel_requested:
             outcome = StepOutcome(TaskRunStatus.CANCELLED, error="cancelled before it started")
             self._advance(slot, outcome)
@@ -1024,45 +1208,84 @@ class Dispatcher:
         slot.runner._loop = self._task_loop()
         return slot.runner._start(slot.execution, slot.definition, slot.step, slot.results)
 
-    def _advance(self, slot: _Slot, outcome: StepOutcome) -> bool:
-        """Record a finished step and start the next; True when the slot was freed.
+    def _advance(self, slot: _Slot, outcome: StepOutcome) -> None:
+        """A step of ``slot`` finished: queue it for the next ``_flush``."""
+        slot.flight = None
+        if outcome.stop:  # the execution vanished or the step was taken away
+            self.slots.pop(slot.execution.id, None)
+            return
+        finished = slot.runner._decide(
+            slot.execution, slot.definition, slot.step, outcome, slot.results
+        )
+        self.finished.append((slot, finished))
 
-        A loop, not recursion: steps that end before they start (a vanished task type, an
-        unresolvable reference) can follow one another for up to max_steps.
+    def _flush(self) -> None:
+        """Record the finished steps and start their successors.
+
+        Steps that finished together are written in one transaction (up to RECORD_BATCH), so
+        a busy worker pays for one commit, not one per step. A loop: a successor that ends
+        before it starts (a vanished task type, an unresolvable reference) joins the next
+        batch.
         """
-        while True:
-            slot.flight = None
-            if outcome.stop:
-                break
-            self.steps += 1
-            record = functools.partial(
-                slot.runner._record,
-                slot.execution,
-                slot.definition,
-                slot.step,
-                outcome,
-                slot.results,
-                continue_here=self._has_budget(),
-            )
+        while self.finished:
+            batch = self.finished[:RECORD_BATCH]
+            del self.finished[:RECORD_BATCH]
+            self.steps += len(batch)
+            for slot, next_step in self._write_batch(batch, continue_here=self._has_budget()):
+                if next_step is None:
+                    self.slots.pop(slot.execution.id, None)
+                    continue
+                slot.step = next_step
+                started = self._start(slot)
+                if isinstance(started, StepOutcome):
+                    self._advance(slot, started)
+                else:
+                    slot.flight = started
+
+    def _write_batch(
+        self, batch: list[tuple[_Slot, _Finished]], *, continue_here: bool
+    ) -> list[tuple[_Slot, TaskRun | None]]:
+        try:
+            with transaction.atomic():
+                inserts = _Inserts()
+                written = [
+                    (slot, slot.runner._write(finished, inserts, continue_here=continue_here))
+                    for slot, finished in batch
+                ]
+                inserts.save()
+                return written
+        except _TakenOver:
+            pass  # one step was taken over: the others are written one by one below
+        except DatabaseError as exc:
+            # Reconnect and write them one by one (the database restarted, say). Had the batch
+            # committed, its steps are no longer "ours but open", and nothing is written twice.
+            logger.warning("worker %s: recording %d steps failed, retrying: %s",
+                           self.me, len(batch), exc)  # fmt: skip
+            _reconnect()
+        return [
+            (slot, self._write_one(slot, finished, continue_here=continue_here))
+            for slot, finished in batch
+        ]
+
+    def _write_one(
+        self, slot: _Slot, finished: _Finished, *, continue_here: bool
+    ) -> TaskRun | None:
+        for attempt in (1, 2):
             try:
-                next_step = record()
+                with transaction.atomic():
+                    inserts = _Inserts()
+                    next_step = slot.runner._write(finished, inserts, continue_here=continue_here)
+                    inserts.save()
+                    return next_step
+            except _TakenOver:
+                return None
             except DatabaseError as exc:
-                # Reconnect and try once more (the database restarted, say). Had the first
-                # try committed, the step is no longer ours and this records nothing.
-                logger.warning("execution=%s record failed, retrying: %s", slot.execution.id, exc)
+                if attempt == 2:
+                    raise
+                logger.warning("execution=%s record failed, retrying: %s",
+                               slot.execution.id, exc)  # fmt: skip
                 _reconnect()
-                next_step = record()
-            if next_step is None:
-                break
-            slot.step = next_step
-            started = self._start(slot)
-            if isinstance(started, StepOutcome):
-                outcome = started
-                continue
-            slot.flight = started
-            return False
-        self.slots.pop(slot.execution.id, None)
-        return True
+        return None  # not reached
 
     # -- once a second --------------------------------------------------------------------
     def _renew_leases(self) -> set[int] | None:
@@ -1082,13 +1305,12 @@ class Dispatcher:
             ).values_list("pk", flat=True)
         )
 
-    def _watch(self) -> bool:
+    def _watch(self) -> None:
         """Stop what was cancelled, deleted or taken away; renew leases when due; handle a
-        blocked loop. True when a slot was freed."""
+        blocked loop."""
         flying = {eid: slot for eid, slot in self.slots.items() if slot.flight is not None}
         if not flying:
-            return False
-        freed = False
+            return
         cancel = dict(
             Execution.objects.filter(pk__in=list(flying)).values_list("pk", "cancel_requested")
         )
@@ -1106,7 +1328,7 @@ class Dispatcher:
             elif kept is not None and slot.step.pk not in kept:
                 verdict = "lost"
             if verdict is not None:
-                freed |= self._advance(slot, slot.runner._stop(flight, verdict))
+                self._advance(slot, slot.runner._stop(flight, verdict))
         overdue = [
             slot
             for slot in self.slots.values()
@@ -1115,10 +1337,9 @@ class Dispatcher:
             and time.perf_counter() >= slot.flight.hard_deadline
         ]
         if overdue:
-            freed |= self._overdue(overdue)
-        return freed
+            self._overdue(overdue)
 
-    def _overdue(self, overdue: list[_Slot]) -> bool:
+    def _overdue(self, overdue: list[_Slot]) -> None:
         """Steps past their timeout and grace that did not stop: is the loop blocked?"""
         loop = self._task_loop()
         probe = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop.loop)
@@ -1127,15 +1348,14 @@ class Dispatcher:
             blocked = False
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
             blocked = True
-        freed = False
         if not blocked:
             # The loop runs, so these tasks swallowed their cancellation: fail them and leave
             # their coroutines behind.
             for slot in overdue:
                 assert slot.flight is not None
                 why = "did not stop when its timeout cancelled it (it swallowed the cancel)"
-                freed |= self._advance(slot, slot.runner._blocked(slot.flight, why))
-            return freed
+                self._advance(slot, slot.runner._blocked(slot.flight, why))
+            return
         # The loop is stuck in some task's blocking code. Leave it behind (its thread ends when
         # that code returns); the overdue steps fail, the others are run again elsewhere.
         loop.loop.call_soon_threadsafe(loop.loop.stop)
@@ -1146,7 +1366,7 @@ class Dispatcher:
                 continue
             slot.flight.future.cancel()
             if any(slot is late for late in overdue):
-                freed |= self._advance(slot, slot.runner._blocked(slot.flight))
+                self._advance(slot, slot.runner._blocked(slot.flight))
             else:
                 _run_again(
                     slot.step,
@@ -1158,8 +1378,6 @@ class Dispatcher:
                 )
                 slot.flight = None
                 self.slots.pop(slot.execution.id, None)
-                freed = True
-        return freed
 
 
 def dispatch(execution_id: uuid.UUID | str, registry: TaskRegistry | None = None) -> int:

@@ -214,7 +214,10 @@ def execution_start(
     )
     engine.wake(execution.id)
     logger.info("execution=%s queued, first task %s", execution.id, start.name)
-    execution.refresh_from_db()
+    # The row is what the UPDATE above wrote (a CREATED execution has nothing else in flight),
+    # so no second read: starting is on the hot path of every client.
+    for name, value in changes.items():
+        setattr(execution, name, value)
     return execution
 
 
@@ -448,11 +451,8 @@ def _runnable_definition(
 ) -> FlowDefinition:
     """The execution's pinned flow, checked against today's plugins (Conflict if invalid)."""
     try:
-        return parse_flow(
-            execution.flow_version.definition,
-            registry or default_registry(),
-            default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
-        )
+        # Parsed once per process per document, as the workers do: starts are hot.
+        return engine.flow_definition(execution, registry or default_registry())
     except FlowValidationError as exc:
         raise Conflict(
             f"execution {execution.id} cannot {doing}: its flow is no longer valid: {exc}",

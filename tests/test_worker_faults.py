@@ -346,9 +346,14 @@ def test_two_clusters_run_200_concurrent_executions_each_step_exactly_once(live:
     # extra message must find its step already taken.
     live.start_reaper()
     tasks = ["a", "b", "c"]
-    ids = live.submit(recorded(*((t, 0) for t in tasks), flow_id="concurrent"), 200)
+    ids = live.submit(recorded(*((t, 0.05) for t in tasks), flow_id="concurrent"), 200)
     lease = str(CONCURRENCY_LEASE_SECONDS)
-    clusters = [live.start_cluster(FLOW_LEASE_SECONDS=lease) for _ in range(2)]
+    # Few executions per worker, so the first cluster cannot take all 200 (claimed in
+    # batches, in well under a second) before the second is up: both must compete.
+    clusters = [
+        live.start_cluster(FLOW_LEASE_SECONDS=lease, FLOW_WORKER_CONCURRENCY="3")
+        for _ in range(2)
+    ]
     for cluster in clusters:
         live.wait_for_workers(cluster)
 
