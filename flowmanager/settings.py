@@ -218,8 +218,9 @@ FLOW_LEASE_SECONDS = env_float("FLOW_LEASE_SECONDS", 30.0, minimum=1)
 FLOW_STEP_BUDGET_SECONDS = env_float("FLOW_STEP_BUDGET_SECONDS", 10.0, minimum=0)
 FLOW_STEP_BUDGET_STEPS = env_int("FLOW_STEP_BUDGET_STEPS", 10_000, minimum=1)
 # How many executions one worker process runs at once: their tasks share one event loop, so a
-# step waiting on I/O does not hold the process.
-FLOW_WORKER_CONCURRENCY = env_int("FLOW_WORKER_CONCURRENCY", 100, minimum=1)
+# step waiting on I/O does not hold the process. Waiting coroutines cost a few KB each; the
+# limit bounds the per-second lease/cancel query and a blocked loop's blast radius.
+FLOW_WORKER_CONCURRENCY = env_int("FLOW_WORKER_CONCURRENCY", 500, minimum=1)
 # A PENDING step nobody has picked up for this long is woken again by the reaper.
 FLOW_WAKE_AFTER_SECONDS = env_float("FLOW_WAKE_AFTER_SECONDS", 60.0, minimum=1)
 FLOW_MAX_RESULT_BYTES = env_int("FLOW_MAX_RESULT_BYTES", 1_048_576, minimum=1024)

@@ -46,6 +46,7 @@ from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
+from flows import fastsql
 from flows.definition import FlowDefinition, FlowValidationError, parse_flow
 from flows.expressions import ExpressionError, needs_resolving, resolve
 from flows.models import (
@@ -53,6 +54,7 @@ from flows.models import (
     Execution,
     ExecutionEvent,
     ExecutionStatus,
+    FlowVersion,
     TaskRun,
     TaskRunStatus,
 )
@@ -295,13 +297,17 @@ def _resolve_parameters(
 _definitions: dict[tuple[str, int, Any], FlowDefinition] = {}
 
 
-def flow_definition(execution: Execution, registry: TaskRegistry) -> FlowDefinition:
+def flow_definition(
+    execution: Execution, registry: TaskRegistry, *, refresh: bool = True
+) -> FlowDefinition:
     """The execution's parsed flow, parsed once per process per document and plugin set.
 
     Keyed by the document's text rather than the version's id, which a database reset (or a
-    test's rollback) can hand out again for another document.
+    test's rollback) can hand out again for another document. ``refresh=False`` when the
+    caller has just rescanned the plugin folder.
     """
-    registry.refresh()
+    if refresh:
+        registry.refresh()
     document = json.dumps(execution.flow_version.definition, sort_keys=True)
     key = (document, id(registry), registry.fingerprint)
     definition = _definitions.get(key)
@@ -315,55 +321,6 @@ def flow_definition(execution: Execution, registry: TaskRegistry) -> FlowDefinit
             _definitions.clear()
         _definitions[key] = definition
     return definition
-
-
-def _bump_execution(eid: uuid.UUID, current_task: str) -> tuple[bool, bool, int] | None:
-    """Count a step and set the current task.
-
-    Returns (cancel_requested, pause_requested, steps_taken), or None when the execution no
-    longer exists. One ``UPDATE ... RETURNING`` instead of a locking SELECT plus an UPDATE:
-    on PostgreSQL it takes the same row lock, and on SQLite the IMMEDIATE transaction
-    already holds the database's write lock.
-    """
-    table = connection.ops.quote_name(Execution._meta.db_table)
-    key = Execution._meta.pk.get_db_prep_value(eid, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET steps_taken = steps_taken + 1, current_task = %s "  # noqa: S608
-            "WHERE id = %s RETURNING cancel_requested, pause_requested, steps_taken",
-            [current_task, key],
-        )
-        row = cursor.fetchone()
-    return None if row is None else (bool(row[0]), bool(row[1]), int(row[2]))
-
-
-def _update_row(model: Any, pk: Any, values: dict[str, Any], **where: Any) -> bool:
-    """``UPDATE`` one row by primary key (and ``where`` equalities); True when it matched.
-
-    The record path's statements, written directly: the ORM's query compiler costs several
-    times the statement itself, once per step. Values go through each field's own
-    ``get_db_prep_save`` (JSON, dates), as the ORM would send them.
-    """
-    meta = model._meta
-    quote = connection.ops.quote_name
-
-    def column(name: str) -> str:
-        return quote(meta.get_field(name).column)
-
-    def prep(name: str, value: Any) -> Any:
-        return meta.get_field(name).get_db_prep_save(value, connection)
-
-    assignments = ", ".join(f"{column(name)} = %s" for name in values)
-    conditions = "".join(f" AND {column(name)} = %s" for name in where)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {quote(meta.db_table)} SET {assignments} "  # noqa: S608
-            f"WHERE {quote(meta.pk.column)} = %s{conditions}",
-            [prep(name, value) for name, value in values.items()]
-            + [prep(meta.pk.name, pk)]
-            + [prep(name, value) for name, value in where.items()],
-        )
-        return cursor.rowcount == 1
 
 
 def _results_so_far(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
@@ -409,11 +366,8 @@ class _Inserts:
     events: list[ExecutionEvent] = field(default_factory=list)
 
     def save(self) -> None:
-        # bulk_create sets the new steps' pks on SQLite 3.35+ and PostgreSQL alike.
-        if self.steps:
-            TaskRun.objects.bulk_create(self.steps)
-        if self.events:
-            ExecutionEvent.objects.bulk_create(self.events)
+        fastsql.insert_rows(TaskRun, self.steps)
+        fastsql.insert_rows(ExecutionEvent, self.events)
 
 
 @dataclass
@@ -495,15 +449,19 @@ class Runner:
         try:
             return flow_definition(execution, self.registry)
         except FlowValidationError as exc:
-            self._record(
-                execution,
-                None,
-                step,
-                _failure(f"the flow's definition is no longer valid: {exc}", permanent=True),
-                {},
-                continue_here=False,
-            )
+            self.invalid(execution, step, exc)
             return None
+
+    def invalid(self, execution: Execution, step: TaskRun, exc: FlowValidationError) -> None:
+        """Fail the claimed step, and so the execution: its flow no longer validates."""
+        self._record(
+            execution,
+            None,
+            step,
+            _failure(f"the flow's definition is no longer valid: {exc}", permanent=True),
+            {},
+            continue_here=False,
+        )
 
     def run(self) -> int:
         """Run until the execution ends, waits, or the budget is spent. Returns steps run."""
@@ -763,10 +721,7 @@ class Runner:
         finished = self._decide(execution, definition, step, outcome, results)
         try:
             with transaction.atomic():
-                inserts = _Inserts()
-                next_step = self._write(finished, inserts, continue_here=continue_here)
-                inserts.save()
-                return next_step
+                return _write([finished], self.me, self.lease, continue_here=continue_here)[0]
         except _TakenOver:
             return None
 
@@ -792,120 +747,6 @@ class Runner:
             outcome.duration, f": {outcome.error}" if outcome.error else "",
         )  # fmt: skip
         return _Finished(execution, definition, step, outcome, plan, events)
-
-    def _write(
-        self, finished: _Finished, inserts: _Inserts, *, continue_here: bool
-    ) -> TaskRun | None:
-        """Write a decided step inside the caller's transaction: the next step when this
-        worker claimed it (its row is in ``inserts``, which the caller saves before it
-        commits), else None. Raises _TakenOver (roll back!) when the step is no longer this
-        worker's.
-
-        This runs once per step, so it keeps to two statements of its own on the common path:
-        bump the execution and close the step; the next step and the log lines join the
-        transaction's inserts, and an ending adds one.
-        """
-        execution, definition, step = finished.execution, finished.definition, finished.step
-        outcome, plan = finished.outcome, finished.plan
-        events = list(finished.events)
-        succeeded = outcome.status == TaskRunStatus.SUCCESS
-        now = timezone.now()
-        eid = execution.id
-        next_step: TaskRun | None = None
-        # 1. The execution row first: cancel, pause and delete lock it too, so none of
-        #    them can slip between closing this step and opening the next.
-        state = _bump_execution(eid, plan.target or "")
-        if state is None:
-            logger.info("execution=%s was deleted while step %s ran", eid, step.seq)
-            return None
-        cancel_requested, pause_requested, steps_taken = state
-        # 2. The decision: the next task, or how the execution ends.
-        final, error, why = plan.final, plan.error, plan.why
-        if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
-            final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
-        elif (
-            not final
-            and _remaining(execution) is not None
-            and (
-                _remaining(execution) <= plan.delay  # a retry that would be due too late
-            )
-        ):
-            timeout = _flow_timeout(definition)
-            final, error, why = ExecutionStatus.FAILED, timeout.error, timeout.error
-        elif not final and definition is not None and steps_taken >= definition.max_steps:
-            final = ExecutionStatus.FAILED
-            error = why = (
-                f"step limit of {definition.max_steps} steps (max_steps) reached before "
-                f"task '{plan.target}' could run"
-            )
-        route = f"{why} -> {f'execution {final}' if final else plan.target}"
-        # 3. Close the step with its decision, if this worker still holds it.
-        fields: dict[str, Any] = {
-            "status": outcome.status,
-            "result": outcome.result,
-            "error": outcome.error,
-            "traceback": outcome.traceback,
-            "ended_at": now,
-            "duration": outcome.duration,
-            "lease_expires_at": None,
-            "route": route[:300],
-        }
-        if outcome.parameters is not None:
-            fields["parameters"] = outcome.parameters
-        closed = _update_row(TaskRun, step.pk, fields, status=TaskRunStatus.RUNNING, worker=self.me)
-        if not closed:
-            logger.warning(
-                "execution=%s step=%s was taken over by another worker; result dropped",
-                eid, step.seq,
-            )  # fmt: skip
-            raise _TakenOver
-        logger.info("execution=%s route: %s", eid, route)
-        # Every decision is on its step; the log keeps those worth reading in sequence:
-        # conditions, retries, pauses, failures and the end.
-        if final:
-            self._end(eid, final, error, steps_taken, now)
-            level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
-            events.append((level.get(final, "ERROR"), route))
-        else:
-            if plan.noteworthy:
-                events.append(("INFO" if succeeded else "WARNING", route))
-            spec = definition.task(plan.target)  # type: ignore[union-attr]
-            due = now + timedelta(seconds=plan.delay) if plan.delay > 0 else None
-            # 4. Open the next step: claimed by this worker when it can run now, else
-            #    PENDING for a later job (a retry's delay, a pause, the budget).
-            claim_here = continue_here and due is None and not pause_requested
-            next_step = TaskRun(
-                execution_id=eid,
-                seq=step.seq + 1,
-                task_name=spec.name,
-                task_type=spec.task_type,
-                parameters=spec.parameters,
-                attempt=plan.attempt,
-                status=TaskRunStatus.RUNNING if claim_here else TaskRunStatus.PENDING,
-                worker=self.me if claim_here else "",
-                created_at=now,
-                started_at=now if claim_here else None,
-                lease_expires_at=now + self.lease if claim_here else None,
-                woken_at=None if claim_here else (due or now),
-                not_before=due,
-            )
-            inserts.steps.append(next_step)
-            if pause_requested:
-                Execution.objects.filter(pk=eid).update(status=ExecutionStatus.PAUSED)
-                events.append(("WARNING", f"paused before {spec.name}"))
-                logger.info("execution=%s paused before %s", eid, spec.name)
-                next_step = None
-            elif not claim_here:
-                wake(eid, at=due)
-                next_step = None
-        # 5. What the task logged, failures and decisions, as the execution's log lines.
-        inserts.events.extend(
-            ExecutionEvent(
-                execution_id=eid, task_run_id=step.pk, created_at=now, level=lvl, message=msg
-            )
-            for lvl, msg in events
-        )
-        return next_step
 
     def _plan(
         self,
@@ -972,17 +813,148 @@ class Runner:
 
     @staticmethod
     def _end(eid: uuid.UUID, status: str, error: str, steps_taken: int, now: datetime) -> None:
-        _update_row(
+        fastsql.update_rows(Execution, {eid: _ending(status, error, steps_taken, now)})
+
+
+def _ending(status: str, error: str, steps_taken: int, now: datetime) -> dict[str, Any]:
+    """An execution's row as it ends."""
+    return {
+        "status": status,
+        "error": error,
+        "ended_at": now,
+        "current_task": "",
+        "steps_taken": steps_taken,
+    }
+
+
+def _write(
+    batch: list[_Finished], me: str, lease: timedelta, *, continue_here: bool
+) -> list[TaskRun | None]:
+    """Write decided steps inside the caller's transaction, whatever their number, in the
+    same few statements: for each, the next step when this worker claimed it, else None.
+
+    Raises _TakenOver when a step is no longer this worker's: the caller must let the
+    transaction roll back (and write the others again without it).
+
+    1. Count the steps on their executions: cancel, pause and delete lock the execution row
+       too, so none of them can slip between closing a step and opening the next.
+    2. Decide: the next task, or how the execution ends (a cancel, the flow's timeout or its
+       step limit overrule the plan).
+    3. Close the steps with their decisions, if this worker still holds every one.
+    4. End executions; open next steps (claimed here when they can run now, else PENDING for
+       a later job: a retry's delay, a pause, the budget); add the log lines.
+    """
+    now = timezone.now()
+    states = {
+        row[0]: row[1:]
+        for row in fastsql.update_rows(
             Execution,
-            eid,
-            {
-                "status": status,
-                "error": error,
-                "ended_at": now,
-                "current_task": "",
-                "steps_taken": steps_taken,
-            },
+            {f.execution.id: {"current_task": f.plan.target or ""} for f in batch},
+            increment=["steps_taken"],
+            returning=["cancel_requested", "pause_requested", "steps_taken"],
         )
+    }
+    inserts = _Inserts()
+    closes: dict[int, dict[str, Any]] = {}
+    ends: dict[uuid.UUID, dict[str, Any]] = {}
+    paused: list[uuid.UUID] = []
+    routes: list[tuple[uuid.UUID, str]] = []
+    next_steps: list[TaskRun | None] = []
+    for finished in batch:
+        execution, definition, step = finished.execution, finished.definition, finished.step
+        outcome, plan, eid = finished.outcome, finished.plan, finished.execution.id
+        next_steps.append(None)
+        if eid not in states:
+            logger.info("execution=%s was deleted while step %s ran", eid, step.seq)
+            continue
+        cancel_requested, pause_requested, steps_taken = states[eid]
+        final, error, why = plan.final, plan.error, plan.why
+        remaining = _remaining(execution)
+        if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
+            final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
+        elif not final and remaining is not None and remaining <= plan.delay:
+            # A retry that would be due too late.
+            timeout = _flow_timeout(definition)
+            final, error, why = ExecutionStatus.FAILED, timeout.error, timeout.error
+        elif not final and definition is not None and steps_taken >= definition.max_steps:
+            final = ExecutionStatus.FAILED
+            error = why = (
+                f"step limit of {definition.max_steps} steps (max_steps) reached before "
+                f"task '{plan.target}' could run"
+            )
+        route = f"{why} -> {f'execution {final}' if final else plan.target}"
+        routes.append((eid, route))
+        closes[step.pk] = {
+            "status": outcome.status,
+            "result": outcome.result,
+            "error": outcome.error,
+            "traceback": outcome.traceback,
+            "ended_at": now,
+            "duration": outcome.duration,
+            "lease_expires_at": None,
+            "route": route[:300],
+        }
+        if outcome.parameters is not None:
+            closes[step.pk]["parameters"] = outcome.parameters
+        # Every decision is on its step; the log keeps those worth reading in sequence:
+        # conditions, retries, pauses, failures and the end.
+        events = list(finished.events)
+        if final:
+            ends[eid] = _ending(final, error, int(steps_taken), now)
+            level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
+            events.append((level.get(final, "ERROR"), route))
+        else:
+            if plan.noteworthy:
+                succeeded = outcome.status == TaskRunStatus.SUCCESS
+                events.append(("INFO" if succeeded else "WARNING", route))
+            spec = definition.task(plan.target)  # type: ignore[union-attr]
+            due = now + timedelta(seconds=plan.delay) if plan.delay > 0 else None
+            claim_here = continue_here and due is None and not pause_requested
+            next_step = TaskRun(
+                execution_id=eid,
+                seq=step.seq + 1,
+                task_name=spec.name,
+                task_type=spec.task_type,
+                parameters=spec.parameters,
+                attempt=plan.attempt,
+                status=TaskRunStatus.RUNNING if claim_here else TaskRunStatus.PENDING,
+                worker=me if claim_here else "",
+                created_at=now,
+                started_at=now if claim_here else None,
+                lease_expires_at=now + lease if claim_here else None,
+                woken_at=None if claim_here else (due or now),
+                not_before=due,
+            )
+            inserts.steps.append(next_step)
+            if pause_requested:
+                paused.append(eid)
+                events.append(("WARNING", f"paused before {spec.name}"))
+                logger.info("execution=%s paused before %s", eid, spec.name)
+            elif not claim_here:
+                wake(eid, at=due)
+            else:
+                next_steps[-1] = next_step
+        inserts.events.extend(
+            ExecutionEvent(
+                execution_id=eid, task_run_id=step.pk, created_at=now, level=lvl, message=msg
+            )
+            for lvl, msg in events
+        )
+    closed = fastsql.update_rows(TaskRun, closes, status=TaskRunStatus.RUNNING, worker=me)
+    if closed != len(closes):
+        if len(batch) == 1:
+            logger.warning(
+                "execution=%s step=%s was taken over by another worker; result dropped",
+                batch[0].execution.id, batch[0].step.seq,
+            )  # fmt: skip
+        raise _TakenOver
+    fastsql.update_rows(Execution, ends)
+    if paused:
+        Execution.objects.filter(pk__in=paused).update(status=ExecutionStatus.PAUSED)
+    inserts.save()
+    for eid, route in routes:
+        logger.info("execution=%s route: %s", eid, route)
+    return next_steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1015,12 +987,14 @@ class Dispatcher:
 
     Tasks are coroutines, so a step that waits on I/O need not hold a process: every task of
     every execution here runs on one event loop thread, while this thread does the database
-    work (claims, results, routing) one step at a time, in the order steps finish.
+    work (claims, results, routing) in batches.
 
-    1. The job's own execution is claimed first; then ready steps of other executions are
-       claimed too, up to the concurrency (their queue messages later find nothing to do).
-    2. Whenever a step finishes, its result and routing commit as in ``Runner._record``;
-       the next step of that execution starts at once, on the same loop.
+    1. Ready steps are claimed in batches, oldest wake-up first, up to the concurrency: the
+       job's own execution and others beside it (their queue messages later find nothing to
+       do). While there is room it looks again every FILL_INTERVAL_SECONDS.
+    2. Steps that finished are recorded together, their results and routing in one
+       transaction (``_write``); the next step of each execution starts at once, on the
+       same loop.
     3. Once a second: one query looks for cancelled or deleted executions among those in
        flight, and one UPDATE renews the leases of every running step.
     4. A task that blocks the loop past its timeout is failed; the loop is replaced, and the
@@ -1042,10 +1016,12 @@ class Dispatcher:
         self.next_renew = time.perf_counter() + self.renew_every
         self.next_fill = 0.0
         self.finished: list[tuple[_Slot, _Finished]] = []  # to record at the next _flush
+        self.types: dict[str, TaskType | None] = {}  # look-ups since the last plugin scan
 
-    def run(self, execution_id: uuid.UUID) -> int:
+    def run(self, execution_id: uuid.UUID | None = None) -> int:
+        """Run ready executions (the job's own, ``execution_id``, among them) until none is in
+        flight and none is ready, or the budget is spent; returns the steps recorded."""
         try:
-            self._adopt(execution_id)
             next_watch = time.perf_counter() + WATCH_INTERVAL_SECONDS
             while True:
                 if self._has_room() and time.perf_counter() >= self.next_fill:
@@ -1142,18 +1118,32 @@ class Dispatcher:
                 started_at=Coalesce(F("started_at"), Value(now)),
             )
             # Read in the same transaction: if this fails, the claim rolls back with it.
-            executions = Execution.objects.select_related("flow_version").in_bulk(ids)
+            executions = Execution.objects.in_bulk(ids)
+            versions = FlowVersion.objects.in_bulk(
+                {execution.flow_version_id for execution in executions.values()}
+            )
             results = _results_so_far(ids)
+        # One plugin-folder scan and one parse look-up per flow version for the whole batch.
+        self.registry.refresh()
+        self.types.clear()
+        parsed: dict[int, FlowDefinition | FlowValidationError] = {}
         for step in steps:
             step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, self.me, now
             step.lease_expires_at = now + self.lease
             execution = executions.get(step.execution_id)
             if execution is None:  # deleted since: its steps went with it
                 continue
-            runner = Runner(step.execution_id, self.registry)
-            runner._loop = self._task_loop()
-            definition = runner.definition(execution, step)
-            if definition is None:
+            execution.flow_version = versions[execution.flow_version_id]
+            runner = self._runner(execution.id)
+            version_id = execution.flow_version_id
+            if version_id not in parsed:
+                try:
+                    parsed[version_id] = flow_definition(execution, self.registry, refresh=False)
+                except FlowValidationError as exc:
+                    parsed[version_id] = exc
+            definition = parsed[version_id]
+            if isinstance(definition, FlowValidationError):
+                runner.invalid(execution, step, definition)
                 self.steps += 1
                 continue
             self._take(runner, execution, definition, results.get(execution.id, {}), step)
@@ -1161,18 +1151,11 @@ class Dispatcher:
                 # Starting many can take a while: keep the steps already running ours.
                 self._renew_leases()
 
-    def _adopt(self, execution_id: uuid.UUID) -> None:
-        """Claim and start the job's own execution, when its step is still ready."""
+    def _runner(self, execution_id: uuid.UUID) -> Runner:
         runner = Runner(execution_id, self.registry)
         runner._loop = self._task_loop()
-        step = runner.claim()
-        if step is None:
-            return
-        loaded = runner.load(step)
-        if loaded is None:
-            self.steps += 1
-            return
-        self._take(runner, *loaded, step)
+        runner._types = self.types  # task types as of this batch's scan
+        return runner
 
     def _take(
         self,
@@ -1247,13 +1230,11 @@ class Dispatcher:
     ) -> list[tuple[_Slot, TaskRun | None]]:
         try:
             with transaction.atomic():
-                inserts = _Inserts()
-                written = [
-                    (slot, slot.runner._write(finished, inserts, continue_here=continue_here))
-                    for slot, finished in batch
-                ]
-                inserts.save()
-                return written
+                written = _write(
+                    [finished for _, finished in batch], self.me, self.lease,
+                    continue_here=continue_here,
+                )  # fmt: skip
+                return list(zip([slot for slot, _ in batch], written, strict=True))
         except _TakenOver:
             pass  # one step was taken over: the others are written one by one below
         except DatabaseError as exc:
@@ -1273,10 +1254,7 @@ class Dispatcher:
         for attempt in (1, 2):
             try:
                 with transaction.atomic():
-                    inserts = _Inserts()
-                    next_step = slot.runner._write(finished, inserts, continue_here=continue_here)
-                    inserts.save()
-                    return next_step
+                    return _write([finished], self.me, self.lease, continue_here=continue_here)[0]
             except _TakenOver:
                 return None
             except DatabaseError as exc:

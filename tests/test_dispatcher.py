@@ -200,19 +200,74 @@ def test_recording_a_step_is_tried_once_more_after_a_database_error(registry, mo
     from django.db import OperationalError
 
     execution = start(registry, flow_doc([task("a", "noop"), task("b", "noop")], flow_id="r"))
-    real_record = engine.Runner._record
+    real_write = engine._write
     failures = []
 
-    def record_failing_once(self, *args, **kwargs):
+    def write_failing_once(*args, **kwargs):
         if not failures:
             failures.append(1)
             raise OperationalError("connection reset")
-        return real_record(self, *args, **kwargs)
+        return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(engine.Runner, "_record", record_failing_once)
+    monkeypatch.setattr(engine, "_write", write_failing_once)
 
     engine.Dispatcher(registry).run(execution.id)
 
     execution.refresh_from_db()
+    assert failures == [1]
     assert execution.status == ExecutionStatus.COMPLETED
     assert ran(execution) == [("a", "SUCCESS"), ("b", "SUCCESS")]
+
+
+def test_a_step_taken_over_mid_batch_does_not_cost_the_others_their_results(registry):
+    executions = [
+        start(registry, flow_doc([task("a", "noop")], flow_id=f"batch{i}")) for i in range(3)
+    ]
+    dispatcher = engine.Dispatcher(registry, concurrency=10)
+    try:
+        dispatcher._fill()  # claims all three at once and starts their tasks
+        assert len(dispatcher.slots) == 3
+        for slot in dispatcher.slots.values():
+            slot.flight.future.result(timeout=5)
+        # Meanwhile the reaper gave the middle one's step to another worker.
+        taken = executions[1]
+        TaskRun.objects.filter(execution=taken).update(worker="elsewhere:1")
+        for slot in list(dispatcher.slots.values()):
+            dispatcher._advance(slot, slot.runner._finish(slot.flight, slot.definition))
+        dispatcher._flush()  # one batch of three
+    finally:
+        dispatcher.loop.close()
+
+    for execution in (executions[0], executions[2]):
+        execution.refresh_from_db()
+        assert execution.status == ExecutionStatus.COMPLETED
+        assert ran(execution) == [("a", "SUCCESS")]
+    taken.refresh_from_db()
+    # Nothing of the batch's rolled-back first try is left on it: not counted, not ended.
+    assert (taken.status, taken.steps_taken) == (ExecutionStatus.RUNNING, 0)
+    assert list(TaskRun.objects.filter(execution=taken).values_list("status", "worker")) == [
+        (TaskRunStatus.RUNNING, "elsewhere:1")
+    ]
+    assert not dispatcher.slots
+
+
+def test_a_busy_job_takes_executions_started_after_it_began(registry):
+    first = start(registry, flow_doc([task("wait", "pause", seconds=0.5)], flow_id="first"))
+    dispatcher = engine.Dispatcher(registry, concurrency=10)
+    real_fill = dispatcher._fill
+    later: list[Execution] = []
+
+    def fill_then_start_another() -> None:
+        real_fill()
+        if not later:  # a client starts one while the job's own task waits
+            later.append(start(registry, flow_doc([task("a", "noop")], flow_id="later")))
+
+    dispatcher._fill = fill_then_start_another  # type: ignore[method-assign]
+    dispatcher.run(first.id)
+
+    first.refresh_from_db()
+    second = Execution.objects.get(pk=later[0].pk)
+    assert first.status == second.status == ExecutionStatus.COMPLETED
+    # Claimed by this job's next look (within FILL_INTERVAL_SECONDS), not after the wait.
+    assert TaskRun.objects.get(execution=second).worker == dispatcher.me
+    assert second.ended_at < first.ended_at
