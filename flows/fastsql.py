@@ -29,10 +29,16 @@ def _prep(field: Field, value: Any) -> Any:
 
 def _typed(field: Field) -> str:
     """A placeholder whose type PostgreSQL cannot mistake inside a CASE (it would take a JSON
-    or timestamp literal there for text); SQLite needs no cast."""
-    if connection.vendor == "postgresql":
-        return f"CAST(%s AS {field.db_type(connection)})"
-    return "%s"
+    or timestamp literal there for text); SQLite needs no cast.
+
+    Text is cast without its length: a cast to ``varchar(n)`` would cut a long value short
+    silently, where assigning it to the column refuses it, as a single-row UPDATE does.
+    """
+    if connection.vendor != "postgresql":
+        return "%s"
+    if field.get_internal_type() in ("CharField", "SlugField", "EmailField", "URLField"):
+        return f"CAST(%s AS {connection.ops.cast_char_field_without_max_length})"
+    return f"CAST(%s AS {field.db_type(connection)})"
 
 
 def update_rows(
@@ -77,9 +83,14 @@ def update_rows(
         assignments.append(
             f"{column} = CASE {_quote(pk.column)} {' '.join(cases)} ELSE {column} END"
         )
-    conditions = "".join(f" AND {_quote(meta.get_field(name).column)} = %s" for name in where)
+    conditions = "".join(
+        f" AND {_quote(meta.get_field(name).column)} {'IS NULL' if value is None else '= %s'}"
+        for name, value in where.items()
+    )
     params += [_prep(pk, key) for key in keys]
-    params += [_prep(meta.get_field(name), value) for name, value in where.items()]
+    params += [
+        _prep(meta.get_field(name), value) for name, value in where.items() if value is not None
+    ]
     sql = (
         f"UPDATE {_quote(meta.db_table)} SET {', '.join(assignments)} "  # noqa: S608
         f"WHERE {_quote(pk.column)} IN ({', '.join(['%s'] * len(keys))}){conditions}"

@@ -1,0 +1,429 @@
+"""flows/fastsql.py: the engine's hand-written UPDATE and INSERT statements.
+
+Whatever these write must read back through the ORM exactly as if the ORM had written it,
+on SQLite and on PostgreSQL (run the file with DATABASE_URL=postgres://... for the latter).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone as dj_timezone
+
+from flows import fastsql
+from flows.models import (
+    Execution,
+    ExecutionEvent,
+    Flow,
+    FlowVersion,
+    TaskRun,
+    TaskRunStatus,
+)
+
+pytestmark = pytest.mark.django_db
+
+TRICKY_TEXT = 'it\'s "quoted" — ünïcode\n'
+SQL_LOOKALIKE = "'); DROP TABLE flows_taskrun; --"
+NOW = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def version() -> FlowVersion:
+    flow = Flow.objects.create(id="fast", name="Fast", definition={"id": "fast"})
+    return FlowVersion.objects.create(flow=flow, version=1, definition={"id": "fast"})
+
+
+@pytest.fixture
+def new_execution(version: FlowVersion):
+    """``new_execution(**fields)``: a stored execution of the one test flow."""
+
+    def make(**fields) -> Execution:
+        return Execution.objects.create(flow=version.flow, flow_version=version, **fields)
+
+    return make
+
+
+@pytest.fixture
+def new_step(new_execution):
+    """``new_step(**fields)``: a stored step, alone on its own execution (an execution may
+    hold only one open step)."""
+
+    def make(**fields) -> TaskRun:
+        fields.setdefault("seq", 1)
+        fields.setdefault("task_name", "a")
+        fields.setdefault("task_type", "noop")
+        return TaskRun.objects.create(execution=new_execution(), **fields)
+
+    return make
+
+
+def stored(step: TaskRun, *names: str) -> dict:
+    return TaskRun.objects.filter(pk=step.pk).values(*names).get()
+
+
+def insert_statements(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().startswith("INSERT")]
+
+
+# --- update_rows ------------------------------------------------------------------------------
+
+
+def test_each_row_reads_back_exactly_its_own_values(new_step):
+    a = new_step(route="a before", result={"old": 1}, error="a old")
+    b = new_step(route="b before", result={"old": 2}, error="b old")
+    c = new_step(route="c before", result={"old": 3}, error="c old")
+    india = timezone(timedelta(hours=5, minutes=30))
+    values = {
+        a.pk: {
+            "result": {"rows": [1, 2.5, None, {"deep": ["x", True]}], "msg": TRICKY_TEXT},
+            "ended_at": NOW,
+            "duration": 1.25,
+            "error": TRICKY_TEXT,
+            "route": "only a has a new route",
+        },
+        b.pk: {
+            "result": None,
+            "ended_at": datetime(2027, 12, 31, 23, 59, 59, 999999, tzinfo=india),
+            "duration": 1 / 3,
+            "error": "",
+        },
+        c.pk: {
+            "result": ["a list", {"é": "ß"}],
+            "ended_at": NOW + timedelta(days=400),
+            "duration": 0.0,
+            "error": "c\tnew",
+        },
+    }
+
+    count = fastsql.update_rows(TaskRun, values)
+
+    assert count == 3
+    for step in (a, b, c):
+        assert stored(step, *values[step.pk]) == values[step.pk]
+    assert stored(b, "route", "task_name") == {"route": "b before", "task_name": "a"}
+    assert stored(c, "route", "task_name") == {"route": "c before", "task_name": "a"}
+
+
+def test_json_strings_and_nested_nulls_are_not_taken_for_sql_null(new_step):
+    a = new_step(result={"old": 1})
+    b = new_step(result={"old": 2})
+
+    fastsql.update_rows(TaskRun, {a.pk: {"result": "just text"}, b.pk: {"result": {"k": None}}})
+
+    assert stored(a, "result") == {"result": "just text"}
+    assert stored(b, "result") == {"result": {"k": None}}
+    assert TaskRun.objects.filter(result__isnull=True).count() == 0
+
+
+def test_rows_that_do_not_meet_the_where_conditions_are_left_alone(new_step):
+    mine = new_step(status=TaskRunStatus.RUNNING, worker="me")
+    also_mine = new_step(status=TaskRunStatus.RUNNING, worker="me")
+    theirs = new_step(status=TaskRunStatus.RUNNING, worker="other")
+    finished = new_step(status=TaskRunStatus.SUCCESS, worker="me", result={"kept": True})
+    done = {"status": TaskRunStatus.SUCCESS, "result": {"new": True}, "ended_at": NOW}
+
+    count = fastsql.update_rows(
+        TaskRun,
+        {step.pk: done for step in (mine, also_mine, theirs, finished)},
+        status=TaskRunStatus.RUNNING,
+        worker="me",
+    )
+
+    assert count == 2
+    for step in (mine, also_mine):
+        assert stored(step, *done) == done
+    assert stored(theirs, "status", "result", "ended_at") == {
+        "status": TaskRunStatus.RUNNING,
+        "result": None,
+        "ended_at": None,
+    }
+    assert stored(finished, "result", "ended_at") == {"result": {"kept": True}, "ended_at": None}
+
+
+def test_a_where_value_of_none_matches_null_as_the_orm_does(new_step):
+    unleased = new_step(status=TaskRunStatus.PENDING)
+    leased = new_step(status=TaskRunStatus.RUNNING, lease_expires_at=NOW)
+
+    count = fastsql.update_rows(
+        TaskRun, {s.pk: {"worker": "me"} for s in (unleased, leased)}, lease_expires_at=None
+    )
+
+    assert count == 1
+    assert stored(unleased, "worker") == {"worker": "me"}
+    assert stored(leased, "worker") == {"worker": ""}
+
+
+@pytest.mark.parametrize("rows", [1, 2], ids=["one row", "many rows"])
+def test_text_too_long_for_its_column_is_refused_not_cut(new_step, rows):
+    steps = [new_step() for _ in range(rows)]
+    too_long = "x" * 201  # TaskRun.worker holds 200 characters
+
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite does not enforce a column's length: the ORM stores it all too")
+    from django.db import DataError, transaction
+
+    with pytest.raises(DataError), transaction.atomic():
+        fastsql.update_rows(TaskRun, {s.pk: {"worker": too_long} for s in steps})
+    assert {stored(s, "worker")["worker"] for s in steps} == {""}
+
+
+def test_increment_adds_one_per_call_and_returning_gives_uuid_keys(new_execution):
+    first = new_execution(current_task="a")
+    second = new_execution(current_task="a", steps_taken=5, cancel_requested=True)
+    missing = uuid.uuid4()
+    rows = {
+        first.id: {"current_task": "b"},
+        second.id: {"current_task": "c"},
+        missing: {"current_task": "nowhere"},
+    }
+    columns = ["current_task", "steps_taken", "cancel_requested"]
+
+    returned = fastsql.update_rows(Execution, rows, increment=["steps_taken"], returning=columns)
+
+    assert all(isinstance(row[0], uuid.UUID) for row in returned)
+    assert {row[0]: row[1:] for row in returned} == {
+        first.id: ("b", 1, False),
+        second.id: ("c", 6, True),
+    }
+
+    again = fastsql.update_rows(Execution, rows, increment=["steps_taken"], returning=columns)
+
+    assert sorted(row[2] for row in again) == [2, 7]
+    assert dict(Execution.objects.filter(pk__in=rows).values_list("id", "steps_taken")) == {
+        first.id: 2,
+        second.id: 7,
+    }
+    assert not Execution.objects.filter(pk=missing).exists()
+
+
+def test_a_single_row_is_written_the_same_way(new_step):
+    step = new_step(status=TaskRunStatus.RUNNING, worker="me", route="before")
+    values = {
+        "status": TaskRunStatus.SUCCESS,
+        "result": {"nested": {"list": [1, None, "x"]}, "msg": TRICKY_TEXT},
+        "ended_at": NOW,
+        "duration": 2.5,
+        "error": TRICKY_TEXT,
+    }
+
+    count = fastsql.update_rows(TaskRun, {step.pk: values}, status=TaskRunStatus.RUNNING)
+
+    assert count == 1
+    assert stored(step, *values) == values
+    assert stored(step, "route", "worker") == {"route": "before", "worker": "me"}
+
+
+def test_a_single_row_that_misses_the_where_condition_is_not_written(new_step):
+    step = new_step(status=TaskRunStatus.RUNNING, worker="other")
+
+    count = fastsql.update_rows(TaskRun, {step.pk: {"result": None, "worker": "me"}}, worker="me")
+
+    assert count == 0
+    assert stored(step, "worker") == {"worker": "other"}
+
+
+def test_a_single_row_can_increment_and_return(new_execution):
+    execution = new_execution(steps_taken=3)
+
+    returned = fastsql.update_rows(
+        Execution,
+        {execution.id: {"current_task": "next", "input": {"k": [1, 2]}}},
+        increment=["steps_taken"],
+        returning=["steps_taken", "current_task"],
+    )
+
+    assert returned == [(execution.id, 4, "next")]
+    assert isinstance(returned[0][0], uuid.UUID)
+    execution.refresh_from_db()
+    assert (execution.steps_taken, execution.input) == (4, {"k": [1, 2]})
+
+
+def test_no_rows_touch_nothing(new_step, django_assert_num_queries):
+    step = new_step(route="before")
+
+    with django_assert_num_queries(0):
+        assert fastsql.update_rows(TaskRun, {}) == 0
+        assert fastsql.update_rows(TaskRun, {}, returning=["route"]) == []
+        assert fastsql.update_rows(Execution, {}, increment=["steps_taken"], returning=["id"]) == []
+
+    assert stored(step, "route") == {"route": "before"}
+
+
+def test_values_that_look_like_sql_are_stored_literally(new_step):
+    a = new_step()
+    b = new_step()
+    c = new_step()
+    percent = "100% %s %(name)s ?"
+
+    assert fastsql.update_rows(TaskRun, {a.pk: {"error": SQL_LOOKALIKE}}) == 1
+    count = fastsql.update_rows(
+        TaskRun,
+        {
+            b.pk: {"error": SQL_LOOKALIKE, "result": {SQL_LOOKALIKE: [SQL_LOOKALIKE]}},
+            c.pk: {"error": percent, "result": {"%s": percent}},
+        },
+    )
+
+    assert count == 2
+    assert stored(a, "error") == {"error": SQL_LOOKALIKE}
+    assert stored(b, "error", "result") == {
+        "error": SQL_LOOKALIKE,
+        "result": {SQL_LOOKALIKE: [SQL_LOOKALIKE]},
+    }
+    assert stored(c, "error", "result") == {"error": percent, "result": {"%s": percent}}
+    assert TaskRun.objects.count() == 3
+
+
+def test_a_where_value_that_looks_like_sql_only_matches_itself(new_step):
+    odd = new_step(status=TaskRunStatus.RUNNING, worker=SQL_LOOKALIKE)
+    plain = new_step(status=TaskRunStatus.RUNNING, worker="me")
+
+    count = fastsql.update_rows(
+        TaskRun, {odd.pk: {"route": "x"}, plain.pk: {"route": "y"}}, worker=SQL_LOOKALIKE
+    )
+
+    assert count == 1
+    assert stored(odd, "route") == {"route": "x"}
+    assert stored(plain, "route") == {"route": ""}
+
+
+# --- insert_rows ------------------------------------------------------------------------------
+
+
+def test_inserted_steps_get_the_keys_of_their_own_rows(new_execution):
+    execution = new_execution()
+    steps = [
+        TaskRun(
+            execution=execution,
+            seq=seq,
+            task_name=f"task {seq}",
+            task_type="noop",
+            status=TaskRunStatus.SUCCESS,
+            parameters={"seq": seq, "nested": {"list": [seq, None, TRICKY_TEXT]}},
+            duration=seq / 10,
+        )
+        for seq in (1, 2, 3)
+    ]
+
+    fastsql.insert_rows(TaskRun, steps)
+
+    assert len({step.pk for step in steps}) == 3
+    for step in steps:
+        assert step.pk is not None
+        assert not step._state.adding
+        row = TaskRun.objects.get(pk=step.pk)
+        assert (row.seq, row.task_name, row.parameters, row.duration) == (
+            step.seq,
+            step.task_name,
+            step.parameters,
+            step.duration,
+        )
+        assert row.created_at == step.created_at
+        assert row.result is None
+
+
+def test_inserted_events_get_the_keys_of_their_own_rows_in_order(new_execution, new_step):
+    execution = new_execution()
+    step = new_step()
+    events = [
+        ExecutionEvent(execution=execution, created_at=NOW, level="INFO", message="first"),
+        ExecutionEvent(
+            execution=execution, task_run=step, created_at=NOW, level="WARNING", message="second"
+        ),
+        ExecutionEvent(execution=execution, created_at=NOW, message=TRICKY_TEXT),
+    ]
+
+    fastsql.insert_rows(ExecutionEvent, events)
+
+    assert [e.pk for e in events] == sorted(e.pk for e in events)
+    assert list(
+        execution.events.order_by("id").values_list("id", "task_run_id", "level", "message")
+    ) == [
+        (events[0].pk, None, "INFO", "first"),
+        (events[1].pk, step.pk, "WARNING", "second"),
+        (events[2].pk, None, "INFO", TRICKY_TEXT),
+    ]
+    assert ExecutionEvent.objects.get(pk=events[0].pk).created_at == NOW
+
+
+def test_inserted_rows_get_auto_now_add_times(version):
+    before = dj_timezone.now()
+    versions = [
+        FlowVersion(flow=version.flow, version=n, definition={"id": "fast", "n": n}) for n in (2, 3)
+    ]
+
+    fastsql.insert_rows(FlowVersion, versions)
+
+    after = dj_timezone.now()
+    for made in versions:
+        row = FlowVersion.objects.get(pk=made.pk)
+        assert row.version == made.version
+        assert row.definition == {"id": "fast", "n": made.version}
+        assert made.created_at is not None
+        assert before <= row.created_at <= after
+        assert row.created_at == made.created_at
+
+
+def test_an_inserted_object_saves_again_as_an_update(new_execution):
+    step = TaskRun(execution=new_execution(), seq=1, task_name="a", task_type="noop")
+    fastsql.insert_rows(TaskRun, [step])
+
+    step.route = "saved again"
+    step.save()
+
+    assert TaskRun.objects.count() == 1
+    assert TaskRun.objects.get(pk=step.pk).route == "saved again"
+
+
+def test_inserting_nothing_issues_no_statement(django_assert_num_queries):
+    with django_assert_num_queries(0):
+        fastsql.insert_rows(TaskRun, [])
+        fastsql.insert_rows(ExecutionEvent, iter(()))
+
+
+@pytest.mark.parametrize(
+    ("max_parameters", "statements"),
+    [
+        (10, 3),  # 5 columns a row: 2 rows a statement
+        (1, 5),  # fewer parameters than one row needs: still a row a statement
+    ],
+)
+def test_many_rows_are_inserted_in_chunks(new_execution, monkeypatch, max_parameters, statements):
+    execution = new_execution()
+    monkeypatch.setattr(fastsql, "MAX_PARAMETERS", max_parameters)
+    events = [
+        ExecutionEvent(execution=execution, created_at=NOW + timedelta(seconds=n), message=f"#{n}")
+        for n in range(5)
+    ]
+
+    with CaptureQueriesContext(connection) as queries:
+        fastsql.insert_rows(ExecutionEvent, events)
+
+    assert len(insert_statements(queries)) == statements
+    assert len({e.pk for e in events}) == 5
+    for n, event in enumerate(events):
+        row = ExecutionEvent.objects.get(pk=event.pk)
+        assert (row.message, row.created_at) == (f"#{n}", NOW + timedelta(seconds=n))
+
+
+def test_inserted_values_that_look_like_sql_are_stored_literally(new_execution):
+    execution = new_execution()
+    event = ExecutionEvent(execution=execution, created_at=NOW, message=SQL_LOOKALIKE)
+    step = TaskRun(
+        execution=execution,
+        seq=1,
+        task_name=SQL_LOOKALIKE,
+        task_type="noop",
+        parameters={SQL_LOOKALIKE: "100% %s"},
+    )
+
+    fastsql.insert_rows(ExecutionEvent, [event])
+    fastsql.insert_rows(TaskRun, [step])
+
+    assert ExecutionEvent.objects.get(pk=event.pk).message == SQL_LOOKALIKE
+    row = TaskRun.objects.get(pk=step.pk)
+    assert (row.task_name, row.parameters) == (SQL_LOOKALIKE, {SQL_LOOKALIKE: "100% %s"})
