@@ -59,7 +59,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.registry import TaskRegistry, TaskType, default_registry
-from tasks.base_task import PermanentTaskError, TaskContext, TaskLogger
+from tasks.base_task import PermanentTaskError, Results, TaskContext, TaskLogger
 
 logger = logging.getLogger("flows.engine")
 
@@ -221,12 +221,20 @@ class Flight:
     parameters: dict[str, Any] | None  # resolved parameters, when they differ from the step's
 
 
+def _earlier_results(value: Any) -> Any:
+    """JSON for what plain JSON cannot hold: a task may return (part of) its context's
+    read-only ``results`` mapping."""
+    if isinstance(value, Results):
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _check_result(value: Any) -> tuple[dict[str, Any] | None, str]:
     """A step's return value as stored JSON, or why it cannot be stored."""
     if not isinstance(value, dict):
         return None, f"task returned {type(value).__name__}, expected a dict"
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, default=_earlier_results)
     except (TypeError, ValueError) as exc:
         return None, f"task returned a dict that is not JSON-serialisable: {exc}"
     if "\\u0000" in text:
@@ -585,7 +593,7 @@ class Runner:
             task = task_type.cls(name=step.task_name, parameters=parameters)
             task.context = TaskContext(
                 execution_id=str(execution.id),
-                results=copy.deepcopy(results),
+                results=Results(results),
                 input=copy.deepcopy(execution.input),
                 attempt=step.attempt,
                 logger=log,

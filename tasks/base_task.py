@@ -13,8 +13,10 @@ Optional class attributes describe the type: ``description`` (else the docstring
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,13 +56,36 @@ class TaskLogger:
         self.log(logging.ERROR, message, *args)
 
 
+class Results(Mapping[str, Any]):
+    """Earlier results as a task reads them: a read-only mapping whose every value is a fresh
+    deep copy, so a task may change what it read without changing what its flow routes on.
+    Copies are made on reading, so a task that reads none costs nothing (a step of a long
+    flow would otherwise copy every earlier result before it starts)."""
+
+    def __init__(self, results: Mapping[str, Any] | None = None) -> None:
+        self._results = results if results is not None else {}
+
+    def __getitem__(self, name: str) -> Any:
+        return copy.deepcopy(self._results[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __repr__(self) -> str:
+        return f"Results({dict(self)!r})"
+
+
 @dataclass
 class TaskContext:
     """What a running task may read about its execution."""
 
     execution_id: str = ""
-    #: Results of the tasks that already succeeded in this execution, by task name.
-    results: dict[str, Any] = field(default_factory=dict)
+    #: Results of the tasks that already succeeded in this execution, by task name (read-only;
+    #: each value read is the task's own copy).
+    results: Mapping[str, Any] = field(default_factory=Results)
     #: The execution's input object.
     input: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1

@@ -109,6 +109,17 @@ PLUGINS = {
             async def run(self):
                 return {"value": 41}
     """,
+    "meddle": """
+        class MeddleTask(BaseTask):
+            async def run(self):
+                mine = self.context.results["a"]
+                mine["value"] = 0
+                try:
+                    self.context.results["a"] = {"value": -1}
+                except TypeError:
+                    refused = True
+                return {"refused": refused, "changed": mine}
+    """,
     "inspect": """
         class InspectTask(BaseTask):
             async def run(self):
@@ -358,6 +369,20 @@ def test_a_task_sees_earlier_results_the_execution_id_and_its_input(registry) ->
     assert result["earlier"] == {"a": {"value": 41}}
     assert result["input"] == {"customer": 7}
     assert result["attempt"] == 1
+
+
+def test_a_task_cannot_change_the_results_later_tasks_see(registry) -> None:
+    document = {
+        "id": "ctx",
+        "tasks": [step("a", "remember"), step("m", "meddle"), step("b", "inspect")],
+    }
+    execution = run(registry, document)
+
+    assert execution.status == ExecutionStatus.COMPLETED
+    meddled = execution.steps.get(task_name="m").result
+    assert meddled == {"refused": True, "changed": {"value": 0}}
+    # Its own copy changed; what the next task reads did not.
+    assert execution.steps.get(task_name="b").result["earlier"]["a"] == {"value": 41}
 
 
 def test_a_task_logger_lines_land_in_the_execution_events(registry) -> None:
