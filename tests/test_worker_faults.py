@@ -351,8 +351,7 @@ def test_two_clusters_run_200_concurrent_executions_each_step_exactly_once(live:
     # Few executions per worker, so the first cluster cannot take all 200 (claimed in
     # batches, in well under a second) before the second is up: both must compete.
     clusters = [
-        live.start_cluster(FLOW_LEASE_SECONDS=lease, FLOW_WORKER_CONCURRENCY="3")
-        for _ in range(2)
+        live.start_cluster(FLOW_LEASE_SECONDS=lease, FLOW_WORKER_CONCURRENCY="3") for _ in range(2)
     ]
     for cluster in clusters:
         live.wait_for_workers(cluster)
