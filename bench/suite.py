@@ -16,10 +16,11 @@ the figures from the timestamps the engine writes:
               (last step ended_at - first step started_at - sum of step durations) / steps
               (bench/engine_overhead.py's definition and code)
   throughput  M executions of the 3-task sample flow (examples/sample_flow.json, with its
-              conditions, every task ``noop``), created first (not timed), then started one
-              after another as fast as the helper can: flows/s = completed / (last
-              execution ended_at - first execution queued_at); latency = ended_at -
-              queued_at of each execution, p50 and p95
+              conditions, every task ``noop``), created first (not timed), then started by
+              ``--clients`` (default 2) processes forked from the helper, each starting its
+              share one after another as fast as it can (as that many API clients would):
+              flows/s = completed / (last execution ended_at - first execution queued_at);
+              latency = ended_at - queued_at of each execution, p50 and p95
   waits       K executions of a one-task flow (``wait``, 1 s), started the same way:
               wall = last ended_at - first queued_at. If they are not all done
               ``--wait-deadline`` s after the first queued_at, the figure is "> deadline",
@@ -675,9 +676,9 @@ django-q2 {info["django_q2"]}, SQLite {info["sqlite"]}; load average
 
 Reading it: "engine overhead per step" leaves out the task's own time (the no-op coroutine and
 its hand-off to the task thread); the peers' per-step figures include their trivial task body.
-"starts alone" is how fast the one helper process started the executions: where it is close to
-the throughput, the client bounds the figure (the 1 s waits' wall includes starting them,
-too).{waits}
+"starts alone" is how fast the client processes started the executions (each one after
+another, as API clients would): where it is close to the throughput, the clients bound the
+figure (the 1 s waits' wall includes starting them, too).{waits}
 Prefect's concurrent run is a different shape (50 three-task flows), so that ratio is only a
 rough comparison.
 """

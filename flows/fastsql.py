@@ -23,6 +23,12 @@ MAX_PARAMETERS = 30_000  # SQLite takes at most 32,766 in one statement
 TEXT_FIELDS = ("CharField", "SlugField", "EmailField", "URLField")
 
 
+def _prep(field: Field, value: Any, db: BaseDatabaseWrapper) -> Any:
+    # None is SQL NULL for every field here (a JSONField too, as the ORM stores it), and most
+    # of a new step's columns are still empty: skip the field's conversion chain for them.
+    return None if value is None else field.get_db_prep_save(value, db)
+
+
 def _db() -> BaseDatabaseWrapper:
     # The wrapper itself: ``django.db.connection`` is a proxy that looks it up on every use.
     return connections[DEFAULT_DB_ALIAS]
@@ -113,7 +119,7 @@ def update_rows(
         for i in positions:
             if len(keys) > 1:
                 params.append(pk.get_db_prep_save(keys[i], db))
-            params.append(field.get_db_prep_save(rows[keys[i]][name], db))
+            params.append(_prep(field, rows[keys[i]][name], db))
     params += [pk.get_db_prep_save(key, db) for key in keys]
     params += [
         meta.get_field(name).get_db_prep_save(value, db)
@@ -165,9 +171,7 @@ def insert_rows(model: type[Model], objs: Iterable[Model]) -> None:
         for start in range(0, len(objs), per_statement):
             chunk = objs[start : start + per_statement]
             sql, fields = _insert_sql(model, db.vendor, len(chunk))
-            params = [
-                f.get_db_prep_save(f.pre_save(obj, add=True), db) for obj in chunk for f in fields
-            ]
+            params = [_prep(f, f.pre_save(obj, add=True), db) for obj in chunk for f in fields]
             cursor.execute(sql, params)
             for obj, (key,) in zip(chunk, cursor.fetchall(), strict=True):
                 setattr(obj, pk.attname, key)
