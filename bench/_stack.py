@@ -1,9 +1,11 @@
 """Process and backend helpers shared by the bench scripts (not a benchmark itself).
 
-Processes get a session of their own and are stopped with SIGTERM to their main pid only,
-then SIGKILL for what is left (DJANGO-Q2.md, "Shutdown": signalling qcluster's whole group
-hangs its main process). Backends: a SQLite file, or a fresh PostgreSQL database plus a
-Redis db number of its own, both removed afterwards.
+The process helpers (``free_port``, ``manage``, ``start``, ``stop``, ``descendants``) are the
+live tests' (tests/live.py), re-exported here: processes get a session of their own and are
+stopped with SIGTERM to their main pid only, then SIGKILL for what is left (DJANGO-Q2.md,
+"Shutdown": signalling qcluster's whole group hangs its main process). Backends: a SQLite
+file, or a fresh PostgreSQL database plus a Redis db number of its own, both removed
+afterwards.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,70 +31,36 @@ RESULTS_DIR = BASE_DIR / "bench" / "results"
 PG_SERVER = "postgres://postgres@127.0.0.1:5432"
 REDIS_SERVER = "redis://127.0.0.1:6379"
 
+# `python bench/<script>.py` puts bench/ on sys.path, not the project root that holds tests/.
+if str(BASE_DIR) not in sys.path:
+    sys.path.insert(0, str(BASE_DIR))
+
+from tests.live import descendants, free_port, manage, start, stop  # noqa: E402
+
+__all__ = [
+    "BASE_DIR",
+    "PG_SERVER",
+    "REDIS_SERVER",
+    "RESULTS_DIR",
+    "Backend",
+    "descendants",
+    "ensure_services",
+    "flush_redis_db",
+    "free_port",
+    "free_redis_db",
+    "machine",
+    "manage",
+    "pg_redis_backend",
+    "sqlite_backend",
+    "start",
+    "stop",
+    "utc_stamp",
+    "wait_for_cluster",
+]
+
 
 def utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def manage(env: dict[str, str], *args: str, timeout: float = 300) -> str:
-    """``manage.py ARGS`` in the project; its stdout, or exit with its stderr on failure."""
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if done.returncode != 0:
-        sys.exit(f"manage.py {args[0]} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start ``args`` in the project with output to ``log``, in a session of its own (so a
-    Ctrl-C at the terminal, a signal to the whole foreground group, never reaches it)."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            args,
-            cwd=BASE_DIR,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def descendants(pid: int) -> list[int]:
-    """Child pids, recursively, from /proc."""
-    found: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in children.read_text().split():
-                found += [int(child), *descendants(int(child))]
-    return found
-
-
-def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM the main pid only; SIGKILL it after ``grace`` s, and the children it left."""
-    if proc.poll() is not None:
-        return
-    leftovers = descendants(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    for pid in leftovers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def wait_for_cluster(proc: subprocess.Popen, log: Path, deadline_s: float = 60.0) -> None:

@@ -1,7 +1,9 @@
 """Run the real thing for end-to-end tests: a migrated database, gunicorn and a qcluster.
 
 Shared by the worker tests (``test_worker_e2e.py``), the browser test (``test_web_e2e.py``)
-and the fault tests (``test_worker_faults.py``). ``live_backend`` gives a stack the CI pass's
+and the fault tests (``test_worker_faults.py``); the bench scripts take the process helpers
+(``free_port``, ``manage``, ``start``, ``stop``, ``descendants``) from here through
+``bench/_stack.py``. ``live_backend`` gives a stack the CI pass's
 backend: a fresh PostgreSQL database when the suite's ``DATABASE_URL`` is PostgreSQL (else a
 SQLite file), and the suite's Redis with a queue name of its own when ``REDIS_URL`` is set.
 Processes get a session of their own and are stopped with SIGTERM to their main pid only
@@ -36,17 +38,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def manage(env: dict[str, str], *args: str) -> str:
+def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """``manage.py ARGS`` in the project; its stdout, or AssertionError with its stderr."""
     done = subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=BASE_DIR,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
-    assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stderr}"
+    if done.returncode != 0:  # not an assert: the bench scripts may run under python -O
+        raise AssertionError(f"manage.py {' '.join(args)} failed:\n{done.stderr}")
     return done.stdout
 
 
@@ -60,8 +64,9 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def stop(proc: subprocess.Popen, *, grace: float) -> None:
-    """SIGTERM the main pid only (never its group: DJANGO-Q2.md, "Shutdown"), then SIGKILL."""
+def stop(proc: subprocess.Popen, *, grace: float = 30.0) -> None:
+    """SIGTERM the main pid only (never its group: DJANGO-Q2.md, "Shutdown"); SIGKILL it after
+    ``grace`` s, and the children it left."""
     if proc.poll() is not None:
         return
     leftovers = descendants(proc.pid)
@@ -78,6 +83,7 @@ def stop(proc: subprocess.Popen, *, grace: float) -> None:
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start ``args`` in the project with output to ``log``, in a session of its own."""
     with log.open("wb") as out:
         # A session of its own keeps a Ctrl-C at the terminal (a signal to the whole
         # foreground group) away from qcluster, which hangs on group signals; the
