@@ -124,15 +124,26 @@ def log_tails(logs: dict[str, Path], lines: int = 40) -> str:
 
 @contextlib.contextmanager
 def running_stack(
-    home: Path, env: dict[str, str], *, deadline: float = 30.0
+    home: Path,
+    env: dict[str, str],
+    *,
+    deadline: float = 30.0,
+    cluster: bool = True,
+    workers: int = 1,
+    threads: int = 4,
 ) -> Iterator[tuple[str, dict[str, Path]]]:
-    """Start ``qcluster`` and gunicorn with ``env``; yield (base URL, log paths) once up."""
+    """Start ``qcluster`` (unless not ``cluster``) and gunicorn (``workers`` processes of
+    ``threads`` threads) with ``env``; yield (base URL, log paths) once /health answers."""
     port = free_port()
-    logs = {"qcluster": home / "qcluster.log", "gunicorn": home / "gunicorn.log"}
+    logs = {"qcluster": home / "qcluster.log"} if cluster else {}
+    logs["gunicorn"] = home / "gunicorn.log"
     procs: list[tuple[subprocess.Popen, float]] = []
     try:
-        procs.append((start([sys.executable, "manage.py", "qcluster"], env, logs["qcluster"]), 15))
-        procs.append((start(gunicorn_args(port), env, logs["gunicorn"]), 10))
+        if cluster:
+            qcluster = start([sys.executable, "manage.py", "qcluster"], env, logs["qcluster"])
+            procs.append((qcluster, 15))
+        web = gunicorn_args(port, workers=workers, threads=threads)
+        procs.append((start(web, env, logs["gunicorn"]), 10))
         url = f"http://127.0.0.1:{port}"
         until = time.monotonic() + deadline
         while True:

@@ -1,34 +1,27 @@
 """An Idempotency-Key under real concurrency: 20 starts with one key, sent at once to gunicorn
-(2 worker processes, 10 threads each) on a shared SQLite file, make exactly one execution.
+(2 worker processes, 10 threads each), make exactly one execution.
 
 The in-process tests cannot show this: Django's test client runs one request at a time. Here
 the requests race in separate processes and threads, as retries from a flaky client would.
-The server gets its own SQLite file whatever DATABASE_URL the suite runs with.
+The server gets a fresh database of the CI pass's backend (tests/live.py): a SQLite file, or
+a PostgreSQL database of its own, with the suite's Redis in the third pass. No worker runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.live import live_backend, manage, running_stack
+
 pytestmark = pytest.mark.live
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 PARALLEL = 20
-DEADLINE_SECONDS = 30.0  # for "the server never came up", not a speed assertion
 
 SETUP = """
 from django.contrib.auth import get_user_model
@@ -43,83 +36,22 @@ services.flow_create(document={"id": "race", "tasks": [{"name": "a", "task_type"
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    """(base URL, {user: token}) of a gunicorn serving a fresh SQLite file."""
+    """(base URL, {user: token}) of a gunicorn serving a fresh database."""
     home = tmp_path_factory.mktemp("live")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{home / 'db.sqlite3'}",
-        "SECRET_KEY": "insecure-key-for-the-live-api-test-only",
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-    }
-    env.pop("REDIS_URL", None)
-
-    def manage(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=BASE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+    with live_backend(home, "idempotency") as backend:
+        env = backend.process_env(
+            SECRET_KEY="insecure-key-for-the-live-api-test-only",
+            DEBUG="0",
+            ALLOWED_HOSTS="127.0.0.1",
+            LOG_LEVEL="WARNING",
         )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
-
-    manage("migrate", "--noinput", "--verbosity", "0")
-    tokens = dict(
-        line.split() for line in manage("shell", "--verbosity", "0", "-c", SETUP).splitlines()
-    )
-    log = (home / "gunicorn.log").open("w")
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "flowmanager.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            str(PARALLEL // 2),
-            "--no-control-socket",
-        ],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while True:
-            assert web.poll() is None, (home / "gunicorn.log").read_text()[-2000:]
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, (home / "gunicorn.log").read_text()[-2000:]
-            time.sleep(0.1)
-        yield url, tokens
-    finally:
-        web.send_signal(signal.SIGTERM)
-        try:
-            web.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            web.kill()
-            web.wait()
-        log.close()
+        setup = manage(env, "shell", "--verbosity", "0", "-c", SETUP)
+        tokens = dict(line.split() for line in setup.splitlines())
+        stack = running_stack(home, env, cluster=False, workers=2, threads=PARALLEL // 2)
+        with stack as (url, _):
+            yield url, tokens
 
 
 def start_at_once(url: str, token: str, key: str, count: int = PARALLEL) -> list[httpx.Response]:
