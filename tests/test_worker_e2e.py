@@ -1,9 +1,11 @@
-"""End to end: a real web server and a real ``qcluster`` on a shared SQLite file.
+"""End to end: a real web server and a real ``qcluster`` on a shared database.
 
-Nothing here uses pytest-django's test database. A module fixture migrates a fresh SQLite
-file, starts gunicorn and ``manage.py qcluster`` against it as subprocesses, and the tests
-talk to them over HTTP as a client of the seed API would. The database file is only read
-(never written) from the test process, to check what the worker left behind.
+Nothing here uses pytest-django's test database. A module fixture migrates a fresh database of
+the CI pass's backend (tests/live.py: a SQLite file, or a PostgreSQL database of its own, with
+the suite's Redis in the third pass), starts gunicorn and ``manage.py qcluster`` against it as
+subprocesses, and the tests talk to them over HTTP as a client of the seed API would. The
+database is only read (never written) from the test process, to check what the worker left
+behind.
 
 The cluster runs ONE worker process, so "the worker ran the next flow" can only mean the
 worker that held a deleted execution let go of it.
@@ -11,13 +13,10 @@ worker that held a deleted execution let go of it.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,10 @@ import httpx
 import pytest
 
 from tests.factories import cond, failing, flow_doc, sample_flow, task
-from tests.live import descendants, free_port, manage, start, stop
+from tests.live import Backend, live_backend, log_tails, manage, running_stack, start, stop
 
 pytestmark = pytest.mark.worker
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 # Deadlines for "it never happened"; nothing asserts how fast anything was.
 DEADLINE_SECONDS = 30.0
 STOP_GRACE_SECONDS = 15.0
@@ -40,118 +38,53 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 # could not run anything else before a poll gives up.
 HOLD_SECONDS = 300
 
+SETUP_USER = """
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from rest_framework.authtoken.models import Token
+user = get_user_model().objects.create_user('e2e', password='e2e-pass-123')
+user.groups.add(Group.objects.get(name='editor'))
+print(Token.objects.create(user=user).key)
+"""
+
 
 @dataclass
 class Stack:
-    """The running web server and cluster, and where to find their traces."""
+    """The running web server and cluster, their database, and where to find their traces."""
 
     url: str
     client: httpx.Client
-    db_path: Path
+    backend: Backend
     cluster: subprocess.Popen
     logs: dict[str, Path]
-
-    def log_tails(self, lines: int = 40) -> str:
-        parts = []
-        for name, path in self.logs.items():
-            text = path.read_text(errors="replace").splitlines() if path.exists() else []
-            parts.append(f"--- {name} (last {lines} lines) ---\n" + "\n".join(text[-lines:]))
-        return "\n".join(parts)
-
-    def query(self, sql: str, *params: Any) -> list[tuple]:
-        """Read the shared database file directly (read-only), as an operator's sqlite3 would."""
-        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
-        try:
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
-
-
-# The process helpers live in tests/live.py (shared with the browser test).
-_free_port, _manage, _descendants, _stop, _start = free_port, manage, descendants, stop, start
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("worker_e2e")
-    db_path = home / "db.sqlite3"
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{db_path}",
-        "SECRET_KEY": "insecure-key-for-the-worker-e2e-tests-only",
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "FLOW_DEMO_DELAY_SECONDS": "0",
-        "Q_WORKERS": "1",
-        "Q_CLUSTER_NAME": f"e2e-{port}",
-        "LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for name in ("REDIS_URL", "Q_SYNC"):  # the ORM broker on the file database, real workers
-        env.pop(name, None)
-
-    _manage(env, "migrate", "--noinput", "--verbosity", "0")
-    token = (
-        _manage(
-            env,
-            "shell",
-            "--verbosity",
-            "0",
-            "-c",
-            "from django.contrib.auth import get_user_model\n"
-            "from django.contrib.auth.models import Group\n"
-            "from rest_framework.authtoken.models import Token\n"
-            "user = get_user_model().objects.create_user('e2e', password='e2e-pass-123')\n"
-            "user.groups.add(Group.objects.get(name='editor'))\n"
-            "print(Token.objects.create(user=user).key)",
+    with live_backend(home, "e2e") as backend:
+        env = backend.process_env(
+            SECRET_KEY="insecure-key-for-the-worker-e2e-tests-only",
+            DEBUG="0",
+            ALLOWED_HOSTS="127.0.0.1",
+            FLOW_DEMO_DELAY_SECONDS="0",
+            Q_WORKERS="1",
+            LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
         )
-        .strip()
-        .splitlines()[-1]
-    )
-
-    logs = {"qcluster": home / "qcluster.log", "gunicorn": home / "gunicorn.log"}
-    procs: list[tuple[subprocess.Popen, float]] = []
-    client = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}",
-        headers={"Authorization": f"Token {token}"},
-        timeout=10,
-    )
-    try:
-        cluster = _start([sys.executable, "manage.py", "qcluster"], env, logs["qcluster"])
-        procs.append((cluster, STOP_GRACE_SECONDS))
-        web = _start(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "flowmanager.wsgi",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "1",
-                "--no-control-socket",
-            ],
-            env,
-            logs["gunicorn"],
-        )
-        procs.append((web, 10.0))
-        running = Stack(f"http://127.0.0.1:{port}", client, db_path, cluster, logs)
-
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while True:
-            for proc, _ in procs:
-                assert proc.poll() is None, f"{proc.args} exited\n{running.log_tails()}"
-            with contextlib.suppress(httpx.TransportError):
-                if client.get("/health").status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"web server never answered\n{running.log_tails()}"
-            time.sleep(0.1)
-        yield running
-    finally:
-        client.close()
-        for proc, grace in reversed(procs):
-            _stop(proc, grace=grace)
+        token = manage(env, "shell", "--verbosity", "0", "-c", SETUP_USER).split()[-1]
+        cluster_log = home / "qcluster.log"
+        cluster = start([sys.executable, "manage.py", "qcluster"], env, cluster_log)
+        try:
+            with (
+                running_stack(home, env, cluster=False, threads=1) as (url, logs),
+                httpx.Client(
+                    base_url=url, headers={"Authorization": f"Token {token}"}, timeout=10
+                ) as client,
+            ):
+                yield Stack(url, client, backend, cluster, {"qcluster": cluster_log, **logs})
+        finally:
+            stop(cluster, grace=STOP_GRACE_SECONDS)
 
 
 # -------------------------------------------------------------------------------------------
@@ -165,7 +98,7 @@ def _poll(stack: Stack, what: str, read: Callable[[], Any], done: Callable[[Any]
         if done(last):
             return last
         time.sleep(0.1)
-    pytest.fail(f"{what} did not happen; last seen: {last}\n{stack.log_tails()}")
+    pytest.fail(f"{what} did not happen; last seen: {last}\n{log_tails(stack.logs)}")
 
 
 def _create_and_execute(stack: Stack, document: dict[str, Any]) -> str:
@@ -193,9 +126,9 @@ def _wait_until_ended(stack: Stack, execution_id: str) -> dict[str, Any]:
 
 
 def _steps(stack: Stack, execution_id: str) -> list[tuple[str, str, str]]:
-    return stack.query(
-        "SELECT task_name, status, worker FROM flows_taskrun WHERE execution_id = ? ORDER BY seq",
-        uuid.UUID(execution_id).hex,
+    return stack.backend.query(
+        "SELECT task_name, status, worker FROM flows_taskrun WHERE execution_id = %s ORDER BY seq",
+        stack.backend.key(execution_id),
     )
 
 
@@ -268,12 +201,12 @@ def test_deleting_a_running_execution_frees_its_worker_for_the_next_flow(stack: 
     assert doc["status"] == "COMPLETED", doc
     assert [worker for _, _, worker in _steps(stack, next_id)] == [holder]
 
-    assert stack.cluster.poll() is None, stack.log_tails()
+    assert stack.cluster.poll() is None, log_tails(stack.logs)
     os.kill(int(holder.rsplit(":", 1)[1]), 0)  # the same worker process is still alive
-    hex_id = uuid.UUID(execution_id).hex
+    key = stack.backend.key(execution_id)
     for table in ("flows_execution", "flows_taskrun", "flows_executionevent"):
         column = "id" if table == "flows_execution" else "execution_id"
-        rows = stack.query(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", hex_id)
+        rows = stack.backend.query(f"SELECT COUNT(*) FROM {table} WHERE {column} = %s", key)
         assert rows == [(0,)], f"{table} has rows of the deleted execution again"
     assert stack.client.get(f"/flow/{execution_id}/status").status_code == 404
 
