@@ -277,7 +277,11 @@ class TaskRunStatus(models.TextChoices):
 class TaskRun(models.Model):
     """One step of an execution: one attempt of one task."""
 
-    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: the unique (execution, seq) index below serves every look-up by
+    # execution, and one index fewer is one page fewer written per step.
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="steps", db_index=False
+    )
     seq = models.PositiveIntegerField(help_text="Position of this step in the execution, from 1.")
     task_name = models.CharField(max_length=100)
     task_type = models.CharField(max_length=100)
@@ -376,7 +380,10 @@ class FlowSchedule(models.Model):
 class ExecutionEvent(models.Model):
     """A log line of an execution: the engine's decisions and what tasks logged."""
 
-    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="events")
+    # Look-ups by execution use the (execution, id) index below.
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     task_run = models.ForeignKey(
         TaskRun, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
     )
