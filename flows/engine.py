@@ -69,8 +69,11 @@ JOB_FUNC = "flows.jobs.run_execution"
 ABANDON_GRACE_SECONDS = 2.0
 WATCH_INTERVAL_SECONDS = 1.0
 # How often a dispatcher with room looks for newly ready executions besides its job's own: one
-# indexed query that claims a batch, so a start waits at most this long for a busy worker.
+# indexed query, then a claim of the whole batch. Looks that find nothing back off, doubling
+# up to the slower pace, so a worker whose room stays empty does not poll the database 20
+# times a second; one that finds work looks again at the fast pace.
 FILL_INTERVAL_SECONDS = 0.05
+FILL_INTERVAL_MAX_SECONDS = 1.0
 # At most this many finished steps are written in one transaction (SQLite holds its one write
 # lock that long).
 RECORD_BATCH = 50
@@ -999,7 +1002,8 @@ class Dispatcher:
 
     1. Ready steps are claimed in batches, oldest wake-up first, up to the concurrency: the
        job's own execution and others beside it (their queue messages later find nothing to
-       do). While there is room it looks again every FILL_INTERVAL_SECONDS.
+       do). While there is room it looks again every FILL_INTERVAL_SECONDS, less often
+       while it finds nothing.
     2. Steps that finished are recorded together, their results and routing in one
        transaction (``_write``); the next step of each execution starts at once, on the
        same loop.
@@ -1023,6 +1027,7 @@ class Dispatcher:
         self.renew_every = settings.FLOW_LEASE_SECONDS / 3
         self.next_renew = time.perf_counter() + self.renew_every
         self.next_fill = 0.0
+        self.fill_every = FILL_INTERVAL_SECONDS
         self.finished: list[tuple[_Slot, _Finished]] = []  # to record at the next _flush
         self.types: dict[str, TaskType | None] = {}  # look-ups since the last plugin scan
 
@@ -1082,7 +1087,7 @@ class Dispatcher:
         IMMEDIATE transaction serialises them), mark their executions RUNNING, then read those
         executions and their results so far.
         """
-        self.next_fill = time.perf_counter() + FILL_INTERVAL_SECONDS
+        self.next_fill = time.perf_counter() + self.fill_every
         room = self.concurrency - len(self.slots)
         if room <= 0 or not self._has_budget():
             return
@@ -1099,7 +1104,9 @@ class Dispatcher:
         # Most looks find nothing: ask first outside a transaction, which on SQLite would take
         # the database's one write lock and on PostgreSQL costs two more round trips.
         if not ready.exists():
+            self.fill_every = min(self.fill_every * 2, FILL_INTERVAL_MAX_SECONDS)
             return
+        self.fill_every = FILL_INTERVAL_SECONDS
         with transaction.atomic():
             steps = list(
                 ready.order_by("woken_at").select_for_update(skip_locked=True, of=("self",))[:room]

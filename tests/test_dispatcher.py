@@ -271,3 +271,24 @@ def test_a_busy_job_takes_executions_started_after_it_began(registry):
     # Claimed by this job's next look (within FILL_INTERVAL_SECONDS), not after the wait.
     assert TaskRun.objects.get(execution=second).worker == dispatcher.me
     assert second.ended_at < first.ended_at
+
+
+def test_a_job_with_room_and_nothing_to_take_looks_less_and_less_often(registry):
+    first = start(registry, flow_doc([task("wait", "pause", seconds=1.2)], flow_id="alone"))
+    dispatcher = engine.Dispatcher(registry, concurrency=10)
+    real_fill = dispatcher._fill
+    looks: list[float] = []
+
+    def counted_fill() -> None:
+        looks.append(dispatcher.fill_every)
+        real_fill()
+
+    dispatcher._fill = counted_fill  # type: ignore[method-assign]
+    dispatcher.run(first.id)
+
+    first.refresh_from_db()
+    assert first.status == ExecutionStatus.COMPLETED
+    # At a steady 50 ms it would have looked about 24 times in 1.2 s; backing off (50, 100,
+    # 200, 400, 800 ms) it looks a handful of times.
+    assert 3 <= len(looks) <= 8, looks
+    assert looks == sorted(looks)
