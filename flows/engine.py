@@ -282,7 +282,7 @@ def _flow_timeout(definition: FlowDefinition | None) -> StepOutcome:
     return outcome
 
 
-def _results_scope(results: dict[str, Any]) -> dict[str, Any]:
+def results_scope(results: dict[str, Any]) -> dict[str, Any]:
     """Earlier results as references and expressions see them: results.<task>.data."""
     return {name: {"data": value, "status": "SUCCESS"} for name, value in results.items()}
 
@@ -293,7 +293,7 @@ def _resolve_parameters(
     """The step's parameters with ${...} references filled in, checked against the schema."""
     if not needs_resolving(raw):
         return copy.deepcopy(raw)
-    scope = {"results": _results_scope(results), "input": input or {}}
+    scope = {"results": results_scope(results), "input": input or {}}
     resolved = copy.deepcopy(resolve(raw, scope))
     errors = list(
         jsonschema.Draft202012Validator(task_type.parameters_schema).iter_errors(resolved)
@@ -334,7 +334,7 @@ def flow_definition(
     return definition
 
 
-def _results_so_far(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+def results_so_far(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
     """Successful results by execution, then by task name, most recent last.
 
     A task that ran again moves to the end, so "the latest result" means the latest in run
@@ -453,7 +453,7 @@ class Runner:
         definition = self.definition(execution, step)
         if definition is None:
             return None
-        return execution, definition, _results_so_far([self.execution_id]).get(execution.id, {})
+        return execution, definition, results_so_far([self.execution_id]).get(execution.id, {})
 
     def definition(self, execution: Execution, step: TaskRun) -> FlowDefinition | None:
         """The execution's parsed flow; None (step and execution failed) when it is invalid."""
@@ -799,7 +799,7 @@ class Runner:
         status = "success" if succeeded else "failure"
         condition = definition.condition_for(step.task_name)
         # Expressions see results in the same shape as ${results.<task>.data} references.
-        scope = _results_scope(results) if condition and condition.expression else {}
+        scope = results_scope(results) if condition and condition.expression else {}
         try:
             target, why = definition.route(
                 step.task_name,
@@ -1029,7 +1029,7 @@ class Dispatcher:
         self.next_fill = 0.0
         self.fill_every = FILL_INTERVAL_SECONDS
         self.finished: list[tuple[_Slot, _Finished]] = []  # to record at the next _flush
-        self.types: dict[str, TaskType | None] = {}  # look-ups since the last plugin scan
+        self.types: dict[str, TaskType | None] = {}  # task types as of the last plugin scan
 
     def run(self, execution_id: uuid.UUID | None = None) -> int:
         """Run ready executions (the job's own, ``execution_id``, among them) until none is in
@@ -1142,10 +1142,11 @@ class Dispatcher:
             versions = FlowVersion.objects.in_bulk(
                 {execution.flow_version_id for execution in executions.values()}
             )
-            results = _results_so_far(ids)
-        # One plugin-folder scan and one parse look-up per flow version for the whole batch.
-        self.registry.refresh()
+            results = results_so_far(ids)
+        # One plugin-folder scan and one parse look-up per flow version for the whole batch:
+        # the runners look task types up in this scan's result, not in a scan of their own.
         self.types.clear()
+        self.types.update(self.registry.snapshot().types)
         parsed: dict[int, FlowDefinition | FlowValidationError] = {}
         for step in steps:
             step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, self.me, now

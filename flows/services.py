@@ -471,15 +471,7 @@ def _runnable_definition(
 
 def _results_of(execution: Execution) -> dict[str, Any]:
     """Successful results by task name, latest last, as expressions see them."""
-    results: dict[str, Any] = {}
-    for name, result in (
-        TaskRun.objects.filter(execution_id=execution.id, status=TaskRunStatus.SUCCESS)
-        .order_by("seq")
-        .values_list("task_name", "result")
-    ):
-        results.pop(name, None)
-        results[name] = {"data": result, "status": TaskRunStatus.SUCCESS}
-    return results
+    return engine.results_scope(engine.results_so_far([execution.id]).get(execution.id, {}))
 
 
 def _locked(execution_id: Any) -> Execution:
