@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +89,42 @@ def error_body(response: Any, status_code: int) -> dict[str, Any]:
     assert set(body) == {"detail", "code", "errors"}, body
     assert body["detail"]
     return body
+
+
+# Test task types shared by several test modules, as plugin sources (see write_plugins).
+HANG_PLUGIN = """
+    import asyncio
+    from pathlib import Path
+
+
+    class HangTask(BaseTask):
+        async def run(self):
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                Path(self.parameters["marker"]).write_text("cancelled")
+                raise
+            return {}
+"""
+
+NEEDS_MARKER_PLUGIN = """
+    from pathlib import Path
+
+
+    class NeedsMarkerTask(BaseTask):
+        \"\"\"Fails until the file named by its ``marker`` parameter exists.\"\"\"
+
+        async def run(self):
+            if not Path(self.parameters["marker"]).exists():
+                raise RuntimeError("marker file missing")
+            return {"attempt": self.context.attempt}
+"""
+
+
+def write_plugins(folder: Path, sources: Mapping[str, str]) -> Path:
+    """Write each ``task type -> class source`` as ``folder/task_<type>.py``, importing what
+    a plugin module needs from ``tasks.base_task``; returns ``folder``."""
+    header = "from tasks.base_task import BaseTask, PermanentTaskError\n"
+    for task_type, body in sources.items():
+        (folder / f"task_{task_type}.py").write_text(header + textwrap.dedent(body))
+    return folder

@@ -6,7 +6,6 @@ the same through real qcluster processes.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from flows import engine, services
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import TaskRegistry
-from tests.factories import flow_doc, ran, task
+from tests.factories import flow_doc, ran, task, write_plugins
 
 pytestmark = pytest.mark.django_db
 
@@ -47,9 +46,7 @@ PLUGINS = {
 
 @pytest.fixture
 def registry(tmp_path: Path) -> TaskRegistry:
-    for task_type, body in PLUGINS.items():
-        source = "from tasks.base_task import BaseTask\n" + textwrap.dedent(body)
-        (tmp_path / f"task_{task_type}.py").write_text(source)
+    write_plugins(tmp_path, PLUGINS)
     return TaskRegistry(tmp_path)
 
 

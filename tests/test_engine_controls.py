@@ -10,7 +10,6 @@ the factories all see the same task types.
 from __future__ import annotations
 
 import shutil
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from flows import engine, services
 from flows.definition import RetryPolicy
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from tests.factories import (
+    HANG_PLUGIN,
+    NEEDS_MARKER_PLUGIN,
     cond,
     failing,
     flow_doc,
@@ -31,6 +32,7 @@ from tests.factories import (
     run_to_end,
     start_execution,
     task,
+    write_plugins,
 )
 
 pytestmark = pytest.mark.django_db
@@ -43,6 +45,8 @@ BUILT_IN = Path(__file__).resolve().parent.parent / "tasks"
 QUICK = {"max_attempts": 3, "delay_seconds": 0.05}
 
 PLUGINS = {
+    "hang": HANG_PLUGIN,
+    "needs_marker": NEEDS_MARKER_PLUGIN,
     "flaky": """
         class FlakyTask(BaseTask):
             \"\"\"Fails on attempts 1..failures, then succeeds.\"\"\"
@@ -68,32 +72,6 @@ PLUGINS = {
         class RefusesTask(BaseTask):
             async def run(self):
                 raise PermanentTaskError("the input is wrong; retrying will not help")
-    """,
-    "needs_marker": """
-        from pathlib import Path
-
-
-        class NeedsMarkerTask(BaseTask):
-            \"\"\"Fails until the file named by its ``marker`` parameter exists.\"\"\"
-
-            async def run(self):
-                if not Path(self.parameters["marker"]).exists():
-                    raise RuntimeError("marker file missing")
-                return {"attempt": self.context.attempt}
-    """,
-    "hang": """
-        import asyncio
-        from pathlib import Path
-
-
-        class HangTask(BaseTask):
-            async def run(self):
-                try:
-                    await asyncio.sleep(30)
-                except asyncio.CancelledError:
-                    Path(self.parameters["marker"]).write_text("cancelled")
-                    raise
-                return {}
     """,
     "hang_until_marker": """
         import asyncio
@@ -138,10 +116,7 @@ def plugin_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("plugins")
     for module in BUILT_IN.glob("task_*.py"):
         shutil.copy(module, folder / module.name)
-    header = "from tasks.base_task import BaseTask, PermanentTaskError\n"
-    for task_type, body in PLUGINS.items():
-        (folder / f"task_{task_type}.py").write_text(header + textwrap.dedent(body))
-    return folder
+    return write_plugins(folder, PLUGINS)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ routing (here: to a ``recover`` task on failure).
 
 from __future__ import annotations
 
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -18,10 +17,12 @@ import pytest
 from flows import engine, services
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import TaskRegistry
+from tests.factories import HANG_PLUGIN, write_plugins
 
 pytestmark = pytest.mark.django_db
 
 PLUGINS = {
+    "hang": HANG_PLUGIN,
     "succeed": """
         class SucceedTask(BaseTask):
             async def run(self):
@@ -32,20 +33,6 @@ PLUGINS = {
             async def run(self):
                 self.context.logger.info("about to fail")
                 raise ValueError("bad thing 42")
-    """,
-    "hang": """
-        import asyncio
-        from pathlib import Path
-
-
-        class HangTask(BaseTask):
-            async def run(self):
-                try:
-                    await asyncio.sleep(30)
-                except asyncio.CancelledError:
-                    Path(self.parameters["marker"]).write_text("cancelled")
-                    raise
-                return {}
     """,
     "slow_type": """
         import asyncio
@@ -138,9 +125,7 @@ PLUGINS = {
 
 @pytest.fixture
 def registry(tmp_path: Path) -> TaskRegistry:
-    for task_type, body in PLUGINS.items():
-        source = "from tasks.base_task import BaseTask\n" + textwrap.dedent(body)
-        (tmp_path / f"task_{task_type}.py").write_text(source)
+    write_plugins(tmp_path, PLUGINS)
     reg = TaskRegistry(tmp_path)
     assert reg.errors == {}
     return reg

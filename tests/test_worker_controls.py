@@ -17,8 +17,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import textwrap
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.factories import flow_doc, task
-from tests.live import BASE_DIR, free_port, log_tails, manage, start, stop
+from tests.factories import NEEDS_MARKER_PLUGIN, flow_doc, task, write_plugins
+from tests.live import BASE_DIR, free_port, log_tails, manage, poll, start, stop
 
 pytestmark = pytest.mark.worker
 
@@ -41,6 +39,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 HOLD_SECONDS = 60
 
 PLUGINS = {
+    "needs_marker": NEEDS_MARKER_PLUGIN,
     "flaky": """
         class FlakyTask(BaseTask):
             \"\"\"Fails on its first attempt, succeeds after.\"\"\"
@@ -48,18 +47,6 @@ PLUGINS = {
             async def run(self):
                 if self.context.attempt == 1:
                     raise RuntimeError("first attempt failed")
-                return {"attempt": self.context.attempt}
-    """,
-    "needs_marker": """
-        from pathlib import Path
-
-
-        class NeedsMarkerTask(BaseTask):
-            \"\"\"Fails until the file named by its ``marker`` parameter exists.\"\"\"
-
-            async def run(self):
-                if not Path(self.parameters["marker"]).exists():
-                    raise RuntimeError("marker file missing")
                 return {"attempt": self.context.attempt}
     """,
 }
@@ -143,14 +130,7 @@ class Live:
         return [(s["task_name"], s["status"]) for s in self.steps(execution_id)]
 
     def poll(self, what: str, read: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        last = None
-        while time.monotonic() < deadline:
-            last = read()
-            if done(last):
-                return last
-            time.sleep(0.1)
-        pytest.fail(f"{what} did not happen; last seen: {last}\n{log_tails(self.logs)}")
+        return poll(what, read, done, logs=self.logs, seconds=DEADLINE_SECONDS)
 
     def wait_for_status(self, execution_id: str, *statuses: str) -> dict[str, Any]:
         return self.poll(
@@ -174,9 +154,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     plugins.mkdir()
     for built_in in ("noop", "wait"):
         shutil.copy(BASE_DIR / "tasks" / f"task_{built_in}.py", plugins)
-    for task_type, body in PLUGINS.items():
-        source = "from tasks.base_task import BaseTask\n" + textwrap.dedent(body)
-        (plugins / f"task_{task_type}.py").write_text(source)
+    write_plugins(plugins, PLUGINS)
     db_path = home / "db.sqlite3"
     env = {
         **os.environ,
