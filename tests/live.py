@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,28 @@ def gunicorn_args(port: int, *, workers: int = 1, threads: int = 4) -> list[str]
         str(threads),
         "--no-control-socket",
     ]
+
+
+def poll(
+    what: str,
+    read: Callable[[], Any],
+    done: Callable[[Any], bool],
+    *,
+    logs: dict[str, Path],
+    seconds: float,
+) -> Any:
+    """``read()`` every 0.1 s until ``done`` says yes, and return that value; after ``seconds``
+    fail the test with the last value seen and the tails of the stack's logs."""
+    import pytest  # here, not at the top: bench/_stack.py imports this module without pytest
+
+    deadline = time.monotonic() + seconds
+    last = None
+    while time.monotonic() < deadline:
+        last = read()
+        if done(last):
+            return last
+        time.sleep(0.1)
+    pytest.fail(f"{what} did not happen; last seen: {last}\n{log_tails(logs)}")
 
 
 def log_tails(logs: dict[str, Path], lines: int = 40) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import httpx
 import pytest
 
 from tests.factories import cond, failing, flow_doc, sample_flow, task
-from tests.live import Backend, live_backend, log_tails, manage, running_stack, start, stop
+from tests.live import Backend, live_backend, log_tails, manage, poll, running_stack, start, stop
 
 pytestmark = pytest.mark.worker
 
@@ -91,14 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # Helpers that act like an API client
 # -------------------------------------------------------------------------------------------
 def _poll(stack: Stack, what: str, read: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    last = None
-    while time.monotonic() < deadline:
-        last = read()
-        if done(last):
-            return last
-        time.sleep(0.1)
-    pytest.fail(f"{what} did not happen; last seen: {last}\n{log_tails(stack.logs)}")
+    return poll(what, read, done, logs=stack.logs, seconds=DEADLINE_SECONDS)
 
 
 def _create_and_execute(stack: Stack, document: dict[str, Any]) -> str:

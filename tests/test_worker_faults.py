@@ -25,7 +25,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +46,7 @@ from tests.live import (
     live_backend,
     log_tails,
     manage,
+    poll,
     start,
     suite_uses_postgresql,
     suite_uses_redis,
@@ -248,14 +248,7 @@ class Live:
         return [(norm(e), t, a, p) for e, t, a, p in rows if norm(e) in wanted]
 
     def poll(self, what: str, read: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        last = None
-        while time.monotonic() < deadline:
-            last = read()
-            if done(last):
-                return last
-            time.sleep(0.1)
-        pytest.fail(f"{what} did not happen; last seen: {last}\n{log_tails(self.logs)}")
+        return poll(what, read, done, logs=self.logs, seconds=DEADLINE_SECONDS)
 
     def wait_until_ended(self, flow_id: str, count: int) -> dict[str, str]:
         return self.poll(
