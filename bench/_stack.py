@@ -35,7 +35,7 @@ REDIS_SERVER = "redis://127.0.0.1:6379"
 if str(BASE_DIR) not in sys.path:
     sys.path.insert(0, str(BASE_DIR))
 
-from tests.live import descendants, free_port, manage, start, stop  # noqa: E402
+from tests.live import descendants, free_port, gunicorn_args, manage, start, stop  # noqa: E402
 
 __all__ = [
     "BASE_DIR",
@@ -48,6 +48,7 @@ __all__ = [
     "flush_redis_db",
     "free_port",
     "free_redis_db",
+    "gunicorn_args",
     "machine",
     "manage",
     "pg_redis_backend",

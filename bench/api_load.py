@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _stack import BASE_DIR, free_port, manage, start, stop
+from _stack import BASE_DIR, free_port, gunicorn_args, manage, start, stop
 from _stack import RESULTS_DIR as RESULTS
 
 SEED = """
@@ -213,19 +213,9 @@ def main() -> None:
         token, execution = found["TOKEN"], found["EXECUTION"]
 
         web_args = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "flowmanager.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
+            *gunicorn_args(port, workers=2, threads=options.threads),
             "--worker-class",
             options.worker_class,
-            "--threads",
-            str(options.threads),
-            "--no-control-socket",
         ]
         procs.append(start(web_args, env, home / "gunicorn.log"))
         procs.append(start([sys.executable, "manage.py", "qcluster"], env, home / "qcluster.log"))
