@@ -108,6 +108,11 @@ class _DelayedOrmBroker(ORM):
         return self.get_connection().create(key=self.list_key, payload=task, lock=self.due).pk
 
 
+def _wakes_after_commit() -> bool:
+    """Whether ``wake`` defers its message to ``transaction.on_commit`` (see there)."""
+    return Conf.SYNC or not Conf.ORM
+
+
 def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
     """Ask a worker to run the execution's PENDING step (at ``at``, if given).
 
@@ -126,7 +131,7 @@ def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
         broker = _DelayedOrmBroker(at) if delayed and Conf.ORM else _broker(os.getpid())
         async_task(JOB_FUNC, str(execution_id), task_name=f"flow-{execution_id}", broker=broker)
 
-    if Conf.SYNC or not Conf.ORM:
+    if _wakes_after_commit():
         transaction.on_commit(push, robust=True)
     else:
         push()
@@ -731,7 +736,7 @@ class Runner:
         """
         finished = self._decide(execution, definition, step, outcome, results)
         try:
-            with transaction.atomic():
+            with fastsql.atomic(commit_hooks=_wakes_after_commit()):
                 return _write([finished], self.me, self.lease, continue_here=continue_here)[0]
         except _TakenOver:
             return None
@@ -1250,7 +1255,7 @@ class Dispatcher:
         self, batch: list[tuple[_Slot, _Finished]], *, continue_here: bool
     ) -> list[tuple[_Slot, TaskRun | None]]:
         try:
-            with transaction.atomic():
+            with fastsql.atomic(commit_hooks=_wakes_after_commit()):
                 written = _write(
                     [finished for _, finished in batch], self.me, self.lease,
                     continue_here=continue_here,
@@ -1274,7 +1279,7 @@ class Dispatcher:
     ) -> TaskRun | None:
         for attempt in (1, 2):
             try:
-                with transaction.atomic():
+                with fastsql.atomic(commit_hooks=_wakes_after_commit()):
                     return _write([finished], self.me, self.lease, continue_here=continue_here)[0]
             except _TakenOver:
                 return None

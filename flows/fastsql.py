@@ -12,15 +12,21 @@ client's hot path), the services and views keep to the ORM.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+import json
+import operator
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
 MAX_PARAMETERS = 30_000  # SQLite takes at most 32,766 in one statement
+DATETIME = ("DateTimeField",)
 TEXT_FIELDS = ("CharField", "SlugField", "EmailField", "URLField")
 
 
@@ -37,23 +43,89 @@ PLAIN_TYPES: dict[str, type] = {
 }
 
 
-@functools.cache
-def _plain_type(field: Field) -> type | None:
-    return PLAIN_TYPES.get(field.get_internal_type())
+Prep = Callable[[Any], Any]
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _shortcut(field: Field, vendor: str, native_uuid: bool) -> tuple[type, Prep] | None:
+    """For a field, the one Python type whose value this module converts itself, and how:
+    what the field's ``get_db_prep_save`` chain would hand the driver, without the chain.
+
+    - plain strings and numbers of their own field: unchanged;
+    - UUIDs: unchanged where the database has a UUID type, else their hex (as Django stores
+      them on SQLite);
+    - JSON on SQLite: ``json.dumps`` with the field's encoder (PostgreSQL's adapter wraps it
+      in its own type, so it keeps the chain).
+
+    Aware datetimes are handled in ``_prep`` (their check needs the connection's zone).
+    """
+    kind = field.get_internal_type()
+    if kind in PLAIN_TYPES:
+        return PLAIN_TYPES[kind], _as_is
+    if kind == "UUIDField":
+        return uuid.UUID, (_as_is if native_uuid else operator.attrgetter("hex"))
+    if kind == "JSONField" and vendor == "sqlite":
+        return dict, functools.partial(json.dumps, cls=field.encoder)
+    return None
 
 
 def _prep(field: Field, value: Any, db: BaseDatabaseWrapper) -> Any:
-    # None is SQL NULL for every field here (a JSONField too, as the ORM stores it), and a
-    # plain str, int or float is sent as it is: a step writes some twenty values, and the
-    # field's full conversion chain for each was a good part of the cost of recording it.
-    if value is None or type(value) is _plain_type(field):
-        return value
+    """``value`` as the field's ``get_db_prep_save`` would send it to the driver.
+
+    The chain costs microseconds a value, and a step writes some twenty: the types the
+    engine writes most take a shortcut to the same result, everything else the chain.
+    None is SQL NULL for every field here (a JSONField too, as the ORM stores it).
+    """
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is datetime and value.tzinfo is db.timezone and field.get_internal_type() in DATETIME:
+        # Django's timezone.now() in the connection's own zone (UTC): the driver takes it
+        # as it is on PostgreSQL; SQLite stores the naive text, as make_naive + str() does.
+        return value if db.vendor != "sqlite" else str(value.replace(tzinfo=None))
+    shortcut = _shortcut(field, db.vendor, db.features.has_native_uuid_field)
+    if shortcut is not None and kind is shortcut[0]:
+        return shortcut[1](value)
     return field.get_db_prep_save(value, db)
 
 
 def _db() -> BaseDatabaseWrapper:
     # The wrapper itself: ``django.db.connection`` is a proxy that looks it up on every use.
     return connections[DEFAULT_DB_ALIAS]
+
+
+@functools.lru_cache(maxsize=1024)
+def _driver_sql(sql: str, vendor: str) -> str:
+    # sqlite3 takes qmark placeholders; Django's cursor converts on every call, with a regex.
+    return sql.replace("%s", "?") if vendor == "sqlite" else sql
+
+
+def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list[Any], int]:
+    """Run one statement: its rows (with ``RETURNING``) and its row count.
+
+    On the driver's own cursor, with Django's error translation, when nothing watches the
+    queries: Django's cursor wrapper, its placeholder conversion and its per-call checks
+    cost as much as one of these statements on SQLite. When something does watch (DEBUG's
+    query log, ``CaptureQueriesContext``, an ``execute_wrapper``), through Django's cursor,
+    so they see every statement.
+    """
+    if _watched(db):
+        with db.cursor() as cursor:
+            cursor.execute(sql, params)
+            return (cursor.fetchall() if cursor.description else []), cursor.rowcount
+    if db.connection is None:
+        db.ensure_connection()
+    with db.wrap_database_errors:
+        cursor = db.connection.cursor()
+        try:
+            cursor.execute(_driver_sql(sql, db.vendor), params)
+            return (cursor.fetchall() if cursor.description else []), cursor.rowcount
+        finally:
+            cursor.close()
 
 
 def _typed(db: BaseDatabaseWrapper, field: Field) -> str:
@@ -68,6 +140,44 @@ def _typed(db: BaseDatabaseWrapper, field: Field) -> str:
     if field.get_internal_type() in TEXT_FIELDS:
         return f"CAST(%s AS {db.ops.cast_char_field_without_max_length})"
     return f"CAST(%s AS {field.db_type(db)})"
+
+
+def _watched(db: BaseDatabaseWrapper) -> bool:
+    return db.queries_logged or bool(db.execute_wrappers)
+
+
+@contextlib.contextmanager
+def atomic(*, commit_hooks: bool) -> Iterator[None]:
+    """A transaction for the engine's writes: ``transaction.atomic()``, or where nothing can
+    tell the difference, BEGIN and COMMIT sent to the driver.
+
+    Django's atomic block keeps books (savepoints, autocommit switches, commit hooks) that
+    cost as much as two of a step's statements on SQLite; a step commits thousands of times
+    a second. Its block is kept wherever those books matter: inside an outer atomic block (a
+    caller's transaction, a test's), while queries are watched, and when the work may call
+    ``transaction.on_commit`` (``commit_hooks``): outside Django's block such a hook would
+    run at once, before the commit.
+    """
+    db = _db()
+    if commit_hooks or db.in_atomic_block or _watched(db) or not db.get_autocommit():
+        with transaction.atomic(using=db.alias):
+            yield
+        return
+    mode = getattr(db, "transaction_mode", None)  # SQLite's IMMEDIATE, as Django would begin
+    begin = f"BEGIN {mode}" if db.vendor == "sqlite" and mode else "BEGIN"
+    with db.wrap_database_errors:
+        db.connection.execute(begin)
+    try:
+        yield
+        with db.wrap_database_errors:
+            db.connection.execute("COMMIT")
+    except BaseException:
+        try:
+            with db.wrap_database_errors:
+                db.connection.execute("ROLLBACK")
+        except DatabaseError:
+            db.close()  # the connection is gone or unusable: the next query opens a new one
+        raise
 
 
 @functools.lru_cache(maxsize=512)
@@ -155,12 +265,11 @@ def update_rows(
         tuple(returning),
         tuple((name, value is None) for name, value in where.items()),
     )
-    with db.cursor() as cursor:
-        cursor.execute(sql, params)
-        if returning:
-            # The key as the model holds it (SQLite returns a UUID as its hex text).
-            return [(pk.to_python(row[0]), *row[1:]) for row in cursor.fetchall()]
-        return cursor.rowcount
+    fetched, count = _execute(db, sql, params)
+    if returning:
+        # The key as the model holds it (SQLite returns a UUID as its hex text).
+        return [(pk.to_python(row[0]), *row[1:]) for row in fetched]
+    return count
 
 
 @functools.lru_cache(maxsize=64)
@@ -187,13 +296,12 @@ def insert_rows(model: type[Model], objs: Iterable[Model]) -> None:
     db = _db()
     pk = model._meta.pk
     per_statement = max(1, MAX_PARAMETERS // (len(model._meta.concrete_fields) - 1))
-    with db.cursor() as cursor:
-        for start in range(0, len(objs), per_statement):
-            chunk = objs[start : start + per_statement]
-            sql, fields = _insert_sql(model, db.vendor, len(chunk))
-            params = [_prep(f, f.pre_save(obj, add=True), db) for obj in chunk for f in fields]
-            cursor.execute(sql, params)
-            for obj, (key,) in zip(chunk, cursor.fetchall(), strict=True):
-                setattr(obj, pk.attname, key)
-                obj._state.adding = False
-                obj._state.db = db.alias
+    for start in range(0, len(objs), per_statement):
+        chunk = objs[start : start + per_statement]
+        sql, fields = _insert_sql(model, db.vendor, len(chunk))
+        params = [_prep(f, f.pre_save(obj, add=True), db) for obj in chunk for f in fields]
+        fetched, _ = _execute(db, sql, params)
+        for obj, (key,) in zip(chunk, fetched, strict=True):
+            setattr(obj, pk.attname, key)
+            obj._state.adding = False
+            obj._state.db = db.alias

@@ -217,6 +217,17 @@ def test_recording_a_step_is_tried_once_more_after_a_database_error(registry, mo
 
 
 def test_a_step_taken_over_mid_batch_does_not_cost_the_others_their_results(registry):
+    taken_over_mid_batch(registry)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_taken_over_mid_batch_rolls_back_outside_any_outer_transaction(registry):
+    # As in a worker: no test transaction around it, so the batch is the outermost one
+    # (with the ORM broker, BEGIN and COMMIT sent straight to the driver).
+    taken_over_mid_batch(registry)
+
+
+def taken_over_mid_batch(registry: TaskRegistry) -> None:
     executions = [
         start(registry, flow_doc([task("a", "noop")], flow_id=f"batch{i}")) for i in range(3)
     ]

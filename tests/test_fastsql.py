@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone as dj_timezone
 
@@ -430,3 +431,75 @@ def test_inserted_values_that_look_like_sql_are_stored_literally(new_execution):
     assert ExecutionEvent.objects.get(pk=event.pk).message == SQL_LOOKALIKE
     row = TaskRun.objects.get(pk=step.pk)
     assert (row.task_name, row.parameters) == (SQL_LOOKALIKE, {SQL_LOOKALIKE: "100% %s"})
+
+
+# --- atomic -----------------------------------------------------------------------------------
+# Outside any transaction (as in a worker), where the engine's writes skip Django's atomic
+# block: all of a transaction's statements land, or none.
+
+
+@pytest.fixture
+def no_django_atomic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if fastsql.atomic falls back to Django's atomic block."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("transaction.atomic() was used")
+
+    monkeypatch.setattr(fastsql, "transaction", SimpleNamespace(atomic=refuse))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_error_inside_rolls_back_every_statement_of_the_transaction(new_step, no_django_atomic):
+    a, b = new_step(route="a before"), new_step(route="b before")
+
+    with pytest.raises(RuntimeError, match="half-way"), fastsql.atomic(commit_hooks=False):
+        fastsql.update_rows(TaskRun, {a.pk: {"route": "a changed"}})
+        fastsql.update_rows(TaskRun, {b.pk: {"route": "b changed"}})
+        raise RuntimeError("the write failed half-way")
+
+    assert stored(a, "route") == {"route": "a before"}
+    assert stored(b, "route") == {"route": "b before"}
+    assert connection.get_autocommit() and not connection.in_atomic_block
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transaction_that_ends_normally_commits_all_of_it(new_step, no_django_atomic):
+    a = new_step(route="a before")
+
+    with fastsql.atomic(commit_hooks=False):
+        fastsql.update_rows(TaskRun, {a.pk: {"route": "a changed"}})
+        fastsql.insert_rows(
+            ExecutionEvent,
+            [ExecutionEvent(execution_id=a.execution_id, message="logged", created_at=NOW)],
+        )
+
+    assert stored(a, "route") == {"route": "a changed"}
+    assert ExecutionEvent.objects.filter(execution_id=a.execution_id, message="logged").exists()
+    # Django still sees a connection in autocommit mode: its own next transaction works.
+    with transaction.atomic():
+        fastsql.update_rows(TaskRun, {a.pk: {"route": "again"}})
+    assert stored(a, "route") == {"route": "again"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commit_hooks_run_after_the_commit_never_before(new_step):
+    a = new_step(route="before")
+    ran: list[dict] = []
+
+    with fastsql.atomic(commit_hooks=True):
+        fastsql.update_rows(TaskRun, {a.pk: {"route": "after"}})
+        transaction.on_commit(lambda: ran.append(stored(a, "route")))
+        assert ran == []  # outside Django's atomic block it would have run here, uncommitted
+
+    assert ran == [{"route": "after"}]
+
+
+def test_inside_a_callers_transaction_it_is_part_of_that_transaction(new_step):
+    a = new_step(route="before")
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with fastsql.atomic(commit_hooks=False):
+            fastsql.update_rows(TaskRun, {a.pk: {"route": "inner"}})
+        raise RuntimeError("the caller's transaction fails after it")
+
+    assert stored(a, "route") == {"route": "before"}
