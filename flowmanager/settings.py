@@ -223,6 +223,9 @@ FLOW_STEP_BUDGET_STEPS = env_int("FLOW_STEP_BUDGET_STEPS", 10_000, minimum=1)
 FLOW_WORKER_CONCURRENCY = env_int("FLOW_WORKER_CONCURRENCY", 500, minimum=1)
 # A PENDING step nobody has picked up for this long is woken again by the reaper.
 FLOW_WAKE_AFTER_SECONDS = env_float("FLOW_WAKE_AFTER_SECONDS", 60.0, minimum=1)
+# With the Redis broker, how often each worker process looks for delayed steps (a retry's
+# delay) that are due, and wakes them: one indexed query. The ORM broker delivers them itself.
+FLOW_DUE_STEP_CHECK_SECONDS = env_float("FLOW_DUE_STEP_CHECK_SECONDS", 1.0, minimum=0.05)
 FLOW_MAX_RESULT_BYTES = env_int("FLOW_MAX_RESULT_BYTES", 1_048_576, minimum=1024)
 FLOW_MAX_DOCUMENT_BYTES = env_int("FLOW_MAX_DOCUMENT_BYTES", 524_288, minimum=1024)
 

@@ -119,12 +119,12 @@ def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
     Call inside the transaction that made the step PENDING. With the ORM broker the queue row
     is written in that same transaction, so it commits (or rolls back) with the state. With
     Redis, or in sync mode where the job would run inline, it is sent after the commit; a
-    delayed step is then picked up when a job or the reaper next looks after it is due.
+    delayed step is then woken once due by a worker process's DueStepTimer (or the reaper).
     """
     delayed = at is not None and at > timezone.now()
     if delayed and not Conf.ORM:
         # Redis has no delayed delivery in django-q2: a message now would find nothing due.
-        # The reaper wakes the step once it is due (see reap, step 3).
+        # Each worker process's DueStepTimer wakes the step once it is due (wake_due).
         return
 
     def push() -> None:
@@ -1478,8 +1478,8 @@ def reap(limit: int = 500) -> dict[str, int]:
     2. An execution past its flow timeout with no step running ends FAILED (a running step
        times itself out).
     3. A PENDING step whose wake-up is older than FLOW_WAKE_AFTER_SECONDS is woken again (its
-       queue message was lost), and so is a delayed step that is due but not yet woken (the
-       Redis broker cannot deliver a message late).
+       queue message was lost), and so is a delayed step that is due but not yet woken (with
+       Redis, the worker processes' DueStepTimer normally wakes it within a second).
     """
     now = timezone.now()
     counts = {"lost": 0, "timed_out": 0, "woken": 0}
@@ -1533,26 +1533,91 @@ def reap(limit: int = 500) -> dict[str, int]:
             logger.warning("execution=%s %s", eid, error)
 
     stale = now - timedelta(seconds=settings.FLOW_WAKE_AFTER_SECONDS)
-    sleepy = list(
-        TaskRun.objects.filter(
-            Q(woken_at__lt=stale) | Q(not_before__lte=now, woken_at__lte=F("not_before")),
-            status=TaskRunStatus.PENDING,
-            execution__status__in=ACTIVE_STATUSES,
-        ).values_list("pk", "execution_id")[:limit]
-    )
-    for pk, eid in sleepy:
-        with transaction.atomic():
-            if (
-                TaskRun.objects.filter(pk=pk, status=TaskRunStatus.PENDING)
-                .filter(
-                    Q(woken_at__lt=stale) | Q(not_before__lte=now, woken_at__lte=F("not_before"))
-                )
-                .update(woken_at=now)
-            ):
-                counts["woken"] += 1
-                logger.info("execution=%s pending step woken by the reaper", eid)
-                wake(eid)
+    counts["woken"] = _wake_pending(Q(woken_at__lt=stale) | _due(now), now, limit, "the reaper")
     return counts
 
 
-__all__ = ["Runner", "StepOutcome", "TaskLoop", "reap", "run_execution", "wake", "worker_id"]
+def _due(now: datetime) -> Q:
+    """PENDING steps whose delay (a retry's) has ended but that were not woken since."""
+    return Q(not_before__lte=now, woken_at__lte=F("not_before"))
+
+
+def _wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
+    """Wake the PENDING steps of active executions that ``which`` selects, each once: the
+    conditional UPDATE lets only one of several wakers (reapers, timers) through."""
+    sleepy = list(
+        TaskRun.objects.filter(
+            which, status=TaskRunStatus.PENDING, execution__status__in=ACTIVE_STATUSES
+        ).values_list("pk", "execution_id")[:limit]
+    )
+    woken = 0
+    for pk, eid in sleepy:
+        with transaction.atomic():
+            if (
+                TaskRun.objects.filter(which, pk=pk, status=TaskRunStatus.PENDING)
+                .update(woken_at=now)
+            ):  # fmt: skip
+                woken += 1
+                logger.info("execution=%s pending step woken by %s", eid, by)
+                wake(eid)
+    return woken
+
+
+def wake_due(limit: int = 500) -> int:
+    """Wake the delayed steps that are due; returns how many.
+
+    The ORM broker delivers a delayed step's message on time by itself. django-q2's Redis
+    broker cannot deliver late, so with it every worker process runs this about once a
+    second (``DueStepTimer``) and a retry starts when its delay ends, not at the reaper's
+    next run.
+    """
+    now = timezone.now()
+    return _wake_pending(_due(now), now, limit, "the due-step timer")
+
+
+class DueStepTimer:
+    """A daemon thread that calls ``wake_due`` every ``interval`` seconds in this process.
+
+    Started in each django-q2 worker process when the broker cannot deliver late (see
+    ``start_due_step_timer``); it dies with its process, and the next worker process starts
+    its own. Its database connection is its own (Django's are per thread).
+    """
+
+    started: DueStepTimer | None = None  # the one of this process
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.thread = threading.Thread(target=self._run, name="flow-due-step-timer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            try:
+                wake_due()
+            except Exception as exc:  # a database or Redis hiccup: try again next time
+                logger.warning("due-step timer failed, will retry: %s", exc)
+                _reconnect()
+
+
+def start_due_step_timer(**_: Any) -> None:
+    """django-q2's ``post_spawn`` receiver (a worker process started): start this process's
+    DueStepTimer, unless the broker delivers delayed messages itself (the ORM broker) or jobs
+    run inline (sync mode)."""
+    if Conf.ORM or Conf.SYNC or DueStepTimer.started is not None:
+        return
+    DueStepTimer.started = DueStepTimer(settings.FLOW_DUE_STEP_CHECK_SECONDS)
+
+
+__all__ = [
+    "DueStepTimer",
+    "Runner",
+    "StepOutcome",
+    "TaskLoop",
+    "reap",
+    "run_execution",
+    "start_due_step_timer",
+    "wake",
+    "wake_due",
+    "worker_id",
+]

@@ -52,3 +52,44 @@ def test_a_step_whose_message_was_lost_long_ago_is_woken_once():
 
     assert engine.reap()["woken"] == 1
     assert engine.reap()["woken"] == 0
+
+
+# --- the due-step timer (each worker process, with the Redis broker) --------------------------
+
+
+def test_the_timer_wakes_a_due_retry_once_and_leaves_lost_messages_to_the_reaper():
+    due_retry = start_execution(flow_doc([task("a")], flow_id="due_retry"))
+    due = timezone.now() - timedelta(seconds=1)
+    TaskRun.objects.filter(execution=due_retry).update(not_before=due, woken_at=due)
+    later_retry = start_execution(flow_doc([task("a")], flow_id="later_retry"))
+    later = timezone.now() + timedelta(seconds=30)
+    TaskRun.objects.filter(execution=later_retry).update(not_before=later, woken_at=later)
+    lost = start_execution(flow_doc([task("a")], flow_id="lost_message"))
+    long_ago = timezone.now() - timedelta(hours=1)
+    TaskRun.objects.filter(execution=lost).update(woken_at=long_ago)
+
+    assert engine.wake_due() == 1
+    assert engine.wake_due() == 0  # a second timer (another worker) finds nothing left
+
+    assert pending_step(due_retry).woken_at > due
+    assert pending_step(later_retry).woken_at == later
+    assert pending_step(lost).woken_at == long_ago  # the reaper's job (FLOW_WAKE_AFTER_SECONDS)
+    assert run_to_end(due_retry.id).status == "COMPLETED"
+
+
+def test_worker_processes_start_the_timer_only_where_the_broker_cannot_deliver_late(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    started: list[float] = []
+    monkeypatch.setattr(engine.DueStepTimer, "started", None)
+    monkeypatch.setattr(engine.DueStepTimer, "__init__", lambda self, i: started.append(i))
+    monkeypatch.setattr(engine.Conf, "SYNC", False)
+
+    monkeypatch.setattr(engine.Conf, "ORM", "default")  # the ORM broker delivers late itself
+    engine.start_due_step_timer(proc_name="Worker-1")
+    assert started == []
+
+    monkeypatch.setattr(engine.Conf, "ORM", None)  # Redis
+    engine.start_due_step_timer(proc_name="Worker-1")
+    engine.start_due_step_timer(proc_name="Worker-1")  # once per process
+    assert started == [engine.settings.FLOW_DUE_STEP_CHECK_SECONDS]

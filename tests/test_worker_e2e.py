@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ pytestmark = pytest.mark.worker
 DEADLINE_SECONDS = 30.0
 STOP_GRACE_SECONDS = 15.0
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+# A retry's delay, and how soon after it the retry must have started: the reaper, which would
+# otherwise be what starts it on a broker that cannot deliver late, runs about once a minute.
+RETRY_DELAY_SECONDS = 2
+RETRY_ON_TIME_SECONDS = 10
 # Far longer than DEADLINE_SECONDS: a worker that kept holding a deleted execution's step
 # could not run anything else before a poll gives up.
 HOLD_SECONDS = 300
@@ -163,6 +168,36 @@ def test_a_failure_routed_to_a_recovery_task_ends_completed(stack: Stack) -> Non
     assert doc["task_results"]["recover"]["status"] == "SUCCESS"
     assert doc["task_results"]["recover"]["data"] == {"message": "fixed"}
     assert "store" not in doc["task_results"]
+
+
+def test_a_retry_starts_when_its_delay_ends_on_every_broker(stack: Stack) -> None:
+    fetch = failing("fetch")
+    fetch["retry"] = {"max_attempts": 2, "delay_seconds": RETRY_DELAY_SECONDS}
+    execution_id = _create_and_execute(stack, flow_doc([fetch], flow_id="e2e_retry_on_time"))
+
+    doc = _wait_until_ended(stack, execution_id)
+
+    assert doc["status"] == "FAILED", doc
+    rows = stack.backend.query(
+        "SELECT attempt, status, started_at, ended_at FROM flows_taskrun "
+        "WHERE execution_id = %s ORDER BY seq",
+        stack.backend.key(execution_id),
+    )
+    (a1, s1, _, ended), (a2, s2, restarted, _) = [
+        (attempt, status, *(_when(t) for t in times)) for attempt, status, *times in rows
+    ]
+    assert (a1, s1, a2, s2) == (1, "FAILURE", 2, "FAILURE")
+    waited = (restarted - ended).total_seconds()
+    # Not before its delay, and not at the reaper's next run either (with Redis, a worker
+    # process's due-step timer wakes it).
+    assert RETRY_DELAY_SECONDS <= waited < RETRY_DELAY_SECONDS + RETRY_ON_TIME_SECONDS, waited
+
+
+def _when(value: Any) -> datetime:
+    """A timestamp as either database returns it (SQLite: text in UTC)."""
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def test_deleting_a_running_execution_frees_its_worker_for_the_next_flow(stack: Stack) -> None:
