@@ -21,6 +21,14 @@ the figures from the timestamps the engine writes:
               share one after another as fast as it can (as that many API clients would):
               flows/s = completed / (last execution ended_at - first execution queued_at);
               latency = ended_at - queued_at of each execution, p50 and p95
+  floor       before the cluster starts, with no engine at all: from this process, on the
+              driver's own connection, (a) one single-row UPDATE committed on its own and
+              (b) BEGIN + three single-row UPDATEs + COMMIT, the shape of the transaction
+              that records a step (count it, close it, open the next), 2,000 times each,
+              median of 3 rounds. An engine that commits every step before the next starts
+              cannot take less than (a) a step, nor, writing what ours writes, less than
+              (b): Celery's per step divided by them is the most any such engine could show
+              against Celery here.
   waits       K executions of a one-task flow (``wait``, 1 s), started the same way:
               wall = last ended_at - first queued_at. If they are not all done
               ``--wait-deadline`` s after the first queued_at, the figure is "> deadline",
@@ -238,6 +246,41 @@ def measure_waits(version_obj: Any, count: int, clients: int, deadline_s: float)
     }
 
 
+def measure_commit_floor(rounds: int = 2000) -> dict[str, float]:
+    """Seconds per commit of this database from Python with no engine (see the module doc)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE bench_floor (id integer PRIMARY KEY, n integer NOT NULL)")
+        cursor.execute("INSERT INTO bench_floor (id, n) VALUES (1, 0), (2, 0), (3, 0)")
+    raw = connection.connection  # the driver's own, in autocommit mode as Django keeps it
+    begin = "BEGIN IMMEDIATE" if connection.vendor == "sqlite" else "BEGIN"
+
+    def one() -> None:
+        raw.execute("UPDATE bench_floor SET n = n + 1 WHERE id = 1")
+
+    def step_shaped() -> None:
+        raw.execute(begin)
+        for row in (1, 2, 3):
+            raw.execute(f"UPDATE bench_floor SET n = n + 1 WHERE id = {row}")
+        raw.execute("COMMIT")
+
+    def per_call(work: Any) -> float:
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(rounds):
+                work()
+            timings.append((time.perf_counter() - started) / rounds)
+        return statistics.median(timings)
+
+    try:
+        return {"single_update_s": per_call(one), "step_transaction_s": per_call(step_shaped)}
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE bench_floor")
+
+
 def child(out_path: Path, counts: dict[str, Any]) -> int:
     """Run inside the backend's environment (set by the parent); write the figures as JSON."""
     sys.path.insert(0, str(BASE_DIR))
@@ -267,6 +310,9 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
     chain = services.flow_create(document=eo.noop_chain(counts["steps"]))
     sample = services.flow_create(document=sample_flow_noop())
     waits = services.flow_create(document=WAIT_FLOW)
+
+    result["floor"] = measure_commit_floor()  # before any worker polls the database
+    log(f"  commit floor: {result['floor']}")
 
     qlog = home / "qcluster.log"
     cluster = start([sys.executable, "manage.py", "qcluster"], env, qlog)
@@ -421,6 +467,19 @@ def build_rows(
             f"≤ {target_ms:g} ms",
             _verdict(median_ms <= target_ms),
         )
+        floor = fig.get("floor")
+        if floor:
+            add(
+                stack,
+                "floor, no engine: one single-row UPDATE committed on its own, from Python",
+                f"{floor['single_update_s'] * 1000:.3f} ms",
+            )
+            add(
+                stack,
+                "floor, no engine: BEGIN + 3 single-row UPDATEs + COMMIT (a recorded step's "
+                "transaction: count it, close it, open the next)",
+                f"{floor['step_transaction_s'] * 1000:.3f} ms",
+            )
         thr = fig["throughput"]
         rate = thr["flows_per_s"]
         target_rate = TARGET_FLOWS_PER_S.get(name)
@@ -515,6 +574,15 @@ def build_rows(
                 f"≥ {TARGET_VS_CELERY:g}x",
                 _verdict(ratio >= TARGET_VS_CELERY),
             )
+            floor = fig.get("floor")
+            if floor:
+                add(
+                    stack,
+                    "the most any engine committing each step could show vs Celery here: "
+                    "Celery chain per step / floor (single UPDATE; step-shaped transaction)",
+                    f"{_ratio(cs / floor['single_update_s'])}; "
+                    f"{_ratio(cs / floor['step_transaction_s'])}",
+                )
             rate = fig["throughput"]["flows_per_s"]
             if rate:
                 add(
