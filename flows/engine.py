@@ -108,11 +108,6 @@ class _DelayedOrmBroker(ORM):
         return self.get_connection().create(key=self.list_key, payload=task, lock=self.due).pk
 
 
-def _wakes_after_commit() -> bool:
-    """Whether ``wake`` defers its message to ``transaction.on_commit`` (see there)."""
-    return Conf.SYNC or not Conf.ORM
-
-
 def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
     """Ask a worker to run the execution's PENDING step (at ``at``, if given).
 
@@ -131,8 +126,8 @@ def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
         broker = _DelayedOrmBroker(at) if delayed and Conf.ORM else _broker(os.getpid())
         async_task(JOB_FUNC, str(execution_id), task_name=f"flow-{execution_id}", broker=broker)
 
-    if _wakes_after_commit():
-        transaction.on_commit(push, robust=True)
+    if Conf.SYNC or not Conf.ORM:
+        fastsql.on_commit(push)
     else:
         push()
 
@@ -382,8 +377,9 @@ class _Inserts:
     events: list[ExecutionEvent] = field(default_factory=list)
 
     def save(self) -> None:
-        fastsql.insert_rows(TaskRun, self.steps)
-        fastsql.insert_rows(ExecutionEvent, self.events)
+        # Nothing reads their keys before the commit: on PostgreSQL they go out with it.
+        fastsql.insert_rows(TaskRun, self.steps, after_commit=True)
+        fastsql.insert_rows(ExecutionEvent, self.events, after_commit=True)
 
 
 @dataclass
@@ -736,7 +732,7 @@ class Runner:
         """
         finished = self._decide(execution, definition, step, outcome, results)
         try:
-            with fastsql.atomic(commit_hooks=_wakes_after_commit()):
+            with fastsql.atomic():
                 return _write([finished], self.me, self.lease, continue_here=continue_here)[0]
         except _TakenOver:
             return None
@@ -1255,7 +1251,7 @@ class Dispatcher:
         self, batch: list[tuple[_Slot, _Finished]], *, continue_here: bool
     ) -> list[tuple[_Slot, TaskRun | None]]:
         try:
-            with fastsql.atomic(commit_hooks=_wakes_after_commit()):
+            with fastsql.atomic():
                 written = _write(
                     [finished for _, finished in batch], self.me, self.lease,
                     continue_here=continue_here,
@@ -1279,7 +1275,7 @@ class Dispatcher:
     ) -> TaskRun | None:
         for attempt in (1, 2):
             try:
-                with fastsql.atomic(commit_hooks=_wakes_after_commit()):
+                with fastsql.atomic():
                     return _write([finished], self.me, self.lease, continue_here=continue_here)[0]
             except _TakenOver:
                 return None

@@ -433,9 +433,9 @@ def test_inserted_values_that_look_like_sql_are_stored_literally(new_execution):
     assert (row.task_name, row.parameters) == (SQL_LOOKALIKE, {SQL_LOOKALIKE: "100% %s"})
 
 
-# --- atomic -----------------------------------------------------------------------------------
+# --- atomic ---------------------------------------------------------------------------------
 # Outside any transaction (as in a worker), where the engine's writes skip Django's atomic
-# block: all of a transaction's statements land, or none.
+# block: all of a transaction's statements land, or none; hooks run only after the commit.
 
 
 @pytest.fixture
@@ -448,33 +448,43 @@ def no_django_atomic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fastsql, "transaction", SimpleNamespace(atomic=refuse))
 
 
+def event(step: TaskRun, message: str) -> ExecutionEvent:
+    return ExecutionEvent(execution_id=step.execution_id, message=message, created_at=NOW)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_error_inside_rolls_back_every_statement_of_the_transaction(new_step, no_django_atomic):
     a, b = new_step(route="a before"), new_step(route="b before")
+    ran: list[str] = []
 
-    with pytest.raises(RuntimeError, match="half-way"), fastsql.atomic(commit_hooks=False):
+    with pytest.raises(RuntimeError, match="half-way"), fastsql.atomic():
         fastsql.update_rows(TaskRun, {a.pk: {"route": "a changed"}})
+        fastsql.on_commit(lambda: ran.append("hook"))
+        fastsql.insert_rows(ExecutionEvent, [event(a, "never")], after_commit=True)
         fastsql.update_rows(TaskRun, {b.pk: {"route": "b changed"}})
         raise RuntimeError("the write failed half-way")
 
     assert stored(a, "route") == {"route": "a before"}
     assert stored(b, "route") == {"route": "b before"}
+    assert not ExecutionEvent.objects.filter(message="never").exists()
+    assert ran == []  # its transaction never committed
     assert connection.get_autocommit() and not connection.in_atomic_block
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_transaction_that_ends_normally_commits_all_of_it(new_step, no_django_atomic):
     a = new_step(route="a before")
+    logged = [event(a, "logged"), event(a, "and this")]
 
-    with fastsql.atomic(commit_hooks=False):
+    with fastsql.atomic():
         fastsql.update_rows(TaskRun, {a.pk: {"route": "a changed"}})
-        fastsql.insert_rows(
-            ExecutionEvent,
-            [ExecutionEvent(execution_id=a.execution_id, message="logged", created_at=NOW)],
-        )
+        fastsql.insert_rows(ExecutionEvent, logged, after_commit=True)
 
     assert stored(a, "route") == {"route": "a changed"}
-    assert ExecutionEvent.objects.filter(execution_id=a.execution_id, message="logged").exists()
+    # The rows were inserted (with the COMMIT, on PostgreSQL) and got their keys.
+    stored_events = ExecutionEvent.objects.filter(execution_id=a.execution_id).order_by("pk")
+    assert [(e.pk, e.message) for e in stored_events] == [(e.pk, e.message) for e in logged]
+    assert all(e.pk is not None and not e._state.adding for e in logged)
     # Django still sees a connection in autocommit mode: its own next transaction works.
     with transaction.atomic():
         fastsql.update_rows(TaskRun, {a.pk: {"route": "again"}})
@@ -482,14 +492,32 @@ def test_a_transaction_that_ends_normally_commits_all_of_it(new_step, no_django_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_commit_hooks_run_after_the_commit_never_before(new_step):
+def test_commit_hooks_run_after_the_commit_never_before(new_step, no_django_atomic):
     a = new_step(route="before")
     ran: list[dict] = []
 
-    with fastsql.atomic(commit_hooks=True):
+    def broken_hook() -> None:
+        raise RuntimeError("a hook that fails")
+
+    with fastsql.atomic():
         fastsql.update_rows(TaskRun, {a.pk: {"route": "after"}})
-        transaction.on_commit(lambda: ran.append(stored(a, "route")))
-        assert ran == []  # outside Django's atomic block it would have run here, uncommitted
+        fastsql.on_commit(broken_hook)
+        fastsql.on_commit(lambda: ran.append(stored(a, "route")))
+        assert ran == []
+
+    # Run after the commit (they see its writes), and a failing one does not stop the next.
+    assert ran == [{"route": "after"}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_atomic_a_commit_hook_waits_for_djangos_transaction(new_step):
+    a = new_step(route="before")
+    ran: list[dict] = []
+
+    with transaction.atomic():
+        fastsql.update_rows(TaskRun, {a.pk: {"route": "after"}})
+        fastsql.on_commit(lambda: ran.append(stored(a, "route")))
+        assert ran == []
 
     assert ran == [{"route": "after"}]
 
@@ -498,8 +526,11 @@ def test_inside_a_callers_transaction_it_is_part_of_that_transaction(new_step):
     a = new_step(route="before")
 
     with pytest.raises(RuntimeError), transaction.atomic():
-        with fastsql.atomic(commit_hooks=False):
+        with fastsql.atomic():
             fastsql.update_rows(TaskRun, {a.pk: {"route": "inner"}})
+            fastsql.insert_rows(ExecutionEvent, [event(a, "inner")], after_commit=True)
+        assert ExecutionEvent.objects.filter(message="inner").exists()  # written at once here
         raise RuntimeError("the caller's transaction fails after it")
 
     assert stored(a, "route") == {"route": "before"}
+    assert not ExecutionEvent.objects.filter(message="inner").exists()
