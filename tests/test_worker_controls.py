@@ -1,33 +1,33 @@
 """Engine controls on a real ``manage.py qcluster``: cancel, retry delays, pause/resume across a
 restart, and redrive.
 
-A module fixture migrates a fresh SQLite file and starts one cluster with ONE worker process
-against it, with ``FLOW_TASKS_DIR`` pointing at a folder holding the built-in ``noop`` and
-``wait`` types plus two plugins written here. Flows are started and controlled through
-``flows.services`` in ``manage.py shell`` processes, as an operator's script would (there is
-no HTTP endpoint for every control); what the worker did is read from the database file,
-read-only. Deadlines only bound "it never happened"; nothing asserts how fast anything was.
+A module fixture migrates a fresh database of the CI pass's backend (tests/live.py's
+``live_backend``: a SQLite file with the ORM broker, a PostgreSQL database of its own, or that
+plus the suite's Redis broker with a queue name of its own) and starts one cluster with ONE
+worker process against it, with ``FLOW_TASKS_DIR`` pointing at a folder holding the built-in
+``noop`` and ``wait`` types plus two plugins written here. Flows are started and controlled
+through ``flows.services`` in ``manage.py shell`` processes, as an operator's script would
+(there is no HTTP endpoint for every control); what the worker did is read from the database,
+read-only, from the test process. Deadlines only bound "it never happened"; nothing asserts how
+fast anything was.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.factories import NEEDS_MARKER_PLUGIN, flow_doc, task, write_plugins
-from tests.live import BASE_DIR, free_port, log_tails, manage, poll, start, stop
+from tests.live import BASE_DIR, Backend, live_backend, log_tails, manage, poll, start, stop
 
 pytestmark = pytest.mark.worker
 
@@ -69,11 +69,12 @@ else:
 
 @dataclass
 class Live:
-    """A migrated database file, the cluster working on it, and how to reach both."""
+    """A migrated database (and, with Redis, a queue), the cluster working on it, and how to
+    reach both."""
 
     home: Path
     env: dict[str, str]
-    db_path: Path
+    backend: Backend
     logs: dict[str, Path] = field(default_factory=dict)
     cluster: subprocess.Popen | None = None
 
@@ -101,29 +102,26 @@ class Live:
 
     # -- looking at what the worker did ----------------------------------------------------
     def query(self, sql: str, *params: Any) -> list[tuple]:
-        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
-        try:
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
+        """Read the backend's database (``%s`` placeholders on either engine)."""
+        return self.backend.query(sql, *params)
 
     def execution(self, execution_id: str) -> dict[str, Any]:
         [(status, error, redrive_count)] = self.query(
-            "SELECT status, error, redrive_count FROM flows_execution WHERE id = ?",
-            uuid.UUID(execution_id).hex,
+            "SELECT status, error, redrive_count FROM flows_execution WHERE id = %s",
+            self.backend.key(execution_id),
         )
         return {"status": status, "error": error, "redrive_count": redrive_count}
 
     def steps(self, execution_id: str) -> list[dict[str, Any]]:
         columns = ("task_name", "status", "attempt", "error", "worker", "started_at", "ended_at")
         rows = self.query(
-            f"SELECT {', '.join(columns)} FROM flows_taskrun WHERE execution_id = ? ORDER BY seq",
-            uuid.UUID(execution_id).hex,
+            f"SELECT {', '.join(columns)} FROM flows_taskrun WHERE execution_id = %s ORDER BY seq",
+            self.backend.key(execution_id),
         )
         steps = [dict(zip(columns, row, strict=True)) for row in rows]
         for step in steps:
             for key in ("started_at", "ended_at"):
-                step[key] = datetime.fromisoformat(step[key]) if step[key] else None
+                step[key] = _when(step[key])
         return steps
 
     def ran(self, execution_id: str) -> list[tuple[str, str]]:
@@ -147,6 +145,14 @@ class Live:
         )
 
 
+def _when(value: Any) -> datetime | None:
+    """A timestamp as either database returns it: PostgreSQL an aware datetime, SQLite ISO
+    text in UTC (made aware here, so the two compare)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     home = tmp_path_factory.mktemp("worker_controls")
@@ -155,28 +161,24 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     for built_in in ("noop", "wait"):
         shutil.copy(BASE_DIR / "tasks" / f"task_{built_in}.py", plugins)
     write_plugins(plugins, PLUGINS)
-    db_path = home / "db.sqlite3"
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{db_path}",
-        "SECRET_KEY": "insecure-key-for-the-worker-controls-tests-only",
-        "DEBUG": "0",
-        "FLOW_TASKS_DIR": str(plugins),
-        "Q_WORKERS": "1",
-        "Q_CLUSTER_NAME": f"controls-{free_port()}",
-        "LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for name in ("REDIS_URL", "Q_SYNC"):  # the ORM broker on the file database, real workers
-        env.pop(name, None)
-    manage(env, "migrate", "--noinput", "--verbosity", "0")
-
-    running = Live(home, env, db_path)
-    try:
-        running.start_cluster()
-        yield running
-    finally:
-        running.stop_cluster()
+    # live_backend has migrated the database already. Every process gets the same env, so the
+    # cluster after a restart (and every `manage.py shell`) uses the same database and, with
+    # Redis, the same queue name (Q_CLUSTER_NAME).
+    with live_backend(home, "controls") as backend:
+        env = backend.process_env(
+            SECRET_KEY="insecure-key-for-the-worker-controls-tests-only",
+            DEBUG="0",
+            FLOW_TASKS_DIR=str(plugins),
+            Q_WORKERS="1",
+            LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
+        )
+        running = Live(home, env, backend)
+        try:
+            running.start_cluster()
+            yield running
+        finally:
+            running.stop_cluster()
 
 
 # -------------------------------------------------------------------------------------------
