@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -180,6 +181,14 @@ def running_stack(
     finally:
         for proc, grace in reversed(procs):
             stop(proc, grace=grace)
+
+
+def timestamp(value: Any) -> datetime | None:
+    """A timestamp read with ``Backend.query``, as either database returns it: PostgreSQL an
+    aware datetime, SQLite ISO text in UTC (made aware here, so the two compare)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------

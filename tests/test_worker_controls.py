@@ -20,14 +20,23 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.factories import NEEDS_MARKER_PLUGIN, flow_doc, task, write_plugins
-from tests.live import BASE_DIR, Backend, live_backend, log_tails, manage, poll, start, stop
+from tests.live import (
+    BASE_DIR,
+    Backend,
+    live_backend,
+    log_tails,
+    manage,
+    poll,
+    start,
+    stop,
+    timestamp,
+)
 
 pytestmark = pytest.mark.worker
 
@@ -121,7 +130,7 @@ class Live:
         steps = [dict(zip(columns, row, strict=True)) for row in rows]
         for step in steps:
             for key in ("started_at", "ended_at"):
-                step[key] = _when(step[key])
+                step[key] = timestamp(step[key])
         return steps
 
     def ran(self, execution_id: str) -> list[tuple[str, str]]:
@@ -143,14 +152,6 @@ class Live:
             lambda: self.ran(execution_id),
             lambda ran: (task_name, "RUNNING") in ran,
         )
-
-
-def _when(value: Any) -> datetime | None:
-    """A timestamp as either database returns it: PostgreSQL an aware datetime, SQLite ISO
-    text in UTC (made aware here, so the two compare)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")

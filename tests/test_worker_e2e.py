@@ -18,7 +18,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,17 @@ import httpx
 import pytest
 
 from tests.factories import cond, failing, flow_doc, sample_flow, task
-from tests.live import Backend, live_backend, log_tails, manage, poll, running_stack, start, stop
+from tests.live import (
+    Backend,
+    live_backend,
+    log_tails,
+    manage,
+    poll,
+    running_stack,
+    start,
+    stop,
+    timestamp,
+)
 
 pytestmark = pytest.mark.worker
 
@@ -184,20 +193,13 @@ def test_a_retry_starts_when_its_delay_ends_on_every_broker(stack: Stack) -> Non
         stack.backend.key(execution_id),
     )
     (a1, s1, _, ended), (a2, s2, restarted, _) = [
-        (attempt, status, *(_when(t) for t in times)) for attempt, status, *times in rows
+        (attempt, status, *(timestamp(t) for t in times)) for attempt, status, *times in rows
     ]
     assert (a1, s1, a2, s2) == (1, "FAILURE", 2, "FAILURE")
     waited = (restarted - ended).total_seconds()
     # Not before its delay, and not at the reaper's next run either (with Redis, a worker
     # process's due-step timer wakes it).
     assert RETRY_DELAY_SECONDS <= waited < RETRY_DELAY_SECONDS + RETRY_ON_TIME_SECONDS, waited
-
-
-def _when(value: Any) -> datetime:
-    """A timestamp as either database returns it (SQLite: text in UTC)."""
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def test_deleting_a_running_execution_frees_its_worker_for_the_next_flow(stack: Stack) -> None:
