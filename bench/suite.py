@@ -12,7 +12,9 @@ before and after), ``manage.py migrate``, then a helper process (this script wit
 and ``FLOW_DEMO_DELAY_SECONDS=0``, starts executions through ``flows.services`` and reads
 the figures from the timestamps the engine writes:
 
-  overhead    a 100-step ``noop`` flow, 1 warm-up + N executions one after another:
+  overhead    a 100-step ``noop`` flow, warm-ups until each worker process has run one (a
+              worker's first execution pays for its imports and cold caches), then N
+              executions one after another:
               (last step ended_at - first step started_at - sum of step durations) / steps
               (bench/engine_overhead.py's definition and code)
   throughput  M executions of the 3-task sample flow (examples/sample_flow.json, with its
@@ -281,6 +283,15 @@ def measure_commit_floor(rounds: int = 2000) -> dict[str, float]:
             cursor.execute("DROP TABLE bench_floor")
 
 
+def _run_chain(eo: Any, chain: Any, qlog: Path) -> str:
+    """Start one execution of the noop chain and wait for it to complete; its id."""
+    execution_id = eo.start_execution(chain)
+    status = eo.wait_until_ended(execution_id, 120)
+    if status != "COMPLETED":
+        sys.exit(f"execution {execution_id} ended {status}; see {qlog}")
+    return execution_id
+
+
 def child(out_path: Path, counts: dict[str, Any]) -> int:
     """Run inside the backend's environment (set by the parent); write the figures as JSON."""
     sys.path.insert(0, str(BASE_DIR))
@@ -318,14 +329,15 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
     cluster = start([sys.executable, "manage.py", "qcluster"], env, qlog)
     try:
         wait_for_cluster(cluster, qlog)
-        runs = []
-        for i in range(1 + counts["overhead_runs"]):  # the first is a warm-up
-            execution_id = eo.start_execution(chain)
-            status = eo.wait_until_ended(execution_id, 120)
-            if status != "COMPLETED":
-                sys.exit(f"execution {execution_id} ended {status}; see {qlog}")
-            if i:
-                runs.append(eo.measure(execution_id))
+        # Warm-ups until every worker process has run one (at most 4 each): whichever worker
+        # takes an execution, its first pays for loading the task modules and filling caches.
+        warm: set[str] = set()
+        warmups = 0
+        while len(warm) < WORKERS and warmups < 4 * WORKERS:
+            warm.update(eo.measure(_run_chain(eo, chain, qlog))["workers"])
+            warmups += 1
+        result["overhead_warmups"] = warmups
+        runs = [eo.measure(_run_chain(eo, chain, qlog)) for _ in range(counts["overhead_runs"])]
         result["overhead"] = {"summary": eo.summarize(runs), "runs": runs}
         log(f"  overhead: {result['overhead']['summary']['overhead_ms_per_step']}")
 
