@@ -731,11 +731,7 @@ class Runner:
         Returns the next step when it is claimed by this worker, else None.
         """
         finished = self._decide(execution, definition, step, outcome, results)
-        try:
-            with fastsql.atomic():
-                return _write([finished], self.me, self.lease, continue_here=continue_here)[0]
-        except _TakenOver:
-            return None
+        return _write_alone(finished, self.me, self.lease, continue_here=continue_here)
 
     def _decide(
         self,
@@ -967,6 +963,18 @@ def _write(
     for eid, route in routes:
         logger.info("execution=%s route: %s", eid, route)
     return next_steps
+
+
+def _write_alone(
+    finished: _Finished, me: str, lease: timedelta, *, continue_here: bool
+) -> TaskRun | None:
+    """Write one decided step in a transaction of its own: the next step when this worker
+    claimed it, else None (also when the step was taken over: nothing is written then)."""
+    try:
+        with fastsql.atomic():
+            return _write([finished], me, lease, continue_here=continue_here)[0]
+    except _TakenOver:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1275,10 +1283,7 @@ class Dispatcher:
     ) -> TaskRun | None:
         for attempt in (1, 2):
             try:
-                with fastsql.atomic():
-                    return _write([finished], self.me, self.lease, continue_here=continue_here)[0]
-            except _TakenOver:
-                return None
+                return _write_alone(finished, self.me, self.lease, continue_here=continue_here)
             except DatabaseError as exc:
                 if attempt == 2:
                     raise
