@@ -131,17 +131,13 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
     begin = ""
     if lean is not None and lean.begin:
         begin, lean.begin = lean.begin, ""  # a failure from here leaves one to roll back
-    with db.wrap_database_errors:
-        cursor = db.connection.cursor()
-        try:
-            if begin:
-                cursor.execute(f"{begin}; {sql}", params)
-                cursor.nextset()
-            else:
-                cursor.execute(_driver_sql(sql, db.vendor), params)
-            return (cursor.fetchall() if cursor.description else []), cursor.rowcount
-        finally:
-            cursor.close()
+    with db.wrap_database_errors, contextlib.closing(db.connection.cursor()) as cursor:
+        if begin:
+            cursor.execute(f"{begin}; {sql}", params)
+            cursor.nextset()
+        else:
+            cursor.execute(_driver_sql(sql, db.vendor), params)
+        return (cursor.fetchall() if cursor.description else []), cursor.rowcount
 
 
 def _typed(db: BaseDatabaseWrapper, field: Field) -> str:
@@ -167,6 +163,7 @@ class _Lean:
     """The transaction ``atomic`` opened on this thread's connection, without Django's block."""
 
     db: BaseDatabaseWrapper
+    multi: bool  # the driver takes several statements in one round trip (_multi_statement)
     begin: str  # "" once sent: PostgreSQL's goes out with the first statement
     hooks: list[Callable[[], None]] = field(default_factory=list)
     # Statements whose rows are wanted only after the commit, and what to do with the rows.
@@ -211,7 +208,7 @@ def atomic() -> Iterator[None]:
     multi = _multi_statement(db)
     mode = getattr(db, "transaction_mode", None)  # SQLite's IMMEDIATE, as Django would begin
     begin = f"BEGIN {mode}" if db.vendor == "sqlite" and mode else "BEGIN"
-    lean = _Lean(db, begin if multi else "")
+    lean = _Lean(db, multi, begin if multi else "")
     if not multi:
         with db.wrap_database_errors:
             db.connection.execute(begin)
@@ -219,7 +216,7 @@ def atomic() -> Iterator[None]:
     try:
         yield
         _state.lean = None
-        _commit(lean, multi)
+        _commit(lean)
     except BaseException:
         _state.lean = None
         if not lean.begin:  # a transaction is open on the server
@@ -236,11 +233,9 @@ def atomic() -> Iterator[None]:
             logger.exception("a commit hook failed")
 
 
-def _commit(lean: _Lean, multi: bool) -> None:
+def _commit(lean: _Lean) -> None:
     db, statements = lean.db, lean.deferred
-    if not multi:
-        for sql, params, then in statements:
-            then(_execute(db, sql, params)[0])
+    if not lean.multi:  # nothing was deferred (insert_rows defers only where this is multi)
         with db.wrap_database_errors:
             db.connection.execute("COMMIT")
         return
@@ -250,17 +245,13 @@ def _commit(lean: _Lean, multi: bool) -> None:
     lean.begin = ""  # from here a failure leaves a transaction to roll back
     sql = "; ".join([*parts, *(sql for sql, _, _ in statements), "COMMIT"])
     params = [value for _, values, _ in statements for value in values]
-    with db.wrap_database_errors:
-        cursor = db.connection.cursor()
-        try:
-            cursor.execute(sql, params)
-            if parts:
-                cursor.nextset()
-            for _, _, then in statements:
-                then(cursor.fetchall())
-                cursor.nextset()
-        finally:
-            cursor.close()
+    with db.wrap_database_errors, contextlib.closing(db.connection.cursor()) as cursor:
+        cursor.execute(sql, params)
+        if parts:
+            cursor.nextset()
+        for _, _, then in statements:
+            then(cursor.fetchall())
+            cursor.nextset()
 
 
 def on_commit(func: Callable[[], None]) -> None:
@@ -394,7 +385,7 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
     db = _db()
     pk = model._meta.pk
     lean: _Lean | None = getattr(_state, "lean", None)
-    defer = after_commit and lean is not None and _multi_statement(db) and not _watched(db)
+    defer = after_commit and lean is not None and lean.multi and not _watched(db)
     per_statement = max(1, MAX_PARAMETERS // (len(model._meta.concrete_fields) - 1))
     for start in range(0, len(objs), per_statement):
         chunk = objs[start : start + per_statement]
