@@ -171,9 +171,9 @@ CASES = [
     ),
     (
         "parameter-wrong-type",
-        with_task(1, parameters={"message": 5}),
+        with_task(1, parameters={"message": ["a", "list"]}),
         "tasks[1].parameters.message",
-        "5 is not of type 'string'",
+        "['a', 'list'] is not of type 'string', 'number', 'boolean'",
     ),
     (
         "parameter-out-of-range",
@@ -183,8 +183,8 @@ CASES = [
     ),
     (
         "parameter-not-allowed",
-        with_task(1, parameters={"colour": "red"}),
-        "tasks[1].parameters",
+        with_task(2, parameters={"colour": "red"}),
+        "tasks[2].parameters",
         "'colour' was unexpected",
     ),
     (

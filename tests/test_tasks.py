@@ -116,19 +116,25 @@ def test_delay_seconds_sets_how_long_a_demo_task_pauses(monkeypatch) -> None:
 # --- print, wait, noop -----------------------------------------------------------------------
 def test_print_logs_and_returns_its_message() -> None:
     result, instance = run(PrintTask, message="hello operators")
-    assert result == {"message": "hello operators"}
+    assert result == {"message": "hello operators", "message_printed": "hello operators"}
     assert instance.context.logger.lines == [("INFO", "hello operators")]
 
 
 def test_print_without_a_message_prints_an_empty_line() -> None:
     result, _ = run(PrintTask)
-    assert result == {"message": ""}
+    assert result == {"message": "", "message_printed": ""}
 
 
 def test_print_keeps_percent_signs_literally() -> None:
     result, instance = run(PrintTask, message="100% done %s")
-    assert result == {"message": "100% done %s"}
+    assert result == {"message": "100% done %s", "message_printed": "100% done %s"}
     assert instance.context.logger.lines == [("INFO", "100% done %s")]
+
+
+def test_print_logs_a_number_as_json_and_returns_it_as_given() -> None:
+    result, instance = run(PrintTask, message=42)
+    assert result == {"message": "42", "message_printed": 42}
+    assert instance.context.logger.lines == [("INFO", "42")]
 
 
 @pytest.mark.django_db
@@ -155,6 +161,44 @@ def test_wait_waits_the_given_seconds(monkeypatch) -> None:
 def test_wait_of_zero_seconds_succeeds() -> None:
     result, _ = run(WaitTask, seconds=0)
     assert result["waited_seconds"] == 0
+
+
+def test_wait_without_seconds_waits_one_second_as_the_seed_does(monkeypatch) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("tasks.task_wait.asyncio.sleep", fake_sleep)
+    result, _ = run(WaitTask)
+    assert slept == [1.0]
+    assert result["waited_seconds"] == 1
+
+
+# --- The seed's failure_rate on print and wait -----------------------------------------------
+@pytest.mark.parametrize(
+    ("cls", "parameters"), [(PrintTask, {"message": "hi"}), (WaitTask, {"seconds": 0})]
+)
+def test_print_and_wait_with_a_failure_rate_of_one_always_fail(cls: type, parameters) -> None:
+    with pytest.raises(RuntimeError, match="Simulated failure in task t1"):
+        run(cls, failure_rate=1, **parameters)
+
+
+def test_a_failing_print_prints_nothing() -> None:
+    instance = PrintTask(name="t1", parameters={"message": "never shown", "failure_rate": 1})
+    instance.context = TaskContext(execution_id="exec-1")
+    with pytest.raises(RuntimeError):
+        asyncio.run(instance.run())
+    assert instance.context.logger.lines == []
+
+
+@pytest.mark.parametrize(
+    ("cls", "parameters"), [(PrintTask, {"message": "hi"}), (WaitTask, {"seconds": 0})]
+)
+def test_print_and_wait_with_a_failure_rate_of_zero_never_fail(cls: type, parameters) -> None:
+    for _ in range(20):
+        result, _instance = run(cls, failure_rate=0, **parameters)
+        assert isinstance(result, dict)
 
 
 def test_noop_returns_an_empty_result() -> None:

@@ -60,6 +60,9 @@ def parameter_fields(schema: Mapping[str, Any]) -> dict[str, forms.Field]:
         if not _KEY_RE.match(key) or not isinstance(prop, Mapping):
             continue
         kind = prop.get("type")
+        if isinstance(kind, list) and kind and kind[0] == "string":
+            # A text that may also be a number or boolean (print's `message`): a text box.
+            kind = "string"
         label = key.replace("_", " ") + (" *" if key in required else "")
         common: dict[str, Any] = {
             "required": False,
