@@ -680,7 +680,7 @@ def test_a_redriven_step_can_still_read_the_results_of_finished_steps(marker: Pa
     services.execution_redrive(execution_id=failed.id)
     execution = run_to_end(failed.id)
 
-    assert execution.steps.get(task_name="report").result == {"message": "3 records"}
+    assert execution.steps.get(task_name="report").result["message"] == "3 records"
     assert [name for name, _ in ran(execution)].count("count") == 1
 
 
@@ -1053,9 +1053,9 @@ def test_a_reference_inside_a_string_is_interpolated() -> None:
         input={"customer": "acme"},
     )
 
-    assert execution.steps.get(task_name="say").result == {
-        "message": '3 records from api for acme: {"id": 2}'
-    }
+    assert execution.steps.get(task_name="say").result["message"] == (
+        '3 records from api for acme: {"id": 2}'
+    )
 
 
 def test_input_given_to_submit_is_what_references_read() -> None:
