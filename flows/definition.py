@@ -19,6 +19,7 @@ import jsonschema
 from flows.expressions import (
     Expression,
     ExpressionError,
+    Reference,
     ResolveError,
     compile_expression,
     has_reference,
@@ -38,6 +39,15 @@ MAX_DEPTH = 64
 MAX_ATTEMPTS = 100
 MAX_RETRY_DELAY = 86_400.0
 
+# Kinds the engine itself runs (no plugin): each starts child executions and waits for them.
+PARALLEL, MAP, SUBFLOW = "parallel", "map", "subflow"
+CONTROL_TYPES = (PARALLEL, MAP, SUBFLOW)
+MAX_BRANCHES = 50
+# Parallel, map and sub-flow tasks nest; deeper than this is refused.
+MAX_NESTING = 5
+MAX_MAP_CONCURRENCY = 10_000
+BRANCH_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,49}$")
+
 _FLOW_KEYS = {
     "id",
     "name",
@@ -49,6 +59,33 @@ _FLOW_KEYS = {
     "timeout_seconds",
 }
 _TASK_KEYS = {"name", "task_type", "description", "parameters", "timeout_seconds", "retry"}
+# Control tasks take their own fields and no retry or timeout of their own (their children
+# retry and time out step by step).
+_CONTROL_KEYS = {
+    PARALLEL: {"name", "task_type", "description", "parameters", "branches", "fail_fast"},
+    MAP: {
+        "name",
+        "task_type",
+        "description",
+        "parameters",
+        "items",
+        "iterator",
+        "max_concurrency",
+        "tolerated_failures",
+    },
+    SUBFLOW: {"name", "task_type", "description", "parameters"},
+}
+_BODY_KEYS = {"description", "start_task", "tasks", "conditions"}
+_SUBFLOW_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["flow_id"],
+    "properties": {
+        "flow_id": {"type": "string", "pattern": FLOW_ID_RE.pattern},
+        "version": {"type": "integer", "minimum": 1},
+        "input": {"type": "object"},
+    },
+    "additionalProperties": False,
+}
 _RETRY_KEYS = {"max_attempts", "delay_seconds", "backoff", "max_delay_seconds"}
 _CONDITION_KEYS = {
     "name",
@@ -112,6 +149,19 @@ NO_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True)
+class Tolerance:
+    """How many failed map items a map task tolerates: a count, or a percentage of items."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    def allows(self, failed: int, total: int) -> bool:
+        if self.percent is not None:
+            return failed * 100 <= self.percent * total
+        return failed <= (self.count or 0)
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     task_type: str
@@ -119,6 +169,28 @@ class TaskSpec:
     description: str = ""
     timeout_seconds: float | None = None
     retry: RetryPolicy = NO_RETRY
+    # parallel: (branch name, its tasks and conditions) in document order.
+    branches: tuple[tuple[str, FlowDefinition], ...] = ()
+    fail_fast: bool = True
+    # map: the list to run `iterator` over (a ${...} reference or a literal list).
+    items: Any = None
+    iterator: FlowDefinition | None = None
+    max_concurrency: int | None = None
+    tolerated_failures: Tolerance = field(default_factory=Tolerance)
+
+    @property
+    def is_control(self) -> bool:
+        return self.task_type in CONTROL_TYPES
+
+    def body(self, key: str) -> FlowDefinition:
+        """The tasks a child execution of this task runs: a branch by name, or the map's
+        iterator (key ``""``)."""
+        if self.task_type == MAP and self.iterator is not None and not key:
+            return self.iterator
+        for name, body in self.branches:
+            if name == key:
+                return body
+        raise KeyError(f"task '{self.name}' has no branch '{key}'")
 
 
 @dataclass(frozen=True)
@@ -155,6 +227,14 @@ class FlowDefinition:
 
     def task(self, name: str) -> TaskSpec:
         return self._tasks_by_name[name][1]
+
+    def scope(self, path: list[str] | tuple[str, ...]) -> FlowDefinition:
+        """The definition a child execution runs: ``path`` alternates a control task's name
+        and its branch (``""`` for a map's iterator), from this definition down."""
+        current = self
+        for i in range(0, len(path) - 1, 2):
+            current = current.task(path[i]).body(path[i + 1])
+        return current
 
     def condition_for(self, task_name: str) -> ConditionSpec | None:
         return self._conditions_by_source.get(task_name)
@@ -218,6 +298,56 @@ class FlowDefinition:
         return seen
 
 
+def subflow_calls(definition: FlowDefinition, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """Every sub-flow task, nested ones included: (its path, flow id, version or None)."""
+    calls: list[tuple[str, str, Any]] = []
+    for i, spec in enumerate(definition.tasks):
+        path = f"{prefix}tasks[{i}]"
+        if spec.task_type == SUBFLOW and isinstance(spec.parameters.get("flow_id"), str):
+            calls.append((path, spec.parameters["flow_id"], spec.parameters.get("version")))
+        for branch, body in spec.branches:
+            calls += subflow_calls(body, f"{path}.branches.{branch}.")
+        if spec.iterator is not None:
+            calls += subflow_calls(spec.iterator, f"{path}.iterator.")
+    return calls
+
+
+def check_subflows(
+    definition: FlowDefinition, load: Any, *, limit: int = MAX_NESTING
+) -> list[FieldError]:
+    """Errors for sub-flow calls that name no stored flow, or that come back to this flow.
+
+    ``load(flow_id, version)`` returns that flow's definition (the current version when
+    ``version`` is None), or a string saying why there is none. The walk follows every
+    call of every flow reached, so A -> B -> C -> A is found from A.
+    """
+    errors: list[FieldError] = []
+    for path, flow_id, version in subflow_calls(definition):
+        where = f"{path}.parameters.flow_id"
+        chain = [definition.id, flow_id]
+        problem = _walk_subflows(flow_id, version, chain, definition.id, load, limit)
+        if problem:
+            errors.append(FieldError(where, problem))
+    return errors
+
+
+def _walk_subflows(
+    flow_id: str, version: Any, chain: list[str], root: str, load: Any, limit: int
+) -> str:
+    if flow_id == root:
+        return "sub-flow cycle: " + " -> ".join(chain)
+    if len(chain) > limit + 1:
+        return f"sub-flows nest more than {limit} deep: " + " -> ".join(chain)
+    found = load(flow_id, version)
+    if isinstance(found, str):
+        return found
+    for _, child, child_version in subflow_calls(found):
+        problem = _walk_subflows(child, child_version, [*chain, child], root, load, limit)
+        if problem:
+            return problem
+    return ""
+
+
 def unwrap(document: Any) -> Any:
     """Accept ``{"flow": {...}}`` as well as the bare document."""
     if isinstance(document, Mapping) and set(document) == {"flow"}:
@@ -275,66 +405,144 @@ def parse_flow(
         err("timeout_seconds", "must be a positive number of seconds")
         flow_timeout = None
 
-    tasks = _parse_tasks(doc.get("tasks"), registry.snapshot(), err)
+    body = _parse_body(
+        doc, "", registry.snapshot(), err, flow_id=flow_id, max_steps=max_steps, depth=0
+    )
+
+    if errors:
+        raise FlowValidationError(errors)
+
+    definition = dataclasses.replace(
+        body,
+        name=name,
+        description=description,
+        timeout_seconds=float(flow_timeout) if flow_timeout is not None else None,
+    )
+    return dataclasses.replace(definition, warnings=tuple(_unreachable(definition, "")))
+
+
+def _unreachable(definition: FlowDefinition, prefix: str) -> list[FieldError]:
+    """Warnings for tasks no path reaches, in this definition and every branch/iterator."""
+    reachable = definition.reachable()
+    out = [
+        FieldError(f"{prefix}tasks[{i}]", f"task '{t.name}' can never run: no path reaches it")
+        for i, t in enumerate(definition.tasks)
+        if t.name not in reachable
+    ]
+    for i, spec in enumerate(definition.tasks):
+        for branch, body in spec.branches:
+            out += _unreachable(body, f"{prefix}tasks[{i}].branches.{branch}.")
+        if spec.iterator is not None:
+            out += _unreachable(spec.iterator, f"{prefix}tasks[{i}].iterator.")
+    return out
+
+
+def _parse_body(
+    doc: Mapping,
+    prefix: str,
+    registry: Lookup,
+    err: Any,
+    *,
+    flow_id: str,
+    max_steps: int,
+    depth: int,
+    in_map: bool = False,
+) -> FlowDefinition:
+    """The tasks, conditions and start task of a flow, or of a branch/iterator inside one
+    (``prefix`` is that body's path, such as ``tasks[2].branches.left.``)."""
+    tasks = _parse_tasks(
+        doc.get("tasks"),
+        registry,
+        err,
+        prefix=prefix,
+        flow_id=flow_id,
+        max_steps=max_steps,
+        depth=depth,
+        in_map=in_map,
+    )
     names = [t.name for t in tasks]
     known = set(names)
-    _check_references(doc.get("tasks"), known, err)
+    _check_references(doc.get("tasks"), known, err, prefix=prefix, in_map=in_map)
 
     start = doc.get("start_task")
     if start is None:
         start = names[0] if names else ""
     elif not isinstance(start, str):
-        err("start_task", f"must be a task name, not {_kind(start)}")
+        err(f"{prefix}start_task", f"must be a task name, not {_kind(start)}")
         start = ""
     elif names and start not in known:
-        err("start_task", f"'{start}' is not one of the tasks ({_listing(names)})")
+        err(f"{prefix}start_task", f"'{start}' is not one of the tasks ({_listing(names)})")
 
-    conditions = _parse_conditions(doc.get("conditions", []), known, names, err)
-
-    if errors:
-        raise FlowValidationError(errors)
-
-    definition = FlowDefinition(
+    conditions = _parse_conditions(doc.get("conditions", []), known, names, err, prefix=prefix)
+    return FlowDefinition(
         id=flow_id,
-        name=name,
+        name=prefix.rstrip(".") or flow_id,
         start_task=start,
         tasks=tuple(tasks),
         conditions=tuple(conditions),
-        description=description,
         max_steps=max_steps,
-        timeout_seconds=float(flow_timeout) if flow_timeout is not None else None,
     )
-    reachable = definition.reachable()
-    warnings = tuple(
-        FieldError(f"tasks[{i}]", f"task '{t.name}' can never run: no path reaches it")
-        for i, t in enumerate(tasks)
-        if t.name not in reachable
-    )
-    return dataclasses.replace(definition, warnings=warnings)
 
 
-def _parse_tasks(raw: Any, registry: Lookup, err: Any) -> list[TaskSpec]:
+def _parse_tasks(
+    raw: Any,
+    registry: Lookup,
+    err: Any,
+    *,
+    prefix: str = "",
+    flow_id: str = "",
+    max_steps: int = 1000,
+    depth: int = 0,
+    in_map: bool = False,
+) -> list[TaskSpec]:
+    where = f"{prefix}tasks"
     if raw is None:
-        err("tasks", "required: a list with at least one task")
+        err(where, "required: a list with at least one task")
         return []
     if not isinstance(raw, list):
-        err("tasks", f"must be a list of tasks, not {_kind(raw)}")
+        err(where, f"must be a list of tasks, not {_kind(raw)}")
         return []
     if not raw:
-        err("tasks", "a flow needs at least one task")
+        err(where, "a flow needs at least one task" if not prefix else "needs at least one task")
         return []
     if len(raw) > MAX_TASKS:
-        err("tasks", f"at most {MAX_TASKS} tasks per flow")
+        err(where, f"at most {MAX_TASKS} tasks per flow")
         return []
     specs: list[TaskSpec] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(raw):
-        path = f"tasks[{i}]"
+        path = f"{prefix}tasks[{i}]"
         if not isinstance(item, Mapping):
             err(path, f"must be an object, not {_kind(item)}")
             continue
-        for key in sorted(set(item) - _TASK_KEYS, key=str):
-            err(f"{path}.{key}", f"unknown field; allowed: {', '.join(sorted(_TASK_KEYS))}")
+        control = item.get("task_type") if item.get("task_type") in CONTROL_TYPES else None
+        allowed = _CONTROL_KEYS[control] if control else _TASK_KEYS
+        for key in sorted(set(item) - allowed, key=str):
+            if control and key in _TASK_KEYS:
+                err(f"{path}.{key}", f"not taken by a {control} task (set it on its tasks)")
+            else:
+                err(f"{path}.{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
+        if control:
+            spec = _parse_control(
+                item,
+                control,
+                path,
+                registry,
+                err,
+                flow_id=flow_id,
+                max_steps=max_steps,
+                depth=depth,
+                in_map=in_map,
+            )
+            name = item.get("name")
+            if not _is_name(name):
+                err(f"{path}.name", f"required: a non-empty name of at most {MAX_NAME} characters")
+            elif name in seen:
+                err(f"{path}.name", f"duplicate task name '{name}' (also tasks[{seen[name]}])")
+            else:
+                seen[name] = i
+                specs.append(spec or TaskSpec(name=name, task_type=control))
+            continue
         ok = True
         name = item.get("name")
         if not _is_name(name):
@@ -364,13 +572,9 @@ def _parse_tasks(raw: Any, registry: Lookup, err: Any) -> list[TaskSpec]:
             err(f"{path}.parameters", f"must be an object, not {_kind(params)}")
             ok = False
         elif type_info is not None:
-            validator = jsonschema.Draft202012Validator(type_info.parameters_schema)
-            for e in sorted(validator.iter_errors(dict(params)), key=lambda e: list(e.path)):
-                if has_reference(e.instance):
-                    continue  # checked against the schema at run time, once resolved
-                sub = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
-                err(f"{path}.parameters{sub}", e.message)
-                ok = False
+            ok = (
+                _check_schema(type_info.parameters_schema, params, f"{path}.parameters", err) and ok
+            )
         timeout = item.get("timeout_seconds")
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
@@ -398,6 +602,154 @@ def _parse_tasks(raw: Any, registry: Lookup, err: Any) -> list[TaskSpec]:
             # Keep the name known so conditions pointing at it are not reported twice.
             specs.append(TaskSpec(name=name, task_type=str(task_type)))
     return specs
+
+
+def _parse_control(
+    item: Mapping,
+    kind: str,
+    path: str,
+    registry: Lookup,
+    err: Any,
+    *,
+    flow_id: str,
+    max_steps: int,
+    depth: int,
+    in_map: bool,
+) -> TaskSpec | None:
+    """A parallel, map or sub-flow task; None (with errors reported) when it is invalid."""
+    name = item.get("name")
+    name = name if _is_name(name) else ""
+    if depth >= MAX_NESTING:
+        err(path, f"parallel, map and sub-flow tasks nest at most {MAX_NESTING} deep")
+        return None
+    description = _optional_text(item, "description", f"{path}.description", err, 5000)
+    params = item.get("parameters", {})
+    if params is None:
+        params = {}
+    ok = True
+    if not isinstance(params, Mapping):
+        err(f"{path}.parameters", f"must be an object, not {_kind(params)}")
+        ok = False
+        params = {}
+    elif kind == SUBFLOW:
+        ok = _check_schema(_SUBFLOW_SCHEMA, params, f"{path}.parameters", err) and ok
+    nested = {"flow_id": flow_id, "max_steps": max_steps, "depth": depth + 1}
+    spec = TaskSpec(name=name, task_type=kind, parameters=dict(params), description=description)
+
+    if kind == PARALLEL:
+        raw = item.get("branches")
+        if not isinstance(raw, Mapping) or not raw:
+            err(
+                f"{path}.branches",
+                "required: an object of named branches, each {'tasks': [...], 'conditions': [...]}",
+            )
+            return None
+        if len(raw) > MAX_BRANCHES:
+            err(f"{path}.branches", f"at most {MAX_BRANCHES} branches")
+            return None
+        branches = []
+        for branch, body in raw.items():
+            where = f"{path}.branches.{branch}"
+            if not isinstance(branch, str) or not BRANCH_NAME_RE.match(branch):
+                err(where, "a branch name is 1-50 letters, digits, '-' and '_'")
+                ok = False
+                continue
+            parsed = _parse_nested_body(body, f"{where}.", registry, err, in_map, nested)
+            if parsed is None:
+                ok = False
+            else:
+                branches.append((branch, parsed))
+        fail_fast = item.get("fail_fast", True)
+        if not isinstance(fail_fast, bool):
+            err(f"{path}.fail_fast", "must be true or false")
+            ok = False
+        if not ok:
+            return None
+        return dataclasses.replace(spec, branches=tuple(branches), fail_fast=fail_fast)
+
+    if kind == MAP:
+        items = item.get("items")
+        if items is None:
+            err(
+                f"{path}.items",
+                "required: the list to map over, as a reference such as '${input.orders}' "
+                "or '${results.fetch.data.records}', or a literal list",
+            )
+            ok = False
+        elif isinstance(items, str):
+            whole = items.strip()
+            if not (whole.startswith("${") and whole.endswith("}") and has_reference(whole)):
+                err(f"{path}.items", "must be one ${...} reference to a list, or a list")
+                ok = False
+        elif not isinstance(items, list):
+            err(f"{path}.items", f"must be a ${{...}} reference or a list, not {_kind(items)}")
+            ok = False
+        concurrency = item.get("max_concurrency")
+        if concurrency is not None and (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not 1 <= concurrency <= MAX_MAP_CONCURRENCY
+        ):
+            err(
+                f"{path}.max_concurrency",
+                f"must be a whole number from 1 to {MAX_MAP_CONCURRENCY} (items run at once)",
+            )
+            ok = False
+        tolerance = _parse_tolerance(item.get("tolerated_failures"), f"{path}", err)
+        if tolerance is None:
+            ok = False
+        iterator = _parse_nested_body(
+            item.get("iterator"), f"{path}.iterator.", registry, err, True, nested
+        )
+        if iterator is None or not ok:
+            return None
+        return dataclasses.replace(
+            spec,
+            items=items,
+            iterator=iterator,
+            max_concurrency=concurrency,
+            tolerated_failures=tolerance,
+        )
+
+    return spec if ok else None
+
+
+def _parse_nested_body(
+    raw: Any, prefix: str, registry: Lookup, err: Any, in_map: bool, nested: dict[str, Any]
+) -> FlowDefinition | None:
+    where = prefix.rstrip(".")
+    if not isinstance(raw, Mapping):
+        err(where, f"must be an object {{'tasks': [...], 'conditions': [...]}}, not {_kind(raw)}")
+        return None
+    for key in sorted(set(raw) - _BODY_KEYS, key=str):
+        err(f"{prefix}{key}", f"unknown field; allowed: {', '.join(sorted(_BODY_KEYS))}")
+    return _parse_body(raw, prefix, registry, err, in_map=in_map, **nested)
+
+
+def _parse_tolerance(raw: Any, path: str, err: Any) -> Tolerance | None:
+    where = f"{path}.tolerated_failures"
+    if raw is None:
+        return Tolerance()
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return Tolerance(count=raw)
+    if isinstance(raw, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", raw)
+        if match and float(match.group(1)) <= 100:
+            return Tolerance(percent=float(match.group(1)))
+    err(where, "must be a number of items (0 or more) or a percentage such as '10%'")
+    return None
+
+
+def _check_schema(schema: Mapping[str, Any], value: Mapping, path: str, err: Any) -> bool:
+    ok = True
+    validator = jsonschema.Draft202012Validator(schema)
+    for e in sorted(validator.iter_errors(dict(value)), key=lambda e: list(e.path)):
+        if has_reference(e.instance):
+            continue  # checked at run time, once resolved
+        sub = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
+        err(f"{path}{sub}", e.message)
+        ok = False
+    return ok
 
 
 def _parse_retry(raw: Any, path: str, err: Any) -> RetryPolicy | None:
@@ -447,43 +799,53 @@ def _parse_retry(raw: Any, path: str, err: Any) -> RetryPolicy | None:
     )
 
 
-def _check_references(raw_tasks: Any, known: set[str], err: Any) -> None:
-    """Parameters may only refer to tasks of this flow, in the ${...} syntax."""
+def _check_references(
+    raw_tasks: Any, known: set[str], err: Any, *, prefix: str = "", in_map: bool = False
+) -> None:
+    """Parameters may only refer to tasks of this flow (or branch), in the ${...} syntax;
+    ``${item}`` only inside a map's iterator."""
     if not isinstance(raw_tasks, list):
         return
     for i, item in enumerate(raw_tasks):
-        params = item.get("parameters") if isinstance(item, Mapping) else None
-        if not isinstance(params, Mapping):
+        if not isinstance(item, Mapping):
             continue
-        for sub, ref in references_in(dict(params)):
-            where = f"tasks[{i}].parameters{sub}"
-            if isinstance(ref, ResolveError):
-                err(where, str(ref))
-            elif ref.task is not None and (
-                len(ref.path) < 2 or ref.path[1] not in ("data", "status")
-            ):
-                err(
-                    where,
-                    f"'${{{ref.text}}}': write ${{results.{ref.task}.data...}} for what the task "
-                    f"returned, or ${{results.{ref.task}.status}}",
-                )
-            elif ref.task is not None and ref.task not in known:
-                err(
-                    where,
-                    f"'${{{ref.text}}}' refers to task '{ref.task}', which is not in this flow",
-                )
+        fields = [("parameters", item.get("parameters"))]
+        if item.get("task_type") == MAP:
+            fields.append(("items", item.get("items")))
+        for key, value in fields:
+            for sub, ref in references_in(value) if value is not None else ():
+                _check_reference(f"{prefix}tasks[{i}].{key}{sub}", ref, known, err, in_map)
 
 
-def _parse_conditions(raw: Any, known: set[str], names: list[str], err: Any) -> list[ConditionSpec]:
+def _check_reference(
+    where: str, ref: Reference | ResolveError, known: set[str], err: Any, in_map: bool
+) -> None:
+    if isinstance(ref, ResolveError):
+        err(where, str(ref))
+    elif ref.root == "item" and not in_map:
+        err(where, f"'${{{ref.text}}}': ${{item}} is only known inside a map's iterator")
+    elif ref.task is not None and (len(ref.path) < 2 or ref.path[1] not in ("data", "status")):
+        err(
+            where,
+            f"'${{{ref.text}}}': write ${{results.{ref.task}.data...}} for what the task "
+            f"returned, or ${{results.{ref.task}.status}}",
+        )
+    elif ref.task is not None and ref.task not in known:
+        err(where, f"'${{{ref.text}}}' refers to task '{ref.task}', which is not in this flow")
+
+
+def _parse_conditions(
+    raw: Any, known: set[str], names: list[str], err: Any, *, prefix: str = ""
+) -> list[ConditionSpec]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        err("conditions", f"must be a list of conditions, not {_kind(raw)}")
+        err(f"{prefix}conditions", f"must be a list of conditions, not {_kind(raw)}")
         return []
     out: list[ConditionSpec] = []
     sources: dict[str, int] = {}
     for i, item in enumerate(raw):
-        path = f"conditions[{i}]"
+        path = f"{prefix}conditions[{i}]"
         if not isinstance(item, Mapping):
             err(path, f"must be an object, not {_kind(item)}")
             continue

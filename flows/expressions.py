@@ -25,7 +25,7 @@ from celpy import celtypes
 
 REF_RE = re.compile(r"(?<!\$)\$\{\s*([^{}]*?)\s*\}")
 _SEGMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)((?:\[\d+\])*)")
-ROOTS = ("results", "input")
+ROOTS = ("results", "input", "item")
 
 
 class ResolveError(ValueError):
@@ -35,7 +35,7 @@ class ResolveError(ValueError):
 @dataclass(frozen=True)
 class Reference:
     text: str  # as written, without ${ }
-    root: str  # "results" or "input"
+    root: str  # "results", "input" or "item" (a map item, inside a map's iterator)
     path: tuple[str | int, ...]  # for results: (task name, ...)
 
     @property
@@ -56,7 +56,7 @@ def parse_reference(text: str) -> Reference:
         parts += [int(i) for i in re.findall(r"\[(\d+)\]", match.group(2))]
     root, path = str(parts[0]), tuple(parts[1:])
     if root not in ROOTS:
-        raise ResolveError(f"'${{{text}}}' must start with results. or input.")
+        raise ResolveError(f"'${{{text}}}' must start with results., input. or item")
     if root == "results" and (not path or not isinstance(path[0], str)):
         raise ResolveError(f"'${{{text}}}' must name a task: ${{results.<task>.data...}}")
     return Reference(text, root, path)
@@ -99,7 +99,8 @@ def has_reference(value: Any) -> bool:
 
 
 def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
-    """``value`` with every reference replaced from ``scope`` ({"results": ..., "input": ...}).
+    """``value`` with every reference replaced from ``scope`` ({"results", "input"} and, in a
+    map's iterator, "item").
 
     ``scope["results"]`` maps task names to ``{"data": result, "status": "SUCCESS"}``.
     Raises ResolveError naming the reference that could not be resolved.

@@ -233,6 +233,21 @@ class Execution(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # A child execution (a parallel branch, a map item, a sub-flow) belongs to the step of
+    # its parent that started it; the parent step waits until its children have ended.
+    parent_step = models.ForeignKey(
+        "TaskRun", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    # Where in its flow version's document a branch or map item's tasks are: control task
+    # names alternating with branch names ("" for a map's iterator). Empty: the whole flow.
+    scope = models.JSONField(default=list, blank=True)
+    branch = models.CharField(max_length=50, blank=True)
+    # Position among its parent step's children: the branch's place, or the map item's.
+    item_index = models.PositiveIntegerField(null=True, blank=True)
+    item = models.JSONField(null=True, blank=True, help_text="A map item: ${item}.")
+    result = models.JSONField(
+        null=True, blank=True, help_text="A child's output: its last step's result."
+    )
 
     objects = ExecutionQuerySet.as_manager()
 
@@ -254,6 +269,13 @@ class Execution(models.Model):
                 fields=["flow", "created_by", "idempotency_key"],
                 condition=~Q(idempotency_key=""),
                 name="execution_idempotency_key",
+            ),
+            # One child per place: a parent step that starts its children twice (a redelivered
+            # job) cannot make two of one item; it also orders them for the result.
+            models.UniqueConstraint(
+                fields=["parent_step", "item_index"],
+                condition=Q(parent_step__isnull=False),
+                name="execution_one_child_per_item",
             ),
         ]
 
@@ -308,6 +330,11 @@ class TaskRun(models.Model):
     not_before = models.DateTimeField(
         null=True, blank=True, help_text="A retry waits in the database until this time."
     )
+    waiting = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="What the open step waits for in the database: a time, a signal, children.",
+    )
 
     class Meta:
         ordering = ["execution_id", "seq"]
@@ -358,6 +385,31 @@ class TaskRun(models.Model):
             "timestamp": self.ended_at.isoformat() if self.ended_at else None,
             "error": self.error or None,
         }
+
+
+class FanOut(models.Model):
+    """The children of one parallel, map or sub-flow step, counted as they end.
+
+    Each child's final transaction adds itself to ``done`` (and ``failed``); a map starts its
+    next item there too, up to ``max_concurrency`` at once. When the last one ends (or fail
+    fast applies) the parent step is made due and its execution woken: the parent never
+    polls and never loads all its children.
+    """
+
+    step = models.OneToOneField(TaskRun, on_delete=models.CASCADE, related_name="fanout")
+    kind = models.CharField(max_length=16)  # parallel, map or subflow
+    total = models.PositiveIntegerField()
+    started = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    max_concurrency = models.PositiveIntegerField(null=True, blank=True)
+    fail_fast = models.BooleanField(default=True)
+    # Failures tolerated before the step fails: a count, or a percentage of total.
+    tolerated = models.PositiveIntegerField(default=0)
+    tolerated_percent = models.FloatField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.done}/{self.total} ({self.failed} failed)"
 
 
 class FlowSchedule(models.Model):

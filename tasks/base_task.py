@@ -18,6 +18,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 _forward = logging.getLogger("tasks")
@@ -25,6 +26,41 @@ _forward = logging.getLogger("tasks")
 
 class PermanentTaskError(Exception):
     """A failure that retrying will not fix (bad input, a 4xx answer, ...)."""
+
+
+class Waiting(Exception):
+    """Raised by ``run()`` to wait in the database, holding no worker, and run again later.
+
+    The step stays open (PENDING) and its worker moves on; what the task was waiting for
+    comes back in ``self.context.waiting`` when it runs again. A durable wait, not a sleep.
+    """
+
+    def __init__(self, state: dict[str, Any], until: datetime | None) -> None:
+        super().__init__(state)
+        self.state = state
+        self.until = until
+
+
+class WaitUntil(Waiting):
+    """Run this task again at ``until`` (an aware datetime)."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__({"kind": "until", "until": until.isoformat()}, until)
+
+
+class WaitForSignal(Waiting):
+    """Run this task again when signal ``name`` arrives for the execution (the API's
+    ``POST /api/executions/{id}/signal/`` or the execution page's Approve/Reject), or at
+    ``timeout_at`` if that comes first; ``context.waiting["signal"]`` then holds what came."""
+
+    def __init__(self, name: str, *, timeout_at: datetime | None = None, prompt: str = "") -> None:
+        state = {
+            "kind": "signal",
+            "name": name,
+            "timeout_at": timeout_at.isoformat() if timeout_at else None,
+            "prompt": prompt,
+        }
+        super().__init__(state, timeout_at)
 
 
 class TaskLogger:
@@ -90,6 +126,9 @@ class TaskContext:
     input: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
     logger: TaskLogger = field(default_factory=TaskLogger)
+    #: What this step last waited for (the state of the ``Waiting`` it raised, plus
+    #: ``"signal"`` once a signal arrived); None the first time the step runs.
+    waiting: dict[str, Any] | None = None
 
 
 class BaseTask(ABC):
