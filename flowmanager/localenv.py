@@ -1,5 +1,5 @@
 """Write the checkout's git-ignored ``.env`` for local development: ``python3 -m
-flowmanager.localenv`` (the first step of ``make run``).
+flowmanager.localenv`` (``make dotenv``, which ``make run`` runs before it migrates).
 
 The file holds ``DEBUG=1`` and a generated ``SECRET_KEY``. Settings read it when it exists
 (values already in the environment win), so every ``manage.py`` command run in this checkout,

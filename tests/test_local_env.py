@@ -1,6 +1,6 @@
-"""A checkout's ``.env`` (flowmanager/localenv.py): after the step ``make run`` takes first
-(``make dotenv``), every README ``manage.py`` line works in a plain shell with nothing
-exported, and ``runflow`` prints its table without log lines.
+"""A checkout's ``.env`` (flowmanager/localenv.py): after the step ``make run`` takes to write
+it (``make dotenv``, before it migrates), every README ``manage.py`` line works in a plain
+shell with nothing exported, and ``runflow`` prints its table without log lines.
 
 The commands run for real, as subprocesses of a copy of the project with a clean environment
 (no DEBUG, no SECRET_KEY, no ENV_FILE), as a developer's second terminal has.
