@@ -64,6 +64,20 @@ def test_runflow_runs_the_sample_prints_each_step_and_exits_0(db, tmp_path):
     assert str(execution.id) in out
 
 
+def test_runflow_without_log_output_still_stores_the_task_log_lines_with_the_execution(
+    db, tmp_path
+):
+    # Default verbosity silences logging (tests/test_local_env.py checks the output); the
+    # execution's log is collected by the engine itself and must not be lost with it.
+    document = flow_doc([task("say", "print", message="hello from the task")])
+
+    code, _, _ = runflow(write(tmp_path, document))
+
+    assert code == 0
+    messages = Execution.objects.get().events.values_list("message", flat=True)
+    assert any("hello from the task" in message for message in messages)
+
+
 def test_runflow_of_a_failing_flow_prints_the_error_and_exits_1(db, tmp_path):
     path = write(tmp_path, flow_doc([failing("fetch"), task("never")]))
 
