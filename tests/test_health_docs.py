@@ -101,11 +101,14 @@ def test_the_openapi_schema_is_served_without_a_login(anon_client, db):
     } <= set(schema["paths"])
 
 
-def test_the_schema_documents_token_auth_and_leaves_health_open(anon_client, db):
+def test_the_schema_documents_token_and_bearer_auth_and_leaves_health_open(anon_client, db):
     schema = anon_client.get("/api/schema/", {"format": "json"}).json()
 
-    assert schema["components"]["securitySchemes"]["tokenAuth"]["name"] == "Authorization"
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["tokenAuth"]["name"] == "Authorization"
+    assert (schemes["bearerAuth"]["type"], schemes["bearerAuth"]["scheme"]) == ("http", "bearer")
     assert {} in schema["paths"]["/health"]["get"]["security"]
     create = schema["paths"]["/flow/create"]["post"]
     assert {"tokenAuth": []} in create["security"]
+    assert {"bearerAuth": []} in create["security"]
     assert {"200", "400", "401"} <= set(create["responses"])

@@ -63,6 +63,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "not found")
+    if isinstance(exc, exceptions.UnsupportedMediaType):
+        exc = _unsupported_media_type(context)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -81,6 +83,22 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             "errors": [],
         }
     return response
+
+
+ASK_FOR_JSON = "send the body as JSON with Content-Type: application/json"
+
+
+def _unsupported_media_type(context: dict[str, Any]) -> exceptions.UnsupportedMediaType:
+    """DRF's 415, saying what to send instead (it names only what it refused)."""
+    request = context.get("request")
+    media_type = getattr(request, "content_type", "") or ""
+    if not media_type.strip():
+        return exceptions.UnsupportedMediaType(
+            "", detail=f"the request has a body but no Content-Type; {ASK_FOR_JSON}"
+        )
+    return exceptions.UnsupportedMediaType(
+        media_type, detail=f'unsupported media type "{media_type}"; {ASK_FOR_JSON}'
+    )
 
 
 # --- Django's own error pages, for URLs no API view matched ---------------------------------

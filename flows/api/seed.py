@@ -107,6 +107,8 @@ class FlowCreateView(APIView):
     @extend_schema(
         operation_id="flow_create",
         summary="Store a flow (a new version if the id exists) and prepare an execution",
+        description="The flow's current document again (compared as JSON, key order ignored) "
+        "stores no version: the execution is of the current one and `new_version` is false.",
         request={"application/json": {"type": "object", "additionalProperties": True}},
         responses={200: FlowCreatedSerializer, **_ERRORS},
         examples=[
@@ -118,6 +120,7 @@ class FlowCreateView(APIView):
                     "flow_id": "example_flow",
                     "flow_name": "Sample Data Pipeline",
                     "version": 1,
+                    "new_version": True,
                     "status": "created",
                     "message": "Flow 'Sample Data Pipeline' created (version 1); "
                     "POST /flow/execute with this execution_id to run it",
@@ -131,7 +134,7 @@ class FlowCreateView(APIView):
     )
     def post(self, request: Request) -> Response:
         try:
-            version, execution, definition = services.flow_create_with_execution(
+            version, stored, execution, definition = services.flow_create_with_execution(
                 document=request.data, user=request.user
             )
         except services.InvalidFlow as exc:
@@ -141,14 +144,16 @@ class FlowCreateView(APIView):
                 http_status=status.HTTP_400_BAD_REQUEST,
                 errors=exc.errors,
             )
+        what = "created" if stored else "unchanged: the current version is this document"
         return Response(
             {
                 "execution_id": str(execution.id),
                 "flow_id": version.flow_id,
                 "flow_name": definition.name,
                 "version": version.version,
+                "new_version": stored,
                 "status": "created",
-                "message": f"Flow '{definition.name}' created (version {version.version}); "
+                "message": f"Flow '{definition.name}' {what} (version {version.version}); "
                 "POST /flow/execute with this execution_id to run it",
                 "warnings": [w.as_dict() for w in definition.warnings],
             }

@@ -25,6 +25,9 @@ class FlowCreatedSerializer(serializers.Serializer):
     flow_id = serializers.CharField()
     flow_name = serializers.CharField()
     version = serializers.IntegerField()
+    new_version = serializers.BooleanField(
+        help_text="False when the document was the flow's current one: no version was stored."
+    )
     status = serializers.CharField()
     message = serializers.CharField()
     warnings = FieldErrorSerializer(many=True)
