@@ -6,6 +6,9 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 
 from flows.api.serializers import ErrorSerializer
 
@@ -118,3 +121,14 @@ class TokenOrBearerScheme(OpenApiAuthenticationExtension):
                 "description": "The same API token as `Authorization: Bearer <key>`.",
             },
         ]
+
+
+class SchemaView(SpectacularAPIView):
+    """``/api/schema/``: its errors (a method other than GET) in the API's JSON error shape,
+    not rendered by the schema's own YAML renderer."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = "application/json"
+        return response
