@@ -6,7 +6,6 @@ import logging
 
 from django.db import DatabaseError, connection
 from django.utils import timezone
-from django_q.status import Stat
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -15,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from flows import services
-from flows.api import fast_reads
+from flows.api import fast_reads, health
 from flows.api.errors import error_response
 from flows.api.permissions import (
     ADD_FLOWS,
@@ -243,6 +242,10 @@ class HealthView(APIView):
     @extend_schema(
         operation_id="health",
         summary="Liveness of the web process, its database and the worker clusters",
+        description="200 while the database answers, whatever the workers do: `status` is "
+        "`healthy` (a worker cluster is alive), `starting` (none has reported yet, within "
+        "FLOW_HEALTH_STARTING_SECONDS of the web process starting) or `degraded` (none is "
+        "reporting); `message` says what to do. 503 `unhealthy` when the database is down.",
         responses={200: HealthSerializer, 503: HealthSerializer},
         examples=[
             OpenApiExample(
@@ -251,11 +254,36 @@ class HealthView(APIView):
                     "status": "healthy",
                     "timestamp": "2026-11-28T08:00:00+00:00",
                     "database": "ok",
-                    "workers": 1,
+                    "workers": 2,
+                    "clusters": [
+                        {
+                            "id": "0c6b1f0e-9a01-4a8e-9d7e-6f0c1a555d2e",
+                            "name": "sixteen-nitrogen-hawaii-lion",
+                            "host": "worker-1",
+                            "status": "Idle",
+                            "processes": 2,
+                            "started_at": "2026-11-28T07:00:00+00:00",
+                            "last_seen": "2026-11-28T07:59:59+00:00",
+                        }
+                    ],
+                    "message": "2 worker processes in 1 cluster",
                 },
                 response_only=True,
                 status_codes=[200],
-            )
+            ),
+            OpenApiExample(
+                "Starting",
+                value={
+                    "status": "starting",
+                    "timestamp": "2026-11-28T08:00:00+00:00",
+                    "database": "ok",
+                    "workers": 0,
+                    "clusters": [],
+                    "message": f"no worker cluster has reported yet; {health.HOW_TO_START}",
+                },
+                response_only=True,
+                status_codes=[200],
+            ),
         ],
         tags=["seed"],
     )
@@ -266,20 +294,10 @@ class HealthView(APIView):
                 cursor.execute("SELECT 1")
         except DatabaseError as exc:
             logger.error("health: database unreachable: %s", exc)
+            down = {"workers": 0, "clusters": [], "message": "the database is unreachable"}
             return Response(
-                {
-                    "status": "unhealthy",
-                    "timestamp": now,
-                    "database": f"error: {exc}",
-                    "workers": 0,
-                },
+                {"status": "unhealthy", "timestamp": now, "database": f"error: {exc}", **down},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        try:
-            workers = len(Stat.get_all())
-        except Exception as exc:  # the cache is optional for health: report, don't fail
-            logger.warning("health: cannot read cluster status: %s", exc)
-            workers = 0
-        return Response(
-            {"status": "healthy", "timestamp": now, "database": "ok", "workers": workers}
-        )
+        workers = health.workers_report()
+        return Response({**workers, "timestamp": now, "database": "ok"})
