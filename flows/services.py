@@ -604,7 +604,8 @@ def execution_submit(
     the execution the first one made (created=False) instead of starting another. The key is
     stored with ``request_fingerprint`` (``body_fingerprint`` of the request); a repeat whose
     fingerprint differs is refused with IdempotencyConflict rather than answered with an
-    execution of another request. (Executions keyed before fingerprints were kept match any.)
+    execution of another request. (Without a fingerprint on either side, from a caller that
+    passes none or an execution keyed before fingerprints were kept, any repeat matches.)
     """
     key = (idempotency_key or "").strip()
     if len(key) > 200:
@@ -644,7 +645,8 @@ def execution_submit(
 
 def _repeated(existing: Execution, key: str, fingerprint: str) -> Execution:
     """The execution a repeated Idempotency-Key answers with, if the request is the same."""
-    if existing.idempotency_fingerprint and fingerprint != existing.idempotency_fingerprint:
+    known = existing.idempotency_fingerprint
+    if known and fingerprint and fingerprint != known:
         raise IdempotencyConflict(
             f"Idempotency-Key {key!r} was already used with a different request body; "
             "send a new key for a new request (or repeat the first body exactly to get "
