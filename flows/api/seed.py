@@ -299,5 +299,7 @@ class HealthView(APIView):
                 {"status": "unhealthy", "timestamp": now, "database": f"error: {exc}", **down},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        workers = health.workers_report()
-        return Response({**workers, "timestamp": now, "database": "ok"})
+        report = health.workers_report()  # status, workers, clusters, message
+        return Response(
+            {"status": report.pop("status"), "timestamp": now, "database": "ok", **report}
+        )
