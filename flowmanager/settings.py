@@ -231,6 +231,9 @@ FLOW_WAKE_AFTER_SECONDS = env_float("FLOW_WAKE_AFTER_SECONDS", 60.0, minimum=1)
 FLOW_DUE_STEP_CHECK_SECONDS = env_float("FLOW_DUE_STEP_CHECK_SECONDS", 1.0, minimum=0.05)
 FLOW_MAX_RESULT_BYTES = env_int("FLOW_MAX_RESULT_BYTES", 1_048_576, minimum=1024)
 FLOW_MAX_DOCUMENT_BYTES = env_int("FLOW_MAX_DOCUMENT_BYTES", 524_288, minimum=1024)
+# GET /health says "starting" (not "degraded") while no worker cluster has reported during
+# this many seconds after the web process started.
+FLOW_HEALTH_STARTING_SECONDS = env_float("FLOW_HEALTH_STARTING_SECONDS", 60.0, minimum=0)
 
 # --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)

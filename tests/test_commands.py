@@ -187,14 +187,17 @@ def test_runflow_with_bad_input_exits_2_before_storing_anything(db, tmp_path, va
     assert stored_counts() == (0, 0, 0)
 
 
-def test_runflow_stores_a_new_version_each_time_it_runs_a_flow(db, tmp_path):
+def test_runflow_stores_a_new_version_only_when_the_document_changed(db, tmp_path):
     path = write(tmp_path, flow_doc([task("a")]))
-
     runflow(path)
-    code, out, _ = runflow(path)
 
+    code, out, _ = runflow(path)
     assert code == 0
-    assert "flow test_flow v2" in out
+    assert "flow test_flow v1" in out
+    write(tmp_path, flow_doc([task("a"), task("b")]))
+    _, changed, _ = runflow(path)
+
+    assert "flow test_flow v2" in changed
     assert FlowVersion.objects.filter(flow_id="test_flow").count() == 2
 
 
