@@ -3,9 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
-export DEBUG ?= 1
 
-.PHONY: run test install install-dev lint bench bench-engine bench-pages bench-api browser migrate clean
+.PHONY: run test install install-dev dotenv lint bench bench-engine bench-pages bench-api browser migrate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +22,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-migrate: install
+# The checkout's git-ignored .env: DEBUG=1 and a generated SECRET_KEY, written once (an existing
+# file is kept). Settings read it, so manage.py in any shell of this checkout shares the key of
+# the web server and the worker. Standard library only, so it needs no virtualenv.
+dotenv:
+	@$(PYTHON) -m flowmanager.localenv
+
+migrate: install dotenv
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 

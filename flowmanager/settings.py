@@ -7,35 +7,38 @@ that names the variable. See README.md, "Configuration".
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
 
 from flowmanager.env import env_bool, env_float, env_int, env_list
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# A checkout's local settings: `make run` writes .env (DEBUG=1 and a generated SECRET_KEY,
+# flowmanager/localenv.py) so that every manage.py command in that checkout, from any shell,
+# shares the key of the web server and the worker. Variables already in the environment win,
+# so the test suite's values and a deploy's stay as they are. ENV_FILE names another file;
+# empty reads none (the test suite sets it so that a developer's .env cannot leak into tests).
+ENV_FILE = os.environ.get("ENV_FILE", str(BASE_DIR / ".env")).strip()
+if ENV_FILE:
+    load_dotenv(ENV_FILE, override=False)
 
 DEBUG = env_bool("DEBUG", False)
 
 
 def _secret_key() -> str:
     key = os.environ.get("SECRET_KEY", "").strip()
-    if key:
-        return key
-    if not DEBUG:
+    if not key:
         raise ImproperlyConfigured(
-            "SECRET_KEY is not set. Set SECRET_KEY to a long random string, "
-            "or DEBUG=1 for local development."
+            "SECRET_KEY is not set. Set SECRET_KEY to a long random string (python3 -c "
+            "'import secrets; print(secrets.token_urlsafe(50))'). For local development, "
+            "`make run` writes one with DEBUG=1 to .env in the project folder "
+            "(or run: python3 -m flowmanager.localenv)."
         )
-    # Local development only: a random key kept in an untracked file, so sessions survive a
-    # restart and no key is ever committed.
-    path = BASE_DIR / ".local_secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return key
 
 
 SECRET_KEY = _secret_key()
@@ -228,6 +231,9 @@ FLOW_WAKE_AFTER_SECONDS = env_float("FLOW_WAKE_AFTER_SECONDS", 60.0, minimum=1)
 FLOW_DUE_STEP_CHECK_SECONDS = env_float("FLOW_DUE_STEP_CHECK_SECONDS", 1.0, minimum=0.05)
 FLOW_MAX_RESULT_BYTES = env_int("FLOW_MAX_RESULT_BYTES", 1_048_576, minimum=1024)
 FLOW_MAX_DOCUMENT_BYTES = env_int("FLOW_MAX_DOCUMENT_BYTES", 524_288, minimum=1024)
+# GET /health says "starting" (not "degraded") while no worker cluster has reported during
+# this many seconds after the web process started.
+FLOW_HEALTH_STARTING_SECONDS = env_float("FLOW_HEALTH_STARTING_SECONDS", 60.0, minimum=0)
 
 # --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)

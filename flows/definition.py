@@ -122,7 +122,9 @@ class FlowValidationError(Exception):
 
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
-        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        super().__init__(
+            "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)
+        )
 
     def as_list(self) -> list[dict[str, str]]:
         return [e.as_dict() for e in self.errors]

@@ -226,6 +226,9 @@ class Execution(models.Model):
     )
     redrive_count = models.PositiveIntegerField(default=0)
     idempotency_key = models.CharField(max_length=200, blank=True)
+    # SHA-256 of the request body the key came with: a repeat with another body is refused.
+    # db_default: a process still running the code before this column can insert executions.
+    idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="", db_default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

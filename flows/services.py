@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,6 +63,37 @@ class InvalidFlow(ServiceError):
     code = "invalid_flow"
 
 
+class IdempotencyConflict(ServiceError):
+    """An Idempotency-Key used again with another request body (Stripe answers the same)."""
+
+    status = 422
+    code = "idempotency_conflict"
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as JSON text that is equal for equal documents: keys sorted, no spaces.
+
+    Values keep their JSON type: ``true`` and ``1``, ``1`` and ``1.0`` stay different.
+    """
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def body_fingerprint(body: Any) -> str:
+    """SHA-256 of a parsed request body's canonical JSON: what an Idempotency-Key is bound to."""
+    if isinstance(body, Mapping) and not isinstance(body, dict):
+        body = {key: body[key] for key in body}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def given_flow_id(document: Any) -> str | None:
+    """The ``id`` a (maybe invalid) flow document gives, when it gives one as text."""
+    doc = unwrap(document)
+    flow_id = doc.get("id") if isinstance(doc, Mapping) else None
+    return flow_id if isinstance(flow_id, str) else None
+
+
 def validate_flow(document: Any, *, registry: TaskRegistry | None = None) -> FlowDefinition:
     """Parse and validate a flow document; raise InvalidFlow listing every error."""
     try:
@@ -89,24 +122,36 @@ def _normalized(document: Any) -> dict[str, Any]:
 
 
 @transaction.atomic
-def flow_create(
+def flow_store(
     *, document: Any, user: Any = None, registry: TaskRegistry | None = None
-) -> FlowVersion:
-    """Store a flow document: a new flow, or a new version of the flow with the same id."""
+) -> tuple[FlowVersion, bool]:
+    """Store a flow document: a new flow, or a new version of the flow with the same id.
+
+    Returns (version, stored). A document equal to the flow's current one (as parsed JSON,
+    key order ignored) stores nothing: the current version comes back with stored=False, so
+    a client that re-posts what it has does not grow the version history.
+    """
     definition = validate_flow(document, registry=registry)
     doc = _normalized(document)
     flow = Flow.objects.select_for_update().filter(pk=definition.id).first()
+    new_flow = False
     if flow is None:
         try:
             with transaction.atomic():
                 flow = Flow.objects.create(
                     id=definition.id, name=definition.name, version=1, definition=doc
                 )
+                new_flow = True
         except IntegrityError:
-            # Created by a concurrent request a moment ago: become its next version.
+            # Created by a concurrent request a moment ago: compare with it, as with any other.
             flow = Flow.objects.select_for_update().get(pk=definition.id)
-            flow.version += 1
-    else:
+    if not new_flow:
+        if canonical_json(flow.definition) == canonical_json(doc):
+            current = FlowVersion.objects.select_related("flow").get(
+                flow=flow, version=flow.version
+            )
+            logger.info("flow=%s unchanged: version %s is this document", flow.id, flow.version)
+            return current, False
         flow.version += 1
     flow.name, flow.definition = definition.name, doc
     flow.save()
@@ -118,6 +163,14 @@ def flow_create(
     )
     for warning in definition.warnings:
         logger.warning("flow=%s %s: %s", flow.id, warning.field, warning.message)
+    return version, True
+
+
+def flow_create(
+    *, document: Any, user: Any = None, registry: TaskRegistry | None = None
+) -> FlowVersion:
+    """``flow_store`` for callers that only need the version (new, or the current one)."""
+    version, _ = flow_store(document=document, user=user, registry=registry)
     return version
 
 
@@ -148,12 +201,16 @@ def execution_create(
 @transaction.atomic
 def flow_create_with_execution(
     *, document: Any, user: Any = None, registry: TaskRegistry | None = None
-) -> tuple[FlowVersion, Execution, FlowDefinition]:
-    """The seed's ``POST /flow/create``: store the flow and prepare one execution of it."""
-    version = flow_create(document=document, user=user, registry=registry)
+) -> tuple[FlowVersion, bool, Execution, FlowDefinition]:
+    """The seed's ``POST /flow/create``: store the flow (``flow_store``: an identical document
+    reuses the current version) and prepare one execution of it.
+
+    Returns (version, stored, execution, definition).
+    """
+    version, stored = flow_store(document=document, user=user, registry=registry)
     execution = execution_create(flow_version=version, user=user)
     definition = validate_flow(version.definition, registry=registry)
-    return version, execution, definition
+    return version, stored, execution, definition
 
 
 def get_execution(execution_id: Any, *, with_flow: bool = True) -> Execution:
@@ -537,13 +594,18 @@ def execution_submit(
     user: Any = None,
     input: dict[str, Any] | None = None,
     idempotency_key: str = "",
+    request_fingerprint: str = "",
     trigger: str = ExecutionTrigger.MANUAL,
     rerun_of: Execution | None = None,
 ) -> tuple[Execution, bool]:
     """Create and start an execution in one go. Returns (execution, created).
 
     With an ``idempotency_key``, a repeated submit by the same user for the same flow returns
-    the execution the first one made (created=False) instead of starting another.
+    the execution the first one made (created=False) instead of starting another. The key is
+    stored with ``request_fingerprint`` (``body_fingerprint`` of the request); a repeat whose
+    fingerprint differs is refused with IdempotencyConflict rather than answered with an
+    execution of another request. (Without a fingerprint on either side, from a caller that
+    passes none or an execution keyed before fingerprints were kept, any repeat matches.)
     """
     key = (idempotency_key or "").strip()
     if len(key) > 200:
@@ -557,12 +619,15 @@ def execution_submit(
             flow_id=flow_version.flow_id, created_by=owner, idempotency_key=key
         ).first()
         if existing is not None:
-            return existing, False
+            return _repeated(existing, key, request_fingerprint), False
     try:
         with transaction.atomic():
             execution = execution_create(flow_version=flow_version, user=user, input=input)
             Execution.objects.filter(pk=execution.id).update(
-                idempotency_key=key, trigger=trigger, rerun_of=rerun_of
+                idempotency_key=key,
+                idempotency_fingerprint=request_fingerprint if key else "",
+                trigger=trigger,
+                rerun_of=rerun_of,
             )
             execution = execution_start(execution_id=execution.id)
     except IntegrityError:
@@ -574,8 +639,21 @@ def execution_submit(
         ).first()
         if existing is None:
             raise
-        return existing, False
+        return _repeated(existing, key, request_fingerprint), False
     return execution, True
+
+
+def _repeated(existing: Execution, key: str, fingerprint: str) -> Execution:
+    """The execution a repeated Idempotency-Key answers with, if the request is the same."""
+    known = existing.idempotency_fingerprint
+    if known and fingerprint and fingerprint != known:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was already used with a different request body; "
+            "send a new key for a new request (or repeat the first body exactly to get "
+            "the execution it started)",
+            errors=[{"field": "Idempotency-Key", "message": "already used with another body"}],
+        )
+    return existing
 
 
 def execution_rerun(*, execution_id: Any, user: Any = None) -> Execution:
@@ -606,8 +684,9 @@ def get_flow_version(*, flow_id: Any, version: int | None = None) -> FlowVersion
 
 
 @transaction.atomic
-def flow_update(*, flow_id: Any, document: Any, user: Any = None) -> FlowVersion:
-    """Store ``document`` as the next version of an existing flow.
+def flow_update(*, flow_id: Any, document: Any, user: Any = None) -> tuple[FlowVersion, bool]:
+    """Store ``document`` as the next version of an existing flow: (version, stored) as
+    ``flow_store`` returns them (the current document again stores nothing).
 
     The document may leave out ``id``; one that names another flow is refused, so that an
     update never writes to a flow other than the one addressed.
@@ -622,7 +701,7 @@ def flow_update(*, flow_id: Any, document: Any, user: Any = None) -> FlowVersion
                 errors=[{"field": "id", "message": f"must be '{flow.id}' (or left out)"}],
             )
         doc = {**doc, "id": flow.id}
-    return flow_create(document=doc, user=user)
+    return flow_store(document=doc, user=user)
 
 
 def _user(user: Any) -> Any:
@@ -632,6 +711,7 @@ def _user(user: Any) -> Any:
 __all__ = [
     "Conflict",
     "FieldError",
+    "IdempotencyConflict",
     "InvalidFlow",
     "NotFound",
     "ServiceError",
@@ -650,10 +730,12 @@ __all__ = [
     "flow_run_scheduled",
     "flow_schedule_delete",
     "flow_schedule_set",
+    "flow_store",
     "flow_update",
     "get_execution",
     "get_flow",
     "get_flow_version",
+    "given_flow_id",
     "validate_flow",
 ]
 

@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from flows import services
 from flows.models import Flow
 from tests.factories import flow_doc, sample_flow, stored_counts, task
 
@@ -77,6 +78,55 @@ def test_execute_with_json_that_is_not_an_object_is_400(api, body):
     assert "Expected a dictionary" in response["detail"]
 
 
+LIST_BODY_PATHS = [
+    "/flow/create",
+    "/flow/execute",
+    "/api/flows/",
+    "/api/flows/validate/",
+    "/api/flows/test_flow/executions/",
+]
+
+
+@pytest.mark.parametrize("path", LIST_BODY_PATHS)
+def test_a_list_body_is_refused_with_a_message_that_starts_with_the_problem(api, path):
+    services.flow_create(document=flow_doc([task("a")]))
+
+    response = post_raw(api, path, "[1, 2]")
+
+    body = response.json()
+    messages = [body["errors"][0]["message"]]
+    if response.status_code != 200:  # validate answers 200 with the report
+        body = assert_error_shape(response, 400)
+        messages.append(body["detail"].removeprefix("Failed to create flow: "))
+    for message in messages:
+        assert message[0].isalpha(), message
+        assert ": :" not in message and not message.startswith(":")
+        assert "dictionary" in message or "JSON object" in message
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/flow/create"),
+        ("post", "/flow/execute"),
+        ("post", "/api/flows/"),
+        ("put", "/api/flows/test_flow/"),
+        ("post", "/api/flows/validate/"),
+        ("post", "/api/flows/test_flow/executions/"),
+    ],
+)
+def test_a_body_without_a_content_type_is_415_asking_for_json(api, method, path):
+    services.flow_create(document=flow_doc([task("a")]))
+    before = stored_counts()
+
+    response = api.generic(method.upper(), path, json.dumps(sample_flow()), content_type="")
+
+    body = assert_error_shape(response, 415)
+    assert body["code"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in body["detail"]
+    assert stored_counts() == before
+
+
 def test_create_with_an_empty_body_is_400_listing_the_required_fields(api):
     body = assert_error_shape(post_raw(api, "/flow/create", ""), 400)
 
@@ -102,6 +152,7 @@ def test_a_form_encoded_body_is_415_asking_for_json(api):
 
     body = assert_error_shape(response, 415)
     assert "application/x-www-form-urlencoded" in body["detail"]
+    assert "Content-Type: application/json" in body["detail"]
 
 
 def test_a_body_over_the_upload_limit_is_413_naming_the_limit(api):
@@ -278,6 +329,42 @@ def test_anonymous_requests_are_401_json_and_change_nothing(api, anon_client, in
     assert response["WWW-Authenticate"].startswith("Token")
     assert stored_counts() == before
     assert api.get(f"/flow/{execution_id}/status").json()["status"] == "CREATED"
+
+
+def bearer_client(user) -> APIClient:
+    from rest_framework.authtoken.models import Token
+
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token.key}")
+    return client
+
+
+def test_a_bearer_token_works_wherever_a_token_does(alice):
+    client = bearer_client(alice)
+
+    created = client.post("/flow/create", sample_flow(), format="json")
+    execution_id = created.json()["execution_id"]
+
+    assert created.status_code == 200
+    assert client.get(f"/flow/{execution_id}/status").status_code == 200
+    assert (
+        client.post("/flow/execute", {"execution_id": execution_id}, format="json").json()["status"]
+        == "QUEUED"
+    )
+    assert client.get("/api/flows/").json()["count"] == 1
+    assert client.get(f"/api/executions/{execution_id}/").status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "Token"])
+def test_a_wrong_token_after_either_scheme_is_401(anon_client, alice, scheme):
+    anon_client.credentials(HTTP_AUTHORIZATION=f"{scheme} " + "0" * 40)
+
+    body = assert_error_shape(anon_client.post("/flow/create", sample_flow(), format="json"), 401)
+
+    assert body["detail"] == "Invalid token."
+    assert stored_counts() == (0, 0, 0)
 
 
 def test_a_wrong_token_is_401(anon_client, alice):

@@ -122,6 +122,37 @@ def test_a_repeated_start_with_the_same_key_answers_200_with_the_first_execution
     assert Execution.objects.count() == 1
 
 
+def test_a_repeated_key_with_a_different_body_is_422_naming_the_conflict(operator, version):
+    first = start(operator, {"input": {"n": 1}}, HTTP_IDEMPOTENCY_KEY="order-17")
+
+    again = start(operator, {"input": {"n": 2}}, HTTP_IDEMPOTENCY_KEY="order-17")
+
+    body = error_body(again, 422)
+    assert body["code"] == "idempotency_conflict"
+    assert "different request body" in body["detail"]
+    assert "new key" in body["detail"]
+    assert first.json()["id"] not in again.content.decode()
+    assert Execution.objects.count() == 1
+
+
+def test_a_repeated_key_compares_bodies_as_json_not_as_text(operator, version):
+    first = operator.post(
+        "/api/flows/test_flow/executions/",
+        '{"input": {"a": 1, "b": 2}, "version": 1}',
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k",
+    )
+    again = operator.post(
+        "/api/flows/test_flow/executions/",
+        '{"version": 1,\n "input": {"b": 2, "a": 1}}',
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k",
+    )
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+
+
 def test_different_keys_start_different_executions(operator, version):
     one = start(operator, HTTP_IDEMPOTENCY_KEY="k1").json()["id"]
     two = start(operator, HTTP_IDEMPOTENCY_KEY="k2").json()["id"]

@@ -296,8 +296,8 @@ def test_an_unknown_version_or_flow_is_404(editor, path):
 def test_listing_versions_costs_the_same_queries_however_many_there_are(
     editor, alice, rows, django_assert_num_queries
 ):
-    for _ in range(rows):
-        services.flow_create(document=flow_doc([task("a")]), user=alice)
+    for i in range(rows):
+        services.flow_create(document=flow_doc([task("a")], description=f"v{i}"), user=alice)
     editor.get("/api/flows/test_flow/versions/")
 
     # token + user, user perms, group perms, the flow, count, page (with its users)
@@ -344,3 +344,64 @@ def test_validating_something_that_is_not_a_document_says_so(editor):
 
     assert body["valid"] is False
     assert "must be a JSON object" in body["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("document", "flow_id"),
+    [
+        ({"id": "half", "tasks": []}, "half"),
+        ({"id": "Not Valid!", "tasks": [task("a")]}, "Not Valid!"),
+        ({"tasks": [task("a")]}, None),
+        ({"id": 7, "tasks": [task("a")]}, None),  # not text: no id to echo
+    ],
+)
+def test_validating_a_bad_document_echoes_the_id_it_was_given(editor, document, flow_id):
+    body = editor.post("/api/flows/validate/", document, format="json").json()
+
+    assert body["valid"] is False
+    assert body["flow_id"] == flow_id
+
+
+# --- an identical document ---------------------------------------------------------------------
+def test_posting_the_current_document_again_stores_no_new_version_and_answers_200(editor):
+    document = flow_doc([task("a"), task("b")])
+    first = editor.post("/api/flows/", document, format="json")
+
+    again = editor.post("/api/flows/", {"flow": dict(reversed(document.items()))}, format="json")
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert (first.json()["new_version"], again.json()["new_version"]) == (True, False)
+    assert again.json()["version"] == 1
+    assert FlowVersion.objects.filter(flow_id="test_flow").count() == 1
+
+
+def test_putting_the_current_document_again_stores_no_new_version(editor):
+    store("test_flow", "a", "b")
+    document = flow_doc([task("a"), task("b")])
+    del document["id"]
+
+    response = editor.put("/api/flows/test_flow/", document, format="json")
+
+    assert response.status_code == 200
+    assert (response.json()["version"], response.json()["new_version"]) == (1, False)
+    assert FlowVersion.objects.filter(flow_id="test_flow").count() == 1
+
+
+def test_a_document_that_differs_only_in_a_value_type_is_a_new_version(editor):
+    store("test_flow", "a")
+    changed = flow_doc([task("a", "wait", seconds=1)])
+    editor.post("/api/flows/", changed, format="json")
+
+    response = editor.post("/api/flows/", flow_doc([task("a", "wait", seconds=1.0)]), format="json")
+
+    assert response.status_code == 201
+    assert response.json()["version"] == 3
+
+
+def test_an_older_document_posted_again_is_a_new_version(editor):
+    store("test_flow", "a")
+    store("test_flow", "a", "b")
+
+    response = editor.post("/api/flows/", flow_doc([task("a")]), format="json")
+
+    assert (response.status_code, response.json()["version"]) == (201, 3)

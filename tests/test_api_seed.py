@@ -90,6 +90,18 @@ def test_creating_with_an_existing_flow_id_stores_a_new_version(api):
     assert status["flow_version"] == 1
 
 
+def test_creating_the_current_document_again_reuses_its_version_with_a_new_execution(api):
+    first = create(api, sample_flow())
+    again = create(api, sample_flow()["flow"])
+
+    assert (first["version"], again["version"]) == (1, 1)
+    assert (first["new_version"], again["new_version"]) == (True, False)
+    assert again["execution_id"] != first["execution_id"]
+    assert "unchanged" in again["message"]
+    assert FlowVersion.objects.filter(flow_id="example_flow").count() == 1
+    assert Execution.objects.count() == 2
+
+
 def test_create_reports_tasks_that_no_path_reaches_as_warnings_not_errors(api):
     document = flow_doc([task("a"), task("orphan")], [cond("a", "success", "end", "end")])
 

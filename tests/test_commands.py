@@ -64,6 +64,20 @@ def test_runflow_runs_the_sample_prints_each_step_and_exits_0(db, tmp_path):
     assert str(execution.id) in out
 
 
+def test_runflow_without_log_output_still_stores_the_task_log_lines_with_the_execution(
+    db, tmp_path
+):
+    # Default verbosity silences logging (tests/test_local_env.py checks the output); the
+    # execution's log is collected by the engine itself and must not be lost with it.
+    document = flow_doc([task("say", "print", message="hello from the task")])
+
+    code, _, _ = runflow(write(tmp_path, document))
+
+    assert code == 0
+    messages = Execution.objects.get().events.values_list("message", flat=True)
+    assert any("hello from the task" in message for message in messages)
+
+
 def test_runflow_of_a_failing_flow_prints_the_error_and_exits_1(db, tmp_path):
     path = write(tmp_path, flow_doc([failing("fetch"), task("never")]))
 
@@ -173,14 +187,17 @@ def test_runflow_with_bad_input_exits_2_before_storing_anything(db, tmp_path, va
     assert stored_counts() == (0, 0, 0)
 
 
-def test_runflow_stores_a_new_version_each_time_it_runs_a_flow(db, tmp_path):
+def test_runflow_stores_a_new_version_only_when_the_document_changed(db, tmp_path):
     path = write(tmp_path, flow_doc([task("a")]))
-
     runflow(path)
-    code, out, _ = runflow(path)
 
+    code, out, _ = runflow(path)
     assert code == 0
-    assert "flow test_flow v2" in out
+    assert "flow test_flow v1" in out
+    write(tmp_path, flow_doc([task("a"), task("b")]))
+    _, changed, _ = runflow(path)
+
+    assert "flow test_flow v2" in changed
     assert FlowVersion.objects.filter(flow_id="test_flow").count() == 2
 
 

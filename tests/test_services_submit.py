@@ -36,6 +36,42 @@ def test_the_same_idempotency_key_returns_the_first_execution(version, alice):
     assert Execution.objects.count() == 1
 
 
+def test_a_key_repeated_with_another_request_fingerprint_is_refused(version, alice):
+    one, two = services.body_fingerprint({"input": {"n": 1}}), services.body_fingerprint({})
+    services.execution_submit(
+        flow_version=version, user=alice, idempotency_key="k1", request_fingerprint=one
+    )
+
+    with pytest.raises(services.IdempotencyConflict, match="different request body"):
+        services.execution_submit(
+            flow_version=version, user=alice, idempotency_key="k1", request_fingerprint=two
+        )
+    assert Execution.objects.count() == 1
+
+
+def test_a_repeat_without_a_fingerprint_matches_any_earlier_request(version, alice):
+    first, _ = services.execution_submit(
+        flow_version=version,
+        user=alice,
+        idempotency_key="k1",
+        request_fingerprint=services.body_fingerprint({"input": {"n": 1}}),
+    )
+
+    again, created = services.execution_submit(
+        flow_version=version, user=alice, idempotency_key="k1"
+    )
+
+    assert (again.id, created) == (first.id, False)
+
+
+def test_body_fingerprints_ignore_key_order_but_not_value_types():
+    fingerprint = services.body_fingerprint
+
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": True})
+    assert fingerprint({"a": [1, 2]}) != fingerprint({"a": [2, 1]})
+
+
 def test_idempotency_keys_belong_to_their_user(version, alice, bob):
     mine, _ = services.execution_submit(flow_version=version, user=alice, idempotency_key="k1")
     theirs, created = services.execution_submit(

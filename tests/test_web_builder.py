@@ -141,6 +141,18 @@ def test_editing_saves_a_new_version_and_lists_the_earlier_ones(operator):
     assert "task3" in old and "Version 1" in old
 
 
+def test_saving_an_edit_that_changes_nothing_keeps_the_current_version(operator):
+    operator.post("/flows/new", builder_post({"id": "orders", "start_task": "fetch"}, THREE_TASKS))
+    same = builder_post({"id": "orders", "start_task": "fetch"}, THREE_TASKS)
+
+    response = operator.post("/flows/orders/edit", same)
+
+    assert response.status_code == 302
+    assert FlowVersion.objects.filter(flow_id="orders").count() == 1
+    page = operator.get(response["Location"]).content.decode()
+    assert "No changes: orders version 1 is already this document." in page
+
+
 def test_the_json_tab_shows_the_builders_document_and_saves_with_the_same_validation(operator):
     data = builder_post({"id": "switch"}, THREE_TASKS, action="json")
     page = operator.post("/flows/new", data).content.decode()

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -63,6 +64,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "not found")
+    if isinstance(exc, exceptions.UnsupportedMediaType):
+        exc = _unsupported_media_type(context)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -83,20 +86,43 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
-# --- Django's own error pages, for URLs no API view matched ---------------------------------
-API_PREFIXES = ("/api/", "/flow/", "/flow", "/health")
+ASK_FOR_JSON = "send the body as JSON with Content-Type: application/json"
+
+
+def _unsupported_media_type(context: dict[str, Any]) -> exceptions.UnsupportedMediaType:
+    """DRF's 415, saying what to send instead (it names only what it refused)."""
+    request = context.get("request")
+    media_type = getattr(request, "content_type", "") or ""
+    if not media_type.strip():
+        return exceptions.UnsupportedMediaType(
+            "", detail=f"the request has a body but no Content-Type; {ASK_FOR_JSON}"
+        )
+    return exceptions.UnsupportedMediaType(
+        media_type, detail=f'unsupported media type "{media_type}"; {ASK_FOR_JSON}'
+    )
+
+
+# --- URLs no API view matched, and Django's own error pages ---------------------------------
+API_ROOTS = ("/api", "/flow", "/health")
 
 
 def _is_api(request: HttpRequest) -> bool:
-    return request.path.startswith(API_PREFIXES)
+    path = request.path
+    return any(path == root or path.startswith(f"{root}/") for root in API_ROOTS)
+
+
+@csrf_exempt  # it changes nothing, and a session POST without a token should hear 404 too
+def no_endpoint(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """The last route under /api/, /flow/ and /health: 404 in the API's shape, any method."""
+    body = {"detail": f"no endpoint at {request.path}", "code": "not_found", "errors": []}
+    return JsonResponse(body, status=404)
 
 
 def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    """handler404: a URL under the API that no route matches answers in the API's shape."""
+    """handler404: an Http404 under the API (none is expected) answers in the API's shape."""
     if not _is_api(request):
         return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
-    body = {"detail": f"no endpoint at {request.path}", "code": "not_found", "errors": []}
-    return JsonResponse(body, status=404)
+    return no_endpoint(request)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -35,6 +35,7 @@ DOCUMENT = {
 FLOW = {**FLOW_ROW, "description": "", "definition": DOCUMENT}
 FLOW_WRITTEN = {
     **FLOW,
+    "new_version": True,
     "warnings": [
         {"field": "tasks[2]", "message": "task 'cleanup' can never run: no path reaches it"}
     ],

@@ -20,7 +20,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import connection
 from rest_framework import exceptions
-from rest_framework.authentication import TokenAuthentication
+from rest_framework.authentication import TokenAuthentication, get_authorization_header
 from rest_framework.authtoken.models import Token
 
 from flows.models import Execution, Flow, FlowVersion, TaskRun
@@ -97,7 +97,29 @@ def _token_sql(vendor: str) -> str:
 
 
 class PrebuiltTokenAuthentication(TokenAuthentication):
-    """DRF's ``Authorization: Token <key>``, with the user looked up by prebuilt SQL."""
+    """DRF's ``Authorization: Token <key>``, also taken as ``Authorization: Bearer <key>``
+    (what most HTTP clients and API gateways send), with the user looked up by prebuilt SQL.
+
+    Anonymous requests are still asked for ``Token`` in WWW-Authenticate (the seed's scheme).
+    """
+
+    SCHEMES = (b"token", b"bearer")
+
+    def authenticate(self, request: Any) -> tuple[Any, Token] | None:
+        header = get_authorization_header(request).split()
+        if not header or header[0].lower() not in self.SCHEMES:
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed(
+                "Invalid token header: send 'Authorization: Token <key>' (or Bearer <key>)."
+            )
+        try:
+            key = header[1].decode()
+        except UnicodeError:
+            raise exceptions.AuthenticationFailed(
+                "Invalid token header. Token string should not contain invalid characters."
+            ) from None
+        return self.authenticate_credentials(key)
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
         found = list(get_user_model().objects.raw(_token_sql(connection.vendor), [key]))

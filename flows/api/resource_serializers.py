@@ -77,9 +77,15 @@ class FlowWrittenSerializer(FlowDetailSerializer):
     """A flow just stored, with the warnings its new version drew (tasks nothing reaches)."""
 
     warnings = serializers.SerializerMethodField()
+    new_version = serializers.SerializerMethodField(
+        help_text="False when the document was the flow's current one: nothing was stored."
+    )
 
     class Meta(FlowDetailSerializer.Meta):
-        fields = [*FlowDetailSerializer.Meta.fields, "warnings"]
+        fields = [*FlowDetailSerializer.Meta.fields, "new_version", "warnings"]
+
+    def get_new_version(self, flow: Flow) -> bool:
+        return bool(self.context.get("new_version", True))
 
     @extend_schema_field(FieldErrorSerializer(many=True))
     def get_warnings(self, flow: Flow) -> list[dict[str, str]]:
@@ -106,7 +112,9 @@ class FlowVersionDetailSerializer(FlowVersionSerializer):
 
 class ValidationReportSerializer(serializers.Serializer):
     valid = serializers.BooleanField(help_text="True when the document would be stored.")
-    flow_id = serializers.CharField(allow_null=True, help_text="The document's id, when valid.")
+    flow_id = serializers.CharField(
+        allow_null=True, help_text="The id the document gave (valid or not); null if none."
+    )
     errors = FieldErrorSerializer(many=True, help_text="Why it would be refused (if not valid).")
     warnings = FieldErrorSerializer(many=True, help_text="Tasks no path reaches, and the like.")
 

@@ -6,7 +6,6 @@ import logging
 
 from django.db import DatabaseError, connection
 from django.utils import timezone
-from django_q.status import Stat
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -15,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from flows import services
-from flows.api import fast_reads
+from flows.api import fast_reads, health
 from flows.api.errors import error_response
 from flows.api.permissions import (
     ADD_FLOWS,
@@ -107,6 +106,8 @@ class FlowCreateView(APIView):
     @extend_schema(
         operation_id="flow_create",
         summary="Store a flow (a new version if the id exists) and prepare an execution",
+        description="The flow's current document again (compared as JSON, key order ignored) "
+        "stores no version: the execution is of the current one and `new_version` is false.",
         request={"application/json": {"type": "object", "additionalProperties": True}},
         responses={200: FlowCreatedSerializer, **_ERRORS},
         examples=[
@@ -118,6 +119,7 @@ class FlowCreateView(APIView):
                     "flow_id": "example_flow",
                     "flow_name": "Sample Data Pipeline",
                     "version": 1,
+                    "new_version": True,
                     "status": "created",
                     "message": "Flow 'Sample Data Pipeline' created (version 1); "
                     "POST /flow/execute with this execution_id to run it",
@@ -131,7 +133,7 @@ class FlowCreateView(APIView):
     )
     def post(self, request: Request) -> Response:
         try:
-            version, execution, definition = services.flow_create_with_execution(
+            version, stored, execution, definition = services.flow_create_with_execution(
                 document=request.data, user=request.user
             )
         except services.InvalidFlow as exc:
@@ -141,14 +143,16 @@ class FlowCreateView(APIView):
                 http_status=status.HTTP_400_BAD_REQUEST,
                 errors=exc.errors,
             )
+        what = "created" if stored else "unchanged: the current version is this document"
         return Response(
             {
                 "execution_id": str(execution.id),
                 "flow_id": version.flow_id,
                 "flow_name": definition.name,
                 "version": version.version,
+                "new_version": stored,
                 "status": "created",
-                "message": f"Flow '{definition.name}' created (version {version.version}); "
+                "message": f"Flow '{definition.name}' {what} (version {version.version}); "
                 "POST /flow/execute with this execution_id to run it",
                 "warnings": [w.as_dict() for w in definition.warnings],
             }
@@ -238,6 +242,10 @@ class HealthView(APIView):
     @extend_schema(
         operation_id="health",
         summary="Liveness of the web process, its database and the worker clusters",
+        description="200 while the database answers, whatever the workers do: `status` is "
+        "`healthy` (a worker cluster is alive), `starting` (none has reported yet, within "
+        "FLOW_HEALTH_STARTING_SECONDS of the web process starting) or `degraded` (none is "
+        "reporting); `message` says what to do. 503 `unhealthy` when the database is down.",
         responses={200: HealthSerializer, 503: HealthSerializer},
         examples=[
             OpenApiExample(
@@ -246,11 +254,36 @@ class HealthView(APIView):
                     "status": "healthy",
                     "timestamp": "2026-11-28T08:00:00+00:00",
                     "database": "ok",
-                    "workers": 1,
+                    "workers": 2,
+                    "clusters": [
+                        {
+                            "id": "0c6b1f0e-9a01-4a8e-9d7e-6f0c1a555d2e",
+                            "name": "sixteen-nitrogen-hawaii-lion",
+                            "host": "worker-1",
+                            "status": "Idle",
+                            "processes": 2,
+                            "started_at": "2026-11-28T07:00:00+00:00",
+                            "last_seen": "2026-11-28T07:59:59+00:00",
+                        }
+                    ],
+                    "message": "2 worker processes in 1 cluster",
                 },
                 response_only=True,
                 status_codes=[200],
-            )
+            ),
+            OpenApiExample(
+                "Starting",
+                value={
+                    "status": "starting",
+                    "timestamp": "2026-11-28T08:00:00+00:00",
+                    "database": "ok",
+                    "workers": 0,
+                    "clusters": [],
+                    "message": f"no worker cluster has reported yet; {health.HOW_TO_START}",
+                },
+                response_only=True,
+                status_codes=[200],
+            ),
         ],
         tags=["seed"],
     )
@@ -261,20 +294,12 @@ class HealthView(APIView):
                 cursor.execute("SELECT 1")
         except DatabaseError as exc:
             logger.error("health: database unreachable: %s", exc)
+            down = {"workers": 0, "clusters": [], "message": "the database is unreachable"}
             return Response(
-                {
-                    "status": "unhealthy",
-                    "timestamp": now,
-                    "database": f"error: {exc}",
-                    "workers": 0,
-                },
+                {"status": "unhealthy", "timestamp": now, "database": f"error: {exc}", **down},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        try:
-            workers = len(Stat.get_all())
-        except Exception as exc:  # the cache is optional for health: report, don't fail
-            logger.warning("health: cannot read cluster status: %s", exc)
-            workers = 0
+        report = health.workers_report()  # status, workers, clusters, message
         return Response(
-            {"status": "healthy", "timestamp": now, "database": "ok", "workers": workers}
+            {"status": report.pop("status"), "timestamp": now, "database": "ok", **report}
         )

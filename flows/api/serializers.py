@@ -25,6 +25,9 @@ class FlowCreatedSerializer(serializers.Serializer):
     flow_id = serializers.CharField()
     flow_name = serializers.CharField()
     version = serializers.IntegerField()
+    new_version = serializers.BooleanField(
+        help_text="False when the document was the flow's current one: no version was stored."
+    )
     status = serializers.CharField()
     message = serializers.CharField()
     warnings = FieldErrorSerializer(many=True)
@@ -83,11 +86,23 @@ class DeletedSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
+class ClusterSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The cluster's id (a UUID).")
+    name = serializers.CharField(help_text="The id in words, as django-q2's log and qinfo show it.")
+    host = serializers.CharField()
+    status = serializers.CharField(help_text="As the cluster reports it: Idle, Working, ...")
+    processes = serializers.IntegerField(help_text="Its worker processes.")
+    started_at = serializers.DateTimeField(allow_null=True)
+    last_seen = serializers.DateTimeField(help_text="Its latest report (every few seconds).")
+
+
 class HealthSerializer(serializers.Serializer):
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=["healthy", "starting", "degraded", "unhealthy"])
     timestamp = serializers.DateTimeField()
     database = serializers.CharField()
-    workers = serializers.IntegerField(help_text="django-q2 clusters alive.")
+    workers = serializers.IntegerField(help_text="Worker processes of the live clusters.")
+    clusters = ClusterSerializer(many=True, help_text="Every cluster reporting right now.")
+    message = serializers.CharField(help_text="What the status means, and what to do.")
 
 
 def status_document(execution: Execution, steps: list[TaskRun] | None = None) -> dict[str, Any]:

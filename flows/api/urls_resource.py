@@ -4,7 +4,10 @@ from rest_framework.routers import DefaultRouter
 
 from flows.api.viewsets import ExecutionViewSet, FlowViewSet, TaskTypeViewSet
 
-router = DefaultRouter(trailing_slash=True)
+router = DefaultRouter()
+# Every route with or without its trailing slash: no APPEND_SLASH redirect (which loses a
+# POST's body, and raises under DEBUG). The schema shows the slashed form.
+router.trailing_slash = "/?"
 router.include_root_view = False
 router.register("flows", FlowViewSet, basename="flow")
 router.register("executions", ExecutionViewSet, basename="execution")

@@ -62,8 +62,9 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
     description=(
-        "Repeating a start with the same key (same user, same flow) returns the execution the "
-        "first one made, with 200, instead of starting another. At most 200 characters."
+        "Repeating a start with the same key (same user, same flow) and the same body returns "
+        "the execution the first one made, with 200, instead of starting another; the same key "
+        "with a different body is a 422 (idempotency_conflict). At most 200 characters."
     ),
 )
 
@@ -157,29 +158,41 @@ class FlowViewSet(
     def get_serializer_class(self) -> type:
         return FlowDetailSerializer if self.action == "retrieve" else FlowSerializer
 
-    def _written(self, version: FlowVersion, http_status: int) -> Response:
+    def _written(self, version: FlowVersion, stored: bool, http_status: int) -> Response:
         warnings = services.validate_flow(version.definition).warnings
-        data = FlowWrittenSerializer(
-            version.flow, context={"warnings": [w.as_dict() for w in warnings]}
-        ).data
+        context = {"warnings": [w.as_dict() for w in warnings], "new_version": stored}
+        data = FlowWrittenSerializer(version.flow, context=context).data
         return Response(data, status=http_status)
 
     @extend_schema(
         summary="Create a flow (a new version when its id exists)",
+        description="201 when a version was stored. The flow's current document again "
+        "(compared as JSON, key order ignored) stores nothing: 200 with that version and "
+        "`new_version: false`.",
         request={"application/json": FLOW_DOCUMENT_SCHEMA},
-        responses={201: FlowWrittenSerializer, **error_responses(*WRITE)},
+        responses={
+            201: FlowWrittenSerializer,
+            200: OpenApiResponse(
+                FlowWrittenSerializer, description="The current document again: nothing stored."
+            ),
+            **error_responses(*WRITE),
+        },
         examples=[
             OpenApiExample("Two tasks", value=ex.DOCUMENT, request_only=True),
             ex.answer("Stored", ex.FLOW_WRITTEN, 201),
+            ex.answer("Unchanged", {**ex.FLOW_WRITTEN, "new_version": False}, 200),
         ],
     )
     def create(self, request: Request) -> Response:
-        version = services.flow_create(document=request.data, user=request.user)
-        return self._written(version, status.HTTP_201_CREATED)
+        version, stored = services.flow_store(document=request.data, user=request.user)
+        return self._written(
+            version, stored, status.HTTP_201_CREATED if stored else status.HTTP_200_OK
+        )
 
     @extend_schema(
         summary="Store a new version of a flow",
-        description="The document may leave out `id`; one naming another flow is a 400.",
+        description="The document may leave out `id`; one naming another flow is a 400. "
+        "The flow's current document again stores nothing (`new_version: false`).",
         request={"application/json": FLOW_DOCUMENT_SCHEMA},
         responses={200: FlowWrittenSerializer, **error_responses(*WRITE, 404)},
         examples=[
@@ -189,8 +202,10 @@ class FlowViewSet(
     )
     def update(self, request: Request, pk: str) -> Response:
         flow = self.get_object()
-        version = services.flow_update(flow_id=flow.id, document=request.data, user=request.user)
-        return self._written(version, status.HTTP_200_OK)
+        version, stored = services.flow_update(
+            flow_id=flow.id, document=request.data, user=request.user
+        )
+        return self._written(version, stored, status.HTTP_200_OK)
 
     @extend_schema(
         summary="Delete a flow with its versions and executions",
@@ -207,7 +222,8 @@ class FlowViewSet(
     @extend_schema(
         summary="Check a flow document without storing it",
         description="Always 200 for a JSON body: `valid` says whether it would be stored, "
-        "`errors` why not, `warnings` what would run never.",
+        "`errors` why not, `warnings` what would run never. `flow_id` is the `id` the body "
+        "gave (also when invalid), null when it gave no id as text.",
         request={"application/json": FLOW_DOCUMENT_SCHEMA},
         responses={200: ValidationReportSerializer, **error_responses(*WRITE)},
         examples=[
@@ -216,7 +232,7 @@ class FlowViewSet(
                 "Invalid",
                 value={
                     "valid": False,
-                    "flow_id": None,
+                    "flow_id": "nightly_etl",
                     "errors": [
                         {"field": "tasks[0].task_type", "message": "unknown task type 'fetch'"}
                     ],
@@ -231,7 +247,12 @@ class FlowViewSet(
         try:
             definition = services.validate_flow(request.data)
         except services.InvalidFlow as exc:
-            report = {"valid": False, "flow_id": None, "errors": exc.errors, "warnings": []}
+            report = {
+                "valid": False,
+                "flow_id": services.given_flow_id(request.data),
+                "errors": exc.errors,
+                "warnings": [],
+            }
         else:
             warnings = [w.as_dict() for w in definition.warnings]
             report = {"valid": True, "flow_id": definition.id, "errors": [], "warnings": warnings}
@@ -284,7 +305,8 @@ class FlowViewSet(
     @extend_schema(
         summary="Start an execution of the flow",
         description="Runs the latest version unless `version` is given. With an "
-        "`Idempotency-Key`, a repeat answers 200 with the first execution.",
+        "`Idempotency-Key`, a repeat answers 200 with the first execution; the same key with "
+        "a different body is a 422.",
         parameters=[IDEMPOTENCY_KEY],
         request=StartExecutionSerializer,
         responses={
@@ -292,7 +314,7 @@ class FlowViewSet(
             200: OpenApiResponse(
                 ExecutionDetailSerializer, description="A repeat of an Idempotency-Key."
             ),
-            **error_responses(*WRITE, 404, 409),
+            **error_responses(*WRITE, 404, 409, 422),
         },
         examples=[
             OpenApiExample(
@@ -321,6 +343,7 @@ class FlowViewSet(
             user=request.user,
             input=body.validated_data.get("input"),
             idempotency_key=idempotency_key(request),
+            request_fingerprint=services.body_fingerprint(request.data),
         )
         data = ExecutionDetailSerializer(
             Execution.objects.for_api_detail().get(pk=execution.pk)

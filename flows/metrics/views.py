@@ -3,7 +3,8 @@
 Allowed when any of these holds, else 401:
 1. ``METRICS_PUBLIC=1`` (the endpoint is open, e.g. only reachable on a private network);
 2. ``Authorization: Bearer <METRICS_TOKEN>`` (what a Prometheus scrape job sends);
-3. a logged-in session, or ``Authorization: Token <key>`` as for the API.
+3. a logged-in session, or an API token (``Authorization: Token <key>`` or ``Bearer <key>``)
+   as for the API.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
-from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
+from flows.api.fast_reads import PrebuiltTokenAuthentication
 from flows.metrics.collector import FlowCollector
 
 
@@ -25,13 +26,18 @@ def _authorized(request: HttpRequest) -> bool:
     if settings.METRICS_PUBLIC:
         return True
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        token = settings.METRICS_TOKEN
-        return bool(token) and hmac.compare_digest(credentials.strip().encode(), token.encode())
+    token = settings.METRICS_TOKEN
+    if (
+        scheme.lower() == "bearer"
+        and token
+        and hmac.compare_digest(credentials.strip().encode(), token.encode())
+    ):
+        return True
     if request.user.is_authenticated:
         return True
     try:
-        return TokenAuthentication().authenticate(request) is not None  # type: ignore[arg-type]
+        # Not the metrics token: maybe an API token, sent as Token or Bearer.
+        return PrebuiltTokenAuthentication().authenticate(request) is not None  # type: ignore[arg-type]
     except AuthenticationFailed:
         return False
 

@@ -262,12 +262,16 @@ class _BuilderPost:
         errors = self._identity_errors(document)
         if not errors:
             try:
-                version = services.flow_create(document=document, user=self.request.user)
+                version, stored = services.flow_store(document=document, user=self.request.user)
             except services.InvalidFlow as exc:
                 errors = exc.errors
             else:
                 messages.success(
-                    self.request, f"Saved {version.flow_id} version {version.version}."
+                    self.request,
+                    f"Saved {version.flow_id} version {version.version}."
+                    if stored
+                    else f"No changes: {version.flow_id} version {version.version} "
+                    "is already this document.",
                 )
                 return redirect("flow_detail", flow_id=version.flow_id)
         if draft is None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -15,7 +18,8 @@ from flows.models import Execution, ExecutionStatus
 class Command(BaseCommand):
     help = (
         "Validate a flow document, store it, and run one execution in this process. "
-        "Exit 0 when the execution COMPLETED, 1 when it did not, 2 when the file is invalid."
+        "Exit 0 when the execution COMPLETED, 1 when it did not, 2 when the file is invalid. "
+        "Prints the steps and the final status; -v 2 also shows the engine's log lines."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -25,6 +29,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The table is the output; the engine's and django-q2's log lines (stderr) would bury
+        # it, so they show only when asked for with -v 2 or more.
+        with contextlib.nullcontext() if options["verbosity"] >= 2 else _logging_off():
+            self._run(options)
+
+    def _run(self, options: dict[str, Any]) -> None:
         path = options["file"]
         try:
             with open(path, encoding="utf-8") as fh:
@@ -87,3 +97,16 @@ class Command(BaseCommand):
     def _invalid(self, message: str) -> None:
         self.stderr.write(self.style.ERROR(message))
         raise SystemExit(2)
+
+
+@contextlib.contextmanager
+def _logging_off() -> Iterator[None]:
+    """Silence every logger for the command's run, then restore the previous state (call_command
+    runs in long-lived processes too). Task log lines are still stored with the execution:
+    the engine collects them itself, not through logging handlers."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
