@@ -46,7 +46,6 @@ from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
-from flows import fastsql
 from flows.definition import FlowDefinition, FlowValidationError, parse_flow
 from flows.expressions import ExpressionError, needs_resolving, resolve
 from flows.models import (
@@ -59,6 +58,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.registry import TaskRegistry, TaskType, default_registry
+from flows.sql import writes as fastsql
 from tasks.base_task import PermanentTaskError, Results, TaskContext, TaskLogger
 
 logger = logging.getLogger("flows.engine")

@@ -7,7 +7,8 @@ process — sending every value as the ORM would: through its field's own
 ``get_db_prep_save`` (JSON, dates, UUIDs), except None and plain strings and numbers, which
 that chain hands over unchanged. They work on SQLite (3.35+, for ``RETURNING``) and
 PostgreSQL alike. Nothing here is for general use: apart from starting an execution (every
-client's hot path), the services and views keep to the ORM.
+client's hot path), the services and views keep to the ORM. These rules, and that every
+value is a parameter, are asserted in code while ``settings.DEBUG`` is on (``flows.sql.rules``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import json
 import logging
 import operator
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -24,15 +26,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
-logger = logging.getLogger("flows.fastsql")
+from flows.sql import rules
+
+logger = logging.getLogger("flows.sql.writes")
 
 MAX_PARAMETERS = 30_000  # SQLite takes at most 32,766 in one statement
 DATETIME = ("DateTimeField",)
 TEXT_FIELDS = ("CharField", "SlugField", "EmailField", "URLField")
+AUTO_KEYS = ("AutoField", "BigAutoField", "SmallAutoField")
 
 
 # Field types whose conversion chain hands a value of exactly this Python type to the
@@ -122,6 +128,8 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
     so they see every statement.
     """
     if _watched(db):
+        if settings.DEBUG:  # DEBUG's query log always takes this path: the lean one never checks
+            _check(db, sql, params)
         with db.cursor() as cursor:
             cursor.execute(sql, params)
             return (cursor.fetchall() if cursor.description else []), cursor.rowcount
@@ -138,6 +146,21 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
         else:
             cursor.execute(_driver_sql(sql, db.vendor), params)
         return (cursor.fetchall() if cursor.description else []), cursor.rowcount
+
+
+def _check(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> None:
+    """The rules of ``flows.sql.rules`` for a statement about to run (DEBUG only)."""
+    rules.check_statement(sql, params, db.vendor)
+    # Called from update_rows or insert_rows: the frame above those is their caller.
+    rules.check_writer(sys._getframe(3).f_globals.get("__name__", "?"))
+    first = getattr(_state, "debug_first", None)
+    if first is not None:
+        _state.debug_first = None
+        if first[0] is db and len(db.queries_log) != first[1]:
+            raise rules.SqlRuleError(
+                "an ORM query ran inside writes.atomic() before its first statement; with "
+                "the lean transaction it would run outside the transaction"
+            )
 
 
 def _typed(db: BaseDatabaseWrapper, field: Field) -> str:
@@ -200,8 +223,16 @@ def atomic() -> Iterator[None]:
     """
     db = _db()
     if db.in_atomic_block or _watched(db) or not db.get_autocommit():
-        with transaction.atomic(using=db.alias):
-            yield
+        debug = settings.DEBUG and not db.in_atomic_block
+        try:
+            with transaction.atomic(using=db.alias):
+                if debug:
+                    # Where the lean transaction would be used but for DEBUG's query log:
+                    # check that the block's first statement is this module's (see _check).
+                    _state.debug_first = (db, len(db.queries_log))
+                yield
+        finally:
+            _state.debug_first = None
         return
     if db.connection is None:
         db.ensure_connection()
@@ -360,6 +391,8 @@ def update_rows(
 def _insert_sql(model: type[Model], vendor: str, rows: int) -> tuple[str, tuple[Field, ...]]:
     """The text of an ``insert_rows`` statement for ``rows`` rows, and the fields it writes."""
     meta, quote = model._meta, _db().ops.quote_name
+    if meta.pk.get_internal_type() not in AUTO_KEYS:  # built once per shape: checked always
+        raise rules.SqlRuleError(f"insert_rows needs an auto primary key, not {meta.pk!r}")
     fields = tuple(f for f in meta.concrete_fields if f is not meta.pk)
     row = f"({', '.join(['%s'] * len(fields))})"
     sql = (
