@@ -40,10 +40,12 @@ class Claimed:
     now: datetime
 
 
-def ready(now: datetime, *, exclude: Iterable[uuid.UUID] = (), only: uuid.UUID | None = None):
+def ready(
+    now: datetime, *, exclude: Iterable[uuid.UUID] = (), only: uuid.UUID | None = None
+) -> QuerySet[TaskRun]:
     """PENDING steps that may run now: their execution active and not pausing, their delay
     (a retry's) over. ``only``: of that one execution."""
-    steps: QuerySet[TaskRun] = TaskRun.objects.filter(
+    steps = TaskRun.objects.filter(
         status=TaskRunStatus.PENDING,
         execution__status__in=ACTIVE_STATUSES,
         execution__pause_requested=False,
