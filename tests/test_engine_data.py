@@ -75,9 +75,9 @@ def test_a_reference_inside_a_string_is_interpolated() -> None:
         input={"customer": "acme"},
     )
 
-    assert execution.steps.get(task_name="say").result == {
-        "message": '3 records from api for acme: {"id": 2}'
-    }
+    assert execution.steps.get(task_name="say").result["message"] == (
+        '3 records from api for acme: {"id": 2}'
+    )
 
 
 def test_input_given_to_submit_is_what_references_read() -> None:

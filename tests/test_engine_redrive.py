@@ -93,7 +93,7 @@ def test_a_redriven_step_can_still_read_the_results_of_finished_steps(marker: Pa
     services.execution_redrive(execution_id=failed.id)
     execution = run_to_end(failed.id)
 
-    assert execution.steps.get(task_name="report").result == {"message": "3 records"}
+    assert execution.steps.get(task_name="report").result["message"] == "3 records"
     assert [name for name, _ in ran(execution)].count("count") == 1
 
 
