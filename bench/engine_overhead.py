@@ -256,13 +256,13 @@ class Stopwatch:
         return timed
 
 
-# What the breakdown times; the parts overlap (SQL and logging happen inside _record).
+# What the breakdown times; the parts overlap (SQL and logging happen inside the record).
 BREAKDOWN = [
-    ("record", "Runner._record: store result + route, one transaction"),
+    ("record", "Dispatcher._write_batch: store results + routes, one transaction"),
     ("sql", "  SQLite execute, all statements"),
     ("commit", "  SQLite commit"),
-    ("orm", "  rest of _record: ORM query building, model init, routing, 2 log lines"),
-    ("run_step", "Runner.run_step: build the task, hand it to the loop thread, wait"),
+    ("orm", "  rest of the record: statement building, model init, 2 log lines"),
+    ("start", "step.start: build the task, hand it to the loop thread"),
     ("task", "  task duration as recorded (coroutine + thread handoff)"),
     ("logging", "logging calls (engine and task lines, format + write)"),
     ("deepcopy", "copy.deepcopy of parameters/results/input"),
@@ -277,14 +277,13 @@ def _run_inline(version_obj: Any, runs: int) -> list[dict[str, Any]]:
     results = []
     for _ in range(runs):
         execution_id = start_execution(version_obj)
-        while engine.run_execution(execution_id):
-            pass
+        engine.run_inline(execution_id)
         results.append(measure(execution_id))
     return results
 
 
 def profile_inline(version_obj: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Run the flow through ``flows.engine.run_execution`` in this process, twice over.
+    """Run the flow through ``flows.engine.run_inline`` in this process, twice over.
 
     1. With cheap timers patched around the engine's parts and an execute_wrapper on the
        connection (a few microseconds per call): the figures, a breakdown and the SQL.
@@ -297,24 +296,27 @@ def profile_inline(version_obj: Any, args: argparse.Namespace) -> dict[str, Any]
     from django.db import connection
 
     from flows import engine, registry
+    from flows.engine import dispatcher, inputs, step
 
-    engine.run_execution(start_execution(version_obj))  # warm-up: modules, registry, connection
+    engine.run_inline(start_execution(version_obj))  # warm-up: modules, registry, connection
 
     watch, queries = Stopwatch(), QueryTimer()
+    deepcopy = mock.Mock(deepcopy=watch.wrap("deepcopy", copy.deepcopy))
     patches = [
-        mock.patch.object(engine.Runner, "_record", watch.wrap("record", engine.Runner._record)),
         mock.patch.object(
-            engine.Runner, "run_step", watch.wrap("run_step", engine.Runner.run_step)
+            engine.Dispatcher,
+            "_write_batch",
+            watch.wrap("record", engine.Dispatcher._write_batch),
         ),
-        mock.patch.object(engine, "parse_flow", watch.wrap("parse", engine.parse_flow)),
+        mock.patch.object(dispatcher, "start", watch.wrap("start", dispatcher.start)),
+        mock.patch.object(inputs, "parse_flow", watch.wrap("parse", inputs.parse_flow)),
         mock.patch.object(
             registry.TaskRegistry,
             "refresh",
             watch.wrap("registry", registry.TaskRegistry.refresh),
         ),
-        mock.patch.object(
-            engine, "copy", mock.Mock(deepcopy=watch.wrap("deepcopy", copy.deepcopy))
-        ),
+        mock.patch.object(inputs, "copy", deepcopy),
+        mock.patch.object(step, "copy", deepcopy),
         mock.patch.object(logging.Logger, "_log", watch.wrap("logging", logging.Logger._log)),
         mock.patch.object(connection, "_commit", watch.wrap("commit", connection._commit)),
     ]
@@ -325,8 +327,7 @@ def profile_inline(version_obj: Any, args: argparse.Namespace) -> dict[str, Any]
             for patch in patches:
                 stack.enter_context(patch)
             stack.enter_context(connection.execute_wrapper(queries))
-            while engine.run_execution(execution_id):
-                pass
+            engine.run_inline(execution_id)
         inline.append(measure(execution_id))
     steps = sum(r["steps"] for r in inline)
     seconds = dict(watch.seconds)

@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.models import Schedule
 
-from flows import engine, fastsql
+from flows import engine
 from flows.definition import FieldError, FlowDefinition, FlowValidationError, parse_flow, unwrap
 from flows.expressions import ExpressionError
 from flows.models import (
@@ -32,6 +32,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.registry import TaskRegistry, default_registry
+from flows.sql import writes
 
 logger = logging.getLogger("flows.services")
 
@@ -257,15 +258,15 @@ def execution_start(
     }
     if input is not None:
         changes["input"] = input
-    # Starting is every client's hot path: two hand-written statements (flows/fastsql.py).
-    moved = fastsql.update_rows(Execution, {execution.id: changes}, status=ExecutionStatus.CREATED)
+    # Starting is every client's hot path: two hand-written statements (flows/sql/writes.py).
+    moved = writes.update_rows(Execution, {execution.id: changes}, status=ExecutionStatus.CREATED)
     if moved != 1:
         current = Execution.objects.filter(pk=execution.id).values_list("status", flat=True).first()
         raise Conflict(
             f"execution {execution.id} is {current}; only a CREATED execution can be executed"
         )
     start = definition.task(definition.start_task)
-    fastsql.insert_rows(
+    writes.insert_rows(
         TaskRun,
         [
             TaskRun(

@@ -119,3 +119,32 @@ def client_as(make_user: Any) -> Any:
         return token_client(make_user(f"{role or 'nobody'}_user", role))
 
     return make
+
+
+# --- Task types of the engine control tests (tests/controls.py) ------------------------------
+@pytest.fixture(scope="session")
+def control_plugin_folder(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The built-in task types and those of tests/controls.py, in one folder (per session)."""
+    import shutil
+    from pathlib import Path
+
+    from tests.controls import PLUGINS
+    from tests.factories import write_plugins
+
+    folder = tmp_path_factory.mktemp("control_plugins")
+    for module in (Path(__file__).resolve().parent.parent / "tasks").glob("task_*.py"):
+        shutil.copy(module, folder / module.name)
+    return write_plugins(folder, PLUGINS)
+
+
+@pytest.fixture
+def control_plugins(control_plugin_folder: Any, settings: Any) -> Any:
+    """Point FLOW_TASKS_DIR at the control tests' plugin folder (use with usefixtures)."""
+    settings.FLOW_TASKS_DIR = control_plugin_folder
+    return control_plugin_folder
+
+
+@pytest.fixture
+def marker(tmp_path: Any) -> Any:
+    """A file path a test task waits for (or fails without) until the test creates it."""
+    return tmp_path / "marker"

@@ -349,39 +349,37 @@ def test_a_queued_execution_deleted_before_a_worker_woke_is_not_run(api):
 
     assert api.delete(f"/flow/{execution.id}").status_code == 200
 
-    assert engine.run_execution(execution.id) == 0
+    assert engine.dispatch(execution.id) == 0
     assert rows_of(execution.id) == 0
 
 
 def test_a_worker_holding_the_step_of_a_deleted_execution_does_not_bring_it_back(api):
     execution = start_execution(flow_doc([task("a"), task("b")]))
-    runner = engine.Runner(execution.id)
-    step = runner.claim()
-    assert step is not None
+    worker = engine.Dispatcher(concurrency=1, only=execution.id)
+    worker.fill()  # claims the step and starts its task
+    assert worker.slots
     assert Execution.objects.get(pk=execution.id).status == "RUNNING"
 
     assert api.delete(f"/flow/{execution.id}").status_code == 200
-    outcome = engine.StepOutcome("SUCCESS", result={"ok": True}, duration=0.01)
-    next_step = runner._record(execution, None, step, outcome, {}, continue_here=True)
+    worker.run()  # the task ends and its step is recorded: into an execution that is gone
 
-    assert next_step is None
+    assert not worker.slots  # it did not go on to "b"
     assert rows_of(execution.id) == 0
-    assert engine.run_execution(execution.id) == 0
+    assert engine.dispatch(execution.id) == 0
     assert rows_of(execution.id) == 0
 
 
 def test_an_execution_deleted_while_its_task_runs_ends_the_worker_quietly(api, monkeypatch):
     execution = start_execution(flow_doc([task("a"), task("b"), task("c")]))
-    real_run_step = engine.Runner.run_step
+    real_advance = engine.Dispatcher.advance
 
-    def run_step_then_delete(self, *args, **kwargs):
-        outcome = real_run_step(self, *args, **kwargs)
+    def delete_then_advance(self, slot, outcome):  # the task ended; not recorded yet
         assert api.delete(f"/flow/{execution.id}").status_code == 200
-        return outcome
+        return real_advance(self, slot, outcome)
 
-    monkeypatch.setattr(engine.Runner, "run_step", run_step_then_delete)
+    monkeypatch.setattr(engine.Dispatcher, "advance", delete_then_advance)
 
-    ran = engine.run_execution(execution.id)
+    ran = engine.dispatch(execution.id)
 
     assert ran == 1  # the step that was running when the execution vanished, and no more
     assert rows_of(execution.id) == 0

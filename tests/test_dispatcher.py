@@ -6,11 +6,13 @@ the same through real qcluster processes.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from flows import engine, services
+from flows.engine import outcome, record, timing
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import TaskRegistry
 from tests.factories import flow_doc, ran, task, write_plugins
@@ -67,7 +69,7 @@ def test_one_job_runs_ready_executions_side_by_side(registry):
         for i in range(5)
     ]
 
-    ran_steps = engine.Dispatcher(registry, concurrency=10).run(executions[0].id)
+    ran_steps = engine.Dispatcher(registry, concurrency=10).run()
 
     assert ran_steps == 5
     spans = [windows(e)[0] for e in executions]
@@ -79,12 +81,10 @@ def test_one_job_runs_ready_executions_side_by_side(registry):
 
 
 def test_concurrency_caps_how_many_executions_one_job_takes(registry):
-    executions = [
+    for i in range(4):
         start(registry, flow_doc([task("wait", "pause", seconds=0.05)], flow_id=f"f{i}"))
-        for i in range(4)
-    ]
 
-    engine.Dispatcher(registry, concurrency=2).run(executions[0].id)
+    engine.Dispatcher(registry, concurrency=2).run()
 
     statuses = sorted(Execution.objects.values_list("status", flat=True))
     # Two at a time, and a freed place is filled again: all four ran in this one job.
@@ -96,7 +96,7 @@ def test_each_execution_keeps_its_own_order_of_steps(registry):
     first = start(registry, {**document, "id": "one"})
     second = start(registry, {**document, "id": "two"})
 
-    engine.Dispatcher(registry, concurrency=5).run(first.id)
+    engine.Dispatcher(registry, concurrency=5).run()
 
     for execution in (first, second):
         assert ran(execution) == [("a", "SUCCESS"), ("b", "SUCCESS"), ("c", "SUCCESS")]
@@ -105,9 +105,10 @@ def test_each_execution_keeps_its_own_order_of_steps(registry):
 def test_a_job_whose_execution_was_taken_still_picks_up_other_ready_work(registry):
     taken = start(registry, flow_doc([task("a", "noop")], flow_id="taken"))
     other = start(registry, flow_doc([task("a", "noop")], flow_id="other"))
-    assert engine.Runner(taken.id, registry).claim() is not None  # another worker has it
+    elsewhere = engine.claim_steps("elsewhere:1", timedelta(seconds=30), 1, only=taken.id)
+    assert elsewhere is not None and len(elsewhere.steps) == 1  # another worker has it
 
-    engine.Dispatcher(registry, concurrency=5).run(taken.id)
+    engine.Dispatcher(registry, concurrency=5).run()
 
     other.refresh_from_db()
     assert other.status == ExecutionStatus.COMPLETED
@@ -116,19 +117,19 @@ def test_a_job_whose_execution_was_taken_still_picks_up_other_ready_work(registr
 
 
 def test_a_cancel_reaches_one_execution_and_leaves_the_others_running(registry, monkeypatch):
-    monkeypatch.setattr(engine, "WATCH_INTERVAL_SECONDS", 0.05)
+    monkeypatch.setattr(timing, "WATCH_INTERVAL_SECONDS", 0.05)
     doomed = start(registry, flow_doc([task("wait", "pause", seconds=5)], flow_id="doomed"))
     kept = start(registry, flow_doc([task("wait", "pause", seconds=0.3)], flow_id="kept"))
-    real_watch = engine.Dispatcher._watch
+    real_watch = engine.Dispatcher.watch
 
     def cancel_then_watch(self, **kwargs):
         if not Execution.objects.get(pk=doomed.id).cancel_requested:
             services.execution_cancel(execution_id=doomed.id)
         return real_watch(self, **kwargs)
 
-    monkeypatch.setattr(engine.Dispatcher, "_watch", cancel_then_watch)
+    monkeypatch.setattr(engine.Dispatcher, "watch", cancel_then_watch)
 
-    engine.Dispatcher(registry, concurrency=5).run(doomed.id)
+    engine.Dispatcher(registry, concurrency=5).run()
 
     doomed.refresh_from_db()
     kept.refresh_from_db()
@@ -138,15 +139,15 @@ def test_a_cancel_reaches_one_execution_and_leaves_the_others_running(registry, 
 
 
 def test_a_task_blocking_the_loop_fails_and_the_steps_it_held_up_run_again(registry, monkeypatch):
-    monkeypatch.setattr(engine, "WATCH_INTERVAL_SECONDS", 0.05)
-    monkeypatch.setattr(engine, "ABANDON_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(timing, "WATCH_INTERVAL_SECONDS", 0.05)
+    monkeypatch.setattr(timing, "ABANDON_GRACE_SECONDS", 0.2)
     blocker = start(
         registry,
         flow_doc([{**task("block", "block", seconds=1.5), "timeout_seconds": 0.1}], flow_id="b"),
     )
     innocent = start(registry, flow_doc([task("wait", "pause", seconds=1.0)], flow_id="i"))
 
-    engine.Dispatcher(registry, concurrency=5).run(blocker.id)
+    engine.Dispatcher(registry, concurrency=5).run()
 
     blocker.refresh_from_db()
     assert blocker.status == ExecutionStatus.FAILED
@@ -163,7 +164,7 @@ def test_a_task_blocking_the_loop_fails_and_the_steps_it_held_up_run_again(regis
 def test_a_long_linear_flow_runs_to_the_end_in_one_job(registry):
     execution = start(registry, flow_doc([task(f"t{i}", "noop") for i in range(50)]))
 
-    assert engine.Dispatcher(registry).run(execution.id) == 50
+    assert engine.Dispatcher(registry).run() == 50
 
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.COMPLETED
@@ -172,9 +173,9 @@ def test_a_long_linear_flow_runs_to_the_end_in_one_job(registry):
 def test_a_database_hiccup_while_watching_is_retried_at_the_next_tick(registry, monkeypatch):
     from django.db import OperationalError
 
-    monkeypatch.setattr(engine, "WATCH_INTERVAL_SECONDS", 0.05)
+    monkeypatch.setattr(timing, "WATCH_INTERVAL_SECONDS", 0.05)
     execution = start(registry, flow_doc([task("wait", "pause", seconds=0.3)], flow_id="w"))
-    real_watch = engine.Dispatcher._watch
+    real_watch = engine.Dispatcher.watch
     calls = []
 
     def flaky_watch(self, **kwargs):
@@ -183,9 +184,9 @@ def test_a_database_hiccup_while_watching_is_retried_at_the_next_tick(registry, 
             raise OperationalError("server closed the connection unexpectedly")
         return real_watch(self, **kwargs)
 
-    monkeypatch.setattr(engine.Dispatcher, "_watch", flaky_watch)
+    monkeypatch.setattr(engine.Dispatcher, "watch", flaky_watch)
 
-    engine.Dispatcher(registry).run(execution.id)
+    engine.Dispatcher(registry).run()
 
     execution.refresh_from_db()
     assert len(calls) > 1
@@ -197,7 +198,7 @@ def test_recording_a_step_is_tried_once_more_after_a_database_error(registry, mo
     from django.db import OperationalError
 
     execution = start(registry, flow_doc([task("a", "noop"), task("b", "noop")], flow_id="r"))
-    real_write = engine._write
+    real_write = record.write
     failures = []
 
     def write_failing_once(*args, **kwargs):
@@ -206,9 +207,9 @@ def test_recording_a_step_is_tried_once_more_after_a_database_error(registry, mo
             raise OperationalError("connection reset")
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_write", write_failing_once)
+    monkeypatch.setattr(record, "write", write_failing_once)
 
-    engine.Dispatcher(registry).run(execution.id)
+    engine.Dispatcher(registry).run()
 
     execution.refresh_from_db()
     assert failures == [1]
@@ -233,7 +234,7 @@ def taken_over_mid_batch(registry: TaskRegistry) -> None:
     ]
     dispatcher = engine.Dispatcher(registry, concurrency=10)
     try:
-        dispatcher._fill()  # claims all three at once and starts their tasks
+        dispatcher.fill()  # claims all three at once and starts their tasks
         assert len(dispatcher.slots) == 3
         for slot in dispatcher.slots.values():
             slot.flight.future.result(timeout=5)
@@ -241,8 +242,8 @@ def taken_over_mid_batch(registry: TaskRegistry) -> None:
         taken = executions[1]
         TaskRun.objects.filter(execution=taken).update(worker="elsewhere:1")
         for slot in list(dispatcher.slots.values()):
-            dispatcher._advance(slot, slot.runner._finish(slot.flight, slot.definition))
-        dispatcher._flush()  # one batch of three
+            dispatcher.advance(slot, outcome.finish(slot.flight, slot.definition))
+        dispatcher.flush()  # one batch of three
     finally:
         dispatcher.loop.close()
 
@@ -262,7 +263,7 @@ def taken_over_mid_batch(registry: TaskRegistry) -> None:
 def test_a_busy_job_takes_executions_started_after_it_began(registry):
     first = start(registry, flow_doc([task("wait", "pause", seconds=0.5)], flow_id="first"))
     dispatcher = engine.Dispatcher(registry, concurrency=10)
-    real_fill = dispatcher._fill
+    real_fill = dispatcher.fill
     later: list[Execution] = []
 
     def fill_then_start_another() -> None:
@@ -270,8 +271,8 @@ def test_a_busy_job_takes_executions_started_after_it_began(registry):
         if not later:  # a client starts one while the job's own task waits
             later.append(start(registry, flow_doc([task("a", "noop")], flow_id="later")))
 
-    dispatcher._fill = fill_then_start_another  # type: ignore[method-assign]
-    dispatcher.run(first.id)
+    dispatcher.fill = fill_then_start_another  # type: ignore[method-assign]
+    dispatcher.run()
 
     first.refresh_from_db()
     second = Execution.objects.get(pk=later[0].pk)
@@ -284,15 +285,15 @@ def test_a_busy_job_takes_executions_started_after_it_began(registry):
 def test_a_job_with_room_and_nothing_to_take_looks_less_and_less_often(registry):
     first = start(registry, flow_doc([task("wait", "pause", seconds=1.2)], flow_id="alone"))
     dispatcher = engine.Dispatcher(registry, concurrency=10)
-    real_fill = dispatcher._fill
+    real_fill = dispatcher.fill
     looks: list[float] = []
 
     def counted_fill() -> None:
         looks.append(dispatcher.fill_every)
         real_fill()
 
-    dispatcher._fill = counted_fill  # type: ignore[method-assign]
-    dispatcher.run(first.id)
+    dispatcher.fill = counted_fill  # type: ignore[method-assign]
+    dispatcher.run()
 
     first.refresh_from_db()
     assert first.status == ExecutionStatus.COMPLETED

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from flows import engine, services
+from flows.engine import timing
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import TaskRegistry
 from tests.factories import HANG_PLUGIN, write_plugins
@@ -135,7 +136,7 @@ def registry(tmp_path: Path) -> TaskRegistry:
 def short_abandon_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     # A task stuck in blocking code is abandoned its timeout plus this grace after it started;
     # the default (2 s) is shortened so that these tests stay quick.
-    monkeypatch.setattr(engine, "ABANDON_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(timing, "ABANDON_GRACE_SECONDS", 0.3)
 
 
 def step(name: str, task_type: str, **extra: Any) -> dict[str, Any]:
@@ -168,9 +169,7 @@ def run(registry: TaskRegistry, document: dict[str, Any], **kwargs: Any) -> Exec
     version = services.flow_create(document=document, registry=registry)
     execution = services.execution_create(flow_version=version, **kwargs)
     services.execution_start(execution_id=execution.id, registry=registry)
-    while engine.run_execution(execution.id, registry=registry):
-        pass
-    return Execution.objects.get(pk=execution.id)
+    return engine.run_inline(execution.id, registry)
 
 
 def steps(execution: Execution) -> list[tuple[str, str]]:

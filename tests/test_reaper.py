@@ -4,7 +4,9 @@ cannot deliver late (Redis)."""
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
+from django_q.conf import Conf
 
 from flows import engine
 from flows.models import TaskRun, TaskRunStatus
@@ -83,13 +85,13 @@ def test_worker_processes_start_the_timer_only_where_the_broker_cannot_deliver_l
     started: list[float] = []
     monkeypatch.setattr(engine.DueStepTimer, "started", None)
     monkeypatch.setattr(engine.DueStepTimer, "__init__", lambda self, i: started.append(i))
-    monkeypatch.setattr(engine.Conf, "SYNC", False)
+    monkeypatch.setattr(Conf, "SYNC", False)
 
-    monkeypatch.setattr(engine.Conf, "ORM", "default")  # the ORM broker delivers late itself
+    monkeypatch.setattr(Conf, "ORM", "default")  # the ORM broker delivers late itself
     engine.start_due_step_timer(proc_name="Worker-1")
     assert started == []
 
-    monkeypatch.setattr(engine.Conf, "ORM", None)  # Redis
+    monkeypatch.setattr(Conf, "ORM", None)  # Redis
     engine.start_due_step_timer(proc_name="Worker-1")
     engine.start_due_step_timer(proc_name="Worker-1")  # once per process
-    assert started == [engine.settings.FLOW_DUE_STEP_CHECK_SECONDS]
+    assert started == [settings.FLOW_DUE_STEP_CHECK_SECONDS]

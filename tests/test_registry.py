@@ -177,9 +177,7 @@ def run_with(registry: TaskRegistry, document: dict[str, Any]) -> Execution:
     version = services.flow_create(document=document, registry=registry)
     execution = services.execution_create(flow_version=version)
     services.execution_start(execution_id=execution.id, registry=registry)
-    while engine.run_execution(execution.id, registry=registry):
-        pass
-    return Execution.objects.get(pk=execution.id)
+    return engine.run_inline(execution.id, registry)
 
 
 def one_task(task_type: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from werkzeug import Request, Response
 
-from flows import engine
+from flows.engine import timing
 from flows.models import ExecutionEvent, ExecutionStatus, TaskRunStatus
 from tasks import _demo
 from tasks.base_task import PermanentTaskError, TaskContext
@@ -369,7 +369,7 @@ def test_an_http_timeout_through_the_engine_reports_the_request_timeout(
     httpserver, monkeypatch
 ) -> None:
     # The step would only be abandoned after its own timeout plus this grace: keep both short.
-    monkeypatch.setattr(engine, "ABANDON_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(timing, "ABANDON_GRACE_SECONDS", 0.3)
 
     def slow(request: Request) -> Response:
         time.sleep(0.3)

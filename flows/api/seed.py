@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from flows import services
-from flows.api import fast_reads, health
+from flows.api import health
 from flows.api.errors import error_response
 from flows.api.permissions import (
     ADD_FLOWS,
@@ -31,6 +31,7 @@ from flows.api.serializers import (
     HealthSerializer,
     status_document,
 )
+from flows.sql import reads
 
 logger = logging.getLogger("flows.api")
 
@@ -204,9 +205,9 @@ class FlowStatusView(APIView):
         tags=["seed"],
     )
     def get(self, request: Request, execution_id: str) -> Response:
-        # Polled by clients: two queries built once per process (flows/api/fast_reads.py).
-        execution = fast_reads.execution_for_status(execution_id)
-        return Response(status_document(execution, fast_reads.steps_for_status(execution)))
+        # Polled by clients: two queries built once per process (flows/sql/reads.py).
+        execution = reads.execution_for_status(execution_id)
+        return Response(status_document(execution, reads.steps_for_status(execution)))
 
 
 class FlowDeleteView(APIView):

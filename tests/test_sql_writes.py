@@ -1,4 +1,4 @@
-"""flows/fastsql.py: the engine's hand-written UPDATE and INSERT statements.
+"""flows/sql/writes.py: the engine's hand-written UPDATE and INSERT statements.
 
 Whatever these write must read back through the ORM exactly as if the ORM had written it,
 on SQLite and on PostgreSQL (run the file with DATABASE_URL=postgres://... for the latter).
@@ -15,7 +15,6 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone as dj_timezone
 
-from flows import fastsql
 from flows.models import (
     Execution,
     ExecutionEvent,
@@ -24,6 +23,7 @@ from flows.models import (
     TaskRun,
     TaskRunStatus,
 )
+from flows.sql import rules, writes
 
 pytestmark = pytest.mark.django_db
 
@@ -100,7 +100,7 @@ def test_each_row_reads_back_exactly_its_own_values(new_step):
         },
     }
 
-    count = fastsql.update_rows(TaskRun, values)
+    count = writes.update_rows(TaskRun, values)
 
     assert count == 3
     for step in (a, b, c):
@@ -113,7 +113,7 @@ def test_json_strings_and_nested_nulls_are_not_taken_for_sql_null(new_step):
     a = new_step(result={"old": 1})
     b = new_step(result={"old": 2})
 
-    fastsql.update_rows(TaskRun, {a.pk: {"result": "just text"}, b.pk: {"result": {"k": None}}})
+    writes.update_rows(TaskRun, {a.pk: {"result": "just text"}, b.pk: {"result": {"k": None}}})
 
     assert stored(a, "result") == {"result": "just text"}
     assert stored(b, "result") == {"result": {"k": None}}
@@ -127,7 +127,7 @@ def test_rows_that_do_not_meet_the_where_conditions_are_left_alone(new_step):
     finished = new_step(status=TaskRunStatus.SUCCESS, worker="me", result={"kept": True})
     done = {"status": TaskRunStatus.SUCCESS, "result": {"new": True}, "ended_at": NOW}
 
-    count = fastsql.update_rows(
+    count = writes.update_rows(
         TaskRun,
         {step.pk: done for step in (mine, also_mine, theirs, finished)},
         status=TaskRunStatus.RUNNING,
@@ -149,7 +149,7 @@ def test_a_where_value_of_none_matches_null_as_the_orm_does(new_step):
     unleased = new_step(status=TaskRunStatus.PENDING)
     leased = new_step(status=TaskRunStatus.RUNNING, lease_expires_at=NOW)
 
-    count = fastsql.update_rows(
+    count = writes.update_rows(
         TaskRun, {s.pk: {"worker": "me"} for s in (unleased, leased)}, lease_expires_at=None
     )
 
@@ -171,7 +171,7 @@ def test_text_too_long_for_its_column_is_refused_not_cut(new_step, rows):
     from django.db import DataError, transaction
 
     with pytest.raises(DataError), transaction.atomic():
-        fastsql.update_rows(TaskRun, {s.pk: {"worker": too_long} for s in steps})
+        writes.update_rows(TaskRun, {s.pk: {"worker": too_long} for s in steps})
     assert {stored(s, "worker")["worker"] for s in steps} == {""}
 
 
@@ -186,7 +186,7 @@ def test_increment_adds_one_per_call_and_returning_gives_uuid_keys(new_execution
     }
     columns = ["current_task", "steps_taken", "cancel_requested"]
 
-    returned = fastsql.update_rows(Execution, rows, increment=["steps_taken"], returning=columns)
+    returned = writes.update_rows(Execution, rows, increment=["steps_taken"], returning=columns)
 
     assert all(isinstance(row[0], uuid.UUID) for row in returned)
     assert {row[0]: row[1:] for row in returned} == {
@@ -194,7 +194,7 @@ def test_increment_adds_one_per_call_and_returning_gives_uuid_keys(new_execution
         second.id: ("c", 6, True),
     }
 
-    again = fastsql.update_rows(Execution, rows, increment=["steps_taken"], returning=columns)
+    again = writes.update_rows(Execution, rows, increment=["steps_taken"], returning=columns)
 
     assert sorted(row[2] for row in again) == [2, 7]
     assert dict(Execution.objects.filter(pk__in=rows).values_list("id", "steps_taken")) == {
@@ -214,7 +214,7 @@ def test_a_single_row_is_written_the_same_way(new_step):
         "error": TRICKY_TEXT,
     }
 
-    count = fastsql.update_rows(TaskRun, {step.pk: values}, status=TaskRunStatus.RUNNING)
+    count = writes.update_rows(TaskRun, {step.pk: values}, status=TaskRunStatus.RUNNING)
 
     assert count == 1
     assert stored(step, *values) == values
@@ -224,7 +224,7 @@ def test_a_single_row_is_written_the_same_way(new_step):
 def test_a_single_row_that_misses_the_where_condition_is_not_written(new_step):
     step = new_step(status=TaskRunStatus.RUNNING, worker="other")
 
-    count = fastsql.update_rows(TaskRun, {step.pk: {"result": None, "worker": "me"}}, worker="me")
+    count = writes.update_rows(TaskRun, {step.pk: {"result": None, "worker": "me"}}, worker="me")
 
     assert count == 0
     assert stored(step, "worker") == {"worker": "other"}
@@ -233,7 +233,7 @@ def test_a_single_row_that_misses_the_where_condition_is_not_written(new_step):
 def test_a_single_row_can_increment_and_return(new_execution):
     execution = new_execution(steps_taken=3)
 
-    returned = fastsql.update_rows(
+    returned = writes.update_rows(
         Execution,
         {execution.id: {"current_task": "next", "input": {"k": [1, 2]}}},
         increment=["steps_taken"],
@@ -250,9 +250,9 @@ def test_no_rows_touch_nothing(new_step, django_assert_num_queries):
     step = new_step(route="before")
 
     with django_assert_num_queries(0):
-        assert fastsql.update_rows(TaskRun, {}) == 0
-        assert fastsql.update_rows(TaskRun, {}, returning=["route"]) == []
-        assert fastsql.update_rows(Execution, {}, increment=["steps_taken"], returning=["id"]) == []
+        assert writes.update_rows(TaskRun, {}) == 0
+        assert writes.update_rows(TaskRun, {}, returning=["route"]) == []
+        assert writes.update_rows(Execution, {}, increment=["steps_taken"], returning=["id"]) == []
 
     assert stored(step, "route") == {"route": "before"}
 
@@ -263,8 +263,8 @@ def test_values_that_look_like_sql_are_stored_literally(new_step):
     c = new_step()
     percent = "100% %s %(name)s ?"
 
-    assert fastsql.update_rows(TaskRun, {a.pk: {"error": SQL_LOOKALIKE}}) == 1
-    count = fastsql.update_rows(
+    assert writes.update_rows(TaskRun, {a.pk: {"error": SQL_LOOKALIKE}}) == 1
+    count = writes.update_rows(
         TaskRun,
         {
             b.pk: {"error": SQL_LOOKALIKE, "result": {SQL_LOOKALIKE: [SQL_LOOKALIKE]}},
@@ -286,7 +286,7 @@ def test_a_where_value_that_looks_like_sql_only_matches_itself(new_step):
     odd = new_step(status=TaskRunStatus.RUNNING, worker=SQL_LOOKALIKE)
     plain = new_step(status=TaskRunStatus.RUNNING, worker="me")
 
-    count = fastsql.update_rows(
+    count = writes.update_rows(
         TaskRun, {odd.pk: {"route": "x"}, plain.pk: {"route": "y"}}, worker=SQL_LOOKALIKE
     )
 
@@ -313,7 +313,7 @@ def test_inserted_steps_get_the_keys_of_their_own_rows(new_execution):
         for seq in (1, 2, 3)
     ]
 
-    fastsql.insert_rows(TaskRun, steps)
+    writes.insert_rows(TaskRun, steps)
 
     assert len({step.pk for step in steps}) == 3
     for step in steps:
@@ -341,7 +341,7 @@ def test_inserted_events_get_the_keys_of_their_own_rows_in_order(new_execution, 
         ExecutionEvent(execution=execution, created_at=NOW, message=TRICKY_TEXT),
     ]
 
-    fastsql.insert_rows(ExecutionEvent, events)
+    writes.insert_rows(ExecutionEvent, events)
 
     assert [e.pk for e in events] == sorted(e.pk for e in events)
     assert list(
@@ -360,7 +360,7 @@ def test_inserted_rows_get_auto_now_add_times(version):
         FlowVersion(flow=version.flow, version=n, definition={"id": "fast", "n": n}) for n in (2, 3)
     ]
 
-    fastsql.insert_rows(FlowVersion, versions)
+    writes.insert_rows(FlowVersion, versions)
 
     after = dj_timezone.now()
     for made in versions:
@@ -374,7 +374,7 @@ def test_inserted_rows_get_auto_now_add_times(version):
 
 def test_an_inserted_object_saves_again_as_an_update(new_execution):
     step = TaskRun(execution=new_execution(), seq=1, task_name="a", task_type="noop")
-    fastsql.insert_rows(TaskRun, [step])
+    writes.insert_rows(TaskRun, [step])
 
     step.route = "saved again"
     step.save()
@@ -385,8 +385,8 @@ def test_an_inserted_object_saves_again_as_an_update(new_execution):
 
 def test_inserting_nothing_issues_no_statement(django_assert_num_queries):
     with django_assert_num_queries(0):
-        fastsql.insert_rows(TaskRun, [])
-        fastsql.insert_rows(ExecutionEvent, iter(()))
+        writes.insert_rows(TaskRun, [])
+        writes.insert_rows(ExecutionEvent, iter(()))
 
 
 @pytest.mark.parametrize(
@@ -398,14 +398,14 @@ def test_inserting_nothing_issues_no_statement(django_assert_num_queries):
 )
 def test_many_rows_are_inserted_in_chunks(new_execution, monkeypatch, max_parameters, statements):
     execution = new_execution()
-    monkeypatch.setattr(fastsql, "MAX_PARAMETERS", max_parameters)
+    monkeypatch.setattr(writes, "MAX_PARAMETERS", max_parameters)
     events = [
         ExecutionEvent(execution=execution, created_at=NOW + timedelta(seconds=n), message=f"#{n}")
         for n in range(5)
     ]
 
     with CaptureQueriesContext(connection) as queries:
-        fastsql.insert_rows(ExecutionEvent, events)
+        writes.insert_rows(ExecutionEvent, events)
 
     assert len(insert_statements(queries)) == statements
     assert len({e.pk for e in events}) == 5
@@ -425,8 +425,8 @@ def test_inserted_values_that_look_like_sql_are_stored_literally(new_execution):
         parameters={SQL_LOOKALIKE: "100% %s"},
     )
 
-    fastsql.insert_rows(ExecutionEvent, [event])
-    fastsql.insert_rows(TaskRun, [step])
+    writes.insert_rows(ExecutionEvent, [event])
+    writes.insert_rows(TaskRun, [step])
 
     assert ExecutionEvent.objects.get(pk=event.pk).message == SQL_LOOKALIKE
     row = TaskRun.objects.get(pk=step.pk)
@@ -440,12 +440,12 @@ def test_inserted_values_that_look_like_sql_are_stored_literally(new_execution):
 
 @pytest.fixture
 def no_django_atomic(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the test if fastsql.atomic falls back to Django's atomic block."""
+    """Fail the test if writes.atomic falls back to Django's atomic block."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("transaction.atomic() was used")
 
-    monkeypatch.setattr(fastsql, "transaction", SimpleNamespace(atomic=refuse))
+    monkeypatch.setattr(writes, "transaction", SimpleNamespace(atomic=refuse))
 
 
 def event(step: TaskRun, message: str) -> ExecutionEvent:
@@ -457,11 +457,11 @@ def test_an_error_inside_rolls_back_every_statement_of_the_transaction(new_step,
     a, b = new_step(route="a before"), new_step(route="b before")
     ran: list[str] = []
 
-    with pytest.raises(RuntimeError, match="half-way"), fastsql.atomic():
-        fastsql.update_rows(TaskRun, {a.pk: {"route": "a changed"}})
-        fastsql.on_commit(lambda: ran.append("hook"))
-        fastsql.insert_rows(ExecutionEvent, [event(a, "never")], after_commit=True)
-        fastsql.update_rows(TaskRun, {b.pk: {"route": "b changed"}})
+    with pytest.raises(RuntimeError, match="half-way"), writes.atomic():
+        writes.update_rows(TaskRun, {a.pk: {"route": "a changed"}})
+        writes.on_commit(lambda: ran.append("hook"))
+        writes.insert_rows(ExecutionEvent, [event(a, "never")], after_commit=True)
+        writes.update_rows(TaskRun, {b.pk: {"route": "b changed"}})
         raise RuntimeError("the write failed half-way")
 
     assert stored(a, "route") == {"route": "a before"}
@@ -476,9 +476,9 @@ def test_a_transaction_that_ends_normally_commits_all_of_it(new_step, no_django_
     a = new_step(route="a before")
     logged = [event(a, "logged"), event(a, "and this")]
 
-    with fastsql.atomic():
-        fastsql.update_rows(TaskRun, {a.pk: {"route": "a changed"}})
-        fastsql.insert_rows(ExecutionEvent, logged, after_commit=True)
+    with writes.atomic():
+        writes.update_rows(TaskRun, {a.pk: {"route": "a changed"}})
+        writes.insert_rows(ExecutionEvent, logged, after_commit=True)
 
     assert stored(a, "route") == {"route": "a changed"}
     # The rows were inserted (with the COMMIT, on PostgreSQL) and got their keys.
@@ -487,7 +487,7 @@ def test_a_transaction_that_ends_normally_commits_all_of_it(new_step, no_django_
     assert all(e.pk is not None and not e._state.adding for e in logged)
     # Django still sees a connection in autocommit mode: its own next transaction works.
     with transaction.atomic():
-        fastsql.update_rows(TaskRun, {a.pk: {"route": "again"}})
+        writes.update_rows(TaskRun, {a.pk: {"route": "again"}})
     assert stored(a, "route") == {"route": "again"}
 
 
@@ -499,10 +499,10 @@ def test_commit_hooks_run_after_the_commit_never_before(new_step, no_django_atom
     def broken_hook() -> None:
         raise RuntimeError("a hook that fails")
 
-    with fastsql.atomic():
-        fastsql.update_rows(TaskRun, {a.pk: {"route": "after"}})
-        fastsql.on_commit(broken_hook)
-        fastsql.on_commit(lambda: ran.append(stored(a, "route")))
+    with writes.atomic():
+        writes.update_rows(TaskRun, {a.pk: {"route": "after"}})
+        writes.on_commit(broken_hook)
+        writes.on_commit(lambda: ran.append(stored(a, "route")))
         assert ran == []
 
     # Run after the commit (they see its writes), and a failing one does not stop the next.
@@ -515,8 +515,8 @@ def test_outside_atomic_a_commit_hook_waits_for_djangos_transaction(new_step):
     ran: list[dict] = []
 
     with transaction.atomic():
-        fastsql.update_rows(TaskRun, {a.pk: {"route": "after"}})
-        fastsql.on_commit(lambda: ran.append(stored(a, "route")))
+        writes.update_rows(TaskRun, {a.pk: {"route": "after"}})
+        writes.on_commit(lambda: ran.append(stored(a, "route")))
         assert ran == []
 
     assert ran == [{"route": "after"}]
@@ -526,11 +526,105 @@ def test_inside_a_callers_transaction_it_is_part_of_that_transaction(new_step):
     a = new_step(route="before")
 
     with pytest.raises(RuntimeError), transaction.atomic():
-        with fastsql.atomic():
-            fastsql.update_rows(TaskRun, {a.pk: {"route": "inner"}})
-            fastsql.insert_rows(ExecutionEvent, [event(a, "inner")], after_commit=True)
+        with writes.atomic():
+            writes.update_rows(TaskRun, {a.pk: {"route": "inner"}})
+            writes.insert_rows(ExecutionEvent, [event(a, "inner")], after_commit=True)
         assert ExecutionEvent.objects.filter(message="inner").exists()  # written at once here
         raise RuntimeError("the caller's transaction fails after it")
 
     assert stored(a, "route") == {"route": "before"}
     assert not ExecutionEvent.objects.filter(message="inner").exists()
+
+
+# --- The rules, asserted under DEBUG (flows/sql/rules.py) --------------------------------------
+@pytest.fixture
+def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Turn DEBUG on and record every statement ``rules.check_statement`` is shown."""
+    from django.conf import settings
+
+    monkeypatch.setattr(settings, "DEBUG", True)
+    seen: list[str] = []
+    real = rules.check_statement
+
+    def recording(sql, params, vendor):
+        seen.append(sql)
+        return real(sql, params, vendor)
+
+    monkeypatch.setattr(rules, "check_statement", recording)
+    return seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_debug_the_engine_and_the_start_service_keep_the_rules(checked):
+    from tests.factories import flow_doc, run_flow, task
+
+    execution = run_flow(flow_doc([task("a"), task("b"), task("c")], flow_id="debug_rules"))
+
+    assert execution.status == "COMPLETED"
+    assert any(sql.startswith("UPDATE") for sql in checked)
+    assert any(sql.startswith("INSERT") for sql in checked)
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "fragment"),
+    [
+        ('UPDATE "t" SET "a" = \'x\' WHERE "id" = %s', [1], "string literal"),
+        ('UPDATE "t" SET "a" = %s WHERE "id" = %s', [1], "2 placeholders for 1"),
+        ('UPDATE "t" SET "a" = %s; DELETE FROM "t"', [1], "second statement"),
+        ('UPDATE "t" SET "a" = %s -- why', [1], "comment"),
+        ('UPDATE "t" SET "a" = $1', [1], "dollar"),
+    ],
+    ids=["literal", "count", "two-statements", "comment", "numbered"],
+)
+def test_a_statement_with_a_value_formatted_in_is_refused(sql, params, fragment):
+    with pytest.raises(rules.SqlRuleError, match=fragment):
+        rules.check_statement(sql, params, "sqlite")
+
+
+def test_a_quote_inside_a_quoted_identifier_is_not_taken_for_a_literal():
+    rules.check_statement('UPDATE "t" SET "a" = %s WHERE "i""d" = %s', [1, 2], "postgresql")
+    rules.check_statement('SELECT "x" FROM "t" WHERE "y" = %s', ["it's"], "sqlite")
+
+
+def test_hand_written_sql_is_refused_on_other_databases():
+    with pytest.raises(rules.SqlRuleError, match="mysql"):
+        rules.check_statement('SELECT "x" FROM "t"', [], "mysql")
+
+
+def test_under_debug_a_write_from_outside_the_engine_and_services_is_refused(new_step, checked):
+    step = new_step(route="before")
+    # As if flows/web/views.py called it: the caller is told to use the ORM.
+    namespace = {"__name__": "flows.web.views", "writes": writes, "TaskRun": TaskRun}
+    exec("def write(pk):\n    writes.update_rows(TaskRun, {pk: {'route': 'web'}})\n", namespace)
+
+    with pytest.raises(rules.SqlRuleError, match=r"flows\.web\.views"):
+        namespace["write"](step.pk)
+
+    writes.update_rows(TaskRun, {step.pk: {"route": "test"}})  # this module may
+    assert stored(step, "route") == {"route": "test"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_debug_an_orm_query_before_the_first_statement_of_atomic_is_refused(
+    new_step, checked
+):
+    step = new_step(route="before")
+
+    with pytest.raises(rules.SqlRuleError, match="ORM query ran inside"), writes.atomic():
+        TaskRun.objects.count()
+        writes.update_rows(TaskRun, {step.pk: {"route": "after"}})
+
+    assert stored(step, "route") == {"route": "before"}  # rolled back
+    with writes.atomic():  # the module's own statement first: fine, then anything
+        writes.update_rows(TaskRun, {step.pk: {"route": "after"}})
+        TaskRun.objects.count()
+    assert stored(step, "route") == {"route": "after"}
+
+
+def test_under_debug_the_status_reads_keep_the_rules(checked, api):
+    from tests.factories import flow_doc, start_execution, task
+
+    execution = start_execution(flow_doc([task("a")], flow_id="debug_reads"))
+
+    assert api.get(f"/flow/{execution.id}/status").status_code == 200
+    assert sum(sql.startswith("SELECT") for sql in checked) == 3  # token, execution, steps

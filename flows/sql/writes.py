@@ -7,95 +7,34 @@ process — sending every value as the ORM would: through its field's own
 ``get_db_prep_save`` (JSON, dates, UUIDs), except None and plain strings and numbers, which
 that chain hands over unchanged. They work on SQLite (3.35+, for ``RETURNING``) and
 PostgreSQL alike. Nothing here is for general use: apart from starting an execution (every
-client's hot path), the services and views keep to the ORM.
+client's hot path), the services and views keep to the ORM. These rules, and that every
+value is a parameter, are asserted in code while ``settings.DEBUG`` is on (``flows.sql.rules``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
-import operator
+import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
-logger = logging.getLogger("flows.fastsql")
+from flows.sql import rules
+from flows.sql.values import prep
+
+logger = logging.getLogger("flows.sql.writes")
 
 MAX_PARAMETERS = 30_000  # SQLite takes at most 32,766 in one statement
-DATETIME = ("DateTimeField",)
 TEXT_FIELDS = ("CharField", "SlugField", "EmailField", "URLField")
-
-
-# Field types whose conversion chain hands a value of exactly this Python type to the
-# driver unchanged, on SQLite and PostgreSQL alike.
-PLAIN_TYPES: dict[str, type] = {
-    "CharField": str,
-    "TextField": str,
-    "IntegerField": int,
-    "PositiveIntegerField": int,
-    "BigIntegerField": int,
-    "FloatField": float,
-    "BooleanField": bool,
-}
-
-
-Prep = Callable[[Any], Any]
-
-
-def _as_is(value: Any) -> Any:
-    return value
-
-
-@functools.lru_cache(maxsize=256)
-def _shortcut(field: Field, vendor: str, native_uuid: bool) -> tuple[type, Prep] | None:
-    """For a field, the one Python type whose value this module converts itself, and how:
-    what the field's ``get_db_prep_save`` chain would hand the driver, without the chain.
-
-    - plain strings and numbers of their own field: unchanged;
-    - UUIDs: unchanged where the database has a UUID type, else their hex (as Django stores
-      them on SQLite);
-    - JSON on SQLite: ``json.dumps`` with the field's encoder (PostgreSQL's adapter wraps it
-      in its own type, so it keeps the chain).
-
-    Aware datetimes are handled in ``_prep`` (their check needs the connection's zone).
-    """
-    kind = field.get_internal_type()
-    if kind in PLAIN_TYPES:
-        return PLAIN_TYPES[kind], _as_is
-    if kind == "UUIDField":
-        return uuid.UUID, (_as_is if native_uuid else operator.attrgetter("hex"))
-    if kind == "JSONField" and vendor == "sqlite":
-        return dict, functools.partial(json.dumps, cls=field.encoder)
-    return None
-
-
-def _prep(field: Field, value: Any, db: BaseDatabaseWrapper) -> Any:
-    """``value`` as the field's ``get_db_prep_save`` would send it to the driver.
-
-    The chain costs microseconds a value, and a step writes some twenty: the types the
-    engine writes most take a shortcut to the same result, everything else the chain.
-    None is SQL NULL for every field here (a JSONField too, as the ORM stores it).
-    """
-    if value is None:
-        return None
-    kind = type(value)
-    if kind is datetime and value.tzinfo is db.timezone and field.get_internal_type() in DATETIME:
-        # Django's timezone.now() in the connection's own zone (UTC): the driver takes it
-        # as it is on PostgreSQL; SQLite stores the naive text, as make_naive + str() does.
-        return value if db.vendor != "sqlite" else str(value.replace(tzinfo=None))
-    shortcut = _shortcut(field, db.vendor, db.features.has_native_uuid_field)
-    if shortcut is not None and kind is shortcut[0]:
-        return shortcut[1](value)
-    return field.get_db_prep_save(value, db)
+AUTO_KEYS = ("AutoField", "BigAutoField", "SmallAutoField")
 
 
 def _db() -> BaseDatabaseWrapper:
@@ -122,6 +61,8 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
     so they see every statement.
     """
     if _watched(db):
+        if settings.DEBUG:  # DEBUG's query log always takes this path: the lean one never checks
+            _check(db, sql, params)
         with db.cursor() as cursor:
             cursor.execute(sql, params)
             return (cursor.fetchall() if cursor.description else []), cursor.rowcount
@@ -138,6 +79,21 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
         else:
             cursor.execute(_driver_sql(sql, db.vendor), params)
         return (cursor.fetchall() if cursor.description else []), cursor.rowcount
+
+
+def _check(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> None:
+    """The rules of ``flows.sql.rules`` for a statement about to run (DEBUG only)."""
+    rules.check_statement(sql, params, db.vendor)
+    # Called from update_rows or insert_rows: the frame above those is their caller.
+    rules.check_writer(sys._getframe(3).f_globals.get("__name__", "?"))
+    first = getattr(_state, "debug_first", None)
+    if first is not None:
+        _state.debug_first = None
+        if first[0] is db and len(db.queries_log) != first[1]:
+            raise rules.SqlRuleError(
+                "an ORM query ran inside writes.atomic() before its first statement; with "
+                "the lean transaction it would run outside the transaction"
+            )
 
 
 def _typed(db: BaseDatabaseWrapper, field: Field) -> str:
@@ -200,8 +156,16 @@ def atomic() -> Iterator[None]:
     """
     db = _db()
     if db.in_atomic_block or _watched(db) or not db.get_autocommit():
-        with transaction.atomic(using=db.alias):
-            yield
+        debug = settings.DEBUG and not db.in_atomic_block
+        try:
+            with transaction.atomic(using=db.alias):
+                if debug:
+                    # Where the lean transaction would be used but for DEBUG's query log:
+                    # check that the block's first statement is this module's (see _check).
+                    _state.debug_first = (db, len(db.queries_log))
+                yield
+        finally:
+            _state.debug_first = None
         return
     if db.connection is None:
         db.ensure_connection()
@@ -334,11 +298,11 @@ def update_rows(
         field = meta.get_field(name)
         for i in positions:
             if len(keys) > 1:
-                params.append(_prep(pk, keys[i], db))
-            params.append(_prep(field, rows[keys[i]][name], db))
-    params += [_prep(pk, key, db) for key in keys]
+                params.append(prep(pk, keys[i], db))
+            params.append(prep(field, rows[keys[i]][name], db))
+    params += [prep(pk, key, db) for key in keys]
     params += [
-        _prep(meta.get_field(name), value, db) for name, value in where.items() if value is not None
+        prep(meta.get_field(name), value, db) for name, value in where.items() if value is not None
     ]
     sql = _update_sql(
         model,
@@ -360,6 +324,8 @@ def update_rows(
 def _insert_sql(model: type[Model], vendor: str, rows: int) -> tuple[str, tuple[Field, ...]]:
     """The text of an ``insert_rows`` statement for ``rows`` rows, and the fields it writes."""
     meta, quote = model._meta, _db().ops.quote_name
+    if meta.pk.get_internal_type() not in AUTO_KEYS:  # built once per shape: checked always
+        raise rules.SqlRuleError(f"insert_rows needs an auto primary key, not {meta.pk!r}")
     fields = tuple(f for f in meta.concrete_fields if f is not meta.pk)
     row = f"({', '.join(['%s'] * len(fields))})"
     sql = (
@@ -390,7 +356,7 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
     for start in range(0, len(objs), per_statement):
         chunk = objs[start : start + per_statement]
         sql, fields = _insert_sql(model, db.vendor, len(chunk))
-        params = [_prep(f, f.pre_save(obj, add=True), db) for obj in chunk for f in fields]
+        params = [prep(f, f.pre_save(obj, add=True), db) for obj in chunk for f in fields]
         then = functools.partial(_set_keys, chunk, pk.attname, db.alias)
         if defer:
             lean.deferred.append((sql, params, then))  # type: ignore[union-attr]

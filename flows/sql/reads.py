@@ -8,7 +8,7 @@ applies the fields' converters, so values are the same Python objects the ORM gi
 return ordinary model instances. bench/api_load.py measures the effect.
 
 Only identifiers from the models' metadata, quoted by the backend, are put into the SQL text;
-every value is a query parameter.
+every value is a query parameter (asserted while ``settings.DEBUG`` is on: ``flows.sql.rules``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import uuid
 from functools import cache
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from rest_framework import exceptions
@@ -25,6 +26,13 @@ from rest_framework.authtoken.models import Token
 
 from flows.models import Execution, Flow, FlowVersion, TaskRun
 from flows.services import NotFound
+from flows.sql import rules
+
+
+def _raw(model: Any, sql: str, params: list[Any]) -> list[Any]:
+    if settings.DEBUG:
+        rules.check_statement(sql, params, connection.vendor)
+    return list(model.objects.raw(sql, params))
 
 
 def _q(name: str) -> str:
@@ -67,7 +75,7 @@ def execution_for_status(execution_id: Any) -> Execution:
         raise NotFound(f"no execution with id '{execution_id}' (ids are UUIDs)") from None
     sql, _ = _status_sql(connection.vendor)
     param = Execution._meta.pk.get_db_prep_value(key, connection)
-    found = list(Execution.objects.raw(sql, [param]))
+    found = _raw(Execution, sql, [param])
     if not found:
         raise NotFound(f"no execution with id '{key}'")
     execution = found[0]
@@ -82,7 +90,7 @@ def steps_for_status(execution: Execution) -> list[TaskRun]:
     """The execution's steps in run order, with the columns the status document shows."""
     _, sql = _status_sql(connection.vendor)
     param = Execution._meta.pk.get_db_prep_value(execution.pk, connection)
-    return list(TaskRun.objects.raw(sql, [param]))
+    return _raw(TaskRun, sql, [param])
 
 
 @cache
@@ -122,7 +130,7 @@ class PrebuiltTokenAuthentication(TokenAuthentication):
         return self.authenticate_credentials(key)
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
-        found = list(get_user_model().objects.raw(_token_sql(connection.vendor), [key]))
+        found = _raw(get_user_model(), _token_sql(connection.vendor), [key])
         if not found:
             raise exceptions.AuthenticationFailed("Invalid token.")
         user = found[0]

@@ -1,0 +1,64 @@
+"""The engine: claim a step, run it, record it with the routing decision, go on.
+
+The database is the truth and the queue only wakes workers (see docs/architecture.md):
+
+1. A job carries only an execution id and runs the ``Dispatcher``, which *claims* ready
+   steps with a conditional UPDATE (PENDING -> RUNNING, with a lease); a step whose UPDATE
+   changed no row is another worker's.
+2. Each task's coroutine runs on the task loop thread under its timeout while the
+   dispatcher's thread watches the database once a second: it renews the leases and stops
+   tasks whose execution was cancelled or deleted.
+3. A step's result and the routing decision (the next step, or the execution's end) commit
+   in one transaction. The next step is created already claimed by this worker, so it runs
+   here without a queue round trip, until the step budget is spent; then it is left PENDING
+   and a job is enqueued in the same transaction.
+4. ``reap`` (a django-q2 schedule) re-runs steps whose lease expired (their worker died) and
+   wakes PENDING steps whose queue message was lost. Every job is idempotent.
+
+One module a role, each importing only the public names of the others:
+
+- ``wakeup``      enqueue the job that wakes a worker (``wake``)
+- ``taskloop``    the event loop thread tasks run on, and a task under its timeout
+- ``inputs``      the parsed flow, results so far, parameters with references resolved
+- ``step``        build one step's task and start it on the task loop (``Flight``)
+- ``outcome``     what a finished, failed, timed-out or stopped task amounts to
+- ``routing``     what follows a finished step, decided from the flow alone
+- ``claim``       the claim UPDATE, lease renewal and the cancel check
+- ``record``      write finished steps and their routing, one transaction a batch
+- ``dispatcher``  the one step loop (``Dispatcher``, ``dispatch``: a worker's job)
+- ``inline``      the same loop for one execution in this process (``run_inline``)
+- ``reaper``      lost workers, lost wake-ups, flow timeouts (``reap``)
+- ``duetimer``    wake delayed steps when the broker cannot deliver late (Redis)
+- ``timing``      intervals, graces and batch sizes; ``worker``: this worker's name
+"""
+
+from flows.engine.claim import claim_steps, renew_leases
+from flows.engine.dispatcher import Dispatcher, dispatch
+from flows.engine.duetimer import DueStepTimer, start_due_step_timer, wake_due
+from flows.engine.inline import run_inline
+from flows.engine.inputs import flow_definition, results_scope, results_so_far
+from flows.engine.outcome import StepOutcome
+from flows.engine.reaper import reap
+from flows.engine.taskloop import TaskLoop
+from flows.engine.wakeup import JOB_FUNC, wake
+from flows.engine.worker import worker_id
+
+__all__ = [
+    "JOB_FUNC",
+    "Dispatcher",
+    "DueStepTimer",
+    "StepOutcome",
+    "TaskLoop",
+    "claim_steps",
+    "dispatch",
+    "flow_definition",
+    "reap",
+    "renew_leases",
+    "results_scope",
+    "results_so_far",
+    "run_inline",
+    "start_due_step_timer",
+    "wake",
+    "wake_due",
+    "worker_id",
+]

@@ -1,0 +1,137 @@
+"""Claiming ready steps, and keeping them: the one claim UPDATE, lease renewal and the
+cancel check.
+
+A step is claimed with a conditional UPDATE (PENDING -> RUNNING, with this worker's name
+and a lease); a step whose UPDATE changed no row is another worker's. While its task runs,
+the claim is kept by renewing the lease; a step whose lease expired is the reaper's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from flows.engine.inputs import results_so_far
+from flows.models import (
+    ACTIVE_STATUSES,
+    Execution,
+    ExecutionStatus,
+    FlowVersion,
+    TaskRun,
+    TaskRunStatus,
+)
+
+
+@dataclass
+class Claimed:
+    """Steps claimed together, with what running them needs."""
+
+    steps: list[TaskRun]  # now RUNNING under this worker's lease
+    executions: dict[uuid.UUID, Execution]  # with their flow_version; a deleted one is absent
+    results: dict[uuid.UUID, dict[str, Any]]  # results so far, by execution
+    now: datetime
+
+
+def ready(
+    now: datetime, *, exclude: Iterable[uuid.UUID] = (), only: uuid.UUID | None = None
+) -> QuerySet[TaskRun]:
+    """PENDING steps that may run now: their execution active and not pausing, their delay
+    (a retry's) over. ``only``: of that one execution."""
+    steps = TaskRun.objects.filter(
+        status=TaskRunStatus.PENDING,
+        execution__status__in=ACTIVE_STATUSES,
+        execution__pause_requested=False,
+    ).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+    if only is not None:
+        steps = steps.filter(execution_id=only)
+    exclude = list(exclude)
+    return steps.exclude(execution_id__in=exclude) if exclude else steps
+
+
+def claim_steps(
+    me: str,
+    lease: timedelta,
+    room: int,
+    *,
+    exclude: Iterable[uuid.UUID] = (),
+    only: uuid.UUID | None = None,
+) -> Claimed | None:
+    """Claim up to ``room`` ready steps, oldest wake-up first, for worker ``me``.
+
+    None when nothing is ready: most looks find nothing, so that is asked first outside a
+    transaction, which on SQLite would take the database's one write lock and on PostgreSQL
+    costs two more round trips. Otherwise one transaction, a few statements however many it
+    takes:
+
+    1. Lock the ready steps (``SKIP LOCKED`` on PostgreSQL, so workers claiming at once take
+       different rows; SQLite's IMMEDIATE transaction serialises them).
+    2. Claim them: PENDING -> RUNNING with this worker's lease, only where still PENDING.
+    3. Mark their executions RUNNING (resume and redrive queue one again: the first start
+       time stays).
+    4. Read those executions, their flow versions and results so far, in the same
+       transaction: if this fails, the claim rolls back with it.
+    """
+    now = timezone.now()
+    candidates = ready(now, exclude=exclude, only=only)
+    if not candidates.exists():
+        return None
+    expires = now + lease
+    with transaction.atomic():
+        steps = list(
+            candidates.order_by("woken_at").select_for_update(skip_locked=True, of=("self",))[:room]
+        )
+        if not steps:
+            return Claimed([], {}, {}, now)
+        keys = [step.pk for step in steps]
+        claimed = TaskRun.objects.filter(pk__in=keys, status=TaskRunStatus.PENDING).update(
+            status=TaskRunStatus.RUNNING, worker=me, started_at=now, lease_expires_at=expires
+        )
+        if claimed != len(steps):  # cannot happen under the row locks; kept honest anyway
+            ours = set(
+                TaskRun.objects.filter(
+                    pk__in=keys, status=TaskRunStatus.RUNNING, worker=me, started_at=now
+                ).values_list("pk", flat=True)
+            )
+            steps = [step for step in steps if step.pk in ours]
+        ids = [step.execution_id for step in steps]
+        Execution.objects.filter(pk__in=ids, status=ExecutionStatus.QUEUED).update(
+            status=ExecutionStatus.RUNNING,
+            started_at=Coalesce(F("started_at"), Value(now)),
+        )
+        executions = Execution.objects.in_bulk(ids)
+        versions = FlowVersion.objects.in_bulk(
+            {execution.flow_version_id for execution in executions.values()}
+        )
+        results = results_so_far(ids)
+    for step in steps:
+        step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, me, now
+        step.lease_expires_at = expires
+    for execution in executions.values():
+        execution.flow_version = versions[execution.flow_version_id]
+    return Claimed(steps, executions, results, now)
+
+
+def renew_leases(step_ids: list[int], me: str, lease: timedelta) -> set[int] | None:
+    """Extend the leases of these running steps of worker ``me``: the ids still ours (None:
+    all of them, the usual answer, in one UPDATE)."""
+    if not step_ids:
+        return None
+    held = TaskRun.objects.filter(pk__in=step_ids, status=TaskRunStatus.RUNNING, worker=me)
+    if held.update(lease_expires_at=timezone.now() + lease) == len(step_ids):
+        return None
+    return set(held.values_list("pk", flat=True))
+
+
+def cancel_requests(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, bool]:
+    """Whether each execution was asked to cancel; a deleted one is absent."""
+    return dict(
+        Execution.objects.filter(pk__in=execution_ids).values_list("pk", "cancel_requested")
+    )

@@ -1,0 +1,395 @@
+"""The one step loop: what a worker's job, ``manage.py runflow`` and the tests all run.
+
+``dispatch`` is the worker's entry (called by the django-q2 job ``flows.jobs.run_execution``);
+``inline.run_inline`` runs the same ``Dispatcher`` for one execution at concurrency 1.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from flows.definition import FlowDefinition, FlowValidationError
+from flows.engine import claim, record, timing
+from flows.engine.inputs import flow_definition
+from flows.engine.outcome import StepOutcome, blocked, failure, finish, stopped
+from flows.engine.reaper import run_again
+from flows.engine.routing import Finished, decide
+from flows.engine.step import Flight, start
+from flows.engine.taskloop import TaskLoop
+from flows.engine.worker import reconnect, worker_id
+from flows.models import Execution, TaskRun, TaskRunStatus
+from flows.registry import TaskRegistry, TaskType, default_registry
+from flows.sql import writes
+
+logger = logging.getLogger("flows.engine")
+
+
+@dataclass(eq=False)
+class Slot:
+    """One execution the dispatcher is running: its state and the step in flight."""
+
+    execution: Execution
+    definition: FlowDefinition
+    results: dict[str, Any]
+    step: TaskRun
+    flight: Flight | None = None
+
+
+class Dispatcher:
+    """Runs up to ``concurrency`` executions at once in one worker process.
+
+    Tasks are coroutines, so a step that waits on I/O need not hold a process: every task of
+    every execution here runs on one event loop thread (``TaskLoop``), while this thread
+    does the database work (claims, results, routing) in batches.
+
+    1. Ready steps are claimed in batches, oldest wake-up first, up to the concurrency
+       (``fill``): the job's own execution and others beside it (their queue messages later
+       find nothing to do). While there is room it looks again every
+       FILL_INTERVAL_SECONDS, less often while it finds nothing. ``only`` limits it to one
+       execution (``run_inline``).
+    2. Steps that finished are recorded together, their results and routing in one
+       transaction (``flush``); the next step of each execution starts at once, on the
+       same loop.
+    3. Once a second (``watch``): one query looks for cancelled or deleted executions among
+       those in flight, and one UPDATE renews the leases of every running step.
+    4. A task that blocks the loop past its timeout is failed; the loop is replaced, and the
+       other steps it held are recorded LOST and queued again (their tasks never finished).
+    5. After the step budget no new executions are taken and finishing steps hand their
+       successors back to the queue; ``run`` returns when nothing is in flight.
+    """
+
+    def __init__(
+        self,
+        registry: TaskRegistry | None = None,
+        concurrency: int | None = None,
+        *,
+        only: uuid.UUID | None = None,
+    ) -> None:
+        self.registry = registry or default_registry()
+        self.concurrency = concurrency or settings.FLOW_WORKER_CONCURRENCY
+        self.only = only
+        self.me = worker_id()
+        self.lease = timedelta(seconds=settings.FLOW_LEASE_SECONDS)
+        self.loop: TaskLoop | None = None
+        self.slots: dict[uuid.UUID, Slot] = {}
+        self.steps = 0
+        self.budget_end = time.monotonic() + settings.FLOW_STEP_BUDGET_SECONDS
+        self.renew_every = settings.FLOW_LEASE_SECONDS / 3
+        self.next_renew = time.perf_counter() + self.renew_every
+        self.next_fill = 0.0
+        # The earliest hard deadline (timeout + grace) among the tasks in flight: the loop
+        # wakes then to see whether one is blocking the task loop.
+        self.next_deadline = math.inf
+        self.fill_every = timing.FILL_INTERVAL_SECONDS
+        self.finished: list[tuple[Slot, Finished]] = []  # to record at the next flush
+        self.types: dict[str, TaskType | None] = {}  # task types as of the last plugin scan
+
+    def run(self) -> int:
+        """Run ready executions until none is in flight and none is ready, or the budget is
+        spent; returns the steps recorded."""
+        try:
+            next_watch = time.perf_counter() + timing.WATCH_INTERVAL_SECONDS
+            while True:
+                if self._has_room() and time.perf_counter() >= self.next_fill:
+                    self._guarded(self.fill, "looking for ready executions")
+                self.flush()
+                if not self.slots:
+                    # Whatever became ready since the last look has a queue message of its own.
+                    break
+                flights = {slot.flight.future: slot for slot in self.slots.values() if slot.flight}
+                wake_at = min(next_watch, self.next_deadline)
+                if self._has_room():
+                    wake_at = min(wake_at, self.next_fill)
+                done, _ = concurrent.futures.wait(
+                    flights,
+                    timeout=max(0.0, wake_at - time.perf_counter()),
+                    return_when=concurrent.futures.FIRST_COMPLETED,
+                )
+                for future in done:
+                    slot = flights[future]
+                    assert slot.flight is not None
+                    self.advance(slot, finish(slot.flight, slot.definition))
+                if time.perf_counter() >= next_watch:
+                    self._guarded(self.watch, "watch")
+                    next_watch = time.perf_counter() + timing.WATCH_INTERVAL_SECONDS
+                elif time.perf_counter() >= self.next_deadline:
+                    self._guarded(self._check_deadlines, "checking for a blocked task loop")
+                self.flush()
+        finally:
+            if self.loop is not None:
+                self.loop.close()
+        return self.steps
+
+    def _guarded(self, work: Any, what: str) -> None:
+        try:
+            work()
+        except DatabaseError as exc:
+            # A database hiccup (a restart, a failover): try again at the next tick. Leases
+            # last FLOW_LEASE_SECONDS, so a short outage costs no step.
+            logger.warning("worker %s: %s failed, will retry: %s", self.me, what, exc)
+            reconnect()
+
+    # -- taking work ----------------------------------------------------------------------
+    def _has_budget(self) -> bool:
+        return self.steps < settings.FLOW_STEP_BUDGET_STEPS and time.monotonic() < self.budget_end
+
+    def _has_room(self) -> bool:
+        return len(self.slots) < self.concurrency and self._has_budget()
+
+    def fill(self) -> None:
+        """Claim ready steps of other executions while there is room and budget, and start
+        them (``claim.claim_steps``: one batch, a few statements however many it takes)."""
+        self.next_fill = time.perf_counter() + self.fill_every
+        room = self.concurrency - len(self.slots)
+        if room <= 0 or not self._has_budget():
+            return
+        claimed = claim.claim_steps(self.me, self.lease, room, exclude=self.slots, only=self.only)
+        if claimed is None:
+            self.fill_every = min(self.fill_every * 2, timing.FILL_INTERVAL_MAX_SECONDS)
+            return
+        self.fill_every = timing.FILL_INTERVAL_SECONDS
+        if not claimed.steps:
+            return
+        # One plugin-folder scan and one parse look-up per flow version for the whole batch:
+        # steps look task types up in this scan's result, not in a scan of their own.
+        self.types.clear()
+        self.types.update(self.registry.snapshot().types)
+        parsed: dict[int, FlowDefinition | FlowValidationError] = {}
+        for step in claimed.steps:
+            execution = claimed.executions.get(step.execution_id)
+            if execution is None:  # deleted since: its steps went with it
+                continue
+            version_id = execution.flow_version_id
+            if version_id not in parsed:
+                try:
+                    parsed[version_id] = flow_definition(execution, self.registry, refresh=False)
+                except FlowValidationError as exc:
+                    parsed[version_id] = exc
+            definition = parsed[version_id]
+            if isinstance(definition, FlowValidationError):
+                self._invalid(execution, step, definition)
+                self.steps += 1
+                continue
+            self._take(execution, definition, claimed.results.get(execution.id, {}), step)
+            if time.perf_counter() >= self.next_renew:
+                # Starting many can take a while: keep the steps already running ours.
+                self._renew_leases()
+
+    def _invalid(self, execution: Execution, step: TaskRun, exc: FlowValidationError) -> None:
+        """Fail the claimed step, and so the execution: its flow no longer validates."""
+        outcome = failure(f"the flow's definition is no longer valid: {exc}", permanent=True)
+        finished = decide(execution, None, step, outcome, {})
+        record.write_alone(finished, self.me, self.lease, continue_here=False)
+
+    def _take(
+        self,
+        execution: Execution,
+        definition: FlowDefinition,
+        results: dict[str, Any],
+        step: TaskRun,
+    ) -> None:
+        slot = Slot(execution, definition, results, step)
+        self.slots[execution.id] = slot
+        if execution.cancel_requested:
+            outcome = StepOutcome(TaskRunStatus.CANCELLED, error="cancelled before it started")
+            self.advance(slot, outcome)
+        else:
+            self._launch(slot)
+
+    def _task_loop(self) -> TaskLoop:
+        if self.loop is None:
+            self.loop = TaskLoop()
+        return self.loop
+
+    def _task_type(self, name: str) -> TaskType | str:
+        """The type of that name, or why there is none. One registry look-up (and plugin
+        folder scan) per type missing from the batch's scan, not one per step."""
+        if name not in self.types:
+            self.types[name] = self.registry.get(name)
+        found = self.types[name]
+        return found if found is not None else (self.registry.problem(name) or "")
+
+    # -- moving executions on -------------------------------------------------------------
+    def _launch(self, slot: Slot) -> None:
+        """Start the slot's current step; one that cannot start is finished at once."""
+        started = start(
+            slot.execution,
+            slot.definition,
+            slot.step,
+            slot.results,
+            self._task_type(slot.step.task_type),
+            self._task_loop(),
+        )
+        if isinstance(started, StepOutcome):
+            self.advance(slot, started)
+        else:
+            slot.flight = started
+            if started.hard_deadline < self.next_deadline:
+                self.next_deadline = started.hard_deadline
+
+    def advance(self, slot: Slot, outcome: StepOutcome) -> None:
+        """A step of ``slot`` ended with ``outcome``: decide what follows, and queue it for
+        the next ``flush``."""
+        slot.flight = None
+        if outcome.stop:  # the execution vanished or the step was taken away
+            self.slots.pop(slot.execution.id, None)
+            return
+        finished = decide(slot.execution, slot.definition, slot.step, outcome, slot.results)
+        self.finished.append((slot, finished))
+
+    def flush(self) -> None:
+        """Record the finished steps and start their successors.
+
+        Steps that finished together are written in one transaction (up to RECORD_BATCH), so
+        a busy worker pays for one commit, not one per step. A loop: a successor that ends
+        before it starts (a vanished task type, an unresolvable reference) joins the next
+        batch.
+        """
+        while self.finished:
+            batch = self.finished[: timing.RECORD_BATCH]
+            del self.finished[: timing.RECORD_BATCH]
+            self.steps += len(batch)
+            for slot, next_step in self._write_batch(batch, continue_here=self._has_budget()):
+                if next_step is None:
+                    self.slots.pop(slot.execution.id, None)
+                    continue
+                slot.step = next_step
+                self._launch(slot)
+
+    def _write_batch(
+        self, batch: list[tuple[Slot, Finished]], *, continue_here: bool
+    ) -> list[tuple[Slot, TaskRun | None]]:
+        try:
+            with writes.atomic():
+                written = record.write(
+                    [finished for _, finished in batch], self.me, self.lease,
+                    continue_here=continue_here,
+                )  # fmt: skip
+                return list(zip([slot for slot, _ in batch], written, strict=True))
+        except record.TakenOver:
+            pass  # one step was taken over: the others are written one by one below
+        except DatabaseError as exc:
+            # Reconnect and write them one by one (the database restarted, say). Had the batch
+            # committed, its steps are no longer "ours but open", and nothing is written twice.
+            logger.warning("worker %s: recording %d steps failed, retrying: %s",
+                           self.me, len(batch), exc)  # fmt: skip
+            reconnect()
+        return [
+            (slot, self._write_one(slot, finished, continue_here=continue_here))
+            for slot, finished in batch
+        ]
+
+    def _write_one(self, slot: Slot, finished: Finished, *, continue_here: bool) -> TaskRun | None:
+        for attempt in (1, 2):
+            try:
+                return record.write_alone(
+                    finished, self.me, self.lease, continue_here=continue_here
+                )
+            except DatabaseError as exc:
+                if attempt == 2:
+                    raise
+                logger.warning("execution=%s record failed, retrying: %s",
+                               slot.execution.id, exc)  # fmt: skip
+                reconnect()
+        return None  # not reached
+
+    # -- once a second --------------------------------------------------------------------
+    def _renew_leases(self) -> set[int] | None:
+        """Extend the leases of every running step; the ids still ours (None: all are)."""
+        self.next_renew = time.perf_counter() + self.renew_every
+        ids = [slot.step.pk for slot in self.slots.values() if slot.flight is not None]
+        return claim.renew_leases(ids, self.me, self.lease)
+
+    def watch(self) -> None:
+        """Stop what was cancelled, deleted or taken away; renew leases when due; handle a
+        blocked loop."""
+        flying = {eid: slot for eid, slot in self.slots.items() if slot.flight is not None}
+        if not flying:
+            return
+        cancel = claim.cancel_requests(list(flying))
+        kept = self._renew_leases() if time.perf_counter() >= self.next_renew else None
+        for eid, slot in flying.items():
+            flight = slot.flight
+            assert flight is not None
+            if flight.future.done():
+                continue  # finished meanwhile: the main loop records it
+            verdict = None
+            if eid not in cancel:
+                verdict = "deleted"
+            elif cancel[eid]:
+                verdict = "cancel"
+            elif kept is not None and slot.step.pk not in kept:
+                verdict = "lost"
+            if verdict is not None:
+                self.advance(slot, stopped(flight, verdict))
+        self._check_deadlines()
+
+    def _check_deadlines(self) -> None:
+        """Handle the tasks past their hard deadline; note the next one due."""
+        now, overdue, self.next_deadline = time.perf_counter(), [], math.inf
+        for slot in self.slots.values():
+            flight = slot.flight
+            if flight is None or flight.future.done():
+                continue
+            if now >= flight.hard_deadline:
+                overdue.append(slot)
+            elif flight.hard_deadline < self.next_deadline:
+                self.next_deadline = flight.hard_deadline
+        if overdue:
+            self._overdue(overdue)
+
+    def _overdue(self, overdue: list[Slot]) -> None:
+        """Steps past their timeout and grace that did not stop: is the loop blocked?"""
+        loop = self._task_loop()
+        if loop.responds(within=0.5):
+            # The loop runs again. A task that ended meanwhile was what blocked it; one still
+            # running swallowed its cancellation. Both fail, their coroutines left behind.
+            for slot in overdue:
+                assert slot.flight is not None
+                if slot.flight.future.done():
+                    self.advance(slot, blocked(slot.flight))
+                else:
+                    why = "did not stop when its timeout cancelled it (it swallowed the cancel)"
+                    self.advance(slot, blocked(slot.flight, why))
+            return
+        # The loop is stuck in some task's blocking code. Leave it behind (its thread ends when
+        # that code returns); the overdue steps fail, the others are run again elsewhere.
+        loop.abandon()
+        self.loop = None
+        now = timezone.now()
+        for slot in list(self.slots.values()):
+            if slot.flight is None or slot.flight.future.done():
+                continue
+            slot.flight.future.cancel()
+            if any(slot is late for late in overdue):
+                self.advance(slot, blocked(slot.flight))
+            else:
+                run_again(
+                    slot.step,
+                    why="another task blocked this worker's event loop; step runs again",
+                    event=f"{slot.step.task_name}: interrupted by a blocked event loop; "
+                    "running it again",
+                    now=now,
+                    worker=self.me,
+                )
+                slot.flight = None
+                self.slots.pop(slot.execution.id, None)
+
+
+def dispatch(execution_id: uuid.UUID | str, registry: TaskRegistry | None = None) -> int:
+    """What a worker's job does: run this execution and, beside it, other ready ones; returns
+    the steps recorded. (``execution_id`` names the job's own; the dispatcher claims ready
+    steps oldest wake-up first, so it is among them when ready.)"""
+    uuid.UUID(str(execution_id))  # a malformed id is the job's error, as before
+    return Dispatcher(registry).run()

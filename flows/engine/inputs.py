@@ -1,0 +1,87 @@
+"""What a step is given: its flow (parsed once per process), the results of earlier steps,
+and its parameters with ``${...}`` references filled in."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from typing import Any
+
+import jsonschema
+from django.conf import settings
+
+from flows.definition import FlowDefinition, parse_flow
+from flows.expressions import needs_resolving, resolve
+from flows.models import Execution, TaskRun, TaskRunStatus
+from flows.registry import TaskRegistry, TaskType
+
+
+def results_scope(results: dict[str, Any]) -> dict[str, Any]:
+    """Earlier results as references and expressions see them: results.<task>.data."""
+    return {name: {"data": value, "status": "SUCCESS"} for name, value in results.items()}
+
+
+def resolve_parameters(
+    raw: dict[str, Any], task_type: TaskType, results: dict[str, Any], input: Any
+) -> dict[str, Any]:
+    """The step's parameters with ${...} references filled in, checked against the schema."""
+    if not needs_resolving(raw):
+        return copy.deepcopy(raw)
+    scope = {"results": results_scope(results), "input": input or {}}
+    resolved = copy.deepcopy(resolve(raw, scope))
+    errors = list(
+        jsonschema.Draft202012Validator(task_type.parameters_schema).iter_errors(resolved)
+    )
+    if errors:
+        first = errors[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.path)
+        raise ValueError(f"parameters{where} after resolving references: {first.message}")
+    return resolved
+
+
+_definitions: dict[tuple[str, int, Any], FlowDefinition] = {}
+
+
+def flow_definition(
+    execution: Execution, registry: TaskRegistry, *, refresh: bool = True
+) -> FlowDefinition:
+    """The execution's parsed flow, parsed once per process per document and plugin set.
+
+    Keyed by the document's text rather than the version's id, which a database reset (or a
+    test's rollback) can hand out again for another document. ``refresh=False`` when the
+    caller has just rescanned the plugin folder.
+    """
+    if refresh:
+        registry.refresh()
+    document = json.dumps(execution.flow_version.definition, sort_keys=True)
+    key = (document, id(registry), registry.fingerprint)
+    definition = _definitions.get(key)
+    if definition is None:
+        definition = parse_flow(
+            execution.flow_version.definition,
+            registry,
+            default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
+        )
+        if len(_definitions) >= 256:
+            _definitions.clear()
+        _definitions[key] = definition
+    return definition
+
+
+def results_so_far(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """Successful results by execution, then by task name, most recent last.
+
+    A task that ran again moves to the end, so "the latest result" means the latest in run
+    order. One query for any number of executions.
+    """
+    by_execution: dict[uuid.UUID, dict[str, Any]] = {}
+    for execution_id, name, result in (
+        TaskRun.objects.filter(execution_id__in=execution_ids, status=TaskRunStatus.SUCCESS)
+        .order_by("seq")
+        .values_list("execution_id", "task_name", "result")
+    ):
+        results = by_execution.setdefault(execution_id, {})
+        results.pop(name, None)
+        results[name] = result
+    return by_execution

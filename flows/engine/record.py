@@ -1,0 +1,200 @@
+"""Recording finished steps: each one's result and routing decision in one transaction.
+
+``write`` writes any number of decided steps (``routing.Finished``) in the same few
+statements inside the caller's transaction; ``write_alone`` writes one in a transaction of
+its own. The next step is opened in the same transaction: claimed here when it can run now,
+else left PENDING and woken (``wakeup.wake``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from flows.engine.outcome import flow_timeout, remaining
+from flows.engine.routing import Finished
+from flows.engine.wakeup import wake
+from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
+from flows.sql import writes
+
+logger = logging.getLogger("flows.engine")
+
+
+class TakenOver(Exception):
+    """The step being recorded is no longer this worker's: its transaction must roll back."""
+
+
+@dataclass
+class _Inserts:
+    """Rows a transaction's writes add, inserted together just before it commits."""
+
+    steps: list[TaskRun] = field(default_factory=list)
+    events: list[ExecutionEvent] = field(default_factory=list)
+
+    def save(self) -> None:
+        # Nothing reads their keys before the commit: on PostgreSQL they go out with it.
+        writes.insert_rows(TaskRun, self.steps, after_commit=True)
+        writes.insert_rows(ExecutionEvent, self.events, after_commit=True)
+
+
+def ending(status: str, error: str, steps_taken: int, now: datetime) -> dict[str, Any]:
+    """An execution's row as it ends."""
+    return {
+        "status": status,
+        "error": error,
+        "ended_at": now,
+        "current_task": "",
+        "steps_taken": steps_taken,
+    }
+
+
+def end_execution(eid: uuid.UUID, status: str, error: str, steps_taken: int, now: datetime) -> None:
+    """End one execution (outside the step path: the reaper's)."""
+    writes.update_rows(Execution, {eid: ending(status, error, steps_taken, now)})
+
+
+def write(
+    batch: list[Finished], me: str, lease: timedelta, *, continue_here: bool
+) -> list[TaskRun | None]:
+    """Write decided steps inside the caller's transaction, whatever their number, in the
+    same few statements: for each, the next step when this worker claimed it, else None.
+
+    Raises TakenOver when a step is no longer this worker's: the caller must let the
+    transaction roll back (and write the others again without it).
+
+    1. Count the steps on their executions: cancel, pause and delete lock the execution row
+       too, so none of them can slip between closing a step and opening the next.
+    2. Decide: the next task, or how the execution ends (a cancel, the flow's timeout or its
+       step limit overrule the plan).
+    3. Close the steps with their decisions, if this worker still holds every one.
+    4. End executions; open next steps (claimed here when they can run now, else PENDING for
+       a later job: a retry's delay, a pause, the budget); add the log lines.
+    """
+    now = timezone.now()
+    states = {
+        row[0]: row[1:]
+        for row in writes.update_rows(
+            Execution,
+            {f.execution.id: {"current_task": f.plan.target or ""} for f in batch},
+            increment=["steps_taken"],
+            returning=["cancel_requested", "pause_requested", "steps_taken"],
+        )
+    }
+    inserts = _Inserts()
+    closes: dict[int, dict[str, Any]] = {}
+    ends: dict[uuid.UUID, dict[str, Any]] = {}
+    paused: list[uuid.UUID] = []
+    routes: list[tuple[uuid.UUID, str]] = []
+    next_steps: list[TaskRun | None] = []
+    for finished in batch:
+        execution, definition, step = finished.execution, finished.definition, finished.step
+        outcome, plan, eid = finished.outcome, finished.plan, finished.execution.id
+        next_steps.append(None)
+        if eid not in states:
+            logger.info("execution=%s was deleted while step %s ran", eid, step.seq)
+            continue
+        cancel_requested, pause_requested, steps_taken = states[eid]
+        final, error, why = plan.final, plan.error, plan.why
+        left = remaining(execution)
+        if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
+            final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
+        elif not final and left is not None and left <= plan.delay:
+            # A retry that would be due too late.
+            timeout = flow_timeout(definition)
+            final, error, why = ExecutionStatus.FAILED, timeout.error, timeout.error
+        elif not final and definition is not None and steps_taken >= definition.max_steps:
+            final = ExecutionStatus.FAILED
+            error = why = (
+                f"step limit of {definition.max_steps} steps (max_steps) reached before "
+                f"task '{plan.target}' could run"
+            )
+        route = f"{why} -> {f'execution {final}' if final else plan.target}"
+        routes.append((eid, route))
+        closes[step.pk] = {
+            "status": outcome.status,
+            "result": outcome.result,
+            "error": outcome.error,
+            "traceback": outcome.traceback,
+            "ended_at": now,
+            "duration": outcome.duration,
+            "lease_expires_at": None,
+            "route": route[:300],
+        }
+        if outcome.parameters is not None:
+            closes[step.pk]["parameters"] = outcome.parameters
+        # Every decision is on its step; the log keeps those worth reading in sequence:
+        # conditions, retries, pauses, failures and the end.
+        events = list(finished.events)
+        if final:
+            ends[eid] = ending(final, error, int(steps_taken), now)
+            level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
+            events.append((level.get(final, "ERROR"), route))
+        else:
+            if plan.noteworthy:
+                succeeded = outcome.status == TaskRunStatus.SUCCESS
+                events.append(("INFO" if succeeded else "WARNING", route))
+            spec = definition.task(plan.target)  # type: ignore[union-attr]
+            due = now + timedelta(seconds=plan.delay) if plan.delay > 0 else None
+            claim_here = continue_here and due is None and not pause_requested
+            next_step = TaskRun(
+                execution_id=eid,
+                seq=step.seq + 1,
+                task_name=spec.name,
+                task_type=spec.task_type,
+                parameters=spec.parameters,
+                attempt=plan.attempt,
+                status=TaskRunStatus.RUNNING if claim_here else TaskRunStatus.PENDING,
+                worker=me if claim_here else "",
+                created_at=now,
+                started_at=now if claim_here else None,
+                lease_expires_at=now + lease if claim_here else None,
+                woken_at=None if claim_here else (due or now),
+                not_before=due,
+            )
+            inserts.steps.append(next_step)
+            if pause_requested:
+                paused.append(eid)
+                events.append(("WARNING", f"paused before {spec.name}"))
+                logger.info("execution=%s paused before %s", eid, spec.name)
+            elif not claim_here:
+                wake(eid, at=due)
+            else:
+                next_steps[-1] = next_step
+        inserts.events.extend(
+            ExecutionEvent(
+                execution_id=eid, task_run_id=step.pk, created_at=now, level=lvl, message=msg
+            )
+            for lvl, msg in events
+        )
+    closed = writes.update_rows(TaskRun, closes, status=TaskRunStatus.RUNNING, worker=me)
+    if closed != len(closes):
+        if len(batch) == 1:
+            logger.warning(
+                "execution=%s step=%s was taken over by another worker; result dropped",
+                batch[0].execution.id, batch[0].step.seq,
+            )  # fmt: skip
+        raise TakenOver
+    writes.update_rows(Execution, ends)
+    if paused:
+        Execution.objects.filter(pk__in=paused).update(status=ExecutionStatus.PAUSED)
+    inserts.save()
+    for eid, route in routes:
+        logger.info("execution=%s route: %s", eid, route)
+    return next_steps
+
+
+def write_alone(
+    finished: Finished, me: str, lease: timedelta, *, continue_here: bool
+) -> TaskRun | None:
+    """Write one decided step in a transaction of its own: the next step when this worker
+    claimed it, else None (also when the step was taken over: nothing is written then)."""
+    try:
+        with writes.atomic():
+            return write([finished], me, lease, continue_here=continue_here)[0]
+    except TakenOver:
+        return None

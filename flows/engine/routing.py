@@ -1,0 +1,130 @@
+"""Deciding what follows a finished step, from its flow and its outcome alone.
+
+``decide`` runs once per step, before any write, so writing the step again (a batch rolled
+back, a reconnect) decides nothing twice. The database has its say when the step is written
+(``record.write``): a cancel, the flow's timeout or its step limit overrule the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flows.definition import FlowDefinition
+from flows.engine.inputs import results_scope
+from flows.engine.outcome import StepOutcome
+from flows.expressions import ExpressionError
+from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
+
+logger = logging.getLogger("flows.engine")
+
+
+@dataclass
+class Plan:
+    """The routing decision for a finished step, before the database has its say."""
+
+    target: str | None = None  # the next task, when the flow goes on
+    final: str = ""  # the execution's end status, when it ends
+    error: str = ""
+    why: str = ""
+    attempt: int = 1  # of the next step
+    delay: float = 0.0  # seconds the next step waits (a retry's delay)
+    noteworthy: bool = False  # worth a line in the execution's log
+
+
+@dataclass
+class Finished:
+    """A finished step with its routing decided, ready to be written."""
+
+    execution: Execution
+    definition: FlowDefinition | None
+    step: TaskRun
+    outcome: StepOutcome
+    plan: Plan
+    events: list[tuple[str, str]]
+
+
+def decide(
+    execution: Execution,
+    definition: FlowDefinition | None,
+    step: TaskRun,
+    outcome: StepOutcome,
+    results: dict[str, Any],
+) -> Finished:
+    """The routing decision and log lines for a finished step, before any write.
+
+    ``definition`` is None when the flow no longer validates: the execution then fails.
+    """
+    events: list[tuple[str, str]] = list(outcome.log_lines)
+    decided = plan(execution, definition, step, outcome, results)
+    if outcome.error:
+        events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
+    logger.log(
+        logging.INFO if outcome.status == TaskRunStatus.SUCCESS else logging.WARNING,
+        "execution=%s step=%s task=%s attempt=%s ended %s in %.3fs%s",
+        execution.id, step.seq, step.task_name, step.attempt, outcome.status,
+        outcome.duration, f": {outcome.error}" if outcome.error else "",
+    )  # fmt: skip
+    return Finished(execution, definition, step, outcome, decided, events)
+
+
+def plan(
+    execution: Execution,
+    definition: FlowDefinition | None,
+    step: TaskRun,
+    outcome: StepOutcome,
+    results: dict[str, Any],
+) -> Plan:
+    """What follows this step, decided from the definition and the outcome alone.
+
+    Updates ``results`` and, when a condition's expression fails, ``outcome`` (the step
+    then fails with that error).
+    """
+    if outcome.status == TaskRunStatus.CANCELLED:
+        return Plan(final=ExecutionStatus.CANCELLED, error="cancelled by request", why="cancelled")
+    if definition is None or outcome.flow_timed_out:
+        return Plan(final=ExecutionStatus.FAILED, error=outcome.error, why=outcome.error)
+    succeeded = outcome.status == TaskRunStatus.SUCCESS
+    spec = definition.task(step.task_name)
+    if succeeded:
+        results.pop(step.task_name, None)
+        results[step.task_name] = outcome.result
+    elif not outcome.permanent and step.attempt < spec.retry.max_attempts:
+        delay = spec.retry.delay_before(step.attempt + 1)
+        why = (
+            f"{step.task_name} failed (attempt {step.attempt} of {spec.retry.max_attempts}); "
+            f"retry in {delay:g}s"
+        )
+        return Plan(
+            target=step.task_name,
+            why=why,
+            attempt=step.attempt + 1,
+            delay=delay,
+            noteworthy=True,
+        )
+    status = "success" if succeeded else "failure"
+    condition = definition.condition_for(step.task_name)
+    # Expressions see results in the same shape as ${results.<task>.data} references.
+    scope = results_scope(results) if condition and condition.expression else {}
+    try:
+        target, why = definition.route(
+            step.task_name,
+            status,
+            result=outcome.result,
+            results=scope,
+            input=execution.input,
+        )
+    except ExpressionError as exc:
+        # A condition that cannot be evaluated fails its step, and routes as a failure.
+        outcome.status, outcome.error, outcome.permanent = TaskRunStatus.FAILURE, str(exc), True
+        results.pop(step.task_name, None)
+        target, why = definition.route(step.task_name, "failure")
+        status = "failure"
+    noteworthy = condition is not None
+    if target is None:
+        if status == "success":
+            return Plan(final=ExecutionStatus.COMPLETED, why=why)
+        error = f"task '{step.task_name}' failed: {outcome.error}"
+        return Plan(final=ExecutionStatus.FAILED, error=error, why=why)
+    return Plan(target=target, why=why, noteworthy=noteworthy)

@@ -1,0 +1,132 @@
+"""Starting one step: build its task and hand the coroutine to the task loop.
+
+``start`` returns the running ``Flight``, or the step's outcome at once when it cannot start
+(unknown type, unresolvable parameters, the flow's timeout spent, a task that cannot be
+built).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import logging
+import threading
+import time
+import traceback as tb
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from flows.definition import FlowDefinition
+from flows.engine import timing
+from flows.engine.inputs import resolve_parameters
+from flows.engine.outcome import (
+    FLOW_TIMEOUT_SOURCE,
+    StepOutcome,
+    failure,
+    flow_timeout,
+    remaining,
+)
+from flows.engine.taskloop import TaskLoop, run_task
+from flows.models import Execution, TaskRun
+from flows.registry import TaskType
+from tasks.base_task import Results, TaskContext, TaskLogger
+
+logger = logging.getLogger("flows.engine")
+
+
+@dataclass
+class Flight:
+    """A step whose coroutine is running on the task loop."""
+
+    step: TaskRun
+    future: concurrent.futures.Future[Any]
+    finished: threading.Event
+    started: float  # time.perf_counter()
+    timeout: float
+    source: str  # where the timeout came from, for the message
+    hard_deadline: float  # past this, the task is blocking its loop
+    log: TaskLogger
+    parameters: dict[str, Any] | None  # resolved parameters, when they differ from the step's
+
+
+def timeout_for(own: float | None, type_default: float | None) -> tuple[float, str]:
+    """A step's timeout and where it came from, for the error message."""
+    if own:
+        value, source = own, "the task's timeout_seconds"
+    elif type_default:
+        value, source = type_default, "the task type's default timeout"
+    else:
+        value, source = settings.FLOW_DEFAULT_TASK_TIMEOUT, "FLOW_DEFAULT_TASK_TIMEOUT"
+    if value > settings.FLOW_MAX_TASK_TIMEOUT:
+        value, source = settings.FLOW_MAX_TASK_TIMEOUT, "FLOW_MAX_TASK_TIMEOUT"
+    return value, source
+
+
+def start(
+    execution: Execution,
+    definition: FlowDefinition,
+    step: TaskRun,
+    results: dict[str, Any],
+    task_type: TaskType | str,
+    loop: TaskLoop,
+) -> StepOutcome | Flight:
+    """Prepare the claimed ``step`` and hand its coroutine to ``loop``.
+
+    ``task_type`` is the step's type, or (a string) why there is none.
+    """
+    log = TaskLogger(str(execution.id), step.task_name)
+    logger.info(
+        "execution=%s step=%s task=%s type=%s attempt=%s started",
+        execution.id,
+        step.seq,
+        step.task_name,
+        step.task_type,
+        step.attempt,
+    )
+    if isinstance(task_type, str):
+        return failure(task_type or "unknown task type", permanent=True)
+    try:
+        spec = definition.task(step.task_name)
+    except KeyError:
+        return failure(f"task '{step.task_name}' is not in the flow's definition", permanent=True)
+    left = remaining(execution)
+    if left is not None and left <= 0:
+        return flow_timeout(definition)
+    timeout, source = timeout_for(spec.timeout_seconds, task_type.default_timeout)
+    if left is not None and left < timeout:
+        timeout, source = left, FLOW_TIMEOUT_SOURCE
+    try:
+        parameters = resolve_parameters(step.parameters, task_type, results, execution.input)
+    except ValueError as exc:
+        return failure(str(exc), permanent=True)
+    resolved = parameters if parameters != step.parameters else None
+    try:
+        task = task_type.cls(name=step.task_name, parameters=parameters)
+        task.context = TaskContext(
+            execution_id=str(execution.id),
+            results=Results(results),
+            input=copy.deepcopy(execution.input),
+            attempt=step.attempt,
+            logger=log,
+        )
+    except Exception as exc:
+        outcome = failure(
+            f"could not create task: {type(exc).__name__}: {exc}", trace=tb.format_exc()
+        )
+        outcome.parameters = resolved
+        return outcome
+    finished = threading.Event()
+    started = time.perf_counter()
+    return Flight(
+        step=step,
+        future=loop.submit(run_task(task, timeout, finished)),
+        finished=finished,
+        started=started,
+        timeout=timeout,
+        source=source,
+        hard_deadline=started + timeout + timing.ABANDON_GRACE_SECONDS,
+        log=log,
+        parameters=resolved,
+    )

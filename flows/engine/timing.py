@@ -1,0 +1,21 @@
+"""How often and how long: the engine's intervals, graces and batch sizes.
+
+Read as ``timing.NAME`` where used, so a test can shorten one for the whole engine with
+``monkeypatch.setattr(timing, "WATCH_INTERVAL_SECONDS", 0.05)``.
+"""
+
+# How long past its own timeout a task may keep its thread before it is abandoned: a task
+# that blocks the event loop (time.sleep, CPU loop) cannot be cancelled, only left behind.
+ABANDON_GRACE_SECONDS = 2.0
+# How often the dispatcher looks for cancelled or deleted executions among those in flight
+# (and renews their leases every third of FLOW_LEASE_SECONDS).
+WATCH_INTERVAL_SECONDS = 1.0
+# How often a dispatcher with room looks for newly ready executions besides its job's own: one
+# indexed query, then a claim of the whole batch. Looks that find nothing back off, doubling
+# up to the slower pace, so a worker whose room stays empty does not poll the database 20
+# times a second; one that finds work looks again at the fast pace.
+FILL_INTERVAL_SECONDS = 0.05
+FILL_INTERVAL_MAX_SECONDS = 1.0
+# At most this many finished steps are written in one transaction (SQLite holds its one write
+# lock that long).
+RECORD_BATCH = 50

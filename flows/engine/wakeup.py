@@ -1,0 +1,69 @@
+"""Waking workers: the queue carries only an execution id, and only wakes a worker.
+
+The job it names is ``flows.jobs.run_execution`` (``JOB_FUNC``, stored in queued jobs: keep
+it importable), which calls ``flows.engine.dispatch``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.brokers.orm import ORM
+from django_q.conf import Conf
+from django_q.tasks import async_task
+
+from flows.sql import writes
+
+JOB_FUNC = "flows.jobs.run_execution"
+
+
+@functools.lru_cache(maxsize=4)
+def _broker(pid: int) -> Any:
+    # One broker per process: a fresh Redis broker per enqueue costs ~8x more (DJANGO-Q2.md).
+    return get_broker()
+
+
+class _DelayedOrmBroker(ORM):
+    """The ORM broker, enqueueing a message that stays invisible until ``due``.
+
+    The ORM broker hands out rows whose ``lock`` is in the past (its visibility timeout), so
+    a row written with ``lock = due`` is delivered at ``due``: a retry waits in the database,
+    not in a worker.
+    """
+
+    def __init__(self, due: datetime) -> None:
+        super().__init__(list_key=Conf.CLUSTER_NAME)
+        self.due = due
+
+    def enqueue(self, task: str) -> int:
+        return self.get_connection().create(key=self.list_key, payload=task, lock=self.due).pk
+
+
+def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
+    """Ask a worker to run the execution's PENDING step (at ``at``, if given).
+
+    Call inside the transaction that made the step PENDING. With the ORM broker the queue row
+    is written in that same transaction, so it commits (or rolls back) with the state. With
+    Redis, or in sync mode where the job would run inline, it is sent after the commit; a
+    delayed step is then woken once due by a worker process's DueStepTimer (or the reaper).
+    """
+    delayed = at is not None and at > timezone.now()
+    if delayed and not Conf.ORM:
+        # Redis has no delayed delivery in django-q2: a message now would find nothing due.
+        # Each worker process's DueStepTimer wakes the step once it is due (wake_due).
+        return
+
+    def push() -> None:
+        broker = _DelayedOrmBroker(at) if delayed and Conf.ORM else _broker(os.getpid())
+        async_task(JOB_FUNC, str(execution_id), task_name=f"flow-{execution_id}", broker=broker)
+
+    if Conf.SYNC or not Conf.ORM:
+        writes.on_commit(push)
+    else:
+        push()
