@@ -90,6 +90,7 @@ class ExecutionTrigger(models.TextChoices):
     MANUAL = "manual"
     SCHEDULE = "schedule"
     RERUN = "rerun"
+    PARENT = "parent"  # a parallel branch, a map item or a sub-flow of another execution
 
 
 ACTIVE_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
@@ -239,11 +240,21 @@ class Execution(models.Model):
     # A child execution (a parallel branch, a map item, a sub-flow) belongs to the step of
     # its parent that started it; the parent step waits until its children have ended.
     parent_step = models.ForeignKey(
-        "TaskRun", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+        "TaskRun",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="children",
+        db_index=False,  # the (parent_step, item_index) unique index serves it
     )
     # Where in its flow version's document a branch or map item's tasks are: control task
     # names alternating with branch names ("" for a map's iterator). Empty: the whole flow.
     scope = models.JSONField(default=list, blank=True)
+    # The top execution of a tree of children (null for a top execution itself): inline runs,
+    # lists and purges take a whole tree by it.
+    root = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="descendants"
+    )
     branch = models.CharField(max_length=50, blank=True)
     # Position among its parent step's children: the branch's place, or the map item's.
     item_index = models.PositiveIntegerField(null=True, blank=True)

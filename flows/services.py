@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -17,7 +18,14 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from flows import engine
-from flows.definition import FieldError, FlowDefinition, FlowValidationError, parse_flow, unwrap
+from flows.definition import (
+    FieldError,
+    FlowDefinition,
+    FlowValidationError,
+    check_subflows,
+    parse_flow,
+    unwrap,
+)
 from flows.expressions import ExpressionError
 from flows.models import (
     ACTIVE_STATUSES,
@@ -107,14 +115,33 @@ def validate_flow(document: Any, *, registry: TaskRegistry | None = None) -> Flo
     if size > settings.FLOW_MAX_DOCUMENT_BYTES:
         message = f"the document is {size} bytes; the limit is {settings.FLOW_MAX_DOCUMENT_BYTES}"
         raise InvalidFlow(message, errors=[{"field": "", "message": message}])
+    registry = registry or default_registry()
     try:
-        return parse_flow(
-            document,
-            registry or default_registry(),
-            default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
+        definition = parse_flow(
+            document, registry, default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS
         )
     except FlowValidationError as exc:
         raise InvalidFlow(str(exc), errors=exc.as_list()) from None
+    problems = check_subflows(definition, functools.partial(_stored_definition, registry))
+    if problems:
+        error = FlowValidationError(problems)
+        raise InvalidFlow(str(error), errors=error.as_list())
+    return definition
+
+
+def _stored_definition(registry: TaskRegistry, flow_id: str, version: int | None) -> Any:
+    """A stored flow's definition for a sub-flow call (its current version unless pinned),
+    or why there is none."""
+    versions = FlowVersion.objects.filter(flow_id=flow_id)
+    found = versions.filter(version=version) if version else versions.order_by("-version")
+    row = found.values_list("definition", flat=True).first()
+    if row is None:
+        which = f" version {version}" if version else ""
+        return f"no flow '{flow_id}'{which} is stored; store it before flows that call it"
+    try:
+        return parse_flow(row, registry, default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS)
+    except FlowValidationError:
+        return f"flow '{flow_id}' no longer validates; fix it first"
 
 
 def _normalized(document: Any) -> dict[str, Any]:
@@ -310,8 +337,21 @@ def execution_cancel(*, execution_id: Any) -> Execution:
             ended_at=now,
             current_task="",
         )
+    # Its children (parallel branches, map items, a sub-flow) and theirs stop with it.
+    waiting = list(
+        TaskRun.objects.filter(execution_id=locked.id, waiting__isnull=False).values_list(
+            "pk", flat=True
+        )
+    )
+    children = engine.cancel_children(waiting, why=f"parent execution {locked.id} cancelled")
+    if not running and locked.parent_step_id is not None:
+        # A child that ended here is counted on its parent step, as if its worker ended it.
+        engine.child_ended(locked, ExecutionStatus.CANCELLED, None, now)
     _event(locked.id, "WARNING", "cancel requested")
-    logger.info("execution=%s cancel requested (step running: %s)", locked.id, running)
+    logger.info(
+        "execution=%s cancel requested (step running: %s, children asked: %d)",
+        locked.id, running, children,
+    )  # fmt: skip
     locked.refresh_from_db()
     return locked
 
@@ -369,6 +409,7 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
     run again. The step limit and the flow's timeout start afresh.
     """
     locked = _locked(execution_id)
+    _not_a_child(locked, "redrive")
     if locked.status not in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
         raise Conflict(
             f"execution {locked.id} is {locked.status}; only a FAILED or CANCELLED execution "
@@ -426,6 +467,60 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
     logger.info("execution=%s redriven from %s", locked.id, spec.name)
     locked.refresh_from_db()
     return locked
+
+
+# --- signals ---------------------------------------------------------------------------------
+SIGNAL_DECISIONS = ("approve", "reject")
+
+
+@transaction.atomic
+def execution_signal(
+    *,
+    execution_id: Any,
+    name: str,
+    decision: str = "approve",
+    payload: Any = None,
+    comment: str = "",
+    user: Any = None,
+) -> TaskRun:
+    """Deliver signal ``name`` to the step waiting for it (a ``wait_for_signal`` task): the
+    step becomes due at once and a worker runs it on. Approve: the payload is its result;
+    reject: it fails, and its failure route applies. Returns the step."""
+    if decision not in SIGNAL_DECISIONS:
+        raise ServiceError(
+            "decision must be 'approve' or 'reject'",
+            errors=[{"field": "decision", "message": "must be 'approve' or 'reject'"}],
+        )
+    locked = _locked(execution_id)
+    step = (
+        TaskRun.objects.select_for_update()
+        .filter(execution_id=locked.id, status=TaskRunStatus.PENDING, waiting__kind="signal")
+        .first()
+    )
+    if locked.is_terminal or step is None:
+        raise Conflict(f"execution {locked.id} is {locked.status} and waits for no signal")
+    waiting = dict(step.waiting or {})
+    if waiting.get("name") != name:
+        raise Conflict(
+            f"execution {locked.id} waits for signal '{waiting.get('name')}', not '{name}'"
+        )
+    if waiting.get("signal"):
+        raise Conflict(f"signal '{name}' already came for execution {locked.id}")
+    now = timezone.now()
+    who = getattr(_user(user), "username", "") or ""
+    waiting["signal"] = {
+        "decision": decision,
+        "payload": payload,
+        "comment": comment,
+        "by": who,
+        "at": now.isoformat(),
+    }
+    TaskRun.objects.filter(pk=step.pk).update(waiting=waiting, not_before=None, woken_at=now)
+    engine.wake(locked.id)
+    _event(locked.id, "INFO", f"signal '{name}' ({decision}) from {who or 'someone'}")
+    logger.info("execution=%s signal %s %s by %s", locked.id, name, decision, who)
+    step.waiting, step.not_before, step.woken_at = waiting, None, now
+    return step
 
 
 # --- schedules ---------------------------------------------------------------------------------
@@ -538,6 +633,20 @@ def _locked(execution_id: Any) -> Execution:
     return Execution.objects.select_for_update().select_related("flow_version").get(pk=execution.id)
 
 
+def _not_a_child(execution: Execution, action: str) -> None:
+    """A child execution is its parent's: redriven or deleted with it, not alone (its parent
+    step counts it once, when it ends)."""
+    if execution.parent_step_id is not None:
+        parent = (
+            TaskRun.objects.filter(pk=execution.parent_step_id)
+            .values_list("execution_id", flat=True)
+            .first()
+        )
+        raise Conflict(
+            f"execution {execution.id} is a child of execution {parent}; {action} the parent"
+        )
+
+
 def _deadline(definition: FlowDefinition, now: Any) -> Any:
     if definition.timeout_seconds is None:
         return None
@@ -561,6 +670,7 @@ def execution_delete(*, execution_id: Any) -> None:
     locked = Execution.objects.select_for_update().filter(pk=execution.id).first()
     if locked is None:
         raise NotFound(f"no execution with id '{execution.id}'")
+    _not_a_child(locked, "delete")
     if locked.status in ACTIVE_STATUSES:
         Execution.objects.filter(pk=locked.id).update(cancel_requested=True)
         logger.info("execution=%s cancelled for deletion", locked.id)

@@ -44,14 +44,15 @@ def ready(
     now: datetime, *, exclude: Iterable[uuid.UUID] = (), only: uuid.UUID | None = None
 ) -> QuerySet[TaskRun]:
     """PENDING steps that may run now: their execution active and not pausing, their delay
-    (a retry's) over. ``only``: of that one execution."""
+    (a retry's) over. ``only``: of that one execution and its children."""
     steps = TaskRun.objects.filter(
         status=TaskRunStatus.PENDING,
         execution__status__in=ACTIVE_STATUSES,
         execution__pause_requested=False,
     ).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
     if only is not None:
-        steps = steps.filter(execution_id=only)
+        # An execution and its children (parallel branches, map items, sub-flows).
+        steps = steps.filter(Q(execution_id=only) | Q(execution__root_id=only))
     exclude = list(exclude)
     return steps.exclude(execution_id__in=exclude) if exclude else steps
 

@@ -10,9 +10,11 @@ import time
 import uuid
 from typing import Any
 
+from django.db.models import F, Q
 from django.utils import timezone
 
 from flows.engine.dispatcher import Dispatcher
+from flows.engine.fanout import FOREVER
 from flows.models import ACTIVE_STATUSES, Execution, TaskRun, TaskRunStatus
 from flows.registry import TaskRegistry
 
@@ -23,10 +25,12 @@ def run_inline(
     *,
     sleep: Any = time.sleep,
 ) -> Execution:
-    """Run an execution to its end in this process, waiting out retry delays here.
+    """Run an execution (and its children) to its end in this process, waiting out delays
+    (retries, sleeps) here.
 
-    It returns when the execution ends, pauses, or has nothing left this process can run.
-    Steps the dispatcher hands back to the queue (its step budget spent) run here too.
+    It returns when the execution ends, pauses, waits for something no clock brings (a
+    signal), or has nothing left this process can run. Steps the dispatcher hands back to
+    the queue (its step budget spent) run here too.
     """
     execution_id = uuid.UUID(str(execution_id))
     while True:
@@ -34,9 +38,17 @@ def run_inline(
         execution = Execution.objects.get(pk=execution_id)
         if execution.status not in ACTIVE_STATUSES:
             return execution
-        pending = TaskRun.objects.filter(
-            execution_id=execution.id, status=TaskRunStatus.PENDING
-        ).first()
+        # The next step of the tree a clock will make due: the execution's own or a child's.
+        pending = (
+            TaskRun.objects.filter(
+                Q(execution_id=execution.id) | Q(execution__root_id=execution.id),
+                status=TaskRunStatus.PENDING,
+                execution__status__in=ACTIVE_STATUSES,
+            )
+            .exclude(not_before__gte=FOREVER)
+            .order_by(F("not_before").asc(nulls_first=True))
+            .first()
+        )
         if pending is None:
             return execution
         wait = (pending.not_before - timezone.now()).total_seconds() if pending.not_before else 0.0

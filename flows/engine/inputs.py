@@ -22,13 +22,22 @@ def results_scope(results: dict[str, Any]) -> dict[str, Any]:
     return {name: {"data": value, "status": "SUCCESS"} for name, value in results.items()}
 
 
+def reference_scope(execution: Execution, results: dict[str, Any]) -> dict[str, Any]:
+    """What ``${...}`` references see: results so far, the input and, in a map's iterator,
+    the item."""
+    scope = {"results": results_scope(results), "input": execution.input or {}}
+    if execution.parent_step_id is not None:
+        scope["item"] = execution.item
+    return scope
+
+
 def resolve_parameters(
-    raw: dict[str, Any], task_type: TaskType, results: dict[str, Any], input: Any
+    raw: dict[str, Any], task_type: TaskType, execution: Execution, results: dict[str, Any]
 ) -> dict[str, Any]:
     """The step's parameters with ${...} references filled in, checked against the schema."""
     if not needs_resolving(raw):
         return copy.deepcopy(raw)
-    scope = {"results": results_scope(results), "input": input or {}}
+    scope = reference_scope(execution, results)
     resolved = copy.deepcopy(resolve(raw, scope))
     errors = list(
         jsonschema.Draft202012Validator(task_type.parameters_schema).iter_errors(resolved)
@@ -66,7 +75,8 @@ def flow_definition(
         if len(_definitions) >= 256:
             _definitions.clear()
         _definitions[key] = definition
-    return definition
+    # A parallel branch or a map item runs the tasks at its scope in the document.
+    return definition.scope(execution.scope) if execution.scope else definition
 
 
 def results_so_far(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:

@@ -12,6 +12,7 @@ import logging
 import time
 import traceback as tb
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -21,7 +22,7 @@ from flows.definition import FlowDefinition
 from flows.engine import timing
 from flows.engine.taskloop import StepTimeout
 from flows.models import Execution, TaskRunStatus
-from tasks.base_task import PermanentTaskError, Results
+from tasks.base_task import PermanentTaskError, Results, Waiting
 
 if TYPE_CHECKING:
     from flows.engine.step import Flight
@@ -43,6 +44,11 @@ class StepOutcome:
     permanent: bool = False  # no retry will fix it (PermanentTaskError, a bad reference, ...)
     flow_timed_out: bool = False  # the flow's own timeout_seconds ran out
     parameters: dict[str, Any] | None = None  # as resolved for this run
+    # The step waits in the database (status PENDING): what for, and until when (None: until
+    # something makes it due: a signal, its children). ``fanout``: the children it starts.
+    waiting: dict[str, Any] | None = None
+    wait_until: datetime | None = None
+    fanout: Any = None  # a fanout.Plan
 
 
 def failure(
@@ -60,6 +66,20 @@ def failure(
         traceback=trace,
         duration=duration,
         log_lines=list(lines),
+    )
+
+
+def waiting(
+    state: dict[str, Any], until: datetime | None, *, duration: float = 0.0, lines: Any = ()
+) -> StepOutcome:
+    """The step goes back to wait in the database, holding no worker, until ``until`` (or
+    until something makes it due when None)."""
+    return StepOutcome(
+        TaskRunStatus.PENDING,
+        duration=duration,
+        log_lines=list(lines),
+        waiting=state,
+        wait_until=until,
     )
 
 
@@ -129,6 +149,8 @@ def _outcome_of(flight: Flight, definition: FlowDefinition) -> StepOutcome:
         )
     except concurrent.futures.CancelledError:
         return failure("task was cancelled", duration=duration, lines=lines)
+    except Waiting as wait:
+        return waiting(wait.state, wait.until, duration=duration, lines=lines)
     except Exception as exc:
         return failure(
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,

@@ -46,10 +46,7 @@ def run_again(step: TaskRun, *, why: str, event: str, now: datetime, **held: Any
         if taken != 1:
             return False
         if execution.cancel_requested:
-            end_execution(
-                execution.id, ExecutionStatus.CANCELLED, "cancelled by request",
-                execution.steps_taken, now,
-            )  # fmt: skip
+            end_execution(execution, ExecutionStatus.CANCELLED, "cancelled by request", now)
             return True
         TaskRun.objects.create(
             execution_id=step.execution_id,
@@ -129,7 +126,7 @@ def reap(limit: int = 500) -> dict[str, int]:
             TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.PENDING).update(
                 status=TaskRunStatus.CANCELLED, ended_at=now, error=f"{error} before it ran"
             )
-            end_execution(eid, ExecutionStatus.FAILED, error, execution.steps_taken, now)
+            end_execution(execution, ExecutionStatus.FAILED, error, now)
             ExecutionEvent.objects.create(
                 execution_id=eid, created_at=now, level="ERROR", message=error
             )

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import F
 from django.utils import timezone
 
+from flows.engine import fanout
 from flows.engine.outcome import flow_timeout, remaining
 from flows.engine.routing import Finished
 from flows.engine.wakeup import wake
@@ -53,9 +55,12 @@ def ending(status: str, error: str, steps_taken: int, now: datetime) -> dict[str
     }
 
 
-def end_execution(eid: uuid.UUID, status: str, error: str, steps_taken: int, now: datetime) -> None:
-    """End one execution (outside the step path: the reaper's)."""
-    writes.update_rows(Execution, {eid: ending(status, error, steps_taken, now)})
+def end_execution(execution: Execution, status: str, error: str, now: datetime) -> None:
+    """End one execution outside the step path (the reaper's), counting it on its parent
+    step when it is a child."""
+    writes.update_rows(Execution, {execution.id: ending(status, error, execution.steps_taken, now)})
+    if execution.parent_step_id is not None:
+        fanout.child_ended(execution, status, None, now)
 
 
 def write(
@@ -89,6 +94,8 @@ def write(
     closes: dict[int, dict[str, Any]] = {}
     ends: dict[uuid.UUID, dict[str, Any]] = {}
     paused: list[uuid.UUID] = []
+    waits: list[uuid.UUID] = []
+    children_ended: list[tuple[Execution, str, Any]] = []
     routes: list[tuple[uuid.UUID, str]] = []
     next_steps: list[TaskRun | None] = []
     for finished in batch:
@@ -103,6 +110,12 @@ def write(
         left = remaining(execution)
         if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
             final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
+        elif plan.wait:
+            waits.append(eid)
+            _wait(finished, me, now, closes, paused if pause_requested else None)
+            routes.append((eid, plan.why))
+            inserts.events.extend(_events(eid, step, now, finished.events))
+            continue
         elif not final and left is not None and left <= plan.delay:
             # A retry that would be due too late.
             timeout = flow_timeout(definition)
@@ -116,7 +129,10 @@ def write(
         route = f"{why} -> {f'execution {final}' if final else plan.target}"
         routes.append((eid, route))
         closes[step.pk] = {
-            "status": outcome.status,
+            # A step that was about to wait, cancelled meanwhile, ends CANCELLED.
+            "status": TaskRunStatus.CANCELLED
+            if outcome.status == TaskRunStatus.PENDING
+            else outcome.status,
             "result": outcome.result,
             "error": outcome.error,
             "traceback": outcome.traceback,
@@ -132,6 +148,10 @@ def write(
         events = list(finished.events)
         if final:
             ends[eid] = ending(final, error, int(steps_taken), now)
+            if execution.parent_step_id is not None:
+                # A child's output is what its parent step gathers (fanout.join).
+                ends[eid]["result"] = outcome.result if final == ExecutionStatus.COMPLETED else None
+                children_ended.append((execution, final, definition))
             level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
             events.append((level.get(final, "ERROR"), route))
         else:
@@ -165,12 +185,7 @@ def write(
                 wake(eid, at=due)
             else:
                 next_steps[-1] = next_step
-        inserts.events.extend(
-            ExecutionEvent(
-                execution_id=eid, task_run_id=step.pk, created_at=now, level=lvl, message=msg
-            )
-            for lvl, msg in events
-        )
+        inserts.events.extend(_events(eid, step, now, events))
     closed = writes.update_rows(TaskRun, closes, status=TaskRunStatus.RUNNING, worker=me)
     if closed != len(closes):
         if len(batch) == 1:
@@ -182,10 +197,61 @@ def write(
     writes.update_rows(Execution, ends)
     if paused:
         Execution.objects.filter(pk__in=paused).update(status=ExecutionStatus.PAUSED)
+    if waits:
+        # A step that waits runs again later: it counts once against max_steps, not per run.
+        Execution.objects.filter(pk__in=waits).update(steps_taken=F("steps_taken") - 1)
+        for finished in batch:
+            plan = finished.outcome.fanout
+            if plan is not None and finished.execution.id in waits:
+                fanout.create(plan, finished.execution, finished.step, now)
+    for child, final, definition in children_ended:
+        fanout.child_ended(child, final, definition, now)
     inserts.save()
     for eid, route in routes:
         logger.info("execution=%s route: %s", eid, route)
     return next_steps
+
+
+def _events(
+    eid: uuid.UUID, step: TaskRun, now: datetime, events: list[tuple[str, str]]
+) -> list[ExecutionEvent]:
+    return [
+        ExecutionEvent(
+            execution_id=eid, task_run_id=step.pk, created_at=now, level=lvl, message=msg
+        )
+        for lvl, msg in events
+    ]
+
+
+def _wait(
+    finished: Finished,
+    me: str,
+    now: datetime,
+    closes: dict[int, dict[str, Any]],
+    paused: list[uuid.UUID] | None,
+) -> None:
+    """The step goes back to PENDING to wait in the database, its worker let go: until its
+    time (a sleep, a signal's timeout), or until something makes it due (FOREVER: a signal,
+    its children). The reaper and the due-step timer leave it alone until then."""
+    outcome, step, eid = finished.outcome, finished.step, finished.execution.id
+    until = outcome.wait_until
+    closes[step.pk] = {
+        "status": TaskRunStatus.PENDING,
+        "worker": "",
+        "lease_expires_at": None,
+        "duration": outcome.duration,
+        "waiting": outcome.waiting,
+        "not_before": until or fanout.FOREVER,
+        "woken_at": until or fanout.FOREVER,
+        "route": finished.plan.why[:300],
+    }
+    if outcome.parameters is not None:
+        closes[step.pk]["parameters"] = outcome.parameters
+    if paused is not None:
+        paused.append(eid)
+    elif until is not None:
+        wake(eid, at=until)
+    logger.info("execution=%s step=%s %s", eid, step.seq, finished.plan.why)
 
 
 def write_alone(

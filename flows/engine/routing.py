@@ -31,6 +31,7 @@ class Plan:
     attempt: int = 1  # of the next step
     delay: float = 0.0  # seconds the next step waits (a retry's delay)
     noteworthy: bool = False  # worth a line in the execution's log
+    wait: bool = False  # the step waits in the database and runs again later
 
 
 @dataclass
@@ -61,12 +62,26 @@ def decide(
     if outcome.error:
         events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
     logger.log(
-        logging.INFO if outcome.status == TaskRunStatus.SUCCESS else logging.WARNING,
+        logging.INFO
+        if outcome.status in (TaskRunStatus.SUCCESS, TaskRunStatus.PENDING)
+        else logging.WARNING,
         "execution=%s step=%s task=%s attempt=%s ended %s in %.3fs%s",
         execution.id, step.seq, step.task_name, step.attempt, outcome.status,
         outcome.duration, f": {outcome.error}" if outcome.error else "",
     )  # fmt: skip
     return Finished(execution, definition, step, outcome, decided, events)
+
+
+def _waiting_for(outcome: StepOutcome) -> str:
+    state = outcome.waiting or {}
+    if state.get("kind") == "signal":
+        what = f"signal '{state.get('name')}'"
+    elif state.get("kind") == "children":
+        what = f"its {state.get('for', 'child')} children"
+    else:
+        what = "its time"
+    until = f" until {outcome.wait_until.isoformat()}" if outcome.wait_until else ""
+    return f"waiting for {what}{until}"
 
 
 def plan(
@@ -85,6 +100,8 @@ def plan(
         return Plan(final=ExecutionStatus.CANCELLED, error="cancelled by request", why="cancelled")
     if definition is None or outcome.flow_timed_out:
         return Plan(final=ExecutionStatus.FAILED, error=outcome.error, why=outcome.error)
+    if outcome.waiting is not None:
+        return Plan(target=step.task_name, why=_waiting_for(outcome), wait=True)
     succeeded = outcome.status == TaskRunStatus.SUCCESS
     spec = definition.task(step.task_name)
     if succeeded:

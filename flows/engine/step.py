@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 
 from flows.definition import FlowDefinition
-from flows.engine import timing
+from flows.engine import fanout, timing
 from flows.engine.inputs import resolve_parameters
 from flows.engine.outcome import (
     FLOW_TIMEOUT_SOURCE,
@@ -85,12 +85,17 @@ def start(
         step.task_type,
         step.attempt,
     )
-    if isinstance(task_type, str):
-        return failure(task_type or "unknown task type", permanent=True)
     try:
         spec = definition.task(step.task_name)
     except KeyError:
         return failure(f"task '{step.task_name}' is not in the flow's definition", permanent=True)
+    if spec.is_control:
+        # Parallel, map, sub-flow: no task code; the step starts children, or ends from them.
+        if (step.waiting or {}).get("kind") == fanout.WAITING_FOR_CHILDREN:
+            return fanout.join(execution, step)
+        return fanout.begin(execution, definition, step, spec, results)
+    if isinstance(task_type, str):
+        return failure(task_type or "unknown task type", permanent=True)
     left = remaining(execution)
     if left is not None and left <= 0:
         return flow_timeout(definition)
@@ -98,7 +103,7 @@ def start(
     if left is not None and left < timeout:
         timeout, source = left, FLOW_TIMEOUT_SOURCE
     try:
-        parameters = resolve_parameters(step.parameters, task_type, results, execution.input)
+        parameters = resolve_parameters(step.parameters, task_type, execution, results)
     except ValueError as exc:
         return failure(str(exc), permanent=True)
     resolved = parameters if parameters != step.parameters else None
@@ -110,6 +115,7 @@ def start(
             input=copy.deepcopy(execution.input),
             attempt=step.attempt,
             logger=log,
+            waiting=copy.deepcopy(step.waiting),
         )
     except Exception as exc:
         outcome = failure(

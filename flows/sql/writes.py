@@ -214,7 +214,7 @@ def _commit(lean: _Lean) -> None:
         if parts:
             cursor.nextset()
         for _, _, then in statements:
-            then(cursor.fetchall())
+            then(cursor.fetchall() if cursor.description else [])
             cursor.nextset()
 
 
@@ -322,24 +322,25 @@ def update_rows(
 
 @functools.lru_cache(maxsize=64)
 def _insert_sql(model: type[Model], vendor: str, rows: int) -> tuple[str, tuple[Field, ...]]:
-    """The text of an ``insert_rows`` statement for ``rows`` rows, and the fields it writes."""
+    """The text of an ``insert_rows`` statement for ``rows`` rows, and the fields it writes:
+    an auto primary key comes back (``RETURNING``); any other is written as given."""
     meta, quote = model._meta, _db().ops.quote_name
-    if meta.pk.get_internal_type() not in AUTO_KEYS:  # built once per shape: checked always
-        raise rules.SqlRuleError(f"insert_rows needs an auto primary key, not {meta.pk!r}")
-    fields = tuple(f for f in meta.concrete_fields if f is not meta.pk)
+    auto = meta.pk.get_internal_type() in AUTO_KEYS
+    fields = tuple(f for f in meta.concrete_fields if f is not meta.pk or not auto)
     row = f"({', '.join(['%s'] * len(fields))})"
+    returning = f" RETURNING {quote(meta.pk.column)}" if auto else ""
     sql = (
         f"INSERT INTO {quote(meta.db_table)} "  # noqa: S608
         f"({', '.join(quote(f.column) for f in fields)}) "
-        f"VALUES {', '.join([row] * rows)} RETURNING {quote(meta.pk.column)}"
+        f"VALUES {', '.join([row] * rows)}{returning}"
     )
     return sql, fields
 
 
 def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool = False) -> None:
-    """``INSERT`` unsaved instances of a model with an auto primary key in one statement (or a
-    few, for very many), and set their primary keys (``RETURNING``, in the order given, as
-    Django's bulk_create relies on for both databases).
+    """``INSERT`` unsaved instances of a model in one statement (or a few, for very many). An
+    auto primary key is set on them (``RETURNING``, in the order given, as Django's
+    bulk_create relies on for both databases); any other (a UUID) must be set already.
 
     ``after_commit``: the keys are not needed before the transaction commits, so inside
     ``atomic`` on PostgreSQL the statement goes out with the COMMIT (one round trip less);
@@ -350,14 +351,18 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
         return
     db = _db()
     pk = model._meta.pk
+    auto = pk.get_internal_type() in AUTO_KEYS
+    if not auto and any(getattr(obj, pk.attname) is None for obj in objs):
+        raise rules.SqlRuleError(f"insert_rows: set {model.__name__}.{pk.attname} first")
     lean: _Lean | None = getattr(_state, "lean", None)
     defer = after_commit and lean is not None and lean.multi and not _watched(db)
-    per_statement = max(1, MAX_PARAMETERS // (len(model._meta.concrete_fields) - 1))
+    width = len(model._meta.concrete_fields) - (1 if auto else 0)
+    per_statement = max(1, MAX_PARAMETERS // width)
     for start in range(0, len(objs), per_statement):
         chunk = objs[start : start + per_statement]
         sql, fields = _insert_sql(model, db.vendor, len(chunk))
         params = [prep(f, f.pre_save(obj, add=True), db) for obj in chunk for f in fields]
-        then = functools.partial(_set_keys, chunk, pk.attname, db.alias)
+        then = functools.partial(_set_keys, chunk, pk.attname if auto else "", db.alias)
         if defer:
             lean.deferred.append((sql, params, then))  # type: ignore[union-attr]
         else:
@@ -365,7 +370,10 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
 
 
 def _set_keys(objs: list[Model], attname: str, alias: str, rows: list[Any]) -> None:
-    for obj, (key,) in zip(objs, rows, strict=True):
-        setattr(obj, attname, key)
+    """Mark the inserted instances saved; ``attname``: set the auto keys that came back."""
+    if attname:
+        for obj, (key,) in zip(objs, rows, strict=True):
+            setattr(obj, attname, key)
+    for obj in objs:
         obj._state.adding = False
         obj._state.db = alias
