@@ -56,7 +56,7 @@ def parse_reference(text: str) -> Reference:
         parts += [int(i) for i in re.findall(r"\[(\d+)\]", match.group(2))]
     root, path = str(parts[0]), tuple(parts[1:])
     if root not in ROOTS:
-        raise ResolveError(f"'${{{text}}}' must start with results., input. or item")
+        raise ResolveError(f"'${{{text}}}' must start with results. or input. (or item, in a map)")
     if root == "results" and (not path or not isinstance(path[0], str)):
         raise ResolveError(f"'${{{text}}}' must name a task: ${{results.<task>.data...}}")
     return Reference(text, root, path)
