@@ -79,14 +79,22 @@ STEP = {
     "started_at": "2026-11-28T08:00:00.060000Z",
     "ended_at": "2026-11-28T08:00:00.561000Z",
     "duration": 0.501,
+    "id": 101,
+    "waiting": None,
+    "children": None,
 }
 EXECUTION = {
     **EXECUTION_ROW,
+    "parent": None,
+    "root": None,
+    "branch": "",
+    "item_index": None,
     "steps": [
         STEP,
         {
             **STEP,
             "seq": 2,
+            "id": 102,
             "task_name": "task2",
             "task_type": "process_data",
             "result": {"message": "Processed 3 records"},
@@ -96,6 +104,10 @@ EXECUTION = {
 }
 QUEUED = {
     **EXECUTION_ROW,
+    "parent": None,
+    "root": None,
+    "branch": "",
+    "item_index": None,
     "status": "QUEUED",
     "current_task": "task1",
     "steps_taken": 0,
@@ -155,4 +167,23 @@ SCHEDULE = {
     "input": {"region": "eu"},
     "next_run": "2026-11-28T08:15:00+00:00",
     "updated_at": AT,
+}
+
+SIGNALLED_STEP = {
+    **STEP,
+    "task_name": "approve",
+    "task_type": "wait_for_signal",
+    "status": "PENDING",
+    "parameters": {"signal": "deploy", "prompt": "Ship 1.2 to production?"},
+    "result": None,
+    "route": "waiting for signal 'deploy'",
+    "ended_at": None,
+    "duration": None,
+    "waiting": {
+        "kind": "signal",
+        "signal": "deploy",
+        "prompt": "Ship 1.2 to production?",
+        "until": None,
+        "received": True,
+    },
 }

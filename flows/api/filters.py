@@ -51,7 +51,33 @@ class ExecutionFilter(django_filters.FilterSet):
     )
     created_after = _created("created_after", "gte", "Created at or after this ISO 8601 time.")
     created_before = _created("created_before", "lt", "Created before this ISO 8601 time.")
+    parent = django_filters.UUIDFilter(
+        method="_children",
+        help_text="The child executions of this execution (its parallel branches, map items "
+        "and sub-flows), in item order. Without `parent` or `step` the list holds top-level "
+        "executions only.",
+    )
+    step = django_filters.NumberFilter(
+        method="_children",
+        min_value=1,
+        max_value=2**63 - 1,
+        help_text="The child executions of this control step (a step's `id`), in item order.",
+    )
 
     class Meta:
         model = Execution
-        fields = ["status", "flow", "trigger", "created_after", "created_before"]
+        fields = [
+            "status",
+            "flow",
+            "trigger",
+            "created_after",
+            "created_before",
+            "parent",
+            "step",
+        ]
+
+    def _children(self, queryset: QuerySet, name: str, value: Any) -> QuerySet:
+        # Without either, the list holds top-level executions (ExecutionViewSet.get_queryset).
+        if name == "parent":
+            return queryset.filter(parent_step__execution_id=value)
+        return queryset.filter(parent_step_id=int(value))

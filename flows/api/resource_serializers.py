@@ -8,7 +8,17 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from flows.api.serializers import FieldErrorSerializer
-from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
+from flows.definition import CONTROL_TYPES
+from flows.models import (
+    API_LIST_FIELDS,
+    Execution,
+    ExecutionEvent,
+    FanOut,
+    Flow,
+    FlowVersion,
+    TaskRun,
+    TaskRunStatus,
+)
 
 # The flow document, for the OpenAPI schema only: definition.py is the one that checks it, and
 # it reports every problem with its field path (a 400 with ``errors``).
@@ -164,9 +174,102 @@ class ExecutionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class WaitingSerializer(serializers.Serializer):
+    """What an open step waits for in the database (``TaskRun.waiting``), for people."""
+
+    kind = serializers.ChoiceField(
+        choices=["signal", "until", "children"],
+        help_text="signal: a wait_for_signal step; until: a sleep (or a timed wait); "
+        "children: a parallel, map or subflow step waiting for its children.",
+    )
+    signal = serializers.CharField(
+        allow_null=True, help_text="The signal name it waits for (kind signal)."
+    )
+    prompt = serializers.CharField(allow_blank=True, help_text="What the approver is asked.")
+    until = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When the wait ends by itself: a sleep's end, a signal's timeout; null: never.",
+    )
+    received = serializers.BooleanField(
+        help_text="A signal came; the step runs on as soon as a worker picks it up."
+    )
+
+
+class ChildrenSerializer(serializers.Serializer):
+    """The children of a parallel, map or subflow step, counted as they end (``FanOut``)."""
+
+    kind = serializers.CharField(help_text="parallel, map or subflow")
+    total = serializers.IntegerField()
+    started = serializers.IntegerField(
+        help_text="Children started so far (a map starts at most max_concurrency at once)."
+    )
+    done = serializers.IntegerField(help_text="Children that ended, failed ones included.")
+    failed = serializers.IntegerField()
+    url = serializers.CharField(help_text="The API list of these children, in item order.")
+
+
+def waiting_of(step: TaskRun) -> dict[str, Any] | None:
+    """``step.waiting`` as the API shows it, or None when the step waits for nothing now."""
+    state = step.waiting
+    if step.status != TaskRunStatus.PENDING or not isinstance(state, dict):
+        return None
+    kind = state.get("kind")
+    if kind == "signal":
+        until = state.get("timeout_at")
+    elif kind == "until":
+        until = state.get("until")
+    else:
+        until = None
+    return {
+        "kind": kind,
+        "signal": state.get("name") if kind == "signal" else None,
+        "prompt": str(state.get("prompt") or ""),
+        "until": until,
+        "received": bool(state.get("signal")),
+    }
+
+
+def children_of(step: TaskRun) -> dict[str, Any] | None:
+    """A control step's FanOut counts and where its children are listed, else None.
+
+    Only control steps are looked at, and the detail's queryset joins ``fanout`` to its steps
+    (``select_related``), so this costs no query per step."""
+    if step.task_type not in CONTROL_TYPES:
+        return None
+    try:
+        fanout = step.fanout
+    except FanOut.DoesNotExist:
+        return None  # not started yet, or it failed before fanning out
+    return {
+        "kind": fanout.kind,
+        "total": fanout.total,
+        "started": fanout.started,
+        "done": fanout.done,
+        "failed": fanout.failed,
+        "url": f"/api/executions/?step={step.pk}",
+    }
+
+
 class StepSerializer(serializers.ModelSerializer):
     parameters = serializers.DictField(read_only=True)
     result = serializers.JSONField(read_only=True, allow_null=True)
+    id = serializers.IntegerField(
+        read_only=True, help_text="The step's id: `?step=<id>` lists a control step's children."
+    )
+    waiting = serializers.SerializerMethodField(
+        help_text="What the open step waits for (a signal, a time, its children); else null."
+    )
+    children = serializers.SerializerMethodField(
+        help_text="A parallel, map or subflow step: its children's counts; else null."
+    )
+
+    @extend_schema_field(WaitingSerializer(allow_null=True))
+    def get_waiting(self, step: TaskRun) -> dict[str, Any] | None:
+        return waiting_of(step)
+
+    @extend_schema_field(ChildrenSerializer(allow_null=True))
+    def get_children(self, step: TaskRun) -> dict[str, Any] | None:
+        return children_of(step)
 
     class Meta:
         model = TaskRun
@@ -185,16 +288,73 @@ class StepSerializer(serializers.ModelSerializer):
             "started_at",
             "ended_at",
             "duration",
+            "id",
+            "waiting",
+            "children",
         ]
         read_only_fields = fields
 
 
+class ParentSerializer(serializers.Serializer):
+    execution = serializers.UUIDField(help_text="The parent execution.")
+    seq = serializers.IntegerField(help_text="The parent's step that started this child.")
+    task_name = serializers.CharField()
+
+
 class ExecutionDetailSerializer(ExecutionSerializer):
+    parent = serializers.SerializerMethodField(
+        help_text="A child execution (a parallel branch, a map item, a sub-flow): the parent "
+        "execution and its step that started it; null for a top-level execution."
+    )
+    root = serializers.UUIDField(
+        source="root_id",
+        read_only=True,
+        allow_null=True,
+        help_text="The top execution of this child's tree; null for a top-level execution.",
+    )
     steps = StepSerializer(many=True, read_only=True, help_text="Every step in run order.")
 
     class Meta(ExecutionSerializer.Meta):
-        fields = [*ExecutionSerializer.Meta.fields, "steps"]
+        tree = ["parent", "root", "branch", "item_index"]
+        fields = [*ExecutionSerializer.Meta.fields, *tree, "steps"]
         read_only_fields = fields
+        extra_kwargs = {
+            "branch": {"help_text": "A parallel branch's name; empty otherwise."},
+            "item_index": {"help_text": "Its place among its parent step's children."},
+        }
+
+    @extend_schema_field(ParentSerializer(allow_null=True))
+    def get_parent(self, execution: Execution) -> dict[str, Any] | None:
+        if execution.parent_step_id is None:
+            return None
+        step = execution.parent_step  # joined by the detail's queryset
+        return {"execution": step.execution_id, "seq": step.seq, "task_name": step.task_name}
+
+
+class SignalSerializer(serializers.Serializer):
+    """A signal for the step of the execution that waits for it (a wait_for_signal task)."""
+
+    name = serializers.CharField(
+        max_length=100, help_text="The signal the step waits for (its `signal` parameter)."
+    )
+    decision = serializers.ChoiceField(
+        choices=["approve", "reject"],
+        default="approve",
+        help_text="approve: the payload becomes the step's result; reject: the step fails and "
+        "its failure route applies.",
+    )
+    payload = serializers.JSONField(
+        required=False, default=None, help_text="Any JSON; an object is the step's result."
+    )
+    comment = serializers.CharField(
+        required=False, default="", allow_blank=True, max_length=2000,
+        help_text="Why; shown in a rejected step's error and the execution's log.",
+    )  # fmt: skip
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if _has_nul(data.get("payload")) or _has_nul(data.get("comment")):
+            raise serializers.ValidationError("must not contain NUL (\\u0000) characters")
+        return data
 
 
 class EventsQuerySerializer(serializers.Serializer):

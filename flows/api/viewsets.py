@@ -35,6 +35,7 @@ from rest_framework.response import Response
 from flows import services
 from flows.api import examples as ex
 from flows.api import permissions as perms
+from flows.api import tree
 from flows.api.filters import ExecutionFilter
 from flows.api.resource_serializers import (
     FLOW_DOCUMENT_SCHEMA,
@@ -49,12 +50,14 @@ from flows.api.resource_serializers import (
     FlowVersionSerializer,
     FlowWrittenSerializer,
     ScheduleSerializer,
+    SignalSerializer,
     StartExecutionSerializer,
+    StepSerializer,
     TaskTypeSerializer,
     ValidationReportSerializer,
 )
 from flows.api.schema import READ, WRITE, error_responses
-from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion
+from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion, TaskRun
 from flows.registry import default_registry
 
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -345,9 +348,7 @@ class FlowViewSet(
             idempotency_key=idempotency_key(request),
             request_fingerprint=services.body_fingerprint(request.data),
         )
-        data = ExecutionDetailSerializer(
-            Execution.objects.for_api_detail().get(pk=execution.pk)
-        ).data
+        data = ExecutionDetailSerializer(tree.for_api_detail().get(pk=execution.pk)).data
         return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     # -- the flow's cron schedule -----------------------------------------------------------
@@ -406,8 +407,10 @@ class FlowViewSet(
 @extend_schema_view(
     list=extend_schema(
         summary="List executions",
-        description="Newest first by default; order by created_at, started_at, ended_at or "
-        "status (prefix - for descending). 50 per page (`page_size` up to 200).",
+        description="Top-level executions, newest first by default; order by created_at, "
+        "started_at, ended_at or status (prefix - for descending). 50 per page (`page_size` up "
+        "to 200). `?parent=<execution id>` lists that execution's children (parallel branches, "
+        "map items, sub-flows) and `?step=<step id>` one control step's, in item order.",
         responses={200: ExecutionSerializer(many=True), **error_responses(400, 401, 403, 404)},
         examples=[ex.answer("Executions", ex.EXECUTION_ROW)],
     ),
@@ -431,9 +434,10 @@ class ExecutionViewSet(
     filter_backends = [DjangoFilterBackend, OrderingFilter]
     filterset_class = ExecutionFilter
     ordering_fields = ["created_at", "started_at", "ended_at", "status"]
-    ordering = ["-created_at"]
     lookup_value_regex = "[^/]+"
     action_permissions = {
+        # Signalling moves an execution on, as resuming does: operators, editors and admins.
+        "signal": perms.START_EXECUTIONS,
         "list": perms.VIEW_EXECUTIONS,
         "retrieve": perms.VIEW_EXECUTIONS,
         "events": perms.VIEW_EXECUTIONS,
@@ -444,20 +448,28 @@ class ExecutionViewSet(
         "rerun": perms.START_EXECUTIONS,
     }
 
+    @property
+    def ordering(self) -> list[str]:
+        """Newest first; a list of children in item order (their parent step, then place)."""
+        params = getattr(getattr(self, "request", None), "query_params", {})
+        if "parent" in params or "step" in params:
+            return ["parent_step_id", "item_index"]
+        return ["-created_at"]
+
     def get_queryset(self) -> QuerySet[Execution]:
         if not _can(self.request, perms.VIEW_EXECUTIONS):
             return Execution.objects.none()
         if self.action == "list":
-            return Execution.objects.for_api_list()
-        if self.action == "events":
+            return tree.listing(tree.for_api_list(), self.request.query_params)
+        if self.action in ("events", "signal"):
             return Execution.objects.only("id", "status")
-        return Execution.objects.for_api_detail()
+        return tree.for_api_detail()
 
     def get_serializer_class(self) -> type:
         return ExecutionSerializer if self.action == "list" else ExecutionDetailSerializer
 
     def _detail(self, execution: Execution, http_status: int = status.HTTP_200_OK) -> Response:
-        fresh = Execution.objects.for_api_detail().get(pk=execution.pk)
+        fresh = tree.for_api_detail().get(pk=execution.pk)
         return Response(ExecutionDetailSerializer(fresh).data, status=http_status)
 
     @extend_schema(
@@ -525,6 +537,41 @@ class ExecutionViewSet(
         execution = self.get_object()
         rerun = services.execution_rerun(execution_id=execution.id, user=request.user)
         return self._detail(rerun, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Send a signal to the step waiting for it: approve or reject",
+        description="For a `wait_for_signal` step (a child execution's too: signal the child). "
+        "Approve: `payload` becomes the step's result; reject: the step fails and its failure "
+        "route applies. The step becomes due at once; the answer is the step, still PENDING "
+        "with `waiting.received` true until a worker runs it on. 409 when the execution waits "
+        "for no signal, for another one, or the signal already came. Needs the permission "
+        "`flows.start_execution` (operator, editor, admin).",
+        request=SignalSerializer,
+        responses={200: StepSerializer, **error_responses(*WRITE, 404, 409)},
+        examples=[
+            OpenApiExample(
+                "Approve",
+                value={"name": "deploy", "decision": "approve", "payload": {"version": "1.2"}},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Reject",
+                value={"name": "deploy", "decision": "reject", "comment": "not on a Friday"},
+                request_only=True,
+            ),
+            ex.answer("Signalled", ex.SIGNALLED_STEP),
+        ],
+    )
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def signal(self, request: Request, pk: str) -> Response:
+        execution = self.get_object()
+        body = SignalSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        step = services.execution_signal(
+            execution_id=execution.id, user=request.user, **body.validated_data
+        )
+        fresh = TaskRun.objects.select_related("fanout").get(pk=step.pk)
+        return Response(StepSerializer(fresh).data)
 
     @extend_schema(
         summary="Log lines of an execution after a seq, for live tails",
