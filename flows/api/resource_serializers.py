@@ -8,17 +8,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from flows.api.serializers import FieldErrorSerializer
-from flows.definition import CONTROL_TYPES
-from flows.models import (
-    API_LIST_FIELDS,
-    Execution,
-    ExecutionEvent,
-    FanOut,
-    Flow,
-    FlowVersion,
-    TaskRun,
-    TaskRunStatus,
-)
+from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
+from flows.waiting import fanout_of, waiting_of
 
 # The flow document, for the OpenAPI schema only: definition.py is the one that checks it, and
 # it reports every problem with its field path (a 400 with ``errors``).
@@ -208,38 +199,11 @@ class ChildrenSerializer(serializers.Serializer):
     url = serializers.CharField(help_text="The API list of these children, in item order.")
 
 
-def waiting_of(step: TaskRun) -> dict[str, Any] | None:
-    """``step.waiting`` as the API shows it, or None when the step waits for nothing now."""
-    state = step.waiting
-    if step.status != TaskRunStatus.PENDING or not isinstance(state, dict):
-        return None
-    kind = state.get("kind")
-    if kind == "signal":
-        until = state.get("timeout_at")
-    elif kind == "until":
-        until = state.get("until")
-    else:
-        until = None
-    return {
-        "kind": kind,
-        "signal": state.get("name") if kind == "signal" else None,
-        "prompt": str(state.get("prompt") or ""),
-        "until": until,
-        "received": bool(state.get("signal")),
-    }
-
-
 def children_of(step: TaskRun) -> dict[str, Any] | None:
-    """A control step's FanOut counts and where its children are listed, else None.
-
-    Only control steps are looked at, and the detail's queryset joins ``fanout`` to its steps
-    (``select_related``), so this costs no query per step."""
-    if step.task_type not in CONTROL_TYPES:
+    """A control step's children counts and the API list of them, else None."""
+    fanout = fanout_of(step)
+    if fanout is None:
         return None
-    try:
-        fanout = step.fanout
-    except FanOut.DoesNotExist:
-        return None  # not started yet, or it failed before fanning out
     return {
         "kind": fanout.kind,
         "total": fanout.total,

@@ -4,6 +4,10 @@ Edges come from ``FlowDefinition.route``, the engine's own routing, so the pictu
 disagree with what runs. A stored document is drawn even when it no longer validates (a task
 type has disappeared): drawing needs only the names and the conditions, not the registry.
 Layouts depend only on the document, so they are cached per process.
+
+Control tasks are drawn by kind: a ``parallel`` task as a wide box with one lane per branch,
+side by side, each listing its tasks; a ``map`` as one node "map over <items>"; a ``subflow``
+naming the flow it calls. The counts of an execution's children are added by the page.
 """
 
 from __future__ import annotations
@@ -19,15 +23,54 @@ from grandalf.graphs import Edge, Graph, Vertex
 from grandalf.layouts import SugiyamaLayout
 from grandalf.routing import EdgeViewer, route_with_lines
 
-from flows.definition import END, ConditionSpec, FlowDefinition, TaskSpec, unwrap
+from flows.definition import (
+    END,
+    MAP,
+    PARALLEL,
+    SUBFLOW,
+    ConditionSpec,
+    FlowDefinition,
+    TaskSpec,
+    unwrap,
+)
 
 NODE_W, NODE_H = 184, 48
 END_W, END_H = 72, 32
 START_D = 16
 MARGIN = 24
+LANE_W, LANE_GAP, LANE_HEAD, LANE_ROW = 150, 10, 44, 22  # a parallel task's branch lanes
 LOOP_R = 18  # radius of a task's edge to itself
 # Node keys that cannot clash with a task name (a task may be called "end").
 END_KEY, START_KEY = "\x00end", "\x00start"
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One branch of a parallel task, drawn inside its node: the branch's tasks in order."""
+
+    name: str
+    tasks: tuple[tuple[str, str], ...]  # (name, task_type)
+    x: float = 0.0  # top-left corner, set when the node is placed
+    y: float = 0.0
+    w: float = LANE_W
+    h: float = 0.0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Where each task's label goes in the lane."""
+        return [
+            {"name": _short(name, 18), "task_type": task_type,
+             "y": self.y + LANE_HEAD - 6 + i * LANE_ROW}
+            for i, (name, task_type) in enumerate(self.tasks)
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Control:
+    """What a control task shows on its node: branches, the items it maps, the flow it calls."""
+
+    kind: str  # parallel, map or subflow
+    label: str  # "3 branches", "map over ${input.orders}", "calls flow 'x' v2"
+    lanes: tuple[Lane, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +84,7 @@ class Node:
     w: float
     h: float
     is_start: bool = False
+    control: Control | None = None
 
     @property
     def cx(self) -> float:
@@ -52,7 +96,15 @@ class Node:
 
     @property
     def short_name(self) -> str:
-        return self.name if len(self.name) <= 22 else self.name[:21] + "…"
+        return _short(self.name, 22)
+
+    @property
+    def lanes(self) -> tuple[Lane, ...]:
+        return self.control.lanes if self.control else ()
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -151,6 +203,61 @@ def flow_edges(definition: FlowDefinition) -> list[tuple[str, str, str]]:
     return edges
 
 
+def control_shapes(document: Any) -> dict[str, Control]:
+    """What each control task of a (maybe invalid) document shows, by task name."""
+    doc = unwrap(document)
+    shapes: dict[str, Control] = {}
+    for item in (doc.get("tasks") if isinstance(doc, Mapping) else None) or []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            continue
+        kind = item.get("task_type")
+        if kind == PARALLEL:
+            branches = item.get("branches") if isinstance(item.get("branches"), Mapping) else {}
+            lanes = tuple(Lane(str(name), _body_tasks(body)) for name, body in branches.items())
+            label = f"{len(lanes)} branch{'es' if len(lanes) != 1 else ''} side by side"
+            shapes[item["name"]] = Control(PARALLEL, label, lanes)
+        elif kind == MAP:
+            items = item.get("items")
+            what = items if isinstance(items, str) else f"{len(items)} items" if isinstance(
+                items, list) else "items"  # fmt: skip
+            shapes[item["name"]] = Control(MAP, f"map over {what}")
+        elif kind == SUBFLOW:
+            params = item.get("parameters") if isinstance(item.get("parameters"), Mapping) else {}
+            version = params.get("version")
+            called = f"calls flow '{params.get('flow_id', '?')}'"
+            shapes[item["name"]] = Control(SUBFLOW, called + (f" v{version}" if version else ""))
+    return shapes
+
+
+def _body_tasks(body: Any) -> tuple[tuple[str, str], ...]:
+    tasks = body.get("tasks") if isinstance(body, Mapping) else None
+    return tuple(
+        (str(t.get("name")), str(t.get("task_type") or ""))
+        for t in (tasks if isinstance(tasks, list) else [])
+        if isinstance(t, Mapping)
+    )
+
+
+def scoped_document(document: Any, scope: list[str] | tuple[str, ...]) -> Any:
+    """The part of a document a child execution runs: ``scope`` alternates control task names
+    and branch names (``""`` for a map's iterator). The whole document when it is empty or
+    does not match (a drawing never raises)."""
+    doc = unwrap(document)
+    for task_name, branch in zip(scope[::2], scope[1::2], strict=False):
+        tasks = doc.get("tasks") if isinstance(doc, Mapping) else None
+        found = next(
+            (t for t in tasks or [] if isinstance(t, Mapping) and t.get("name") == task_name), None
+        )
+        if found is None:
+            return unwrap(document)
+        body = found.get("iterator") if found.get("task_type") == MAP else (
+            found.get("branches") or {}).get(branch)  # fmt: skip
+        if not isinstance(body, Mapping):
+            return unwrap(document)
+        doc = body
+    return doc
+
+
 def layout_document(document: Any) -> Layout:
     """The laid-out graph of a flow document (cached by the document's content)."""
     return _layout_cached(json.dumps(unwrap(document), sort_keys=True, default=str))
@@ -158,7 +265,8 @@ def layout_document(document: Any) -> Layout:
 
 @functools.lru_cache(maxsize=256)
 def _layout_cached(canonical: str) -> Layout:
-    return compute_layout(definition_for_drawing(json.loads(canonical)))
+    document = json.loads(canonical)
+    return compute_layout(definition_for_drawing(document), control_shapes(document))
 
 
 class _Box:
@@ -169,16 +277,50 @@ class _Box:
         self.xy = (0.0, 0.0)
 
 
-def compute_layout(definition: FlowDefinition) -> Layout:
+def _control_size(control: Control | None) -> tuple[float, float]:
+    """A node's size: a parallel task is as wide as its lanes and as tall as its longest."""
+    if control is None:
+        return NODE_W, NODE_H
+    if not control.lanes:
+        return NODE_W, NODE_H + 16  # a third line: the children's counts on an execution
+    lanes = len(control.lanes)
+    longest = max(len(lane.tasks) for lane in control.lanes)
+    width = max(NODE_W, lanes * LANE_W + (lanes + 1) * LANE_GAP)
+    return width, NODE_H + LANE_HEAD + max(longest, 1) * LANE_ROW
+
+
+def _placed(control: Control | None, x: float, y: float) -> Control | None:
+    """The control with its lanes placed side by side inside the node at (x, y)."""
+    if control is None or not control.lanes:
+        return control
+    _, height = _control_size(control)
+    lanes = tuple(
+        Lane(
+            lane.name,
+            lane.tasks,
+            x=x + LANE_GAP + i * (LANE_W + LANE_GAP),
+            y=y + NODE_H - 4,
+            w=LANE_W,
+            h=height - NODE_H - 4,
+        )
+        for i, lane in enumerate(control.lanes)
+    )
+    return Control(control.kind, control.label, lanes)
+
+
+def compute_layout(
+    definition: FlowDefinition, controls: Mapping[str, Control] | None = None
+) -> Layout:
     """Top-to-bottom layered layout: start marker, tasks, one end node."""
     if not definition.tasks:
         return Layout(width=2 * MARGIN, height=2 * MARGIN, nodes=(), edges=())
+    controls = controls or {}
     types = {spec.name: spec.task_type for spec in definition.tasks}
     keys = [START_KEY, *types, END_KEY]
     vertices = {key: Vertex(key) for key in keys}
     for key, vertex in vertices.items():
-        size = {START_KEY: (START_D, START_D), END_KEY: (END_W, END_H)}.get(key, (NODE_W, NODE_H))
-        vertex.view = _Box(*size)
+        size = {START_KEY: (START_D, START_D), END_KEY: (END_W, END_H)}.get(key)
+        vertex.view = _Box(*(size or _control_size(controls.get(key))))
 
     links = [(START_KEY, definition.start_task, "start"), *flow_edges(definition)]
     graph_edges: dict[tuple[str, str], Edge] = {}
@@ -217,17 +359,19 @@ def compute_layout(definition: FlowDefinition) -> Layout:
     for key, vertex in vertices.items():
         (cx, cy), w, h = vertex.view.xy, vertex.view.w, vertex.view.h
         kind = {START_KEY: "start", END_KEY: "end"}.get(key, "task")
+        x, y = cx - w / 2 + dx, cy - h / 2 + dy
         nodes.append(
             Node(
                 key=key,
                 name={START_KEY: "start", END_KEY: "end"}.get(key, key),
                 task_type=types.get(key, ""),
                 kind=kind,
-                x=cx - w / 2 + dx,
-                y=cy - h / 2 + dy,
+                x=x,
+                y=y,
                 w=w,
                 h=h,
                 is_start=key == definition.start_task,
+                control=_placed(controls.get(key), x, y) if kind == "task" else None,
             )
         )
     by_key = {node.key: node for node in nodes}

@@ -6,7 +6,7 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -14,9 +14,18 @@ from django_q.brokers import get_broker
 from django_q.status import Stat
 
 from flows import services
+from flows.definition import MAP
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import default_registry
-from flows.web.graph import END_KEY, START_KEY, Layout, layout_document, taken_edges
+from flows.waiting import fanout_of, waiting_of
+from flows.web.graph import (
+    END_KEY,
+    START_KEY,
+    Layout,
+    layout_document,
+    scoped_document,
+    taken_edges,
+)
 
 logger = logging.getLogger("flows.web")
 
@@ -65,9 +74,14 @@ def graph_view(
     states: dict[str, str] | None = None,
     walked: set[tuple[str, str]] | None = None,
     ended: str = "",
+    children: dict[str, ChildrenView] | None = None,
+    scope: list[str] | None = None,
 ) -> GraphView:
-    """The graph of ``document``; with ``states`` (task name -> state) it shows an execution."""
-    layout = layout_document(document)
+    """The graph of ``document``; with ``states`` (task name -> state) it shows an execution,
+    with ``children`` (control task name -> its children) their counts on the control nodes.
+    ``scope`` draws the branch or map iterator a child execution runs."""
+    layout = layout_document(scoped_document(document, scope or []))
+    children = children or {}
     walked = walked or set()
     nodes = []
     for node in layout.nodes:
@@ -77,7 +91,14 @@ def graph_view(
             state = ended
         else:
             state = ""
-        nodes.append({"node": node, "state": state, "state_label": STATE_LABELS.get(state, "")})
+        nodes.append(
+            {
+                "node": node,
+                "state": state,
+                "state_label": STATE_LABELS.get(state, ""),
+                "children": children.get(node.key),
+            }
+        )
     edges = [{"edge": edge, "taken": (edge.source, edge.target) in walked} for edge in layout.edges]
     return GraphView(layout, nodes, edges)
 
@@ -90,6 +111,73 @@ class StepRow:
     width: float  # % of the span the step took
     result_json: str
     logs: list[ExecutionEvent] = field(default_factory=list)
+    # What the open step waits for (``waiting_of``), and a control step's children.
+    waiting: dict[str, Any] | None = None
+    children: ChildrenView | None = None
+
+    @property
+    def until(self) -> datetime | None:
+        """When the wait ends by itself (a sleep's end, a signal's timeout), as a time."""
+        text = (self.waiting or {}).get("until")
+        try:
+            return datetime.fromisoformat(text) if text else None
+        except ValueError:
+            return None
+
+
+@dataclass
+class ChildrenView:
+    """A control step's children: FanOut counts, and the children themselves for a parallel
+    step or a sub-flow (a map's items are on their own paginated page)."""
+
+    kind: str
+    total: int
+    done: int
+    failed: int
+    started: int
+    listed: list[Execution] = field(default_factory=list)
+
+    @property
+    def running(self) -> int:
+        return self.started - self.done
+
+    @property
+    def succeeded(self) -> int:
+        return self.done - self.failed
+
+    @property
+    def is_map(self) -> bool:
+        return self.kind == MAP
+
+
+def children_counts(step: TaskRun) -> ChildrenView | None:
+    """A control step's counts (its ``fanout`` joined), else None."""
+    fanout = fanout_of(step)
+    if fanout is None:
+        return None
+    return ChildrenView(fanout.kind, fanout.total, fanout.done, fanout.failed, fanout.started)
+
+
+def children_rows(step: TaskRun, status: str = "") -> Any:
+    """A control step's children in item order (a QuerySet to paginate), optionally those
+    in one status; each carries ``item_preview``, its map item as short JSON."""
+    rows = (
+        Execution.objects.filter(parent_step=step)
+        .only("id", "flow_id", "status", "branch", "item_index", "item", "error", "ended_at")
+        .order_by("item_index")
+    )
+    return rows.filter(status=status) if status else rows
+
+
+@dataclass
+class ParentView:
+    """Where a child execution sits: its parent execution and the step that started it."""
+
+    execution_id: Any
+    flow_name: str
+    seq: int
+    task_name: str
+    task_type: str
 
 
 @dataclass
@@ -101,12 +189,54 @@ class ExecutionView:
     general_logs: list[ExecutionEvent]
     live: bool
     span_seconds: float
+    parent: ParentView | None = None
+
+    @property
+    def waiting_rows(self) -> list[StepRow]:
+        """The open step when it waits for a signal or a time (shown at the top)."""
+        return [r for r in self.steps if r.waiting and r.waiting["kind"] in ("signal", "until")]
+
+
+def parent_view(execution: Execution) -> ParentView | None:
+    """A child's parent execution and step (one query), or None for a top-level one."""
+    if execution.parent_step_id is None:
+        return None
+    step = (
+        TaskRun.objects.select_related("execution__flow")
+        .only("seq", "task_name", "task_type", "execution__id", "execution__flow__name")
+        .get(pk=execution.parent_step_id)
+    )
+    return ParentView(
+        step.execution_id, step.execution.flow.name, step.seq, step.task_name, step.task_type
+    )
+
+
+def _children_views(steps: list[TaskRun]) -> dict[int, ChildrenView]:
+    """Each control step's children view: one query for the branches and sub-flows of all."""
+    views = {}
+    for step in steps:
+        counts = children_counts(step)
+        if counts is not None:
+            views[step.id] = counts
+    few = [step_id for step_id, view in views.items() if not view.is_map]
+    if few:
+        rows = (
+            Execution.objects.filter(parent_step_id__in=few)
+            .only("id", "status", "branch", "item_index", "flow_id", "parent_step_id")
+            .order_by("parent_step_id", "item_index")
+        )
+        for child in rows:
+            views[child.parent_step_id].listed.append(child)
+    return views
 
 
 def execution_view(execution: Execution) -> ExecutionView:
-    """Everything the execution page and its live region show: three queries."""
+    """Everything the execution page and its live region show: three queries, one more for
+    the children of parallel and sub-flow steps, one more for a child's parent."""
     total = execution.steps.count()
-    steps = list(execution.steps.order_by("-seq")[:STEP_LIMIT_SHOWN])[::-1]
+    steps = list(execution.steps.select_related("fanout").order_by("-seq")[:STEP_LIMIT_SHOWN])
+    steps = steps[::-1]
+    children = _children_views(steps)
     events = list(execution.events.order_by("id"))
     by_step: dict[int | None, list[ExecutionEvent]] = defaultdict(list)
     for event in events:
@@ -126,15 +256,28 @@ def execution_view(execution: Execution) -> ExecutionView:
             offset = min(max((step.started_at - begin).total_seconds() / span * 100, 0), 100)
             width = min(max((stop - step.started_at).total_seconds() / span * 100, 0.6), 100)
         result = json.dumps(step.result, indent=2, ensure_ascii=False) if step.result else ""
-        rows.append(StepRow(step, offset, min(width, 100 - offset), result, by_step[step.id]))
+        rows.append(
+            StepRow(
+                step,
+                offset,
+                min(width, 100 - offset),
+                result,
+                by_step[step.id],
+                waiting=waiting_of(step),
+                children=children.get(step.id),
+            )
+        )
 
     ended = execution.status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
     end_state = {"COMPLETED": "success", "FAILED": "failure"}.get(execution.status, "")
+    latest = {row.step.task_name: row.children for row in rows if row.children is not None}
     graph = graph_view(
         execution.flow_version.definition,
         states=states,
         walked=taken_edges((s.task_name for s in steps), ended=ended),
         ended=end_state,
+        children=latest,
+        scope=execution.scope,
     )
     return ExecutionView(
         execution=execution,
@@ -144,6 +287,7 @@ def execution_view(execution: Execution) -> ExecutionView:
         general_logs=by_step[None],
         live=execution.status in LIVE,
         span_seconds=span,
+        parent=parent_view(execution),
     )
 
 

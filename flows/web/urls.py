@@ -20,6 +20,12 @@ urlpatterns = [
     path("executions/delete", views.execution_bulk_delete, name="execution_bulk_delete"),
     path("executions/<uuid:execution_id>/", views.execution_detail, name="execution_detail"),
     path("executions/<uuid:execution_id>/live", views.execution_live, name="execution_live"),
+    path("executions/<uuid:execution_id>/signal", views.execution_signal, name="execution_signal"),
+    path(
+        "executions/<uuid:execution_id>/steps/<int:seq>/children",
+        views.execution_children,
+        name="execution_children",
+    ),
     path(
         "executions/<uuid:execution_id>/<str:action>",
         views.execution_action,

@@ -19,7 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from flows import services
-from flows.models import Execution, Flow, FlowVersion
+from flows.models import Execution, ExecutionStatus, Flow, FlowVersion, TaskRun
 from flows.registry import default_registry
 from flows.web import builder, presenters
 from flows.web.forms import ExecutionFilterForm, RunForm, ScheduleForm
@@ -366,7 +366,9 @@ def _render_builder(
 @needs("flows.view_execution")
 def execution_list(request: HttpRequest) -> HttpResponse:
     form = ExecutionFilterForm(request.GET or None)
-    executions = Execution.objects.for_list().matching(**form.filters())
+    # Top-level only: children are listed on their parent's page (execution_children).
+    top_level = Execution.objects.for_list().filter(parent_step__isnull=True)
+    executions = top_level.matching(**form.filters())
     page = Paginator(executions, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
@@ -417,6 +419,58 @@ def execution_live(request: HttpRequest, execution_id: uuid.UUID) -> HttpRespons
     """The live region alone: the execution page's script polls it while the run is active."""
     view = presenters.execution_view(_execution_or_404(execution_id))
     return render(request, "flows/_execution_status.html", {"view": view})
+
+
+@login_required
+@needs("flows.view_execution")
+@require_POST
+def execution_signal(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
+    """Approve or reject the step that waits for a signal (the API's signal, as a form)."""
+    if not request.user.has_perm(START):
+        raise PermissionDenied("your role may not answer signals")
+    decision = request.POST.get("decision", "approve")
+    try:
+        services.execution_signal(
+            execution_id=execution_id,
+            name=request.POST.get("name", ""),
+            decision=decision,
+            comment=request.POST.get("comment", "").strip()[:2000],
+            user=request.user,
+        )
+    except services.NotFound as exc:
+        raise Http404(exc.message) from None
+    except services.ServiceError as exc:
+        messages.error(request, _explain(exc))
+    else:
+        messages.success(
+            request,
+            "Approved: the execution goes on."
+            if decision == "approve"
+            else "Rejected: the step fails and its failure route applies.",
+        )
+    return redirect("execution_detail", execution_id=execution_id)
+
+
+@login_required
+@needs("flows.view_execution")
+def execution_children(request: HttpRequest, execution_id: uuid.UUID, seq: int) -> HttpResponse:
+    """The children of one control step (branches, map items, a sub-flow), 50 a page, in item
+    order, filtered by status."""
+    execution = _execution_or_404(execution_id)
+    step = get_object_or_404(TaskRun.objects.select_related("fanout"), execution=execution, seq=seq)
+    status = request.GET.get("status", "")
+    children = presenters.children_rows(step, status if status in ExecutionStatus.values else "")
+    page = Paginator(children, PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "execution": execution,
+        "step": step,
+        "counts": presenters.children_counts(step),
+        "page": page,
+        "status": status,
+        "statuses": ExecutionStatus.values,
+        "query": f"status={status}" if status else "",
+    }
+    return render(request, "flows/execution_children.html", context)
 
 
 @login_required

@@ -13,9 +13,22 @@
     return ids;
   }
 
+  // Someone is answering a signal (focus in its form, or a comment typed): re-rendering now
+  // would throw their input away, so wait until they are done.
+  function answering(root) {
+    var active = document.activeElement;
+    if (active && root.contains(active) && active.closest("form[data-keep-while-focused]")) return true;
+    var typed = false;
+    root.querySelectorAll("form[data-keep-while-focused] textarea").forEach(function (t) {
+      if (t.value) typed = true;
+    });
+    return typed;
+  }
+
   function poll() {
     var current = region();
     if (!current || current.dataset.live !== "true") return;
+    if (answering(current)) { setTimeout(poll, PERIOD_MS); return; }
     fetch(current.dataset.liveUrl, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" })
       .then(function (response) {
         if (!response.ok) throw new Error("HTTP " + response.status);

@@ -1,0 +1,44 @@
+"""Reads of what an open step waits for and of a control step's children, shared by the API
+and the operator pages (no writes: the engine owns ``TaskRun.waiting`` and ``FanOut``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.definition import CONTROL_TYPES
+from flows.models import FanOut, TaskRun, TaskRunStatus
+
+
+def waiting_of(step: TaskRun) -> dict[str, Any] | None:
+    """What ``step`` waits for now: ``{kind, signal, prompt, until, received}``, or None when
+    it waits for nothing (it is not open, or runs)."""
+    state = step.waiting
+    if step.status != TaskRunStatus.PENDING or not isinstance(state, dict):
+        return None
+    kind = state.get("kind")
+    if kind == "signal":
+        until = state.get("timeout_at")
+    elif kind == "until":
+        until = state.get("until")
+    else:
+        until = None
+    return {
+        "kind": kind,
+        "signal": state.get("name") if kind == "signal" else None,
+        "prompt": str(state.get("prompt") or ""),
+        "until": until,
+        "received": bool(state.get("signal")),
+    }
+
+
+def fanout_of(step: TaskRun) -> FanOut | None:
+    """A control step's FanOut (its children's counts), else None.
+
+    Only control steps are looked at; join ``fanout`` to the steps (``select_related``) so
+    that this costs no query per step."""
+    if step.task_type not in CONTROL_TYPES:
+        return None
+    try:
+        return step.fanout
+    except FanOut.DoesNotExist:
+        return None  # not started yet, or it failed before fanning out
