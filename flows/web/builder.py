@@ -18,7 +18,7 @@ from typing import Any
 from django import forms
 from django.forms import BaseFormSet, formset_factory
 
-from flows.definition import END, unwrap
+from flows.definition import CONTROL_TYPES, END, unwrap
 from flows.registry import TaskType, default_registry
 
 PARAM_PREFIX = "param_"
@@ -162,13 +162,21 @@ class TaskForm(forms.Form):
         label="otherwise go to", required=False, widget=TargetSelect
     )
     condition_name = forms.CharField(label="Condition name", max_length=200, required=False)
+    # A parallel, map or subflow task, kept whole as JSON: the form shows it read-only (its
+    # branches and iterator are edited in the JSON tab) and only its condition is edited here.
+    control = JSONValueField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, types: Mapping[str, TaskType] | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         types = types if types is not None else default_registry().types
+        self.control_task = _control_task(self["control"].value())
         chosen = self["task_type"].value() or ""
+        if self.control_task is not None:
+            chosen = str(self.control_task.get("task_type"))  # no registered type: no fields
         choices = [("", "— choose a type —")] + [(n, n) for n in sorted(types)]
-        if chosen and chosen not in types:
+        if self.control_task is not None:
+            choices.append((chosen, chosen))
+        elif chosen and chosen not in types:
             choices.append((chosen, f"{chosen} (not registered)"))
         self.fields["task_type"].choices = choices
         self.type_info: TaskType | None = types.get(chosen)
@@ -185,6 +193,30 @@ class TaskForm(forms.Form):
     def type_description(self) -> str:
         return self.type_info.description if self.type_info else ""
 
+    @property
+    def control_summary(self) -> str:
+        """What a control task holds, in a line: its branches, what it maps, what it calls."""
+        task = self.control_task or {}
+        kind = task.get("task_type")
+        if kind == "parallel":
+            branches = task.get("branches") if isinstance(task.get("branches"), Mapping) else {}
+            return "branches: " + ", ".join(
+                f"{name} ({len(_tasks_of(body))} task{'s' if len(_tasks_of(body)) != 1 else ''})"
+                for name, body in branches.items()
+            )
+        if kind == "map":
+            iterator = _tasks_of(task.get("iterator"))
+            names = ", ".join(str(t.get("name")) for t in iterator)
+            return f"over {task.get('items')!s}, each item runs: {names}"
+        params = task.get("parameters") if isinstance(task.get("parameters"), Mapping) else {}
+        return f"calls flow {params.get('flow_id')!s}" + (
+            f" v{params['version']}" if params.get("version") else ""
+        )
+
+    @property
+    def control_json(self) -> str:
+        return json.dumps(self.control_task, indent=2, ensure_ascii=False)
+
     def param_fields(self) -> list[forms.BoundField]:
         return [self[PARAM_PREFIX + key] for key in self.param_names]
 
@@ -199,6 +231,9 @@ class TaskForm(forms.Form):
     def row(self) -> dict[str, Any] | None:
         """This row as a task and its condition (cleaned data), or None for a blank row."""
         data = self.cleaned_data
+        if self.control_task is not None:
+            task = dict(self.control_task)  # kept whole: edited in the JSON tab
+            return {"task": task, "condition": self._condition(task["name"], data)}
         if not data.get("name") and not data.get("task_type"):
             return None  # a blank row: ignored, like an unused line on a paper form
         task: dict[str, Any] = {"name": data.get("name") or "", "task_type": data["task_type"]}
@@ -212,23 +247,48 @@ class TaskForm(forms.Form):
         task["parameters"] = parameters
         if data.get("timeout_seconds") is not None:
             task["timeout_seconds"] = data["timeout_seconds"]
-        condition = None
-        if data.get("outcome"):
-            condition = {
-                "source_task": task["name"],
-                "outcome": data["outcome"],
-                "target_task_success": data.get("target_task_success") or "",
-                "target_task_failure": data.get("target_task_failure") or "",
-            }
-            if data.get("condition_name"):
-                condition = {"name": data["condition_name"], **condition}
-        return {"task": task, "condition": condition}
+        return {"task": task, "condition": self._condition(task["name"], data)}
+
+    @staticmethod
+    def _condition(source: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        if not data.get("outcome"):
+            return None
+        condition = {
+            "source_task": source,
+            "outcome": data["outcome"],
+            "target_task_success": data.get("target_task_success") or "",
+            "target_task_failure": data.get("target_task_failure") or "",
+        }
+        if data.get("condition_name"):
+            condition = {"name": data["condition_name"], **condition}
+        return condition
 
     def clean_params_extra(self) -> Any:
         value = self.cleaned_data.get("params_extra")
         if value is not None and not isinstance(value, dict):
             raise forms.ValidationError('Must be a JSON object, e.g. {"key": "value"}.')
         return value
+
+
+def _control_task(value: Any) -> dict[str, Any] | None:
+    """The control task a row holds (its ``control`` field, bound or initial), else None."""
+    if isinstance(value, str) and value.strip():
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if (
+        isinstance(value, Mapping)
+        and value.get("task_type") in CONTROL_TYPES
+        and isinstance(value.get("name"), str)
+    ):
+        return dict(value)
+    return None
+
+
+def _tasks_of(body: Any) -> list[Mapping[str, Any]]:
+    tasks = body.get("tasks") if isinstance(body, Mapping) else None
+    return [t for t in tasks if isinstance(t, Mapping)] if isinstance(tasks, list) else []
 
 
 class BaseTaskFormSet(BaseFormSet):
@@ -317,6 +377,9 @@ def _task_initial(
         "description": task.get("description"),
         "timeout_seconds": task.get("timeout_seconds"),
     }
+    if task.get("task_type") in CONTROL_TYPES:
+        initial["control"] = dict(task)
+        task = {}  # no parameter fields: the whole task is kept in ``control``
     task_type = types.get(str(task.get("task_type")))
     schema = task_type.parameters_schema if task_type else {}
     known = set(parameter_fields(schema))
