@@ -8,6 +8,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from flows import services
 from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion, TaskRun
@@ -58,10 +60,43 @@ class TaskRunInline(admin.TabularInline):
         return False  # steps are written by the engine only
 
 
+class ChildrenFilter(admin.SimpleListFilter):
+    """Top-level executions by default; children (parallel branches, map items, sub-flows)
+    are listed under the step that started them, on their parent's page."""
+
+    title = "children"
+    parameter_name = "children"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("no", "No (top-level)"), ("yes", "Yes (children only)"), ("all", "All")]
+
+    def value(self) -> str:
+        return super().value() or "no"
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Execution]) -> QuerySet:
+        if self.value() == "no":
+            return queryset.filter(parent_step__isnull=True)
+        if self.value() == "yes":
+            return queryset.filter(parent_step__isnull=False)
+        return queryset
+
+    def choices(self, changelist: Any) -> Any:
+        # No "All" entry of Django's own: "no" is the default, "all" is one of the lookups.
+        for key, title in self.lookup_choices:
+            yield {
+                "selected": self.value() == key,
+                "query_string": changelist.get_query_string({self.parameter_name: key}),
+                "display": title,
+            }
+
+
+CHILDREN_SHOWN = 50  # per step on the change page; the operator page lists them all
+
+
 @admin.register(Execution)
 class ExecutionAdmin(admin.ModelAdmin):
     list_display = ("id", "flow", "version", "status", "current_task", "created_at", "ended_at")
-    list_filter = ("status", "trigger", "created_at", "flow")
+    list_filter = (ChildrenFilter, "status", "trigger", "created_at", "flow")
     search_fields = ("id", "flow__id", "flow__name", "error")
     list_select_related = ("flow", "flow_version")
     date_hierarchy = "created_at"
@@ -87,8 +122,87 @@ class ExecutionAdmin(admin.ModelAdmin):
         "queued_at",
         "started_at",
         "ended_at",
+        "parent",
+        "root",
+        "branch",
+        "item_index",
+        "item",
+        "scope",
+        "result",
+        "children",
     )
+    exclude = ("parent_step",)  # shown as the `parent` link
     inlines = [TaskRunInline]
+
+    @admin.display(description="parent")
+    def parent(self, obj: Execution) -> str:
+        """A child's parent execution (a link) and the step that started it."""
+        if obj.parent_step_id is None:
+            return "—"
+        step = TaskRun.objects.only("execution_id", "seq", "task_name").get(pk=obj.parent_step_id)
+        url = reverse("admin:flows_execution_change", args=[step.execution_id])
+        return format_html(
+            '<a href="{}">{}</a>, step #{} {}', url, step.execution_id, step.seq, step.task_name
+        )
+
+    @admin.display(description="children")
+    def children(self, obj: Execution) -> str:
+        """Its children under the step that started each (read-only links): a query for the
+        steps, one per control step for its first children."""
+        steps = list(
+            TaskRun.objects.filter(execution_id=obj.pk, fanout__isnull=False)
+            .select_related("fanout")
+            .only("id", "seq", "task_name", "task_type", "fanout__total")
+            .order_by("seq")
+        )
+        if not steps:
+            return "—"
+        by_step = {
+            step.id: list(
+                Execution.objects.filter(parent_step=step)
+                .only("id", "status", "branch", "item_index", "flow_id")
+                .order_by("item_index")[:CHILDREN_SHOWN]
+            )
+            for step in steps
+        }
+        blocks = []
+        for step in steps:
+            kids = by_step[step.id]
+            items = format_html_join(
+                "",
+                '<li><a href="{}">{}</a> {}</li>',
+                (
+                    (
+                        reverse("admin:flows_execution_change", args=[kid.id]),
+                        kid.branch or f"item {kid.item_index}"
+                        if step.task_type == "map"
+                        else kid.branch or kid.flow_id,
+                        kid.status,
+                    )
+                    for kid in kids[:CHILDREN_SHOWN]
+                ),
+            )
+            more = (
+                format_html(
+                    '<li><a href="{}">all {} on the operator page</a></li>',
+                    reverse("execution_children", args=[obj.pk, step.seq]),
+                    step.fanout.total,
+                )
+                if step.fanout.total > len(kids)
+                else ""
+            )
+            blocks.append(
+                format_html(
+                    "<p>step #{} <strong>{}</strong> ({})</p><ul>{}{}</ul>",
+                    step.seq,
+                    step.task_name,
+                    step.task_type,
+                    items,
+                    more,
+                )
+            )
+        return format_html_join("", "{}", ((b,) for b in blocks))
+
     actions = ["cancel_executions", "pause", "resume", "redrive", "run_again"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -8,7 +8,15 @@ from django_q.models import Schedule
 
 from flows import services
 from flows.models import Execution, ExecutionStatus, FlowSchedule
-from tests.factories import failing, flow_doc, run_flow, sample_flow, start_execution, task
+from tests.factories import (
+    failing,
+    flow_doc,
+    run_flow,
+    run_to_end,
+    sample_flow,
+    start_execution,
+    task,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -112,3 +120,55 @@ def test_the_admin_refuses_a_bad_cron_expression_at_its_field(staff):
     assert response.status_code == 200
     assert "must be a cron expression" in response.content.decode()
     assert not FlowSchedule.objects.exists()
+
+
+# --- child executions ----------------------------------------------------------------------
+def fanned_out() -> Execution:
+    from tests.test_engine_parallel import mapped, parallel
+
+    document = flow_doc(
+        [
+            parallel("both", {"left": [task("l1")], "right": [task("r1")]}),
+            mapped("each", "${input.items}", [task("x")]),
+        ]
+    )
+    execution = start_execution(document, input={"items": [10, 20, 30]})
+    return run_to_end(execution.id)
+
+
+def test_the_execution_list_shows_top_level_executions_unless_children_are_asked_for(staff):
+    parent = fanned_out()
+
+    top = staff.get("/admin/flows/execution/").content.decode()
+    kids = staff.get("/admin/flows/execution/?children=yes").content.decode()
+    every = staff.get("/admin/flows/execution/?children=all").content.decode()
+
+    assert "1 execution" in top and str(parent.id) in top
+    assert "5 executions" in kids and str(parent.id) not in kids.split("result_list")[1]
+    assert "6 executions" in every
+
+
+def test_an_executions_page_lists_its_children_under_their_step_and_links_each(staff):
+    parent = fanned_out()
+    left = Execution.objects.get(root=parent, branch="left")
+    item = Execution.objects.get(root=parent, item_index=2, parent_step__task_name="each")
+
+    page = staff.get(f"/admin/flows/execution/{parent.id}/change/").content.decode()
+
+    assert "step #1 <strong>both</strong> (parallel)" in page
+    assert "step #2 <strong>each</strong> (map)" in page
+    assert f'<a href="/admin/flows/execution/{left.id}/change/">left</a> COMPLETED' in page
+    assert f'<a href="/admin/flows/execution/{item.id}/change/">item 2</a> COMPLETED' in page
+    assert 'name="parent_step"' not in page and 'name="branch"' not in page  # read-only
+
+
+def test_a_childs_page_links_to_its_parent_and_step(staff):
+    parent = fanned_out()
+    left = Execution.objects.get(root=parent, branch="left")
+
+    page = staff.get(f"/admin/flows/execution/{left.id}/change/").content.decode()
+
+    assert (
+        f'<a href="/admin/flows/execution/{parent.id}/change/">{parent.id}</a>, step #1 both'
+        in page
+    )
