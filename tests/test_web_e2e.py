@@ -129,3 +129,67 @@ def test_an_operator_builds_runs_and_watches_a_flow_with_a_failure_branch(site) 
             raise AssertionError(log_tails(logs)) from None
         finally:
             browser.close()
+
+
+APPROVAL_FLOW = {
+    "id": "browser_approval",
+    "name": "Approved in the browser",
+    "tasks": [
+        {"name": "build", "task_type": "print", "parameters": {"message": "built 1.2"}},
+        {
+            "name": "approve",
+            "task_type": "wait_for_signal",
+            "parameters": {"prompt": "Ship build 1.2 to production?"},
+        },
+        {"name": "ship", "task_type": "print", "parameters": {"message": "shipped 1.2"}},
+    ],
+}
+
+
+def test_an_operator_approves_a_waiting_execution_and_sees_it_complete(site) -> None:
+    import json
+
+    from playwright.sync_api import expect, sync_playwright
+
+    url, logs = site
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
+        page = browser.new_page(viewport={"width": 1360, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            page.goto(f"{url}/flows/new")
+            page.fill("#id_username", "operator")
+            page.fill("#id_password", "operator-pass-123")
+            page.click("button:has-text('Log in')")
+            # The flow goes in through the builder's JSON tab (the form's id comes along).
+            page.fill("#id_id", APPROVAL_FLOW["id"])
+            page.click("button[role=tab]:has-text('JSON')")
+            page.fill("#document", json.dumps(APPROVAL_FLOW))
+            page.click(".save-bar button:has-text('Save flow')")
+            expect(page.get_by_text("Saved browser_approval version 1")).to_be_visible()
+
+            page.click("button:has-text('Run v1')")
+            waiting = page.locator(".waiting-box")
+            expect(waiting).to_contain_text("Waiting for approval")
+            expect(waiting).to_contain_text("Ship build 1.2 to production?")
+            expect(page.locator(".exec-summary .status")).to_have_text("RUNNING")
+            page.fill("textarea[name=comment]", "looks good")
+            page.screenshot(path=str(ARTIFACTS / "approval_waiting.png"), full_page=True)
+
+            waiting.get_by_role("button", name="Approve").click()
+            expect(page.get_by_text("Approved: the execution goes on.")).to_be_visible()
+            expect(page.locator('#live[data-live="false"]')).to_be_attached()
+            expect(page.locator("#live .exec-summary .status")).to_have_text("COMPLETED")
+            assert "state-success" in page.locator('g.node-task[data-task="ship"]').get_attribute(
+                "class"
+            )
+            expect(page.locator(".waiting-box")).to_have_count(0)
+            page.screenshot(path=str(ARTIFACTS / "approval_completed.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "approval_failure.png"), full_page=True)
+            raise AssertionError(log_tails(logs)) from None
+        finally:
+            browser.close()
