@@ -39,6 +39,7 @@ END_W, END_H = 72, 32
 START_D = 16
 MARGIN = 24
 LANE_W, LANE_GAP, LANE_HEAD, LANE_ROW = 150, 10, 44, 22  # a parallel task's branch lanes
+LANES_TOP = NODE_H + 16  # below the name, the label and the children's counts
 LOOP_R = 18  # radius of a task's edge to itself
 # Node keys that cannot clash with a task name (a task may be called "end").
 END_KEY, START_KEY = "\x00end", "\x00start"
@@ -278,30 +279,35 @@ class _Box:
 
 
 def _control_size(control: Control | None) -> tuple[float, float]:
-    """A node's size: a parallel task is as wide as its lanes and as tall as its longest."""
+    """A node's size: control nodes have a third line (their children's counts on an
+    execution); a parallel task is as wide as its lanes and as tall as its longest."""
     if control is None:
         return NODE_W, NODE_H
     if not control.lanes:
-        return NODE_W, NODE_H + 16  # a third line: the children's counts on an execution
+        return NODE_W + 48, NODE_H + 16
     lanes = len(control.lanes)
-    longest = max(len(lane.tasks) for lane in control.lanes)
-    width = max(NODE_W, lanes * LANE_W + (lanes + 1) * LANE_GAP)
-    return width, NODE_H + LANE_HEAD + max(longest, 1) * LANE_ROW
+    longest = max(max(len(lane.tasks) for lane in control.lanes), 1)
+    width = max(NODE_W + 48, lanes * LANE_W + (lanes + 1) * LANE_GAP)
+    return width, LANES_TOP + _lane_height(longest) + LANE_GAP
+
+
+def _lane_height(rows: int) -> float:
+    return LANE_HEAD - 20 + rows * LANE_ROW
 
 
 def _placed(control: Control | None, x: float, y: float) -> Control | None:
     """The control with its lanes placed side by side inside the node at (x, y)."""
     if control is None or not control.lanes:
         return control
-    _, height = _control_size(control)
+    longest = max(max(len(lane.tasks) for lane in control.lanes), 1)
     lanes = tuple(
         Lane(
             lane.name,
             lane.tasks,
             x=x + LANE_GAP + i * (LANE_W + LANE_GAP),
-            y=y + NODE_H - 4,
+            y=y + LANES_TOP,
             w=LANE_W,
-            h=height - NODE_H - 4,
+            h=_lane_height(longest),
         )
         for i, lane in enumerate(control.lanes)
     )
