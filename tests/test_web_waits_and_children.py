@@ -125,6 +125,13 @@ def test_the_signal_form_refuses_a_post_without_csrf_token(make_user, waiting):
     assert strict.post(f"/executions/{waiting.id}/signal", {"name": "approval"}).status_code == 403
 
 
+def test_the_signal_form_needs_a_login(client, waiting):
+    response = client.post(f"/executions/{waiting.id}/signal", {"name": "approval"})
+
+    assert response["Location"].startswith("/accounts/login/")
+    assert TaskRun.objects.get(execution=waiting).waiting.get("signal") is None
+
+
 def test_a_sleeping_step_says_until_when(operator):
     until = (timezone.now() + timedelta(days=200)).replace(microsecond=0)
     execution = start_execution(flow_doc([task("nap", "sleep", until=until.isoformat())]))
@@ -188,6 +195,7 @@ def test_the_items_page_lists_items_in_order_and_filters_by_status(operator, fan
     failed = operator.get(f"{url}?status=FAILED").content.decode()
 
     items = children_of(fanned, "each")
+    assert "<code>{&quot;rate&quot;: 1}</code>" in html  # each item, as JSON
     assert [m for m in re.findall(r'href="/executions/([0-9a-f-]+)/"><code>', html)] == [
         str(c.id) for c in items
     ]
@@ -229,6 +237,15 @@ def test_the_executions_list_shows_top_level_executions_only(operator, fanned):
     html = operator.get("/executions/").content.decode()
 
     assert html.count('name="ids"') == 1 and str(fanned.id) in html
+
+
+def test_the_dashboard_and_the_flow_page_show_top_level_executions_only(operator, fanned):
+    children = [str(c.id) for c in children_of(fanned, "both")]
+
+    for url in ("/", f"/flows/{fanned.flow_id}/"):
+        html = operator.get(url).content.decode()
+        assert str(fanned.id)[:8] in html
+        assert not any(child[:8] in html for child in children), url
 
 
 # --- graph -----------------------------------------------------------------------------------

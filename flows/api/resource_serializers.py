@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -210,7 +211,7 @@ def children_of(step: TaskRun) -> dict[str, Any] | None:
         "started": fanout.started,
         "done": fanout.done,
         "failed": fanout.failed,
-        "url": f"/api/executions/?step={step.pk}",
+        "url": f"{reverse('execution-list')}?step={step.pk}",
     }
 
 

@@ -44,7 +44,7 @@ def home(request: HttpRequest) -> HttpResponse:
             executions.status_counts(now - timedelta(days=1)),
             executions.status_counts(now - timedelta(days=7)),
         ),
-        "recent": executions.for_list()[:10],
+        "recent": executions.for_list().filter(parent_step__isnull=True)[:10],
         "failing": executions.failing_flows(now - timedelta(days=7)),
         "workers": presenters.worker_health(),
         "flow_count": Flow.objects.count(),
@@ -75,7 +75,9 @@ def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
             "graph": presenters.graph_view(flow.definition),
             "problems": presenters.flow_problems(flow.definition),
             "versions": flow.versions.select_related("created_by").order_by("-version"),
-            "executions": Execution.objects.filter(flow=flow).for_list()[:10],
+            "executions": Execution.objects.filter(flow=flow, parent_step__isnull=True).for_list()[
+                :10
+            ],
             "run_form": RunForm(),
             "schedule": getattr(flow, "schedule", None),
             "schedule_form": _schedule_form(flow),
@@ -461,6 +463,8 @@ def execution_children(request: HttpRequest, execution_id: uuid.UUID, seq: int) 
     status = request.GET.get("status", "")
     children = presenters.children_rows(step, status if status in ExecutionStatus.values else "")
     page = Paginator(children, PAGE_SIZE).get_page(request.GET.get("page"))
+    for child in page:
+        child.item_preview = json.dumps(child.item, ensure_ascii=False)  # type: ignore[attr-defined]
     context = {
         "execution": execution,
         "step": step,
