@@ -215,8 +215,8 @@ def test_the_items_page_shows_fifty_a_page_for_the_same_queries(
 
     few, many = items_page(3), items_page(120)
     for url in (few, many):
-        # session, user, execution, step with fan-out, count, rows, permission checks
-        with django_assert_num_queries(8):
+        # session, user, execution, step with fan-out, count, rows, their waits, permissions
+        with django_assert_num_queries(9):
             html = operator.get(url).content.decode()
     assert html.count('"><code>') == 50
     assert "page 1 of 3 (120 in all)" in html
@@ -298,3 +298,30 @@ def test_a_childs_graph_draws_the_branch_it_runs(operator, fanned):
     html = page(operator, left)
 
     assert re.findall(r'data-task="(\w+)"', html) == ["l1", "l2"]
+
+
+def test_a_parents_page_points_at_the_branch_waiting_for_a_signal(operator):
+    document = flow_doc(
+        [parallel("both", {"gate": [task("ok", "wait_for_signal", signal="go")], "b": [task("x")]})]
+    )
+    execution = run_to_end(start_execution(document).id)
+    gate, _ = children_of(execution, "both")
+
+    html = page(operator, execution)
+
+    assert f'<a href="/executions/{gate.id}/#live" class="waits">waits for signal <code>go' in html
+
+
+def test_the_execution_page_costs_the_same_queries_for_one_or_five_control_steps(
+    operator, django_assert_num_queries
+):
+    def one_with(n: int) -> Execution:
+        tasks = [parallel(f"p{i}", {"a": [task(f"x{i}")], "b": [task(f"y{i}")]}) for i in range(n)]
+        return run_to_end(start_execution(flow_doc(tasks, flow_id=f"f{n}")).id)
+
+    few, many = one_with(1), one_with(5)
+    for execution in (few, many):
+        # session, user, execution, step count, steps with fan-outs, log lines, branches,
+        # their waits, permission checks
+        with django_assert_num_queries(10):
+            page(operator, execution)

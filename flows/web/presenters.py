@@ -227,7 +227,24 @@ def _children_views(steps: list[TaskRun]) -> dict[int, ChildrenView]:
         )
         for child in rows:
             views[child.parent_step_id].listed.append(child)
+        mark_waiting_for_signal([c for view in views.values() for c in view.listed])
     return views
+
+
+def mark_waiting_for_signal(children: list[Execution]) -> None:
+    """Set ``waits_for_signal`` (the signal's name, or "") on each child: one query, so that
+    a parent's page points at the branch or item someone must approve."""
+    if not children:
+        return
+    waiting = dict(
+        TaskRun.objects.filter(
+            execution_id__in=[c.id for c in children],
+            status=TaskRunStatus.PENDING,
+            waiting__kind="signal",
+        ).values_list("execution_id", "waiting__name")
+    )
+    for child in children:
+        child.waits_for_signal = waiting.get(child.id) or ""  # type: ignore[attr-defined]
 
 
 def execution_view(execution: Execution) -> ExecutionView:

@@ -465,6 +465,7 @@ def execution_children(request: HttpRequest, execution_id: uuid.UUID, seq: int) 
     page = Paginator(children, PAGE_SIZE).get_page(request.GET.get("page"))
     for child in page:
         child.item_preview = json.dumps(child.item, ensure_ascii=False)  # type: ignore[attr-defined]
+    presenters.mark_waiting_for_signal(list(page))
     context = {
         "execution": execution,
         "step": step,
