@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db.models import F
+from django_q.conf import Conf
 
 from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, TaskSpec, parse_flow
 from flows.engine.inputs import reference_scope
@@ -245,7 +246,9 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
         for i, child in enumerate(children[:first])
     ]
     writes.insert_rows(TaskRun, first_steps, after_commit=True)
-    for child in children[:first]:
+    # One message per worker process is enough: each dispatcher that gets one claims every
+    # ready step it has room for.
+    for child in children[: min(first, max(1, Conf.WORKERS))]:
         wake(child.id)
     logger.info(
         "execution=%s step=%s %s: %d children, %d started",
@@ -285,60 +288,84 @@ def _decided(fan: FanOut | tuple[Any, ...]) -> tuple[bool, bool]:
     return done >= total or (fails and fan.fail_fast), fails  # type: ignore[union-attr]
 
 
+def children_ended(
+    ended: list[tuple[Execution, str, FlowDefinition | None]], now: datetime
+) -> None:
+    """Count children that just ended on their parent steps, inside the transaction that
+    ended them (several at once when a worker records a batch): start a map's next items,
+    or make a parent step due when this decides it.
+
+    A few statements per parent step, however many of its children ended together; one
+    queue message for all the items started here (a dispatcher claims every ready step it
+    has room for, so one message is enough to start them).
+    """
+    by_step: dict[int, list[tuple[Execution, str, FlowDefinition | None]]] = {}
+    for child, status, definition in ended:
+        by_step.setdefault(child.parent_step_id, []).append((child, status, definition))  # type: ignore[arg-type]
+    started: list[uuid.UUID] = []
+    for step_id, group in by_step.items():
+        failed = sum(status != ExecutionStatus.COMPLETED for _, status, _ in group)
+        # Concurrent endings queue on the FanOut's row lock, so none is lost.
+        FanOut.objects.filter(pk=step_id).update(
+            done=F("done") + len(group), failed=F("failed") + failed
+        )
+        fan = FanOut.objects.filter(pk=step_id).first()
+        if fan is None:  # the parent went away
+            continue
+        decided, _ = _decided(fan)
+        if decided:
+            parent = (
+                TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING)
+                .values_list("execution_id", flat=True)
+                .first()
+            )
+            if parent is not None:
+                # Due now, like a step just created: not a delayed one for the due-step timer.
+                TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING).update(
+                    not_before=None, woken_at=now
+                )
+                wake(parent)
+        elif fan.kind == MAP and fan.started < fan.total:
+            child, _, definition = group[0]
+            started += _start_next(fan, len(group), child, definition, now)
+    if started:
+        wake(started[0])
+
+
 def child_ended(
     child: Execution, status: str, definition: FlowDefinition | None, now: datetime
 ) -> None:
-    """Count a child that just ended on its parent step, inside the transaction that ended
-    it: start a map's next item, or make the parent step due when this decides it."""
-    step_id = child.parent_step_id
-    failed = int(status != ExecutionStatus.COMPLETED)
-    # One UPDATE: concurrent endings queue on the FanOut's row lock, so none is lost.
-    FanOut.objects.filter(step_id=step_id).update(done=F("done") + 1, failed=F("failed") + failed)
-    fan = FanOut.objects.filter(step_id=step_id).first()
-    if fan is None:  # the parent went away
-        return
-    decided, _ = _decided(fan)
-    if decided:
-        parent = (
-            TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING)
-            .values_list("execution_id", flat=True)
-            .first()
-        )
-        if parent is not None:
-            TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING).update(
-                not_before=now, woken_at=now
-            )
-            wake(parent)
-        return
-    if fan.kind == MAP and fan.started < fan.total:
-        _start_next(step_id, child, definition, now)
+    """One child ended outside the step path (a cancel, the reaper): ``children_ended``."""
+    children_ended([(child, status, definition)], now)
 
 
 def _start_next(
-    step_id: int, child: Execution, definition: FlowDefinition | None, now: datetime
-) -> None:
-    moved = FanOut.objects.filter(step_id=step_id, started__lt=F("total")).update(
-        started=F("started") + 1
-    )
-    if not moved:
-        return
-    index = FanOut.objects.filter(step_id=step_id).values_list("started", flat=True).first() - 1
-    nxt = (
+    fan: FanOut, count: int, child: Execution, definition: FlowDefinition | None, now: datetime
+) -> list[uuid.UUID]:
+    """Start up to ``count`` more items of a map (as many as ended): the next CREATED ones in
+    item order. Returns their ids."""
+    first = fan.started
+    last = min(fan.total, first + count)
+    moved = FanOut.objects.filter(pk=fan.pk, started=first).update(started=last)
+    if not moved:  # another transaction moved it first (it holds the row lock): it starts them
+        return []
+    ids = list(
         Execution.objects.filter(
-            parent_step_id=step_id, item_index=index, status=ExecutionStatus.CREATED
-        )
-        .values_list("id", flat=True)
-        .first()
+            parent_step_id=fan.pk,
+            item_index__gte=first,
+            item_index__lt=last,
+            status=ExecutionStatus.CREATED,
+        ).values_list("id", flat=True)
     )
-    if nxt is None:  # cancelled before it could start
-        return
+    if not ids:  # cancelled before they could start
+        return []
     body = definition if definition is not None else _body_of(child)
     start = body.task(body.start_task)
-    Execution.objects.filter(pk=nxt, status=ExecutionStatus.CREATED).update(
+    Execution.objects.filter(pk__in=ids, status=ExecutionStatus.CREATED).update(
         status=ExecutionStatus.QUEUED, queued_at=now
     )
-    writes.insert_rows(TaskRun, [_first_step(nxt, start, now)], after_commit=True)
-    wake(nxt)
+    writes.insert_rows(TaskRun, [_first_step(eid, start, now) for eid in ids], after_commit=True)
+    return ids
 
 
 def _body_of(child: Execution) -> FlowDefinition:
@@ -352,7 +379,7 @@ MAX_ERRORS_SHOWN = 20
 
 def join(execution: Execution, step: TaskRun) -> StepOutcome:
     """The control step runs again: end it from its children, or wait on (woken early)."""
-    fan = FanOut.objects.filter(step_id=step.pk).first()
+    fan = FanOut.objects.filter(pk=step.pk).first()
     if fan is None:
         return failure("its children are gone (the FanOut row is missing)", permanent=True)
     decided, fails = _decided(fan)

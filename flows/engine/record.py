@@ -204,8 +204,8 @@ def write(
             plan = finished.outcome.fanout
             if plan is not None and finished.execution.id in waits:
                 fanout.create(plan, finished.execution, finished.step, now)
-    for child, final, definition in children_ended:
-        fanout.child_ended(child, final, definition, now)
+    if children_ended:
+        fanout.children_ended(children_ended, now)
     inserts.save()
     for eid, route in routes:
         logger.info("execution=%s route: %s", eid, route)
