@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import F
@@ -108,9 +108,15 @@ def begin(
         return failure(f"parameters: {exc}", permanent=True)
     if len(_ancestry(execution)) >= MAX_DEPTH:
         return failure(f"child executions nest at most {MAX_DEPTH} deep", permanent=True)
-    child_input = params if spec.task_type != SUBFLOW else params.get("input") or {}
-    if not params and spec.task_type != SUBFLOW:
-        child_input = execution.input or {}
+    # A child's ${input}: a sub-flow's `input`; else the control task's parameters, when it
+    # has any. Without, a branch gets the parent's input, and a map item none (each item
+    # would otherwise carry a copy of an input that often holds all the items).
+    if spec.task_type == SUBFLOW:
+        child_input = params.get("input") or {}
+    elif params:
+        child_input = params
+    else:
+        child_input = execution.input or {} if spec.task_type == PARALLEL else {}
     base = [*execution.scope, spec.name]
     if spec.task_type == PARALLEL:
         plan = Plan(
@@ -288,8 +294,20 @@ def _decided(fan: FanOut | tuple[Any, ...]) -> tuple[bool, bool]:
     return done >= total or (fails and fan.fail_fast), fails  # type: ignore[union-attr]
 
 
+@dataclass
+class Adopt:
+    """Map items a dispatcher starts and claims for itself as they are started (the slots
+    their predecessors freed there), instead of leaving them for a claim and a queue hop."""
+
+    me: str
+    lease: timedelta
+    steps: list[TaskRun] = field(default_factory=list)
+
+
 def children_ended(
-    ended: list[tuple[Execution, str, FlowDefinition | None]], now: datetime
+    ended: list[tuple[Execution, str, FlowDefinition | None]],
+    now: datetime,
+    adopt: Adopt | None = None,
 ) -> None:
     """Count children that just ended on their parent steps, inside the transaction that
     ended them (several at once when a worker records a batch): start a map's next items,
@@ -327,7 +345,7 @@ def children_ended(
                 wake(parent)
         elif fan.kind == MAP and fan.started < fan.total:
             child, _, definition = group[0]
-            started += _start_next(fan, len(group), child, definition, now)
+            started += _start_next(fan, len(group), child, definition, now, adopt)
     if started:
         wake(started[0])
 
@@ -340,10 +358,16 @@ def child_ended(
 
 
 def _start_next(
-    fan: FanOut, count: int, child: Execution, definition: FlowDefinition | None, now: datetime
+    fan: FanOut,
+    count: int,
+    child: Execution,
+    definition: FlowDefinition | None,
+    now: datetime,
+    adopt: Adopt | None,
 ) -> list[uuid.UUID]:
     """Start up to ``count`` more items of a map (as many as ended): the next CREATED ones in
-    item order. Returns their ids."""
+    item order, claimed for ``adopt``'s dispatcher when given. Returns the ids of those left
+    for any worker to claim (to wake)."""
     first = fan.started
     last = min(fan.total, first + count)
     moved = FanOut.objects.filter(pk=fan.pk, started=first).update(started=last)
@@ -361,11 +385,23 @@ def _start_next(
         return []
     body = definition if definition is not None else _body_of(child)
     start = body.task(body.start_task)
+    steps = [_first_step(eid, start, now) for eid in ids]
+    if adopt is None:
+        Execution.objects.filter(pk__in=ids, status=ExecutionStatus.CREATED).update(
+            status=ExecutionStatus.QUEUED, queued_at=now
+        )
+        writes.insert_rows(TaskRun, steps, after_commit=True)
+        return ids
     Execution.objects.filter(pk__in=ids, status=ExecutionStatus.CREATED).update(
-        status=ExecutionStatus.QUEUED, queued_at=now
+        status=ExecutionStatus.RUNNING, queued_at=now, started_at=now
     )
-    writes.insert_rows(TaskRun, [_first_step(eid, start, now) for eid in ids], after_commit=True)
-    return ids
+    for step in steps:
+        step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, adopt.me, now
+        step.lease_expires_at, step.woken_at = now + adopt.lease, None
+    # The dispatcher launches them once this commits; their keys come back with the COMMIT.
+    writes.insert_rows(TaskRun, steps, after_commit=True)
+    adopt.steps += steps
+    return []
 
 
 def _body_of(child: Execution) -> FlowDefinition:

@@ -64,7 +64,12 @@ def end_execution(execution: Execution, status: str, error: str, now: datetime) 
 
 
 def write(
-    batch: list[Finished], me: str, lease: timedelta, *, continue_here: bool
+    batch: list[Finished],
+    me: str,
+    lease: timedelta,
+    *,
+    continue_here: bool,
+    adopt: fanout.Adopt | None = None,
 ) -> list[TaskRun | None]:
     """Write decided steps inside the caller's transaction, whatever their number, in the
     same few statements: for each, the next step when this worker claimed it, else None.
@@ -205,7 +210,7 @@ def write(
             if plan is not None and finished.execution.id in waits:
                 fanout.create(plan, finished.execution, finished.step, now)
     if children_ended:
-        fanout.children_ended(children_ended, now)
+        fanout.children_ended(children_ended, now, adopt if continue_here else None)
     inserts.save()
     for eid, route in routes:
         logger.info("execution=%s route: %s", eid, route)
