@@ -1,8 +1,9 @@
 """The resource API under ``/api/``: flows, their versions, executions and task types.
 
 Viewsets stay thin: they check the request's shape, call ``flows.services`` for every write
-and serialize what comes back. Who may call what is ``action_permissions`` on each viewset
-(see flows.api.permissions and the README's role table).
+(``flows.selectors`` for the reads other faces share) and serialize what comes back. Who may
+call what is ``action_permissions`` on each viewset (see flows.api.permissions and the
+README's role table).
 
 Scope: flows, executions and task types are shared by the whole team, so every user holding
 a model's ``view`` permission sees all of its rows; ``get_queryset`` returns nothing to a
@@ -32,7 +33,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from flows import services
+from flows import selectors, services
 from flows.api import examples as ex
 from flows.api import permissions as perms
 from flows.api.filters import ExecutionFilter
@@ -54,7 +55,7 @@ from flows.api.resource_serializers import (
     ValidationReportSerializer,
 )
 from flows.api.schema import READ, WRITE, error_responses
-from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion
+from flows.models import Execution, ExecutionEvent, Flow, FlowVersion
 from flows.registry import default_registry
 
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -280,8 +281,7 @@ class FlowViewSet(
     @action(detail=True, methods=["get"], filter_backends=[])
     def versions(self, request: Request, pk: str) -> Response:
         flow = self.get_object()
-        rows = FlowVersion.objects.filter(flow=flow).defer("definition")
-        page = self.paginate_queryset(rows.select_related("created_by").order_by("-version"))
+        page = self.paginate_queryset(selectors.flow_version_list(flow=flow))
         return self.get_paginated_response(FlowVersionSerializer(page, many=True).data)
 
     @extend_schema(
@@ -299,7 +299,7 @@ class FlowViewSet(
     )
     def version(self, request: Request, pk: str, version: str) -> Response:
         flow = self.get_object()
-        found = services.get_flow_version(flow_id=flow.id, version=int(version))
+        found = selectors.flow_version_get(flow_id=flow.id, version=int(version))
         return Response(FlowVersionDetailSerializer(found).data)
 
     @extend_schema(
@@ -335,7 +335,7 @@ class FlowViewSet(
         flow = self.get_object()
         body = StartExecutionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        version = services.get_flow_version(
+        version = selectors.flow_version_get(
             flow_id=flow.id, version=body.validated_data.get("version")
         )
         execution, created = services.execution_submit(
@@ -359,10 +359,7 @@ class FlowViewSet(
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def schedule(self, request: Request, pk: str) -> Response:
         flow = self.get_object()
-        schedule = FlowSchedule.objects.filter(flow=flow).select_related("q_schedule").first()
-        if schedule is None:
-            raise services.NotFound(f"flow '{flow.id}' has no schedule")
-        return Response(ScheduleSerializer(schedule).data)
+        return Response(ScheduleSerializer(selectors.flow_schedule_get(flow=flow)).data)
 
     @extend_schema(
         summary="Create or change the flow's cron schedule (enabled: false pauses it)",

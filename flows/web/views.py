@@ -1,4 +1,5 @@
-"""Operator pages: thin views over ``flows.services`` and the models' QuerySet methods."""
+"""Operator pages: thin views over ``flows.services``, ``flows.selectors`` and the models'
+QuerySet methods."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from flows import services
+from flows import selectors, services
 from flows.models import Execution, Flow, FlowVersion
 from flows.registry import default_registry
 from flows.web import builder, presenters
@@ -74,7 +75,7 @@ def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
             "flow": flow,
             "graph": presenters.graph_view(flow.definition),
             "problems": presenters.flow_problems(flow.definition),
-            "versions": flow.versions.select_related("created_by").order_by("-version"),
+            "versions": selectors.flow_version_list(flow=flow),
             "executions": Execution.objects.filter(flow=flow).for_list()[:10],
             "run_form": RunForm(),
             "schedule": getattr(flow, "schedule", None),
@@ -464,14 +465,14 @@ EXECUTION_ACTIONS: dict[str, tuple[str, Any, str]] = {
 
 def _flow_or_404(flow_id: str) -> Flow:
     try:
-        return services.get_flow(flow_id)
+        return selectors.flow_get(flow_id)
     except services.NotFound as exc:
         raise Http404(exc.message) from None
 
 
 def _execution_or_404(execution_id: Any) -> Execution:
     try:
-        return services.get_execution(execution_id)
+        return selectors.execution_get(execution_id)
     except services.NotFound as exc:
         raise Http404(exc.message) from None
 
