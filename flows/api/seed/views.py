@@ -23,7 +23,7 @@ from flows.api.permissions import (
     require,
 )
 from flows.api.schema import error_responses
-from flows.api.serializers import (
+from flows.api.seed.serializers import (
     DeletedSerializer,
     ExecuteRequestSerializer,
     ExecutionStatusSerializer,
