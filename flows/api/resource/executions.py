@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.filters import OrderingFilter
 from rest_framework.request import Request
@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from flows import services
 from flows.api import permissions as perms
 from flows.api.resource import examples as ex
-from flows.api.resource.base import Pages, ScopedObjectMixin, can
+from flows.api.resource.base import ResourceViewSet, can, execution_detail
 from flows.api.resource.filters import ExecutionFilter
 from flows.api.resource.serializers import (
     EventPageSerializer,
@@ -43,22 +43,16 @@ from flows.models import Execution, ExecutionEvent
         examples=[ex.answer("Completed", ex.EXECUTION)],
     ),
 )
-class ExecutionViewSet(
-    ScopedObjectMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
+class ExecutionViewSet(ResourceViewSet):
     """Runs of flow versions, with their steps and log lines; started from a flow."""
 
-    permission_classes = [perms.ActionPermission]
-    metadata_class = None  # OPTIONS is 405: the OpenAPI schema describes the endpoints
     noun = "execution"
     queryset = Execution.objects.all()
     serializer_class = ExecutionSerializer
-    pagination_class = Pages
     filter_backends = [DjangoFilterBackend, OrderingFilter]
     filterset_class = ExecutionFilter
     ordering_fields = ["created_at", "started_at", "ended_at", "status"]
     ordering = ["-created_at"]
-    lookup_value_regex = "[^/]+"
     action_permissions = {
         "list": perms.VIEW_EXECUTIONS,
         "retrieve": perms.VIEW_EXECUTIONS,
@@ -82,10 +76,6 @@ class ExecutionViewSet(
     def get_serializer_class(self) -> type:
         return ExecutionSerializer if self.action == "list" else ExecutionDetailSerializer
 
-    def _detail(self, execution: Execution, http_status: int = status.HTTP_200_OK) -> Response:
-        fresh = Execution.objects.for_api_detail().get(pk=execution.pk)
-        return Response(ExecutionDetailSerializer(fresh).data, status=http_status)
-
     @extend_schema(
         summary="Cancel an execution",
         description="A running step is stopped by its worker within about a second.",
@@ -101,7 +91,7 @@ class ExecutionViewSet(
     @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
     def cancel(self, request: Request, pk: str) -> Response:
         execution = self.get_object()
-        return self._detail(services.execution_cancel(execution_id=execution.id))
+        return execution_detail(services.execution_cancel(execution_id=execution.id))
 
     @extend_schema(
         summary="Pause an execution",
@@ -113,7 +103,7 @@ class ExecutionViewSet(
     @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
     def pause(self, request: Request, pk: str) -> Response:
         execution = self.get_object()
-        return self._detail(services.execution_pause(execution_id=execution.id))
+        return execution_detail(services.execution_pause(execution_id=execution.id))
 
     @extend_schema(
         summary="Resume a paused execution where it stopped",
@@ -124,7 +114,7 @@ class ExecutionViewSet(
     @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
     def resume(self, request: Request, pk: str) -> Response:
         execution = self.get_object()
-        return self._detail(services.execution_resume(execution_id=execution.id))
+        return execution_detail(services.execution_resume(execution_id=execution.id))
 
     @extend_schema(
         summary="Redrive a FAILED or CANCELLED execution from the step that stopped it",
@@ -136,7 +126,7 @@ class ExecutionViewSet(
     @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
     def redrive(self, request: Request, pk: str) -> Response:
         execution = self.get_object()
-        return self._detail(services.execution_redrive(execution_id=execution.id))
+        return execution_detail(services.execution_redrive(execution_id=execution.id))
 
     @extend_schema(
         summary="Start a new execution of the same flow version with the same input",
@@ -150,7 +140,7 @@ class ExecutionViewSet(
     def rerun(self, request: Request, pk: str) -> Response:
         execution = self.get_object()
         rerun = services.execution_rerun(execution_id=execution.id, user=request.user)
-        return self._detail(rerun, status.HTTP_201_CREATED)
+        return execution_detail(rerun, status.HTTP_201_CREATED)
 
     @extend_schema(
         summary="Log lines of an execution after a seq, for live tails",

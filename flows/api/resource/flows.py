@@ -12,7 +12,7 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import mixins, status, viewsets
+from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter, SearchFilter
@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from flows import selectors, services
 from flows.api import permissions as perms
 from flows.api.resource import examples as ex
-from flows.api.resource.base import Pages, ScopedObjectMixin, can
+from flows.api.resource.base import ResourceViewSet, can, execution_detail
 from flows.api.resource.serializers import (
     FLOW_DOCUMENT_SCHEMA,
     ExecutionDetailSerializer,
@@ -36,7 +36,7 @@ from flows.api.resource.serializers import (
     ValidationReportSerializer,
 )
 from flows.api.schema import READ, WRITE, error_responses
-from flows.models import Execution, Flow, FlowVersion
+from flows.models import Flow, FlowVersion
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
@@ -72,22 +72,16 @@ def idempotency_key(request: Request) -> str:
         examples=[ex.answer("Flow", ex.FLOW)],
     ),
 )
-class FlowViewSet(
-    ScopedObjectMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
+class FlowViewSet(ResourceViewSet):
     """Flows and their versions; storing a document makes a new version, never an edit."""
 
-    permission_classes = [perms.ActionPermission]
-    metadata_class = None  # OPTIONS is 405: the OpenAPI schema describes the endpoints
     noun = "flow"
     queryset = Flow.objects.all()
     serializer_class = FlowSerializer
-    pagination_class = Pages
     filter_backends = [SearchFilter, OrderingFilter]
     search_fields = ["id", "name"]
     ordering_fields = ["id", "name", "version", "created_at", "updated_at"]
     ordering = ["id"]
-    lookup_value_regex = "[^/]+"
     action_permissions = {
         "list": perms.VIEW_FLOWS,
         "retrieve": perms.VIEW_FLOWS,
@@ -300,10 +294,9 @@ class FlowViewSet(
             idempotency_key=idempotency_key(request),
             request_fingerprint=services.body_fingerprint(request.data),
         )
-        data = ExecutionDetailSerializer(
-            Execution.objects.for_api_detail().get(pk=execution.pk)
-        ).data
-        return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return execution_detail(
+            execution, status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
 
     # -- the flow's cron schedule -----------------------------------------------------------
     @extend_schema(
