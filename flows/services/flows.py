@@ -153,4 +153,5 @@ def flow_delete(*, flow_id: Any) -> None:
 
 
 def recorded_user(user: Any) -> Any:
+    """The user to record as a version's or an execution's author: None for an anonymous one."""
     return user if user is not None and getattr(user, "is_authenticated", False) else None
