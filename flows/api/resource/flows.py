@@ -1,21 +1,9 @@
-"""The resource API under ``/api/``: flows, their versions, executions and task types.
-
-Viewsets stay thin: they check the request's shape, call ``flows.services`` for every write
-and serialize what comes back. Who may call what is ``action_permissions`` on each viewset
-(see flows.api.permissions and the README's role table).
-
-Scope: flows, executions and task types are shared by the whole team, so every user holding
-a model's ``view`` permission sees all of its rows; ``get_queryset`` returns nothing to a
-user without it, and shapes each action's query (joins, deferred documents, prefetches).
-"""
+"""``/api/flows/``: flows, their versions, dry-run validation, starting executions and the
+cron schedule. (Scope and permissions: flows/api/resource/__init__.py.)"""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db.models import QuerySet
-from django.http import Http404
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -24,25 +12,20 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import mixins, status, viewsets
+from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter, SearchFilter
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from flows import services
-from flows.api import examples as ex
+from flows import selectors, services
 from flows.api import permissions as perms
-from flows.api.filters import ExecutionFilter
-from flows.api.resource_serializers import (
+from flows.api.resource import examples as ex
+from flows.api.resource.base import ResourceViewSet, can, execution_detail
+from flows.api.resource.serializers import (
     FLOW_DOCUMENT_SCHEMA,
-    EventPageSerializer,
-    EventSerializer,
-    EventsQuerySerializer,
     ExecutionDetailSerializer,
-    ExecutionSerializer,
     FlowDetailSerializer,
     FlowSerializer,
     FlowVersionDetailSerializer,
@@ -50,12 +33,10 @@ from flows.api.resource_serializers import (
     FlowWrittenSerializer,
     ScheduleSerializer,
     StartExecutionSerializer,
-    TaskTypeSerializer,
     ValidationReportSerializer,
 )
 from flows.api.schema import READ, WRITE, error_responses
-from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion
-from flows.registry import default_registry
+from flows.models import Flow, FlowVersion
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
@@ -69,36 +50,11 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 )
 
 
-class Pages(PageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-
-
-class ScopedObjectMixin:
-    """``get_object`` over the scoped ``get_queryset``, with a 404 that names the id."""
-
-    noun = "object"
-
-    def get_object(self) -> Any:
-        key = self.kwargs.get(self.lookup_url_kwarg or self.lookup_field)  # type: ignore[attr-defined]
-        try:
-            if "\x00" in str(key):  # no row has one, and PostgreSQL refuses to compare it
-                raise Http404
-            return super().get_object()  # type: ignore[misc]
-        except Http404:
-            raise services.NotFound(f"no {self.noun} with id {str(key)!r}") from None
-
-
 def idempotency_key(request: Request) -> str:
     key = request.headers.get("Idempotency-Key", "")
     if not key.isprintable():
         raise ValidationError({"Idempotency-Key": ["must be printable text"]})
     return key
-
-
-def _can(request: Request, permission: str) -> bool:
-    return bool(request.user and request.user.has_perm(permission))
 
 
 @extend_schema(tags=["flows"])
@@ -116,22 +72,16 @@ def _can(request: Request, permission: str) -> bool:
         examples=[ex.answer("Flow", ex.FLOW)],
     ),
 )
-class FlowViewSet(
-    ScopedObjectMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
+class FlowViewSet(ResourceViewSet):
     """Flows and their versions; storing a document makes a new version, never an edit."""
 
-    permission_classes = [perms.ActionPermission]
-    metadata_class = None  # OPTIONS is 405: the OpenAPI schema describes the endpoints
     noun = "flow"
     queryset = Flow.objects.all()
     serializer_class = FlowSerializer
-    pagination_class = Pages
     filter_backends = [SearchFilter, OrderingFilter]
     search_fields = ["id", "name"]
     ordering_fields = ["id", "name", "version", "created_at", "updated_at"]
     ordering = ["id"]
-    lookup_value_regex = "[^/]+"
     action_permissions = {
         "list": perms.VIEW_FLOWS,
         "retrieve": perms.VIEW_FLOWS,
@@ -149,7 +99,7 @@ class FlowViewSet(
     }
 
     def get_queryset(self) -> QuerySet[Flow]:
-        if not _can(self.request, perms.VIEW_FLOWS):
+        if not can(self.request, perms.VIEW_FLOWS):
             return Flow.objects.none()
         if self.action == "list":
             return Flow.objects.defer("definition")
@@ -280,8 +230,7 @@ class FlowViewSet(
     @action(detail=True, methods=["get"], filter_backends=[])
     def versions(self, request: Request, pk: str) -> Response:
         flow = self.get_object()
-        rows = FlowVersion.objects.filter(flow=flow).defer("definition")
-        page = self.paginate_queryset(rows.select_related("created_by").order_by("-version"))
+        page = self.paginate_queryset(selectors.flow_version_list(flow=flow))
         return self.get_paginated_response(FlowVersionSerializer(page, many=True).data)
 
     @extend_schema(
@@ -299,7 +248,7 @@ class FlowViewSet(
     )
     def version(self, request: Request, pk: str, version: str) -> Response:
         flow = self.get_object()
-        found = services.get_flow_version(flow_id=flow.id, version=int(version))
+        found = selectors.flow_version_get(flow_id=flow.id, version=int(version))
         return Response(FlowVersionDetailSerializer(found).data)
 
     @extend_schema(
@@ -335,7 +284,7 @@ class FlowViewSet(
         flow = self.get_object()
         body = StartExecutionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        version = services.get_flow_version(
+        version = selectors.flow_version_get(
             flow_id=flow.id, version=body.validated_data.get("version")
         )
         execution, created = services.execution_submit(
@@ -345,10 +294,9 @@ class FlowViewSet(
             idempotency_key=idempotency_key(request),
             request_fingerprint=services.body_fingerprint(request.data),
         )
-        data = ExecutionDetailSerializer(
-            Execution.objects.for_api_detail().get(pk=execution.pk)
-        ).data
-        return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return execution_detail(
+            execution, status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
 
     # -- the flow's cron schedule -----------------------------------------------------------
     @extend_schema(
@@ -359,10 +307,7 @@ class FlowViewSet(
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def schedule(self, request: Request, pk: str) -> Response:
         flow = self.get_object()
-        schedule = FlowSchedule.objects.filter(flow=flow).select_related("q_schedule").first()
-        if schedule is None:
-            raise services.NotFound(f"flow '{flow.id}' has no schedule")
-        return Response(ScheduleSerializer(schedule).data)
+        return Response(ScheduleSerializer(selectors.flow_schedule_get(flow=flow)).data)
 
     @extend_schema(
         summary="Create or change the flow's cron schedule (enabled: false pauses it)",
@@ -400,205 +345,3 @@ class FlowViewSet(
         flow = self.get_object()
         services.flow_schedule_delete(flow_id=flow.id)
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-@extend_schema(tags=["executions"])
-@extend_schema_view(
-    list=extend_schema(
-        summary="List executions",
-        description="Newest first by default; order by created_at, started_at, ended_at or "
-        "status (prefix - for descending). 50 per page (`page_size` up to 200).",
-        responses={200: ExecutionSerializer(many=True), **error_responses(400, 401, 403, 404)},
-        examples=[ex.answer("Executions", ex.EXECUTION_ROW)],
-    ),
-    retrieve=extend_schema(
-        summary="An execution with its steps",
-        responses={200: ExecutionDetailSerializer, **error_responses(*READ)},
-        examples=[ex.answer("Completed", ex.EXECUTION)],
-    ),
-)
-class ExecutionViewSet(
-    ScopedObjectMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
-    """Runs of flow versions, with their steps and log lines; started from a flow."""
-
-    permission_classes = [perms.ActionPermission]
-    metadata_class = None  # OPTIONS is 405: the OpenAPI schema describes the endpoints
-    noun = "execution"
-    queryset = Execution.objects.all()
-    serializer_class = ExecutionSerializer
-    pagination_class = Pages
-    filter_backends = [DjangoFilterBackend, OrderingFilter]
-    filterset_class = ExecutionFilter
-    ordering_fields = ["created_at", "started_at", "ended_at", "status"]
-    ordering = ["-created_at"]
-    lookup_value_regex = "[^/]+"
-    action_permissions = {
-        "list": perms.VIEW_EXECUTIONS,
-        "retrieve": perms.VIEW_EXECUTIONS,
-        "events": perms.VIEW_EXECUTIONS,
-        "cancel": perms.CANCEL_EXECUTIONS,
-        "pause": perms.CANCEL_EXECUTIONS,
-        "resume": perms.START_EXECUTIONS,
-        "redrive": perms.START_EXECUTIONS,
-        "rerun": perms.START_EXECUTIONS,
-    }
-
-    def get_queryset(self) -> QuerySet[Execution]:
-        if not _can(self.request, perms.VIEW_EXECUTIONS):
-            return Execution.objects.none()
-        if self.action == "list":
-            return Execution.objects.for_api_list()
-        if self.action == "events":
-            return Execution.objects.only("id", "status")
-        return Execution.objects.for_api_detail()
-
-    def get_serializer_class(self) -> type:
-        return ExecutionSerializer if self.action == "list" else ExecutionDetailSerializer
-
-    def _detail(self, execution: Execution, http_status: int = status.HTTP_200_OK) -> Response:
-        fresh = Execution.objects.for_api_detail().get(pk=execution.pk)
-        return Response(ExecutionDetailSerializer(fresh).data, status=http_status)
-
-    @extend_schema(
-        summary="Cancel an execution",
-        description="A running step is stopped by its worker within about a second.",
-        request=None,
-        responses={200: ExecutionDetailSerializer, **error_responses(*READ, 409)},
-        examples=[
-            ex.answer(
-                "Cancelled",
-                {**ex.QUEUED, "status": "CANCELLED", "cancel_requested": True, "current_task": ""},
-            )
-        ],
-    )
-    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
-    def cancel(self, request: Request, pk: str) -> Response:
-        execution = self.get_object()
-        return self._detail(services.execution_cancel(execution_id=execution.id))
-
-    @extend_schema(
-        summary="Pause an execution",
-        description="The step in flight finishes; the execution then waits as PAUSED.",
-        request=None,
-        responses={200: ExecutionDetailSerializer, **error_responses(*READ, 409)},
-        examples=[ex.answer("Paused", {**ex.QUEUED, "status": "PAUSED", "pause_requested": True})],
-    )
-    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
-    def pause(self, request: Request, pk: str) -> Response:
-        execution = self.get_object()
-        return self._detail(services.execution_pause(execution_id=execution.id))
-
-    @extend_schema(
-        summary="Resume a paused execution where it stopped",
-        request=None,
-        responses={200: ExecutionDetailSerializer, **error_responses(*READ, 409)},
-        examples=[ex.answer("Resumed", ex.QUEUED)],
-    )
-    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
-    def resume(self, request: Request, pk: str) -> Response:
-        execution = self.get_object()
-        return self._detail(services.execution_resume(execution_id=execution.id))
-
-    @extend_schema(
-        summary="Redrive a FAILED or CANCELLED execution from the step that stopped it",
-        description="Same execution id; its history stays and finished steps are not run again.",
-        request=None,
-        responses={200: ExecutionDetailSerializer, **error_responses(*READ, 409)},
-        examples=[ex.answer("Redriven", {**ex.QUEUED, "redrive_count": 1})],
-    )
-    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
-    def redrive(self, request: Request, pk: str) -> Response:
-        execution = self.get_object()
-        return self._detail(services.execution_redrive(execution_id=execution.id))
-
-    @extend_schema(
-        summary="Start a new execution of the same flow version with the same input",
-        request=None,
-        responses={201: ExecutionDetailSerializer, **error_responses(*READ, 409)},
-        examples=[
-            ex.answer("Rerun", {**ex.QUEUED, "trigger": "rerun", "rerun_of": ex.EXECUTION_ID}, 201)
-        ],
-    )
-    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
-    def rerun(self, request: Request, pk: str) -> Response:
-        execution = self.get_object()
-        rerun = services.execution_rerun(execution_id=execution.id, user=request.user)
-        return self._detail(rerun, status.HTTP_201_CREATED)
-
-    @extend_schema(
-        summary="Log lines of an execution after a seq, for live tails",
-        description="Poll with `?after=<next_after>` until `finished` is true and `more` false.",
-        parameters=[EventsQuerySerializer],
-        responses={200: EventPageSerializer, **error_responses(400, *READ)},
-        examples=[ex.answer("Lines", ex.EVENTS)],
-    )
-    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
-    def events(self, request: Request, pk: str) -> Response:
-        execution = self.get_object()
-        query = EventsQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        after, limit = query.validated_data["after"], query.validated_data["limit"]
-        rows = list(
-            ExecutionEvent.objects.filter(execution_id=execution.id, id__gt=after)
-            .select_related("task_run")
-            .order_by("id")[: limit + 1]
-        )
-        page = rows[:limit]
-        return Response(
-            {
-                "execution": execution.id,
-                "status": execution.status,
-                "finished": execution.is_terminal,
-                "events": EventSerializer(page, many=True).data,
-                "next_after": page[-1].id if page else after,
-                "more": len(rows) > limit,
-            }
-        )
-
-
-@extend_schema(tags=["task types"])
-@extend_schema_view(
-    list=extend_schema(
-        summary="Every registered task type",
-        responses={200: TaskTypeSerializer(many=True), **error_responses(401, 403)},
-        examples=[ex.answer("Task types", ex.TASK_TYPE)],
-    ),
-    retrieve=extend_schema(
-        summary="One task type",
-        responses={200: TaskTypeSerializer, **error_responses(*READ)},
-        examples=[ex.answer("Task type", ex.TASK_TYPE)],
-    ),
-)
-class TaskTypeViewSet(viewsets.ViewSet):
-    """Task types come from the plugin registry, not the database: there is no queryset."""
-
-    permission_classes = [perms.ActionPermission]
-    metadata_class = None  # OPTIONS is 405: the OpenAPI schema describes the endpoints
-    serializer_class = TaskTypeSerializer
-    lookup_field = "name"
-    lookup_value_regex = "[^/]+"
-    action_permissions = {"list": perms.VIEW_FLOWS, "retrieve": perms.VIEW_FLOWS}
-
-    def list(self, request: Request) -> Response:
-        types = default_registry().types
-        data = [task_type_document(types[name]) for name in sorted(types)]
-        return Response(TaskTypeSerializer(data, many=True).data)
-
-    def retrieve(self, request: Request, name: str) -> Response:
-        found = default_registry().types.get(name)
-        if found is None:
-            raise services.NotFound(f"no task type '{name}'")
-        return Response(TaskTypeSerializer(task_type_document(found)).data)
-
-
-def task_type_document(task_type: Any) -> dict[str, Any]:
-    """``TaskType.describe()`` plus the parameter defaults its JSON Schema declares."""
-    described = task_type.describe()
-    properties = described["parameters_schema"].get("properties") or {}
-    described["defaults"] = {
-        key: spec["default"]
-        for key, spec in properties.items()
-        if isinstance(spec, dict) and "default" in spec
-    }
-    return described

@@ -7,7 +7,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from flows.api.serializers import FieldErrorSerializer
+from flows.api.errors import FieldErrorSerializer
 from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
 
 # The flow document, for the OpenAPI schema only: definition.py is the one that checks it, and
