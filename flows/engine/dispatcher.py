@@ -20,7 +20,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from flows.definition import FlowDefinition, FlowValidationError
-from flows.engine import claim, fanout, record, timing
+from flows.engine import claim, fanin, record, timing
 from flows.engine.inputs import flow_definition
 from flows.engine.outcome import StepOutcome, blocked, failure, finish, stopped
 from flows.engine.reaper import run_again
@@ -284,7 +284,7 @@ class Dispatcher:
         self, batch: list[tuple[Slot, Finished]], *, continue_here: bool
     ) -> list[tuple[Slot, TaskRun | None]]:
         # Map items started by this batch take the slots their predecessors free here.
-        adopt = fanout.Adopt(self.me, self.lease) if self.only is None else None
+        adopt = fanin.Adopt(self.me, self.lease) if self.only is None else None
         try:
             with writes.atomic():
                 written = record.write(

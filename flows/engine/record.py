@@ -17,7 +17,7 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
-from flows.engine import fanout
+from flows.engine import fanin, fanout
 from flows.engine.outcome import flow_timeout, remaining
 from flows.engine.routing import Finished
 from flows.engine.wakeup import wake
@@ -60,7 +60,7 @@ def end_execution(execution: Execution, status: str, error: str, now: datetime) 
     step when it is a child."""
     writes.update_rows(Execution, {execution.id: ending(status, error, execution.steps_taken, now)})
     if execution.parent_step_id is not None:
-        fanout.child_ended(execution, status, None, now)
+        fanin.child_ended(execution, status, None, now)
 
 
 def write(
@@ -69,7 +69,7 @@ def write(
     lease: timedelta,
     *,
     continue_here: bool,
-    adopt: fanout.Adopt | None = None,
+    adopt: fanin.Adopt | None = None,
 ) -> list[TaskRun | None]:
     """Write decided steps inside the caller's transaction, whatever their number, in the
     same few statements: for each, the next step when this worker claimed it, else None.
@@ -154,7 +154,7 @@ def write(
         if final:
             ends[eid] = ending(final, error, int(steps_taken), now)
             if execution.parent_step_id is not None:
-                # A child's output is what its parent step gathers (fanout.join).
+                # A child's output is what its parent step gathers (fanin.join).
                 ends[eid]["result"] = outcome.result if final == ExecutionStatus.COMPLETED else None
                 children_ended.append((execution, final, definition))
             level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
@@ -210,7 +210,7 @@ def write(
             if plan is not None and finished.execution.id in waits:
                 fanout.create(plan, finished.execution, finished.step, now)
     if children_ended:
-        fanout.children_ended(children_ended, now, adopt if continue_here else None)
+        fanin.children_ended(children_ended, now, adopt if continue_here else None)
     inserts.save()
     for eid, route in routes:
         logger.info("execution=%s route: %s", eid, route)
