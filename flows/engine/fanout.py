@@ -53,6 +53,7 @@ MAX_MAP_ITEMS = 100_000
 # stored flows became since they were validated.
 MAX_DEPTH = 10
 WAITING_FOR_CHILDREN = "children"
+CREATE_CHUNK = 1000
 
 
 @dataclass
@@ -215,45 +216,49 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
         ],
     )
     root = parent.root_id or parent.id
-    children: list[Execution] = []
-    for index in range(plan.total):
+
+    def child(index: int) -> Execution:
         started = index < first
         which = index if plan.kind == PARALLEL else 0
-        scope, start = bodies[which][0], starts[which]
-        children.append(
-            Execution(
-                id=uuid.uuid4(),
-                flow_id=plan.version.flow_id,
-                flow_version_id=plan.version.pk,
-                status=ExecutionStatus.QUEUED if started else ExecutionStatus.CREATED,
-                current_task=start.name,
-                input=plan.input,
-                deadline_at=parent.deadline_at,
-                trigger=ExecutionTrigger.PARENT,
-                created_by_id=parent.created_by_id,
-                created_at=now,
-                queued_at=now if started else None,
-                parent_step_id=step.pk,
-                root_id=root,
-                scope=scope,
-                branch=plan.branches[index] if plan.kind == PARALLEL else "",
-                item_index=index,
-                # A branch inside a map item sees that item as ${item} too.
-                item=plan.items[index]
-                if plan.kind == MAP
-                else (parent.item if plan.kind == PARALLEL else None),
-            )
+        return Execution(
+            id=uuid.uuid4(),
+            flow_id=plan.version.flow_id,
+            flow_version_id=plan.version.pk,
+            status=ExecutionStatus.QUEUED if started else ExecutionStatus.CREATED,
+            current_task=starts[which].name,
+            input=plan.input,
+            deadline_at=parent.deadline_at,
+            trigger=ExecutionTrigger.PARENT,
+            created_by_id=parent.created_by_id,
+            created_at=now,
+            queued_at=now if started else None,
+            parent_step_id=step.pk,
+            root_id=root,
+            scope=bodies[which][0],
+            branch=plan.branches[index] if plan.kind == PARALLEL else "",
+            item_index=index,
+            # A branch inside a map item sees that item as ${item} too.
+            item=plan.items[index]
+            if plan.kind == MAP
+            else (parent.item if plan.kind == PARALLEL else None),
         )
-    writes.insert_rows(Execution, children)
-    first_steps = [
-        first_step(child.id, starts[i if plan.kind == PARALLEL else 0], now)
-        for i, child in enumerate(children[:first])
-    ]
-    writes.insert_rows(TaskRun, first_steps, after_commit=True)
-    # One message per worker process is enough: each dispatcher that gets one claims every
-    # ready step it has room for.
-    for child in children[: min(first, max(1, Conf.WORKERS))]:
-        wake(child.id)
+
+    # In chunks, so a map of many items never holds all its children's rows at once.
+    woken = 0
+    for offset in range(0, plan.total, CREATE_CHUNK):
+        chunk = [child(i) for i in range(offset, min(plan.total, offset + CREATE_CHUNK))]
+        writes.insert_rows(Execution, chunk)
+        starting = [c for c in chunk if c.status == ExecutionStatus.QUEUED]
+        steps = [
+            first_step(c.id, starts[c.item_index if plan.kind == PARALLEL else 0], now)
+            for c in starting
+        ]
+        writes.insert_rows(TaskRun, steps, after_commit=True)
+        # One message per worker process is enough: each dispatcher that gets one claims
+        # every ready step it has room for.
+        for c in starting[: max(0, max(1, Conf.WORKERS) - woken)]:
+            wake(c.id)
+            woken += 1
     logger.info(
         "execution=%s step=%s %s: %d children, %d started",
         parent.id, step.seq, plan.kind, plan.total, first,
