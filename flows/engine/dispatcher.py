@@ -170,12 +170,13 @@ class Dispatcher:
         # steps look task types up in this scan's result, not in a scan of their own.
         self.types.clear()
         self.types.update(self.registry.snapshot().types)
-        parsed: dict[int, FlowDefinition | FlowValidationError] = {}
+        # Keyed by version and scope: a parallel branch or map item runs part of its version.
+        parsed: dict[tuple[int, tuple[str, ...]], FlowDefinition | FlowValidationError] = {}
         for step in claimed.steps:
             execution = claimed.executions.get(step.execution_id)
             if execution is None:  # deleted since: its steps went with it
                 continue
-            version_id = execution.flow_version_id
+            version_id = (execution.flow_version_id, tuple(execution.scope))
             if version_id not in parsed:
                 try:
                     parsed[version_id] = flow_definition(execution, self.registry, refresh=False)
