@@ -7,9 +7,9 @@ from flows.api.schema import SchemaView
 
 urlpatterns = [
     path("", include("flows.web.urls")),
-    path("", include("flows.api.urls")),
+    path("", include("flows.api.seed.urls")),
     path("", include("flows.metrics.urls")),
-    path("api/", include("flows.api.urls_resource")),
+    path("api/", include("flows.api.resource.urls")),
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/schema", SchemaView.as_view()),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -283,6 +283,16 @@ class FlowDefinition:
             return nxt, f"{task_name} succeeded; no condition, next task in order"
         return None, f"{task_name} succeeded and is the last task: the flow ends"
 
+    def bodies(self, prefix: str = "") -> Iterator[tuple[str, FlowDefinition]]:
+        """This definition and every branch and map iterator in it, nested ones too, each
+        with the path prefix of its fields (``tasks[2].branches.left.``)."""
+        yield prefix, self
+        for i, spec in enumerate(self.tasks):
+            for branch, body in spec.branches:
+                yield from body.bodies(f"{prefix}tasks[{i}].branches.{branch}.")
+            if spec.iterator is not None:
+                yield from spec.iterator.bodies(f"{prefix}tasks[{i}].iterator.")
+
     def reachable(self) -> set[str]:
         seen: set[str] = set()
         todo = [self.start_task]
@@ -300,18 +310,14 @@ class FlowDefinition:
         return seen
 
 
-def subflow_calls(definition: FlowDefinition, prefix: str = "") -> list[tuple[str, str, Any]]:
+def subflow_calls(definition: FlowDefinition) -> list[tuple[str, str, Any]]:
     """Every sub-flow task, nested ones included: (its path, flow id, version or None)."""
-    calls: list[tuple[str, str, Any]] = []
-    for i, spec in enumerate(definition.tasks):
-        path = f"{prefix}tasks[{i}]"
-        if spec.task_type == SUBFLOW and isinstance(spec.parameters.get("flow_id"), str):
-            calls.append((path, spec.parameters["flow_id"], spec.parameters.get("version")))
-        for branch, body in spec.branches:
-            calls += subflow_calls(body, f"{path}.branches.{branch}.")
-        if spec.iterator is not None:
-            calls += subflow_calls(spec.iterator, f"{path}.iterator.")
-    return calls
+    return [
+        (f"{prefix}tasks[{i}]", spec.parameters["flow_id"], spec.parameters.get("version"))
+        for prefix, body in definition.bodies()
+        for i, spec in enumerate(body.tasks)
+        if spec.task_type == SUBFLOW and isinstance(spec.parameters.get("flow_id"), str)
+    ]
 
 
 def check_subflows(
@@ -420,22 +426,19 @@ def parse_flow(
         description=description,
         timeout_seconds=float(flow_timeout) if flow_timeout is not None else None,
     )
-    return dataclasses.replace(definition, warnings=tuple(_unreachable(definition, "")))
+    return dataclasses.replace(definition, warnings=tuple(_unreachable(definition)))
 
 
-def _unreachable(definition: FlowDefinition, prefix: str) -> list[FieldError]:
+def _unreachable(definition: FlowDefinition) -> list[FieldError]:
     """Warnings for tasks no path reaches, in this definition and every branch/iterator."""
-    reachable = definition.reachable()
-    out = [
-        FieldError(f"{prefix}tasks[{i}]", f"task '{t.name}' can never run: no path reaches it")
-        for i, t in enumerate(definition.tasks)
-        if t.name not in reachable
-    ]
-    for i, spec in enumerate(definition.tasks):
-        for branch, body in spec.branches:
-            out += _unreachable(body, f"{prefix}tasks[{i}].branches.{branch}.")
-        if spec.iterator is not None:
-            out += _unreachable(spec.iterator, f"{prefix}tasks[{i}].iterator.")
+    out = []
+    for prefix, body in definition.bodies():
+        reachable = body.reachable()
+        out += [
+            FieldError(f"{prefix}tasks[{i}]", f"task '{t.name}' can never run: no path reaches it")
+            for i, t in enumerate(body.tasks)
+            if t.name not in reachable
+        ]
     return out
 
 

@@ -410,7 +410,10 @@ class FanOut(models.Model):
     polls and never loads all its children.
     """
 
-    step = models.OneToOneField(TaskRun, on_delete=models.CASCADE, related_name="fanout")
+    # Keyed by its step: a child finds its parent's counts by its own parent_step_id.
+    step = models.OneToOneField(
+        TaskRun, on_delete=models.CASCADE, related_name="fanout", primary_key=True
+    )
     kind = models.CharField(max_length=16)  # parallel, map or subflow
     total = models.PositiveIntegerField()
     started = models.PositiveIntegerField(default=0)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from flows import services
+from flows import engine, services
 from flows.models import Execution, ExecutionStatus, FanOut, TaskRun, TaskRunStatus
 from tests.factories import (
     cond,
@@ -286,3 +286,24 @@ def test_redriving_a_failed_parallel_task_runs_its_branches_again() -> None:
     assert again.status == ExecutionStatus.FAILED
     assert [s for _, s in ran(again)] == ["FAILURE", "FAILURE"]
     assert FanOut.objects.filter(step__execution=again).count() == 2
+
+
+def test_branches_claimed_together_by_one_worker_each_run_their_own_tasks() -> None:
+    document = flow_doc(
+        [
+            parallel(
+                "both",
+                {"a": [task("x", "print", message="a")], "b": [task("y", "print", message="b")]},
+            )
+        ]
+    )
+    execution = start_execution(document)
+
+    # A worker's dispatcher (room for many) claims both branches' first steps in one batch.
+    while engine.Dispatcher().run():
+        pass
+
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED, execution.error
+    result = execution.steps.get(task_name="both").result
+    assert (result["a"]["message"], result["b"]["message"]) == ("a", "b")

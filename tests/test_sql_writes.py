@@ -628,3 +628,45 @@ def test_under_debug_the_status_reads_keep_the_rules(checked, api):
 
     assert api.get(f"/flow/{execution.id}/status").status_code == 200
     assert sum(sql.startswith("SELECT") for sql in checked) == 3  # token, execution, steps
+
+
+@pytest.mark.parametrize("count", [3, 150], ids=["insert", "copy-on-postgresql"])
+def test_rows_with_their_keys_set_are_inserted_as_given(version, count):
+    # A map's children: UUID keys set by the engine; from 100 rows PostgreSQL takes COPY.
+    rows = [
+        Execution(
+            id=uuid.uuid4(),
+            flow=version.flow,
+            flow_version=version,
+            status="CREATED",
+            input={"n": n, "text": TRICKY_TEXT, "none": None},
+            item=None if n % 2 else [n, SQL_LOOKALIKE],
+            scope=["each", ""],
+            item_index=n,
+            error=SQL_LOOKALIKE,
+            deadline_at=NOW if n == 0 else None,
+        )
+        for n in range(count)
+    ]
+
+    writes.insert_rows(Execution, rows)
+
+    stored_rows = {e.id: e for e in Execution.objects.filter(flow=version.flow)}
+    assert len(stored_rows) == count
+    for made in rows:
+        row = stored_rows[made.id]
+        assert row.input == {"n": made.item_index, "text": TRICKY_TEXT, "none": None}
+        assert row.item == made.item
+        assert (row.scope, row.item_index, row.error) == (
+            ["each", ""],
+            made.item_index,
+            SQL_LOOKALIKE,
+        )
+        assert row.deadline_at == made.deadline_at
+        assert row.created_at is not None
+        assert not made._state.adding
+
+
+def test_rows_of_a_model_without_an_auto_key_need_their_keys(version):
+    with pytest.raises(rules.SqlRuleError, match=r"set Execution\.id first"):
+        writes.insert_rows(Execution, [Execution(id=None, flow=version.flow, flow_version=version)])

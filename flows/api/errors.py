@@ -10,13 +10,26 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from flows.services import ServiceError
 
 logger = logging.getLogger("flows.api")
+
+
+class FieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(help_text="Path of the field, e.g. tasks[1].task_type")
+    message = serializers.CharField()
+
+
+# The one error shape, as the OpenAPI schema shows it (component "Error"). No docstring: it
+# would become the component's description.
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    errors = FieldErrorSerializer(many=True)
 
 
 def error_response(

@@ -10,7 +10,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from flows.api.serializers import ErrorSerializer
+from flows.api.errors import ErrorSerializer
 
 _ERRORS: dict[int, tuple[str, dict]] = {
     400: (

@@ -24,7 +24,8 @@ One module a role, each importing only the public names of the others:
 - ``outcome``     what a finished, failed, timed-out or stopped task amounts to
 - ``routing``     what follows a finished step, decided from the flow alone
 - ``claim``       the claim UPDATE, lease renewal and the cancel check
-- ``fanout``      parallel, map and sub-flow steps: child executions, counted as they end
+- ``fanout``      parallel, map and sub-flow steps: their child executions, started
+- ``fanin``       children counted as they end; the control step joined from them
 - ``record``      write finished steps and their routing, one transaction a batch
 - ``dispatcher``  the one step loop (``Dispatcher``, ``dispatch``: a worker's job)
 - ``inline``      the same loop for one execution in this process (``run_inline``)
@@ -36,7 +37,8 @@ One module a role, each importing only the public names of the others:
 from flows.engine.claim import claim_steps, renew_leases
 from flows.engine.dispatcher import Dispatcher, dispatch
 from flows.engine.duetimer import DueStepTimer, start_due_step_timer, wake_due
-from flows.engine.fanout import FOREVER, cancel_children, child_ended
+from flows.engine.fanin import cancel_children, child_ended
+from flows.engine.fanout import FOREVER
 from flows.engine.inline import run_inline
 from flows.engine.inputs import flow_definition, results_scope, results_so_far
 from flows.engine.outcome import StepOutcome

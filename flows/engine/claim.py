@@ -107,14 +107,22 @@ def claim_steps(
             status=ExecutionStatus.RUNNING,
             started_at=Coalesce(F("started_at"), Value(now)),
         )
-        executions = Execution.objects.in_bulk(ids)
-        versions = FlowVersion.objects.in_bulk(
-            {execution.flow_version_id for execution in executions.values()}
-        )
-        results = results_so_far(ids)
+        loaded = load(steps, now)
     for step in steps:
         step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, me, now
         step.lease_expires_at = expires
+    return loaded
+
+
+def load(steps: list[TaskRun], now: datetime, *, fresh: bool = False) -> Claimed:
+    """What running claimed ``steps`` needs: their executions with their flow versions and
+    the results so far (none to read for ``fresh`` executions, at their first step)."""
+    ids = [step.execution_id for step in steps]
+    executions = Execution.objects.in_bulk(ids)
+    versions = FlowVersion.objects.in_bulk(
+        {execution.flow_version_id for execution in executions.values()}
+    )
+    results = {} if fresh else results_so_far(ids)
     for execution in executions.values():
         execution.flow_version = versions[execution.flow_version_id]
     return Claimed(steps, executions, results, now)

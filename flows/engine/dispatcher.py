@@ -20,7 +20,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from flows.definition import FlowDefinition, FlowValidationError
-from flows.engine import claim, record, timing
+from flows.engine import claim, fanin, record, timing
 from flows.engine.inputs import flow_definition
 from flows.engine.outcome import StepOutcome, blocked, failure, finish, stopped
 from flows.engine.reaper import run_again
@@ -94,6 +94,7 @@ class Dispatcher:
         self.fill_every = timing.FILL_INTERVAL_SECONDS
         self.finished: list[tuple[Slot, Finished]] = []  # to record at the next flush
         self.types: dict[str, TaskType | None] = {}  # task types as of the last plugin scan
+        self.adopted: list[TaskRun] = []  # map items started and claimed here, to launch
 
     def run(self) -> int:
         """Run ready executions until none is in flight and none is ready, or the budget is
@@ -159,18 +160,23 @@ class Dispatcher:
             self.fill_every = min(self.fill_every * 2, timing.FILL_INTERVAL_MAX_SECONDS)
             return
         self.fill_every = timing.FILL_INTERVAL_SECONDS
+        self._start_claimed(claimed)
+
+    def _start_claimed(self, claimed: claim.Claimed) -> None:
+        """Start steps claimed for this worker: by ``fill``, or as map items it started."""
         if not claimed.steps:
             return
         # One plugin-folder scan and one parse look-up per flow version for the whole batch:
         # steps look task types up in this scan's result, not in a scan of their own.
         self.types.clear()
         self.types.update(self.registry.snapshot().types)
-        parsed: dict[int, FlowDefinition | FlowValidationError] = {}
+        # Keyed by version and scope: a parallel branch or map item runs part of its version.
+        parsed: dict[tuple[int, tuple[str, ...]], FlowDefinition | FlowValidationError] = {}
         for step in claimed.steps:
             execution = claimed.executions.get(step.execution_id)
             if execution is None:  # deleted since: its steps went with it
                 continue
-            version_id = execution.flow_version_id
+            version_id = (execution.flow_version_id, tuple(execution.scope))
             if version_id not in parsed:
                 try:
                     parsed[version_id] = flow_definition(execution, self.registry, refresh=False)
@@ -266,17 +272,29 @@ class Dispatcher:
                     continue
                 slot.step = next_step
                 self._launch(slot)
+            if self.adopted:
+                steps, self.adopted = self.adopted, []
+                self._guarded(
+                    lambda steps=steps: self._start_claimed(
+                        claim.load(steps, timezone.now(), fresh=True)
+                    ),
+                    "starting map items",
+                )
 
     def _write_batch(
         self, batch: list[tuple[Slot, Finished]], *, continue_here: bool
     ) -> list[tuple[Slot, TaskRun | None]]:
+        # Map items started by this batch take the slots their predecessors free here.
+        adopt = fanin.Adopt(self.me, self.lease) if self.only is None else None
         try:
             with writes.atomic():
                 written = record.write(
                     [finished for _, finished in batch], self.me, self.lease,
-                    continue_here=continue_here,
+                    continue_here=continue_here, adopt=adopt,
                 )  # fmt: skip
-                return list(zip([slot for slot, _ in batch], written, strict=True))
+            if adopt is not None and adopt.steps:
+                self.adopted += adopt.steps
+            return list(zip([slot for slot, _ in batch], written, strict=True))
         except record.TakenOver:
             pass  # one step was taken over: the others are written one by one below
         except DatabaseError as exc:

@@ -9,11 +9,11 @@ reaper, cancel, pause, retries); the parent step only counts them:
    its children (every branch; every map item, those past ``max_concurrency`` left CREATED;
    or the one sub-flow), each with ``parent_step`` set. The parent step stays open (PENDING)
    until ``FOREVER``: it holds no worker, and no reaper or timer wakes it.
-2. Fan in (``child_ended``, in the transaction that ends a child): one UPDATE adds the child
-   to its FanOut's counts; a map starts its next item there. When the last child has ended,
-   or a failure decides the step (fail fast, more failures than tolerated), the parent step
-   is made due and its execution woken.
-3. Join (``join``, when the parent step runs again): it reads its children's results in
+2. Fan in (``fanin.children_ended``, in the transaction that ends a child): one UPDATE
+   adds the child to its FanOut's counts; a map starts its next item there. When the last
+   child has ended, or a failure decides the step (fail fast, more failures than
+   tolerated), the parent step is made due and its execution woken.
+3. Join (``fanin.join``, when the parent step runs again): it reads its children's results in
    item order (streamed, never all rows at once), cancels those still running when it ended
    early, and ends like any task: success with the results, or failure.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import F
+from django_q.conf import Conf
 
 from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, TaskSpec, parse_flow
 from flows.engine.inputs import reference_scope
@@ -34,7 +34,6 @@ from flows.engine.outcome import StepOutcome, failure, waiting
 from flows.engine.wakeup import wake
 from flows.expressions import ResolveError, needs_resolving, resolve
 from flows.models import (
-    ACTIVE_STATUSES,
     Execution,
     ExecutionStatus,
     ExecutionTrigger,
@@ -54,6 +53,7 @@ MAX_MAP_ITEMS = 100_000
 # stored flows became since they were validated.
 MAX_DEPTH = 10
 WAITING_FOR_CHILDREN = "children"
+CREATE_CHUNK = 1000
 
 
 @dataclass
@@ -107,9 +107,15 @@ def begin(
         return failure(f"parameters: {exc}", permanent=True)
     if len(_ancestry(execution)) >= MAX_DEPTH:
         return failure(f"child executions nest at most {MAX_DEPTH} deep", permanent=True)
-    child_input = params if spec.task_type != SUBFLOW else params.get("input") or {}
-    if not params and spec.task_type != SUBFLOW:
-        child_input = execution.input or {}
+    # A child's ${input}: a sub-flow's `input`; else the control task's parameters, when it
+    # has any. Without, a branch gets the parent's input, and a map item none (each item
+    # would otherwise carry a copy of an input that often holds all the items).
+    if spec.task_type == SUBFLOW:
+        child_input = params.get("input") or {}
+    elif params:
+        child_input = params
+    else:
+        child_input = execution.input or {} if spec.task_type == PARALLEL else {}
     base = [*execution.scope, spec.name]
     if spec.task_type == PARALLEL:
         plan = Plan(
@@ -187,7 +193,7 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
     """Write the FanOut and the children of ``plan``, inside the transaction that records
     ``step`` as waiting; wake the ones that start now."""
     if plan.kind == SUBFLOW:
-        bodies = [([], parse_flow(plan.version.definition, _registry()))]
+        bodies = [([], parse_flow(plan.version.definition, registry()))]
     elif plan.kind == PARALLEL:
         bodies = [([*plan.scope, name], body) for name, body in plan.spec.branches]
     else:
@@ -210,50 +216,56 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
         ],
     )
     root = parent.root_id or parent.id
-    children: list[Execution] = []
-    for index in range(plan.total):
+
+    def child(index: int) -> Execution:
         started = index < first
         which = index if plan.kind == PARALLEL else 0
-        scope, start = bodies[which][0], starts[which]
-        children.append(
-            Execution(
-                id=uuid.uuid4(),
-                flow_id=plan.version.flow_id,
-                flow_version_id=plan.version.pk,
-                status=ExecutionStatus.QUEUED if started else ExecutionStatus.CREATED,
-                current_task=start.name,
-                input=plan.input,
-                deadline_at=parent.deadline_at,
-                trigger=ExecutionTrigger.PARENT,
-                created_by_id=parent.created_by_id,
-                created_at=now,
-                queued_at=now if started else None,
-                parent_step_id=step.pk,
-                root_id=root,
-                scope=scope,
-                branch=plan.branches[index] if plan.kind == PARALLEL else "",
-                item_index=index,
-                # A branch inside a map item sees that item as ${item} too.
-                item=plan.items[index]
-                if plan.kind == MAP
-                else (parent.item if plan.kind == PARALLEL else None),
-            )
+        return Execution(
+            id=uuid.uuid4(),
+            flow_id=plan.version.flow_id,
+            flow_version_id=plan.version.pk,
+            status=ExecutionStatus.QUEUED if started else ExecutionStatus.CREATED,
+            current_task=starts[which].name,
+            input=plan.input,
+            deadline_at=parent.deadline_at,
+            trigger=ExecutionTrigger.PARENT,
+            created_by_id=parent.created_by_id,
+            created_at=now,
+            queued_at=now if started else None,
+            parent_step_id=step.pk,
+            root_id=root,
+            scope=bodies[which][0],
+            branch=plan.branches[index] if plan.kind == PARALLEL else "",
+            item_index=index,
+            # A branch inside a map item sees that item as ${item} too.
+            item=plan.items[index]
+            if plan.kind == MAP
+            else (parent.item if plan.kind == PARALLEL else None),
         )
-    writes.insert_rows(Execution, children)
-    first_steps = [
-        _first_step(child.id, starts[i if plan.kind == PARALLEL else 0], now)
-        for i, child in enumerate(children[:first])
-    ]
-    writes.insert_rows(TaskRun, first_steps, after_commit=True)
-    for child in children[:first]:
-        wake(child.id)
+
+    # In chunks, so a map of many items never holds all its children's rows at once.
+    woken = 0
+    for offset in range(0, plan.total, CREATE_CHUNK):
+        chunk = [child(i) for i in range(offset, min(plan.total, offset + CREATE_CHUNK))]
+        writes.insert_rows(Execution, chunk)
+        starting = [c for c in chunk if c.status == ExecutionStatus.QUEUED]
+        steps = [
+            first_step(c.id, starts[c.item_index if plan.kind == PARALLEL else 0], now)
+            for c in starting
+        ]
+        writes.insert_rows(TaskRun, steps, after_commit=True)
+        # One message per worker process is enough: each dispatcher that gets one claims
+        # every ready step it has room for.
+        for c in starting[: max(0, max(1, Conf.WORKERS) - woken)]:
+            wake(c.id)
+            woken += 1
     logger.info(
         "execution=%s step=%s %s: %d children, %d started",
         parent.id, step.seq, plan.kind, plan.total, first,
     )  # fmt: skip
 
 
-def _first_step(execution_id: uuid.UUID, start: TaskSpec, now: datetime) -> TaskRun:
+def first_step(execution_id: uuid.UUID, start: TaskSpec, now: datetime) -> TaskRun:
     return TaskRun(
         execution_id=execution_id,
         seq=1,
@@ -265,174 +277,8 @@ def _first_step(execution_id: uuid.UUID, start: TaskSpec, now: datetime) -> Task
     )
 
 
-def _registry() -> Any:
+def registry() -> Any:
+    """The task registry of this process (imported late: the registry scans plugins)."""
     from flows.registry import default_registry
 
     return default_registry()
-
-
-# -- 2. Fan in ----------------------------------------------------------------------------------
-def _decided(fan: FanOut | tuple[Any, ...]) -> tuple[bool, bool]:
-    """(whether the step can end now, whether it fails) from a FanOut's counts."""
-    total, done, failed, kind = fan.total, fan.done, fan.failed, fan.kind  # type: ignore[union-attr]
-    if kind == MAP:
-        if fan.tolerated_percent is not None:  # type: ignore[union-attr]
-            over = failed * 100 > fan.tolerated_percent * total  # type: ignore[union-attr]
-        else:
-            over = failed > fan.tolerated  # type: ignore[union-attr]
-        return done >= total or over, over
-    fails = failed > 0
-    return done >= total or (fails and fan.fail_fast), fails  # type: ignore[union-attr]
-
-
-def child_ended(
-    child: Execution, status: str, definition: FlowDefinition | None, now: datetime
-) -> None:
-    """Count a child that just ended on its parent step, inside the transaction that ended
-    it: start a map's next item, or make the parent step due when this decides it."""
-    step_id = child.parent_step_id
-    failed = int(status != ExecutionStatus.COMPLETED)
-    # One UPDATE: concurrent endings queue on the FanOut's row lock, so none is lost.
-    FanOut.objects.filter(step_id=step_id).update(done=F("done") + 1, failed=F("failed") + failed)
-    fan = FanOut.objects.filter(step_id=step_id).first()
-    if fan is None:  # the parent went away
-        return
-    decided, _ = _decided(fan)
-    if decided:
-        parent = (
-            TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING)
-            .values_list("execution_id", flat=True)
-            .first()
-        )
-        if parent is not None:
-            TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING).update(
-                not_before=now, woken_at=now
-            )
-            wake(parent)
-        return
-    if fan.kind == MAP and fan.started < fan.total:
-        _start_next(step_id, child, definition, now)
-
-
-def _start_next(
-    step_id: int, child: Execution, definition: FlowDefinition | None, now: datetime
-) -> None:
-    moved = FanOut.objects.filter(step_id=step_id, started__lt=F("total")).update(
-        started=F("started") + 1
-    )
-    if not moved:
-        return
-    index = FanOut.objects.filter(step_id=step_id).values_list("started", flat=True).first() - 1
-    nxt = (
-        Execution.objects.filter(
-            parent_step_id=step_id, item_index=index, status=ExecutionStatus.CREATED
-        )
-        .values_list("id", flat=True)
-        .first()
-    )
-    if nxt is None:  # cancelled before it could start
-        return
-    body = definition if definition is not None else _body_of(child)
-    start = body.task(body.start_task)
-    Execution.objects.filter(pk=nxt, status=ExecutionStatus.CREATED).update(
-        status=ExecutionStatus.QUEUED, queued_at=now
-    )
-    writes.insert_rows(TaskRun, [_first_step(nxt, start, now)], after_commit=True)
-    wake(nxt)
-
-
-def _body_of(child: Execution) -> FlowDefinition:
-    version = FlowVersion.objects.get(pk=child.flow_version_id)
-    return parse_flow(version.definition, _registry()).scope(child.scope)
-
-
-# -- 3. Join ------------------------------------------------------------------------------------
-MAX_ERRORS_SHOWN = 20
-
-
-def join(execution: Execution, step: TaskRun) -> StepOutcome:
-    """The control step runs again: end it from its children, or wait on (woken early)."""
-    fan = FanOut.objects.filter(step_id=step.pk).first()
-    if fan is None:
-        return failure("its children are gone (the FanOut row is missing)", permanent=True)
-    decided, fails = _decided(fan)
-    if not decided:
-        return waiting_outcome(None, step.waiting or {"kind": WAITING_FOR_CHILDREN})
-    if fan.done < fan.total:
-        cancel_children([step.pk], why=f"{step.task_name} failed: fail fast")
-    rows = (
-        Execution.objects.filter(parent_step_id=step.pk)
-        .order_by("item_index")
-        .values_list("id", "branch", "status", "result", "error")
-        .iterator(chunk_size=2000)
-    )
-    errors: list[str] = []
-    if fan.kind == PARALLEL:
-        result: dict[str, Any] = {}
-        for _, branch, status, value, error in rows:
-            result[branch] = value
-            if status != ExecutionStatus.COMPLETED and len(errors) < MAX_ERRORS_SHOWN:
-                errors.append(f"branch {branch} {status.lower()}: {error}")
-    elif fan.kind == MAP:
-        values: list[Any] = []
-        for index, (_, _, status, value, error) in enumerate(rows):
-            values.append(value if status == ExecutionStatus.COMPLETED else None)
-            if status != ExecutionStatus.COMPLETED and len(errors) < MAX_ERRORS_SHOWN:
-                errors.append(f"item {index} {status.lower()}: {error}")
-        result = {"results": values, "count": fan.total, "failed": fan.failed}
-    else:
-        child_id, _, status, value, error = next(iter(rows))
-        result = {"execution_id": str(child_id), "status": status, "result": value}
-        if status != ExecutionStatus.COMPLETED:
-            errors.append(f"sub-flow execution {child_id} {status.lower()}: {error}")
-    if fails:
-        what = {PARALLEL: "branches", MAP: "items", SUBFLOW: "sub-flows"}[fan.kind]
-        more = "" if fan.failed <= len(errors) else f"; {fan.failed - len(errors)} more"
-        return failure(
-            f"{fan.failed} of {fan.total} {what} failed: {'; '.join(errors)}{more}",
-            permanent=True,
-        )
-    result.setdefault("message", f"{fan.total} {fan.kind} children completed")
-    return StepOutcome(TaskRunStatus.SUCCESS, result=result)
-
-
-# -- Cancelling a tree --------------------------------------------------------------------------
-def cancel_children(step_ids: list[int], *, why: str) -> int:
-    """Cancel every child (and their children) of these steps that has not ended: CREATED
-    ones and those whose step waits end at once; a running step is stopped by its worker
-    within a second (``cancel_requested``). Returns how many were asked."""
-    now = datetime.now(UTC)
-    asked = 0
-    while step_ids:
-        children = Execution.objects.filter(
-            parent_step_id__in=step_ids,
-            status__in=[*ACTIVE_STATUSES, ExecutionStatus.CREATED, ExecutionStatus.PAUSED],
-        )
-        ids = list(children.values_list("id", flat=True))
-        if not ids:
-            break
-        asked += len(ids)
-        running = set(
-            TaskRun.objects.filter(execution_id__in=ids, status=TaskRunStatus.RUNNING).values_list(
-                "execution_id", flat=True
-            )
-        )
-        idle = [eid for eid in ids if eid not in running]
-        # The children's own waiting steps, whose children are cancelled next round.
-        step_ids = list(
-            TaskRun.objects.filter(
-                execution_id__in=ids, status=TaskRunStatus.PENDING, waiting__isnull=False
-            ).values_list("pk", flat=True)
-        )
-        TaskRun.objects.filter(execution_id__in=idle, status=TaskRunStatus.PENDING).update(
-            status=TaskRunStatus.CANCELLED, ended_at=now, error="cancelled before it started"
-        )
-        Execution.objects.filter(pk__in=idle).update(
-            status=ExecutionStatus.CANCELLED,
-            cancel_requested=True,
-            error=why,
-            ended_at=now,
-            current_task="",
-        )
-        Execution.objects.filter(pk__in=list(running)).update(cancel_requested=True)
-    return asked

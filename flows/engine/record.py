@@ -17,7 +17,7 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
-from flows.engine import fanout
+from flows.engine import fanin, fanout
 from flows.engine.outcome import flow_timeout, remaining
 from flows.engine.routing import Finished
 from flows.engine.wakeup import wake
@@ -60,11 +60,16 @@ def end_execution(execution: Execution, status: str, error: str, now: datetime) 
     step when it is a child."""
     writes.update_rows(Execution, {execution.id: ending(status, error, execution.steps_taken, now)})
     if execution.parent_step_id is not None:
-        fanout.child_ended(execution, status, None, now)
+        fanin.child_ended(execution, status, None, now)
 
 
 def write(
-    batch: list[Finished], me: str, lease: timedelta, *, continue_here: bool
+    batch: list[Finished],
+    me: str,
+    lease: timedelta,
+    *,
+    continue_here: bool,
+    adopt: fanin.Adopt | None = None,
 ) -> list[TaskRun | None]:
     """Write decided steps inside the caller's transaction, whatever their number, in the
     same few statements: for each, the next step when this worker claimed it, else None.
@@ -149,7 +154,7 @@ def write(
         if final:
             ends[eid] = ending(final, error, int(steps_taken), now)
             if execution.parent_step_id is not None:
-                # A child's output is what its parent step gathers (fanout.join).
+                # A child's output is what its parent step gathers (fanin.join).
                 ends[eid]["result"] = outcome.result if final == ExecutionStatus.COMPLETED else None
                 children_ended.append((execution, final, definition))
             level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
@@ -204,8 +209,8 @@ def write(
             plan = finished.outcome.fanout
             if plan is not None and finished.execution.id in waits:
                 fanout.create(plan, finished.execution, finished.step, now)
-    for child, final, definition in children_ended:
-        fanout.child_ended(child, final, definition, now)
+    if children_ended:
+        fanin.children_ended(children_ended, now, adopt if continue_here else None)
     inserts.save()
     for eid, route in routes:
         logger.info("execution=%s route: %s", eid, route)

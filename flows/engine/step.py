@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 
 from flows.definition import FlowDefinition
-from flows.engine import fanout, timing
+from flows.engine import fanin, fanout, timing
 from flows.engine.inputs import resolve_parameters
 from flows.engine.outcome import (
     FLOW_TIMEOUT_SOURCE,
@@ -92,7 +92,7 @@ def start(
     if spec.is_control:
         # Parallel, map, sub-flow: no task code; the step starts children, or ends from them.
         if (step.waiting or {}).get("kind") == fanout.WAITING_FOR_CHILDREN:
-            return fanout.join(execution, step)
+            return fanin.join(execution, step)
         return fanout.begin(execution, definition, step, spec, results)
     if isinstance(task_type, str):
         return failure(task_type or "unknown task type", permanent=True)

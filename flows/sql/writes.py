@@ -35,6 +35,7 @@ logger = logging.getLogger("flows.sql.writes")
 MAX_PARAMETERS = 30_000  # SQLite takes at most 32,766 in one statement
 TEXT_FIELDS = ("CharField", "SlugField", "EmailField", "URLField")
 AUTO_KEYS = ("AutoField", "BigAutoField", "SmallAutoField")
+COPY_FROM = 100  # rows; fewer go in an INSERT (PostgreSQL, keys set already: see _copy)
 
 
 def _db() -> BaseDatabaseWrapper:
@@ -356,6 +357,10 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
         raise rules.SqlRuleError(f"insert_rows: set {model.__name__}.{pk.attname} first")
     lean: _Lean | None = getattr(_state, "lean", None)
     defer = after_commit and lean is not None and lean.multi and not _watched(db)
+    big = not auto and len(objs) >= COPY_FROM and db.vendor == "postgresql"
+    if big and not defer and not _watched(db):
+        _copy(db, model, objs)
+        return
     width = len(model._meta.concrete_fields) - (1 if auto else 0)
     per_statement = max(1, MAX_PARAMETERS // width)
     for start in range(0, len(objs), per_statement):
@@ -367,6 +372,29 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
             lean.deferred.append((sql, params, then))  # type: ignore[union-attr]
         else:
             then(_execute(db, sql, params)[0])
+
+
+def _copy(db: BaseDatabaseWrapper, model: type[Model], objs: list[Model]) -> None:
+    """PostgreSQL's COPY for many rows whose keys are set already (a map's children): a big
+    multi-row INSERT costs psycopg more to bind on the client than the server to run, and
+    COPY sends the rows as they are."""
+    meta, quote = model._meta, db.ops.quote_name
+    fields = tuple(meta.concrete_fields)
+    sql = (
+        f"COPY {quote(meta.db_table)} "  # quoted identifiers from the model
+        f"({', '.join(quote(f.column) for f in fields)}) FROM STDIN"
+    )
+    if db.connection is None:
+        db.ensure_connection()
+    lean: _Lean | None = getattr(_state, "lean", None)
+    with db.wrap_database_errors, contextlib.closing(db.connection.cursor()) as cursor:
+        if lean is not None and lean.begin:
+            begin, lean.begin = lean.begin, ""  # a failure from here leaves one to roll back
+            cursor.execute(begin)
+        with cursor.copy(sql) as copy:
+            for obj in objs:
+                copy.write_row([prep(f, f.pre_save(obj, add=True), db) for f in fields])
+    _set_keys(objs, "", db.alias, [])
 
 
 def _set_keys(objs: list[Model], attname: str, alias: str, rows: list[Any]) -> None:

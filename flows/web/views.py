@@ -1,11 +1,13 @@
-"""Operator pages: thin views over ``flows.services`` and the models' QuerySet methods."""
+"""Operator pages: thin views over ``flows.services``, ``flows.selectors`` and the models'
+QuerySet methods."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
@@ -18,13 +20,14 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from flows import services
+from flows import selectors, services
 from flows.models import Execution, ExecutionStatus, Flow, FlowVersion, TaskRun
 from flows.registry import default_registry
 from flows.web import builder, presenters
 from flows.web.forms import ExecutionFilterForm, RunForm, ScheduleForm
 
 PAGE_SIZE = 50
+T = TypeVar("T")
 
 
 def needs(permission: str) -> Any:
@@ -74,7 +77,7 @@ def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
             "flow": flow,
             "graph": presenters.graph_view(flow.definition),
             "problems": presenters.flow_problems(flow.definition),
-            "versions": flow.versions.select_related("created_by").order_by("-version"),
+            "versions": selectors.flow_version_list(flow=flow),
             "executions": Execution.objects.filter(flow=flow, parent_step__isnull=True).for_list()[
                 :10
             ],
@@ -129,8 +132,7 @@ def flow_schedule(request: HttpRequest, flow_id: str) -> HttpResponse:
 @login_required
 @needs("flows.view_flow")
 def flow_version(request: HttpRequest, flow_id: str, version: int) -> HttpResponse:
-    stored = get_object_or_404(FlowVersion.objects.select_related("flow"), flow_id=flow_id,
-                               version=version)  # fmt: skip
+    stored = _version_or_404(flow_id, version)
     return render(
         request,
         "flows/flow_version.html",
@@ -146,7 +148,7 @@ def flow_version(request: HttpRequest, flow_id: str, version: int) -> HttpRespon
 @login_required
 @needs("flows.view_flow")
 def flow_export(request: HttpRequest, flow_id: str, version: int) -> HttpResponse:
-    stored = get_object_or_404(FlowVersion, flow_id=flow_id, version=version)
+    stored = _version_or_404(flow_id, version)
     return _download(stored.definition, f"{flow_id}-v{version}.json")
 
 
@@ -160,7 +162,7 @@ def flow_run(request: HttpRequest, flow_id: str) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, f"Input: {' '.join(form.errors['input'])}")
         return redirect("flow_detail", flow_id=flow.id)
-    current = flow.versions.get(version=flow.version)
+    current = _version_or_404(flow.id, None)
     try:
         execution, _ = services.execution_submit(
             flow_version=current, user=request.user, input=form.cleaned_data["input"]
@@ -521,18 +523,24 @@ EXECUTION_ACTIONS: dict[str, tuple[str, Any, str]] = {
 }
 
 
-def _flow_or_404(flow_id: str) -> Flow:
+def _or_404(read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``read(...)``, a selector, with its NotFound as the page's 404."""
     try:
-        return services.get_flow(flow_id)
+        return read(*args, **kwargs)
     except services.NotFound as exc:
         raise Http404(exc.message) from None
+
+
+def _flow_or_404(flow_id: str) -> Flow:
+    return _or_404(selectors.flow_get, flow_id)
+
+
+def _version_or_404(flow_id: str, version: int | None) -> FlowVersion:
+    return _or_404(selectors.flow_version_get, flow_id=flow_id, version=version)
 
 
 def _execution_or_404(execution_id: Any) -> Execution:
-    try:
-        return services.get_execution(execution_id)
-    except services.NotFound as exc:
-        raise Http404(exc.message) from None
+    return _or_404(selectors.execution_get, execution_id)
 
 
 def _is_uuid(value: str) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from flows import services
+from flows import selectors, services
 from flows.retention import parse_age
 
 
@@ -81,7 +81,7 @@ class Command(BaseCommand):
     def _dry_run(self, *, older_than: Any, statuses: list[str] | None) -> None:
         from flows.models import ExecutionEvent, TaskRun
 
-        candidates = services.executions_purgeable(older_than=older_than, statuses=statuses)
+        candidates = selectors.execution_list_purgeable(older_than=older_than, statuses=statuses)
         executions = candidates.count()
         steps = TaskRun.objects.filter(execution__in=candidates.values("pk")).count()
         events = ExecutionEvent.objects.filter(execution__in=candidates.values("pk")).count()

@@ -82,6 +82,8 @@ class Command(BaseCommand):
             line = f"  {step.seq:>3}  {step.task_name:<24} {step.status:<9} {duration:>9}"
             if step.error:
                 line += f"  {step.error}"
+            elif step.status == "PENDING" and step.waiting:
+                line += f"  {_waiting(step.waiting, execution.id)}"
             self.stdout.write(line)
         style = (
             self.style.SUCCESS
@@ -97,6 +99,18 @@ class Command(BaseCommand):
     def _invalid(self, message: str) -> None:
         self.stderr.write(self.style.ERROR(message))
         raise SystemExit(2)
+
+
+def _waiting(waiting: dict[str, Any], execution_id: Any) -> str:
+    """What a waiting step waits for, and how to end the wait, in a few words."""
+    if waiting.get("kind") == "signal":
+        return (
+            f"waits for signal '{waiting.get('name')}': POST "
+            f"/api/executions/{execution_id}/signal/, or Approve on its page"
+        )
+    if waiting.get("kind") == "children":
+        return "waits for its children"
+    return f"waits until {waiting.get('until', 'its time')}"
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from flows.api.serializers import FieldErrorSerializer
+from flows.api.errors import FieldErrorSerializer
 from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
 from flows.waiting import fanout_of, waiting_of
 

@@ -3,7 +3,7 @@
 from django.urls import URLPattern, path
 from rest_framework.views import APIView
 
-from flows.api import seed
+from flows.api.seed import views as seed
 
 
 def slash_optional(route: str, view: type[APIView], name: str) -> list[URLPattern]:

@@ -2,7 +2,9 @@
 
 from rest_framework.routers import DefaultRouter
 
-from flows.api.viewsets import ExecutionViewSet, FlowViewSet, TaskTypeViewSet
+from flows.api.resource.executions import ExecutionViewSet
+from flows.api.resource.flows import FlowViewSet
+from flows.api.resource.task_types import TaskTypeViewSet
 
 router = DefaultRouter()
 # Every route with or without its trailing slash: no APPEND_SLASH redirect (which loses a

@@ -6,18 +6,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from flows.api.errors import FieldErrorSerializer
 from flows.models import Execution, TaskRun, TaskRunStatus
-
-
-class FieldErrorSerializer(serializers.Serializer):
-    field = serializers.CharField(help_text="Path of the field, e.g. tasks[1].task_type")
-    message = serializers.CharField()
-
-
-class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
-    code = serializers.CharField()
-    errors = FieldErrorSerializer(many=True)
 
 
 class FlowCreatedSerializer(serializers.Serializer):

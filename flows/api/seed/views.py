@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from flows import services
+from flows import selectors, services
 from flows.api import health
 from flows.api.errors import error_response
 from flows.api.permissions import (
@@ -23,7 +23,7 @@ from flows.api.permissions import (
     require,
 )
 from flows.api.schema import error_responses
-from flows.api.serializers import (
+from flows.api.seed.serializers import (
     DeletedSerializer,
     ExecuteRequestSerializer,
     ExecutionStatusSerializer,
@@ -231,7 +231,7 @@ class FlowDeleteView(APIView):
         tags=["seed"],
     )
     def delete(self, request: Request, execution_id: str) -> Response:
-        execution = services.get_execution(execution_id)
+        execution = selectors.execution_get(execution_id)
         services.execution_delete(execution_id=execution.id)
         return Response({"message": f"Flow execution {execution.id} deleted successfully"})
 

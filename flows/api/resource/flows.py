@@ -1,0 +1,347 @@
+"""``/api/flows/``: flows, their versions, dry-run validation, starting executions and the
+cron schedule. (Scope and permissions: flows/api/resource/__init__.py.)"""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import status
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from flows import selectors, services
+from flows.api import permissions as perms
+from flows.api.resource import examples as ex
+from flows.api.resource.base import ResourceViewSet, can, execution_detail
+from flows.api.resource.serializers import (
+    FLOW_DOCUMENT_SCHEMA,
+    ExecutionDetailSerializer,
+    FlowDetailSerializer,
+    FlowSerializer,
+    FlowVersionDetailSerializer,
+    FlowVersionSerializer,
+    FlowWrittenSerializer,
+    ScheduleSerializer,
+    StartExecutionSerializer,
+    ValidationReportSerializer,
+)
+from flows.api.schema import READ, WRITE, error_responses
+from flows.models import Flow, FlowVersion
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description=(
+        "Repeating a start with the same key (same user, same flow) and the same body returns "
+        "the execution the first one made, with 200, instead of starting another; the same key "
+        "with a different body is a 422 (idempotency_conflict). At most 200 characters."
+    ),
+)
+
+
+def idempotency_key(request: Request) -> str:
+    key = request.headers.get("Idempotency-Key", "")
+    if not key.isprintable():
+        raise ValidationError({"Idempotency-Key": ["must be printable text"]})
+    return key
+
+
+@extend_schema(tags=["flows"])
+@extend_schema_view(
+    list=extend_schema(
+        summary="List flows",
+        description="Search matches id and name; order by id, name, version, created_at or "
+        "updated_at (prefix - for descending).",
+        responses={200: FlowSerializer(many=True), **error_responses(401, 403, 404)},
+        examples=[ex.answer("Flows", ex.FLOW_ROW)],
+    ),
+    retrieve=extend_schema(
+        summary="A flow with its latest document",
+        responses={200: FlowDetailSerializer, **error_responses(*READ)},
+        examples=[ex.answer("Flow", ex.FLOW)],
+    ),
+)
+class FlowViewSet(ResourceViewSet):
+    """Flows and their versions; storing a document makes a new version, never an edit."""
+
+    noun = "flow"
+    queryset = Flow.objects.all()
+    serializer_class = FlowSerializer
+    filter_backends = [SearchFilter, OrderingFilter]
+    search_fields = ["id", "name"]
+    ordering_fields = ["id", "name", "version", "created_at", "updated_at"]
+    ordering = ["id"]
+    action_permissions = {
+        "list": perms.VIEW_FLOWS,
+        "retrieve": perms.VIEW_FLOWS,
+        "versions": perms.VIEW_FLOWS,
+        "version": perms.VIEW_FLOWS,
+        "validate": perms.VIEW_FLOWS,
+        "validate_as_id": perms.VIEW_FLOWS,
+        "create": perms.ADD_FLOWS,
+        "update": perms.CHANGE_FLOWS,
+        "destroy": perms.DELETE_FLOWS,
+        "start": perms.START_EXECUTIONS,
+        "schedule": perms.VIEW_FLOWS,
+        "set_schedule": perms.CHANGE_FLOWS,
+        "delete_schedule": perms.CHANGE_FLOWS,
+    }
+
+    def get_queryset(self) -> QuerySet[Flow]:
+        if not can(self.request, perms.VIEW_FLOWS):
+            return Flow.objects.none()
+        if self.action == "list":
+            return Flow.objects.defer("definition")
+        return Flow.objects.all()
+
+    def get_serializer_class(self) -> type:
+        return FlowDetailSerializer if self.action == "retrieve" else FlowSerializer
+
+    def _written(self, version: FlowVersion, stored: bool, http_status: int) -> Response:
+        warnings = services.validate_flow(version.definition).warnings
+        context = {"warnings": [w.as_dict() for w in warnings], "new_version": stored}
+        data = FlowWrittenSerializer(version.flow, context=context).data
+        return Response(data, status=http_status)
+
+    @extend_schema(
+        summary="Create a flow (a new version when its id exists)",
+        description="201 when a version was stored. The flow's current document again "
+        "(compared as JSON, key order ignored) stores nothing: 200 with that version and "
+        "`new_version: false`.",
+        request={"application/json": FLOW_DOCUMENT_SCHEMA},
+        responses={
+            201: FlowWrittenSerializer,
+            200: OpenApiResponse(
+                FlowWrittenSerializer, description="The current document again: nothing stored."
+            ),
+            **error_responses(*WRITE),
+        },
+        examples=[
+            OpenApiExample("Two tasks", value=ex.DOCUMENT, request_only=True),
+            ex.answer("Stored", ex.FLOW_WRITTEN, 201),
+            ex.answer("Unchanged", {**ex.FLOW_WRITTEN, "new_version": False}, 200),
+        ],
+    )
+    def create(self, request: Request) -> Response:
+        version, stored = services.flow_store(document=request.data, user=request.user)
+        return self._written(
+            version, stored, status.HTTP_201_CREATED if stored else status.HTTP_200_OK
+        )
+
+    @extend_schema(
+        summary="Store a new version of a flow",
+        description="The document may leave out `id`; one naming another flow is a 400. "
+        "The flow's current document again stores nothing (`new_version: false`).",
+        request={"application/json": FLOW_DOCUMENT_SCHEMA},
+        responses={200: FlowWrittenSerializer, **error_responses(*WRITE, 404)},
+        examples=[
+            OpenApiExample("Two tasks", value=ex.DOCUMENT, request_only=True),
+            ex.answer("Stored", ex.FLOW_WRITTEN),
+        ],
+    )
+    def update(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        version, stored = services.flow_update(
+            flow_id=flow.id, document=request.data, user=request.user
+        )
+        return self._written(version, stored, status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Delete a flow with its versions and executions",
+        responses={
+            204: OpenApiResponse(description="Deleted."),
+            **error_responses(*READ, 409),
+        },
+    )
+    def destroy(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        services.flow_delete(flow_id=flow.id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Check a flow document without storing it",
+        description="Always 200 for a JSON body: `valid` says whether it would be stored, "
+        "`errors` why not, `warnings` what would run never. `flow_id` is the `id` the body "
+        "gave (also when invalid), null when it gave no id as text.",
+        request={"application/json": FLOW_DOCUMENT_SCHEMA},
+        responses={200: ValidationReportSerializer, **error_responses(*WRITE)},
+        examples=[
+            OpenApiExample("Two tasks", value=ex.DOCUMENT, request_only=True),
+            OpenApiExample(
+                "Invalid",
+                value={
+                    "valid": False,
+                    "flow_id": "nightly_etl",
+                    "errors": [
+                        {"field": "tasks[0].task_type", "message": "unknown task type 'fetch'"}
+                    ],
+                    "warnings": [],
+                },
+                response_only=True,
+            ),
+        ],
+    )
+    @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None)
+    def validate(self, request: Request) -> Response:
+        try:
+            definition = services.validate_flow(request.data)
+        except services.InvalidFlow as exc:
+            report = {
+                "valid": False,
+                "flow_id": services.given_flow_id(request.data),
+                "errors": exc.errors,
+                "warnings": [],
+            }
+        else:
+            warnings = [w.as_dict() for w in definition.warnings]
+            report = {"valid": True, "flow_id": definition.id, "errors": [], "warnings": warnings}
+        return Response(ValidationReportSerializer(report).data)
+
+    @extend_schema(exclude=True)
+    @validate.mapping.get
+    @validate.mapping.put
+    @validate.mapping.delete
+    def validate_as_id(self, request: Request) -> Response:
+        """``flows/validate/`` is the dry run, so GET/PUT/DELETE there mean a flow of that id.
+
+        No flow can be addressed as "validate" here: answer as for any unknown flow (404)
+        rather than 405, as ``/api/flows/{id}/`` documents.
+        """
+        raise services.NotFound(
+            "no flow with id 'validate' here: /api/flows/validate/ is the dry run (POST)"
+        )
+
+    @extend_schema(
+        summary="The versions of a flow, newest first",
+        responses={200: FlowVersionSerializer(many=True), **error_responses(*READ)},
+        examples=[ex.answer("Versions", ex.VERSION_ROW)],
+    )
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def versions(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        page = self.paginate_queryset(selectors.flow_version_list(flow=flow))
+        return self.get_paginated_response(FlowVersionSerializer(page, many=True).data)
+
+    @extend_schema(
+        summary="One version of a flow, with its document",
+        parameters=[OpenApiParameter("version", int, OpenApiParameter.PATH)],
+        responses={200: FlowVersionDetailSerializer, **error_responses(*READ)},
+        examples=[ex.answer("Version", ex.VERSION)],
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"versions/(?P<version>[0-9]+)",
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def version(self, request: Request, pk: str, version: str) -> Response:
+        flow = self.get_object()
+        found = selectors.flow_version_get(flow_id=flow.id, version=int(version))
+        return Response(FlowVersionDetailSerializer(found).data)
+
+    @extend_schema(
+        summary="Start an execution of the flow",
+        description="Runs the latest version unless `version` is given. With an "
+        "`Idempotency-Key`, a repeat answers 200 with the first execution; the same key with "
+        "a different body is a 422.",
+        parameters=[IDEMPOTENCY_KEY],
+        request=StartExecutionSerializer,
+        responses={
+            201: ExecutionDetailSerializer,
+            200: OpenApiResponse(
+                ExecutionDetailSerializer, description="A repeat of an Idempotency-Key."
+            ),
+            **error_responses(*WRITE, 404, 409, 422),
+        },
+        examples=[
+            OpenApiExample(
+                "With input", value={"input": {"customer": 42}, "version": 1}, request_only=True
+            ),
+            ex.answer("Started", ex.QUEUED, 201),
+            ex.answer("Repeated key", ex.QUEUED, 200),
+        ],
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="executions",
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def start(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        body = StartExecutionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        version = selectors.flow_version_get(
+            flow_id=flow.id, version=body.validated_data.get("version")
+        )
+        execution, created = services.execution_submit(
+            flow_version=version,
+            user=request.user,
+            input=body.validated_data.get("input"),
+            idempotency_key=idempotency_key(request),
+            request_fingerprint=services.body_fingerprint(request.data),
+        )
+        return execution_detail(
+            execution, status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+    # -- the flow's cron schedule -----------------------------------------------------------
+    @extend_schema(
+        summary="The flow's cron schedule",
+        responses={200: ScheduleSerializer, **error_responses(*READ)},
+        examples=[ex.answer("Schedule", ex.SCHEDULE)],
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def schedule(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        return Response(ScheduleSerializer(selectors.flow_schedule_get(flow=flow)).data)
+
+    @extend_schema(
+        summary="Create or change the flow's cron schedule (enabled: false pauses it)",
+        request=ScheduleSerializer,
+        responses={200: ScheduleSerializer, **error_responses(*WRITE, 404)},
+        examples=[
+            OpenApiExample(
+                "Every 15 minutes",
+                value={"cron": "*/15 * * * *", "enabled": True, "input": {"region": "eu"}},
+                request_only=True,
+            ),
+            ex.answer("Schedule", ex.SCHEDULE),
+        ],
+    )
+    @schedule.mapping.put
+    def set_schedule(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        body = ScheduleSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        saved = services.flow_schedule_set(
+            flow_id=flow.id,
+            cron=body.validated_data["cron"],
+            enabled=body.validated_data["enabled"],
+            input=body.validated_data.get("input"),
+        )
+        return Response(ScheduleSerializer(saved).data)
+
+    @extend_schema(
+        summary="Delete the flow's cron schedule",
+        request=None,
+        responses={204: None, **error_responses(*READ)},
+    )
+    @schedule.mapping.delete
+    def delete_schedule(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        services.flow_schedule_delete(flow_id=flow.id)
+        return Response(status=status.HTTP_204_NO_CONTENT)

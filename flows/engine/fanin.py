@@ -1,0 +1,247 @@
+"""Fan in and join: a control step's children counted as they end, and the step ended from
+them (see ``fanout`` for the whole picture, and docs/architecture.md)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db.models import F
+
+from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, parse_flow
+from flows.engine.fanout import WAITING_FOR_CHILDREN, first_step, registry, waiting_outcome
+from flows.engine.outcome import StepOutcome, failure
+from flows.engine.wakeup import wake
+from flows.models import (
+    ACTIVE_STATUSES,
+    Execution,
+    ExecutionStatus,
+    FanOut,
+    FlowVersion,
+    TaskRun,
+    TaskRunStatus,
+)
+from flows.sql import writes
+
+
+# -- 2. Fan in ----------------------------------------------------------------------------------
+def decided_by(fan: FanOut | tuple[Any, ...]) -> tuple[bool, bool]:
+    """(whether the step can end now, whether it fails) from a FanOut's counts."""
+    total, done, failed, kind = fan.total, fan.done, fan.failed, fan.kind  # type: ignore[union-attr]
+    if kind == MAP:
+        if fan.tolerated_percent is not None:  # type: ignore[union-attr]
+            over = failed * 100 > fan.tolerated_percent * total  # type: ignore[union-attr]
+        else:
+            over = failed > fan.tolerated  # type: ignore[union-attr]
+        return done >= total or over, over
+    fails = failed > 0
+    return done >= total or (fails and fan.fail_fast), fails  # type: ignore[union-attr]
+
+
+@dataclass
+class Adopt:
+    """Map items a dispatcher starts and claims for itself as they are started (the slots
+    their predecessors freed there), instead of leaving them for a claim and a queue hop."""
+
+    me: str
+    lease: timedelta
+    steps: list[TaskRun] = field(default_factory=list)
+
+
+def children_ended(
+    ended: list[tuple[Execution, str, FlowDefinition | None]],
+    now: datetime,
+    adopt: Adopt | None = None,
+) -> None:
+    """Count children that just ended on their parent steps, inside the transaction that
+    ended them (several at once when a worker records a batch): start a map's next items,
+    or make a parent step due when this decides it.
+
+    A few statements per parent step, however many of its children ended together; one
+    queue message for all the items started here (a dispatcher claims every ready step it
+    has room for, so one message is enough to start them).
+    """
+    by_step: dict[int, list[tuple[Execution, str, FlowDefinition | None]]] = {}
+    for child, status, definition in ended:
+        by_step.setdefault(child.parent_step_id, []).append((child, status, definition))  # type: ignore[arg-type]
+    started: list[uuid.UUID] = []
+    for step_id, group in by_step.items():
+        failed = sum(status != ExecutionStatus.COMPLETED for _, status, _ in group)
+        # Concurrent endings queue on the FanOut's row lock, so none is lost.
+        FanOut.objects.filter(pk=step_id).update(
+            done=F("done") + len(group), failed=F("failed") + failed
+        )
+        fan = FanOut.objects.filter(pk=step_id).first()
+        if fan is None:  # the parent went away
+            continue
+        decided, _ = decided_by(fan)
+        if decided:
+            parent = (
+                TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING)
+                .values_list("execution_id", flat=True)
+                .first()
+            )
+            if parent is not None:
+                # Due now, like a step just created: not a delayed one for the due-step timer.
+                TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING).update(
+                    not_before=None, woken_at=now
+                )
+                wake(parent)
+        elif fan.kind == MAP and fan.started < fan.total:
+            child, _, definition = group[0]
+            started += _start_next(fan, len(group), child, definition, now, adopt)
+    if started:
+        wake(started[0])
+
+
+def child_ended(
+    child: Execution, status: str, definition: FlowDefinition | None, now: datetime
+) -> None:
+    """One child ended outside the step path (a cancel, the reaper): ``children_ended``."""
+    children_ended([(child, status, definition)], now)
+
+
+def _start_next(
+    fan: FanOut,
+    count: int,
+    child: Execution,
+    definition: FlowDefinition | None,
+    now: datetime,
+    adopt: Adopt | None,
+) -> list[uuid.UUID]:
+    """Start up to ``count`` more items of a map (as many as ended): the next CREATED ones in
+    item order, claimed for ``adopt``'s dispatcher when given. Returns the ids of those left
+    for any worker to claim (to wake)."""
+    first = fan.started
+    last = min(fan.total, first + count)
+    moved = FanOut.objects.filter(pk=fan.pk, started=first).update(started=last)
+    if not moved:  # another transaction moved it first (it holds the row lock): it starts them
+        return []
+    ids = list(
+        Execution.objects.filter(
+            parent_step_id=fan.pk,
+            item_index__gte=first,
+            item_index__lt=last,
+            status=ExecutionStatus.CREATED,
+        ).values_list("id", flat=True)
+    )
+    if not ids:  # cancelled before they could start
+        return []
+    body = definition if definition is not None else _body_of(child)
+    start = body.task(body.start_task)
+    steps = [first_step(eid, start, now) for eid in ids]
+    if adopt is None:
+        Execution.objects.filter(pk__in=ids, status=ExecutionStatus.CREATED).update(
+            status=ExecutionStatus.QUEUED, queued_at=now
+        )
+        writes.insert_rows(TaskRun, steps, after_commit=True)
+        return ids
+    Execution.objects.filter(pk__in=ids, status=ExecutionStatus.CREATED).update(
+        status=ExecutionStatus.RUNNING, queued_at=now, started_at=now
+    )
+    for step in steps:
+        step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, adopt.me, now
+        step.lease_expires_at, step.woken_at = now + adopt.lease, None
+    # The dispatcher launches them once this commits; their keys come back with the COMMIT.
+    writes.insert_rows(TaskRun, steps, after_commit=True)
+    adopt.steps += steps
+    return []
+
+
+def _body_of(child: Execution) -> FlowDefinition:
+    version = FlowVersion.objects.get(pk=child.flow_version_id)
+    return parse_flow(version.definition, registry()).scope(child.scope)
+
+
+# -- 3. Join ------------------------------------------------------------------------------------
+MAX_ERRORS_SHOWN = 20
+
+
+def join(execution: Execution, step: TaskRun) -> StepOutcome:
+    """The control step runs again: end it from its children, or wait on (woken early)."""
+    fan = FanOut.objects.filter(pk=step.pk).first()
+    if fan is None:
+        return failure("its children are gone (the FanOut row is missing)", permanent=True)
+    decided, fails = decided_by(fan)
+    if not decided:
+        return waiting_outcome(None, step.waiting or {"kind": WAITING_FOR_CHILDREN})
+    if fan.done < fan.total:
+        cancel_children([step.pk], why=f"{step.task_name} failed: fail fast")
+    rows = (
+        Execution.objects.filter(parent_step_id=step.pk)
+        .order_by("item_index")
+        .values_list("id", "branch", "status", "result", "error")
+        .iterator(chunk_size=2000)
+    )
+    errors: list[str] = []
+    if fan.kind == PARALLEL:
+        result: dict[str, Any] = {}
+        for _, branch, status, value, error in rows:
+            result[branch] = value
+            if status != ExecutionStatus.COMPLETED and len(errors) < MAX_ERRORS_SHOWN:
+                errors.append(f"branch {branch} {status.lower()}: {error}")
+    elif fan.kind == MAP:
+        values: list[Any] = []
+        for index, (_, _, status, value, error) in enumerate(rows):
+            values.append(value if status == ExecutionStatus.COMPLETED else None)
+            if status != ExecutionStatus.COMPLETED and len(errors) < MAX_ERRORS_SHOWN:
+                errors.append(f"item {index} {status.lower()}: {error}")
+        result = {"results": values, "count": fan.total, "failed": fan.failed}
+    else:
+        child_id, _, status, value, error = next(iter(rows))
+        result = {"execution_id": str(child_id), "status": status, "result": value}
+        if status != ExecutionStatus.COMPLETED:
+            errors.append(f"sub-flow execution {child_id} {status.lower()}: {error}")
+    if fails:
+        what = {PARALLEL: "branches", MAP: "items", SUBFLOW: "sub-flows"}[fan.kind]
+        more = "" if fan.failed <= len(errors) else f"; {fan.failed - len(errors)} more"
+        return failure(
+            f"{fan.failed} of {fan.total} {what} failed: {'; '.join(errors)}{more}",
+            permanent=True,
+        )
+    result.setdefault("message", f"{fan.total} {fan.kind} children completed")
+    return StepOutcome(TaskRunStatus.SUCCESS, result=result)
+
+
+# -- Cancelling a tree --------------------------------------------------------------------------
+def cancel_children(step_ids: list[int], *, why: str) -> int:
+    """Cancel every child (and their children) of these steps that has not ended: CREATED
+    ones and those whose step waits end at once; a running step is stopped by its worker
+    within a second (``cancel_requested``). Returns how many were asked."""
+    now = datetime.now(UTC)
+    asked = 0
+    while step_ids:
+        children = Execution.objects.filter(
+            parent_step_id__in=step_ids,
+            status__in=[*ACTIVE_STATUSES, ExecutionStatus.CREATED, ExecutionStatus.PAUSED],
+        )
+        ids = list(children.values_list("id", flat=True))
+        if not ids:
+            break
+        asked += len(ids)
+        running = set(
+            TaskRun.objects.filter(execution_id__in=ids, status=TaskRunStatus.RUNNING).values_list(
+                "execution_id", flat=True
+            )
+        )
+        idle = [eid for eid in ids if eid not in running]
+        # The children's own waiting steps, whose children are cancelled next round.
+        step_ids = list(
+            TaskRun.objects.filter(
+                execution_id__in=ids, status=TaskRunStatus.PENDING, waiting__isnull=False
+            ).values_list("pk", flat=True)
+        )
+        TaskRun.objects.filter(execution_id__in=idle, status=TaskRunStatus.PENDING).update(
+            status=TaskRunStatus.CANCELLED, ended_at=now, error="cancelled before it started"
+        )
+        Execution.objects.filter(pk__in=idle).update(
+            status=ExecutionStatus.CANCELLED,
+            cancel_requested=True,
+            error=why,
+            ended_at=now,
+            current_task="",
+        )
+        Execution.objects.filter(pk__in=list(running)).update(cancel_requested=True)
+    return asked

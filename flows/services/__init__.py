@@ -1,0 +1,85 @@
+"""Every write the API, the operator pages, the admin and the commands make goes through here.
+
+One module per entity (``flows``, ``executions`` and their ``controls``, ``schedules``,
+``retention``), the refusals they raise in ``errors``. Callers import the package and use the
+names below (``from flows import services; services.execution_start(...)``), never the
+modules. Reads that more than one face needs are in ``flows.selectors``.
+"""
+
+from flows.definition import FieldError
+from flows.services.controls import (
+    SIGNAL_DECISIONS,
+    execution_cancel,
+    execution_pause,
+    execution_redrive,
+    execution_resume,
+    execution_signal,
+)
+from flows.services.errors import (
+    Conflict,
+    IdempotencyConflict,
+    InvalidFlow,
+    NotFound,
+    ServiceError,
+)
+from flows.services.executions import (
+    body_fingerprint,
+    execution_create,
+    execution_delete,
+    execution_rerun,
+    execution_start,
+    execution_submit,
+    flow_create_with_execution,
+)
+from flows.services.flows import (
+    canonical_json,
+    flow_create,
+    flow_delete,
+    flow_store,
+    flow_update,
+    given_flow_id,
+    validate_flow,
+)
+from flows.services.retention import executions_purge
+from flows.services.schedules import (
+    SCHEDULE_FUNC,
+    cron_error,
+    flow_run_scheduled,
+    flow_schedule_delete,
+    flow_schedule_set,
+)
+
+__all__ = [
+    "SCHEDULE_FUNC",
+    "SIGNAL_DECISIONS",
+    "Conflict",
+    "FieldError",
+    "IdempotencyConflict",
+    "InvalidFlow",
+    "NotFound",
+    "ServiceError",
+    "body_fingerprint",
+    "canonical_json",
+    "cron_error",
+    "execution_cancel",
+    "execution_create",
+    "execution_delete",
+    "execution_pause",
+    "execution_redrive",
+    "execution_rerun",
+    "execution_resume",
+    "execution_signal",
+    "execution_start",
+    "execution_submit",
+    "executions_purge",
+    "flow_create",
+    "flow_create_with_execution",
+    "flow_delete",
+    "flow_run_scheduled",
+    "flow_schedule_delete",
+    "flow_schedule_set",
+    "flow_store",
+    "flow_update",
+    "given_flow_id",
+    "validate_flow",
+]

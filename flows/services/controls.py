@@ -1,0 +1,259 @@
+"""Controls on a running or ended execution: cancel, pause, resume, redrive.
+
+Each locks the execution's row first (``_locked``) so that it never races the engine's
+record step, which locks the same row before it writes a step's outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from flows import engine, selectors
+from flows.expressions import ExpressionError
+from flows.models import (
+    ACTIVE_STATUSES,
+    Execution,
+    ExecutionEvent,
+    ExecutionStatus,
+    TaskRun,
+    TaskRunStatus,
+)
+from flows.registry import TaskRegistry
+from flows.services.errors import Conflict, ServiceError
+from flows.services.executions import flow_deadline, not_a_child, runnable_definition
+from flows.services.flows import recorded_user
+
+logger = logging.getLogger("flows.services")
+
+
+@transaction.atomic
+def execution_cancel(*, execution_id: Any) -> Execution:
+    """Stop an execution. A step that is running is cancelled by its worker within a second."""
+    locked = _locked(execution_id)
+    if locked.is_terminal:
+        raise Conflict(f"execution {locked.id} is already {locked.status}")
+    now = timezone.now()
+    running = TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.RUNNING).exists()
+    if running:
+        # The worker that holds the step sees the flag, cancels the coroutine and ends it.
+        Execution.objects.filter(pk=locked.id).update(cancel_requested=True)
+    else:
+        TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.PENDING).update(
+            status=TaskRunStatus.CANCELLED, ended_at=now, error="cancelled before it started"
+        )
+        Execution.objects.filter(pk=locked.id).update(
+            cancel_requested=True,
+            status=ExecutionStatus.CANCELLED,
+            error="cancelled by request",
+            ended_at=now,
+            current_task="",
+        )
+    # Its children (parallel branches, map items, a sub-flow) and theirs stop with it.
+    waiting = list(
+        TaskRun.objects.filter(execution_id=locked.id, waiting__isnull=False).values_list(
+            "pk", flat=True
+        )
+    )
+    children = engine.cancel_children(waiting, why=f"parent execution {locked.id} cancelled")
+    if not running and locked.parent_step_id is not None:
+        # A child that ended here is counted on its parent step, as if its worker ended it.
+        engine.child_ended(locked, ExecutionStatus.CANCELLED, None, now)
+    _event(locked.id, "WARNING", "cancel requested")
+    logger.info(
+        "execution=%s cancel requested (step running: %s, children asked: %d)",
+        locked.id, running, children,
+    )  # fmt: skip
+    locked.refresh_from_db()
+    return locked
+
+
+@transaction.atomic
+def execution_pause(*, execution_id: Any) -> Execution:
+    """Pause: the step in flight finishes, then the execution waits as PAUSED until resumed."""
+    locked = _locked(execution_id)
+    if locked.status not in ACTIVE_STATUSES or locked.pause_requested:
+        raise Conflict(
+            f"execution {locked.id} is {locked.status}"
+            f"{' and already pausing' if locked.pause_requested else ''}; "
+            "only a QUEUED or RUNNING execution can be paused"
+        )
+    running = TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.RUNNING).exists()
+    changes: dict[str, Any] = {"pause_requested": True}
+    if not running:
+        changes["status"] = ExecutionStatus.PAUSED  # nothing in flight: paused right away
+    Execution.objects.filter(pk=locked.id).update(**changes)
+    _event(locked.id, "WARNING", "pause requested")
+    logger.info("execution=%s pause requested (step running: %s)", locked.id, running)
+    locked.refresh_from_db()
+    return locked
+
+
+@transaction.atomic
+def execution_resume(*, execution_id: Any) -> Execution:
+    """Resume a paused execution where it stopped (or withdraw a pause not yet reached)."""
+    locked = _locked(execution_id)
+    if locked.status == ExecutionStatus.PAUSED:
+        now = timezone.now()
+        Execution.objects.filter(pk=locked.id).update(
+            pause_requested=False, status=ExecutionStatus.QUEUED
+        )
+        step = TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.PENDING).first()
+        if step is not None and (step.not_before is None or step.not_before < engine.FOREVER):
+            # (A step waiting for a signal or its children is woken by them, not here.)
+            due = step.not_before if step.not_before and step.not_before > now else None
+            TaskRun.objects.filter(pk=step.pk).update(woken_at=due or now)
+            engine.wake(locked.id, at=due)
+    elif locked.pause_requested and locked.status in ACTIVE_STATUSES:
+        Execution.objects.filter(pk=locked.id).update(pause_requested=False)
+    else:
+        raise Conflict(f"execution {locked.id} is {locked.status}; only a PAUSED one can resume")
+    _event(locked.id, "INFO", "resumed")
+    logger.info("execution=%s resumed", locked.id)
+    locked.refresh_from_db()
+    return locked
+
+
+@transaction.atomic
+def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None) -> Execution:
+    """Resume a FAILED or CANCELLED execution from the step that stopped it.
+
+    Same execution id; every step run so far stays in its history and finished steps are not
+    run again. The step limit and the flow's timeout start afresh.
+    """
+    locked = _locked(execution_id)
+    not_a_child(locked, "redrive")
+    if locked.status not in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+        raise Conflict(
+            f"execution {locked.id} is {locked.status}; only a FAILED or CANCELLED execution "
+            "can be redriven"
+        )
+    definition = runnable_definition(locked, registry, "be redriven")
+    last = TaskRun.objects.filter(execution_id=locked.id).order_by("-seq").first()
+    if last is None:
+        task_name, attempt, seq = definition.start_task, 1, 1
+    elif last.status == TaskRunStatus.SUCCESS:
+        # It ended after a success (the step limit or the flow's timeout): go where it would
+        # have gone next, deciding the condition as the engine would have.
+        try:
+            task_name, _ = definition.route(
+                last.task_name,
+                "success",
+                result=last.result,
+                results=_results_of(locked),
+                input=locked.input,
+            )
+        except ExpressionError as exc:
+            raise Conflict(f"execution {locked.id} cannot be redriven: {exc}") from None
+        if task_name is None:
+            raise Conflict(f"execution {locked.id} has no step left to run")
+        attempt, seq = 1, last.seq + 1
+    elif last.status == TaskRunStatus.CANCELLED and last.started_at is None:
+        # Cancelled before it ever ran: that was no attempt.
+        task_name, attempt, seq = last.task_name, last.attempt, last.seq + 1
+    else:
+        task_name, attempt, seq = last.task_name, last.attempt + 1, last.seq + 1
+    spec = definition.task(task_name)
+    now = timezone.now()
+    TaskRun.objects.create(
+        execution_id=locked.id,
+        seq=seq,
+        task_name=spec.name,
+        task_type=spec.task_type,
+        parameters=spec.parameters,
+        attempt=attempt,
+        woken_at=now,
+    )
+    Execution.objects.filter(pk=locked.id).update(
+        status=ExecutionStatus.QUEUED,
+        error="",
+        ended_at=None,
+        cancel_requested=False,
+        pause_requested=False,
+        steps_taken=0,
+        current_task=spec.name,
+        deadline_at=flow_deadline(definition, now),
+        redrive_count=locked.redrive_count + 1,
+    )
+    engine.wake(locked.id)
+    _event(locked.id, "INFO", f"redriven from {spec.name} (attempt {attempt})")
+    logger.info("execution=%s redriven from %s", locked.id, spec.name)
+    locked.refresh_from_db()
+    return locked
+
+
+def _results_of(execution: Execution) -> dict[str, Any]:
+    """Successful results by task name, latest last, as expressions see them."""
+    return engine.results_scope(engine.results_so_far([execution.id]).get(execution.id, {}))
+
+
+def _locked(execution_id: Any) -> Execution:
+    """The execution, row-locked for a state change (PostgreSQL; SQLite locks the database)."""
+    execution = selectors.execution_get(execution_id)
+    return Execution.objects.select_for_update().select_related("flow_version").get(pk=execution.id)
+
+
+def _event(execution_id: Any, level: str, message: str) -> None:
+    ExecutionEvent.objects.create(
+        execution_id=execution_id, created_at=timezone.now(), level=level, message=message
+    )
+
+
+# --- signals ---------------------------------------------------------------------------------
+SIGNAL_DECISIONS = ("approve", "reject")
+
+
+@transaction.atomic
+def execution_signal(
+    *,
+    execution_id: Any,
+    name: str,
+    decision: str = "approve",
+    payload: Any = None,
+    comment: str = "",
+    user: Any = None,
+) -> TaskRun:
+    """Deliver signal ``name`` to the step waiting for it (a ``wait_for_signal`` task): the
+    step becomes due at once and a worker runs it on. Approve: the payload is its result;
+    reject: it fails, and its failure route applies. Returns the step."""
+    if decision not in SIGNAL_DECISIONS:
+        raise ServiceError(
+            "decision must be 'approve' or 'reject'",
+            errors=[{"field": "decision", "message": "must be 'approve' or 'reject'"}],
+        )
+    locked = _locked(execution_id)
+    step = (
+        TaskRun.objects.select_for_update()
+        .filter(execution_id=locked.id, status=TaskRunStatus.PENDING, waiting__kind="signal")
+        .first()
+    )
+    if locked.is_terminal or step is None:
+        raise Conflict(f"execution {locked.id} is {locked.status} and waits for no signal")
+    waiting = dict(step.waiting or {})
+    if waiting.get("name") != name:
+        raise Conflict(
+            f"execution {locked.id} waits for signal '{waiting.get('name')}', not '{name}'"
+        )
+    if waiting.get("signal"):
+        raise Conflict(f"signal '{name}' already came for execution {locked.id}")
+    now = timezone.now()
+    who = getattr(recorded_user(user), "username", "") or ""
+    waiting["signal"] = {
+        "decision": decision,
+        "payload": payload,
+        "comment": comment,
+        "by": who,
+        "at": now.isoformat(),
+    }
+    # Due now (not a delayed step for the due-step timer); a paused execution takes it when
+    # resumed.
+    TaskRun.objects.filter(pk=step.pk).update(waiting=waiting, not_before=None, woken_at=now)
+    if locked.status != ExecutionStatus.PAUSED:
+        engine.wake(locked.id)
+    _event(locked.id, "INFO", f"signal '{name}' ({decision}) from {who or 'someone'}")
+    logger.info("execution=%s signal %s %s by %s", locked.id, name, decision, who)
+    step.waiting, step.not_before, step.woken_at = waiting, None, now
+    return step

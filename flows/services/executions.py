@@ -1,0 +1,267 @@
+"""Executions: create, start (the hot path), submit (idempotent), rerun, delete."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from flows import engine, selectors
+from flows.definition import FlowDefinition, FlowValidationError
+from flows.models import (
+    ACTIVE_STATUSES,
+    Execution,
+    ExecutionStatus,
+    ExecutionTrigger,
+    FlowVersion,
+    TaskRun,
+)
+from flows.registry import TaskRegistry, default_registry
+from flows.services.errors import Conflict, IdempotencyConflict, NotFound, ServiceError
+from flows.services.flows import canonical_json, flow_store, recorded_user, validate_flow
+from flows.sql import writes
+
+logger = logging.getLogger("flows.services")
+
+
+def body_fingerprint(body: Any) -> str:
+    """SHA-256 of a parsed request body's canonical JSON: what an Idempotency-Key is bound to."""
+    if isinstance(body, Mapping) and not isinstance(body, dict):
+        body = {key: body[key] for key in body}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def execution_create(
+    *, flow_version: FlowVersion, user: Any = None, input: dict[str, Any] | None = None
+) -> Execution:
+    """A new execution of ``flow_version`` in CREATED state (started by execution_start)."""
+    if input is not None and not isinstance(input, dict):
+        raise ServiceError(
+            "input must be a JSON object",
+            errors=[{"field": "input", "message": "must be an object"}],
+        )
+    execution = Execution.objects.create(
+        flow_id=flow_version.flow_id,
+        flow_version=flow_version,
+        input=input or {},
+        created_by=recorded_user(user),
+    )
+    logger.info(
+        "execution=%s created for flow=%s v%s",
+        execution.id,
+        flow_version.flow_id,
+        flow_version.version,
+    )
+    return execution
+
+
+@transaction.atomic
+def flow_create_with_execution(
+    *, document: Any, user: Any = None, registry: TaskRegistry | None = None
+) -> tuple[FlowVersion, bool, Execution, FlowDefinition]:
+    """The seed's ``POST /flow/create``: store the flow (``flow_store``: an identical document
+    reuses the current version) and prepare one execution of it.
+
+    Returns (version, stored, execution, definition).
+    """
+    version, stored = flow_store(document=document, user=user, registry=registry)
+    execution = execution_create(flow_version=version, user=user)
+    definition = validate_flow(version.definition, registry=registry)
+    return version, stored, execution, definition
+
+
+@transaction.atomic
+def execution_start(
+    *,
+    execution_id: Any,
+    input: dict[str, Any] | None = None,
+    registry: TaskRegistry | None = None,
+) -> Execution:
+    """CREATED -> QUEUED: write the first step and wake a worker, in one transaction.
+
+    ``input``, when given, replaces the execution's input object.
+    """
+    if input is not None and not isinstance(input, dict):
+        raise ServiceError(
+            "input must be a JSON object",
+            errors=[{"field": "input", "message": "must be an object"}],
+        )
+    execution = selectors.execution_get(execution_id, with_flow=False)
+    definition = runnable_definition(execution, registry, "start")
+    now = timezone.now()
+    changes: dict[str, Any] = {
+        "status": ExecutionStatus.QUEUED,
+        "queued_at": now,
+        "current_task": definition.start_task,
+        "deadline_at": flow_deadline(definition, now),
+    }
+    if input is not None:
+        changes["input"] = input
+    # Starting is every client's hot path: two hand-written statements (flows/sql/writes.py).
+    moved = writes.update_rows(Execution, {execution.id: changes}, status=ExecutionStatus.CREATED)
+    if moved != 1:
+        current = Execution.objects.filter(pk=execution.id).values_list("status", flat=True).first()
+        raise Conflict(
+            f"execution {execution.id} is {current}; only a CREATED execution can be executed"
+        )
+    start = definition.task(definition.start_task)
+    writes.insert_rows(
+        TaskRun,
+        [
+            TaskRun(
+                execution_id=execution.id,
+                seq=1,
+                task_name=start.name,
+                task_type=start.task_type,
+                parameters=start.parameters,
+                woken_at=now,
+            )
+        ],
+    )
+    engine.wake(execution.id)
+    logger.info("execution=%s queued, first task %s", execution.id, start.name)
+    # The row is what the UPDATE above wrote (a CREATED execution has nothing else in flight),
+    # so no second read: starting is on the hot path of every client.
+    for name, value in changes.items():
+        setattr(execution, name, value)
+    return execution
+
+
+def execution_submit(
+    *,
+    flow_version: FlowVersion,
+    user: Any = None,
+    input: dict[str, Any] | None = None,
+    idempotency_key: str = "",
+    request_fingerprint: str = "",
+    trigger: str = ExecutionTrigger.MANUAL,
+    rerun_of: Execution | None = None,
+) -> tuple[Execution, bool]:
+    """Create and start an execution in one go. Returns (execution, created).
+
+    With an ``idempotency_key``, a repeated submit by the same user for the same flow returns
+    the execution the first one made (created=False) instead of starting another. The key is
+    stored with ``request_fingerprint`` (``body_fingerprint`` of the request); a repeat whose
+    fingerprint differs is refused with IdempotencyConflict rather than answered with an
+    execution of another request. (Without a fingerprint on either side, from a caller that
+    passes none or an execution keyed before fingerprints were kept, any repeat matches.)
+    """
+    key = (idempotency_key or "").strip()
+    if len(key) > 200:
+        raise ServiceError(
+            "Idempotency-Key is longer than 200 characters",
+            errors=[{"field": "Idempotency-Key", "message": "at most 200 characters"}],
+        )
+    owner = recorded_user(user)
+    if key:
+        existing = Execution.objects.filter(
+            flow_id=flow_version.flow_id, created_by=owner, idempotency_key=key
+        ).first()
+        if existing is not None:
+            return _repeated(existing, key, request_fingerprint), False
+    try:
+        with transaction.atomic():
+            execution = execution_create(flow_version=flow_version, user=user, input=input)
+            Execution.objects.filter(pk=execution.id).update(
+                idempotency_key=key,
+                idempotency_fingerprint=request_fingerprint if key else "",
+                trigger=trigger,
+                rerun_of=rerun_of,
+            )
+            execution = execution_start(execution_id=execution.id)
+    except IntegrityError:
+        # A concurrent submit with the same key won the race: answer with its execution.
+        if not key:
+            raise
+        existing = Execution.objects.filter(
+            flow_id=flow_version.flow_id, created_by=owner, idempotency_key=key
+        ).first()
+        if existing is None:
+            raise
+        return _repeated(existing, key, request_fingerprint), False
+    return execution, True
+
+
+def _repeated(existing: Execution, key: str, fingerprint: str) -> Execution:
+    """The execution a repeated Idempotency-Key answers with, if the request is the same."""
+    known = existing.idempotency_fingerprint
+    if known and fingerprint and fingerprint != known:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was already used with a different request body; "
+            "send a new key for a new request (or repeat the first body exactly to get "
+            "the execution it started)",
+            errors=[{"field": "Idempotency-Key", "message": "already used with another body"}],
+        )
+    return existing
+
+
+def execution_rerun(*, execution_id: Any, user: Any = None) -> Execution:
+    """Start a new execution of the same flow version with the same input."""
+    original = selectors.execution_get(execution_id)
+    execution, _ = execution_submit(
+        flow_version=original.flow_version,
+        user=user,
+        input=original.input,
+        trigger=ExecutionTrigger.RERUN,
+        rerun_of=original,
+    )
+    return execution
+
+
+@transaction.atomic
+def execution_delete(*, execution_id: Any) -> None:
+    """Delete an execution and its history; a running one is cancelled first.
+
+    The worker holding its step notices within a second that the execution is gone and
+    stops quietly; it never recreates the rows.
+    """
+    execution = selectors.execution_get(execution_id)
+    locked = Execution.objects.select_for_update().filter(pk=execution.id).first()
+    if locked is None:
+        raise NotFound(f"no execution with id '{execution.id}'")
+    not_a_child(locked, "delete")
+    if locked.status in ACTIVE_STATUSES:
+        Execution.objects.filter(pk=locked.id).update(cancel_requested=True)
+        logger.info("execution=%s cancelled for deletion", locked.id)
+    locked.delete()
+    logger.info("execution=%s deleted", execution.id)
+
+
+def not_a_child(execution: Execution, action: str) -> None:
+    """A child execution is its parent's: redriven or deleted with it, not alone (its parent
+    step counts it once, when it ends)."""
+    if execution.parent_step_id is not None:
+        parent = (
+            TaskRun.objects.filter(pk=execution.parent_step_id)
+            .values_list("execution_id", flat=True)
+            .first()
+        )
+        raise Conflict(
+            f"execution {execution.id} is a child of execution {parent}; {action} the parent"
+        )
+
+
+def runnable_definition(
+    execution: Execution, registry: TaskRegistry | None, doing: str
+) -> FlowDefinition:
+    """The execution's pinned flow, checked against today's plugins (Conflict if invalid)."""
+    try:
+        # Parsed once per process per document, as the workers do: starts are hot.
+        return engine.flow_definition(execution, registry or default_registry())
+    except FlowValidationError as exc:
+        raise Conflict(
+            f"execution {execution.id} cannot {doing}: its flow is no longer valid: {exc}",
+            errors=exc.as_list(),
+        ) from None
+
+
+def flow_deadline(definition: FlowDefinition, now: Any) -> Any:
+    """When an execution started at ``now`` times out under the flow's timeout (None: never)."""
+    if definition.timeout_seconds is None:
+        return None
+    return now + timedelta(seconds=definition.timeout_seconds)

@@ -1,0 +1,183 @@
+"""Flows: check a document, store it as a new version, update, delete."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django_q.models import Schedule
+
+from flows import selectors
+from flows.definition import (
+    FlowDefinition,
+    FlowValidationError,
+    check_subflows,
+    parse_flow,
+    unwrap,
+)
+from flows.models import ACTIVE_STATUSES, Flow, FlowVersion
+from flows.registry import TaskRegistry, default_registry
+from flows.services.errors import Conflict, InvalidFlow
+
+logger = logging.getLogger("flows.services")
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as JSON text that is equal for equal documents: keys sorted, no spaces.
+
+    Values keep their JSON type: ``true`` and ``1``, ``1`` and ``1.0`` stay different.
+    """
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def given_flow_id(document: Any) -> str | None:
+    """The ``id`` a (maybe invalid) flow document gives, when it gives one as text."""
+    doc = unwrap(document)
+    flow_id = doc.get("id") if isinstance(doc, Mapping) else None
+    return flow_id if isinstance(flow_id, str) else None
+
+
+def validate_flow(document: Any, *, registry: TaskRegistry | None = None) -> FlowDefinition:
+    """Parse and validate a flow document; raise InvalidFlow listing every error."""
+    try:
+        size = len(json.dumps(document, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidFlow(
+            f"the document is not plain JSON: {exc}",
+            errors=[{"field": "", "message": "not plain JSON (NaN or Infinity?)"}],
+        ) from None
+    if size > settings.FLOW_MAX_DOCUMENT_BYTES:
+        message = f"the document is {size} bytes; the limit is {settings.FLOW_MAX_DOCUMENT_BYTES}"
+        raise InvalidFlow(message, errors=[{"field": "", "message": message}])
+    registry = registry or default_registry()
+    try:
+        definition = parse_flow(
+            document, registry, default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS
+        )
+    except FlowValidationError as exc:
+        raise InvalidFlow(str(exc), errors=exc.as_list()) from None
+    problems = check_subflows(definition, functools.partial(_stored_definition, registry))
+    if problems:
+        error = FlowValidationError(problems)
+        raise InvalidFlow(str(error), errors=error.as_list())
+    return definition
+
+
+def _stored_definition(registry: TaskRegistry, flow_id: str, version: int | None) -> Any:
+    """A stored flow's definition for a sub-flow call (its current version unless pinned),
+    or why there is none."""
+    versions = FlowVersion.objects.filter(flow_id=flow_id)
+    found = versions.filter(version=version) if version else versions.order_by("-version")
+    row = found.values_list("definition", flat=True).first()
+    if row is None:
+        which = f" version {version}" if version else ""
+        return f"no flow '{flow_id}'{which} is stored; store it before flows that call it"
+    try:
+        return parse_flow(row, registry, default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS)
+    except FlowValidationError:
+        return f"flow '{flow_id}' no longer validates; fix it first"
+
+
+def _normalized(document: Any) -> dict[str, Any]:
+    doc = dict(unwrap(document))
+    return doc
+
+
+@transaction.atomic
+def flow_store(
+    *, document: Any, user: Any = None, registry: TaskRegistry | None = None
+) -> tuple[FlowVersion, bool]:
+    """Store a flow document: a new flow, or a new version of the flow with the same id.
+
+    Returns (version, stored). A document equal to the flow's current one (as parsed JSON,
+    key order ignored) stores nothing: the current version comes back with stored=False, so
+    a client that re-posts what it has does not grow the version history.
+    """
+    definition = validate_flow(document, registry=registry)
+    doc = _normalized(document)
+    flow = Flow.objects.select_for_update().filter(pk=definition.id).first()
+    new_flow = False
+    if flow is None:
+        try:
+            with transaction.atomic():
+                flow = Flow.objects.create(
+                    id=definition.id, name=definition.name, version=1, definition=doc
+                )
+                new_flow = True
+        except IntegrityError:
+            # Created by a concurrent request a moment ago: compare with it, as with any other.
+            flow = Flow.objects.select_for_update().get(pk=definition.id)
+    if not new_flow:
+        if canonical_json(flow.definition) == canonical_json(doc):
+            current = FlowVersion.objects.select_related("flow").get(
+                flow=flow, version=flow.version
+            )
+            logger.info("flow=%s unchanged: version %s is this document", flow.id, flow.version)
+            return current, False
+        flow.version += 1
+    flow.name, flow.definition = definition.name, doc
+    flow.save()
+    version = FlowVersion.objects.create(
+        flow=flow, version=flow.version, definition=doc, created_by=recorded_user(user)
+    )
+    logger.info(
+        "flow=%s version=%s stored (%d tasks)", flow.id, flow.version, len(definition.tasks)
+    )
+    for warning in definition.warnings:
+        logger.warning("flow=%s %s: %s", flow.id, warning.field, warning.message)
+    return version, True
+
+
+def flow_create(
+    *, document: Any, user: Any = None, registry: TaskRegistry | None = None
+) -> FlowVersion:
+    """``flow_store`` for callers that only need the version (new, or the current one)."""
+    version, _ = flow_store(document=document, user=user, registry=registry)
+    return version
+
+
+@transaction.atomic
+def flow_update(*, flow_id: Any, document: Any, user: Any = None) -> tuple[FlowVersion, bool]:
+    """Store ``document`` as the next version of an existing flow: (version, stored) as
+    ``flow_store`` returns them (the current document again stores nothing).
+
+    The document may leave out ``id``; one that names another flow is refused, so that an
+    update never writes to a flow other than the one addressed.
+    """
+    flow = selectors.flow_get(flow_id)
+    doc = unwrap(document)
+    if isinstance(doc, dict):
+        if "id" in doc and doc["id"] != flow.id:
+            raise InvalidFlow(
+                f"the document's id {doc['id']!r} is not the id of the flow it updates, "
+                f"'{flow.id}'",
+                errors=[{"field": "id", "message": f"must be '{flow.id}' (or left out)"}],
+            )
+        doc = {**doc, "id": flow.id}
+    return flow_store(document=doc, user=user)
+
+
+@transaction.atomic
+def flow_delete(*, flow_id: Any) -> None:
+    """Delete a flow with its versions and finished executions; refused while one runs."""
+    flow = selectors.flow_get(flow_id)
+    running = flow.executions.filter(status__in=ACTIVE_STATUSES).count()
+    if running:
+        raise Conflict(
+            f"flow '{flow.id}' has {running} execution(s) queued or running; cancel them first"
+        )
+    Schedule.objects.filter(name=f"flow:{flow.id}").delete()
+    flow.delete()
+    logger.info("flow=%s deleted", flow.id)
+
+
+def recorded_user(user: Any) -> Any:
+    """The user to record as a version's or an execution's author: None for an anonymous one."""
+    return user if user is not None and getattr(user, "is_authenticated", False) else None
