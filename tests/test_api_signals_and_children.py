@@ -215,7 +215,13 @@ def test_parent_lists_an_executions_children_in_item_order(operator, tree):
     rows = operator.get(f"/api/executions/?parent={tree.id}").json()["results"]
 
     assert [r["id"] for r in rows] == [str(c.id) for c in children_of(tree, "each")]
-    assert [r["status"] for r in rows] == ["COMPLETED"] * 3
+    assert [(r["item_index"], r["status"]) for r in rows] == [
+        (0, "COMPLETED"),
+        (1, "COMPLETED"),
+        (2, "COMPLETED"),
+    ]
+    assert rows[0]["parent"] == {"execution": str(tree.id), "seq": 1, "task_name": "each"}
+    assert rows[0]["root"] == str(tree.id)
 
 
 def test_step_lists_one_control_steps_children(operator, tree):

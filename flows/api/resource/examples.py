@@ -63,6 +63,10 @@ EXECUTION_ROW = {
     "queued_at": "2026-11-28T08:00:00.010000Z",
     "started_at": "2026-11-28T08:00:00.060000Z",
     "ended_at": "2026-11-28T08:00:01.080000Z",
+    "parent": None,
+    "root": None,
+    "branch": "",
+    "item_index": None,
 }
 STEP = {
     "seq": 1,
@@ -85,10 +89,6 @@ STEP = {
 }
 EXECUTION = {
     **EXECUTION_ROW,
-    "parent": None,
-    "root": None,
-    "branch": "",
-    "item_index": None,
     "steps": [
         STEP,
         {
@@ -104,10 +104,6 @@ EXECUTION = {
 }
 QUEUED = {
     **EXECUTION_ROW,
-    "parent": None,
-    "root": None,
-    "branch": "",
-    "item_index": None,
     "status": "QUEUED",
     "current_task": "task1",
     "steps_taken": 0,

@@ -149,6 +149,12 @@ class StartExecutionSerializer(serializers.Serializer):
         return value
 
 
+class ParentSerializer(serializers.Serializer):
+    execution = serializers.UUIDField(help_text="The parent execution.")
+    seq = serializers.IntegerField(help_text="The parent's step that started this child.")
+    task_name = serializers.CharField()
+
+
 class ExecutionSerializer(serializers.ModelSerializer):
     flow = serializers.CharField(source="flow_id", read_only=True)
     flow_name = serializers.CharField(source="flow.name", read_only=True)
@@ -158,12 +164,34 @@ class ExecutionSerializer(serializers.ModelSerializer):
         source="created_by.username", read_only=True, allow_null=True, default=None
     )
     input = serializers.DictField(read_only=True)
+    parent = serializers.SerializerMethodField(
+        help_text="A child execution (a parallel branch, a map item, a sub-flow): the parent "
+        "execution and its step that started it; null for a top-level execution."
+    )
+    root = serializers.UUIDField(
+        source="root_id",
+        read_only=True,
+        allow_null=True,
+        help_text="The top execution of this child's tree; null for a top-level execution.",
+    )
 
     class Meta:
         model = Execution
-        # The columns the list loads (Execution.objects.for_api_list) and the flow's name.
-        fields = [*API_LIST_FIELDS, "flow_name"]
+        # The columns the list loads (flows/api/resource/tree.py), the flow's name and the
+        # execution's place in a tree of children.
+        fields = [*API_LIST_FIELDS, "flow_name", "parent", "root", "branch", "item_index"]
         read_only_fields = fields
+        extra_kwargs = {
+            "branch": {"help_text": "A parallel branch's name; empty otherwise."},
+            "item_index": {"help_text": "Its place among its parent step's children."},
+        }
+
+    @extend_schema_field(ParentSerializer(allow_null=True))
+    def get_parent(self, execution: Execution) -> dict[str, Any] | None:
+        if execution.parent_step_id is None:
+            return None
+        step = execution.parent_step  # joined by tree.for_api_list / for_api_detail
+        return {"execution": step.execution_id, "seq": step.seq, "task_name": step.task_name}
 
 
 class WaitingSerializer(serializers.Serializer):
@@ -260,40 +288,12 @@ class StepSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ParentSerializer(serializers.Serializer):
-    execution = serializers.UUIDField(help_text="The parent execution.")
-    seq = serializers.IntegerField(help_text="The parent's step that started this child.")
-    task_name = serializers.CharField()
-
-
 class ExecutionDetailSerializer(ExecutionSerializer):
-    parent = serializers.SerializerMethodField(
-        help_text="A child execution (a parallel branch, a map item, a sub-flow): the parent "
-        "execution and its step that started it; null for a top-level execution."
-    )
-    root = serializers.UUIDField(
-        source="root_id",
-        read_only=True,
-        allow_null=True,
-        help_text="The top execution of this child's tree; null for a top-level execution.",
-    )
     steps = StepSerializer(many=True, read_only=True, help_text="Every step in run order.")
 
     class Meta(ExecutionSerializer.Meta):
-        tree = ["parent", "root", "branch", "item_index"]
-        fields = [*ExecutionSerializer.Meta.fields, *tree, "steps"]
+        fields = [*ExecutionSerializer.Meta.fields, "steps"]
         read_only_fields = fields
-        extra_kwargs = {
-            "branch": {"help_text": "A parallel branch's name; empty otherwise."},
-            "item_index": {"help_text": "Its place among its parent step's children."},
-        }
-
-    @extend_schema_field(ParentSerializer(allow_null=True))
-    def get_parent(self, execution: Execution) -> dict[str, Any] | None:
-        if execution.parent_step_id is None:
-            return None
-        step = execution.parent_step  # joined by the detail's queryset
-        return {"execution": step.execution_id, "seq": step.seq, "task_name": step.task_name}
 
 
 class SignalSerializer(serializers.Serializer):
