@@ -99,6 +99,18 @@ TERMINAL_STATUSES = (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, Executio
 
 # The columns of an execution the API's list shows (with the flow's name, the version number
 # and the starting user's name).
+# An execution's place in a tree of children, as the API shows it (with its parent step's
+# execution, seq and task name, joined).
+TREE_FIELDS = (
+    "parent_step",
+    "root",
+    "branch",
+    "item_index",
+    "parent_step__execution",
+    "parent_step__seq",
+    "parent_step__task_name",
+)
+
 API_LIST_FIELDS = (
     "id",
     "flow",
@@ -189,14 +201,25 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
         Joins the flow, the pinned version and the user who started it, loading only the
         columns the list shows (decoding flow documents and user rows cost more than the rows).
         """
-        return self.select_related("flow", "flow_version", "created_by").only(
-            *API_LIST_FIELDS, "flow__name", "flow_version__version", "created_by__username"
+        return self.select_related("flow", "flow_version", "created_by", "parent_step").only(
+            *API_LIST_FIELDS,
+            *TREE_FIELDS,
+            "flow__name",
+            "flow_version__version",
+            "created_by__username",
         )
 
     def for_api_detail(self) -> ExecutionQuerySet:
-        """One execution as the API shows it: the list's joins plus its steps in order."""
-        steps = models.Prefetch("steps", queryset=TaskRun.objects.order_by("seq"))
+        """One execution as the API shows it: the list's joins plus its steps in order, each
+        with its fan-out (a control step's children counts): two queries whatever the steps."""
+        steps = models.Prefetch(
+            "steps", queryset=TaskRun.objects.order_by("seq").select_related("fanout")
+        )
         return self.for_api_list().prefetch_related(steps)
+
+    def top_level(self) -> ExecutionQuerySet:
+        """Executions that are no other's child (lists show these unless asked for children)."""
+        return self.filter(parent_step__isnull=True)
 
 
 class Execution(models.Model):

@@ -13,7 +13,6 @@ from rest_framework.response import Response
 
 from flows import services
 from flows.api import permissions as perms
-from flows.api.resource import tree
 from flows.api.resource.serializers import ExecutionDetailSerializer
 from flows.models import Execution
 
@@ -59,5 +58,5 @@ class ResourceViewSet(
 
 def execution_detail(execution: Execution, http_status: int = status.HTTP_200_OK) -> Response:
     """The execution as ``GET /api/executions/{id}/`` shows it, read afresh with its steps."""
-    fresh = tree.for_api_detail().get(pk=execution.pk)
+    fresh = Execution.objects.for_api_detail().get(pk=execution.pk)
     return Response(ExecutionDetailSerializer(fresh).data, status=http_status)

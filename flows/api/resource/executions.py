@@ -15,7 +15,6 @@ from rest_framework.response import Response
 from flows import services
 from flows.api import permissions as perms
 from flows.api.resource import examples as ex
-from flows.api.resource import tree
 from flows.api.resource.base import ResourceViewSet, can, execution_detail
 from flows.api.resource.filters import ExecutionFilter
 from flows.api.resource.serializers import (
@@ -82,10 +81,13 @@ class ExecutionViewSet(ResourceViewSet):
         if not can(self.request, perms.VIEW_EXECUTIONS):
             return Execution.objects.none()
         if self.action == "list":
-            return tree.listing(tree.for_api_list(), self.request.query_params)
+            params = self.request.query_params
+            executions = Execution.objects.for_api_list()
+            # Children are listed when asked for (?parent=, ?step=: ExecutionFilter).
+            return executions if "parent" in params or "step" in params else executions.top_level()
         if self.action in ("events", "signal"):
             return Execution.objects.only("id", "status")
-        return tree.for_api_detail()
+        return Execution.objects.for_api_detail()
 
     def get_serializer_class(self) -> type:
         return ExecutionSerializer if self.action == "list" else ExecutionDetailSerializer

@@ -177,7 +177,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Execution
-        # The columns the list loads (flows/api/resource/tree.py), the flow's name and the
+        # The columns the list loads (Execution.objects.for_api_list), the flow's name and the
         # execution's place in a tree of children.
         fields = [*API_LIST_FIELDS, "flow_name", "parent", "root", "branch", "item_index"]
         read_only_fields = fields
@@ -190,7 +190,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
     def get_parent(self, execution: Execution) -> dict[str, Any] | None:
         if execution.parent_step_id is None:
             return None
-        step = execution.parent_step  # joined by tree.for_api_list / for_api_detail
+        step = execution.parent_step  # joined by Execution.objects.for_api_list
         return {"execution": step.execution_id, "seq": step.seq, "task_name": step.task_name}
 
 
