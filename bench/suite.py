@@ -1,9 +1,10 @@
 """The benchmark suite: Flow Manager on SQLite and PostgreSQL + Redis, against Celery and Prefect.
 
 Run: ``make bench`` (or ``.venv/bin/python bench/suite.py [--quick] [--skip-peers]
-[--backends sqlite,pg-redis]``). Prints ONE markdown table on stdout (progress goes to
-stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not ``--quick``, every backend,
-peers included) and the raw figures to ``bench/results/bench-<UTC stamp>.json``.
+[--skip-map] [--backends sqlite,pg-redis]``). Prints ONE markdown table on stdout (progress
+goes to stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not ``--quick``, every
+backend, peers and map stages included) and the raw figures to
+``bench/results/bench-<UTC stamp>.json``.
 
 For each backend it starts a real stack: a fresh database (a SQLite file in a temporary
 directory, or a PostgreSQL database of its own plus a Redis db number of its own, flushed
@@ -35,10 +36,23 @@ the figures from the timestamps the engine writes:
               wall = last ended_at - first queued_at. If they are not all done
               ``--wait-deadline`` s after the first queued_at, the figure is "> deadline",
               with how many were done by then and the wall time that rate extrapolates to.
+  map         (unless ``--skip-map``) a one-step flow mapping a no-op over ``input.items``,
+              max_concurrency 100: a warm-up map, then 3 maps of 1,000 items (quick: 200)
+              one after another; wall = the map execution's queued_at -> ended_at. On
+              PostgreSQL + Redis, one map of 10,000 items (quick: 2,000): items/s = items /
+              wall, and the worker processes' VmRSS/VmHWM (/proc/<pid>/status, pids from the
+              cluster's status) before, sampled during, and after it.
+  sleepers    a burst of 200 (quick: 100) 3-task noop flows alone; then 1,000 executions
+              (quick: 100) of a one-task ``sleep`` 60 s flow, waited for until every step is
+              PENDING with ``waiting`` set and no worker; then the same burst beside them
+              (flows/s and p50 as in throughput). The stack is stopped after: the sleepers
+              never wake.
 
 Then, unless ``--skip-peers``, it runs ``../shared/bench/peers/run_celery.sh`` and
-``run_prefect.sh 1 2 1`` (one measured process, 2 reps, 1 concurrent rep), reads the result
-JSON each wrote under ``/tmp/peerbench/results`` and prints the ratios. See bench/README.md.
+``run_prefect.sh 1 2 1`` (one measured process, 2 reps, 1 concurrent rep), and (unless
+``--skip-map``) the map peers ``bench/peers/run_celery_map.sh 3 10000 120`` and
+``run_prefect_map.sh 2 1000``, reads the result JSON each wrote under
+``/tmp/peerbench/results`` and prints the ratios. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -73,6 +87,10 @@ from _stack import (
 PEERS_DIR = Path(os.environ.get("PEERS_DIR", BASE_DIR.parent / "shared" / "bench" / "peers"))
 PEER_RESULTS = Path(os.environ.get("PEERBENCH_ROOT", "/tmp/peerbench")) / "results"
 PREFECT_ARGS = ["1", "2", "1"]  # PROCESSES REPS CONC_REPS (positional, see run_prefect.sh)
+# The map peers (bench/peers/, see bench/README.md): a chord of 1,000 (3 runs, then one of
+# 10,000 bounded at 120 s) and Prefect's .map over 1,000 items (2 steady runs).
+CELERY_MAP_ARGS = ["3", "10000", "120"]  # RUNS BIG_ITEMS BIG_TIMEOUT
+PREFECT_MAP_ARGS = ["2", "1000"]  # RUNS ITEMS
 BENCHMARKS_MD = BASE_DIR / "BENCHMARKS.md"
 WORKERS = 2
 LOG_LEVEL = "WARNING"
@@ -84,8 +102,27 @@ FULL = {
     "waits": 1000,
     "wait_deadline": 30.0,
     "clients": 2,
+    "map": True,
+    "map_items": 1000,
+    "map_runs": 3,
+    "big_map_items": 10000,
+    "sleepers": 1000,
+    "burst": 200,
 }
-QUICK = {**FULL, "overhead_runs": 3, "executions": 200, "waits": 100, "wait_deadline": 10.0}
+QUICK = {
+    **FULL,
+    "overhead_runs": 3,
+    "executions": 200,
+    "waits": 100,
+    "wait_deadline": 10.0,
+    "map_items": 200,
+    "map_runs": 3,
+    "big_map_items": 2000,
+    "sleepers": 100,
+    "burst": 100,
+}
+# The 10,000-item map (items/s, worker memory) runs on this backend only, as issue 14 asks.
+BIG_MAP_BACKENDS = ("pg-redis",)
 
 BACKENDS = ("sqlite", "pg-redis")
 TARGET_OVERHEAD_MS = {"sqlite": 1.0, "pg-redis": 2.0}
@@ -93,6 +130,11 @@ TARGET_FLOWS_PER_S = {"pg-redis": 300.0}
 TARGET_WAIT_WALL_S = 5.0
 TARGET_VS_CELERY = 5.0
 TARGET_VS_PREFECT = 10.0
+TARGET_MAP_VS_CELERY = 3.0
+TARGET_MAP_VS_PREFECT = 10.0
+TARGET_BIG_MAP_ITEMS_PER_S = 1000.0
+# "About equal": the burst beside the sleepers at no less than this share of its rate alone.
+TARGET_SLEEPERS_RATIO = 0.8
 
 
 def engine_revision() -> str:
@@ -248,6 +290,195 @@ def measure_waits(version_obj: Any, count: int, clients: int, deadline_s: float)
     }
 
 
+MAP_FLOW = {
+    "id": "bench_map",
+    "name": "Benchmark: a map of no-op items",
+    "tasks": [
+        {
+            "name": "each",
+            "task_type": "map",
+            "items": "${input.items}",
+            "max_concurrency": 100,
+            "iterator": {"tasks": [{"name": "n", "task_type": "noop"}]},
+        }
+    ],
+}
+MAP_CONCURRENCY = 100
+SLEEP_SECONDS = 60
+BURSTS = 3  # bursts alone, and again beside the sleepers: the medians are compared
+SLEEP_FLOW = {
+    "id": "bench_sleep",
+    "name": "Benchmark: one task sleeping 60 s",
+    "tasks": [{"name": "nap", "task_type": "sleep", "parameters": {"seconds": SLEEP_SECONDS}}],
+}
+
+
+def worker_memory() -> dict[str, Any]:
+    """Each qcluster worker process's VmHWM (peak resident set) and VmRSS, in KiB, from
+    /proc/<pid>/status; the pids come from the cluster's own status (django-q2's Stat)."""
+    from django_q.status import Stat
+
+    pids = sorted({pid for stat in Stat.get_all() for pid in stat.workers})
+    found: dict[str, Any] = {}
+    for pid in pids:
+        fields: dict[str, int] = {}
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("VmHWM", "VmRSS"):
+                    fields[key] = int(rest.split()[0])
+        except OSError:
+            continue
+        found[str(pid)] = fields
+    return found
+
+
+def _map_children(execution_id: Any) -> dict[str, int]:
+    from flows.models import Execution
+
+    statuses: dict[str, int] = {}
+    for status in Execution.objects.filter(parent_step__execution_id=execution_id).values_list(
+        "status", flat=True
+    ):
+        statuses[status] = statuses.get(status, 0) + 1
+    return statuses
+
+
+def run_map(version_obj: Any, items: int, timeout: float, sample: Any = None) -> dict[str, Any]:
+    """One map execution over ``items`` no-op items, started and waited for; its figures from
+    the database: wall = the map execution's queued_at -> ended_at. ``sample`` is called
+    every 0.5 s while it runs (the RSS sampler)."""
+    from flows import services
+    from flows.models import TERMINAL_STATUSES, Execution, FanOut
+
+    execution = services.execution_create(
+        flow_version=version_obj, input={"items": list(range(items))}
+    )
+    services.execution_start(execution_id=execution.id)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = Execution.objects.filter(id=execution.id).values_list("status", flat=True)[0]
+        if status in TERMINAL_STATUSES or time.monotonic() > deadline:
+            break
+        if sample:
+            sample()
+        time.sleep(0.5 if sample else 0.1)
+    row = Execution.objects.get(id=execution.id)
+    fan = FanOut.objects.filter(step__execution_id=execution.id).values("total", "done", "failed")
+    fan_row = fan[0] if fan else {}
+    wall = (row.ended_at - row.queued_at).total_seconds() if row.ended_at else None
+    return {
+        "items": items,
+        "status": row.status,
+        "done": row.status == "COMPLETED",
+        "wall_s": wall,
+        "items_per_s": items / wall if wall else None,
+        "timeout_s": timeout,
+        "fanout": fan_row,
+        "children": _map_children(execution.id),
+    }
+
+
+def measure_map(version_obj: Any, items: int, runs: int, timeout: float) -> dict[str, Any]:
+    """A warm-up map, then ``runs`` maps one after another; the median wall."""
+    warmup = run_map(version_obj, items, timeout)
+    measured = [run_map(version_obj, items, timeout) for _ in range(runs)]
+    walls = [r["wall_s"] for r in measured if r["done"]]
+    return {
+        "items": items,
+        "max_concurrency": MAP_CONCURRENCY,
+        "warmup": warmup,
+        "runs": measured,
+        "all_done": len(walls) == runs,
+        "wall_s": {
+            "median": statistics.median(walls) if walls else None,
+            "min": min(walls, default=None),
+            "max": max(walls, default=None),
+            "n": len(walls),
+        },
+    }
+
+
+def measure_big_map(version_obj: Any, items: int, timeout: float) -> dict[str, Any]:
+    """One map of ``items`` with the workers' memory read before, sampled during, and after."""
+    before = worker_memory()
+    peak_rss: dict[str, int] = {}
+
+    def sample() -> None:
+        for pid, fields in worker_memory().items():
+            if "VmRSS" in fields:
+                peak_rss[pid] = max(peak_rss.get(pid, 0), fields["VmRSS"])
+
+    result = run_map(version_obj, items, timeout, sample)
+    after = worker_memory()
+
+    def top(memory: dict[str, Any], key: str) -> int | None:
+        return max((f[key] for f in memory.values() if key in f), default=None)
+
+    result["memory_kib"] = {
+        "before": before,
+        "after": after,
+        "peak_rss_during": peak_rss,
+        "same_workers": sorted(before) == sorted(after),
+        "max_hwm_before": top(before, "VmHWM"),
+        "max_hwm_after": top(after, "VmHWM"),
+        "max_rss_before": top(before, "VmRSS"),
+        "max_rss_after": top(after, "VmRSS"),
+    }
+    return result
+
+
+def _sleeping(flow_id: str) -> int:
+    """Steps of ``flow_id`` waiting in the database: PENDING, ``waiting`` set, no worker."""
+    from flows.models import TaskRun
+
+    return TaskRun.objects.filter(
+        execution__flow_id=flow_id, status="PENDING", waiting__isnull=False, worker=""
+    ).count()
+
+
+def _bursts(versions: list[Any], count: int, clients: int) -> dict[str, Any]:
+    """One burst of ``count`` executions per flow version, one after another; the medians."""
+    runs = [measure_throughput(v, count, clients, timeout=300) for v in versions]
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in runs if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        "executions": count,
+        "bursts": len(runs),
+        "completed": min(r["completed"] for r in runs),
+        "flows_per_s": median("flows_per_s"),
+        "latency_p50_s": median("latency_p50_s"),
+        "starts_per_s": median("starts_per_s"),
+        "runs": runs,
+    }
+
+
+def measure_sleepers(
+    sleep_version: Any, alone: list[Any], beside: list[Any], counts: dict[str, Any]
+) -> dict[str, Any]:
+    """Noop bursts alone; then ``sleepers`` executions of the 60 s sleep flow, waited for
+    until every one sleeps in the database; then the same bursts beside them."""
+    burst, clients = counts["burst"], counts["clients"]
+    result: dict[str, Any] = {"sleepers": counts["sleepers"], "sleep_seconds": SLEEP_SECONDS}
+    result["burst_alone"] = _bursts(alone, burst, clients)
+    log(f"  bursts alone: { ({k: v for k, v in result['burst_alone'].items() if k != 'runs'}) }")
+    started = time.monotonic()
+    _start_many(sleep_version, counts["sleepers"], clients)
+    deadline = started + 120
+    while _sleeping(sleep_version.flow_id) < counts["sleepers"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    result["all_sleeping"] = _sleeping(sleep_version.flow_id)
+    result["seconds_until_all_sleeping"] = time.monotonic() - started
+    result["burst_beside_sleepers"] = _bursts(beside, burst, clients)
+    result["still_sleeping_after_burst"] = _sleeping(sleep_version.flow_id)
+    beside_summary = {k: v for k, v in result["burst_beside_sleepers"].items() if k != "runs"}
+    log(f"  bursts beside sleepers: {beside_summary}")
+    return result
+
+
 def measure_commit_floor(rounds: int = 2000) -> dict[str, float]:
     """Seconds per commit of this database from Python with no engine (see the module doc)."""
     from django.db import connection
@@ -321,6 +552,16 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
     chain = services.flow_create(document=eo.noop_chain(counts["steps"]))
     sample = services.flow_create(document=sample_flow_noop())
     waits = services.flow_create(document=WAIT_FLOW)
+    if counts["map"]:
+        mapped = services.flow_create(document=MAP_FLOW)
+        sleep = services.flow_create(document=SLEEP_FLOW)
+        alone, beside = (
+            [
+                services.flow_create(document={**sample_flow_noop(), "id": f"bench_burst_{k}_{n}"})
+                for n in range(1, BURSTS + 1)
+            ]
+            for k in ("alone", "beside_sleepers")
+        )
 
     result["floor"] = measure_commit_floor()  # before any worker polls the database
     log(f"  commit floor: {result['floor']}")
@@ -350,6 +591,17 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
             waits, counts["waits"], counts["clients"], counts["wait_deadline"]
         )
         log(f"  waits: {result['waits']}")
+
+        if counts["map"]:
+            result["map"] = measure_map(
+                mapped, counts["map_items"], counts["map_runs"], timeout=300
+            )
+            log(f"  map of {counts['map_items']}: {result['map']['wall_s']}")
+            if counts["backend"] in BIG_MAP_BACKENDS:
+                result["big_map"] = measure_big_map(mapped, counts["big_map_items"], timeout=900)
+                log(f"  map of {counts['big_map_items']}: {result['big_map']}")
+            # Last: the sleepers are left sleeping when the stack stops.
+            result["sleepers"] = measure_sleepers(sleep, alone, beside, counts)
     finally:
         stop(cluster)
     out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -359,7 +611,9 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
 # -------------------------------------------------------------------------------------------
 # The parent: backends one after another, then the peers
 # -------------------------------------------------------------------------------------------
-def run_backend(name: str, counts: dict[str, Any], redis_db: int | None) -> dict[str, Any]:
+def run_backend(
+    name: str, counts: dict[str, Any], redis_db: int | None, keep: bool = False
+) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix=f"flow-suite-{name}-"))
     try:
         stack = sqlite_backend(home) if name == "sqlite" else pg_redis_backend(redis_db)
@@ -383,10 +637,17 @@ def run_backend(name: str, counts: dict[str, Any], redis_db: int | None) -> dict
             out = home / "figures.json"
             log(f"{backend.label}: qcluster with {WORKERS} workers, measuring")
             done = subprocess.run(
-                [sys.executable, __file__, "--child", str(out), "--counts", json.dumps(counts)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(out),
+                    "--counts",
+                    json.dumps({**counts, "backend": name}),
+                ],
                 cwd=BASE_DIR,
                 env=env,
-                timeout=1200,
+                timeout=3600,
             )
             if done.returncode != 0:
                 qlog = home / "qcluster.log"
@@ -395,7 +656,10 @@ def run_backend(name: str, counts: dict[str, Any], redis_db: int | None) -> dict
             figures = json.loads(out.read_text())
             return {"label": backend.label, "details": backend.details, **figures}
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        if keep:
+            log(f"kept {home} (qcluster.log; a SQLite stack's database)")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def run_peer(engine: str, script: str, args: list[str], timeout: float) -> dict[str, Any]:
@@ -546,6 +810,9 @@ def build_rows(
             _verdict(ok) + quick,
         )
 
+        if fig.get("map"):
+            add_map_rows(add, name, stack, fig, counts)
+
     celery, prefect = peers.get("celery"), peers.get("prefect")
     if celery:
         cs = celery["chain_per_step_s"]["median"]
@@ -623,7 +890,202 @@ def build_rows(
                     "wall (different shapes)",
                     approx + _ratio(pw / ours),
                 )
+    add_map_peer_rows(add, backends, peers, counts)
     return rows
+
+
+def _mib(kib: float | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:,.0f} MiB"
+
+
+def add_map_rows(add: Any, name: str, stack: str, fig: dict[str, Any], counts: dict[str, Any]):
+    """The map and sleep rows of one backend (issue 14)."""
+    m = fig["map"]
+    n_items, walls = m["items"], m["wall_s"]
+    value = "-" if walls["median"] is None else _s(walls["median"])
+    if walls["median"]:
+        value += f" ({n_items / walls['median']:,.0f} items/s)"
+    if not m["all_done"]:
+        bad = [r["status"] for r in m["runs"] if not r["done"]]
+        value += f"; {len(bad)} of {len(m['runs'])} runs not COMPLETED in {_s(300)}: {bad}"
+    add(
+        stack,
+        f"map of {n_items:,} no-op items, max_concurrency {m['max_concurrency']}: wall, the map "
+        f"execution's queued_at → ended_at (median of {walls['n']} after a warm-up map; "
+        f"{_s(walls['min'])} to {_s(walls['max'])})",
+        value,
+    )
+    big = fig.get("big_map")
+    if big:
+        quick = " at quick counts" if big["items"] < FULL["big_map_items"] else ""
+        rate = big["items_per_s"]
+        if big["done"]:
+            value = f"{rate:,.0f} items/s ({_s(big['wall_s'])})"
+        else:
+            fan = big.get("fanout") or {}
+            value = (
+                f"not COMPLETED after {_s(big['timeout_s'])} ({big['status']}; "
+                f"{fan.get('done', 0):,} of {big['items']:,} items done)"
+            )
+        add(
+            stack,
+            f"map of {big['items']:,} no-op items, max_concurrency {MAP_CONCURRENCY}: "
+            f"items/s = {big['items']:,} / wall (queued_at → ended_at)",
+            value,
+            f"≥ {TARGET_BIG_MAP_ITEMS_PER_S:,.0f} items/s",
+            _verdict(bool(rate) and rate >= TARGET_BIG_MAP_ITEMS_PER_S) + quick,
+        )
+        mem = big["memory_kib"]
+        seen = sorted(set(mem["before"]) | set(mem["peak_rss_during"]) | set(mem["after"]))
+        peak = max(mem["peak_rss_during"].values(), default=None)
+        recycled = len(seen) - WORKERS
+        add(
+            stack,
+            f"the {WORKERS} worker processes' memory over that map (/proc/<pid>/status, "
+            "sampled every 0.5 s): before the map, max VmRSS / VmHWM; during it, max VmRSS; "
+            "after it, max VmRSS / VmHWM"
+            + (
+                f" ({recycled} worker process(es) replaced during it: django-q2 recycles a "
+                "worker after 1,000 jobs)"
+                if recycled > 0
+                else ""
+            ),
+            f"{_mib(mem['max_rss_before'])} / {_mib(mem['max_hwm_before'])} → "
+            f"{_mib(peak)} → {_mib(mem['max_rss_after'])} / {_mib(mem['max_hwm_after'])}",
+        )
+    s = fig.get("sleepers")
+    if s:
+        alone, beside = s["burst_alone"], s["burst_beside_sleepers"]
+        n_burst = alone["executions"]
+
+        def burst(thr: dict[str, Any]) -> str:
+            rate = "-" if thr["flows_per_s"] is None else f"{thr['flows_per_s']:,.0f} flows/s"
+            bad = thr["executions"] - thr["completed"]
+            return (
+                f"{rate}, p50 {_ms(thr['latency_p50_s'])}"
+                + (f" ({bad} not COMPLETED)" if bad else "")
+                + (
+                    f"; starts alone {thr['starts_per_s']:,.0f}/s"
+                    if thr.get("starts_per_s")
+                    else ""
+                )
+            )
+
+        n_bursts = alone.get("bursts", 1)
+        add(
+            stack,
+            f"{n_burst} x 3-task noop flow burst, no sleepers: flows/s, p50 "
+            f"(medians of {n_bursts} bursts)",
+            burst(alone),
+        )
+        n_sleep = s["sleepers"]
+        add(
+            stack,
+            f"the same bursts beside {n_sleep:,} executions sleeping {s['sleep_seconds']} s "
+            f"({s['all_sleeping']:,} of {n_sleep:,} steps PENDING with `waiting` set and no "
+            f"worker before the bursts, {s['seconds_until_all_sleeping']:.1f} s after their "
+            f"starts began; {s['still_sleeping_after_burst']:,} after them)",
+            burst(beside),
+        )
+        ok_rate = alone["flows_per_s"] and beside["flows_per_s"]
+        ratio = beside["flows_per_s"] / alone["flows_per_s"] if ok_rate else None
+        quick = " at quick counts" if n_sleep < FULL["sleepers"] else ""
+        add(
+            stack,
+            "sleepers hold no worker slot: median burst flows/s beside the sleepers / alone "
+            "(all sleepers asleep first)",
+            "-" if ratio is None else _ratio(ratio),
+            f"≥ {TARGET_SLEEPERS_RATIO:g}x (about equal)",
+            _verdict(
+                bool(ratio) and ratio >= TARGET_SLEEPERS_RATIO and s["all_sleeping"] == n_sleep
+            )
+            + quick,
+        )
+
+
+def add_map_peer_rows(
+    add: Any, backends: dict[str, Any], peers: dict[str, Any], counts: dict[str, Any]
+) -> None:
+    """The map peers' figures and our map's ratios against them."""
+    cm, pm = peers.get("celery_map"), peers.get("prefect_map")
+    if cm:
+        stack = f"Celery {cm['versions'].get('celery', '')} + Redis chord (prefork, concurrency 2)"
+        c1 = cm["chord1000_wall_s"]
+        add(
+            stack,
+            f"chord of 1,000 no-op tasks + callback: wall, apply_async() → callback result "
+            f"(median of {c1['n']}; {_s(c1['min'])} to {_s(c1['max'])}; apply_async alone "
+            f"{_s(cm['chord1000_enqueue_s']['median'])})",
+            _s(c1["median"]),
+        )
+        if cm.get("chord10000_done"):
+            w = cm["chord10000_wall_s"]["median"]
+            add(stack, "chord of 10,000: wall (once)", f"{_s(w)} ({10000 / w:,.0f} items/s)")
+        elif "chord10000_exceeded_s" in cm:
+            add(
+                stack,
+                "chord of 10,000: wall (once)",
+                f"> {_s(cm['chord10000_exceeded_s'])} "
+                f"({cm.get('chord10000_header_done_by_deadline')} of 10,000 done by then)",
+            )
+    if pm:
+        stack = f"Prefect {pm['versions'].get('prefect', '')} .map (default runner, SQLite)"
+        pw, pr = pm["map1000_wall_s"], pm["map1000_recorded_s"]
+        add(
+            stack,
+            f".map over 1,000 items: wall, flow call → return (median of {pw['n']}; "
+            f"peak {pm['map1000_peak_threads']['median']:,.0f} threads)",
+            _s(pw["median"]),
+        )
+        add(
+            stack,
+            ".map over 1,000 items: all 1,000 task runs recorded COMPLETED by the API server "
+            f"(median of {pr['n']}; the figure our ratio uses: we commit each result)",
+            _s(pr["median"]),
+        )
+    for fig in backends.values():
+        m = fig.get("map")
+        ours = m and m["wall_s"]["median"]
+        if not ours:
+            continue
+        quick = f" (ours at {m['items']:,} items)" if m["items"] != 1000 else ""
+        stack = f"ratio, {fig['label']}"
+        if cm:
+            ratio = cm["chord1000_wall_s"]["median"] / ours
+            add(
+                stack,
+                "1,000-item map vs Celery: chord of 1,000 wall / our 1,000-item map wall" + quick,
+                _ratio(ratio),
+                f"≥ {TARGET_MAP_VS_CELERY:g}x",
+                "- (not comparable at quick counts)"
+                if quick
+                else _verdict(ratio >= TARGET_MAP_VS_CELERY),
+            )
+        if pm:
+            ratio = pm["map1000_recorded_s"]["median"] / ours
+            add(
+                stack,
+                "1,000-item map vs Prefect: .map all task runs recorded / our 1,000-item map "
+                "wall" + quick,
+                _ratio(ratio),
+                f"≥ {TARGET_MAP_VS_PREFECT:g}x",
+                "- (not comparable at quick counts)"
+                if quick
+                else _verdict(ratio >= TARGET_MAP_VS_PREFECT),
+            )
+            add(
+                stack,
+                "the same against Prefect's wall (flow call → return; its task runs not yet "
+                "stored): not the ratio the target uses",
+                _ratio(pm["map1000_wall_s"]["median"] / ours),
+            )
+        big = fig.get("big_map")
+        if cm and big and big["done"] and big["items"] == 10000 and cm.get("chord10000_done"):
+            add(
+                stack,
+                f"{big['items']:,}-item map vs Celery's chord of 10,000: their wall / ours",
+                _ratio(cm["chord10000_wall_s"]["median"] / big["wall_s"]),
+            )
 
 
 def render(rows: list[dict[str, str]]) -> str:
@@ -643,11 +1105,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"smaller counts: {QUICK}")
     parser.add_argument("--skip-peers", action="store_true", help="no Celery / Prefect runs")
+    parser.add_argument(
+        "--skip-map",
+        action="store_true",
+        help="no map / sleep stages (the 1,000- and 10,000-item maps, the sleepers) and no "
+        "map peers",
+    )
     parser.add_argument("--backends", default="sqlite,pg-redis", help="comma-separated")
     parser.add_argument("--redis-db", type=int, help="Redis db number to use and flush "
                         "(default: the highest empty one)")  # fmt: skip
     parser.add_argument("--wait-deadline", type=float, help="seconds (default 30, quick 10)")
     parser.add_argument("--clients", type=int, help="processes starting executions (default 2)")
+    parser.add_argument("--keep", action="store_true", help="keep each stack's temporary directory")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--counts", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -663,17 +1132,28 @@ def main(argv: list[str] | None = None) -> int:
         counts["wait_deadline"] = args.wait_deadline
     if args.clients:
         counts["clients"] = max(1, args.clients)
+    if args.skip_map:
+        counts["map"] = False
     started, stamp = time.monotonic(), utc_stamp()
     revision = engine_revision()
     load_before = os.getloadavg()
 
     backends = {}
     for name in names:
-        backends[name] = run_backend(name, counts, args.redis_db)
+        backends[name] = run_backend(name, counts, args.redis_db, args.keep)
     peers: dict[str, Any] = {}
     if not args.skip_peers:
         peers["celery"] = run_peer("celery", "run_celery.sh", [], timeout=900)
         peers["prefect"] = run_peer("prefect", "run_prefect.sh", PREFECT_ARGS, timeout=1500)
+        if counts["map"]:
+            peers["celery_map"] = run_peer(
+                "celery_map", str(BASE_DIR / "bench/peers/run_celery_map.sh"), CELERY_MAP_ARGS,
+                timeout=900,
+            )  # fmt: skip
+            peers["prefect_map"] = run_peer(
+                "prefect_map", str(BASE_DIR / "bench/peers/run_prefect_map.sh"), PREFECT_MAP_ARGS,
+                timeout=1800,
+            )  # fmt: skip
 
     if engine_revision() != revision:
         log(f"WARNING: the engine changed during the run ({revision} -> {engine_revision()})")
@@ -711,15 +1191,23 @@ def main(argv: list[str] | None = None) -> int:
         "table": rows,
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    complete = not args.quick and set(names) == set(BACKENDS) and not args.skip_peers
+    complete = (
+        not args.quick and set(names) == set(BACKENDS) and not args.skip_peers and counts["map"]
+    )
     if complete:
-        notes = {"waits_missed": any(not b["waits"]["all_done"] for b in backends.values())}
+        notes = {
+            "waits_missed": any(not b["waits"]["all_done"] for b in backends.values()),
+            "maps": counts["map"],
+        }
         BENCHMARKS_MD.write_text(
             markdown(table, info, stamp, seconds, (load_before, load_after), revision, notes)
         )
         log(f"wrote {BENCHMARKS_MD.relative_to(BASE_DIR)}")
     else:
-        log("partial run (--quick, --skip-peers or a subset of backends): BENCHMARKS.md unchanged")
+        log(
+            "partial run (--quick, --skip-peers, --skip-map or a subset of backends): "
+            "BENCHMARKS.md unchanged"
+        )
     log(f"wrote {path.relative_to(BASE_DIR)} in {seconds / 60:.1f} min")
     return 0
 
@@ -738,6 +1226,17 @@ def markdown(
         " Where the 1 s waits end after the deadline, the figure says how many had ended by then "
         "and what that rate extrapolates to."
         if notes["waits_missed"]
+        else ""
+    )
+    maps = (
+        "\n\nThe map rows (issue 14): a map's wall is the map execution's `queued_at` → `ended_at`"
+        " in the database; its items are child executions, each committed as it ends. Celery's "
+        "chord keeps its state in Redis and commits nothing; Prefect's ratio uses its \"all task "
+        'runs recorded" figure (its flow call returns before its task runs are stored; the '
+        "ratio against that wall is shown too, without a verdict). The worker memory row reads "
+        "/proc/<pid>/status of the qcluster worker processes. The sleepers row compares the "
+        "same burst of 3-task flows with and without the sleeping executions, in the same stack."
+        if notes.get("maps")
         else ""
     )
     return f"""# Benchmarks
@@ -761,7 +1260,7 @@ its hand-off to the task thread); the peers' per-step figures include their triv
 another, as API clients would): where it is close to the throughput, the clients bound the
 figure (the 1 s waits' wall includes starting them, too).{waits}
 Prefect's concurrent run is a different shape (50 three-task flows), so that ratio is only a
-rough comparison.
+rough comparison.{maps}
 """
 
 
