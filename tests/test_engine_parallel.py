@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from flows import services
+from flows import engine, services
 from flows.models import Execution, ExecutionStatus, FanOut, TaskRun, TaskRunStatus
 from tests.factories import (
     cond,
@@ -286,3 +286,28 @@ def test_redriving_a_failed_parallel_task_runs_its_branches_again() -> None:
     assert again.status == ExecutionStatus.FAILED
     assert [s for _, s in ran(again)] == ["FAILURE", "FAILURE"]
     assert FanOut.objects.filter(step__execution=again).count() == 2
+
+
+def test_branches_claimed_in_one_batch_each_run_their_own_tasks() -> None:
+    # A worker claims ready steps in batches: both branches' first steps (and the parent's)
+    # together. Each must be run with its own part of the document, not the first one's.
+    document = flow_doc(
+        [
+            parallel(
+                "both",
+                {
+                    "left": [task("l1", "print", message="left")],
+                    "right": [task("r1", "print", message="right")],
+                },
+            )
+        ]
+    )
+    execution = start_execution(document)
+
+    while engine.Dispatcher(concurrency=10).run():
+        pass
+
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED, execution.error
+    result = execution.steps.get(task_name="both").result
+    assert (result["left"]["message"], result["right"]["message"]) == ("left", "right")

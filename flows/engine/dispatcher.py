@@ -165,18 +165,19 @@ class Dispatcher:
         # steps look task types up in this scan's result, not in a scan of their own.
         self.types.clear()
         self.types.update(self.registry.snapshot().types)
-        parsed: dict[int, FlowDefinition | FlowValidationError] = {}
+        parsed: dict[tuple[int, tuple[str, ...]], FlowDefinition | FlowValidationError] = {}
         for step in claimed.steps:
             execution = claimed.executions.get(step.execution_id)
             if execution is None:  # deleted since: its steps went with it
                 continue
-            version_id = execution.flow_version_id
-            if version_id not in parsed:
+            # Per version AND scope: a branch or map item runs only its part of the document.
+            key = (execution.flow_version_id, tuple(execution.scope or ()))
+            if key not in parsed:
                 try:
-                    parsed[version_id] = flow_definition(execution, self.registry, refresh=False)
+                    parsed[key] = flow_definition(execution, self.registry, refresh=False)
                 except FlowValidationError as exc:
-                    parsed[version_id] = exc
-            definition = parsed[version_id]
+                    parsed[key] = exc
+            definition = parsed[key]
             if isinstance(definition, FlowValidationError):
                 self._invalid(execution, step, definition)
                 self.steps += 1
