@@ -52,7 +52,7 @@ pytestmark = pytest.mark.worker
 
 DEADLINE_SECONDS = 60.0
 # The 1,000-item map with a worker killed in the middle: a bound for "it never finished".
-BIG_MAP_DEADLINE_SECONDS = 300.0
+BIG_MAP_DEADLINE_SECONDS = 180.0
 STOP_GRACE_SECONDS = 30.0
 WORKERS_PER_CLUSTER = 2
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -774,6 +774,59 @@ def test_cancelling_the_parent_while_its_map_runs_cancels_every_item(live: Live)
     assert live.step(execution_id, "each")["status"] == "CANCELLED"
 
 
+def test_cancelling_the_parent_while_map_items_end_and_start_leaves_nothing_open(
+    live: Live,
+) -> None:
+    # Items end (and start their successors) all the time here: the cancel races the
+    # workers' endings, and neither may leave an item or a step open.
+    live.start_cluster()
+    document = flow_doc(
+        [mapped("each", "${input.items}", [task("echo", "record", value="${item}")],
+                max_concurrency=10)],
+        flow_id="pl_cancel_busy_map",
+    )  # fmt: skip
+    [execution_id] = live.submit(document, {"items": list(range(400))})
+    each = live.wait_until_waiting(execution_id, "each")
+    live.poll(
+        "the map under way",
+        lambda: live.fanout(each["id"])["done"],
+        lambda done: done >= 30,
+    )
+
+    try:
+        live.service("cancel", execution_id=execution_id)
+    except AssertionError as exc:
+        # KNOWN BUG (PostgreSQL): the cancel's transaction updates every child's row while a
+        # worker's transaction ending an item holds that item's row and wants the FanOut's
+        # and the next item's, which the cancel may hold already: "deadlock detected", and
+        # PostgreSQL fails the cancel (a retry often deadlocks again). Only that error is
+        # let through; anything else fails the test.
+        if "DeadlockDetected" not in str(exc):
+            raise
+        pytest.xfail("known bug: a cancel of a parent mid-map deadlocks with a worker (PG)")
+
+    tree = live.wait_until_tree_ended(execution_id)
+    assert tree.pop(execution_id) == "CANCELLED"
+    statuses = collections.Counter(tree.values())
+    assert set(statuses) <= {"COMPLETED", "CANCELLED"}, statuses
+    assert statuses["CANCELLED"] > 0 and len(tree) == 400, statuses
+    assert live.open_steps(execution_id) == []
+    # An item ran only if it was started, and a cancelled one that never started has no step.
+    steps = collections.Counter(
+        norm(e)
+        for (e,) in live.query(
+            "SELECT t.execution_id FROM flows_taskrun t JOIN flows_execution e "
+            "ON e.id = t.execution_id WHERE e.parent_step_id = %s",
+            each["id"],
+        )
+    )
+    completed = {eid for eid, status in tree.items() if status == "COMPLETED"}
+    assert all(steps[eid] == 1 for eid in completed)
+    ran = collections.Counter(e for e, _, _, _ in live.runs() if e in tree)
+    assert set(ran) <= set(steps) and all(n == 1 for n in ran.values()), ran
+    assert completed <= set(ran)
+
+
 def test_a_parent_paused_while_its_map_runs_finishes_the_map_after_resume(live: Live) -> None:
     live.start_cluster()
     items = list(range(6))
@@ -889,6 +942,38 @@ def test_signals_delivered_while_the_cluster_is_down_or_after_a_restart_both_com
     assert live.step(after_restart, "ship")["result"]["message"] == "shipping after"
     pids = {third.pid, *descendants(third.pid)}
     assert int(live.step(after_restart, "ship")["worker"].rsplit(":", 1)[1]) in pids
+
+
+def test_signals_to_the_items_of_a_map_end_each_item_with_its_payload(live: Live) -> None:
+    live.start_cluster()
+    document = flow_doc(
+        [
+            mapped(
+                "each",
+                "${input.items}",
+                [task("ask", "wait_for_signal", signal="go"),
+                 task("say", "print", message="${item}: ${results.ask.data.answer}")],
+            )
+        ],
+        flow_id="pl_signal_items",
+    )  # fmt: skip
+    [execution_id] = live.submit(document, {"items": ["a", "b", "c"]})
+    each = live.wait_until_waiting(execution_id, "each")
+    children = live.children(each["id"])
+    for child in children:
+        live.wait_until_waiting(child["id"], "ask")
+
+    live.service(
+        "signal",
+        signals=[
+            {"execution_id": child["id"], "name": "go", "payload": {"answer": f"yes {i}"}}
+            for i, child in enumerate(children)
+        ],
+    )
+
+    assert live.wait_until_ended(execution_id)["status"] == "COMPLETED"
+    results = live.step(execution_id, "each")["result"]["results"]
+    assert [r["message"] for r in results] == ["a: yes 0", "b: yes 1", "c: yes 2"]
 
 
 # -------------------------------------------------------------------------------------------
