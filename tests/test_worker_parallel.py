@@ -145,11 +145,6 @@ def norm(execution_id: Any) -> str:
     return str(uuid.UUID(str(execution_id)))
 
 
-def loaded(value: Any) -> Any:
-    """A JSON column as read: PostgreSQL gives it decoded, SQLite as text."""
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def parallel(name: str, branches: dict[str, list[dict[str, Any]]], **extra: Any) -> dict:
     return {
         "name": name,
@@ -237,6 +232,13 @@ class Live:
         self.service("signal", signals=[{"execution_id": execution_id, "name": name, **extra}])
 
     # -- looking at what the workers did -------------------------------------------------
+    def loaded(self, value: Any) -> Any:
+        """A JSON column as read: PostgreSQL gives it decoded (a JSON string as a str), SQLite
+        as its text."""
+        if self.backend.postgresql or not isinstance(value, str):
+            return value
+        return json.loads(value)
+
     def query(self, sql: str, *params: Any) -> list[tuple]:
         return self.backend.query(sql, *params)
 
@@ -251,7 +253,7 @@ class Live:
         return {
             "status": status,
             "error": error,
-            "result": loaded(result),
+            "result": self.loaded(result),
             "redrive_count": redrive_count,
         }
 
@@ -266,7 +268,10 @@ class Live:
         )
         steps = [dict(zip(columns, row, strict=True)) for row in rows]
         for step in steps:
-            step["result"], step["waiting"] = loaded(step["result"]), loaded(step["waiting"])
+            step["result"], step["waiting"] = (
+                self.loaded(step["result"]),
+                self.loaded(step["waiting"]),
+            )
             step["started_at"], step["ended_at"] = (
                 timestamp(step["started_at"]),
                 timestamp(step["ended_at"]),
@@ -291,7 +296,10 @@ class Live:
         found = [dict(zip(columns, row, strict=True)) for row in rows]
         for child in found:
             child["id"] = norm(child["id"])
-            child["item"], child["result"] = loaded(child["item"]), loaded(child["result"])
+            child["item"], child["result"] = (
+                self.loaded(child["item"]),
+                self.loaded(child["result"]),
+            )
         return found
 
     def fanout(self, step_id: int) -> dict[str, int]:
