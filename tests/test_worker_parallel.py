@@ -801,17 +801,8 @@ def test_cancelling_the_parent_while_map_items_end_and_start_leaves_nothing_open
         lambda done: done >= 30,
     )
 
-    try:
-        live.service("cancel", execution_id=execution_id)
-    except AssertionError as exc:
-        # KNOWN BUG (PostgreSQL): the cancel's transaction updates every child's row while a
-        # worker's transaction ending an item holds that item's row and wants the FanOut's
-        # and the next item's, which the cancel may hold already: "deadlock detected", and
-        # PostgreSQL fails the cancel (a retry often deadlocks again). Only that error is
-        # let through; anything else fails the test.
-        if "DeadlockDetected" not in str(exc):
-            raise
-        pytest.xfail("known bug: a cancel of a parent mid-map deadlocks with a worker (PG)")
+    # The cancel and the workers take the FanOut row before any child's (no deadlock).
+    live.service("cancel", execution_id=execution_id)
 
     tree = live.wait_until_tree_ended(execution_id)
     assert tree.pop(execution_id) == "CANCELLED"

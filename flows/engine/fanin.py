@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.db import transaction
 from django.db.models import F
 
 from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, parse_flow
@@ -131,16 +132,20 @@ def _start_next(
         return []
     body = definition if definition is not None else _body_of(child)
     start = body.task(body.start_task)
+    status = ExecutionStatus.QUEUED if adopt is None else ExecutionStatus.RUNNING
+    moved_rows = writes.update_rows(
+        Execution,
+        {eid: {"status": status, "queued_at": now, "started_at": now if adopt else None}
+         for eid in ids},
+        status=ExecutionStatus.CREATED,
+        returning=["status"],
+    )  # fmt: skip
+    # Only those still CREATED start: a cancel may have ended some meanwhile.
+    ids = [row[0] for row in moved_rows]  # type: ignore[union-attr]
     steps = [first_step(eid, start, now) for eid in ids]
     if adopt is None:
-        Execution.objects.filter(pk__in=ids, status=ExecutionStatus.CREATED).update(
-            status=ExecutionStatus.QUEUED, queued_at=now
-        )
         writes.insert_rows(TaskRun, steps, after_commit=True)
         return ids
-    Execution.objects.filter(pk__in=ids, status=ExecutionStatus.CREATED).update(
-        status=ExecutionStatus.RUNNING, queued_at=now, started_at=now
-    )
     for step in steps:
         step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, adopt.me, now
         step.lease_expires_at, step.woken_at = now + adopt.lease, None
@@ -168,7 +173,8 @@ def join(execution: Execution, step: TaskRun) -> StepOutcome:
     if not decided:
         return waiting_outcome(None, step.waiting or {"kind": WAITING_FOR_CHILDREN})
     if fan.done < fan.total:
-        cancel_children([step.pk], why=f"{step.task_name} failed: fail fast")
+        with transaction.atomic():
+            cancel_children([step.pk], why=f"{step.task_name} failed: fail fast")
     rows = (
         Execution.objects.filter(parent_step_id=step.pk)
         .order_by("item_index")
@@ -206,17 +212,30 @@ def join(execution: Execution, step: TaskRun) -> StepOutcome:
 
 
 # -- Cancelling a tree --------------------------------------------------------------------------
+CANCELLABLE = (*ACTIVE_STATUSES, ExecutionStatus.CREATED, ExecutionStatus.PAUSED)
+
+
+def lock_fanouts(step_ids: Any) -> None:
+    """Lock the FanOut rows of these control steps, in key order, until the transaction
+    ends: what ends, starts or cancels children takes these first (PostgreSQL; SQLite has
+    one writer at a time anyway). Outside a transaction it locks nothing."""
+    keys = sorted(set(step_ids))
+    if keys:
+        writes.lock_rows(FanOut, keys)
+
+
 def cancel_children(step_ids: list[int], *, why: str) -> int:
     """Cancel every child (and their children) of these steps that has not ended: CREATED
     ones and those whose step waits end at once; a running step is stopped by its worker
     within a second (``cancel_requested``). Returns how many were asked."""
     now = datetime.now(UTC)
     asked = 0
+    # Lock order, the same as a worker's (record.write): the FanOut rows first, then the
+    # children. Taking children first could deadlock with a worker ending one item and
+    # starting the next.
+    lock_fanouts(step_ids)
     while step_ids:
-        children = Execution.objects.filter(
-            parent_step_id__in=step_ids,
-            status__in=[*ACTIVE_STATUSES, ExecutionStatus.CREATED, ExecutionStatus.PAUSED],
-        )
+        children = Execution.objects.filter(parent_step_id__in=step_ids, status__in=CANCELLABLE)
         ids = list(children.values_list("id", flat=True))
         if not ids:
             break
@@ -236,7 +255,7 @@ def cancel_children(step_ids: list[int], *, why: str) -> int:
         TaskRun.objects.filter(execution_id__in=idle, status=TaskRunStatus.PENDING).update(
             status=TaskRunStatus.CANCELLED, ended_at=now, error="cancelled before it started"
         )
-        Execution.objects.filter(pk__in=idle).update(
+        Execution.objects.filter(pk__in=idle, status__in=CANCELLABLE).update(
             status=ExecutionStatus.CANCELLED,
             cancel_requested=True,
             error=why,

@@ -86,6 +86,8 @@ def write(
        a later job: a retry's delay, a pause, the budget); add the log lines.
     """
     now = timezone.now()
+    # Children of a map or parallel step: their FanOut rows first (fanin.lock_fanouts).
+    fanin.lock_fanouts(f.execution.parent_step_id for f in batch if f.execution.parent_step_id)
     states = {
         row[0]: row[1:]
         for row in writes.update_rows(

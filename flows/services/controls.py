@@ -32,7 +32,19 @@ logger = logging.getLogger("flows.services")
 
 @transaction.atomic
 def execution_cancel(*, execution_id: Any) -> Execution:
-    """Stop an execution. A step that is running is cancelled by its worker within a second."""
+    """Stop an execution. A step that is running is cancelled by its worker within a second.
+
+    Its children (and theirs) stop with it. Lock order, as a worker's: the FanOut rows of the
+    steps whose children this touches (its own waiting control step; its parent's, when it
+    is a child) before any execution row.
+    """
+    execution = selectors.execution_get(execution_id)
+    steps = list(
+        TaskRun.objects.filter(
+            execution_id=execution.id, status=TaskRunStatus.PENDING, waiting__isnull=False
+        ).values_list("pk", flat=True)
+    )
+    engine.lock_fanouts([*steps, *([execution.parent_step_id] if execution.parent_step_id else [])])
     locked = _locked(execution_id)
     if locked.is_terminal:
         raise Conflict(f"execution {locked.id} is already {locked.status}")

@@ -374,6 +374,22 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
             then(_execute(db, sql, params)[0])
 
 
+def lock_rows(model: type[Model], keys: Sequence[Any]) -> None:
+    """Lock these rows for the rest of the transaction, in the order given (``SELECT ... FOR
+    UPDATE``), so transactions that take several locks take them in one order. PostgreSQL
+    only: SQLite's IMMEDIATE transactions already hold the database's one write lock."""
+    db = _db()
+    if not keys or db.vendor != "postgresql":
+        return
+    meta, quote = model._meta, db.ops.quote_name
+    pk = quote(meta.pk.column)
+    sql = (
+        f"SELECT {pk} FROM {quote(meta.db_table)} "  # noqa: S608 - quoted identifiers, %s values
+        f"WHERE {pk} IN ({', '.join(['%s'] * len(keys))}) ORDER BY {pk} FOR UPDATE"
+    )
+    _execute(db, sql, [prep(meta.pk, key, db) for key in keys])
+
+
 def _copy(db: BaseDatabaseWrapper, model: type[Model], objs: list[Model]) -> None:
     """PostgreSQL's COPY for many rows whose keys are set already (a map's children): a big
     multi-row INSERT costs psycopg more to bind on the client than the server to run, and
