@@ -63,7 +63,8 @@ def flow_definition(
     """
     if refresh:
         registry.refresh()
-    document = json.dumps(execution.flow_version.definition, sort_keys=True)
+    # As stored, key order included: a parallel task's branches are numbered in that order.
+    document = json.dumps(execution.flow_version.definition)
     key = (document, id(registry), registry.fingerprint)
     definition = _definitions.get(key)
     if definition is None:
