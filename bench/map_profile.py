@@ -41,20 +41,7 @@ from typing import Any
 
 from _stack import BASE_DIR, manage, pg_redis_backend, sqlite_backend
 from engine_overhead import QueryTimer, Stopwatch
-
-MAP_FLOW = {
-    "id": "bench_map",
-    "name": "Benchmark: a map of no-op items",
-    "tasks": [
-        {
-            "name": "each",
-            "task_type": "map",
-            "items": "${input.items}",
-            "max_concurrency": 100,
-            "iterator": {"tasks": [{"name": "n", "task_type": "noop"}]},
-        }
-    ],
-}
+from suite import MAP_FLOW
 
 
 def run_map(version_obj: Any, items: int, concurrency: int | None) -> dict[str, Any]:

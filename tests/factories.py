@@ -54,6 +54,32 @@ def flow_doc(
     return doc
 
 
+# --- parallel and map tasks ------------------------------------------------------------------
+def parallel(name: str, branches: dict[str, list[dict[str, Any]]], **extra: Any) -> dict:
+    return {
+        "name": name,
+        "task_type": "parallel",
+        "branches": {b: {"tasks": tasks} for b, tasks in branches.items()},
+        **extra,
+    }
+
+
+def mapped(name: str, items: Any, iterator: list[dict[str, Any]], **extra: Any) -> dict:
+    return {
+        "name": name,
+        "task_type": "map",
+        "items": items,
+        "iterator": {"tasks": iterator},
+        **extra,
+    }
+
+
+def children_of(execution: Execution, task_name: str) -> list[Execution]:
+    """The children of the latest step of ``task_name``, in item (branch) order."""
+    step = execution.steps.filter(task_name=task_name).order_by("-seq").first()
+    return list(Execution.objects.filter(parent_step=step).order_by("item_index"))
+
+
 def start_execution(document: dict[str, Any], *, input: dict | None = None) -> Execution:
     """Store the flow, create and start an execution (its job is queued, not run)."""
     version = services.flow_create(document=document)

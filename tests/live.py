@@ -319,3 +319,59 @@ def live_backend(home: Path, label: str) -> Iterator[Backend]:
 
             with psycopg.connect(server, dbname="postgres", autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ---------------------------------------------------------------------------------------------
+# A task type that records its runs, for tests that count how often a step really ran
+# ---------------------------------------------------------------------------------------------
+RECORD_PLUGIN = '''
+import asyncio
+import os
+import sqlite3
+
+from tasks.base_task import BaseTask
+
+RUNS_DB = {runs_db!r}
+
+
+class RecordTask(BaseTask):
+    """Records each run (execution, task, attempt, pid), waits ``seconds``, returns ``value``."""
+
+    description = "Inserts (execution, task, attempt, pid) into its runs table; waits seconds."
+    parameters_schema = {{
+        "type": "object",
+        "properties": {{"seconds": {{"type": "number", "minimum": 0, "default": 0}}}},
+        "additionalProperties": True,
+    }}
+
+    async def run(self):
+        con = sqlite3.connect(RUNS_DB, timeout=60, isolation_level=None)
+        try:
+            con.execute(
+                "INSERT INTO runs (execution_id, task_name, attempt, pid) VALUES (?, ?, ?, ?)",
+                (self.context.execution_id, self.name, self.context.attempt, os.getpid()),
+            )
+        finally:
+            con.close()
+        await asyncio.sleep(float(self.parameters.get("seconds", 0)))
+        return {{"value": self.parameters.get("value"), "pid": os.getpid()}}
+'''
+
+
+def record_plugin(plugins: Path, home: Path) -> Path:
+    """Write ``task_record.py`` into ``plugins``: a ``record`` task type whose every run adds
+    a row to a SQLite table of its own (WAL, so worker processes write side by side).
+    Returns that database's path (table ``runs``)."""
+    runs_db = home / "runs.sqlite3"
+    con = sqlite3.connect(runs_db)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(
+            "CREATE TABLE runs (id INTEGER PRIMARY KEY, execution_id TEXT NOT NULL, "
+            "task_name TEXT NOT NULL, attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
+        )
+        con.commit()
+    finally:
+        con.close()
+    (plugins / "task_record.py").write_text(RECORD_PLUGIN.format(runs_db=str(runs_db)))
+    return runs_db

@@ -124,7 +124,7 @@ def test_the_admin_refuses_a_bad_cron_expression_at_its_field(staff):
 
 # --- child executions ----------------------------------------------------------------------
 def fanned_out() -> Execution:
-    from tests.test_engine_parallel import mapped, parallel
+    from tests.factories import mapped, parallel
 
     document = flow_doc(
         [

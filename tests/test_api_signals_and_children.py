@@ -9,8 +9,17 @@ import pytest
 
 from flows import engine
 from flows.models import Execution, ExecutionStatus, TaskRun
-from tests.factories import cond, error_body, flow_doc, run_to_end, start_execution, task
-from tests.test_engine_parallel import children_of, mapped, parallel
+from tests.factories import (
+    children_of,
+    cond,
+    error_body,
+    flow_doc,
+    mapped,
+    parallel,
+    run_to_end,
+    start_execution,
+    task,
+)
 
 pytestmark = pytest.mark.django_db
 

@@ -10,9 +10,12 @@ import pytest
 from flows import engine, services
 from flows.models import Execution, ExecutionStatus, FanOut, TaskRun, TaskRunStatus
 from tests.factories import (
+    children_of,
     cond,
     failing,
     flow_doc,
+    mapped,
+    parallel,
     ran,
     run_flow,
     run_to_end,
@@ -21,30 +24,6 @@ from tests.factories import (
 )
 
 pytestmark = pytest.mark.django_db
-
-
-def parallel(name: str, branches: dict[str, list[dict[str, Any]]], **extra: Any) -> dict:
-    return {
-        "name": name,
-        "task_type": "parallel",
-        "branches": {b: {"tasks": tasks} for b, tasks in branches.items()},
-        **extra,
-    }
-
-
-def mapped(name: str, items: Any, iterator: list[dict[str, Any]], **extra: Any) -> dict:
-    return {
-        "name": name,
-        "task_type": "map",
-        "items": items,
-        "iterator": {"tasks": iterator},
-        **extra,
-    }
-
-
-def children_of(execution: Execution, task_name: str) -> list[Execution]:
-    step = execution.steps.filter(task_name=task_name).order_by("-seq").first()
-    return list(Execution.objects.filter(parent_step=step).order_by("item_index"))
 
 
 waits_for_approval = task("hold", "wait_for_signal", signal="go")

@@ -9,8 +9,7 @@ import re
 import pytest
 
 from flows.models import FlowVersion
-from tests.factories import cond, flow_doc, task
-from tests.test_engine_parallel import mapped, parallel
+from tests.factories import cond, flow_doc, mapped, parallel, task
 from tests.web_helpers import stored
 
 pytestmark = pytest.mark.django_db

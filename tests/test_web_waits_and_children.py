@@ -15,8 +15,16 @@ from django.utils import timezone
 from flows import engine, services
 from flows.models import Execution, ExecutionStatus, TaskRun
 from flows.web.presenters import graph_view
-from tests.factories import cond, flow_doc, run_to_end, start_execution, task
-from tests.test_engine_parallel import children_of, mapped, parallel
+from tests.factories import (
+    children_of,
+    cond,
+    flow_doc,
+    mapped,
+    parallel,
+    run_to_end,
+    start_execution,
+    task,
+)
 
 pytestmark = pytest.mark.django_db
 

@@ -47,6 +47,7 @@ from tests.live import (
     log_tails,
     manage,
     poll,
+    record_plugin,
     start,
     suite_uses_postgresql,
     suite_uses_redis,
@@ -65,38 +66,6 @@ DEADLINE_SECONDS = 90.0
 STOP_GRACE_SECONDS = 60.0
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
-RECORD_PLUGIN = '''
-import asyncio
-import os
-import sqlite3
-
-from tasks.base_task import BaseTask
-
-RUNS_DB = {runs_db!r}
-
-
-class RecordTask(BaseTask):
-    """Records each run in a table of its own, then waits ``seconds``."""
-
-    description = "Inserts (execution, task, attempt, pid) into its runs table; waits seconds."
-    parameters_schema = {{
-        "type": "object",
-        "properties": {{"seconds": {{"type": "number", "minimum": 0, "default": 0}}}},
-        "additionalProperties": False,
-    }}
-
-    async def run(self):
-        con = sqlite3.connect(RUNS_DB, timeout=60, isolation_level=None)
-        try:
-            con.execute(
-                "INSERT INTO runs (execution_id, task_name, attempt, pid) VALUES (?, ?, ?, ?)",
-                (self.context.execution_id, self.name, self.context.attempt, os.getpid()),
-            )
-        finally:
-            con.close()
-        await asyncio.sleep(float(self.parameters.get("seconds", 0)))
-        return {{"pid": os.getpid()}}
-'''
 
 # Runs in `manage.py shell`: store a flow, submit it `count` times, print the execution ids.
 SUBMIT_SCRIPT = """
@@ -271,16 +240,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Ba
     plugins = home / "tasks"
     plugins.mkdir()
     shutil.copy(BASE_DIR / "tasks" / "task_noop.py", plugins)
-    runs_db = home / "runs.sqlite3"
-    con = sqlite3.connect(runs_db)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute(
-        "CREATE TABLE runs (id INTEGER PRIMARY KEY, execution_id TEXT NOT NULL, "
-        "task_name TEXT NOT NULL, attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
-    )
-    con.commit()
-    con.close()
-    (plugins / "task_record.py").write_text(RECORD_PLUGIN.format(runs_db=str(runs_db)))
+    record_plugin(plugins, home)  # its runs table: home / "runs.sqlite3"
     with live_backend(home, "faults") as running:
         yield home, running, plugins
 

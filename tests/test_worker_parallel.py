@@ -34,7 +34,16 @@ from typing import Any
 
 import pytest
 
-from tests.factories import NEEDS_MARKER_PLUGIN, cond, failing, flow_doc, task, write_plugins
+from tests.factories import (
+    NEEDS_MARKER_PLUGIN,
+    cond,
+    failing,
+    flow_doc,
+    mapped,
+    parallel,
+    task,
+    write_plugins,
+)
 from tests.live import (
     BASE_DIR,
     Backend,
@@ -43,6 +52,7 @@ from tests.live import (
     log_tails,
     manage,
     poll,
+    record_plugin,
     start,
     stop,
     timestamp,
@@ -61,33 +71,6 @@ OPEN_STEPS = {"PENDING", "RUNNING"}
 # before a poll gives up.
 HOLD_SECONDS = 600
 
-RECORD_PLUGIN = '''
-import asyncio
-import os
-import sqlite3
-
-from tasks.base_task import BaseTask
-
-RUNS_DB = {runs_db!r}
-
-
-class RecordTask(BaseTask):
-    """Records each run (execution, task, attempt, pid), waits ``seconds``, returns ``value``."""
-
-    parameters_schema = {{"type": "object", "additionalProperties": True}}
-
-    async def run(self):
-        con = sqlite3.connect(RUNS_DB, timeout=60, isolation_level=None)
-        try:
-            con.execute(
-                "INSERT INTO runs (execution_id, task_name, attempt, pid) VALUES (?, ?, ?, ?)",
-                (self.context.execution_id, self.name, self.context.attempt, os.getpid()),
-            )
-        finally:
-            con.close()
-        await asyncio.sleep(float(self.parameters.get("seconds", 0)))
-        return {{"value": self.parameters.get("value"), "pid": os.getpid()}}
-'''
 
 # Runs in `manage.py shell`: a service call with JSON arguments; prints execution ids.
 SERVICE_SCRIPT = """
@@ -143,25 +126,6 @@ while True:
 def norm(execution_id: Any) -> str:
     """An execution id as one spelling, whether it came from SQLite (hex) or PostgreSQL."""
     return str(uuid.UUID(str(execution_id)))
-
-
-def parallel(name: str, branches: dict[str, list[dict[str, Any]]], **extra: Any) -> dict:
-    return {
-        "name": name,
-        "task_type": "parallel",
-        "branches": {b: {"tasks": tasks} for b, tasks in branches.items()},
-        **extra,
-    }
-
-
-def mapped(name: str, items: Any, iterator: list[dict[str, Any]], **extra: Any) -> dict:
-    return {
-        "name": name,
-        "task_type": "map",
-        "items": items,
-        "iterator": {"tasks": iterator},
-        **extra,
-    }
 
 
 def approval(flow_id: str) -> dict[str, Any]:
@@ -385,16 +349,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Ba
     for built_in in (BASE_DIR / "tasks").glob("task_*.py"):
         shutil.copy(built_in, plugins)
     write_plugins(plugins, {"needs_marker": NEEDS_MARKER_PLUGIN})
-    runs_db = home / "runs.sqlite3"
-    con = sqlite3.connect(runs_db)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute(
-        "CREATE TABLE runs (id INTEGER PRIMARY KEY, execution_id TEXT NOT NULL, "
-        "task_name TEXT NOT NULL, attempt INTEGER NOT NULL, pid INTEGER NOT NULL)"
-    )
-    con.commit()
-    con.close()
-    (plugins / "task_record.py").write_text(RECORD_PLUGIN.format(runs_db=str(runs_db)))
+    record_plugin(plugins, home)  # its runs table: home / "runs.sqlite3"
     with live_backend(home, "parallel") as running:
         yield home, running, plugins
 
