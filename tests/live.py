@@ -375,3 +375,32 @@ def record_plugin(plugins: Path, home: Path) -> Path:
         con.close()
     (plugins / "task_record.py").write_text(RECORD_PLUGIN.format(runs_db=str(runs_db)))
     return runs_db
+
+
+def recorded_runs(runs_db: Path) -> list[tuple[str, str, int, int]]:
+    """(execution id as stored, task, attempt, pid) of every run ``record_plugin``'s task
+    type made."""
+    con = sqlite3.connect(runs_db, timeout=30)
+    try:
+        return con.execute("SELECT execution_id, task_name, attempt, pid FROM runs").fetchall()
+    finally:
+        con.close()
+
+
+# Runs in `manage.py shell`: the reaper, twice a second, surviving a database restart (what a
+# django-q2 schedule does once a minute, faster for tests).
+REAPER_SCRIPT = """
+import time
+from django.db import close_old_connections, connections
+from flows import engine
+while True:
+    try:
+        close_old_connections()
+        counts = engine.reap()
+        if any(counts.values()):
+            print("reaped", counts, flush=True)
+    except Exception as exc:
+        print("reaper error:", type(exc).__name__, exc, flush=True)
+        connections.close_all()
+    time.sleep(0.5)
+"""

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ import pytest
 from tests.factories import flow_doc, task
 from tests.live import (
     BASE_DIR,
+    REAPER_SCRIPT,
     Backend,
     descendants,
     free_port,
@@ -48,6 +48,7 @@ from tests.live import (
     manage,
     poll,
     record_plugin,
+    recorded_runs,
     start,
     suite_uses_postgresql,
     suite_uses_redis,
@@ -78,22 +79,6 @@ for _ in range(args["count"]):
     print(execution.id)
 """
 
-# Runs in `manage.py shell`: the reaper, twice a second, surviving a database restart.
-REAPER_SCRIPT = """
-import time
-from django.db import close_old_connections, connections
-from flows import engine
-while True:
-    try:
-        close_old_connections()
-        counts = engine.reap()
-        if any(counts.values()):
-            print("reaped", counts, flush=True)
-    except Exception as exc:
-        print("reaper error:", type(exc).__name__, exc, flush=True)
-        connections.close_all()
-    time.sleep(0.5)
-"""
 
 SETUP_USER_SCRIPT = """
 from django.contrib.auth import get_user_model
@@ -209,11 +194,7 @@ class Live:
     def runs(self, execution_ids: list[str]) -> list[tuple[str, str, int, int]]:
         """(execution, task, attempt, pid) for every run the record task made."""
         wanted = set(execution_ids)
-        con = sqlite3.connect(self.runs_db, timeout=30)
-        try:
-            rows = con.execute("SELECT execution_id, task_name, attempt, pid FROM runs").fetchall()
-        finally:
-            con.close()
+        rows = recorded_runs(self.runs_db)
         return [(norm(e), t, a, p) for e, t, a, p in rows if norm(e) in wanted]
 
     def poll(self, what: str, read: Callable[[], Any], done: Callable[[Any], bool]) -> Any:

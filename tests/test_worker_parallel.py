@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ from tests.factories import (
 )
 from tests.live import (
     BASE_DIR,
+    REAPER_SCRIPT,
     Backend,
     descendants,
     live_backend,
@@ -53,6 +53,7 @@ from tests.live import (
     manage,
     poll,
     record_plugin,
+    recorded_runs,
     start,
     stop,
     timestamp,
@@ -103,23 +104,6 @@ elif action == "signal":
         print(services.execution_signal(**one).execution_id)
 else:
     print(getattr(services, "execution_" + action)(**args).id)
-"""
-
-# Runs in `manage.py shell`: the reaper, twice a second (as in test_worker_faults.py).
-REAPER_SCRIPT = """
-import time
-from django.db import close_old_connections, connections
-from flows import engine
-while True:
-    try:
-        close_old_connections()
-        counts = engine.reap()
-        if any(counts.values()):
-            print("reaped", counts, flush=True)
-    except Exception as exc:
-        print("reaper error:", type(exc).__name__, exc, flush=True)
-        connections.close_all()
-    time.sleep(0.5)
 """
 
 
@@ -293,11 +277,7 @@ class Live:
 
     def runs(self) -> list[tuple[str, str, int, int]]:
         """(execution, task, attempt, pid) of every run the record task made."""
-        con = sqlite3.connect(self.runs_db, timeout=30)
-        try:
-            rows = con.execute("SELECT execution_id, task_name, attempt, pid FROM runs").fetchall()
-        finally:
-            con.close()
+        rows = recorded_runs(self.runs_db)
         return [(norm(e), t, a, p) for e, t, a, p in rows]
 
     # -- waiting -------------------------------------------------------------------------
