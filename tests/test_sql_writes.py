@@ -407,7 +407,8 @@ def test_many_rows_are_inserted_in_chunks(new_execution, monkeypatch, max_parame
     with CaptureQueriesContext(connection) as queries:
         writes.insert_rows(ExecutionEvent, events)
 
-    assert len(insert_statements(queries)) == statements
+    # PostgreSQL takes the rows as one JSON document (flows.sql.jsonrows): no limit to chunk by.
+    assert len(insert_statements(queries)) == (statements if connection.vendor == "sqlite" else 1)
     assert len({e.pk for e in events}) == 5
     for n, event in enumerate(events):
         row = ExecutionEvent.objects.get(pk=event.pk)

@@ -6,8 +6,10 @@ helpers write plain SQL from the model's metadata instead — each shape of stat
 process — sending every value as the ORM would: through its field's own
 ``get_db_prep_save`` (JSON, dates, UUIDs), except None and plain strings and numbers, which
 that chain hands over unchanged. They work on SQLite (3.35+, for ``RETURNING``) and
-PostgreSQL alike. Nothing here is for general use: apart from starting an execution (every
-client's hot path), the services and views keep to the ORM. These rules, and that every
+PostgreSQL alike; on PostgreSQL, the values of many rows go in one JSON document instead
+(``flows.sql.jsonrows``: psycopg binds each parameter on the client). Nothing here is for
+general use: apart from starting an execution (every client's hot path), the services and
+views keep to the ORM. These rules, and that every
 value is a parameter, are asserted in code while ``settings.DEBUG`` is on (``flows.sql.rules``).
 """
 
@@ -27,13 +29,12 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
-from flows.sql import rules
+from flows.sql import jsonrows, rules
 from flows.sql.values import prep
 
 logger = logging.getLogger("flows.sql.writes")
 
 MAX_PARAMETERS = 30_000  # SQLite takes at most 32,766 in one statement
-TEXT_FIELDS = ("CharField", "SlugField", "EmailField", "URLField")
 AUTO_KEYS = ("AutoField", "BigAutoField", "SmallAutoField")
 COPY_FROM = 100  # rows; fewer go in an INSERT (PostgreSQL, keys set already: see _copy)
 
@@ -85,8 +86,7 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
 def _check(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> None:
     """The rules of ``flows.sql.rules`` for a statement about to run (DEBUG only)."""
     rules.check_statement(sql, params, db.vendor)
-    # Called from update_rows or insert_rows: the frame above those is their caller.
-    rules.check_writer(sys._getframe(3).f_globals.get("__name__", "?"))
+    rules.check_writer(_caller())
     first = getattr(_state, "debug_first", None)
     if first is not None:
         _state.debug_first = None
@@ -97,18 +97,12 @@ def _check(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> None:
             )
 
 
-def _typed(db: BaseDatabaseWrapper, field: Field) -> str:
-    """A placeholder whose type PostgreSQL cannot mistake inside a CASE (it would take a JSON
-    or timestamp literal there for text); SQLite needs no cast.
-
-    Text is cast without its length: a cast to ``varchar(n)`` would cut a long value short
-    silently, where assigning it to the column refuses it, as a single-row UPDATE does.
-    """
-    if db.vendor != "postgresql":
-        return "%s"
-    if field.get_internal_type() in TEXT_FIELDS:
-        return f"CAST(%s AS {db.ops.cast_char_field_without_max_length})"
-    return f"CAST(%s AS {field.db_type(db)})"
+def _caller() -> str:
+    """The module that called into this one (the first frame outside it)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "?") if frame is not None else "?"
 
 
 def _watched(db: BaseDatabaseWrapper) -> bool:
@@ -239,9 +233,9 @@ def _update_sql(
     returning: tuple[str, ...],
     where: tuple[tuple[str, bool], ...],
 ) -> str:
-    """The text of an ``update_rows`` statement of this shape: ``pattern`` names each field
-    set and the rows (by position) that set it; ``where`` names each condition and whether
-    its value is None."""
+    """The text of an ``update_rows`` statement of this shape (SQLite's, or one row's):
+    ``pattern`` names each field set and the rows (by position) that set it; ``where`` names
+    each condition and whether its value is None."""
     db = _db()
     meta, quote = model._meta, db.ops.quote_name
     pk_column = quote(meta.pk.column)
@@ -254,8 +248,7 @@ def _update_sql(
         if rows == 1:
             assignments.append(f"{column(name)} = %s")
             continue
-        value = _typed(db, meta.get_field(name))
-        whens = " ".join(f"WHEN %s THEN {value}" for _ in positions)
+        whens = " ".join("WHEN %s THEN %s" for _ in positions)
         assignments.append(f"{column(name)} = CASE {pk_column} {whens} ELSE {column(name)} END")
     conditions = "".join(
         f" AND {column(name)} {'IS NULL' if is_none else '= %s'}" for name, is_none in where
@@ -290,6 +283,8 @@ def update_rows(
     meta = model._meta
     pk = meta.pk
     keys = list(rows)
+    if db.vendor == "postgresql" and len(keys) > 1:
+        return _update_rows_document(db, model, rows, increment, returning, where)
     names = dict.fromkeys(name for values in rows.values() for name in values)
     pattern = tuple(
         (name, tuple(i for i, key in enumerate(keys) if name in rows[key])) for name in names
@@ -319,6 +314,37 @@ def update_rows(
         # The key as the model holds it (SQLite returns a UUID as its hex text).
         return [(pk.to_python(row[0]), *row[1:]) for row in fetched]
     return count
+
+
+def _update_rows_document(
+    db: BaseDatabaseWrapper,
+    model: type[Model],
+    rows: Mapping[Any, Mapping[str, Any]],
+    increment: Sequence[str],
+    returning: Sequence[str],
+    where: dict[str, Any],
+) -> list[tuple[Any, ...]] | int:
+    """``update_rows`` on PostgreSQL: the rows' values in one JSON document (``jsonrows``)."""
+    meta = model._meta
+    names = dict.fromkeys(name for values in rows.values() for name in values)
+    pattern = tuple((name, all(name in values for values in rows.values())) for name in names)
+    sql = jsonrows.update_sql(
+        db,
+        model,
+        pattern,
+        tuple(increment),
+        tuple(returning),
+        tuple((name, value is None) for name, value in where.items()),
+    )
+    params = [
+        jsonrows.update_rows_document(model, dict(rows), pattern),
+        [prep(meta.pk, key, db) for key in rows],
+    ]
+    params += [
+        prep(meta.get_field(name), value, db) for name, value in where.items() if value is not None
+    ]
+    fetched, count = _execute(db, sql, params)
+    return fetched if returning else count
 
 
 @functools.lru_cache(maxsize=64)
@@ -360,6 +386,17 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
     big = not auto and len(objs) >= COPY_FROM and db.vendor == "postgresql"
     if big and not defer and not _watched(db):
         _copy(db, model, objs)
+        return
+    if db.vendor == "postgresql":
+        # One JSON document for all the rows (``jsonrows``): one statement whatever their number.
+        fields = tuple(f for f in model._meta.concrete_fields if f is not pk or not auto)
+        sql = jsonrows.insert_sql(db, model, fields, auto)
+        then = functools.partial(_set_keys, objs, pk.attname if auto else "", db.alias)
+        params = [jsonrows.insert_rows_document(objs, fields)]
+        if defer:
+            lean.deferred.append((sql, params, then))  # type: ignore[union-attr]
+        else:
+            then(_execute(db, sql, params)[0])
         return
     width = len(model._meta.concrete_fields) - (1 if auto else 0)
     per_statement = max(1, MAX_PARAMETERS // width)

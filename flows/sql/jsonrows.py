@@ -1,0 +1,165 @@
+"""PostgreSQL: many rows' values sent as one JSON document, read by ``jsonb_to_recordset``.
+
+A batch of a hundred steps is a hundred rows of a dozen values. Written as one ``%s`` each
+(``VALUES`` lists, ``CASE`` chains), every value costs psycopg a dump and a quote on the
+client (it binds parameters into the text), and the text, longer than psycopg caches, is
+parsed again on both sides each time. Sent as one JSON array instead, the rows cost one
+``json.dumps`` (C), the statement's text depends only on which columns are written, and the
+server casts each value to its column's type while it reads the document::
+
+    UPDATE t SET a = v.c0, ... FROM jsonb_to_recordset(%s::jsonb) AS v(k bigint, c0 text, ...)
+    WHERE t.id = v.k ...
+
+Values go in as the ORM would send them: JSON fields as their JSON (None, as the ORM writes
+it, SQL NULL: ``jsonb_to_recordset`` reads a JSON ``null`` as NULL), datetimes as ISO 8601
+with their offset and microseconds, UUIDs as text; text is read as ``text`` and assigned to
+its column, so a value too long for a ``varchar(n)`` is refused, as a single-row write is.
+SQLite keeps the statements of ``writes``: its driver binds values natively already.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field, Model
+
+TEXT_TYPES = ("CharField", "SlugField", "EmailField", "URLField", "TextField")
+KEY = "k"  # the record column holding a row's primary key
+
+
+def column_type(db: BaseDatabaseWrapper, field: Field) -> str:
+    """The type a value of ``field`` is read as from the document: its column's, except text,
+    read without a length so that assigning it checks the length instead of cutting."""
+    if field.get_internal_type() in TEXT_TYPES:
+        return "text"
+    return field.db_type(db)  # type: ignore[return-value]
+
+
+def as_json(field: Field, value: Any) -> Any:
+    """``value`` of ``field`` as the document holds it (see the module's docstring). A JSON
+    field's value goes in as it is: ``json.dumps`` refuses what is not JSON, as the ORM
+    does."""
+    if value is None or field.get_internal_type() == "JSONField":
+        return value
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def document(rows: Iterable[dict[str, Any]]) -> str:
+    # allow_nan=False: NaN is no JSON and PostgreSQL would refuse the whole document with a
+    # less helpful message.
+    return json.dumps(list(rows), allow_nan=False, separators=(",", ":"))
+
+
+def _record(db: BaseDatabaseWrapper, columns: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{name} {kind}" for name, kind in columns)
+
+
+@functools.lru_cache(maxsize=512)
+def update_sql(
+    db: BaseDatabaseWrapper,
+    model: type[Model],
+    pattern: tuple[tuple[str, bool], ...],
+    increment: tuple[str, ...],
+    returning: tuple[str, ...],
+    where: tuple[tuple[str, bool], ...],
+) -> str:
+    """``UPDATE`` of the rows of one document, then an array of their keys: ``pattern`` names
+    each field written and whether every row writes it (else a row's ``s<i>`` flag says
+    whether it does, and the others keep their value); ``where`` as in
+    ``writes.update_rows``. Each document row: ``k`` the key, ``c<i>`` the i-th field's
+    value, ``s<i>`` its flag."""
+    meta, quote = model._meta, db.ops.quote_name
+    table = quote(meta.db_table)
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    columns = [(KEY, column_type(db, meta.pk))]
+    assignments = [f"{column(name)} = {table}.{column(name)} + 1" for name in increment]
+    for i, (name, everywhere) in enumerate(pattern):
+        columns.append((f"c{i}", column_type(db, meta.get_field(name))))
+        if everywhere:
+            assignments.append(f"{column(name)} = v.c{i}")
+        else:
+            columns.append((f"s{i}", "boolean"))
+            assignments.append(
+                f"{column(name)} = CASE WHEN v.s{i} THEN v.c{i} ELSE {table}.{column(name)} END"
+            )
+    conditions = "".join(
+        f" AND {table}.{column(name)} {'IS NULL' if is_none else '= %s'}" for name, is_none in where
+    )
+    pk = f"{table}.{quote(meta.pk.column)}"
+    # The keys again, as an array: the planner knows how many rows that is, and looks them up
+    # by the primary key; of a set-returning function's rows it knows nothing, and would
+    # rather read the whole table.
+    sql = (
+        f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608 - identifiers from the model
+        f"FROM jsonb_to_recordset(%s::jsonb) AS v({_record(db, columns)}) "
+        f"WHERE {pk} = ANY(%s::{columns[0][1]}[]) AND {pk} = v.{KEY}{conditions}"
+    )
+    if returning:
+        sql += f" RETURNING {', '.join([pk, *(f'{table}.{column(n)}' for n in returning)])}"
+    return sql
+
+
+def update_rows_document(
+    model: type[Model],
+    rows: dict[Any, dict[str, Any]],
+    pattern: tuple[tuple[str, bool], ...],
+) -> str:
+    """The document ``update_sql`` reads for ``rows`` (key -> field name -> value)."""
+    meta = model._meta
+    pk = meta.pk
+    fields = [(i, name, everywhere, meta.get_field(name)) for i, (name, everywhere) in
+              enumerate(pattern)]  # fmt: skip
+    out = []
+    for key, values in rows.items():
+        row: dict[str, Any] = {KEY: as_json(pk, key)}
+        for i, name, everywhere, field in fields:
+            if everywhere:
+                row[f"c{i}"] = as_json(field, values[name])
+            elif name in values:
+                row[f"c{i}"] = as_json(field, values[name])
+                row[f"s{i}"] = True
+        out.append(row)
+    return document(out)
+
+
+@functools.lru_cache(maxsize=64)
+def insert_sql(
+    db: BaseDatabaseWrapper, model: type[Model], fields: tuple[Field, ...], returning: bool
+) -> str:
+    """``INSERT`` of the rows of one document (``c<i>``: the i-th of ``fields``), in the
+    document's order, so that keys coming back (``returning``: the auto primary key) are in
+    that order too."""
+    meta, quote = model._meta, db.ops.quote_name
+    names = [f"c{i}" for i in range(len(fields))]
+    columns = [*zip(names, (column_type(db, f) for f in fields), strict=True), ("n", "integer")]
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} "  # noqa: S608 - identifiers from the model
+        f"({', '.join(quote(f.column) for f in fields)}) "
+        f"SELECT {', '.join(f'v.{n}' for n in names)} "
+        f"FROM jsonb_to_recordset(%s::jsonb) AS v({_record(db, columns)}) ORDER BY v.n"
+    )
+    if returning:
+        sql += f" RETURNING {quote(meta.pk.column)}"
+    return sql
+
+
+def insert_rows_document(objs: Sequence[Model], fields: tuple[Field, ...]) -> str:
+    """The document ``insert_sql`` reads: each instance's values as ``pre_save`` gives them
+    (``auto_now_add`` times set on the instance, as the ORM's insert does)."""
+    return document(
+        {"n": n, **{f"c{i}": as_json(f, f.pre_save(obj, add=True)) for i, f in enumerate(fields)}}
+        for n, obj in enumerate(objs)
+    )
