@@ -290,10 +290,12 @@ class Execution(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        # Roles (groups made in migration 0005) are built from these and the model defaults.
+        # Roles (groups made in migrations 0005, 0006 and 0010) are built from these and the
+        # model defaults.
         permissions = [
             ("start_execution", "Can start executions and re-run them"),
             ("cancel_execution", "Can cancel executions"),
+            ("signal_execution", "Can approve, reject or signal waiting steps"),
         ]
         indexes = [
             models.Index(fields=["status", "-created_at"], name="exec_status_created_idx"),
