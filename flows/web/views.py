@@ -185,7 +185,7 @@ def flow_delete(request: HttpRequest, flow_id: str) -> HttpResponse:
             return redirect("flow_detail", flow_id=flow.id)
         messages.success(request, f"Flow {flow.id} and its executions were deleted.")
         return redirect("flow_list")
-    count = flow.executions.count()
+    count = flow.executions.top_level().count()  # its children go with them, as their steps
     return render(request, "flows/flow_delete.html", {"flow": flow, "count": count})
 
 
