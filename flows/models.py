@@ -167,9 +167,14 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
         return qs
 
     def status_counts(self, since: Any) -> dict[str, int]:
-        """How many executions were created since ``since``, per status (one query)."""
+        """How many top-level executions were created since ``since``, per status (one query).
+
+        Children (parallel branches, map items, sub-flows) are steps of their parent, not runs
+        of their own: a 1,000-item map is one execution here, as in the executions list.
+        """
         rows = (
-            self.filter(created_at__gte=since)
+            self.top_level()
+            .filter(created_at__gte=since)
             .order_by()
             .values_list("status")
             .annotate(n=Count("id"))
@@ -177,13 +182,16 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
         return dict(rows)
 
     def failing_flows(self, since: Any, limit: int = 5) -> list[dict[str, Any]]:
-        """The flows with the most FAILED executions since ``since``, most first.
+        """The flows with the most FAILED top-level executions since ``since``, most first.
 
-        Each item: ``flow_id``, ``flow__name``, ``failed`` and ``total`` (all executions of
-        that flow in the window), so the page can show a failure rate.
+        Each item: ``flow_id``, ``flow__name``, ``failed`` and ``total`` (all top-level
+        executions of that flow in the window), so the page can show a failure rate. Children
+        count as steps of their parent (see ``status_counts``): a map whose items fail counts
+        once, when the map's execution fails.
         """
         rows = (
-            self.filter(created_at__gte=since)
+            self.top_level()
+            .filter(created_at__gte=since)
             .order_by()
             .values("flow_id", "flow__name")
             .annotate(
@@ -297,10 +305,12 @@ class Execution(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        # Roles (groups made in migration 0005) are built from these and the model defaults.
+        # Roles (groups made in migrations 0005, 0006 and 0010) are built from these and the
+        # model defaults.
         permissions = [
             ("start_execution", "Can start executions and re-run them"),
             ("cancel_execution", "Can cancel executions"),
+            ("signal_execution", "Can approve, reject or signal waiting steps"),
         ]
         indexes = [
             models.Index(fields=["status", "-created_at"], name="exec_status_created_idx"),

@@ -69,8 +69,8 @@ def _fast_password_hasher(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-# --- Roles of the resource API (groups made by migration 0005) --------------------------------
-ROLES = ("viewer", "operator", "editor")
+# --- Roles of the resource API (groups made by migrations 0005 and 0010) ----------------------
+ROLES = ("viewer", "approver", "operator", "editor")
 
 
 def token_client(user: Any) -> APIClient:

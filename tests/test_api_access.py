@@ -1,8 +1,10 @@
-"""Who may call what in the resource API: viewers read, operators start/cancel/rerun, editors
-change flows, admins do all; anonymous callers get 401 and a role that may not act 403.
+"""Who may call what in the resource API: viewers read, approvers read and answer signals,
+operators also start/cancel/rerun, editors change flows, admins do all; anonymous callers get
+401 and a role that may not act 403.
 
-One table drives the tests: every endpoint and action, with the least role that may call it
-and the status a permitted caller gets.
+One table drives the tests: every endpoint and action, with the least role of the line
+viewer < operator < editor < admin that may call it and the status a permitted caller gets.
+The approver stands beside that line: a viewer who may also signal.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ CALLS = [
     Call("start", "post", "/api/flows/test_flow/executions/", "operator", 201, {}),
     Call("cancel", "post", "/api/executions/{execution}/cancel/", "operator", 200),
     Call("rerun", "post", "/api/executions/{execution}/rerun/", "operator", 201),
+    # The execution waits for no signal: a caller the permission lets through gets the 409.
+    Call("signal", "post", "/api/executions/{execution}/signal/", "operator", 409, {"name": "go"}),
     Call(
         "create a flow", "post", "/api/flows/", "editor", 201, flow_doc([task("a")], flow_id="new")
     ),
@@ -82,6 +86,20 @@ def test_each_role_may_call_exactly_the_endpoints_of_its_level(client_as, execut
         body = error_body(response, 403)
         assert body["code"] == "permission_denied"
         assert "needs permission 'flows." in body["detail"]
+        assert (Flow.objects.count(), Execution.objects.count()) == before
+
+
+@pytest.mark.parametrize("call", CALLS, ids=IDS)
+def test_an_approver_may_read_and_signal_but_nothing_else(client_as, execution, call):
+    before = (Flow.objects.count(), Execution.objects.count())
+
+    response = send(client_as("approver"), call, execution)
+
+    if call.least_role == "viewer" or call.name == "signal":
+        assert response.status_code == call.ok, response.content[:500]
+    else:
+        body = error_body(response, 403)
+        assert body["code"] == "permission_denied"
         assert (Flow.objects.count(), Execution.objects.count()) == before
 
 

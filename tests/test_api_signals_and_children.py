@@ -113,11 +113,53 @@ def test_a_bad_signal_is_400_naming_the_field(operator, waiting, body, field):
     assert field in [e["field"] for e in errors]
 
 
-def test_a_viewer_may_not_signal(client_as, waiting):
+def test_a_viewer_may_not_signal_and_is_told_the_permission_it_needs(client_as, waiting):
     body = error_body(signal(client_as("viewer"), waiting, {"name": "deploy"}), 403)
 
-    assert "flows.start_execution" in body["detail"]
+    assert body["code"] == "permission_denied"
+    assert "needs permission 'flows.signal_execution'" in body["detail"]
     assert TaskRun.objects.get(execution=waiting).waiting.get("signal") is None
+
+
+def test_an_approver_approves_and_the_execution_goes_on(client_as, waiting):
+    response = signal(
+        client_as("approver"), waiting, {"name": "deploy", "payload": {"version": "2"}}
+    )
+
+    assert response.status_code == 200, response.content
+    assert response.json()["waiting"]["received"] is True
+    done = run_to_end(waiting.id)
+    assert done.steps.get(task_name="ship").result["message"] == "shipping 2"
+
+
+def test_an_approver_may_not_start_or_cancel(client_as, waiting):
+    approver = client_as("approver")
+
+    started = approver.post("/api/flows/approval/executions/", {}, format="json")
+    cancelled = approver.post(f"/api/executions/{waiting.id}/cancel/")
+
+    assert "flows.start_execution" in error_body(started, 403)["detail"]
+    assert "flows.cancel_execution" in error_body(cancelled, 403)["detail"]
+    assert Execution.objects.count() == 1
+    waiting.refresh_from_db()
+    assert waiting.status == ExecutionStatus.RUNNING
+
+
+def test_an_operator_whose_role_lost_the_permission_may_not_signal_but_still_starts(
+    client_as, waiting
+):
+    from django.contrib.auth.models import Group, Permission
+
+    Group.objects.get(name="operator").permissions.remove(
+        Permission.objects.get(codename="signal_execution")
+    )
+    operator = client_as("operator")
+
+    refused = signal(operator, waiting, {"name": "deploy"})
+    started = operator.post("/api/flows/approval/executions/", {}, format="json")
+
+    assert "flows.signal_execution" in error_body(refused, 403)["detail"]
+    assert started.status_code == 201
 
 
 def test_signalling_without_credentials_is_401(anon_client, waiting):

@@ -14,7 +14,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from flows.models import Execution, TaskRun, TaskRunStatus
-from tests.factories import failing, flow_doc, run_flow, start_execution, task
+from tests.factories import failing, flow_doc, mapped, run_flow, start_execution, task
 
 pytestmark = pytest.mark.django_db
 
@@ -73,6 +73,39 @@ def test_flow_label_splits_executions_per_flow_when_enabled(
     assert value(samples, "flowmanager_executions", flow="ok_flow", status="COMPLETED") == 1
     assert value(samples, "flowmanager_executions", flow="ok_flow", status="FAILED") == 0
     assert value(samples, "flowmanager_executions", flow="bad_flow", status="FAILED") == 1
+
+
+MAP_OF_FIVE = flow_doc([mapped("each", "${input.items}", [task("x")])], flow_id="fan_out")
+
+
+def test_a_map_of_5_items_is_one_execution_and_5_child_executions(metrics_client: Any) -> None:
+    run_flow(MAP_OF_FIVE, input={"items": [1, 2, 3, 4, 5]})
+    assert Execution.objects.count() == 6
+
+    samples = scrape(metrics_client)
+
+    assert value(samples, "flowmanager_executions", status="COMPLETED") == 1
+    assert sum(samples["flowmanager_executions"].values()) == 1
+    assert value(samples, "flowmanager_executions_started", status="COMPLETED") == 1
+    assert value(samples, "flowmanager_child_executions", status="COMPLETED") == 5
+    assert sum(samples["flowmanager_child_executions"].values()) == 5
+    # Every status is present here too, so a fan-out's series never vanishes.
+    assert value(samples, "flowmanager_child_executions", status="RUNNING") == 0
+
+
+def test_the_flow_label_splits_child_executions_per_flow_too(
+    metrics_client: Any, settings: Any
+) -> None:
+    settings.METRICS_FLOW_LABEL = True
+    run_flow(MAP_OF_FIVE, input={"items": [1, 2, 3, 4, 5]})
+    run_flow(flow_doc([task("a")], flow_id="plain"))
+
+    samples = scrape(metrics_client)
+
+    labels = {"flow": "fan_out", "status": "COMPLETED"}
+    assert value(samples, "flowmanager_executions", **labels) == 1
+    assert value(samples, "flowmanager_child_executions", **labels) == 5
+    assert value(samples, "flowmanager_child_executions", flow="plain", status="COMPLETED") == 0
 
 
 def test_without_the_flow_label_no_series_names_a_flow(metrics_client: Any) -> None:
@@ -211,6 +244,7 @@ def test_query_count_stays_the_same_as_rows_grow(
         tasks = [task("a"), task("p", "print", message="x"), failing("z")]
         run_flow(flow_doc(tasks, flow_id=f"f{i}"))
         start_execution(flow_doc([task("a", "wait", seconds=1)], flow_id=f"w{i}"))
+    run_flow(MAP_OF_FIVE, input={"items": [1, 2, 3, 4, 5]})  # child executions too
 
     with django_assert_max_num_queries(len(small.captured_queries)):
         scrape(metrics_client)

@@ -13,7 +13,16 @@ from django.utils import timezone
 
 from flows import services
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun
-from tests.factories import cond, failing, flow_doc, run_flow, sample_flow, start_execution, task
+from tests.factories import (
+    cond,
+    failing,
+    flow_doc,
+    mapped,
+    run_flow,
+    sample_flow,
+    start_execution,
+    task,
+)
 from tests.web_helpers import field_errors, many_executions, stored
 
 pytestmark = pytest.mark.django_db
@@ -74,16 +83,54 @@ def test_the_dashboard_counts_executions_by_status_and_names_the_failing_flows(o
 
     html = operator.get("/").content.decode()
 
+    counts = status_table(html)
+    assert counts["completed"] == ("1", "1")
+    assert counts["failed"] == ("1", "2")  # one of them 3 days old
+    assert "Flaky" in failing_section(html)
+    assert str(failed.id) in html
+
+
+def status_table(html: str) -> dict[str, tuple[str, str]]:
+    """The dashboard's executions by status: {status: (last 24 h, last 7 days)}."""
     rows = re.findall(
         r'status-(\w+)">\w+</span>\s*</a></td>\s*<td class="num">(\d+)</td>'
         r'<td class="num">(\d+)</td>',
         html,
     )
-    counts = {status: (day, week) for status, day, week in rows}
+    return {status: (day, week) for status, day, week in rows}
+
+
+def failing_section(html: str) -> str:
+    return html.split('id="failing"')[1].split("</section>")[0]
+
+
+def map_of_five(*iterator: dict) -> dict:
+    return flow_doc([mapped("each", "${input.items}", list(iterator))], flow_id="fan_out")
+
+
+def test_the_dashboard_counts_a_map_of_5_items_as_one_execution_not_6(operator):
+    run_flow(map_of_five(task("x")), input={"items": [1, 2, 3, 4, 5]})
+    assert Execution.objects.count() == 6  # the run and its 5 items, each a child execution
+
+    counts = status_table(operator.get("/").content.decode())
+
     assert counts["completed"] == ("1", "1")
-    assert counts["failed"] == ("1", "2")  # one of them 3 days old
-    assert "Flaky" in html.split('id="failing"')[1].split("</section>")[0]
-    assert str(failed.id) in html
+    assert sum(int(day) for day, _ in counts.values()) == 1
+
+
+def test_a_map_whose_items_fail_is_one_failed_run_of_its_flow_among_the_failing(operator):
+    execution = run_flow(map_of_five(failing("x")), input={"items": [1, 2, 3, 4, 5]})
+    assert execution.status == ExecutionStatus.FAILED
+    assert Execution.objects.filter(parent_step__isnull=False, status="FAILED").exists()
+
+    html = operator.get("/").content.decode()
+
+    assert status_table(html)["failed"] == ("1", "1")
+    failed_of = re.findall(
+        r'>Fan Out</a></td>\s*<td class="num">(\d+)</td><td class="num">(\d+)</td>',
+        failing_section(html),
+    )
+    assert failed_of == [("1", "1")]
 
 
 def test_the_dashboard_says_when_no_worker_is_alive_and_what_to_do(operator):
@@ -170,6 +217,14 @@ def test_deleting_a_flow_asks_first(operator):
     assert operator.get("/flows/example_flow/").status_code == 404
 
 
+def test_deleting_a_flow_counts_its_runs_not_their_map_items(operator):
+    run_flow(map_of_five(task("x")), input={"items": [1, 2, 3, 4, 5]})
+
+    html = operator.get("/flows/fan_out/delete").content.decode()
+
+    assert "its 1 execution with their steps and logs" in html
+
+
 # -- list pages: the number of queries does not grow with rows ---------------------------------
 def _queries(client, url):
     with CaptureQueriesContext(connection) as ctx:
@@ -212,6 +267,7 @@ def test_the_dashboard_costs_the_same_queries_for_few_or_many_executions(
     many_executions(version, 1)
     one = _queries(operator, "/")
     many_executions(version, 60, status=ExecutionStatus.FAILED)
+    run_flow(map_of_five(failing("x")), input={"items": [1, 2, 3, 4, 5]})  # children too
     with django_assert_num_queries(one):
         operator.get("/")
 

@@ -113,14 +113,79 @@ def test_a_signal_the_execution_does_not_wait_for_is_reported_and_changes_nothin
     assert TaskRun.objects.get(execution=waiting).waiting.get("signal") is None
 
 
-def test_a_viewer_sees_the_prompt_but_no_form_and_may_not_post(client, make_user, waiting):
+def test_a_viewer_sees_the_prompt_and_who_may_answer_but_no_form_and_may_not_post(
+    client, make_user, waiting
+):
     client.force_login(make_user("vera", "viewer"))
 
     html = page(client, waiting)
 
     assert "Ship release 1.2?" in html and 'value="approve"' not in html
+    assert "Approvers, operators, editors and admins" in html
+    assert "flows.signal_execution" in html
     response = client.post(f"/executions/{waiting.id}/signal", {"name": "approval"})
     assert response.status_code == 403
+    assert TaskRun.objects.get(execution=waiting).waiting.get("signal") is None
+
+
+def csrf_client(user: Any, execution: Execution) -> tuple[Any, str]:
+    """A client that enforces CSRF as a browser meets it, logged in as ``user``, and the token
+    the execution page gave it."""
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(user)
+    html = page(strict, execution)
+    return strict, re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+
+
+def test_an_approver_sees_the_form_and_approves_with_the_pages_csrf_token(make_user, waiting):
+    approver, token = csrf_client(make_user("abe", "approver"), waiting)
+
+    assert 'value="approve"' in page(approver, waiting)
+    response = approver.post(
+        f"/executions/{waiting.id}/signal",
+        {"name": "approval", "decision": "approve", "csrfmiddlewaretoken": token},
+    )
+
+    assert response.status_code == 302
+    done = run_to_end(waiting.id)
+    assert done.status == ExecutionStatus.COMPLETED, done.error
+    approved = done.steps.get(task_name="approve").result["message"]
+    assert approved == "signal 'approval' approved by abe"
+
+
+def test_a_post_with_its_csrf_token_but_without_the_permission_is_refused(make_user, waiting):
+    # The page of a viewer carries a CSRF token (the logout form): a valid POST, wrong role.
+    viewer, token = csrf_client(make_user("vera", "viewer"), waiting)
+
+    response = viewer.post(
+        f"/executions/{waiting.id}/signal",
+        {"name": "approval", "decision": "approve", "csrfmiddlewaretoken": token},
+    )
+
+    assert response.status_code == 403
+    assert b"CSRF verification failed" not in response.content  # refused for the role
+    assert TaskRun.objects.get(execution=waiting).waiting.get("signal") is None
+
+
+def test_an_operator_whose_role_lost_the_permission_sees_no_form_and_may_not_post(
+    make_user, waiting
+):
+    from django.contrib.auth.models import Group, Permission
+
+    Group.objects.get(name="operator").permissions.remove(
+        Permission.objects.get(codename="signal_execution")
+    )
+    operator, token = csrf_client(make_user("olga", "operator"), waiting)
+
+    assert 'value="approve"' not in page(operator, waiting)
+    response = operator.post(
+        f"/executions/{waiting.id}/signal",
+        {"name": "approval", "decision": "approve", "csrfmiddlewaretoken": token},
+    )
+    assert response.status_code == 403
+    assert b"CSRF verification failed" not in response.content  # refused for the role
     assert TaskRun.objects.get(execution=waiting).waiting.get("signal") is None
 
 
@@ -130,7 +195,10 @@ def test_the_signal_form_refuses_a_post_without_csrf_token(make_user, waiting):
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(make_user("olga", "operator"))
 
-    assert strict.post(f"/executions/{waiting.id}/signal", {"name": "approval"}).status_code == 403
+    response = strict.post(f"/executions/{waiting.id}/signal", {"name": "approval"})
+
+    assert response.status_code == 403
+    assert b"CSRF verification failed" in response.content
 
 
 def test_the_signal_form_needs_a_login(client, waiting):

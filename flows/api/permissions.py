@@ -1,7 +1,8 @@
 """Who may do what in the resource API: one Django permission per viewset action.
 
-Roles are Django groups made by migration 0005 (viewer, operator, editor); superusers (admins)
-hold every permission. Anonymous requests are answered 401, a role that may not act 403.
+Roles are Django groups made by migrations 0005 and 0010 (viewer, approver, operator, editor);
+superusers (admins) hold every permission. Anonymous requests are answered 401, a role that may
+not act 403.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ DELETE_FLOWS = "flows.delete_flow"
 VIEW_EXECUTIONS = "flows.view_execution"
 START_EXECUTIONS = "flows.start_execution"
 CANCEL_EXECUTIONS = "flows.cancel_execution"
+# Approving, rejecting or signalling a waiting step: a right of its own (the approver role),
+# apart from starting and cancelling.
+SIGNAL_EXECUTIONS = "flows.signal_execution"
 
 
 class ActionPermission(BasePermission):

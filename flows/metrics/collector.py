@@ -5,7 +5,8 @@ memory would each see a slice and never add up. Instead each scrape asks the one
 (and the django-q2 broker/cache) with a fixed number of aggregate queries, whatever the row
 count:
 
-1. executions per status (and per flow when ``METRICS_FLOW_LABEL`` is on): one GROUP BY;
+1. executions per status (and per flow when ``METRICS_FLOW_LABEL`` is on), top-level ones and
+   child ones (parallel branches, map items, sub-flows) apart: one GROUP BY;
 2. step durations bucketed per task type: one GROUP BY with one conditional COUNT per bucket;
 3. open steps (due, delayed by a retry, running, running with an expired lease): one
    conditional aggregate over the PENDING/RUNNING rows;
@@ -93,43 +94,60 @@ class FlowCollector(Collector):
 
     # 1. Executions -------------------------------------------------------------------------
     def _executions(self) -> Iterator[Metric]:
-        """One GROUP BY status (and flow): how many executions, and how many of them started.
+        """One GROUP BY status (and flow): how many executions, how many of them started, and
+        how many child executions.
 
-        ``started`` counts rows with ``started_at`` set inside the same aggregate, so both
-        families come from one query.
+        "Executions" are top-level ones, as everywhere else: a child (a parallel branch, a map
+        item, a sub-flow) is a step of its parent, so a 1,000-item map is one execution. The
+        children are counted apart, so that a fan-out's load still shows. Each figure is a
+        conditional COUNT inside the same aggregate: all three families come from one query.
         """
         group = ["flow_id", "status"] if self.flow_label else ["status"]
+        top = Q(parent_step__isnull=True)
         rows = (
             Execution.objects.order_by()
             .values(*group)
-            .annotate(n=Count("id"), started=Count("id", filter=Q(started_at__isnull=False)))
+            .annotate(
+                n=Count("id", filter=top),
+                started=Count("id", filter=top & Q(started_at__isnull=False)),
+                children=Count("id", filter=~top),
+            )
         )
         labels = ["flow", "status"] if self.flow_label else ["status"]
         by_status = GaugeMetricFamily(
             "flowmanager_executions",
-            "Executions held in the database, by status. CREATED/QUEUED/RUNNING/PAUSED are "
-            "in flight now; COMPLETED/FAILED/CANCELLED are finished (until purged).",
+            "Top-level executions held in the database, by status (child executions are "
+            "counted in flowmanager_child_executions). CREATED/QUEUED/RUNNING/PAUSED are in "
+            "flight now; COMPLETED/FAILED/CANCELLED are finished (until purged).",
             labels=labels,
         )
         started = GaugeMetricFamily(
             "flowmanager_executions_started",
-            "Executions held in the database that have started running, by status.",
+            "Top-level executions held in the database that have started running, by status.",
             labels=labels,
         )
-        seen: dict[tuple[str, ...], tuple[int, int]] = {}
+        children = GaugeMetricFamily(
+            "flowmanager_child_executions",
+            "Child executions (parallel branches, map items, sub-flows) held in the database, "
+            "by status: the fan-out load behind the top-level executions.",
+            labels=labels,
+        )
+        seen: dict[tuple[str, ...], tuple[int, int, int]] = {}
         for row in rows:
             key = (row["flow_id"], row["status"]) if self.flow_label else (row["status"],)
-            seen[key] = (row["n"], row["started"])
+            seen[key] = (row["n"], row["started"], row["children"])
         # Every status appears (0 when absent) so that a series does not vanish when its last
         # execution is purged or moves on; per flow only for flows that have executions.
         prefixes = sorted({key[:-1] for key in seen}) if self.flow_label else [()]
         for prefix in prefixes:
             for status in ExecutionStatus.values:
-                n, n_started = seen.get((*prefix, status), (0, 0))
+                n, n_started, n_children = seen.get((*prefix, status), (0, 0, 0))
                 by_status.add_metric([*prefix, status], n)
                 started.add_metric([*prefix, status], n_started)
+                children.add_metric([*prefix, status], n_children)
         yield by_status
         yield started
+        yield children
 
     # 2. Step durations ---------------------------------------------------------------------
     def _step_durations(self) -> Metric:

@@ -185,7 +185,7 @@ def flow_delete(request: HttpRequest, flow_id: str) -> HttpResponse:
             return redirect("flow_detail", flow_id=flow.id)
         messages.success(request, f"Flow {flow.id} and its executions were deleted.")
         return redirect("flow_list")
-    count = flow.executions.count()
+    count = flow.executions.top_level().count()  # its children go with them, as their steps
     return render(request, "flows/flow_delete.html", {"flow": flow, "count": count})
 
 
@@ -430,8 +430,8 @@ def execution_live(request: HttpRequest, execution_id: uuid.UUID) -> HttpRespons
 @require_POST
 def execution_signal(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
     """Approve or reject the step that waits for a signal (the API's signal, as a form)."""
-    if not request.user.has_perm(START):
-        raise PermissionDenied("your role may not answer signals")
+    if not request.user.has_perm(SIGNAL):
+        raise PermissionDenied(f"your role may not answer signals (needs permission '{SIGNAL}')")
     decision = request.POST.get("decision", "approve")
     try:
         services.execution_signal(
@@ -507,8 +507,10 @@ def execution_action(request: HttpRequest, execution_id: uuid.UUID, action: str)
 
 # -- helpers ---------------------------------------------------------------------------------
 # Each execution action: the permission it needs (granted by the roles, migrations 0005 and
-# 0006), the service it calls and what the page says after it.
+# 0006), the service it calls and what the page says after it. Answering a signal needs
+# SIGNAL (migration 0010), not START: an approver may approve without running anything.
 START, CANCEL = "flows.start_execution", "flows.cancel_execution"
+SIGNAL = "flows.signal_execution"
 EXECUTION_ACTIONS: dict[str, tuple[str, Any, str]] = {
     "execute": (START, services.execution_start, "Execution started."),
     "resume": (START, services.execution_resume, "Resumed."),

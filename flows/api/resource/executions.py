@@ -57,8 +57,8 @@ class ExecutionViewSet(ResourceViewSet):
     filterset_class = ExecutionFilter
     ordering_fields = ["created_at", "started_at", "ended_at", "status"]
     action_permissions = {
-        # Signalling moves an execution on, as resuming does: operators, editors and admins.
-        "signal": perms.START_EXECUTIONS,
+        # Approvers, operators, editors and admins (who may approve is granted on its own).
+        "signal": perms.SIGNAL_EXECUTIONS,
         "list": perms.VIEW_EXECUTIONS,
         "retrieve": perms.VIEW_EXECUTIONS,
         "events": perms.VIEW_EXECUTIONS,
@@ -165,7 +165,7 @@ class ExecutionViewSet(ResourceViewSet):
         "route applies. The step becomes due at once; the answer is the step, still PENDING "
         "with `waiting.received` true until a worker runs it on. 409 when the execution waits "
         "for no signal, for another one, or the signal already came. Needs the permission "
-        "`flows.start_execution` (operator, editor, admin).",
+        "`flows.signal_execution` (approver, operator, editor, admin).",
         request=SignalSerializer,
         responses={200: StepSerializer, **error_responses(*WRITE, 404, 409)},
         examples=[
