@@ -24,10 +24,13 @@ class FlowQuerySet(models.QuerySet["Flow"]):
     def with_last_run(self) -> FlowQuerySet:
         """Annotate ``last_run_id``, ``last_run_status`` and ``last_run_at`` (None if never run).
 
-        Three correlated subqueries on the (flow, -created_at) index: one query for the list
-        however many flows it shows.
+        Three correlated subqueries on the index of a flow's runs (top-level executions): one
+        query for the list however many flows it shows.
         """
-        latest = Execution.objects.filter(flow=OuterRef("pk")).order_by("-created_at")
+        # A run, not a map item or branch that ended after it.
+        latest = Execution.objects.filter(flow=OuterRef("pk"), parent_step__isnull=True).order_by(
+            "-created_at"
+        )
         return self.annotate(
             last_run_id=Subquery(latest.values("id")[:1]),
             last_run_status=Subquery(latest.values("status")[:1]),
@@ -315,6 +318,12 @@ class Execution(models.Model):
         indexes = [
             models.Index(fields=["status", "-created_at"], name="exec_status_created_idx"),
             models.Index(fields=["flow", "-created_at"], name="exec_flow_created_idx"),
+            # A flow's runs, without the children of its maps (its last run, on the flows list).
+            models.Index(
+                fields=["flow", "-created_at"],
+                name="exec_flow_run_created_idx",
+                condition=models.Q(parent_step__isnull=True),
+            ),
             models.Index(fields=["-created_at"], name="exec_created_idx"),
         ]
         constraints = [

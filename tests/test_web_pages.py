@@ -171,6 +171,18 @@ def test_the_flows_list_shows_version_last_run_and_searches(operator):
     assert "No flow matches" in operator.get("/flows/?q=zzz").content.decode()
 
 
+def test_the_flows_list_shows_a_maps_run_as_its_last_run_not_one_of_its_items(operator):
+    # The items are executions too, created after their run and ending after it started.
+    run = run_flow(flow_doc([mapped("each", "${input.items}", [task("x")])], flow_id="fan"),
+                   input={"items": [1, 2, 3]})  # fmt: skip
+
+    html = operator.get("/flows/").content.decode()
+
+    assert f"/executions/{run.id}/" in html
+    for child in Execution.objects.filter(root=run):
+        assert f"/executions/{child.id}/" not in html
+
+
 def test_run_starts_the_current_version_and_opens_its_execution(operator, alice):
     stored(sample_flow())
     stored(flow_doc([task("only")], flow_id="example_flow"))
