@@ -12,7 +12,7 @@ from flows.api.errors import FieldErrorSerializer
 from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
 from flows.waiting import fanout_of, waiting_of
 
-# The flow document, for the OpenAPI schema only: definition.py is the one that checks it, and
+# The flow document, for the OpenAPI schema only: flows/definition/ is what checks it, and
 # it reports every problem with its field path (a 400 with ``errors``).
 _TASK_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -1,0 +1,115 @@
+"""A whole flow document: its own fields around the top body, and the warnings about it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from flows.definition.body import parse_body
+from flows.definition.errors import FieldError, FlowValidationError
+from flows.definition.fields import deeper_than, kind_of, nul_paths, optional_text
+from flows.definition.flow import FlowDefinition
+from flows.definition.limits import FLOW_ID_RE, MAX_DEPTH, MAX_STEPS_LIMIT
+from flows.definition.tasks import Lookup
+
+_FLOW_KEYS = {
+    "id",
+    "name",
+    "description",
+    "start_task",
+    "tasks",
+    "conditions",
+    "max_steps",
+    "timeout_seconds",
+}
+
+
+class Registry(Protocol):
+    def snapshot(self) -> Lookup: ...
+
+
+def unwrap(document: Any) -> Any:
+    """Accept ``{"flow": {...}}`` as well as the bare document."""
+    if isinstance(document, Mapping) and set(document) == {"flow"}:
+        return document["flow"]
+    return document
+
+
+def parse_flow(
+    document: Any, registry: Registry, *, default_max_steps: int = 1000
+) -> FlowDefinition:
+    """Validate ``document`` and return its definition, or raise FlowValidationError."""
+    doc = unwrap(document)
+    errors: list[FieldError] = []
+
+    def err(path: str, message: str) -> None:
+        errors.append(FieldError(path, message))
+
+    if not isinstance(doc, Mapping):
+        raise FlowValidationError(
+            [FieldError("", f"a flow document must be a JSON object, not {kind_of(doc)}")]
+        )
+    if deeper_than(doc, MAX_DEPTH):
+        raise FlowValidationError(
+            [FieldError("", f"the document is nested too deeply (more than {MAX_DEPTH} levels)")]
+        )
+    for key in sorted(set(doc) - _FLOW_KEYS, key=str):
+        err(str(key), f"unknown field; allowed: {', '.join(sorted(_FLOW_KEYS))}")
+
+    flow_id = doc.get("id")
+    if not isinstance(flow_id, str) or not FLOW_ID_RE.match(flow_id):
+        err(
+            "id",
+            "required: 1-100 characters, letters, digits, '-' and '_', starting with a "
+            "letter or digit",
+        )
+        flow_id = ""
+    for path in nul_paths(doc, ""):
+        err(path, "contains a NUL character (\\u0000), which cannot be stored; remove it")
+    name = optional_text(doc, "name", "name", err, 200, single_line=True) or flow_id
+    description = optional_text(doc, "description", "description", err, 5000)
+
+    max_steps = doc.get("max_steps", default_max_steps)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+        err("max_steps", f"must be a whole number, not {kind_of(max_steps)}")
+        max_steps = default_max_steps
+    elif not 1 <= max_steps <= MAX_STEPS_LIMIT:
+        err("max_steps", f"must be between 1 and {MAX_STEPS_LIMIT}")
+
+    flow_timeout = doc.get("timeout_seconds")
+    if flow_timeout is not None and (
+        isinstance(flow_timeout, bool)
+        or not isinstance(flow_timeout, int | float)
+        or flow_timeout <= 0
+    ):
+        err("timeout_seconds", "must be a positive number of seconds")
+        flow_timeout = None
+
+    body = parse_body(
+        doc, "", registry.snapshot(), err, flow_id=flow_id, max_steps=max_steps, depth=0
+    )
+
+    if errors:
+        raise FlowValidationError(errors)
+
+    definition = dataclasses.replace(
+        body,
+        name=name,
+        description=description,
+        timeout_seconds=float(flow_timeout) if flow_timeout is not None else None,
+    )
+    return dataclasses.replace(definition, warnings=tuple(_unreachable(definition)))
+
+
+def _unreachable(definition: FlowDefinition) -> list[FieldError]:
+    """Warnings for tasks no path reaches, in this definition and every branch/iterator."""
+    out = []
+    for prefix, body in definition.bodies():
+        reachable = body.reachable()
+        out += [
+            FieldError(f"{prefix}tasks[{i}]", f"task '{t.name}' can never run: no path reaches it")
+            for i, t in enumerate(body.tasks)
+            if t.name not in reachable
+        ]
+    return out
