@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -41,17 +42,44 @@ def column_type(db: BaseDatabaseWrapper, field: Field) -> str:
     return field.db_type(db)  # type: ignore[return-value]
 
 
-def as_json(field: Field, value: Any) -> Any:
-    """``value`` of ``field`` as the document holds it (see the module's docstring). A JSON
-    field's value goes in as it is: ``json.dumps`` refuses what is not JSON, as the ORM
-    does."""
-    if value is None or field.get_internal_type() == "JSONField":
-        return value
+def _plain(value: Any) -> Any:
+    """A value of a field that is not JSON, as the document holds it."""
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
         return str(value)
     return value
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def converter(field: Field) -> Callable[[Any], Any]:
+    """How a value of ``field`` goes in the document (see the module's docstring): a JSON
+    field's value as it is (``json.dumps`` refuses what is not JSON, as the ORM does), dates
+    as ISO 8601, UUIDs as text."""
+    return _as_is if field.get_internal_type() == "JSONField" else _plain
+
+
+@functools.lru_cache(maxsize=64)
+def _readers(fields: tuple[Field, ...]) -> tuple[tuple[str, Callable[[Model], Any], Callable], ...]:
+    """For each field to insert: its document key, how to read its value off an instance
+    (``pre_save`` where it sets one, as ``auto_now_add`` does; else the attribute), and its
+    converter."""
+    readers = []
+    for i, f in enumerate(fields):
+        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            read = functools.partial(_pre_save, f)
+        else:
+            read = operator.attrgetter(f.attname)
+        readers.append((f"c{i}", read, converter(f)))
+    return tuple(readers)
+
+
+def _pre_save(field: Field, obj: Model) -> Any:
+    return field.pre_save(obj, add=True)
 
 
 def document(rows: Iterable[dict[str, Any]]) -> str:
@@ -120,17 +148,20 @@ def update_rows_document(
     """The document ``update_sql`` reads for ``rows`` (key -> field name -> value)."""
     meta = model._meta
     pk = meta.pk
-    fields = [(i, name, everywhere, meta.get_field(name)) for i, (name, everywhere) in
-              enumerate(pattern)]  # fmt: skip
+    fields = [
+        (f"c{i}", f"s{i}", name, everywhere, converter(meta.get_field(name)))
+        for i, (name, everywhere) in enumerate(pattern)
+    ]
+    key_of = converter(pk)
     out = []
     for key, values in rows.items():
-        row: dict[str, Any] = {KEY: as_json(pk, key)}
-        for i, name, everywhere, field in fields:
-            if everywhere:
-                row[f"c{i}"] = as_json(field, values[name])
-            elif name in values:
-                row[f"c{i}"] = as_json(field, values[name])
-                row[f"s{i}"] = True
+        row: dict[str, Any] = {KEY: key_of(key)}
+        for column, flag, name, everywhere, convert in fields:
+            if everywhere or name in values:
+                value = values[name]
+                row[column] = None if value is None else convert(value)
+                if not everywhere:
+                    row[flag] = True
         out.append(row)
     return document(out)
 
@@ -159,7 +190,12 @@ def insert_sql(
 def insert_rows_document(objs: Sequence[Model], fields: tuple[Field, ...]) -> str:
     """The document ``insert_sql`` reads: each instance's values as ``pre_save`` gives them
     (``auto_now_add`` times set on the instance, as the ORM's insert does)."""
-    return document(
-        {"n": n, **{f"c{i}": as_json(f, f.pre_save(obj, add=True)) for i, f in enumerate(fields)}}
-        for n, obj in enumerate(objs)
-    )
+    readers = _readers(fields)
+    out = []
+    for n, obj in enumerate(objs):
+        row: dict[str, Any] = {"n": n}
+        for column, read, convert in readers:
+            value = read(obj)
+            row[column] = None if value is None else convert(value)
+        out.append(row)
+    return document(out)
