@@ -358,10 +358,10 @@ class _Bodies:
 
     def __init__(self) -> None:
         self.versions: dict[int, FlowVersion] = {}
-        self.parsed: dict[tuple[int, str], FlowDefinition] = {}
+        self.parsed: dict[tuple[int, tuple[str, ...]], FlowDefinition] = {}
 
     def of(self, child: Execution) -> FlowDefinition:
-        key = (child.flow_version_id, "/".join(child.scope or []))
+        key = (child.flow_version_id, tuple(child.scope or []))
         if key not in self.parsed:
             version = self.versions.get(child.flow_version_id)
             if version is None:

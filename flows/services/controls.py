@@ -171,7 +171,8 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
         if ending:
             raise Conflict(
                 f"execution {locked.id} cannot be redriven yet: {ending} of its child "
-                "executions have not ended (they are being cancelled); try again once they have"
+                "executions have not ended (a cancel or a timeout has not reached them yet); try "
+                "again once they have"
             )
     spec = definition.task(redrive.task_name)
     now = timezone.now()
