@@ -457,6 +457,9 @@ class FanOut(models.Model):
     next item there too, up to ``max_concurrency`` at once. When the last one ends (or fail
     fast applies) the parent step is made due and its execution woken: the parent never
     polls and never loads all its children.
+
+    A redriven step has a FanOut of its own: the counts of that attempt, those it kept from
+    the earlier one counted as started and done from the start (``flows.engine.redrive``).
     """
 
     # Keyed by its step: a child finds its parent's counts by its own parent_step_id.
@@ -473,6 +476,11 @@ class FanOut(models.Model):
     # Failures tolerated before the step fails: a count, or a percentage of total.
     tolerated = models.PositiveIntegerField(default=0)
     tolerated_percent = models.FloatField(null=True, blank=True)
+    # A redriven step's map (it took over its earlier attempt's children): the items that run
+    # again lie among those kept, each with its step written already, and the next one to
+    # start is looked for from this item_index on. Null for a first attempt, whose items
+    # start in item order at ``started``.
+    next_item = models.PositiveIntegerField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.done}/{self.total} ({self.failed} failed)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows.definition import CONTROL_TYPES
+from flows.engine.redrive import RESUME
 from flows.models import FanOut, TaskRun, TaskRunStatus
 
 
@@ -16,6 +17,8 @@ def waiting_of(step: TaskRun) -> dict[str, Any] | None:
     if step.status != TaskRunStatus.PENDING or not isinstance(state, dict):
         return None
     kind = state.get("kind")
+    if kind == RESUME:
+        return None  # a redriven control step about to run: it waits for nothing yet
     if kind == "signal":
         until = state.get("timeout_at")
     elif kind == "until":

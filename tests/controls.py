@@ -2,9 +2,10 @@
 behave in a particular way, and helpers that act on an execution the way a user would.
 
 The task types (fail on the first attempts, fail until a marker file exists, hang until
-cancelled) are written into one temporary plugin folder beside copies of the built-in ones,
-and ``FLOW_TASKS_DIR`` points there (the ``control_plugins`` fixture in conftest.py), so
-the services, the engine and the factories all see the same task types.
+cancelled, count their runs and fail while listed in a file) are written into one
+temporary plugin folder beside copies of the built-in ones, and ``FLOW_TASKS_DIR`` points
+there (the ``control_plugins`` fixture in conftest.py), so the services, the engine and the
+factories all see the same task types.
 
 Everything runs through the public engine API: ``engine.run_inline`` (the worker's
 ``Dispatcher`` at concurrency 1) and ``engine.dispatch`` (what one worker job does).
@@ -12,7 +13,10 @@ Everything runs through the public engine API: ``engine.run_inline`` (the worker
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,7 +104,51 @@ PLUGINS = {
             async def run(self):
                 raise RuntimeError(f"called with {self.parameters}")
     """,
+    "tally": """
+        from pathlib import Path
+
+
+        class TallyTask(BaseTask):
+            \"\"\"Adds a line ``key`` to the file ``tally`` each time it runs; then fails while
+            ``key`` is a line of the file ``failing``.\"\"\"
+
+            async def run(self):
+                key = str(self.parameters["key"])
+                with open(self.parameters["tally"], "a") as out:
+                    out.write(key + "\\n")
+                failing = Path(self.parameters["failing"])
+                if failing.exists() and key in failing.read_text().split():
+                    raise RuntimeError(f"{key} is failing")
+                return {"key": key, "attempt": self.context.attempt}
+    """,
 }
+
+
+@dataclass
+class Tally:
+    """The files of the ``tally`` task type in ``folder``: the runs it counts, and the keys
+    that fail (a flag a test flips, as an operator fixes what made them fail)."""
+
+    folder: Path
+
+    def task(self, name: str, key: str) -> dict[str, Any]:
+        """A ``tally`` task counting its runs under ``key`` (references allowed)."""
+        return task(
+            name,
+            "tally",
+            key=key,
+            tally=str(self.folder / "tally"),
+            failing=str(self.folder / "failing"),
+        )
+
+    def fail(self, *keys: Any) -> None:
+        """From now on, these keys fail (none: every key succeeds)."""
+        (self.folder / "failing").write_text("\n".join(str(k) for k in keys))
+
+    def runs(self) -> Counter[str]:
+        """How many times each key ran."""
+        path = self.folder / "tally"
+        return Counter(path.read_text().split()) if path.exists() else Counter()
 
 
 def retrying(name: str, task_type: str, retry: dict[str, Any], **parameters: Any) -> dict:

@@ -284,6 +284,34 @@ def test_step_lists_one_control_steps_children(operator, tree):
     assert operator.get(f"/api/executions/?step={step.id + 1000}").json()["results"] == []
 
 
+def test_after_a_redrive_step_lists_the_children_under_the_attempt_that_took_them_over(
+    operator,
+):
+    maybe = task("maybe", "fetch_data", failure_rate="${item}")
+    document = flow_doc([mapped("each", "${input.items}", [maybe], max_concurrency=1)])
+    failed = run_to_end(start_execution(document, input={"items": [0, 1, 0]}).id)
+    first = failed.steps.get(task_name="each")
+    items = children_of(failed, "each")
+    assert operator.post(f"/api/executions/{failed.id}/redrive/").status_code == 200
+    queued = operator.get(f"/api/executions/{failed.id}/").json()["steps"][-1]
+    assert (queued["status"], queued["waiting"], queued["children"]) == ("PENDING", None, None)
+
+    done = run_to_end(failed.id)  # item 1 fails again
+    again = done.steps.order_by("seq").last()
+
+    rows = operator.get(f"/api/executions/?step={again.id}").json()["results"]
+    assert [r["id"] for r in rows] == [str(c.id) for c in items]
+    assert [r["status"] for r in rows] == ["COMPLETED", "FAILED", "CANCELLED"]
+    assert rows[0]["parent"] == {"execution": str(failed.id), "seq": 2, "task_name": "each"}
+    assert operator.get(f"/api/executions/?step={first.id}").json()["results"] == []
+    steps = operator.get(f"/api/executions/{failed.id}/").json()["steps"]
+    # Item 0 was kept; item 1 ran again and failed again, which cancelled item 2 before
+    # its turn came (one at a time).
+    assert {k: steps[1]["children"][k] for k in ("total", "started", "done", "failed")} == {
+        "total": 3, "started": 2, "done": 2, "failed": 1,
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(("query", "field"), [("parent=nope", "parent"), ("step=x", "step")])
 def test_a_bad_parent_or_step_is_400_naming_it(operator, tree, query, field):
     errors = error_body(operator.get(f"/api/executions/?{query}"), 400)["errors"]

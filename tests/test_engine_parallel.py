@@ -254,17 +254,23 @@ def test_a_child_cannot_be_redriven_or_deleted_on_its_own() -> None:
         services.execution_delete(execution_id=child.id)
 
 
-def test_redriving_a_failed_parallel_task_runs_its_branches_again() -> None:
+def test_redriving_a_failed_parallel_task_runs_again_only_its_failed_branch() -> None:
     document = flow_doc([parallel("both", {"a": [failing("x")], "b": [task("y")]})])
     execution = run_flow(document)
     assert execution.status == ExecutionStatus.FAILED
+    a, b = children_of(execution, "both")
+    assert b.status == ExecutionStatus.COMPLETED
 
     services.execution_redrive(execution_id=execution.id)
     again = run_to_end(execution.id)
 
-    assert again.status == ExecutionStatus.FAILED
+    assert again.status == ExecutionStatus.FAILED  # branch a fails whatever is tried
     assert [s for _, s in ran(again)] == ["FAILURE", "FAILURE"]
     assert FanOut.objects.filter(step__execution=again).count() == 2
+    # The same branches, now under the new attempt: a ran again, b (completed) did not.
+    assert [c.id for c in children_of(again, "both")] == [a.id, b.id]
+    assert ran(Execution.objects.get(pk=a.id)) == [("x", "FAILURE"), ("x", "FAILURE")]
+    assert ran(Execution.objects.get(pk=b.id)) == [("y", "SUCCESS")]
 
 
 def test_branches_claimed_together_by_one_worker_each_run_their_own_tasks() -> None:

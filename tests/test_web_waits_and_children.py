@@ -402,3 +402,29 @@ def test_the_execution_page_costs_the_same_queries_for_one_or_five_control_steps
         # their waits, permission checks
         with django_assert_num_queries(10):
             page(operator, execution)
+
+
+def test_a_redriven_map_step_lists_its_children_under_the_attempt_that_took_them_over(
+    operator,
+):
+    document = flow_doc(
+        [mapped("each", "${input.items}", [task("maybe", "fetch_data", failure_rate="${item}")],
+                max_concurrency=1)],
+        flow_id="redriven_map",
+    )  # fmt: skip
+    execution = run_to_end(start_execution(document, input={"items": [0, 1, 0]}).id)
+    first = children_of(execution, "each")
+    services.execution_redrive(execution_id=execution.id)
+    execution = run_to_end(execution.id)  # item 1 fails again
+    assert [s.seq for s in execution.steps.order_by("seq")] == [1, 2]
+
+    html = page(operator, execution)
+    earlier = operator.get(f"/executions/{execution.id}/steps/1/children").content.decode()
+    later = operator.get(f"/executions/{execution.id}/steps/2/children").content.decode()
+
+    assert "Redriven: step 2 took these children over" in html
+    assert f'href="/executions/{execution.id}/steps/2/children">See them there' in html
+    assert "Redriven: step 2 took these children over" in earlier
+    assert re.findall(r'href="/executions/([0-9a-f-]+)/"><code>', later) == [
+        str(c.id) for c in first
+    ]

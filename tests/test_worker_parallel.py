@@ -801,7 +801,7 @@ def test_a_parent_paused_while_its_map_runs_finishes_the_map_after_resume(live: 
     assert live.step(execution_id, "after")["result"]["message"] == "6 mapped"
 
 
-def test_redriving_a_failed_parallel_parent_runs_its_branches_afresh(live: Live) -> None:
+def test_redriving_a_failed_parallel_parent_runs_again_only_its_failed_branch(live: Live) -> None:
     live.start_cluster()
     marker = live.home / "redrive-marker"
     document = flow_doc(
@@ -810,7 +810,7 @@ def test_redriving_a_failed_parallel_parent_runs_its_branches_afresh(live: Live)
                 "both",
                 {
                     "check": [task("check", "needs_marker", marker=str(marker))],
-                    "other": [task("say", "print", message="fine")],
+                    "other": [task("say", "record", value="fine")],
                 },
                 fail_fast=False,
             )
@@ -822,6 +822,8 @@ def test_redriving_a_failed_parallel_parent_runs_its_branches_afresh(live: Live)
     assert failed["status"] == "FAILED", failed
     first = live.step(execution_id, "both")
     assert "branch check failed" in first["error"] and "marker file missing" in first["error"]
+    live.wait_until_tree_ended(execution_id)
+    check, other = live.children(first["id"])
     marker.touch()
 
     live.service("redrive", execution_id=execution_id)
@@ -830,13 +832,56 @@ def test_redriving_a_failed_parallel_parent_runs_its_branches_afresh(live: Live)
     assert (doc["status"], doc["redrive_count"]) == ("COMPLETED", 1)
     assert live.ran(execution_id) == [("both", "FAILURE"), ("both", "SUCCESS")]
     again = live.step(execution_id, "both")
-    assert again["result"]["check"]["attempt"] == 1  # a new child, not the old one retried
-    assert again["result"]["other"]["message"] == "fine"
-    old, new = live.children(first["id"]), live.children(again["id"])
-    assert [c["status"] for c in old] == ["FAILED", "COMPLETED"]
-    assert [c["status"] for c in new] == ["COMPLETED", "COMPLETED"]
-    assert not {c["id"] for c in old} & {c["id"] for c in new}
+    # The same child, redriven from its failed step; the completed branch kept its result.
+    assert again["result"]["check"]["attempt"] == 2
+    assert again["result"]["other"]["value"] == "fine"
+    assert [c["id"] for c in live.children(again["id"])] == [check["id"], other["id"]]
+    assert live.children(first["id"]) == []
+    assert live.ran(check["id"]) == [("check", "FAILURE"), ("check", "SUCCESS")]
+    assert [e for e, _, _, _ in live.runs() if e == other["id"]] == [other["id"]]  # ran once
     assert live.fanout(again["id"]) == {"total": 2, "started": 2, "done": 2, "failed": 0}
+
+
+def test_redriving_a_failed_map_runs_again_only_its_unfinished_items(live: Live) -> None:
+    live.start_cluster()
+    markers = live.home / "map-markers"
+    markers.mkdir()
+    for item in (0, 2, 4, 5):
+        (markers / str(item)).touch()
+    iterator = [
+        task("note", "record", value="${item}"),
+        task("check", "needs_marker", marker=f"{markers}/${{item}}"),
+    ]
+    document = flow_doc(
+        [mapped("each", "${input.items}", iterator, max_concurrency=1, tolerated_failures=1)],
+        flow_id="pl_redrive_map",
+    )
+    [execution_id] = live.submit(document, {"items": list(range(6))})
+    assert live.wait_until_ended(execution_id)["status"] == "FAILED"
+    live.wait_until_tree_ended(execution_id)
+    first = live.step(execution_id, "each")
+    items = live.children(first["id"])
+    # One item at a time: 1 failed (tolerated), 3 failed too, 4 and 5 never started.
+    assert [c["status"] for c in items] == [
+        "COMPLETED", "FAILED", "COMPLETED", "FAILED", "CANCELLED", "CANCELLED",
+    ]  # fmt: skip
+    (markers / "1").touch()
+    (markers / "3").touch()
+
+    live.service("redrive", execution_id=execution_id)
+
+    assert live.wait_until_ended(execution_id)["status"] == "COMPLETED"
+    again = live.step(execution_id, "each")
+    assert [r["attempt"] for r in again["result"]["results"]] == [1, 2, 1, 2, 1, 1]
+    assert [c["id"] for c in live.children(again["id"])] == [c["id"] for c in items]
+    # Every item's first task ran exactly once: the completed items were not run again, the
+    # failed ones went on from their failed step, the others started.
+    noted = collections.Counter(e for e, task_name, _, _ in live.runs() if task_name == "note")
+    assert {c["id"]: noted[c["id"]] for c in items} == {c["id"]: 1 for c in items}
+    assert live.ran(items[1]["id"]) == [("note", "SUCCESS"), ("check", "FAILURE"),
+                                        ("check", "SUCCESS")]  # fmt: skip
+    assert live.fanout(again["id"]) == {"total": 6, "started": 6, "done": 6, "failed": 0}
+    assert live.open_steps(execution_id) == []
 
 
 # -------------------------------------------------------------------------------------------

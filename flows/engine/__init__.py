@@ -26,6 +26,7 @@ One module a role, each importing only the public names of the others:
 - ``claim``       the claim UPDATE, lease renewal and the cancel check
 - ``fanout``      parallel, map and sub-flow steps: their child executions, started
 - ``fanin``       children counted as they end; the control step joined from them
+- ``redrive``     where a redrive resumes; a control step's earlier children taken over
 - ``record``      write finished steps and their routing, one transaction a batch
 - ``dispatcher``  the one step loop (``Dispatcher``, ``dispatch``: a worker's job)
 - ``inline``      the same loop for one execution in this process (``run_inline``)
@@ -43,6 +44,7 @@ from flows.engine.inline import run_inline
 from flows.engine.inputs import flow_definition, results_scope, results_so_far
 from flows.engine.outcome import StepOutcome
 from flows.engine.reaper import reap
+from flows.engine.redrive import CannotRedrive, plan_redrive
 from flows.engine.taskloop import TaskLoop
 from flows.engine.wakeup import JOB_FUNC, wake
 from flows.engine.worker import worker_id
@@ -50,6 +52,7 @@ from flows.engine.worker import worker_id
 __all__ = [
     "FOREVER",
     "JOB_FUNC",
+    "CannotRedrive",
     "Dispatcher",
     "DueStepTimer",
     "StepOutcome",
@@ -60,6 +63,7 @@ __all__ = [
     "dispatch",
     "flow_definition",
     "lock_fanouts",
+    "plan_redrive",
     "reap",
     "renew_leases",
     "results_scope",

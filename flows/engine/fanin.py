@@ -115,6 +115,8 @@ def _start_next(
     """Start up to ``count`` more items of a map (as many as ended): the next CREATED ones in
     item order, claimed for ``adopt``'s dispatcher when given. Returns the ids of those left
     for any worker to claim (to wake)."""
+    if fan.next_item is not None:
+        return _start_again(fan, count, now)
     first = fan.started
     last = min(fan.total, first + count)
     moved = FanOut.objects.filter(pk=fan.pk, started=first).update(started=last)
@@ -153,6 +155,37 @@ def _start_next(
     writes.insert_rows(TaskRun, steps, after_commit=True)
     adopt.steps += steps
     return []
+
+
+def _start_again(fan: FanOut, count: int, now: datetime) -> list[uuid.UUID]:
+    """A redriven map's next ``count`` items to run again: those still CREATED from
+    ``next_item`` on, in item order (the ones kept from the earlier attempt lie between).
+    Each has its step written already (``redrive.take_over``), not due: made due here.
+    Returns their ids, to wake."""
+    rows = list(
+        Execution.objects.filter(
+            parent_step_id=fan.pk,
+            item_index__gte=fan.next_item,
+            status=ExecutionStatus.CREATED,
+        )
+        .order_by("item_index")
+        .values_list("id", "item_index")[:count]
+    )
+    if not rows:
+        return []
+    moved = FanOut.objects.filter(pk=fan.pk, started=fan.started, next_item=fan.next_item).update(
+        started=F("started") + len(rows), next_item=rows[-1][1] + 1
+    )
+    if not moved:  # another transaction moved it first (it holds the row lock): it starts them
+        return []
+    ids = [eid for eid, _ in rows]
+    Execution.objects.filter(pk__in=ids, status=ExecutionStatus.CREATED).update(
+        status=ExecutionStatus.QUEUED, queued_at=now
+    )
+    TaskRun.objects.filter(execution_id__in=ids, status=TaskRunStatus.PENDING).update(
+        not_before=None, woken_at=now
+    )
+    return ids
 
 
 def _body_of(child: Execution) -> FlowDefinition:

@@ -16,6 +16,9 @@ reaper, cancel, pause, retries); the parent step only counts them:
 3. Join (``fanin.join``, when the parent step runs again): it reads its children's results in
    item order (streamed, never all rows at once), cancels those still running when it ended
    early, and ends like any task: success with the results, or failure.
+
+A redriven control step does not fan out: it takes over its earlier attempt's children and
+runs again only those that did not complete (``redrive``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
-from flows.engine import fanin, fanout
+from flows.engine import fanin, fanout, redrive
 from flows.engine.outcome import flow_timeout, remaining
 from flows.engine.routing import Finished
 from flows.engine.wakeup import wake
@@ -209,7 +209,11 @@ def write(
         Execution.objects.filter(pk__in=waits).update(steps_taken=F("steps_taken") - 1)
         for finished in batch:
             plan = finished.outcome.fanout
-            if plan is not None and finished.execution.id in waits:
+            if plan is None or finished.execution.id not in waits:
+                continue
+            if isinstance(plan, redrive.TakeOver):
+                redrive.take_over(plan, finished.execution, finished.step, now)
+            else:
                 fanout.create(plan, finished.execution, finished.step, now)
     if children_ended:
         fanin.children_ended(children_ended, now, adopt if continue_here else None)

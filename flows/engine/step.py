@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 
 from flows.definition import FlowDefinition
-from flows.engine import fanin, fanout, timing
+from flows.engine import fanin, fanout, redrive, timing
 from flows.engine.inputs import resolve_parameters
 from flows.engine.outcome import (
     FLOW_TIMEOUT_SOURCE,
@@ -90,9 +90,13 @@ def start(
     except KeyError:
         return failure(f"task '{step.task_name}' is not in the flow's definition", permanent=True)
     if spec.is_control:
-        # Parallel, map, sub-flow: no task code; the step starts children, or ends from them.
-        if (step.waiting or {}).get("kind") == fanout.WAITING_FOR_CHILDREN:
+        # Parallel, map, sub-flow: no task code; the step starts children (or, redriven,
+        # takes over its earlier attempt's), or ends from them.
+        kind = (step.waiting or {}).get("kind")
+        if kind == fanout.WAITING_FOR_CHILDREN:
             return fanin.join(execution, step)
+        if kind == redrive.RESUME:
+            return redrive.resume(execution, definition, step, spec, results)
         return fanout.begin(execution, definition, step, spec, results)
     if isinstance(task_type, str):
         return failure(task_type or "unknown task type", permanent=True)

@@ -13,9 +13,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from flows import engine, selectors
-from flows.expressions import ExpressionError
 from flows.models import (
     ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
     Execution,
     ExecutionEvent,
     ExecutionStatus,
@@ -46,6 +46,10 @@ def execution_cancel(*, execution_id: Any) -> Execution:
     )
     engine.lock_fanouts([*steps, *([execution.parent_step_id] if execution.parent_step_id else [])])
     locked = _locked(execution_id)
+    if locked.parent_step_id != execution.parent_step_id:
+        # A redrive of its parent took it over meanwhile: the FanOut row locked above is not
+        # its parent step's any more.
+        raise Conflict(f"execution {locked.id} was just redriven with its parent; try again")
     if locked.is_terminal:
         raise Conflict(f"execution {locked.id} is already {locked.status}")
     now = timezone.now()
@@ -135,6 +139,12 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
 
     Same execution id; every step run so far stays in its history and finished steps are not
     run again. The step limit and the flow's timeout start afresh.
+
+    When that step is a ``parallel``, ``map`` or ``subflow`` step that started children, its
+    new attempt takes them over when it runs (``engine.redrive``): the COMPLETED ones are kept
+    with their results, the others are redriven in place, each from the step that stopped it.
+    So every execution of its tree must have ended first (a cancelled child still stopping
+    is refused with a Conflict: redrive again in a moment).
     """
     locked = _locked(execution_id)
     not_a_child(locked, "redrive")
@@ -145,40 +155,28 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
         )
     definition = runnable_definition(locked, registry, "be redriven")
     last = TaskRun.objects.filter(execution_id=locked.id).order_by("-seq").first()
-    if last is None:
-        task_name, attempt, seq = definition.start_task, 1, 1
-    elif last.status == TaskRunStatus.SUCCESS:
-        # It ended after a success (the step limit or the flow's timeout): go where it would
-        # have gone next, deciding the condition as the engine would have.
-        try:
-            task_name, _ = definition.route(
-                last.task_name,
-                "success",
-                result=last.result,
-                results=_results_of(locked),
-                input=locked.input,
+    try:
+        redrive = engine.plan_redrive(locked, definition, last, results=lambda: _results_of(locked))
+    except engine.CannotRedrive as exc:
+        raise Conflict(f"execution {locked.id} {exc}") from None
+    if redrive.takes_over is not None:
+        # Its children are taken over as they are: none may still be stopping (a child
+        # whose cancel its worker has not reached yet). The whole tree is asked, which
+        # covers the children of children that are taken over in turn.
+        ending = (
+            Execution.objects.filter(root_id=locked.id)
+            .exclude(status__in=TERMINAL_STATUSES)
+            .count()
+        )
+        if ending:
+            raise Conflict(
+                f"execution {locked.id} cannot be redriven yet: {ending} of its child "
+                "executions have not ended (a cancel or a timeout has not reached them yet); try "
+                "again once they have"
             )
-        except ExpressionError as exc:
-            raise Conflict(f"execution {locked.id} cannot be redriven: {exc}") from None
-        if task_name is None:
-            raise Conflict(f"execution {locked.id} has no step left to run")
-        attempt, seq = 1, last.seq + 1
-    elif last.status == TaskRunStatus.CANCELLED and last.started_at is None:
-        # Cancelled before it ever ran: that was no attempt.
-        task_name, attempt, seq = last.task_name, last.attempt, last.seq + 1
-    else:
-        task_name, attempt, seq = last.task_name, last.attempt + 1, last.seq + 1
-    spec = definition.task(task_name)
+    spec = definition.task(redrive.task_name)
     now = timezone.now()
-    TaskRun.objects.create(
-        execution_id=locked.id,
-        seq=seq,
-        task_name=spec.name,
-        task_type=spec.task_type,
-        parameters=spec.parameters,
-        attempt=attempt,
-        woken_at=now,
-    )
+    redrive.step(locked.id, spec, now).save()
     Execution.objects.filter(pk=locked.id).update(
         status=ExecutionStatus.QUEUED,
         error="",
@@ -191,15 +189,15 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
         redrive_count=locked.redrive_count + 1,
     )
     engine.wake(locked.id)
-    _event(locked.id, "INFO", f"redriven from {spec.name} (attempt {attempt})")
+    _event(locked.id, "INFO", f"redriven from {spec.name} (attempt {redrive.attempt})")
     logger.info("execution=%s redriven from %s", locked.id, spec.name)
     locked.refresh_from_db()
     return locked
 
 
 def _results_of(execution: Execution) -> dict[str, Any]:
-    """Successful results by task name, latest last, as expressions see them."""
-    return engine.results_scope(engine.results_so_far([execution.id]).get(execution.id, {}))
+    """Successful results by task name, latest last."""
+    return engine.results_so_far([execution.id]).get(execution.id, {})
 
 
 def _locked(execution_id: Any) -> Execution:

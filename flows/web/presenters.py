@@ -136,6 +136,9 @@ class ChildrenView:
     failed: int
     started: int
     listed: list[Execution] = field(default_factory=list)
+    # The step that took these children over when the execution was redriven (its seq):
+    # they are listed and counted there from then on; these counts are this attempt's.
+    taken_over_at: int | None = None
 
     @property
     def running(self) -> int:
@@ -211,12 +214,28 @@ def parent_view(execution: Execution) -> ParentView | None:
     )
 
 
+def taken_over_at(step: TaskRun) -> int | None:
+    """The seq of the later step of its execution that took over ``step``'s children when
+    it was redriven (``engine.redrive``), or None while they are its own."""
+    return (
+        TaskRun.objects.filter(execution_id=step.execution_id, waiting__took_over=step.pk)
+        .values_list("seq", flat=True)
+        .first()
+    )
+
+
 def _children_views(steps: list[TaskRun]) -> dict[int, ChildrenView]:
     """Each control step's children view: one query for the branches and sub-flows of all."""
     views = {}
+    took_over = {
+        s.waiting["took_over"]: s.seq
+        for s in steps
+        if isinstance(s.waiting, dict) and s.waiting.get("took_over")
+    }
     for step in steps:
         counts = children_counts(step)
         if counts is not None:
+            counts.taken_over_at = took_over.get(step.id)
             views[step.id] = counts
     few = [step_id for step_id, view in views.items() if not view.is_map]
     if few:

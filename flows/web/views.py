@@ -468,9 +468,11 @@ def execution_children(request: HttpRequest, execution_id: uuid.UUID, seq: int) 
     for child in page:
         child.item_preview = json.dumps(child.item, ensure_ascii=False)  # type: ignore[attr-defined]
     presenters.mark_waiting_for_signal(list(page))
+    moved = None if page.object_list or status else presenters.taken_over_at(step)
     context = {
         "execution": execution,
         "step": step,
+        "taken_over_at": moved,
         "counts": presenters.children_counts(step),
         "page": page,
         "status": status,
