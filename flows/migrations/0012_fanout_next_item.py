@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('flows', '0009_child_executions'),
+        ("flows", "0011_execution_indexes"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='fanout',
-            name='next_item',
+            model_name="fanout",
+            name="next_item",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
     ]
