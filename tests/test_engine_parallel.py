@@ -292,3 +292,42 @@ def test_branches_claimed_together_by_one_worker_each_run_their_own_tasks() -> N
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
     result = execution.steps.get(task_name="both").result
     assert (result["a"]["message"], result["b"]["message"]) == ("a", "b")
+
+
+class WorkerKilled(BaseException):
+    """Stands for a kill -9: nothing the worker would do after it is done (the dispatcher
+    catches Exception, not this)."""
+
+
+def test_a_map_whose_worker_died_while_joining_joins_the_same_children_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    execution = start_execution(
+        flow_doc([mapped("each", "${input.items}", [task("say", "print", message="${item}")])]),
+        input={"items": ["a", "b", "c"]},
+    )
+
+    def killed(*args: Any) -> None:
+        raise WorkerKilled
+
+    monkeypatch.setattr(engine.step.fanin, "join", killed)
+    with pytest.raises(WorkerKilled):
+        run_to_end(execution.id)
+    monkeypatch.undo()
+    joining = TaskRun.objects.get(execution=execution, task_name="each")
+    assert joining.status == TaskRunStatus.RUNNING  # claimed for the join when the worker died
+    children = [c.id for c in children_of(execution, "each")]
+    runs = TaskRun.objects.filter(execution__parent_step=joining).count()
+    TaskRun.objects.filter(pk=joining.pk).update(lease_expires_at=joining.started_at)
+
+    assert engine.reap()["lost"] == 1
+    execution = run_to_end(execution.id)
+
+    assert execution.status == ExecutionStatus.COMPLETED, execution.error
+    # The same step joined the same children: none ran again, no new attempt was opened.
+    assert ran(execution) == [("each", TaskRunStatus.SUCCESS)]
+    assert [c.id for c in children_of(execution, "each")] == children
+    assert TaskRun.objects.filter(execution__parent_step=joining).count() == runs
+    result = execution.steps.get(task_name="each").result
+    assert [r["message"] for r in result["results"]] == ["a", "b", "c"]
+    assert "worker" in execution.events.filter(level="WARNING").first().message

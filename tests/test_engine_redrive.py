@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flows import services
+from flows import engine, services
 from flows.models import Execution, ExecutionStatus, FanOut, TaskRun
 from tests.controls import (
     CANCELLED,
@@ -559,3 +559,37 @@ def test_redrive_is_refused_while_a_child_of_the_tree_is_still_ending() -> None:
     with pytest.raises(services.Conflict, match="1 of its child executions have not ended"):
         services.execution_redrive(execution_id=failed.id)
     assert (refresh(failed).status, refresh(failed).redrive_count) == ("FAILED", 0)
+
+
+class WorkerKilled(BaseException):
+    """Stands for a kill -9 (the dispatcher catches Exception, not this)."""
+
+
+def test_a_redrive_whose_worker_died_before_taking_over_still_runs_only_the_failed_items(
+    monkeypatch: pytest.MonkeyPatch, tally: Tally
+) -> None:
+    tally.fail(1)
+    failed = run_flow(flow_doc([counting_map(tally, [0, 1, 2], max_concurrency=1)]))
+    assert failed.status == ExecutionStatus.FAILED
+    first = [c.id for c in children_of(failed, "each")]
+    tally.fail()
+    services.execution_redrive(execution_id=failed.id)
+
+    def killed(*args: Any) -> None:
+        raise WorkerKilled
+
+    monkeypatch.setattr(engine.step.redrive, "resume", killed)
+    with pytest.raises(WorkerKilled):
+        run_to_end(failed.id)
+    monkeypatch.undo()
+    lost = failed.steps.get(task_name="each", status="RUNNING")
+    TaskRun.objects.filter(pk=lost.pk).update(lease_expires_at=lost.started_at)
+
+    assert engine.reap()["lost"] == 1
+    execution = run_to_end(failed.id)
+
+    assert execution.status == ExecutionStatus.COMPLETED, execution.error
+    assert ran(execution) == [("each", FAIL), ("each", "LOST"), ("each", OK)]
+    # The reaper's new attempt took the same children over: only item 1 ran again.
+    assert tally.runs() == Counter({"0": 1, "1": 2, "2": 1})
+    assert [c.id for c in children_of(execution, "each")] == first

@@ -15,7 +15,9 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from flows.engine.fanout import WAITING_FOR_CHILDREN
 from flows.engine.record import end_execution
+from flows.engine.redrive import RESUME
 from flows.engine.wakeup import wake
 from flows.models import (
     ACTIVE_STATUSES,
@@ -30,33 +32,52 @@ logger = logging.getLogger("flows.engine")
 
 
 def run_again(step: TaskRun, *, why: str, event: str, now: datetime, **held: Any) -> bool:
-    """Mark a RUNNING step LOST and queue a new attempt of the same task.
+    """Mark a RUNNING step LOST and queue a new attempt of the same task (a control step
+    lost while joining its children goes back to PENDING instead, to join them again).
 
     ``held`` narrows the RUNNING row that may be taken (an expired lease, or this worker's
     own claim). False when the step was not in that state any more. A cancel or pause asked
     for meanwhile is honoured instead of queueing.
     """
+    kind = (step.waiting or {}).get("kind")
     with transaction.atomic():
         execution = Execution.objects.select_for_update().filter(pk=step.execution_id).first()
         if execution is None:
             return False
-        taken = TaskRun.objects.filter(pk=step.pk, status=TaskRunStatus.RUNNING, **held).update(
-            status=TaskRunStatus.LOST, ended_at=now, lease_expires_at=None, error=why
-        )
+        running = TaskRun.objects.filter(pk=step.pk, status=TaskRunStatus.RUNNING, **held)
+        if kind == WAITING_FOR_CHILDREN and not execution.cancel_requested:
+            # A control step lost while it joined its children: they have ended and are
+            # still its own, so the same step joins them again (a new attempt would start
+            # every child afresh). It was waiting on this row already; it waits there again.
+            taken = running.update(
+                status=TaskRunStatus.PENDING,
+                worker="",
+                lease_expires_at=None,
+                woken_at=now,
+                not_before=None,
+            )
+        else:
+            taken = running.update(
+                status=TaskRunStatus.LOST, ended_at=now, lease_expires_at=None, error=why
+            )
         if taken != 1:
             return False
         if execution.cancel_requested:
             end_execution(execution, ExecutionStatus.CANCELLED, "cancelled by request", now)
             return True
-        TaskRun.objects.create(
-            execution_id=step.execution_id,
-            seq=step.seq + 1,
-            task_name=step.task_name,
-            task_type=step.task_type,
-            parameters=step.parameters,
-            attempt=step.attempt + 1,
-            woken_at=now,
-        )
+        if kind != WAITING_FOR_CHILDREN:
+            TaskRun.objects.create(
+                execution_id=step.execution_id,
+                seq=step.seq + 1,
+                task_name=step.task_name,
+                task_type=step.task_type,
+                parameters=step.parameters,
+                attempt=step.attempt + 1,
+                woken_at=now,
+                # A redrive's step lost before it took its earlier attempt's children over:
+                # the new attempt takes them over instead (else it would start afresh).
+                waiting=step.waiting if kind == RESUME else None,
+            )
         ExecutionEvent.objects.create(
             execution_id=step.execution_id,
             task_run_id=step.pk,
