@@ -671,3 +671,52 @@ def test_rows_with_their_keys_set_are_inserted_as_given(version, count):
 def test_rows_of_a_model_without_an_auto_key_need_their_keys(version):
     with pytest.raises(rules.SqlRuleError, match=r"set Execution\.id first"):
         writes.insert_rows(Execution, [Execution(id=None, flow=version.flow, flow_version=version)])
+
+
+def test_copies_of_a_template_get_each_its_item_position_key_and_start(version, new_execution):
+    # A map's children: made by the server on PostgreSQL, from instances on SQLite.
+    parent = new_execution()
+    template = Execution(
+        flow=version.flow,
+        flow_version=version,
+        status="CREATED",
+        input={"text": TRICKY_TEXT, "none": None},
+        scope=["each", ""],
+        error=SQL_LOOKALIKE,
+        deadline_at=NOW,
+        created_at=NOW,
+        current_task="first",
+        root=parent,
+        trigger="parent",
+    )
+    items = [{"n": 1, "k": None}, SQL_LOOKALIKE, None, [1, 2.5, True], TRICKY_TEXT]
+
+    keys = writes.insert_copies(
+        Execution,
+        template,
+        items,
+        vary="item",
+        index="item_index",
+        base=10,
+        started={"status": "QUEUED", "queued_at": NOW + timedelta(seconds=1)},
+        bound=12,
+    )
+
+    rows = list(Execution.objects.filter(root=parent).order_by("item_index"))
+    assert [r.item_index for r in rows] == [10, 11, 12, 13, 14]
+    assert [r.item for r in rows] == items
+    assert keys == [rows[0].id, rows[1].id]
+    assert len({r.id for r in rows}) == 5 and template.id not in {r.id for r in rows}
+    assert [(r.status, r.queued_at) for r in rows] == [
+        ("QUEUED", NOW + timedelta(seconds=1)),
+        ("QUEUED", NOW + timedelta(seconds=1)),
+    ] + [("CREATED", None)] * 3
+    for row in rows:
+        assert row.input == {"text": TRICKY_TEXT, "none": None}
+        assert (row.scope, row.error, row.current_task, row.trigger) == (
+            ["each", ""], SQL_LOOKALIKE, "first", "parent",
+        )  # fmt: skip
+        assert (row.deadline_at, row.flow_version_id) == (NOW, version.pk)
+        assert row.created_at is not None  # auto_now_add, as the ORM's insert sets it
+    # An item that is JSON null is stored as SQL NULL, as the ORM stores None.
+    assert Execution.objects.filter(root=parent, item__isnull=True).count() == 1

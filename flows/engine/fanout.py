@@ -249,18 +249,34 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
     # In chunks, so a map of many items never holds all its children's rows at once.
     woken = 0
     for offset in range(0, plan.total, CREATE_CHUNK):
-        chunk = [child(i) for i in range(offset, min(plan.total, offset + CREATE_CHUNK))]
-        writes.insert_rows(Execution, chunk)
-        starting = [c for c in chunk if c.status == ExecutionStatus.QUEUED]
+        end = min(plan.total, offset + CREATE_CHUNK)
+        if plan.kind == MAP:
+            # Copies of one template row, one per item (made by the server on PostgreSQL).
+            template = child(0)  # as an item not started yet
+            template.status, template.queued_at = ExecutionStatus.CREATED, None
+            starting = writes.insert_copies(
+                Execution,
+                template,
+                plan.items[offset:end],
+                vary="item",
+                index="item_index",
+                base=offset,
+                started={"status": ExecutionStatus.QUEUED, "queued_at": now},
+                bound=first,
+            )
+        else:
+            chunk = [child(i) for i in range(offset, end)]
+            writes.insert_rows(Execution, chunk)
+            starting = [c.id for c in chunk if c.status == ExecutionStatus.QUEUED]
         steps = [
-            first_step(c.id, starts[c.item_index if plan.kind == PARALLEL else 0], now)
-            for c in starting
+            first_step(eid, starts[n + offset if plan.kind == PARALLEL else 0], now)
+            for n, eid in enumerate(starting)
         ]
         writes.insert_rows(TaskRun, steps, after_commit=True)
         # One message per worker process is enough: each dispatcher that gets one claims
         # every ready step it has room for.
-        for c in starting[: max(0, max(1, Conf.WORKERS) - woken)]:
-            wake(c.id)
+        for eid in starting[: max(0, max(1, Conf.WORKERS) - woken)]:
+            wake(eid)
             woken += 1
     logger.info(
         "execution=%s step=%s %s: %d children, %d started",

@@ -199,3 +199,68 @@ def insert_rows_document(objs: Sequence[Model], fields: tuple[Field, ...]) -> st
             row[column] = None if value is None else convert(value)
         out.append(row)
     return document(out)
+
+
+@functools.lru_cache(maxsize=16)
+def copies_sql(
+    db: BaseDatabaseWrapper,
+    model: type[Model],
+    vary: str,
+    index: str,
+    started: tuple[str, ...],
+) -> tuple[str, tuple[Field, ...]]:
+    """``INSERT`` of one copy of a template row per element of a JSON array, the rows made by
+    the server: a new UUID key, the element in ``vary``, its position plus an offset in
+    ``index``, the template's values in the other fields, and below a bound position the
+    values of ``started`` instead. It returns each copy's key and position.
+
+    Parameters: JSON ``null``, then four documents: the template (``c<i>`` for each of the
+    fields returned, the values of a copy not started), the started values (``s<i>``, in
+    ``started``'s order), ``{"base", "bound"}`` (the first element's position; where started
+    ends), the array."""
+    meta, quote = model._meta, db.ops.quote_name
+    pk = meta.pk
+    template = tuple(f for f in meta.concrete_fields if f.name not in (pk.name, vary, index))
+    position = "(p.base + i.n - 1)"
+    pick = {f.name: f"t.c{i}" for i, f in enumerate(template)}
+    for i, name in enumerate(started):
+        pick[name] = f"CASE WHEN {position} < p.bound THEN s.s{i} ELSE {pick[name]} END"
+    # An element that is JSON null goes in as SQL NULL, as the ORM stores None.
+    pick.update({pk.name: "gen_random_uuid()", vary: "NULLIF(i.value, %s::jsonb)", index: position})
+    fields = tuple(meta.concrete_fields)
+    tcols = [(f"c{i}", column_type(db, f)) for i, f in enumerate(template)]
+    scols = [(f"s{i}", column_type(db, meta.get_field(n))) for i, n in enumerate(started)]
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} "  # noqa: S608 - identifiers from the model
+        f"({', '.join(quote(f.column) for f in fields)}) "
+        f"SELECT {', '.join(pick[f.name] for f in fields)} "
+        f"FROM jsonb_to_record(%s::jsonb) AS t({_record(db, tcols)}), "
+        f"jsonb_to_record(%s::jsonb) AS s({_record(db, scols)}), "
+        "jsonb_to_record(%s::jsonb) AS p(base integer, bound integer), "
+        "jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS i(value, n) ORDER BY i.n "
+        f"RETURNING {quote(pk.column)}, {quote(meta.get_field(index).column)}"
+    )
+    return sql, template
+
+
+def row_document(fields: tuple[Field, ...], obj: Model) -> str:
+    """One instance's values of ``fields`` as a JSON object (``c<i>``), as ``pre_save``
+    gives them."""
+    row: dict[str, Any] = {}
+    for column, read, convert in _readers(fields):
+        value = read(obj)
+        row[column] = None if value is None else convert(value)
+    return json.dumps(row, allow_nan=False, separators=(",", ":"))
+
+
+def values_document(model: type[Model], values: dict[str, Any]) -> str:
+    """Field values as a JSON object (``s<i>``, in ``values``' order)."""
+    meta = model._meta
+    return json.dumps(
+        {
+            f"s{i}": None if value is None else converter(meta.get_field(name))(value)
+            for i, (name, value) in enumerate(values.items())
+        },
+        allow_nan=False,
+        separators=(",", ":"),
+    )

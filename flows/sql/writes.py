@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -409,6 +411,58 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
             lean.deferred.append((sql, params, then))  # type: ignore[union-attr]
         else:
             then(_execute(db, sql, params)[0])
+
+
+def insert_copies(
+    model: type[Model],
+    template: Model,
+    values: Sequence[Any],
+    *,
+    vary: str,
+    index: str,
+    base: int,
+    started: Mapping[str, Any],
+    bound: int,
+) -> list[Any]:
+    """``INSERT`` a copy of ``template`` (unsaved; its UUID key is not used) for each of
+    ``values``: each with a new UUID key, its value in the JSON field ``vary``, its position
+    plus ``base`` in ``index``, and, where that position is below ``bound``, the values of
+    ``started`` (field -> value). Returns the keys of those below ``bound``, in order.
+
+    A map's children: on PostgreSQL one statement, the rows made by the server from the
+    template and the items (``jsonrows.copies_sql``): no instance, no value bound per row.
+    """
+    db = _db()
+    meta = model._meta
+    if meta.pk.get_internal_type() != "UUIDField" or meta.get_field(vary).get_internal_type() != (
+        "JSONField"
+    ):
+        raise rules.SqlRuleError("insert_copies: a UUID key and a JSON field to vary")
+    if not values:
+        return []
+    if db.vendor != "postgresql":
+        copies = []
+        for n, value in enumerate(values):
+            copy = model(**{f.attname: getattr(template, f.attname) for f in meta.concrete_fields})
+            setattr(copy, meta.pk.attname, uuid.uuid4())
+            setattr(copy, vary, value)
+            setattr(copy, index, base + n)
+            if base + n < bound:
+                for name, started_value in started.items():
+                    setattr(copy, name, started_value)
+            copies.append(copy)
+        insert_rows(model, copies)
+        return [getattr(c, meta.pk.attname) for c in copies if getattr(c, index) < bound]
+    sql, fields = jsonrows.copies_sql(db, model, vary, index, tuple(started))
+    params = [
+        "null",
+        jsonrows.row_document(fields, template),
+        jsonrows.values_document(model, dict(started)),
+        json.dumps({"base": base, "bound": bound}),
+        jsonrows.document(values),
+    ]
+    rows, _ = _execute(db, sql, params)
+    return [key for key, position in sorted(rows, key=lambda row: row[1]) if position < bound]
 
 
 def lock_rows(model: type[Model], keys: Sequence[Any]) -> None:
