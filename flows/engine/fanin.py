@@ -10,7 +10,6 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import F
-from django_q.conf import Conf
 
 from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, parse_flow
 from flows.engine.fanout import WAITING_FOR_CHILDREN, first_step, registry, waiting_outcome
@@ -135,34 +134,27 @@ def _start_next(
         return []
     body = definition if definition is not None else _body_of(child)
     start = body.task(body.start_task)
-    # With other worker processes about, this one keeps half of the items it starts and
-    # leaves the others to them (queued and woken): else whichever claimed a map's first
-    # items would run every item to the end while the others idle.
-    if adopt is None:
-        kept: set[uuid.UUID] = set()
-    else:
-        kept = set(ids if Conf.WORKERS <= 1 else ids[: len(ids) // 2])
-    rows = {
-        eid: {"status": ExecutionStatus.RUNNING, "queued_at": now, "started_at": now}
-        if eid in kept
-        else {"status": ExecutionStatus.QUEUED, "queued_at": now, "started_at": None}
-        for eid in ids
-    }
+    status = ExecutionStatus.QUEUED if adopt is None else ExecutionStatus.RUNNING
     moved_rows = writes.update_rows(
-        Execution, rows, status=ExecutionStatus.CREATED, returning=["status"]
-    )
+        Execution,
+        {eid: {"status": status, "queued_at": now, "started_at": now if adopt else None}
+         for eid in ids},
+        status=ExecutionStatus.CREATED,
+        returning=["status"],
+    )  # fmt: skip
     # Only those still CREATED start: a cancel may have ended some meanwhile.
     ids = [row[0] for row in moved_rows]  # type: ignore[union-attr]
     steps = [first_step(eid, start, now) for eid in ids]
-    own = [step for step in steps if step.execution_id in kept]
-    for step in own:
-        step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, adopt.me, now  # type: ignore[union-attr]
-        step.lease_expires_at, step.woken_at = now + adopt.lease, None  # type: ignore[union-attr]
-    # The dispatcher launches its own once this commits; their keys come back with the COMMIT.
+    if adopt is None:
+        writes.insert_rows(TaskRun, steps, after_commit=True)
+        return ids
+    for step in steps:
+        step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, adopt.me, now
+        step.lease_expires_at, step.woken_at = now + adopt.lease, None
+    # The dispatcher launches them once this commits; their keys come back with the COMMIT.
     writes.insert_rows(TaskRun, steps, after_commit=True)
-    if adopt is not None:
-        adopt.steps += own
-    return [eid for eid in ids if eid not in kept]
+    adopt.steps += steps
+    return []
 
 
 def _start_again(fan: FanOut, count: int, now: datetime) -> list[uuid.UUID]:
