@@ -31,6 +31,7 @@ from tests.factories import (
     failing,
     flow_doc,
     run_flow,
+    run_to_end,
     start_execution,
     task,
 )
@@ -268,3 +269,27 @@ def retry_now_due(execution: Execution) -> None:
     TaskRun.objects.filter(execution=execution, status=TaskRunStatus.PENDING).update(
         not_before=timezone.now() - timedelta(seconds=1)
     )
+
+
+class WorkerKilled(BaseException):
+    """Stands for a kill -9: the dispatcher catches Exception, not this, so the worker does
+    nothing more."""
+
+
+def worker_dies_in(
+    monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, execution_id: Any
+) -> TaskRun:
+    """Run an execution inline until it calls ``owner.name``, where its worker dies: the step
+    it held stays RUNNING, and its lease is made to have expired, as the reaper will find it.
+    Returns that step."""
+
+    def killed(*args: Any) -> None:
+        raise WorkerKilled
+
+    with monkeypatch.context() as patched:
+        patched.setattr(owner, name, killed)
+        with pytest.raises(WorkerKilled):
+            run_to_end(execution_id)
+    step = TaskRun.objects.get(execution_id=execution_id, status=TaskRunStatus.RUNNING)
+    TaskRun.objects.filter(pk=step.pk).update(lease_expires_at=step.started_at)
+    return step

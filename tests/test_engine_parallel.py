@@ -9,6 +9,7 @@ import pytest
 
 from flows import engine, services
 from flows.models import Execution, ExecutionStatus, FanOut, TaskRun, TaskRunStatus
+from tests.controls import worker_dies_in
 from tests.factories import (
     children_of,
     cond,
@@ -294,11 +295,6 @@ def test_branches_claimed_together_by_one_worker_each_run_their_own_tasks() -> N
     assert (result["a"]["message"], result["b"]["message"]) == ("a", "b")
 
 
-class WorkerKilled(BaseException):
-    """Stands for a kill -9: nothing the worker would do after it is done (the dispatcher
-    catches Exception, not this)."""
-
-
 def test_a_map_whose_worker_died_while_joining_joins_the_same_children_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -307,18 +303,10 @@ def test_a_map_whose_worker_died_while_joining_joins_the_same_children_again(
         input={"items": ["a", "b", "c"]},
     )
 
-    def killed(*args: Any) -> None:
-        raise WorkerKilled
-
-    monkeypatch.setattr(engine.step.fanin, "join", killed)
-    with pytest.raises(WorkerKilled):
-        run_to_end(execution.id)
-    monkeypatch.undo()
-    joining = TaskRun.objects.get(execution=execution, task_name="each")
-    assert joining.status == TaskRunStatus.RUNNING  # claimed for the join when the worker died
+    joining = worker_dies_in(monkeypatch, engine.step.fanin, "join", execution.id)
+    assert joining.task_name == "each"  # claimed for the join when the worker died
     children = [c.id for c in children_of(execution, "each")]
     runs = TaskRun.objects.filter(execution__parent_step=joining).count()
-    TaskRun.objects.filter(pk=joining.pk).update(lease_expires_at=joining.started_at)
 
     assert engine.reap()["lost"] == 1
     execution = run_to_end(execution.id)

@@ -27,6 +27,7 @@ from tests.controls import (
     log_of,
     refresh,
     retrying,
+    worker_dies_in,
 )
 from tests.factories import (
     children_of,
@@ -561,10 +562,6 @@ def test_redrive_is_refused_while_a_child_of_the_tree_is_still_ending() -> None:
     assert (refresh(failed).status, refresh(failed).redrive_count) == ("FAILED", 0)
 
 
-class WorkerKilled(BaseException):
-    """Stands for a kill -9 (the dispatcher catches Exception, not this)."""
-
-
 def test_a_redrive_whose_worker_died_before_taking_over_still_runs_only_the_failed_items(
     monkeypatch: pytest.MonkeyPatch, tally: Tally
 ) -> None:
@@ -575,15 +572,8 @@ def test_a_redrive_whose_worker_died_before_taking_over_still_runs_only_the_fail
     tally.fail()
     services.execution_redrive(execution_id=failed.id)
 
-    def killed(*args: Any) -> None:
-        raise WorkerKilled
-
-    monkeypatch.setattr(engine.step.redrive, "resume", killed)
-    with pytest.raises(WorkerKilled):
-        run_to_end(failed.id)
-    monkeypatch.undo()
-    lost = failed.steps.get(task_name="each", status="RUNNING")
-    TaskRun.objects.filter(pk=lost.pk).update(lease_expires_at=lost.started_at)
+    lost = worker_dies_in(monkeypatch, engine.step.redrive, "resume", failed.id)
+    assert lost.task_name == "each"
 
     assert engine.reap()["lost"] == 1
     execution = run_to_end(failed.id)
