@@ -310,6 +310,10 @@ def test_after_a_redrive_step_lists_the_children_under_the_attempt_that_took_the
     assert {k: steps[1]["children"][k] for k in ("total", "started", "done", "failed")} == {
         "total": 3, "started": 2, "done": 2, "failed": 1,
     }  # fmt: skip
+    # The first attempt's block says which step holds its children now, and lists them there.
+    assert steps[0]["children"]["taken_over_by"] == again.seq
+    assert steps[0]["children"]["url"].endswith(f"?step={again.id}")
+    assert steps[1]["children"]["taken_over_by"] is None
 
 
 @pytest.mark.parametrize(("query", "field"), [("parent=nope", "parent"), ("step=x", "step")])

@@ -225,7 +225,15 @@ class ChildrenSerializer(serializers.Serializer):
     )
     done = serializers.IntegerField(help_text="Children that ended, failed ones included.")
     failed = serializers.IntegerField()
-    url = serializers.CharField(help_text="The API list of these children, in item order.")
+    url = serializers.CharField(
+        help_text="The API list of these children, in item order (under the step that holds "
+        "them now)."
+    )
+    taken_over_by = serializers.IntegerField(
+        allow_null=True,
+        help_text="The seq of the later step (a redrive's) that took these children over and "
+        "lists them now; null while they are this step's.",
+    )
 
 
 def children_of(step: TaskRun) -> dict[str, Any] | None:
@@ -233,13 +241,25 @@ def children_of(step: TaskRun) -> dict[str, Any] | None:
     fanout = fanout_of(step)
     if fanout is None:
         return None
+    # A redrive's later step takes the children over (engine.redrive): they are listed there.
+    # Its execution's steps: prefetched with the detail (for_api_detail), no query.
+    later = next(
+        (
+            (s.pk, s.seq)
+            for s in step.execution.steps.all()
+            if isinstance(s.waiting, dict) and s.waiting.get("took_over") == step.pk
+        ),
+        None,
+    )
+    holder = later[0] if later else step.pk
     return {
         "kind": fanout.kind,
         "total": fanout.total,
         "started": fanout.started,
         "done": fanout.done,
         "failed": fanout.failed,
-        "url": f"{reverse('execution-list')}?step={step.pk}",
+        "url": f"{reverse('execution-list')}?step={holder}",
+        "taken_over_by": later[1] if later else None,
     }
 
 
