@@ -190,15 +190,16 @@ def insert_sql(
 def insert_rows_document(objs: Sequence[Model], fields: tuple[Field, ...]) -> str:
     """The document ``insert_sql`` reads: each instance's values as ``pre_save`` gives them
     (``auto_now_add`` times set on the instance, as the ORM's insert does)."""
-    readers = _readers(fields)
-    out = []
-    for n, obj in enumerate(objs):
-        row: dict[str, Any] = {"n": n}
-        for column, read, convert in readers:
-            value = read(obj)
-            row[column] = None if value is None else convert(value)
-        out.append(row)
-    return document(out)
+    return document({"n": n, **_row(fields, obj)} for n, obj in enumerate(objs))
+
+
+def _row(fields: tuple[Field, ...], obj: Model) -> dict[str, Any]:
+    """One instance's values of ``fields`` (``c<i>``), as ``pre_save`` gives them."""
+    row: dict[str, Any] = {}
+    for column, read, convert in _readers(fields):
+        value = read(obj)
+        row[column] = None if value is None else convert(value)
+    return row
 
 
 @functools.lru_cache(maxsize=16)
@@ -246,11 +247,7 @@ def copies_sql(
 def row_document(fields: tuple[Field, ...], obj: Model) -> str:
     """One instance's values of ``fields`` as a JSON object (``c<i>``), as ``pre_save``
     gives them."""
-    row: dict[str, Any] = {}
-    for column, read, convert in _readers(fields):
-        value = read(obj)
-        row[column] = None if value is None else convert(value)
-    return json.dumps(row, allow_nan=False, separators=(",", ":"))
+    return json.dumps(_row(fields, obj), allow_nan=False, separators=(",", ":"))
 
 
 def values_document(model: type[Model], values: dict[str, Any]) -> str:
