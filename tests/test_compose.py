@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import socket
 from pathlib import Path
@@ -124,7 +125,11 @@ def test_worker_health_passes_when_this_hosts_cluster_is_alive(
     clusters: list[Any], status: str
 ) -> None:
     clusters.append(cluster(status))
-    call_command("worker_health", verbosity=0)
+    out = io.StringIO()
+
+    call_command("worker_health", stdout=out)
+
+    assert out.getvalue().strip() == f"1 live cluster(s) on {socket.gethostname()}: c1 {status}"
 
 
 @pytest.mark.parametrize(

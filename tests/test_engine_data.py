@@ -156,7 +156,13 @@ def test_a_malformed_reference_is_refused_at_the_parameter_path() -> None:
 
 
 def test_a_reference_where_the_schema_wants_a_number_is_accepted_until_run_time() -> None:
-    services.validate_flow(flow_doc([task("pause", "wait", seconds="${input.seconds}")]))
+    document = flow_doc([task("pause", "wait", seconds="${input.seconds}")])
+    services.validate_flow(document)
+
+    execution = run_flow(document, input={"seconds": 0})
+
+    assert execution.status == "COMPLETED"
+    assert execution.steps.get(task_name="pause").result["waited_seconds"] == 0
 
 
 def test_a_reference_unresolvable_at_run_time_fails_its_step_with_a_clear_error() -> None:

@@ -582,9 +582,22 @@ def test_a_statement_with_a_value_formatted_in_is_refused(sql, params, fragment)
         rules.check_statement(sql, params, "sqlite")
 
 
-def test_a_quote_inside_a_quoted_identifier_is_not_taken_for_a_literal():
-    rules.check_statement('UPDATE "t" SET "a" = %s WHERE "i""d" = %s', [1, 2], "postgresql")
-    rules.check_statement('SELECT "x" FROM "t" WHERE "y" = %s', ["it's"], "sqlite")
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        ('UPDATE "t" SET "a" = %s WHERE "i""d" = %s', [1, 2]),
+        ('SELECT "x" FROM "t" WHERE "y" = %s', ["it's"]),
+        ('SELECT "it\'s" FROM "t" WHERE "y" = %s', [1]),
+    ],
+    ids=["doubled-quote", "quote-in-a-value", "quote-in-an-identifier"],
+)
+def test_a_quote_inside_a_quoted_identifier_or_a_value_is_not_taken_for_a_literal(sql, params):
+    # Each passes, while the same statement with a literal in its text is refused: the rule
+    # tells the two apart rather than refusing every quote.
+    for vendor in ("sqlite", "postgresql"):
+        assert rules.check_statement(sql, params, vendor) is None
+    with pytest.raises(rules.SqlRuleError, match="string literal"):
+        rules.check_statement(sql.replace('"t"', "\"t\" WHERE 'x'"), params, "sqlite")
 
 
 def test_hand_written_sql_is_refused_on_other_databases():

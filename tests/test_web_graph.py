@@ -78,8 +78,19 @@ def test_the_svg_marks_start_end_and_the_two_kinds_of_edge(client, alice):
     assert 'marker-end="url(#arrow-failure)"' in svg
 
 
-@pytest.mark.parametrize(
-    "document", [{}, {"tasks": "nope"}, {"tasks": [{"name": "a"}], "conditions": [1]}]
-)
-def test_a_malformed_document_still_draws(document):
-    compute_layout(definition_for_drawing(document))
+@pytest.mark.parametrize("document", [{}, {"tasks": "nope"}])
+def test_a_document_without_tasks_draws_an_empty_graph(document):
+    layout = compute_layout(definition_for_drawing(document))
+
+    assert (layout.nodes, layout.edges) == ((), ())
+
+
+def test_a_malformed_condition_is_left_out_and_its_task_still_drawn():
+    layout = compute_layout(definition_for_drawing({"tasks": [{"name": "a"}], "conditions": [1]}))
+
+    assert [node.key for node in layout.nodes] == [START_KEY, "a", END_KEY]
+    # No usable condition: "a" goes on to the end on success, as the routing rules say.
+    assert [(e.source, e.target, e.kind) for e in layout.edges] == [
+        (START_KEY, "a", "start"),
+        ("a", END_KEY, "success"),
+    ]
