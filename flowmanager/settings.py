@@ -171,7 +171,7 @@ REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes DRF answer anonymous requests with 401.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # DRF's TokenAuthentication with its query built once per process (flows/sql/reads)
-        "flows.sql.reads.PrebuiltTokenAuthentication",
+        "flows.api.authentication.PrebuiltTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -17,8 +17,9 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from flows.models import Execution, ExecutionStatus, Flow, FlowSchedule, FlowVersion
+from flows.models import Execution, ExecutionStatus, Flow, FlowSchedule, FlowVersion, TaskRun
 from flows.services.errors import NotFound, ServiceError
+from flows.sql import reads
 
 
 def execution_get(execution_id: Any, *, with_flow: bool = True) -> Execution:
@@ -36,6 +37,29 @@ def execution_get(execution_id: Any, *, with_flow: bool = True) -> Execution:
     if execution is None:
         raise NotFound(f"no execution with id '{key}'")
     return execution
+
+
+def execution_for_status(execution_id: Any) -> Execution:
+    """The execution that ``GET /flow/{id}/status`` shows, with its flow's name and version
+    number, or NotFound: one prebuilt query (clients poll it; ``flows.sql.reads``)."""
+    try:
+        key = uuid.UUID(str(execution_id))
+    except (ValueError, TypeError, AttributeError):
+        raise NotFound(f"no execution with id '{execution_id}' (ids are UUIDs)") from None
+    execution = reads.execution_for_status(key)
+    if execution is None:
+        raise NotFound(f"no execution with id '{key}'")
+    return execution
+
+
+def steps_for_status(execution: Execution) -> list[TaskRun]:
+    """The execution's steps in run order, with the columns the status document shows."""
+    return reads.steps_for_status(execution)
+
+
+def user_for_token(key: str) -> Any | None:
+    """The user whose API token is ``key`` (active or not), or None: one prebuilt query."""
+    return reads.user_for_token(key)
 
 
 def flow_get(flow_id: Any) -> Flow:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from flows.definition import CONTROL_TYPES
-from flows.engine.redrive import RESUME
 from flows.models import FanOut, TaskRun, TaskRunStatus
+
+# A redriven control step's marker in ``TaskRun.waiting``: it is to take over the children of
+# an earlier attempt (written by ``flows.engine.redrive``).
+RESUME = "resume"
 
 
 def waiting_of(step: TaskRun) -> dict[str, Any] | None:

@@ -100,7 +100,7 @@ WRITE = (400, 401, 403, 413, 415)
 class TokenOrBearerScheme(OpenApiAuthenticationExtension):
     """The API token is taken as ``Token <key>`` or ``Bearer <key>``: two schemes, either one."""
 
-    target_class = "flows.sql.reads.PrebuiltTokenAuthentication"
+    target_class = "flows.api.authentication.PrebuiltTokenAuthentication"
     name = ["tokenAuth", "bearerAuth"]
 
     def get_security_requirement(self, auto_schema: Any) -> list[dict[str, list[Any]]]:

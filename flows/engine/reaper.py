@@ -17,7 +17,6 @@ from django.utils import timezone
 
 from flows.engine.fanout import WAITING_FOR_CHILDREN
 from flows.engine.record import end_execution
-from flows.engine.redrive import RESUME
 from flows.engine.wakeup import wake
 from flows.models import (
     ACTIVE_STATUSES,
@@ -27,6 +26,7 @@ from flows.models import (
     TaskRun,
     TaskRunStatus,
 )
+from flows.waiting import RESUME
 
 logger = logging.getLogger("flows.engine")
 

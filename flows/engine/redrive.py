@@ -53,11 +53,10 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.sql import writes
+from flows.waiting import RESUME
 
 logger = logging.getLogger("flows.engine")
 
-# A redriven control step's ``waiting`` before it runs: whose children it takes over.
-RESUME = "resume"
 CHUNK = fanout.CREATE_CHUNK
 
 

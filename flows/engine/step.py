@@ -31,6 +31,7 @@ from flows.engine.outcome import (
 from flows.engine.taskloop import TaskLoop, run_task
 from flows.models import Execution, TaskRun
 from flows.registry import TaskType
+from flows.waiting import RESUME
 from tasks.base_task import Results, TaskContext, TaskLogger
 
 logger = logging.getLogger("flows.engine")
@@ -95,7 +96,7 @@ def start(
         kind = (step.waiting or {}).get("kind")
         if kind == fanout.WAITING_FOR_CHILDREN:
             return fanin.join(execution, step)
-        if kind == redrive.RESUME:
+        if kind == RESUME:
             return redrive.resume(execution, definition, step, spec, results)
         return fanout.begin(execution, definition, step, spec, results)
     if isinstance(task_type, str):

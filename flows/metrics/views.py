@@ -18,8 +18,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from rest_framework.exceptions import AuthenticationFailed
 
+from flows.api.authentication import PrebuiltTokenAuthentication
 from flows.metrics.collector import FlowCollector
-from flows.sql.reads import PrebuiltTokenAuthentication
 
 
 def _authorized(request: HttpRequest) -> bool:

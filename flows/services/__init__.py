@@ -27,8 +27,10 @@ from flows.services.executions import (
     execution_create,
     execution_delete,
     execution_rerun,
+    execution_run_inline,
     execution_start,
     execution_submit,
+    executions_reap,
     flow_create_with_execution,
 )
 from flows.services.flows import (
@@ -68,10 +70,12 @@ __all__ = [
     "execution_redrive",
     "execution_rerun",
     "execution_resume",
+    "execution_run_inline",
     "execution_signal",
     "execution_start",
     "execution_submit",
     "executions_purge",
+    "executions_reap",
     "flow_create",
     "flow_create_with_execution",
     "flow_delete",

@@ -265,3 +265,16 @@ def flow_deadline(definition: FlowDefinition, now: Any) -> Any:
     if definition.timeout_seconds is None:
         return None
     return now + timedelta(seconds=definition.timeout_seconds)
+
+
+def execution_run_inline(*, execution_id: Any) -> Execution:
+    """Run a started execution (and its children) to its end in this process, waiting out
+    its delays here: ``manage.py runflow``, through the engine a worker uses."""
+    return engine.run_inline(execution_id)
+
+
+def executions_reap() -> dict[str, int]:
+    """One pass of the reaper (``manage.py reap``; a django-q2 schedule runs it every
+    minute): lost steps run again, executions past their timeout end, forgotten steps woken.
+    Returns how many of each (``lost``, ``timed_out``, ``woken``)."""
+    return engine.reap()

@@ -17,15 +17,12 @@ import uuid
 from functools import cache
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
-from rest_framework import exceptions
-from rest_framework.authentication import TokenAuthentication, get_authorization_header
-from rest_framework.authtoken.models import Token
 
 from flows.models import Execution, Flow, FlowVersion, TaskRun
-from flows.services import NotFound
 from flows.sql import rules
 
 
@@ -67,17 +64,13 @@ def _status_sql(vendor: str) -> tuple[str, str]:
     return execution, steps
 
 
-def execution_for_status(execution_id: Any) -> Execution:
-    """The execution with its flow's name and version number, or NotFound (one query)."""
-    try:
-        key = uuid.UUID(str(execution_id))
-    except (ValueError, TypeError, AttributeError):
-        raise NotFound(f"no execution with id '{execution_id}' (ids are UUIDs)") from None
+def execution_for_status(key: uuid.UUID) -> Execution | None:
+    """The execution with its flow's name and version number, or None (one query)."""
     sql, _ = _status_sql(connection.vendor)
     param = Execution._meta.pk.get_db_prep_value(key, connection)
     found = _raw(Execution, sql, [param])
     if not found:
-        raise NotFound(f"no execution with id '{key}'")
+        return None
     execution = found[0]
     execution.flow = Flow(id=execution.flow_id, name=execution.flow_name)
     execution.flow_version = FlowVersion(
@@ -96,6 +89,8 @@ def steps_for_status(execution: Execution) -> list[TaskRun]:
 @cache
 def _token_sql(vendor: str) -> str:
     user = get_user_model()
+    # DRF's token model, by its app label: this layer imports no DRF (tests/test_layers.py).
+    Token = apps.get_model("authtoken", "Token")
     return (
         f"SELECT u.* FROM {_q(user._meta.db_table)} u"
         f" JOIN {_q(Token._meta.db_table)} t"
@@ -104,36 +99,7 @@ def _token_sql(vendor: str) -> str:
     )
 
 
-class PrebuiltTokenAuthentication(TokenAuthentication):
-    """DRF's ``Authorization: Token <key>``, also taken as ``Authorization: Bearer <key>``
-    (what most HTTP clients and API gateways send), with the user looked up by prebuilt SQL.
-
-    Anonymous requests are still asked for ``Token`` in WWW-Authenticate (the seed's scheme).
-    """
-
-    SCHEMES = (b"token", b"bearer")
-
-    def authenticate(self, request: Any) -> tuple[Any, Token] | None:
-        header = get_authorization_header(request).split()
-        if not header or header[0].lower() not in self.SCHEMES:
-            return None
-        if len(header) != 2:
-            raise exceptions.AuthenticationFailed(
-                "Invalid token header: send 'Authorization: Token <key>' (or Bearer <key>)."
-            )
-        try:
-            key = header[1].decode()
-        except UnicodeError:
-            raise exceptions.AuthenticationFailed(
-                "Invalid token header. Token string should not contain invalid characters."
-            ) from None
-        return self.authenticate_credentials(key)
-
-    def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
-        found = _raw(get_user_model(), _token_sql(connection.vendor), [key])
-        if not found:
-            raise exceptions.AuthenticationFailed("Invalid token.")
-        user = found[0]
-        if not user.is_active:
-            raise exceptions.AuthenticationFailed("User inactive or deleted.")
-        return user, Token(key=key, user=user)
+def user_for_token(key: str) -> Any | None:
+    """The user whose API token is ``key`` (active or not), or None (one query)."""
+    found = _raw(get_user_model(), _token_sql(connection.vendor), [key])
+    return found[0] if found else None

@@ -31,7 +31,6 @@ from flows.api.seed.serializers import (
     HealthSerializer,
     status_document,
 )
-from flows.sql import reads
 
 logger = logging.getLogger("flows.api")
 
@@ -206,8 +205,8 @@ class FlowStatusView(APIView):
     )
     def get(self, request: Request, execution_id: str) -> Response:
         # Polled by clients: two queries built once per process (flows/sql/reads.py).
-        execution = reads.execution_for_status(execution_id)
-        return Response(status_document(execution, reads.steps_for_status(execution)))
+        execution = selectors.execution_for_status(execution_id)
+        return Response(status_document(execution, selectors.steps_for_status(execution)))
 
 
 class FlowDeleteView(APIView):

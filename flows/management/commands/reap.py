@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from flows import engine
+from flows import services
 
 
 class Command(BaseCommand):
@@ -12,7 +12,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        counts = engine.reap()
+        counts = services.executions_reap()
         self.stdout.write(
             f"lost steps re-queued: {counts['lost']}, executions past their timeout ended: "
             f"{counts['timed_out']}, pending steps woken: {counts['woken']}"

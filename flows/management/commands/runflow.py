@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django_q.conf import Conf
 
-from flows import engine, services
+from flows import services
 from flows.models import Execution, ExecutionStatus
 
 
@@ -73,7 +73,7 @@ class Command(BaseCommand):
         try:
             services.execution_start(execution_id=execution.id)
             # Steps a job left behind (a retry's delay, the step budget) run here too.
-            engine.run_inline(execution.id)
+            services.execution_run_inline(execution_id=execution.id)
         finally:
             Conf.SYNC = was_sync
         execution = Execution.objects.get(pk=execution.id)
