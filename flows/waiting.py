@@ -3,6 +3,7 @@ and the operator pages (no writes: the engine owns ``TaskRun.waiting`` and ``Fan
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from flows.definition import CONTROL_TYPES
@@ -48,3 +49,35 @@ def fanout_of(step: TaskRun) -> FanOut | None:
         return step.fanout
     except FanOut.DoesNotExist:
         return None  # not started yet, or it failed before fanning out
+
+
+def children_holders(steps: Iterable[TaskRun]) -> dict[int, TaskRun]:
+    """For each step whose children a later step took over, the step that holds them now.
+
+    A redriven control step's new attempt takes the earlier attempt's children over (its
+    ``waiting["took_over"]`` names that step, ``engine.redrive``); redriven again, the next
+    attempt takes them from it, and so on: each chain is followed to its end. ``steps`` are
+    the execution's steps (at least those that took children over).
+    """
+    took_over = {
+        s.waiting["took_over"]: s
+        for s in steps
+        if isinstance(s.waiting, dict) and isinstance(s.waiting.get("took_over"), int)
+    }
+    holders = {}
+    for start in took_over:
+        holder, seen = took_over[start], {start}
+        while holder.pk in took_over and holder.pk not in seen:  # `seen`: no cycle hangs it
+            seen.add(holder.pk)
+            holder = took_over[holder.pk]
+        holders[start] = holder
+    return holders
+
+
+def children_holder_of(step: TaskRun) -> TaskRun | None:
+    """The step that holds ``step``'s children now, after one redrive or several, or None
+    while they are its own (one query: its execution's steps that took children over)."""
+    redriven = TaskRun.objects.filter(
+        execution_id=step.execution_id, waiting__has_key="took_over"
+    ).only("id", "seq", "waiting")
+    return children_holders(redriven).get(step.pk)

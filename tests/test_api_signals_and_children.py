@@ -316,6 +316,34 @@ def test_after_a_redrive_step_lists_the_children_under_the_attempt_that_took_the
     assert steps[1]["children"]["taken_over_by"] is None
 
 
+def test_after_two_redrives_every_attempt_links_to_the_step_that_holds_the_children_now(
+    operator, make_user, client
+):
+    maybe = task("maybe", "fetch_data", failure_rate="${item}")
+    document = flow_doc([mapped("each", "${input.items}", [maybe], max_concurrency=1)])
+    execution = run_to_end(start_execution(document, input={"items": [0, 1, 0]}).id)
+    items = children_of(execution, "each")
+    for _ in range(2):  # item 1 fails every time
+        assert operator.post(f"/api/executions/{execution.id}/redrive/").status_code == 200
+        execution = run_to_end(execution.id)
+    first, _, third = execution.steps.order_by("seq")
+
+    steps = operator.get(f"/api/executions/{execution.id}/").json()["steps"]
+
+    # Both earlier attempts point past the second one, to the step that holds them now.
+    for view in steps[:2]:
+        assert view["children"]["taken_over_by"] == third.seq
+        assert view["children"]["url"].endswith(f"?step={third.id}")
+        listed = operator.get(view["children"]["url"]).json()["results"]
+        assert [r["id"] for r in listed] == [str(c.id) for c in items]
+    assert steps[2]["children"]["taken_over_by"] is None
+    # The page of the first attempt's children says where they are now.
+    client.force_login(make_user("page_operator", "operator"))
+    page = client.get(f"/executions/{execution.id}/steps/{first.seq}/children")
+    assert page.status_code == 200
+    assert page.context["taken_over_at"] == third.seq
+
+
 @pytest.mark.parametrize(("query", "field"), [("parent=nope", "parent"), ("step=x", "step")])
 def test_a_bad_parent_or_step_is_400_naming_it(operator, tree, query, field):
     errors = error_body(operator.get(f"/api/executions/?{query}"), 400)["errors"]

@@ -17,7 +17,7 @@ from flows import services
 from flows.definition import MAP
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import default_registry
-from flows.waiting import fanout_of, waiting_of
+from flows.waiting import children_holder_of, children_holders, fanout_of, waiting_of
 from flows.web.graph import (
     END_KEY,
     START_KEY,
@@ -215,27 +215,21 @@ def parent_view(execution: Execution) -> ParentView | None:
 
 
 def taken_over_at(step: TaskRun) -> int | None:
-    """The seq of the later step of its execution that took over ``step``'s children when
-    it was redriven (``engine.redrive``), or None while they are its own."""
-    return (
-        TaskRun.objects.filter(execution_id=step.execution_id, waiting__took_over=step.pk)
-        .values_list("seq", flat=True)
-        .first()
-    )
+    """The seq of the later step of its execution that holds ``step``'s children now, after
+    one redrive or several (``engine.redrive``), or None while they are its own."""
+    holder = children_holder_of(step)
+    return holder.seq if holder else None
 
 
 def _children_views(steps: list[TaskRun]) -> dict[int, ChildrenView]:
     """Each control step's children view: one query for the branches and sub-flows of all."""
     views = {}
-    took_over = {
-        s.waiting["took_over"]: s.seq
-        for s in steps
-        if isinstance(s.waiting, dict) and s.waiting.get("took_over")
-    }
+    holders = children_holders(steps)
     for step in steps:
         counts = children_counts(step)
         if counts is not None:
-            counts.taken_over_at = took_over.get(step.id)
+            holder = holders.get(step.pk)
+            counts.taken_over_at = holder.seq if holder else None
             views[step.id] = counts
     few = [step_id for step_id, view in views.items() if not view.is_map]
     if few:

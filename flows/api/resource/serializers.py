@@ -10,7 +10,7 @@ from rest_framework import serializers
 
 from flows.api.errors import FieldErrorSerializer
 from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
-from flows.waiting import fanout_of, waiting_of
+from flows.waiting import children_holders, fanout_of, waiting_of
 
 # The flow document, for the OpenAPI schema only: flows/definition/ is what checks it, and
 # it reports every problem with its field path (a 400 with ``errors``).
@@ -241,25 +241,18 @@ def children_of(step: TaskRun) -> dict[str, Any] | None:
     fanout = fanout_of(step)
     if fanout is None:
         return None
-    # A redrive's later step takes the children over (engine.redrive): they are listed there.
-    # Its execution's steps: prefetched with the detail (for_api_detail), no query.
-    later = next(
-        (
-            (s.pk, s.seq)
-            for s in step.execution.steps.all()
-            if isinstance(s.waiting, dict) and s.waiting.get("took_over") == step.pk
-        ),
-        None,
-    )
-    holder = later[0] if later else step.pk
+    # A redrive's later step takes the children over (engine.redrive), and the next redrive's
+    # from it: they are listed under the last. Its execution's steps: prefetched with the
+    # detail (for_api_detail), no query.
+    holder = children_holders(step.execution.steps.all()).get(step.pk)
     return {
         "kind": fanout.kind,
         "total": fanout.total,
         "started": fanout.started,
         "done": fanout.done,
         "failed": fanout.failed,
-        "url": f"{reverse('execution-list')}?step={holder}",
-        "taken_over_by": later[1] if later else None,
+        "url": f"{reverse('execution-list')}?step={(holder or step).pk}",
+        "taken_over_by": holder.seq if holder else None,
     }
 
 
