@@ -10,12 +10,12 @@ class FlowsConfig(AppConfig):
         from django.db.models.signals import post_migrate
         from django_q.signals import post_spawn
 
+        from flows import services
         from flows.engine import start_due_step_timer
-        from flows.retention import sync_purge_schedule
 
         # At every `manage.py migrate`: the daily purge schedule follows FLOW_PURGE_AFTER_DAYS.
         post_migrate.connect(
-            sync_purge_schedule, sender=self, dispatch_uid="flows.retention.sync_purge_schedule"
+            services.purge_schedule_sync, sender=self, dispatch_uid="flows.purge_schedule_sync"
         )
         # In each qcluster worker process: with the Redis broker, delayed steps (retries) are
         # woken when due by a timer there (the broker cannot deliver a message late).

@@ -8,6 +8,7 @@ django-q2 worker closes stale database connections before each job.)
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from flows import engine, services
 
@@ -38,3 +39,15 @@ def reap() -> None:
             logger.info("reaper: %s", counts)
     except Exception:
         logger.exception("reaper failed; it runs again at its next schedule")
+
+
+def purge_executions(days: int) -> None:
+    """The daily retention schedule (``FLOW_PURGE_AFTER_DAYS``): delete finished executions
+    older than ``days``."""
+    try:
+        deleted = services.executions_purge(
+            older_than=timedelta(days=days), statuses=None, batch_size=services.PURGE_BATCH_SIZE
+        )
+        logger.info("retention: purged %d executions older than %d days", deleted, days)
+    except Exception:
+        logger.exception("retention: purge failed; it runs again tomorrow")

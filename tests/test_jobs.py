@@ -9,7 +9,9 @@ from django_q.models import Schedule
 from flows import engine, jobs, services
 
 
-@pytest.mark.parametrize("path", [engine.JOB_FUNC, "flows.jobs.reap", services.SCHEDULE_FUNC])
+@pytest.mark.parametrize(
+    "path", [engine.JOB_FUNC, "flows.jobs.reap", services.SCHEDULE_FUNC, services.PURGE_JOB]
+)
 def test_every_function_path_stored_in_the_queue_names_a_job(path: str) -> None:
     # Jobs already queued, and schedules in existing databases, name these paths.
     assert import_string(path).__module__ == "flows.jobs"

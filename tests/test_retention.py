@@ -11,7 +11,8 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_q.models import Schedule
 
-from flows import retention, services
+from flows import jobs, services
+from flows.management.commands.purge_executions import parse_age
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun
 from tests.factories import failing, flow_doc, run_flow, start_execution, task
 
@@ -181,7 +182,7 @@ def test_bad_ages_are_refused_with_a_clear_message(age: str) -> None:
     [("30d", 30 * DAY), ("12h", timedelta(hours=12)), ("90m", timedelta(minutes=90))],
 )
 def test_ages_in_days_hours_and_minutes(age: str, expected: timedelta) -> None:
-    assert retention.parse_age(age) == expected
+    assert parse_age(age) == expected
 
 
 def test_batch_size_must_be_positive() -> None:
@@ -191,7 +192,7 @@ def test_batch_size_must_be_positive() -> None:
 
 # --- the daily schedule -----------------------------------------------------------------------
 def purge_schedules() -> list[Schedule]:
-    return list(Schedule.objects.filter(name=retention.SCHEDULE_NAME))
+    return list(Schedule.objects.filter(name=services.PURGE_SCHEDULE_NAME))
 
 
 def test_no_purge_schedule_by_default(settings: Any) -> None:
@@ -205,7 +206,7 @@ def test_migrate_creates_updates_and_removes_the_schedule(settings: Any) -> None
     call_command("migrate", verbosity=0)
     call_command("migrate", verbosity=0)  # idempotent: still one schedule
     [schedule] = purge_schedules()
-    assert schedule.func == "flows.retention.purge_job"
+    assert schedule.func == "flows.jobs.purge_executions"
     assert schedule.schedule_type == Schedule.DAILY
     assert schedule.kwargs == "days=30"
 
@@ -224,7 +225,7 @@ def test_the_scheduled_job_purges_finished_executions_older_than_its_days() -> N
     recent = finished("COMPLETED", age_days=3)
     running = in_flight("RUNNING", age_days=10)
 
-    retention.purge_job(days=7)
+    jobs.purge_executions(days=7)
 
     assert old.pk not in remaining()
     assert remaining() == {recent.pk, running.pk}

@@ -42,7 +42,13 @@ from flows.services.flows import (
     given_flow_id,
     validate_flow,
 )
-from flows.services.retention import executions_purge
+from flows.services.retention import (
+    PURGE_BATCH_SIZE,
+    PURGE_JOB,
+    PURGE_SCHEDULE_NAME,
+    executions_purge,
+    purge_schedule_sync,
+)
 from flows.services.schedules import (
     SCHEDULE_FUNC,
     cron_error,
@@ -52,6 +58,9 @@ from flows.services.schedules import (
 )
 
 __all__ = [
+    "PURGE_BATCH_SIZE",
+    "PURGE_JOB",
+    "PURGE_SCHEDULE_NAME",
     "SCHEDULE_FUNC",
     "SIGNAL_DECISIONS",
     "Conflict",
@@ -85,5 +94,6 @@ __all__ = [
     "flow_store",
     "flow_update",
     "given_flow_id",
+    "purge_schedule_sync",
     "validate_flow",
 ]

@@ -1,6 +1,14 @@
 """Retention: delete old finished executions in short batches (``manage.py purge_executions``
-and the daily job in flows/retention.py). Which executions qualify is a read:
-``selectors.execution_list_purgeable``."""
+and the daily job ``flows.jobs.purge_executions``), and keep that job's django-q2 schedule in
+step with ``FLOW_PURGE_AFTER_DAYS``. Which executions qualify is a read:
+``selectors.execution_list_purgeable``.
+
+Why the schedule follows the setting from a ``post_migrate`` handler and not a data
+migration: a migration runs once, so changing ``FLOW_PURGE_AFTER_DAYS`` later (or unsetting
+it) would never reach the schedule. The handler runs at every ``manage.py migrate`` (the
+Docker web role runs it at every start), creates, updates or deletes the one schedule row by
+name, and is harmless to repeat.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,9 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.apps import apps as global_apps
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 
 from flows import selectors
@@ -16,6 +26,10 @@ from flows.models import Execution, ExecutionEvent, TaskRun
 from flows.services.errors import ServiceError
 
 logger = logging.getLogger("flows.services")
+
+PURGE_SCHEDULE_NAME = "flowmanager.purge"
+PURGE_JOB = "flows.jobs.purge_executions"
+PURGE_BATCH_SIZE = 1000
 
 
 def executions_purge(
@@ -68,3 +82,31 @@ def executions_purge(
         if deleted == 0:  # nothing could be deleted (never expected): do not spin
             break
     return total
+
+
+def purge_schedule_sync(
+    sender: Any = None, *, using: str = DEFAULT_DB_ALIAS, apps: Any = None, **kwargs: Any
+) -> None:
+    """Make the daily purge schedule match ``FLOW_PURGE_AFTER_DAYS``: create or update it
+    when set, delete it when not. Idempotent; connected to ``post_migrate`` in FlowsConfig."""
+    try:
+        schedule_model = (apps or global_apps).get_model("django_q", "Schedule")
+    except LookupError:  # django_q not migrated (yet) in this plan
+        return
+    schedules = schedule_model.objects.using(using)
+    days = settings.FLOW_PURGE_AFTER_DAYS
+    if not days:
+        deleted, _ = schedules.filter(name=PURGE_SCHEDULE_NAME).delete()
+        if deleted:
+            logger.info("retention: FLOW_PURGE_AFTER_DAYS unset, daily purge schedule removed")
+        return
+    schedules.update_or_create(
+        name=PURGE_SCHEDULE_NAME,
+        defaults={
+            "func": PURGE_JOB,
+            "args": "",
+            "kwargs": f"days={int(days)}",
+            "schedule_type": "D",  # Schedule.DAILY
+            "repeats": -1,
+        },
+    )

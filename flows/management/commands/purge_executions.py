@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from flows import selectors, services
-from flows.retention import parse_age
+
+_AGE = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h`` or ``90m`` as a timedelta; ValueError saying what is accepted."""
+    match = _AGE.match(text or "")
+    if not match:
+        raise ValueError(
+            f"{text!r} is not an age: use a whole number followed by d (days), h (hours) "
+            "or m (minutes), e.g. 30d, 12h, 90m"
+        )
+    amount = int(match[1])
+    if amount == 0:
+        raise ValueError(f"{text!r} would purge every finished execution: use more than 0")
+    return timedelta(**{_UNITS[match[2]]: amount})
 
 
 class Command(BaseCommand):
