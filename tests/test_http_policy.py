@@ -98,6 +98,8 @@ def test_a_closed_and_an_open_local_port_are_refused_alike(httpserver) -> None:
         ("[fe80::1]", "a link-local address"),
         ("[::ffff:127.0.0.1]", "a loopback address"),
         ("[::ffff:169.254.169.254]", "a link-local address (cloud metadata)"),
+        ("[64:ff9b::a9fe:a9fe]", "a link-local address (cloud metadata)"),  # NAT64
+        ("[2002:7f00:1::]", "a loopback address"),  # 6to4 of 127.0.0.1
     ],
 )
 def test_a_literal_address_that_is_not_public_is_refused(host: str, why: str) -> None:
