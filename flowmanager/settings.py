@@ -14,6 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
 from flowmanager.env import env_bool, env_float, env_int, env_list
+from tasks import _netpolicy
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -234,6 +235,13 @@ FLOW_MAX_DOCUMENT_BYTES = env_int("FLOW_MAX_DOCUMENT_BYTES", 524_288, minimum=10
 # GET /health says "starting" (not "degraded") while no worker cluster has reported during
 # this many seconds after the web process started.
 FLOW_HEALTH_STARTING_SECONDS = env_float("FLOW_HEALTH_STARTING_SECONDS", 60.0, minimum=0)
+# Where http_request may connect (FLOW_HTTP_ALLOW_PRIVATE, FLOW_HTTP_ALLOWED_HOSTS): the task
+# reads the environment itself (tasks/ imports no Django); read here too so a bad value stops
+# the web server, the worker and runflow at start instead of failing every http_request step.
+try:
+    _netpolicy.policy_from_env()
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 
 # --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)

@@ -5,6 +5,7 @@ from typing import Any
 
 import httpx
 
+from tasks import _netpolicy
 from tasks.base_task import BaseTask, PermanentTaskError
 
 # The engine stores results up to FLOW_MAX_RESULT_BYTES (1 MiB by default), JSON-escaped and
@@ -18,7 +19,9 @@ class HttpRequestTask(BaseTask):
     description = (
         "Sends an HTTP request (method, url, headers, json body) and succeeds when the answer "
         "has the expected status (any 2xx by default). Returns status, headers and the body, "
-        "parsed as JSON when the response says it is JSON."
+        "parsed as JSON when the response says it is JSON. Loopback, private and link-local "
+        "addresses are refused unless FLOW_HTTP_ALLOWED_HOSTS lists the host or "
+        "FLOW_HTTP_ALLOW_PRIVATE=1."
     )
     parameters_schema = {
         "type": "object",
@@ -83,13 +86,26 @@ class HttpRequestTask(BaseTask):
             kwargs["json"] = p["json"]
         timeout = float(p.get("timeout", 30))
         limit = int(p.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+        try:
+            policy = _netpolicy.policy_from_env()
+        except ValueError as exc:
+            raise PermanentTaskError(str(exc)) from None
         async with httpx.AsyncClient(
-            timeout=timeout, follow_redirects=bool(p.get("follow_redirects", False))
+            timeout=timeout,
+            follow_redirects=bool(p.get("follow_redirects", False)),
+            # Checks every connection, redirects included, against the address policy.
+            transport=_netpolicy.transport_for(policy),
         ) as client:
             try:
                 # Streamed, so a huge answer is never held in memory past the limit.
                 async with client.stream(method, url, **kwargs) as response:
                     content, truncated = await _read_capped(response, limit)
+            except _netpolicy.AddressRefused as exc:
+                # What the answer holds lands in the step's result for every viewer: refuse,
+                # for good, to reach the project's own or its network's private services.
+                raise PermanentTaskError(
+                    f"http_request refused {exc.url or url}: {exc}; {exc.hint()}"
+                ) from None
             except httpx.TimeoutException as exc:
                 raise TimeoutError(f"{method} {url} timed out after {timeout:g}s") from exc
             except httpx.HTTPError as exc:

@@ -207,6 +207,13 @@ def test_noop_returns_an_empty_result() -> None:
 
 
 # --- http_request ----------------------------------------------------------------------------
+@pytest.fixture
+def allow_private(monkeypatch) -> None:
+    """These tests call a server on 127.0.0.1, which http_request refuses by default
+    (tests/test_http_policy.py); a developer's machine allows it the same way."""
+    monkeypatch.setenv("FLOW_HTTP_ALLOW_PRIVATE", "1")
+
+
 def closed_port_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -214,7 +221,7 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/nothing-here"
 
 
-def test_http_get_parses_a_json_body(httpserver) -> None:
+def test_http_get_parses_a_json_body(httpserver, allow_private) -> None:
     httpserver.expect_request("/orders", method="GET").respond_with_json(
         {"orders": [1, 2]}, headers={"X-Total": "2"}
     )
@@ -229,13 +236,13 @@ def test_http_get_parses_a_json_body(httpserver) -> None:
     httpserver.check_assertions()
 
 
-def test_http_a_text_body_is_returned_as_text(httpserver) -> None:
+def test_http_a_text_body_is_returned_as_text(httpserver, allow_private) -> None:
     httpserver.expect_request("/hello").respond_with_data("hi there", content_type="text/plain")
     result, _ = run(HttpRequestTask, url=httpserver.url_for("/hello"))
     assert result["body"] == "hi there"
 
 
-def test_http_post_sends_the_json_body_headers_and_query(httpserver) -> None:
+def test_http_post_sends_the_json_body_headers_and_query(httpserver, allow_private) -> None:
     httpserver.expect_request(
         "/orders",
         method="POST",
@@ -258,19 +265,19 @@ def test_http_post_sends_the_json_body_headers_and_query(httpserver) -> None:
     httpserver.check_assertions()
 
 
-def test_http_expected_status_accepts_that_status(httpserver) -> None:
+def test_http_expected_status_accepts_that_status(httpserver, allow_private) -> None:
     httpserver.expect_request("/gone").respond_with_data("", status=410)
     result, _ = run(HttpRequestTask, url=httpserver.url_for("/gone"), expected_status=410)
     assert result["status_code"] == 410
 
 
-def test_http_expected_status_refuses_any_other_status(httpserver) -> None:
+def test_http_expected_status_refuses_any_other_status(httpserver, allow_private) -> None:
     httpserver.expect_request("/created").respond_with_data("", status=201)
     with pytest.raises(RuntimeError, match="answered 201"):
         run(HttpRequestTask, url=httpserver.url_for("/created"), expected_status=200)
 
 
-def test_http_expected_status_as_a_list(httpserver) -> None:
+def test_http_expected_status_as_a_list(httpserver, allow_private) -> None:
     httpserver.expect_request("/maybe").respond_with_data("", status=404)
     result, _ = run(HttpRequestTask, url=httpserver.url_for("/maybe"), expected_status=[200, 404])
     assert result["status_code"] == 404
@@ -280,7 +287,7 @@ def test_http_expected_status_as_a_list(httpserver) -> None:
         run(HttpRequestTask, url=httpserver.url_for("/conflict"), expected_status=[200, 404])
 
 
-def test_http_a_404_is_a_permanent_failure(httpserver) -> None:
+def test_http_a_404_is_a_permanent_failure(httpserver, allow_private) -> None:
     httpserver.expect_request("/missing").respond_with_data("no such thing", status=404)
     url = httpserver.url_for("/missing")
     with pytest.raises(PermanentTaskError) as caught:
@@ -288,28 +295,28 @@ def test_http_a_404_is_a_permanent_failure(httpserver) -> None:
     assert str(caught.value) == f"GET {url} answered 404"
 
 
-def test_http_a_500_fails_but_not_permanently(httpserver) -> None:
+def test_http_a_500_fails_but_not_permanently(httpserver, allow_private) -> None:
     httpserver.expect_request("/broken").respond_with_data("oops", status=500)
     with pytest.raises(RuntimeError, match="answered 500") as caught:
         run(HttpRequestTask, url=httpserver.url_for("/broken"))
     assert not isinstance(caught.value, PermanentTaskError)
 
 
-def test_http_a_429_is_worth_retrying(httpserver) -> None:
+def test_http_a_429_is_worth_retrying(httpserver, allow_private) -> None:
     httpserver.expect_request("/busy").respond_with_data("slow down", status=429)
     with pytest.raises(RuntimeError, match="answered 429") as caught:
         run(HttpRequestTask, url=httpserver.url_for("/busy"))
     assert not isinstance(caught.value, PermanentTaskError)
 
 
-def test_http_a_refused_connection_fails_with_a_clear_message() -> None:
+def test_http_a_refused_connection_fails_with_a_clear_message(allow_private) -> None:
     url = closed_port_url()
     with pytest.raises(ConnectionError) as caught:
         run(HttpRequestTask, url=url)
     assert str(caught.value).startswith(f"GET {url} failed: ")
 
 
-def test_http_a_slow_server_times_out(httpserver) -> None:
+def test_http_a_slow_server_times_out(httpserver, allow_private) -> None:
     def slow(request: Request) -> Response:
         time.sleep(0.3)
         return Response("late")
@@ -321,7 +328,7 @@ def test_http_a_slow_server_times_out(httpserver) -> None:
     assert str(caught.value) == f"GET {url} timed out after 0.05s"
 
 
-def test_http_redirects_are_not_followed_unless_asked(httpserver) -> None:
+def test_http_redirects_are_not_followed_unless_asked(httpserver, allow_private) -> None:
     httpserver.expect_request("/old").respond_with_data(
         "", status=302, headers={"Location": httpserver.url_for("/new")}
     )
@@ -335,7 +342,7 @@ def test_http_redirects_are_not_followed_unless_asked(httpserver) -> None:
 
 # --- http_request through the engine ---------------------------------------------------------
 @pytest.mark.django_db
-def test_http_request_runs_through_the_engine(httpserver) -> None:
+def test_http_request_runs_through_the_engine(httpserver, allow_private) -> None:
     httpserver.expect_request("/ping").respond_with_json({"pong": True})
     execution = run_flow(
         flow_doc(
@@ -354,7 +361,7 @@ def test_http_request_runs_through_the_engine(httpserver) -> None:
 
 
 @pytest.mark.django_db
-def test_an_http_404_through_the_engine_fails_the_execution(httpserver) -> None:
+def test_an_http_404_through_the_engine_fails_the_execution(httpserver, allow_private) -> None:
     httpserver.expect_request("/missing").respond_with_data("", status=404)
     url = httpserver.url_for("/missing")
     execution = run_flow(flow_doc([task("call", "http_request", url=url)]))
@@ -366,7 +373,7 @@ def test_an_http_404_through_the_engine_fails_the_execution(httpserver) -> None:
 
 @pytest.mark.django_db
 def test_an_http_timeout_through_the_engine_reports_the_request_timeout(
-    httpserver, monkeypatch
+    httpserver, monkeypatch, allow_private
 ) -> None:
     # The step would only be abandoned after its own timeout plus this grace: keep both short.
     monkeypatch.setattr(timing, "ABANDON_GRACE_SECONDS", 0.3)
@@ -387,7 +394,9 @@ def test_an_http_timeout_through_the_engine_reports_the_request_timeout(
 
 
 @pytest.mark.django_db
-def test_a_large_http_response_body_is_cut_so_the_step_can_be_stored(httpserver) -> None:
+def test_a_large_http_response_body_is_cut_so_the_step_can_be_stored(
+    httpserver, allow_private
+) -> None:
     # http_request caps the body it returns; the capped result must still fit the result limit.
     big = "x" * 1_500_000
     httpserver.expect_request("/export").respond_with_data(big, content_type="text/plain")
