@@ -177,6 +177,10 @@ STORAGES = {
 # --- Request limits: an oversize body is refused with 413 before it is parsed ----------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 1_048_576, minimum=1024)
 
+# The DEBUG 500 page and error mails mask the password of every URL with credentials
+# (DATABASE_URL, REDIS_URL and their copies), not only settings named like secrets.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "flowmanager.reporting.CredentialsReporterFilter"
+
 # --- Security headers when not in DEBUG ---------------------------------------------------------
 if not DEBUG:
     SECURE_CONTENT_TYPE_NOSNIFF = True
