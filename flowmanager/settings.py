@@ -7,6 +7,7 @@ that names the variable. See README.md, "Configuration".
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_filters",
     "django_q",
+    "axes",
     "flows",
 ]
 
@@ -72,6 +74,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a refused login (too many failures) into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "flowmanager.urls"
@@ -135,6 +139,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Login throttling (django-axes, flowmanager/loginthrottle.py): after LOGIN_FAILURE_LIMIT wrong
+# passwords for one user name from one address, that pair is refused (429, the page
+# registration/lockout.html) for LOGIN_LOCKOUT_MINUTES, or until `manage.py axes_reset`.
+AUTHENTICATION_BACKENDS = [
+    "flowmanager.loginthrottle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
+# Per pair: a guesser cannot lock a user out of every address, nor one address out for all.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
+# Failures are counted; successful logins are not logged too (a table that would only grow).
+AXES_DISABLE_ACCESS_LOG = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -158,6 +177,10 @@ STORAGES = {
 
 # --- Request limits: an oversize body is refused with 413 before it is parsed ----------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 1_048_576, minimum=1024)
+
+# The DEBUG 500 page and error mails mask the password of every URL with credentials
+# (DATABASE_URL, REDIS_URL and their copies), not only settings named like secrets.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "flowmanager.reporting.CredentialsReporterFilter"
 
 # --- Security headers when not in DEBUG ---------------------------------------------------------
 if not DEBUG:

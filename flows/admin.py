@@ -1,4 +1,9 @@
-"""Django admin: every row for staff. Engine-owned fields are read-only; actions call services."""
+"""Django admin: every row for staff. Engine-owned fields are read-only; actions call services.
+
+Being on the staff opens the admin, not every door in it: each action that changes an execution
+or a flow needs the Django permission the API needs for the same change (flows.api.permissions),
+so a viewer on the staff reads what the API lets it read and changes nothing.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from flows import services
+from flows.api import permissions as perms
 from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion, TaskRun
 
 
@@ -212,23 +218,37 @@ class ExecutionAdmin(admin.ModelAdmin):
     def version(self, obj: Execution) -> str:
         return f"v{obj.flow_version.version}"
 
-    @admin.action(description="Cancel the selected executions")
+    # The same permission per action as the API's ExecutionViewSet.action_permissions: Django
+    # offers an action only to whom its has_<name>_permission says yes, and refuses a POST of
+    # one it did not offer.
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(perms.CANCEL_EXECUTIONS)
+
+    def has_start_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(perms.START_EXECUTIONS)
+
+    @admin.action(description="Cancel the selected executions", permissions=["cancel"])
     def cancel_executions(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
         self._each(request, queryset, services.execution_cancel, "Cancel requested for {n}")
 
-    @admin.action(description="Pause the selected executions")
+    @admin.action(description="Pause the selected executions", permissions=["cancel"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
         self._each(request, queryset, services.execution_pause, "Pause requested for {n}")
 
-    @admin.action(description="Resume the selected executions")
+    @admin.action(description="Resume the selected executions", permissions=["start"])
     def resume(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
         self._each(request, queryset, services.execution_resume, "Resumed {n}")
 
-    @admin.action(description="Redrive the selected executions from the step that stopped them")
+    @admin.action(
+        description="Redrive the selected executions from the step that stopped them",
+        permissions=["start"],
+    )
     def redrive(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
         self._each(request, queryset, services.execution_redrive, "Redrove {n}")
 
-    @admin.action(description="Run again (a new execution of the same version)")
+    @admin.action(
+        description="Run again (a new execution of the same version)", permissions=["start"]
+    )
     def run_again(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
         def rerun(*, execution_id: Any) -> Any:
             return services.execution_rerun(execution_id=execution_id, user=request.user)

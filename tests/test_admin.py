@@ -172,3 +172,81 @@ def test_a_childs_page_links_to_its_parent_and_step(staff):
         f'<a href="/admin/flows/execution/{parent.id}/change/">{parent.id}</a>, step #1 both'
         in page
     )
+
+
+# --- roles: the admin's actions need the permissions the API needs -------------------------
+CHANGING_ACTIONS = ("cancel_executions", "pause", "resume", "redrive", "run_again")
+
+
+def staff_in(client, make_user, role):
+    user = make_user(f"{role}_staff", role)
+    user.is_staff = True
+    user.save()
+    client.force_login(user)
+    return client
+
+
+def test_a_viewer_on_the_staff_is_offered_no_action_that_changes_an_execution(client, make_user):
+    start_execution(sample_flow())
+    viewer = staff_in(client, make_user, "viewer")
+
+    page = viewer.get("/admin/flows/execution/").content.decode()
+
+    assert page.count("<tr") > 1  # the viewer still reads the list
+    for action in (*CHANGING_ACTIONS, "delete_selected"):
+        assert f'value="{action}"' not in page, action
+    flows = viewer.get("/admin/flows/flow/").content.decode()
+    assert "example_flow" in flows and 'value="delete_selected"' not in flows
+
+
+@pytest.mark.parametrize("action", CHANGING_ACTIONS)
+def test_a_viewer_on_the_staff_cannot_post_an_action_that_changes_an_execution(
+    client, make_user, action
+):
+    queued = start_execution(sample_flow())
+    failed = run_flow(flow_doc([failing("a")]))
+    paused = start_execution(sample_flow())
+    services.execution_pause(execution_id=paused.id)
+    before = {e.id: e.status for e in Execution.objects.all()}
+    viewer = staff_in(client, make_user, "viewer")
+
+    viewer.post(
+        "/admin/flows/execution/",
+        {"action": action, "_selected_action": [str(i) for i in before]},
+    )
+
+    assert {e.id: e.status for e in Execution.objects.all()} == before
+    assert not Execution.objects.filter(rerun_of__isnull=False).exists()
+    assert failed.id in before and queued.id in before
+
+
+def test_an_operator_on_the_staff_is_offered_and_may_use_the_actions(client, make_user):
+    queued = start_execution(sample_flow())
+    done = run_flow(sample_flow())
+    operator = staff_in(client, make_user, "operator")
+
+    page = operator.get("/admin/flows/execution/").content.decode()
+    for action in CHANGING_ACTIONS:
+        assert f'value="{action}"' in page, action
+
+    operator.post(
+        "/admin/flows/execution/", {"action": "pause", "_selected_action": [str(queued.id)]}
+    )
+    assert Execution.objects.get(pk=queued.id).status == ExecutionStatus.PAUSED
+    operator.post(
+        "/admin/flows/execution/", {"action": "run_again", "_selected_action": [str(done.id)]}
+    )
+    assert Execution.objects.get(rerun_of=done).created_by.username == "operator_staff"
+
+
+def test_an_approver_on_the_staff_may_neither_cancel_nor_run_again(client, make_user):
+    queued = start_execution(sample_flow())
+    approver = staff_in(client, make_user, "approver")
+
+    for action in ("cancel_executions", "run_again"):
+        approver.post(
+            "/admin/flows/execution/", {"action": action, "_selected_action": [str(queued.id)]}
+        )
+
+    assert Execution.objects.get(pk=queued.id).status == ExecutionStatus.QUEUED
+    assert not Execution.objects.filter(rerun_of=queued).exists()
