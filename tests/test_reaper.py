@@ -1,6 +1,9 @@
 """The reaper wakes steps nobody woke: lost messages, and retries due on a broker that
 cannot deliver late (Redis)."""
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -226,3 +229,23 @@ def test_a_control_step_that_kills_its_worker_while_joining_fails_after_three_lo
     assert step.status == TaskRunStatus.FAILURE
     assert LOST_WITH_ITS_WORKER in step.error
     assert ran(execution) == [("each", TaskRunStatus.FAILURE)]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", "FLOW_MAX_LOST_ATTEMPTS=0 must be at least 1"), ("three", "is not a whole number")],
+)
+def test_a_bad_limit_of_lost_attempts_stops_the_process_at_start(value: str, message: str):
+    env = {**os.environ, "FLOW_MAX_LOST_ATTEMPTS": value, "ENV_FILE": ""}
+    env.setdefault("SECRET_KEY", "insecure-key-for-this-test-only")
+    done = subprocess.run(
+        [sys.executable, "-c", "import flowmanager.settings"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "ImproperlyConfigured" in done.stderr and message in done.stderr, done.stderr
