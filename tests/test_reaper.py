@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 from django_q.conf import Conf
 
@@ -16,6 +17,7 @@ from flows import engine
 from flows.models import ExecutionStatus, TaskRun, TaskRunStatus
 from tests.controls import (
     QUICK,
+    WorkerKilled,
     log_of,
     refresh,
     retry_now_due,
@@ -24,7 +26,16 @@ from tests.controls import (
     steps_of,
     worker_dies_in,
 )
-from tests.factories import cond, flow_doc, mapped, ran, run_to_end, start_execution, task
+from tests.factories import (
+    children_of,
+    cond,
+    flow_doc,
+    mapped,
+    ran,
+    run_to_end,
+    start_execution,
+    task,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -229,6 +240,38 @@ def test_a_control_step_that_kills_its_worker_while_joining_fails_after_three_lo
     assert step.status == TaskRunStatus.FAILURE
     assert LOST_WITH_ITS_WORKER in step.error
     assert ran(execution) == [("each", TaskRunStatus.FAILURE)]
+
+
+def test_a_map_item_that_kills_its_worker_fails_and_its_map_step_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    execution = start_execution(
+        flow_doc([mapped("each", "${input.items}", [task("crash")])]), input={"items": [1]}
+    )
+    real_advance = engine.Dispatcher.advance
+
+    def dies_in_crash(self, slot, outcome):
+        if slot.step.task_name == "crash":
+            raise WorkerKilled
+        return real_advance(self, slot, outcome)
+
+    for _ in range(3):
+        with monkeypatch.context() as patched:
+            patched.setattr(engine.Dispatcher, "advance", dies_in_crash)
+            with pytest.raises(WorkerKilled):
+                run_to_end(execution.id)
+        TaskRun.objects.filter(task_name="crash", status=TaskRunStatus.RUNNING).update(
+            lease_expires_at=F("started_at")
+        )
+        assert engine.reap()["lost"] == 1
+
+    [item] = children_of(execution, "each")
+    assert item.status == ExecutionStatus.FAILED
+    assert LOST_WITH_ITS_WORKER in item.error
+    execution = run_to_end(execution.id)
+    assert execution.status == ExecutionStatus.FAILED
+    assert "1 of 1 items failed" in execution.error
+    assert LOST_WITH_ITS_WORKER in execution.steps.get(task_name="each").error
 
 
 @pytest.mark.parametrize(
