@@ -240,6 +240,9 @@ FLOW_MAX_TASK_TIMEOUT = env_float("FLOW_MAX_TASK_TIMEOUT", 3600.0, minimum=1)
 FLOW_DEFAULT_MAX_STEPS = env_int("FLOW_DEFAULT_MAX_STEPS", 1000, minimum=1)
 # How long a worker's claim on a running step lasts without renewal; renewed every third.
 FLOW_LEASE_SECONDS = env_float("FLOW_LEASE_SECONDS", 30.0, minimum=1)
+# A step lost with its worker this many times in a row (its task crashes or exits the worker
+# process, say) fails for good instead of being run again by the reaper.
+FLOW_MAX_LOST_ATTEMPTS = env_int("FLOW_MAX_LOST_ATTEMPTS", 3, minimum=1)
 # A worker runs steps of one execution back to back, then yields to the queue after this
 # many seconds (or steps) so that long flows do not starve the others.
 FLOW_STEP_BUDGET_SECONDS = env_float("FLOW_STEP_BUDGET_SECONDS", 10.0, minimum=0)

@@ -10,11 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.db.models import F
 
 from flows import engine, services
 from flows.engine import outcome, record, timing
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import TaskRegistry
+from tests.controls import WorkerKilled
 from tests.factories import flow_doc, ran, task, write_plugins
 
 pytestmark = pytest.mark.django_db
@@ -159,6 +161,41 @@ def test_a_task_blocking_the_loop_fails_and_the_steps_it_held_up_run_again(regis
     assert innocent.steps.get(seq=2).attempt == 2
     innocent.refresh_from_db()
     assert innocent.status == ExecutionStatus.COMPLETED
+
+
+def test_a_step_held_up_by_another_tasks_blocking_is_not_counted_as_lost_with_its_worker(
+    registry, monkeypatch, settings
+):
+    # Two losses in a row would fail it, but the first was another task's doing.
+    settings.FLOW_MAX_LOST_ATTEMPTS = 2
+    monkeypatch.setattr(timing, "WATCH_INTERVAL_SECONDS", 0.05)
+    monkeypatch.setattr(timing, "ABANDON_GRACE_SECONDS", 0.2)
+    start(
+        registry,
+        flow_doc([{**task("block", "block", seconds=1.5), "timeout_seconds": 0.1}], flow_id="b"),
+    )
+    innocent = start(registry, flow_doc([task("wait", "pause", seconds=1.0)], flow_id="i"))
+    real_advance = engine.Dispatcher.advance
+
+    def worker_dies_in_the_second_attempt(self, slot, outcome):
+        if slot.step.task_name == "wait" and slot.step.attempt == 2:
+            raise WorkerKilled
+        return real_advance(self, slot, outcome)
+
+    monkeypatch.setattr(engine.Dispatcher, "advance", worker_dies_in_the_second_attempt)
+    with pytest.raises(WorkerKilled):
+        engine.Dispatcher(registry, concurrency=5).run()
+    TaskRun.objects.filter(execution=innocent, status=TaskRunStatus.RUNNING).update(
+        lease_expires_at=F("started_at")
+    )
+
+    assert engine.reap()["lost"] == 1
+
+    assert ran(innocent) == [
+        ("wait", TaskRunStatus.LOST),  # held up by the blocked loop
+        ("wait", TaskRunStatus.LOST),  # its worker died
+        ("wait", TaskRunStatus.PENDING),  # runs again: lost with its worker once only
+    ]
 
 
 def test_a_long_linear_flow_runs_to_the_end_in_one_job(registry):

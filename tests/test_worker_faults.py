@@ -80,6 +80,21 @@ for _ in range(args["count"]):
 """
 
 
+# A task type that crashes the worker process running it, every time (kill -9 of itself).
+KILL_WORKER_PLUGIN = """
+import os
+import signal
+
+from tasks.base_task import BaseTask
+
+
+class KillWorkerTask(BaseTask):
+    async def run(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+        return {}
+"""
+
+
 SETUP_USER_SCRIPT = """
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -222,6 +237,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Ba
     plugins.mkdir()
     shutil.copy(BASE_DIR / "tasks" / "task_noop.py", plugins)
     record_plugin(plugins, home)  # its runs table: home / "runs.sqlite3"
+    (plugins / "task_kill_worker.py").write_text(KILL_WORKER_PLUGIN)
     with live_backend(home, "faults") as running:
         yield home, running, plugins
 
@@ -411,6 +427,30 @@ def test_flushing_redis_mid_run_loses_messages_that_the_reaper_replaces(live: Li
     live.wait_until_ended("flushed", len(ids))
     assert_each_step_ran_once(live, "flushed", ids, tasks)
     assert cluster.poll() is None, log_tails(live.logs)
+
+
+def test_a_task_that_kills_its_worker_ends_failed_after_three_lost_attempts(live: Live) -> None:
+    # The shortest lease there is: each death is found by the reaper a second later.
+    cluster = live.start_cluster(FLOW_LEASE_SECONDS="1")
+    live.wait_for_workers(cluster)
+    live.start_reaper()
+    live.submit(flow_doc([task("crash", "kill_worker"), task("never")], flow_id="poison"), 1)
+
+    assert list(live.wait_until_ended("poison", 1).values()) == ["FAILED"]
+
+    steps = live.steps("poison")
+    assert [(s.task_name, s.status, s.attempt) for s in steps] == [
+        ("crash", "LOST", 1),
+        ("crash", "LOST", 2),
+        ("crash", "FAILURE", 3),
+    ], steps
+    assert len({s.pid for s in steps}) == 3, "each attempt killed the worker that ran it"
+    assert "lost with its worker 3 times (FLOW_MAX_LOST_ATTEMPTS=3)" in steps[-1].error
+    [(error,)] = live.backend.query(
+        "SELECT error FROM flows_execution WHERE flow_id = %s", "poison"
+    )
+    assert "task 'crash' failed: lost with its worker 3 times" in error
+    assert cluster.poll() is None, log_tails(live.logs)  # its workers were replaced
 
 
 def _pg_version() -> str:

@@ -23,7 +23,7 @@ from flows.definition import FlowDefinition, FlowValidationError
 from flows.engine import claim, fanin, record, timing
 from flows.engine.inputs import flow_definition
 from flows.engine.outcome import StepOutcome, blocked, failure, finish, stopped
-from flows.engine.reaper import run_again
+from flows.engine.reaper import INTERRUPTED, run_again
 from flows.engine.routing import Finished, decide
 from flows.engine.step import Flight, start
 from flows.engine.taskloop import TaskLoop
@@ -395,7 +395,7 @@ class Dispatcher:
             else:
                 run_again(
                     slot.step,
-                    why="another task blocked this worker's event loop; step runs again",
+                    why=f"{INTERRUPTED}; step runs again",
                     event=f"{slot.step.task_name}: interrupted by a blocked event loop; "
                     "running it again",
                     now=now,
