@@ -247,6 +247,9 @@ FLOW_MAX_LOST_ATTEMPTS = env_int("FLOW_MAX_LOST_ATTEMPTS", 3, minimum=1)
 # many seconds (or steps) so that long flows do not starve the others.
 FLOW_STEP_BUDGET_SECONDS = env_float("FLOW_STEP_BUDGET_SECONDS", 10.0, minimum=0)
 FLOW_STEP_BUDGET_STEPS = env_int("FLOW_STEP_BUDGET_STEPS", 10_000, minimum=1)
+# A condition's CEL expression is stopped after this many seconds and fails its step: it runs
+# on the worker's dispatching thread, so its other executions wait meanwhile.
+FLOW_EXPRESSION_BUDGET_SECONDS = env_float("FLOW_EXPRESSION_BUDGET_SECONDS", 1.0, minimum=0.01)
 # How many executions one worker process runs at once: their tasks share one event loop, so a
 # step waiting on I/O does not hold the process. Waiting coroutines cost a few KB each; the
 # limit bounds the per-second lease/cancel query and a blocked loop's blast radius.

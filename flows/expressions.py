@@ -10,12 +10,21 @@ list items; ``$${`` writes a literal ``${``.
 Conditions. A condition's ``expression`` is CEL (the cel-python package, no ``eval``), over
 ``result`` (what the source task returned), ``results`` (as in references:
 ``results.<task>.data``) and ``input``; it must evaluate to a boolean.
+
+Budget. cel-python is a tree interpreter in pure Python (~100 us for one iteration of a small
+comprehension body), and comprehensions (``all``, ``exists``, ``exists_one``, ``map``,
+``filter``) multiply: three nested over 100-item lists are a million iterations, a minute or
+more of a worker's time. So an evaluation has a
+deadline, checked before every comprehension iteration (the only construct that repeats
+work; a body without one is linear in the expression's size and its data), and
+``compile_expression`` refuses comprehensions nested deeper than ``MAX_COMPREHENSION_DEPTH``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -144,11 +153,58 @@ def _lookup(ref: Reference, scope: Mapping[str, Any]) -> Any:
 
 
 # --- CEL ------------------------------------------------------------------------------------
-_env = celpy.Environment()
+DEFAULT_BUDGET_SECONDS = 1.0
+BUDGET_SETTING = "FLOW_EXPRESSION_BUDGET_SECONDS"
+MAX_COMPREHENSION_DEPTH = 2
+COMPREHENSIONS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
 
 class ExpressionError(ValueError):
     """A CEL expression that does not compile, fails, or does not give a boolean."""
+
+
+class ExpressionBudgetError(ExpressionError):
+    """An evaluation stopped at its deadline (a failure like any other ExpressionError)."""
+
+
+class _OverBudget(BaseException):
+    """Raised inside the interpreter at the deadline.
+
+    A BaseException on purpose: cel-python turns an ``Exception`` raised in a function into a
+    CEL error value, and CEL's ``||``, ``&&`` and ``exists`` absorb error values (``error ||
+    true`` is true), which would swallow the deadline and let the loop run on.
+    """
+
+
+class _BudgetedEvaluator(celpy.Evaluator):
+    """cel-python's interpreter with a deadline, checked before each comprehension iteration.
+
+    Each iteration runs ``evaluate`` on the evaluator ``sub_evaluator`` built for the macro's
+    body; both are overridden so that nested bodies share the deadline. One ``monotonic()``
+    call per iteration: noise next to the ~100 us the interpreter spends on one.
+    """
+
+    deadline = float("inf")
+
+    def sub_evaluator(self, ast: Any) -> celpy.Evaluator:
+        nested = _BudgetedEvaluator(ast, activation=self.activation)
+        nested.deadline = self.deadline
+        return nested
+
+    def evaluate(self, context: Any = None) -> Any:
+        if time.monotonic() > self.deadline:
+            raise _OverBudget
+        return super().evaluate(context)
+
+
+class _BudgetedRunner(celpy.InterpretedRunner):
+    def evaluate_within(self, context: Any, seconds: float) -> Any:
+        evaluator = _BudgetedEvaluator(ast=self.ast, activation=self.new_activation())
+        evaluator.deadline = time.monotonic() + seconds
+        return evaluator.evaluate(context)
+
+
+_env = celpy.Environment(runner_class=_BudgetedRunner)
 
 
 @dataclass(frozen=True)
@@ -156,14 +212,31 @@ class Expression:
     source: str
     program: Any
 
-    def evaluate(self, *, result: Any, results: Mapping[str, Any], input: Any) -> bool:
+    def evaluate(
+        self,
+        *,
+        result: Any,
+        results: Mapping[str, Any],
+        input: Any,
+        budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+    ) -> bool:
+        """The expression's value over the three variables, within ``budget_seconds``.
+
+        Raises ExpressionBudgetError past the budget, ExpressionError when it fails or does
+        not give a boolean.
+        """
         activation = {
             "result": celpy.json_to_cel(result if result is not None else {}),
             "results": celpy.json_to_cel(dict(results)),
             "input": celpy.json_to_cel(input or {}),
         }
         try:
-            value = self.program.evaluate(activation)
+            value = self.program.evaluate_within(activation, budget_seconds)
+        except _OverBudget:
+            raise ExpressionBudgetError(
+                f"expression '{self.source}' exceeded its budget of {budget_seconds:g} s "
+                f"({BUDGET_SETTING}) and was stopped"
+            ) from None
         except Exception as exc:  # celpy raises its own error types, and may leak others
             raise ExpressionError(
                 f"expression '{self.source}' failed: {_cel_message(exc)}"
@@ -176,10 +249,48 @@ class Expression:
 
 
 def compile_expression(source: str) -> Expression:
+    """``source`` compiled, or ExpressionError saying why not (including comprehensions nested
+    deeper than MAX_COMPREHENSION_DEPTH, whose work grows as a list's length to that power)."""
     try:
-        return Expression(source, _env.program(_env.compile(source)))
+        ast = _env.compile(source)
     except Exception as exc:  # CELParseError, or anything the compiler raises on odd input
         raise ExpressionError(f"not a valid CEL expression: {_cel_message(exc)}") from None
+    depth = comprehension_depth(ast)
+    if depth > MAX_COMPREHENSION_DEPTH:
+        raise ExpressionError(
+            f"comprehensions ({', '.join(sorted(COMPREHENSIONS))}) are nested {depth} deep; "
+            f"at most {MAX_COMPREHENSION_DEPTH} are allowed: each level multiplies the work by "
+            f"its list's length, and an evaluation has a time budget ({BUDGET_SETTING})"
+        )
+    try:
+        return Expression(source, _env.program(ast))
+    except Exception as exc:  # as above: a message, never a crash
+        raise ExpressionError(f"not a valid CEL expression: {_cel_message(exc)}") from None
+
+
+def comprehension_depth(ast: Any) -> int:
+    """How deeply comprehension macros nest in a compiled expression: 1 for ``xs.all(x, p)``,
+    2 for ``xs.all(x, ys.exists(y, p))``; chaining (``xs.map(...).all(...)``) does not nest.
+
+    A macro is a ``member_dot_arg`` node: [0] what it iterates over, [1] the macro's name,
+    [2] the variable and the body. Only the body is inside the macro. Iterative, since a
+    2,000-character expression can be deeper than Python's recursion limit.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(ast, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = getattr(node, "children", None)
+        if children is None:  # a token
+            continue
+        name = children[1] if node.data == "member_dot_arg" and len(children) > 2 else None
+        if name is not None and str(name) in COMPREHENSIONS:
+            deepest = max(deepest, depth + 1)
+            stack.append((children[0], depth))
+            stack.extend((child, depth + 1) for child in children[2:])
+        else:
+            stack.extend((child, depth) for child in children)
+    return deepest
 
 
 def _cel_message(exc: Exception) -> str:

@@ -152,3 +152,80 @@ def test_a_condition_with_an_expression_needs_no_outcome() -> None:
     )
 
     assert definition.condition_for("a").outcome == "success"
+
+
+# -- The expression budget -------------------------------------------------------------------
+# Two nested comprehensions over the input's 3,000 items: about nine million steps of the CEL
+# interpreter, many minutes of one worker's time without a budget.
+ENDLESS = "input.xs.all(x, input.xs.all(y, x + y >= 0))"
+MANY = {"xs": list(range(3000))}
+
+
+def test_an_expression_over_its_budget_fails_its_step_naming_the_budget(settings) -> None:
+    settings.FLOW_EXPRESSION_BUDGET_SECONDS = 0.2
+    execution = run_flow(
+        flow_doc(
+            [task("count", "numbers"), task("big"), task("recover")],
+            [expression_cond("count", ENDLESS, "big", "recover")],
+        ),
+        input=MANY,
+    )
+
+    failed = execution.steps.get(task_name="count")
+    assert failed.status == FAIL
+    assert ENDLESS in failed.error
+    assert "budget of 0.2 s (FLOW_EXPRESSION_BUDGET_SECONDS)" in failed.error
+    # Like any expression that fails: the failure route applies, the flow goes on.
+    assert ran(execution) == [("count", FAIL), ("recover", OK)]
+    assert execution.status == ExecutionStatus.COMPLETED
+
+
+def test_an_error_absorbing_or_does_not_hide_an_expression_over_its_budget(settings) -> None:
+    # CEL's `||` turns an error on one side into the other side's value: a budget that was an
+    # ordinary error inside the interpreter would be swallowed here and the loop run on.
+    settings.FLOW_EXPRESSION_BUDGET_SECONDS = 0.2
+    execution = run_flow(
+        flow_doc(
+            [task("count", "numbers"), task("big")],
+            [expression_cond("count", f"({ENDLESS}) || true", "big", "end")],
+        ),
+        input=MANY,
+    )
+
+    assert execution.status == ExecutionStatus.FAILED
+    assert "FLOW_EXPRESSION_BUDGET_SECONDS" in execution.error
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "input.xs.all(x, input.xs.all(y, input.xs.all(z, x + y + z >= 0)))",
+        "input.xs.map(x, input.xs.filter(y, input.xs.exists_one(z, z == x + y)).size()) == []",
+        "input.xs.exists(a, [a].map(c, input.xs.exists(d, d == c)).size() > 0 && a > 0)",
+    ],
+)
+def test_comprehensions_nested_three_deep_are_refused_at_their_path(expression: str) -> None:
+    document = flow_doc([task("a"), task("b")], [expression_cond("a", expression, "b", "end")])
+
+    errors = field_errors(document)
+
+    assert list(errors) == ["conditions[0].expression"]
+    assert "nested 3 deep" in errors["conditions[0].expression"]
+    assert "at most 2" in errors["conditions[0].expression"]
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "input.xs.all(x, input.xs.exists(y, x == y))",
+        # Chained, not nested: each runs once over the list the one before it made.
+        "input.xs.map(x, x * 2).filter(y, y > 2).all(z, z > 0).exists(w, w)",
+        "input.xs.all(x, x > 0) && input.ys.all(x, input.xs.exists(y, x == y))",
+    ],
+)
+def test_comprehensions_nested_at_most_two_deep_are_accepted(expression: str) -> None:
+    definition = services.validate_flow(
+        flow_doc([task("a"), task("b")], [expression_cond("a", expression, "b", "end")])
+    )
+
+    assert definition.condition_for("a").expression.source == expression

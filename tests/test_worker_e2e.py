@@ -144,6 +144,37 @@ def test_deleting_a_running_execution_frees_its_worker_for_the_next_flow(stack: 
     assert stack.client.get(f"/flow/{execution_id}/status").status_code == 404
 
 
+def test_a_condition_over_its_budget_fails_its_step_while_another_flow_completes(
+    stack: SeedStack,
+) -> None:
+    # Two nested comprehensions over 3,000 items: nine million interpreter steps, many minutes
+    # of the stack's one worker process without the expression budget (1 s by default).
+    endless = "input.xs.all(x, input.xs.all(y, x + y >= 0))"
+    document = flow_doc(
+        [task("count"), task("big"), task("small")],
+        [{"source_task": "count", "expression": endless,
+          "target_task_success": "big", "target_task_failure": "end"}],
+        flow_id="e2e_expression_budget",
+    )  # fmt: skip
+    slow_id = stack.create(document)
+    started = stack.client.post(
+        "/flow/execute", json={"execution_id": slow_id, "input": {"xs": list(range(3000))}}
+    )
+    assert started.status_code == 200, started.text
+
+    # One worker process: this flow ends only if the expression let go of it.
+    quick_id = stack.create_and_execute(flow_doc([task("only")], flow_id="e2e_beside_budget"))
+    quick = stack.wait_until_ended(quick_id)
+    slow = stack.wait_until_ended(slow_id)
+
+    assert quick["status"] == "COMPLETED", quick
+    assert slow["status"] == "FAILED", slow
+    assert "budget of 1 s (FLOW_EXPRESSION_BUDGET_SECONDS)" in slow["error"]
+    # Failed once, not lost and run again by a worker that found its lease expired.
+    assert [(name, status) for name, status, _ in stack.steps(slow_id)] == [("count", "FAILURE")]
+    assert stack.cluster.poll() is None, log_tails(stack.logs)
+
+
 def test_health_reports_the_running_cluster(stack: SeedStack) -> None:
     def health() -> dict[str, Any]:
         response = stack.client.get("/health")

@@ -10,6 +10,7 @@ from typing import Any
 
 from flows.definition.errors import FieldError
 from flows.definition.specs import END, ConditionSpec, TaskSpec
+from flows.expressions import DEFAULT_BUDGET_SECONDS
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,15 @@ class FlowDefinition:
         result: Any = None,
         results: Mapping[str, Any] | None = None,
         input: Any = None,
+        budget_seconds: float = DEFAULT_BUDGET_SECONDS,
     ) -> tuple[str | None, str]:
         """Where to go after ``task_name`` ended with ``status`` ('success' or 'failure').
 
         Returns ``(next task name or None to end, a sentence saying why)``. A condition with
         an ``expression`` is evaluated over the task's result, all results and the input when
         the task succeeded (true: success target, false: failure target); a failed task
-        takes the failure target. Raises ExpressionError when the expression fails.
+        takes the failure target. Raises ExpressionError when the expression fails (or runs past
+        ``budget_seconds``: ExpressionBudgetError).
         """
         cond = self.condition_for(task_name)
         if cond is not None:
@@ -69,7 +72,10 @@ class FlowDefinition:
             if cond.expression is not None:
                 if status == "success":
                     matched = cond.expression.evaluate(
-                        result=result, results=results or {}, input=input
+                        result=result,
+                        results=results or {},
+                        input=input,
+                        budget_seconds=budget_seconds,
                     )
                     why = f"{task_name} succeeded; {label} `{cond.expression.source}` is {matched}"
                 else:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db.models import F, OuterRef, Subquery
 from django_q.conf import Conf
 
@@ -129,6 +130,7 @@ def plan_redrive(
                 result=last.result,
                 results=results_scope(results()),
                 input=execution.input,
+                budget_seconds=settings.FLOW_EXPRESSION_BUDGET_SECONDS,
             )
         except ExpressionError as exc:
             raise CannotRedrive(f"cannot be redriven: {exc}") from None

@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 from flows.definition import FlowDefinition
 from flows.engine.inputs import results_scope
 from flows.engine.outcome import StepOutcome
@@ -131,6 +133,7 @@ def plan(
             result=outcome.result,
             results=scope,
             input=execution.input,
+            budget_seconds=settings.FLOW_EXPRESSION_BUDGET_SECONDS,
         )
     except ExpressionError as exc:
         # A condition that cannot be evaluated fails its step, and routes as a failure.
