@@ -21,6 +21,7 @@ One module a role, each importing only the public names of the others:
 from flows.definition.conditions import OUTCOMES
 from flows.definition.document import Registry, parse_flow, unwrap
 from flows.definition.errors import FieldError, FlowValidationError
+from flows.definition.fields import unstorable_problem
 from flows.definition.flow import FlowDefinition
 from flows.definition.limits import (
     BRANCH_NAME_RE,
@@ -81,5 +82,6 @@ __all__ = [
     "check_subflows",
     "parse_flow",
     "subflow_calls",
+    "unstorable_problem",
     "unwrap",
 ]

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from flows.definition.body import parse_body
 from flows.definition.errors import FieldError, FlowValidationError
-from flows.definition.fields import deeper_than, kind_of, nul_paths, optional_text
+from flows.definition.fields import deeper_than, kind_of, optional_text, unstorable_paths
 from flows.definition.flow import FlowDefinition
 from flows.definition.limits import FLOW_ID_RE, MAX_DEPTH, MAX_STEPS_LIMIT
 from flows.definition.tasks import Lookup
@@ -54,6 +54,15 @@ def parse_flow(
         raise FlowValidationError(
             [FieldError("", f"the document is nested too deeply (more than {MAX_DEPTH} levels)")]
         )
+    unstorable = unstorable_paths(doc, "")
+    if unstorable:
+        # Alone: the other checks' messages would quote the text, which no page can show.
+        raise FlowValidationError(
+            [
+                FieldError(path, f"contains {what}, which cannot be stored; remove it")
+                for path, what in unstorable
+            ]
+        )
     for key in sorted(set(doc) - _FLOW_KEYS, key=str):
         err(str(key), f"unknown field; allowed: {', '.join(sorted(_FLOW_KEYS))}")
 
@@ -65,8 +74,6 @@ def parse_flow(
             "letter or digit",
         )
         flow_id = ""
-    for path in nul_paths(doc, ""):
-        err(path, "contains a NUL character (\\u0000), which cannot be stored; remove it")
     name = optional_text(doc, "name", "name", err, 200, single_line=True) or flow_id
     description = optional_text(doc, "description", "description", err, 5000)
 

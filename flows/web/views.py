@@ -21,6 +21,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from flows import selectors, services
+from flows.definition import unstorable_problem
 from flows.models import Execution, ExecutionStatus, Flow, FlowVersion, TaskRun
 from flows.registry import default_registry
 from flows.web import builder, presenters
@@ -359,7 +360,10 @@ def _render_builder(
         "draft": draft,
         "document_text": text,
         "json_errors": json_errors or [],
-        "graph": presenters.graph_view(document) if isinstance(document, dict) else None,
+        # No graph of a document holding text no page can show (it is refused, with where).
+        "graph": presenters.graph_view(document)
+        if isinstance(document, dict) and not unstorable_problem(document, "")
+        else None,
         "types": sorted(default_registry().types.values(), key=lambda t: t.name),
     }
     return render(request, "flows/builder.html", context, status=status)
