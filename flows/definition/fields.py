@@ -3,6 +3,7 @@ error messages use for what was found instead."""
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from typing import Any
 import jsonschema
 
 from flows.definition.errors import Report
-from flows.definition.limits import MAX_NAME
+from flows.definition.limits import MAX_DURATION, MAX_NAME
 from flows.expressions import has_reference
 
 
@@ -33,6 +34,22 @@ def optional_text(
         err(path, f"must be {what} (no control characters)")
         return ""
     return value
+
+
+def optional_seconds(doc: Mapping, key: str, path: str, err: Report) -> tuple[float | None, bool]:
+    """An optional duration (a timeout): (seconds or None, whether it was valid). Bounded, so
+    that no number (a 401-digit integer, 1e308) overflows the deadline computed from it."""
+    value = doc.get(key)
+    if value is None:
+        return None, True
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_DURATION
+    ):
+        err(path, f"must be a positive number of seconds, at most {MAX_DURATION:,} (a year)")
+        return None, False
+    return float(value), True
 
 
 def is_name(value: Any) -> bool:
@@ -94,7 +111,10 @@ def readable_key(key: Any) -> str:
 
 
 def unstorable_paths(value: Any, path: str) -> list[tuple[str, str]]:
-    """(path, what) of every string (or key) holding text no database stores (``unstorable``)."""
+    """(path, what) of every string (or key) holding text no database stores (``unstorable``),
+    and of every number JSON cannot hold (1e400 parses to infinity in Python)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path or "(document)", "a number out of range (it reads as infinity)")]
     if isinstance(value, str):
         what = unstorable(value)
         return [(path or "(document)", what)] if what else []
