@@ -15,6 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -34,6 +35,14 @@ T = TypeVar("T")
 def needs(permission: str) -> Any:
     """The page needs this permission (roles are groups, migration 0005); 403 otherwise."""
     return permission_required(permission, raise_exception=True)
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """``/favicon.ico``, which browsers ask for whatever a page links: our SVG icon (its
+    static URL carries a content hash in production, so the redirect itself is cached a day)."""
+    response = redirect(static("flows/favicon.svg"))
+    response["Cache-Control"] = "public, max-age=86400"
+    return response
 
 
 # -- dashboard -------------------------------------------------------------------------------
