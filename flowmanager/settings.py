@@ -272,6 +272,8 @@ LOGGING = {
     "formatters": {
         "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    # Expected 4xx answers (a 404, a 409) log at INFO, not WARNING (flows/logfilters.py).
+    "filters": {"client_errors_as_info": {"()": "flows.logfilters.ClientErrorsAsInfo"}},
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",
@@ -281,6 +283,7 @@ LOGGING = {
     },
     "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
+        "django.request": {"filters": ["client_errors_as_info"]},
         "flows": {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False},
         "tasks": {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False},
         # django-q2 logs as "django-q" (with a dash).
