@@ -199,7 +199,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["flows.api.renderers.SafeJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "flows.api.errors.exception_handler",
@@ -309,6 +309,8 @@ LOGGING = {
     "formatters": {
         "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    # Expected 4xx answers (a 404, a 409) log at INFO, not WARNING (flows/logfilters.py).
+    "filters": {"client_errors_as_info": {"()": "flows.logfilters.ClientErrorsAsInfo"}},
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",
@@ -318,6 +320,7 @@ LOGGING = {
     },
     "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
+        "django.request": {"filters": ["client_errors_as_info"]},
         "flows": {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False},
         "tasks": {"handlers": ["stderr"], "level": LOG_LEVEL, "propagate": False},
         # django-q2 logs as "django-q" (with a dash).

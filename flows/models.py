@@ -6,6 +6,8 @@ The engine owns the state columns of Execution and TaskRun; everything else writ
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from typing import Any
 
@@ -13,6 +15,44 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.utils import timezone
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class StoredJSONDecoder(json.JSONDecoder):
+    """The JSON columns' decoder: a lone surrogate (a ``\\ud800`` escape that SQLite kept from
+    before such text was refused; PostgreSQL never stores one) reads as U+FFFD, as undecodable
+    text does anywhere, so that the row still renders on every page and can be deleted."""
+
+    def decode(self, s: str, *args: Any, **kwargs: Any) -> Any:
+        value = super().decode(s, *args, **kwargs)
+        if "\\ud" in s or "\\uD" in s:  # an escaped surrogate, maybe half a valid pair
+            value = _replace_lone_surrogates(value)
+        return value
+
+
+class StoredJSONField(models.JSONField):
+    """A JSONField read with ``StoredJSONDecoder``. The decoder changes nothing in the
+    database, so it is left out of migrations (which would rebuild SQLite tables for it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("decoder", StoredJSONDecoder)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> Any:
+        name, _, args, kwargs = super().deconstruct()
+        kwargs.pop("decoder", None)
+        return name, "django.db.models.JSONField", args, kwargs
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(v) for v in value]
+    return value
 
 
 class FlowQuerySet(models.QuerySet["Flow"]):
@@ -44,7 +84,7 @@ class Flow(models.Model):
     id = models.SlugField(primary_key=True, max_length=100)
     name = models.CharField(max_length=200)
     version = models.PositiveIntegerField(default=1, help_text="Current (latest) version.")
-    definition = models.JSONField(help_text="The current version's flow document.")
+    definition = StoredJSONField(help_text="The current version's flow document.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -63,7 +103,7 @@ class FlowVersion(models.Model):
 
     flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="versions")
     version = models.PositiveIntegerField()
-    definition = models.JSONField()
+    definition = StoredJSONField()
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -252,7 +292,7 @@ class Execution(models.Model):
         max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.CREATED
     )
     current_task = models.CharField(max_length=100, blank=True)
-    input = models.JSONField(default=dict, blank=True)
+    input = StoredJSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     steps_taken = models.PositiveIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
@@ -290,7 +330,7 @@ class Execution(models.Model):
     )
     # Where in its flow version's document a branch or map item's tasks are: control task
     # names alternating with branch names ("" for a map's iterator). Empty: the whole flow.
-    scope = models.JSONField(default=list, blank=True)
+    scope = StoredJSONField(default=list, blank=True)
     # The top execution of a tree of children (null for a top execution itself): inline runs,
     # lists and purges take a whole tree by it.
     root = models.ForeignKey(
@@ -299,9 +339,11 @@ class Execution(models.Model):
     branch = models.CharField(max_length=50, blank=True)
     # Position among its parent step's children: the branch's place, or the map item's.
     item_index = models.PositiveIntegerField(null=True, blank=True)
-    item = models.JSONField(null=True, blank=True, help_text="A map item: ${item}.")
-    result = models.JSONField(
-        null=True, blank=True, help_text="A child's output: its last step's result."
+    item = StoredJSONField(null=True, blank=True, help_text="A map item: ${item}.")
+    result = StoredJSONField(
+        null=True,
+        blank=True,
+        help_text="A child's output: its last step's result.",
     )
 
     objects = ExecutionQuerySet.as_manager()
@@ -374,8 +416,8 @@ class TaskRun(models.Model):
     status = models.CharField(
         max_length=16, choices=TaskRunStatus.choices, default=TaskRunStatus.PENDING
     )
-    parameters = models.JSONField(default=dict, blank=True)
-    result = models.JSONField(null=True, blank=True)
+    parameters = StoredJSONField(default=dict, blank=True)
+    result = StoredJSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -393,7 +435,7 @@ class TaskRun(models.Model):
     not_before = models.DateTimeField(
         null=True, blank=True, help_text="A retry waits in the database until this time."
     )
-    waiting = models.JSONField(
+    waiting = StoredJSONField(
         null=True,
         blank=True,
         help_text="What the open step waits for in the database: a time, a signal, children.",
@@ -492,7 +534,7 @@ class FlowSchedule(models.Model):
     flow = models.OneToOneField(Flow, on_delete=models.CASCADE, related_name="schedule")
     cron = models.CharField(max_length=100, help_text="Cron expression, e.g. '*/5 * * * *'.")
     enabled = models.BooleanField(default=True)
-    input = models.JSONField(default=dict, blank=True)
+    input = StoredJSONField(default=dict, blank=True)
     q_schedule = models.OneToOneField(
         "django_q.Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -76,6 +76,9 @@ class TaskLogger:
 
     def log(self, level: int, message: str, *args: Any) -> None:
         text = message % args if args else str(message)
+        # A NUL or a lone surrogate is stored escaped: no database column holds either, and
+        # storing the line must never fail the step.
+        text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
         self.lines.append((logging.getLevelName(level), text))
         _forward.log(level, "execution=%s task=%s %s", self.execution_id, self.task_name, text)
 

@@ -166,10 +166,11 @@ def test_execute_answers_with_the_status_document_of_the_queued_execution(api):
 
 
 def test_executing_an_unknown_execution_is_404(api):
-    response = api.post("/flow/execute", {"execution_id": str(uuid.uuid4())}, format="json")
+    execution_id = str(uuid.uuid4())
+    response = api.post("/flow/execute", {"execution_id": execution_id}, format="json")
 
     assert response.status_code == 404
-    assert "no execution" in response.json()["detail"]
+    assert response.json()["detail"] == f"Flow execution {execution_id} not found"
 
 
 def test_executing_an_execution_twice_is_409_and_leaves_it_as_it_was(api):
@@ -289,7 +290,7 @@ def test_status_of_an_unknown_or_malformed_id_is_404_json(api, execution_id):
 
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
-    assert "no execution with id" in response.json()["detail"]
+    assert response.json()["detail"] == f"Flow execution {execution_id} not found"
 
 
 @pytest.mark.parametrize("steps", [1, 20])
@@ -334,7 +335,7 @@ def test_deleting_an_unknown_execution_is_404(api, execution_id):
     response = api.delete(f"/flow/{execution_id}")
 
     assert response.status_code == 404
-    assert "no execution with id" in response.json()["detail"]
+    assert response.json()["detail"] == f"Flow execution {execution_id} not found"
 
 
 def test_deleting_twice_is_404_the_second_time(api):

@@ -69,12 +69,25 @@ PLUGINS = {
             "nan": {"value": float("nan")},
             "object": {"when": object()},
             "big": {"blob": "x" * 5000},
+            "surrogate": {"text": "x\\ud800"},
+            "nul_key": {"a\\x00": 1},
         }
 
 
         class ReturnsTask(BaseTask):
             async def run(self):
                 return VALUES[self.parameters["kind"]]
+    """,
+    "yells": """
+        class YellsTask(BaseTask):
+            async def run(self):
+                raise RuntimeError("half a pair \\ud800 and a NUL \\x00 here")
+    """,
+    "mumbles": """
+        class MumblesTask(BaseTask):
+            async def run(self):
+                self.context.logger.info("half a pair \\ud800 and a NUL \\x00 here")
+                return {}
     """,
     "exits": """
         import sys
@@ -303,6 +316,8 @@ def test_an_abandoned_event_loop_stops_once_its_blocking_code_returns(registry) 
         ("set", "not JSON-serialisable"),
         ("nan", "not JSON-serialisable"),
         ("object", "not JSON-serialisable"),
+        ("surrogate", "lone surrogate (\\ud800) at result.text"),
+        ("nul_key", "NUL character"),
     ],
 )
 def test_a_result_that_is_not_a_json_object_fails_the_step(registry, kind, fragment) -> None:
@@ -311,6 +326,25 @@ def test_a_result_that_is_not_a_json_object_fails_the_step(registry, kind, fragm
     assert failed.status == TaskRunStatus.FAILURE
     assert fragment in failed.error
     assert failed.result is None
+    assert_recovered(execution)
+
+
+def test_a_log_line_with_text_no_database_stores_is_kept_escaped(registry) -> None:
+    """A lone surrogate in a log line crashed the worker as it stored the line (the step went
+    LOST each time the reaper retried it); the line is stored with the character escaped."""
+    execution = run(registry, with_recovery(step("talk", "mumbles")))
+
+    assert steps(execution)[0] == ("talk", TaskRunStatus.SUCCESS)
+    messages = list(execution.events.values_list("message", flat=True))
+    assert "half a pair \\ud800 and a NUL \\x00 here" in messages
+
+
+def test_an_error_with_text_no_database_stores_fails_the_step_with_it_escaped(registry) -> None:
+    execution = run(registry, with_recovery(step("shout", "yells")))
+
+    failed = first_step(execution)
+    assert "half a pair \\ud800 and a NUL \\x00 here" in failed.error
+    assert "\\ud800" in failed.traceback
     assert_recovered(execution)
 
 

@@ -21,6 +21,7 @@ One module a role, each importing only the public names of the others:
 from flows.definition.conditions import OUTCOMES
 from flows.definition.document import Registry, parse_flow, unwrap
 from flows.definition.errors import FieldError, FlowValidationError
+from flows.definition.fields import unstorable_paths, unstorable_problem
 from flows.definition.flow import FlowDefinition
 from flows.definition.limits import (
     BRANCH_NAME_RE,
@@ -28,7 +29,9 @@ from flows.definition.limits import (
     MAX_ATTEMPTS,
     MAX_BRANCHES,
     MAX_DEPTH,
+    MAX_DURATION,
     MAX_MAP_CONCURRENCY,
+    MAX_MAP_ITEMS,
     MAX_NAME,
     MAX_NESTING,
     MAX_RETRY_DELAY,
@@ -59,7 +62,9 @@ __all__ = [
     "MAX_ATTEMPTS",
     "MAX_BRANCHES",
     "MAX_DEPTH",
+    "MAX_DURATION",
     "MAX_MAP_CONCURRENCY",
+    "MAX_MAP_ITEMS",
     "MAX_NAME",
     "MAX_NESTING",
     "MAX_RETRY_DELAY",
@@ -81,5 +86,7 @@ __all__ = [
     "check_subflows",
     "parse_flow",
     "subflow_calls",
+    "unstorable_paths",
+    "unstorable_problem",
     "unwrap",
 ]

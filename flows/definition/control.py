@@ -15,6 +15,7 @@ from flows.definition.limits import (
     FLOW_ID_RE,
     MAX_BRANCHES,
     MAX_MAP_CONCURRENCY,
+    MAX_MAP_ITEMS,
     MAX_NESTING,
 )
 from flows.definition.specs import MAP, PARALLEL, SUBFLOW, TaskSpec, Tolerance
@@ -50,7 +51,8 @@ _SUBFLOW_SCHEMA: dict[str, Any] = {
     "required": ["flow_id"],
     "properties": {
         "flow_id": {"type": "string", "pattern": FLOW_ID_RE.pattern},
-        "version": {"type": "integer", "minimum": 1},
+        # A version is a 32-bit column: a larger one is no version (and overflows a lookup).
+        "version": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
         "input": {"type": "object"},
     },
     "additionalProperties": False,
@@ -184,11 +186,14 @@ def _parse_tolerance(raw: Any, path: str, err: Report) -> Tolerance | None:
     where = f"{path}.tolerated_failures"
     if raw is None:
         return Tolerance()
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= MAX_MAP_ITEMS:
         return Tolerance(count=raw)
     if isinstance(raw, str):
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", raw)
         if match and float(match.group(1)) <= 100:
             return Tolerance(percent=float(match.group(1)))
-    err(where, "must be a number of items (0 or more) or a percentage such as '10%'")
+    err(
+        where,
+        f"must be a number of items from 0 to {MAX_MAP_ITEMS:,} or a percentage such as '10%'",
+    )
     return None

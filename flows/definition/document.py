@@ -8,7 +8,13 @@ from typing import Any, Protocol
 
 from flows.definition.body import parse_body
 from flows.definition.errors import FieldError, FlowValidationError
-from flows.definition.fields import deeper_than, kind_of, nul_paths, optional_text
+from flows.definition.fields import (
+    deeper_than,
+    kind_of,
+    optional_seconds,
+    optional_text,
+    unstorable_paths,
+)
 from flows.definition.flow import FlowDefinition
 from flows.definition.limits import FLOW_ID_RE, MAX_DEPTH, MAX_STEPS_LIMIT
 from flows.definition.tasks import Lookup
@@ -54,6 +60,15 @@ def parse_flow(
         raise FlowValidationError(
             [FieldError("", f"the document is nested too deeply (more than {MAX_DEPTH} levels)")]
         )
+    unstorable = unstorable_paths(doc, "")
+    if unstorable:
+        # Alone: the other checks' messages would quote the text, which no page can show.
+        raise FlowValidationError(
+            [
+                FieldError(path, f"contains {what}, which cannot be stored; remove it")
+                for path, what in unstorable
+            ]
+        )
     for key in sorted(set(doc) - _FLOW_KEYS, key=str):
         err(str(key), f"unknown field; allowed: {', '.join(sorted(_FLOW_KEYS))}")
 
@@ -65,8 +80,6 @@ def parse_flow(
             "letter or digit",
         )
         flow_id = ""
-    for path in nul_paths(doc, ""):
-        err(path, "contains a NUL character (\\u0000), which cannot be stored; remove it")
     name = optional_text(doc, "name", "name", err, 200, single_line=True) or flow_id
     description = optional_text(doc, "description", "description", err, 5000)
 
@@ -77,14 +90,7 @@ def parse_flow(
     elif not 1 <= max_steps <= MAX_STEPS_LIMIT:
         err("max_steps", f"must be between 1 and {MAX_STEPS_LIMIT}")
 
-    flow_timeout = doc.get("timeout_seconds")
-    if flow_timeout is not None and (
-        isinstance(flow_timeout, bool)
-        or not isinstance(flow_timeout, int | float)
-        or flow_timeout <= 0
-    ):
-        err("timeout_seconds", "must be a positive number of seconds")
-        flow_timeout = None
+    flow_timeout, _ = optional_seconds(doc, "timeout_seconds", "timeout_seconds", err)
 
     body = parse_body(
         doc, "", registry.snapshot(), err, flow_id=flow_id, max_steps=max_steps, depth=0
@@ -97,7 +103,7 @@ def parse_flow(
         body,
         name=name,
         description=description,
-        timeout_seconds=float(flow_timeout) if flow_timeout is not None else None,
+        timeout_seconds=flow_timeout,
     )
     return dataclasses.replace(definition, warnings=tuple(_unreachable(definition)))
 

@@ -3,6 +3,8 @@ error messages use for what was found instead."""
 
 from __future__ import annotations
 
+import math
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import jsonschema
 
 from flows.definition.errors import Report
-from flows.definition.limits import MAX_NAME
+from flows.definition.limits import MAX_DURATION, MAX_NAME
 from flows.expressions import has_reference
 
 
@@ -32,6 +34,22 @@ def optional_text(
         err(path, f"must be {what} (no control characters)")
         return ""
     return value
+
+
+def optional_seconds(doc: Mapping, key: str, path: str, err: Report) -> tuple[float | None, bool]:
+    """An optional duration (a timeout): (seconds or None, whether it was valid). Bounded, so
+    that no number (a 401-digit integer, 1e308) overflows the deadline computed from it."""
+    value = doc.get(key)
+    if value is None:
+        return None, True
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_DURATION
+    ):
+        err(path, f"must be a positive number of seconds, at most {MAX_DURATION:,} (a year)")
+        return None, False
+    return float(value), True
 
 
 def is_name(value: Any) -> bool:
@@ -70,21 +88,57 @@ def deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def nul_paths(value: Any, path: str) -> list[str]:
-    """Paths of every string (or key) holding a NUL character, which databases refuse."""
+# A lone UTF-16 surrogate: JSON's "\ud800" escape parses to one, but no UTF-8 text (so no
+# database, log line or page) can hold it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable(text: str) -> str:
+    """What in ``text`` no database can store, in words ("" when nothing): a NUL character,
+    or a lone surrogate."""
+    if "\x00" in text:
+        return "a NUL character (\\u0000)"
+    if text.isascii():  # the common case, without a scan
+        return ""
+    found = _SURROGATE.search(text)
+    return f"a lone surrogate (\\u{ord(found.group()):04x})" if found else ""
+
+
+def readable_key(key: Any) -> str:
+    """``key`` for a field path in a message: a lone surrogate written as its escape, so that
+    the message itself can be sent and logged."""
+    return str(key).encode("utf-8", "backslashreplace").decode()
+
+
+def unstorable_paths(value: Any, path: str) -> list[tuple[str, str]]:
+    """(path, what) of every string (or key) holding text no database stores (``unstorable``),
+    and of every number JSON cannot hold (1e400 parses to infinity in Python)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path or "(document)", "a number out of range (it reads as infinity)")]
     if isinstance(value, str):
-        return [path or "(document)"] if "\x00" in value else []
+        what = unstorable(value)
+        return [(path or "(document)", what)] if what else []
     if isinstance(value, Mapping):
-        out: list[str] = []
+        out: list[tuple[str, str]] = []
         for key, item in value.items():
-            sub = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and "\x00" in key:
-                out.append(sub)
-            out += nul_paths(item, sub)
+            sub = f"{path}.{readable_key(key)}" if path else readable_key(key)
+            what = unstorable(key) if isinstance(key, str) else ""
+            if what:
+                out.append((sub, what))
+            out += unstorable_paths(item, sub)
         return out
     if isinstance(value, list):
-        return [p for i, item in enumerate(value) for p in nul_paths(item, f"{path}[{i}]")]
+        return [p for i, item in enumerate(value) for p in unstorable_paths(item, f"{path}[{i}]")]
     return []
+
+
+def unstorable_problem(value: Any, field: str) -> str:
+    """Why ``value`` (an input, a payload) cannot be stored, naming where; "" when it can."""
+    found = unstorable_paths(value, field)
+    if not found:
+        return ""
+    path, what = found[0]
+    return f"contains {what} at {path}, which cannot be stored; remove it"
 
 
 def listing(names: list[str]) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from flows.definition.errors import Report
-from flows.definition.fields import check_schema, is_name, kind_of, optional_text
+from flows.definition.fields import check_schema, is_name, kind_of, optional_seconds, optional_text
 from flows.definition.limits import MAX_ATTEMPTS, MAX_NAME, MAX_RETRY_DELAY
 from flows.definition.specs import NO_RETRY, RetryPolicy, TaskSpec
 
@@ -65,12 +65,8 @@ def parse_task(
         ok = False
     elif type_info is not None:
         ok = check_schema(type_info.parameters_schema, params, f"{path}.parameters", err) and ok
-    timeout = item.get("timeout_seconds")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        err(f"{path}.timeout_seconds", "must be a positive number of seconds")
-        ok = False
+    timeout, timeout_ok = optional_seconds(item, "timeout_seconds", f"{path}.timeout_seconds", err)
+    ok = ok and timeout_ok
     description = optional_text(item, "description", f"{path}.description", err, 5000)
     retry = _parse_retry(
         item.get("retry", getattr(type_info, "default_retry", None)), f"{path}.retry", err
@@ -81,7 +77,7 @@ def parse_task(
             task_type=task_type,
             parameters=dict(params),
             description=description,
-            timeout_seconds=float(timeout) if timeout is not None else None,
+            timeout_seconds=timeout,
             retry=retry,
         )
     if is_name(name):
@@ -119,9 +115,10 @@ def _parse_retry(raw: Any, path: str, err: Report) -> RetryPolicy | None:
             or not isinstance(value, int | float)
             or not 0 <= value <= MAX_RETRY_DELAY
         ):
-            err(f"{path}.{key}", f"must be a number of seconds from 0 to {MAX_RETRY_DELAY:g}")
+            err(f"{path}.{key}", f"must be a number of seconds from 0 to {MAX_RETRY_DELAY:,g}")
             ok = False
-        numbers[key] = float(value) if isinstance(value, int | float) else default
+        else:  # only now: float() of a 401-digit integer overflows
+            numbers[key] = float(value)
     backoff = raw.get("backoff", "fixed")
     if backoff not in ("fixed", "exponential"):
         err(f"{path}.backoff", "must be 'fixed' or 'exponential'")

@@ -31,7 +31,15 @@ from typing import Any
 
 from django_q.conf import Conf
 
-from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, TaskSpec, parse_flow
+from flows.definition import (
+    MAP,
+    MAX_MAP_ITEMS,
+    PARALLEL,
+    SUBFLOW,
+    FlowDefinition,
+    TaskSpec,
+    parse_flow,
+)
 from flows.engine.inputs import reference_scope
 from flows.engine.outcome import StepOutcome, failure, waiting
 from flows.engine.wakeup import wake
@@ -51,7 +59,6 @@ logger = logging.getLogger("flows.engine")
 
 # "Until its children are done": a time no clock reaches, so nothing wakes the step early.
 FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
-MAX_MAP_ITEMS = 100_000
 # Executions nest (a sub-flow's map's branch ...) at most this deep at run time, whatever the
 # stored flows became since they were validated.
 MAX_DEPTH = 10

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.utils import timezone
 
-from flows.definition import FlowDefinition
+from flows.definition import FlowDefinition, unstorable_problem
 from flows.engine import timing
 from flows.engine.taskloop import StepTimeout
 from flows.models import Execution, TaskRunStatus
@@ -62,11 +62,17 @@ def failure(
     return StepOutcome(
         TaskRunStatus.FAILURE,
         permanent=permanent,
-        error=message,
-        traceback=trace,
+        error=_storable_text(message),
+        traceback=_storable_text(trace),
         duration=duration,
         log_lines=list(lines),
     )
+
+
+def _storable_text(text: str) -> str:
+    """A task's error as text every database stores: a NUL or a lone surrogate (which a task
+    may put in its exception) escaped, so that recording the step cannot fail."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
 
 
 def waiting(
@@ -115,8 +121,10 @@ def check_result(value: Any) -> tuple[dict[str, Any] | None, str]:
         text = json.dumps(value, allow_nan=False, default=_earlier_results)
     except (TypeError, ValueError) as exc:
         return None, f"task returned a dict that is not JSON-serialisable: {exc}"
-    if "\\u0000" in text:
-        return None, "task result contains a NUL character (\\u0000), which cannot be stored"
+    if "\\u0000" in text or "\\ud" in text:  # a NUL, or a surrogate (maybe half a pair)
+        problem = unstorable_problem(json.loads(text), "result")
+        if problem:
+            return None, f"task {problem}"
     if len(text) > settings.FLOW_MAX_RESULT_BYTES:
         return None, (
             f"task result is {len(text)} bytes, over the limit of "

@@ -21,6 +21,7 @@ from flows.services.errors import (
     InvalidFlow,
     NotFound,
     ServiceError,
+    check_storable,
 )
 from flows.services.executions import (
     body_fingerprint,
@@ -71,6 +72,7 @@ __all__ = [
     "ServiceError",
     "body_fingerprint",
     "canonical_json",
+    "check_storable",
     "cron_error",
     "execution_cancel",
     "execution_create",

@@ -23,7 +23,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.registry import TaskRegistry
-from flows.services.errors import Conflict, ServiceError
+from flows.services.errors import Conflict, ServiceError, check_storable
 from flows.services.executions import flow_deadline, not_a_child, runnable_definition
 from flows.services.flows import recorded_user
 
@@ -234,6 +234,9 @@ def execution_signal(
             "decision must be 'approve' or 'reject'",
             errors=[{"field": "decision", "message": "must be 'approve' or 'reject'"}],
         )
+    check_storable(name, "name")
+    check_storable(payload, "payload")
+    check_storable(comment, "comment")
     locked = _locked(execution_id)
     step = (
         TaskRun.objects.select_for_update()

@@ -6,6 +6,10 @@ the operator pages and the commands show ``message`` and ``errors``.
 
 from __future__ import annotations
 
+from typing import Any
+
+from flows.definition import unstorable_problem
+
 
 class ServiceError(Exception):
     """A request the domain refuses; ``status`` is the HTTP status the API answers with."""
@@ -39,3 +43,11 @@ class IdempotencyConflict(ServiceError):
 
     status = 422
     code = "idempotency_conflict"
+
+
+def check_storable(value: Any, field: str) -> None:
+    """Refuse ``value`` (an input, a payload, a key) holding text no database stores: a NUL,
+    a lone surrogate. Checked before any row is written, so nothing half-made is left."""
+    problem = unstorable_problem(value, field)
+    if problem:
+        raise ServiceError(f"{field} {problem}", errors=[{"field": field, "message": problem}])

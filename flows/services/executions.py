@@ -22,7 +22,13 @@ from flows.models import (
     TaskRun,
 )
 from flows.registry import TaskRegistry, default_registry
-from flows.services.errors import Conflict, IdempotencyConflict, NotFound, ServiceError
+from flows.services.errors import (
+    Conflict,
+    IdempotencyConflict,
+    NotFound,
+    ServiceError,
+    check_storable,
+)
 from flows.services.flows import canonical_json, flow_store, recorded_user, validate_flow
 from flows.sql import writes
 
@@ -45,6 +51,7 @@ def execution_create(
             "input must be a JSON object",
             errors=[{"field": "input", "message": "must be an object"}],
         )
+    check_storable(input, "input")
     execution = Execution.objects.create(
         flow_id=flow_version.flow_id,
         flow_version=flow_version,
@@ -91,6 +98,7 @@ def execution_start(
             "input must be a JSON object",
             errors=[{"field": "input", "message": "must be an object"}],
         )
+    check_storable(input, "input")
     execution = selectors.execution_get(execution_id, with_flow=False)
     definition = runnable_definition(execution, registry, "start")
     now = timezone.now()
@@ -157,6 +165,8 @@ def execution_submit(
             "Idempotency-Key is longer than 200 characters",
             errors=[{"field": "Idempotency-Key", "message": "at most 200 characters"}],
         )
+    check_storable(key, "Idempotency-Key")
+    check_storable(input, "input")
     owner = recorded_user(user)
     if key:
         existing = Execution.objects.filter(

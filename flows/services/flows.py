@@ -18,6 +18,7 @@ from flows.definition import (
     FlowValidationError,
     check_subflows,
     parse_flow,
+    unstorable_paths,
     unwrap,
 )
 from flows.models import ACTIVE_STATUSES, Flow, FlowVersion
@@ -49,10 +50,12 @@ def validate_flow(document: Any, *, registry: TaskRegistry | None = None) -> Flo
     try:
         size = len(json.dumps(document, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise InvalidFlow(
-            f"the document is not plain JSON: {exc}",
-            errors=[{"field": "", "message": "not plain JSON (NaN or Infinity?)"}],
-        ) from None
+        # 1e400 parses to infinity: name where, as parse_flow names a bad string.
+        errors = [
+            {"field": path, "message": f"contains {what}; write a number JSON can hold"}
+            for path, what in unstorable_paths(unwrap(document), "")
+        ] or [{"field": "", "message": "not plain JSON (NaN or Infinity?)"}]
+        raise InvalidFlow(f"the document is not plain JSON: {exc}", errors=errors) from None
     if size > settings.FLOW_MAX_DOCUMENT_BYTES:
         message = f"the document is {size} bytes; the limit is {settings.FLOW_MAX_DOCUMENT_BYTES}"
         raise InvalidFlow(message, errors=[{"field": "", "message": message}])

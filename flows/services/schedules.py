@@ -12,6 +12,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from flows import selectors
+from flows.definition import unstorable_problem
 from flows.models import Execution, ExecutionTrigger, FlowSchedule, FlowVersion
 from flows.services.errors import ServiceError
 from flows.services.executions import execution_submit
@@ -52,6 +53,8 @@ def flow_schedule_set(
         errors.append({"field": "cron", "message": cron_problem})
     if input is not None and not isinstance(input, dict):
         errors.append({"field": "input", "message": "must be an object"})
+    elif problem := unstorable_problem(input, "input"):
+        errors.append({"field": "input", "message": problem})
     if not isinstance(enabled, bool):
         errors.append({"field": "enabled", "message": "must be true or false"})
     if errors:

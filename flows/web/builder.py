@@ -35,7 +35,12 @@ class JSONValueField(forms.JSONField):
     """A JSON field that shows an empty box, not ``null``, when there is no value."""
 
     def prepare_value(self, value: Any) -> Any:
-        return "" if value is None else super().prepare_value(value)
+        if value is None:
+            return ""
+        text = super().prepare_value(value)
+        # A lone surrogate (sent as "\\ud800") cannot go out in a page: show its escape, which
+        # is the JSON that was sent.
+        return text.encode("utf-8", "backslashreplace").decode() if isinstance(text, str) else text
 
 
 class NumberField(forms.FloatField):

@@ -8,6 +8,7 @@ from typing import Any
 from django import forms
 from django.utils import timezone
 
+from flows.definition import unstorable_problem
 from flows.models import ExecutionStatus, Flow
 from flows.web.builder import JSONValueField
 
@@ -74,6 +75,9 @@ def _json_object(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise forms.ValidationError('Must be a JSON object, e.g. {"key": "value"}.')
+    problem = unstorable_problem(value, "input")
+    if problem:
+        raise forms.ValidationError(f"The input {problem}.")
     return value
 
 

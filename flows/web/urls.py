@@ -6,6 +6,7 @@ from flows.web import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("flows/", views.flow_list, name="flow_list"),
     path("flows/new", views.flow_new, name="flow_new"),
     path("flows/builder/task-fields", views.builder_task_fields, name="builder_task_fields"),

@@ -15,12 +15,14 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from flows import selectors, services
+from flows.definition import unstorable_problem
 from flows.models import Execution, ExecutionStatus, Flow, FlowVersion, TaskRun
 from flows.registry import default_registry
 from flows.web import builder, presenters
@@ -33,6 +35,14 @@ T = TypeVar("T")
 def needs(permission: str) -> Any:
     """The page needs this permission (roles are groups, migration 0005); 403 otherwise."""
     return permission_required(permission, raise_exception=True)
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """``/favicon.ico``, which browsers ask for whatever a page links: our SVG icon (its
+    static URL carries a content hash in production, so the redirect itself is cached a day)."""
+    response = redirect(static("flows/favicon.svg"))
+    response["Cache-Control"] = "public, max-age=86400"
+    return response
 
 
 # -- dashboard -------------------------------------------------------------------------------
@@ -359,7 +369,10 @@ def _render_builder(
         "draft": draft,
         "document_text": text,
         "json_errors": json_errors or [],
-        "graph": presenters.graph_view(document) if isinstance(document, dict) else None,
+        # No graph of a document holding text no page can show (it is refused, with where).
+        "graph": presenters.graph_view(document)
+        if isinstance(document, dict) and not unstorable_problem(document, "")
+        else None,
         "types": sorted(default_registry().types.values(), key=lambda t: t.name),
     }
     return render(request, "flows/builder.html", context, status=status)

@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from flows.api.errors import FieldErrorSerializer
+from flows.definition import unstorable_problem
 from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
 from flows.waiting import children_holders, fanout_of, waiting_of
 
@@ -121,16 +122,6 @@ class ValidationReportSerializer(serializers.Serializer):
     warnings = FieldErrorSerializer(many=True, help_text="Tasks no path reaches, and the like.")
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
 class StartExecutionSerializer(serializers.Serializer):
     version = serializers.IntegerField(
         required=False,
@@ -143,9 +134,10 @@ class StartExecutionSerializer(serializers.Serializer):
     )
 
     def validate_input(self, value: dict[str, Any]) -> dict[str, Any]:
-        # No database stores a NUL in text (PostgreSQL refuses it in JSON too).
-        if _has_nul(value):
-            raise serializers.ValidationError("must not contain NUL (\\u0000) characters")
+        # Checked here, before the body's fingerprint is taken (which encodes it as UTF-8).
+        problem = unstorable_problem(value, "input")
+        if problem:
+            raise serializers.ValidationError(problem)
         return value
 
 
@@ -330,8 +322,10 @@ class SignalSerializer(serializers.Serializer):
     )  # fmt: skip
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
-        if _has_nul(data.get("payload")) or _has_nul(data.get("comment")):
-            raise serializers.ValidationError("must not contain NUL (\\u0000) characters")
+        for field in ("payload", "comment"):
+            problem = unstorable_problem(data.get(field), field)
+            if problem:
+                raise serializers.ValidationError({field: [problem]})
         return data
 
 

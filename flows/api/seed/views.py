@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from django.db import DatabaseError, connection
 from django.utils import timezone
@@ -100,6 +103,16 @@ _ERRORS = error_responses(400, 401, 403, 413, 415)
 _READ_ERRORS = error_responses(401, 403, 404)
 
 
+@contextmanager
+def seed_not_found(execution_id: Any) -> Iterator[None]:
+    """An unknown execution id answered in the seed's words: 404 "Flow execution <id> not
+    found" (its clients may match on them), in the one error shape."""
+    try:
+        yield
+    except services.NotFound:
+        raise services.NotFound(f"Flow execution {execution_id} not found") from None
+
+
 class FlowCreateView(APIView):
     permission_classes = [IsAuthenticated, require(ADD_FLOWS)]
 
@@ -184,10 +197,11 @@ class FlowExecuteView(APIView):
     def post(self, request: Request) -> Response:
         body = ExecuteRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        execution = services.execution_start(
-            execution_id=body.validated_data["execution_id"],
-            input=body.validated_data.get("input"),
-        )
+        execution_id = body.validated_data["execution_id"]
+        with seed_not_found(execution_id):
+            execution = services.execution_start(
+                execution_id=execution_id, input=body.validated_data.get("input")
+            )
         return Response(status_document(execution))
 
 
@@ -205,7 +219,8 @@ class FlowStatusView(APIView):
     )
     def get(self, request: Request, execution_id: str) -> Response:
         # Polled by clients: two queries built once per process (flows/sql/reads.py).
-        execution = selectors.execution_for_status(execution_id)
+        with seed_not_found(execution_id):
+            execution = selectors.execution_for_status(execution_id)
         return Response(status_document(execution, selectors.steps_for_status(execution)))
 
 
@@ -230,8 +245,9 @@ class FlowDeleteView(APIView):
         tags=["seed"],
     )
     def delete(self, request: Request, execution_id: str) -> Response:
-        execution = selectors.execution_get(execution_id)
-        services.execution_delete(execution_id=execution.id)
+        with seed_not_found(execution_id):
+            execution = selectors.execution_get(execution_id)
+            services.execution_delete(execution_id=execution.id)
         return Response({"message": f"Flow execution {execution.id} deleted successfully"})
 
 
