@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.status import Stat
@@ -25,6 +26,7 @@ from flows.web.graph import (
     layout_document,
     scoped_document,
     taken_edges,
+    task_count,
 )
 
 logger = logging.getLogger("flows.web")
@@ -58,6 +60,10 @@ class GraphView:
     layout: Layout
     nodes: list[dict[str, Any]]
     edges: list[dict[str, Any]]
+    # A flow past FLOW_GRAPH_MAX_TASKS is not laid out (grandalf's time grows with the square
+    # of its tasks: 18 s for 500): its task count, and the limit, for the note shown instead.
+    skipped_tasks: int = 0
+    max_tasks: int = 0
 
     @property
     def width(self) -> float:
@@ -80,7 +86,12 @@ def graph_view(
     """The graph of ``document``; with ``states`` (task name -> state) it shows an execution,
     with ``children`` (control task name -> its children) their counts on the control nodes.
     ``scope`` draws the branch or map iterator a child execution runs."""
-    layout = layout_document(scoped_document(document, scope or []))
+    scoped = scoped_document(document, scope or [])
+    count, limit = task_count(scoped), settings.FLOW_GRAPH_MAX_TASKS
+    if count > limit:
+        empty = Layout(width=0, height=0, nodes=(), edges=())
+        return GraphView(empty, [], [], skipped_tasks=count, max_tasks=limit)
+    layout = layout_document(scoped)
     children = children or {}
     walked = walked or set()
     nodes = []

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
@@ -216,6 +217,8 @@ def builder_task_fields(request: HttpRequest) -> HttpResponse:
 def _builder(request: HttpRequest, flow: Flow | None) -> HttpResponse:
     if request.method != "POST":
         document = flow.definition if flow else {"id": "", "tasks": [{}]}
+        if builder.too_big_for_form(document):
+            return _render_builder(request, flow, text=builder.pretty(document), document=document)
         draft, _ = builder.draft_from_document(document, editing=flow is not None)
         return _render_builder(request, flow, draft=draft, document=document)
     return _BuilderPost(request, flow).response()
@@ -328,6 +331,9 @@ class _BuilderPost:
         return self._builder_from(document)
 
     def _builder_from(self, document: Any) -> HttpResponse:
+        if builder.too_big_for_form(document):
+            # Its form would take seconds and megabytes to render: the JSON tab edits it.
+            return self._json_page(builder.pretty(document), [], document=document)
         draft, dropped = builder.draft_from_document(document, editing=self.editing)
         if self.flow is not None:
             draft.flow_form.initial["id"] = self.flow.id
@@ -360,6 +366,8 @@ def _render_builder(
         "document_text": text,
         "json_errors": json_errors or [],
         "graph": presenters.graph_view(document) if isinstance(document, dict) else None,
+        "task_count": builder.task_count(document),
+        "form_max_tasks": settings.FLOW_BUILDER_MAX_TASKS,
         "types": sorted(default_registry().types.values(), key=lambda t: t.name),
     }
     return render(request, "flows/builder.html", context, status=status)
