@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from django_q.status import Stat
 
 from flows import services
 from flows.definition import MAP
+from flows.large import human_size, shown
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import default_registry
 from flows.waiting import fanout_of, waiting_of
@@ -120,11 +120,13 @@ class StepRow:
     step: TaskRun
     offset: float  # % of the execution's span before the step started
     width: float  # % of the span the step took
-    result_json: str
+    result_json: str  # indented, cut past FLOW_SHOW_MAX_BYTES (see result_cut)
     logs: list[ExecutionEvent] = field(default_factory=list)
     # What the open step waits for (``waiting_of``), and a control step's children.
     waiting: dict[str, Any] | None = None
     children: ChildrenView | None = None
+    # Past FLOW_SHOW_MAX_BYTES the page shows the result's first part, its size and a link.
+    result_cut: str = ""  # "" or the whole result's size, for people ("812 KB")
 
     @property
     def until(self) -> datetime | None:
@@ -204,6 +206,10 @@ class ExecutionView:
     live: bool
     span_seconds: float
     parent: ParentView | None = None
+    # The input as indented JSON, cut past FLOW_SHOW_MAX_BYTES; input_cut: "" or its size.
+    input_json: str = ""
+    input_cut: str = ""
+    show_max: str = ""  # FLOW_SHOW_MAX_BYTES for people ("64 KB")
 
     @property
     def waiting_rows(self) -> list[StepRow]:
@@ -302,19 +308,21 @@ def execution_view(execution: Execution) -> ExecutionView:
             stop = step.ended_at or now
             offset = min(max((step.started_at - begin).total_seconds() / span * 100, 0), 100)
             width = min(max((stop - step.started_at).total_seconds() / span * 100, 0.6), 100)
-        result = json.dumps(step.result, indent=2, ensure_ascii=False) if step.result else ""
+        result = shown(step.result, indent=2) if step.result else None
         rows.append(
             StepRow(
                 step,
                 offset,
                 min(width, 100 - offset),
-                result,
+                result.text if result else "",
                 by_step[step.id],
                 waiting=waiting_of(step),
                 children=children.get(step.id),
+                result_cut=human_size(result.size) if result and result.cut else "",
             )
         )
 
+    given = shown(execution.input, indent=2) if execution.input else None
     ended = execution.status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
     end_state = {"COMPLETED": "success", "FAILED": "failure"}.get(execution.status, "")
     latest = {row.step.task_name: row.children for row in rows if row.children is not None}
@@ -335,6 +343,9 @@ def execution_view(execution: Execution) -> ExecutionView:
         live=execution.status in LIVE,
         span_seconds=span,
         parent=parent_view(execution),
+        input_json=given.text if given else "",
+        input_cut=human_size(given.size) if given and given.cut else "",
+        show_max=human_size(settings.FLOW_SHOW_MAX_BYTES),
     )
 
 

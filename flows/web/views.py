@@ -427,6 +427,23 @@ def execution_detail(request: HttpRequest, execution_id: uuid.UUID) -> HttpRespo
 
 @login_required
 @needs("flows.view_execution")
+def execution_input(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
+    """The whole input as a .json download (the page shows it cut past FLOW_SHOW_MAX_BYTES)."""
+    execution = _execution_or_404(execution_id)
+    return _download(execution.input, f"execution-{execution.id}-input.json")
+
+
+@login_required
+@needs("flows.view_execution")
+def execution_step_result(request: HttpRequest, execution_id: uuid.UUID, seq: int) -> HttpResponse:
+    """A step's whole result as a .json download (the page shows it cut past the limit)."""
+    execution = _execution_or_404(execution_id)
+    step = get_object_or_404(TaskRun.objects.only("result"), execution=execution, seq=seq)
+    return _download(step.result, f"execution-{execution.id}-step-{seq}-result.json")
+
+
+@login_required
+@needs("flows.view_execution")
 def execution_live(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
     """The live region alone: the execution page's script polls it while the run is active."""
     view = presenters.execution_view(_execution_or_404(execution_id))
