@@ -234,27 +234,35 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
         return self._for_api()
 
     def _for_api(self, *fields: str) -> ExecutionQuerySet:
-        return (
-            self.select_related("flow", "flow_version", "created_by", "parent_step")
-            .only(
-                *API_LIST_FIELDS,
-                *TREE_FIELDS,
-                "flow__name",
-                "flow_version__version",
-                "created_by__username",
-                *fields,
-            )
-            .annotate(input_size=JSONTextBytes("input"))
+        return self.select_related("flow", "flow_version", "created_by", "parent_step").only(
+            *API_LIST_FIELDS,
+            *TREE_FIELDS,
+            "flow__name",
+            "flow_version__version",
+            "created_by__username",
+            *fields,
         )
 
     def for_api_detail(self) -> ExecutionQuerySet:
-        """One execution as the API shows it: the list's joins and its input, plus its steps
-        in order, each with its fan-out (a control step's children counts): two queries
-        whatever the steps."""
+        """One execution as the API shows it: the list's joins, its input and its size, plus
+        its steps in order, each with its fan-out (a control step's children counts): two
+        queries whatever the steps."""
         steps = models.Prefetch(
             "steps", queryset=TaskRun.objects.order_by("seq").select_related("fanout")
         )
-        return self._for_api("input").prefetch_related(steps)
+        return (
+            self._for_api("input")
+            .annotate(input_size=JSONTextBytes("input"))
+            .prefetch_related(steps)
+        )
+
+    def input_sizes(self, ids: list[Any]) -> dict[Any, int]:
+        """Each execution's input size (JSONTextBytes), for a page of list rows: one query by
+        primary key. Not an annotation of the list's own query: a database that sorts the
+        rows before its LIMIT computes the select list for every row it sorts, and PostgreSQL
+        would then read every matching input whole (0.8 s for 400 inputs of 600 KB)."""
+        rows = self.filter(pk__in=ids).annotate(size=JSONTextBytes("input"))
+        return dict(rows.values_list("pk", "size"))
 
     def top_level(self) -> ExecutionQuerySet:
         """Executions that are no other's child (lists show these unless asked for children)."""

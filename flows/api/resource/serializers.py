@@ -156,6 +156,20 @@ class ParentSerializer(serializers.Serializer):
     task_name = serializers.CharField()
 
 
+class ExecutionListSerializer(serializers.ListSerializer):
+    """A page of executions, with their input sizes read in one query for the page."""
+
+    def to_representation(self, data: Any) -> list[dict[str, Any]]:
+        rows = list(data.all() if hasattr(data, "all") else data)
+        missing = [row.pk for row in rows if not hasattr(row, "input_size")]
+        if missing:
+            sizes = Execution.objects.input_sizes(missing)
+            for row in rows:
+                if not hasattr(row, "input_size"):
+                    row.input_size = sizes.get(row.pk, 0)
+        return super().to_representation(rows)
+
+
 class ExecutionSerializer(serializers.ModelSerializer):
     flow = serializers.CharField(source="flow_id", read_only=True)
     flow_name = serializers.CharField(source="flow.name", read_only=True)
@@ -196,6 +210,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "item_index",
         ]
         read_only_fields = fields
+        list_serializer_class = ExecutionListSerializer
         extra_kwargs = {
             "branch": {"help_text": "A parallel branch's name; empty otherwise."},
             "item_index": {"help_text": "Its place among its parent step's children."},
