@@ -31,6 +31,21 @@ def shown(value: Any, *, indent: int | None = None, limit: int | None = None) ->
     return Shown(data[:limit].decode(errors="ignore"), len(data), True)
 
 
+class Budget:
+    """What one answer (an execution's page, its API detail) may still show of its values:
+    each at most FLOW_SHOW_MAX_BYTES, all together at most FLOW_SHOW_TOTAL_BYTES, so 500
+    steps of 60 KB results do not make a 30 MB page. Past it, values show only their size
+    and their link."""
+
+    def __init__(self) -> None:
+        self.left = settings.FLOW_SHOW_TOTAL_BYTES
+
+    def show(self, value: Any, *, indent: int | None = None) -> Shown:
+        view = shown(value, indent=indent, limit=min(settings.FLOW_SHOW_MAX_BYTES, self.left))
+        self.left = max(self.left - min(view.size, len(view.text.encode())), 0)
+        return view
+
+
 def human_size(size: int) -> str:
     """1536 -> "1.5 KB"; for the pages' notes."""
     if size < 1024:

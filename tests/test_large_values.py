@@ -180,3 +180,46 @@ def test_the_page_downloads_need_the_right_to_see_the_execution(client, make_use
 
     assert client.get(f"/executions/{big.id}/input.json").status_code == 403
     assert client.get(f"/executions/{big.id}/steps/1/result.json").status_code == 403
+
+
+# --- many large values in one answer -----------------------------------------------------------
+@pytest.fixture
+def many(version: FlowVersion) -> Execution:
+    """40 steps, each with a 60 KB result: each under the limit, 2.4 MB together."""
+    now = timezone.now()
+    execution = Execution.objects.create(
+        flow_id=version.flow_id, flow_version=version, status="COMPLETED", ended_at=now
+    )
+    TaskRun.objects.bulk_create(
+        TaskRun(
+            execution=execution,
+            seq=i,
+            task_name="a",
+            task_type="noop",
+            status="SUCCESS",
+            result={"text": "y" * 60_000},
+            started_at=now,
+            ended_at=now,
+        )
+        for i in range(1, 41)
+    )
+    return execution
+
+
+def test_one_answer_shows_at_most_the_total_then_sizes_and_links(viewer, many):
+    body = viewer.get(f"/api/executions/{many.id}/").json()
+
+    whole = [s for s in body["steps"] if s["result"] is not None]
+    cut = [s for s in body["steps"] if s["result"] is None]
+    assert 15 <= len(whole) <= 17  # 1 MiB of 60 KB results
+    assert cut and all(s["truncated"]["result"]["url"].endswith("/result") for s in cut)
+    assert cut[-1]["truncated"]["result"]["preview"] == ""
+
+
+def test_the_execution_page_shows_at_most_the_total_then_sizes_and_links(page_viewer, many):
+    response = page_viewer.get(f"/executions/{many.id}/")
+
+    assert len(response.content) < 1_300_000  # was 2.4 MB and more
+    html = response.content.decode()
+    assert "too much to show on this page" in html
+    assert f'href="/executions/{many.id}/steps/40/result.json"' in html

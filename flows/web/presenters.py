@@ -15,7 +15,7 @@ from django_q.status import Stat
 
 from flows import services
 from flows.definition import MAP
-from flows.large import human_size, shown
+from flows.large import Budget, human_size
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import default_registry
 from flows.waiting import fanout_of, waiting_of
@@ -127,6 +127,7 @@ class StepRow:
     children: ChildrenView | None = None
     # Past FLOW_SHOW_MAX_BYTES the page shows the result's first part, its size and a link.
     result_cut: str = ""  # "" or the whole result's size, for people ("812 KB")
+    result_shown: str = ""  # how much of it the page shows ("64 KB"; less past the budget)
 
     @property
     def until(self) -> datetime | None:
@@ -209,7 +210,7 @@ class ExecutionView:
     # The input as indented JSON, cut past FLOW_SHOW_MAX_BYTES; input_cut: "" or its size.
     input_json: str = ""
     input_cut: str = ""
-    show_max: str = ""  # FLOW_SHOW_MAX_BYTES for people ("64 KB")
+    input_shown: str = ""  # how much of it the page shows ("64 KB")
 
     @property
     def waiting_rows(self) -> list[StepRow]:
@@ -299,6 +300,8 @@ def execution_view(execution: Execution) -> ExecutionView:
     begin = execution.started_at or (steps[0].started_at if steps else None) or now
     end = execution.ended_at or now
     span = max((end - begin).total_seconds(), 0.001)
+    budget = Budget()  # the input first, as the page shows it first, then each result
+    given = budget.show(execution.input, indent=2) if execution.input else None
     rows = []
     states: dict[str, str] = {}
     for step in steps:
@@ -308,7 +311,7 @@ def execution_view(execution: Execution) -> ExecutionView:
             stop = step.ended_at or now
             offset = min(max((step.started_at - begin).total_seconds() / span * 100, 0), 100)
             width = min(max((stop - step.started_at).total_seconds() / span * 100, 0.6), 100)
-        result = shown(step.result, indent=2) if step.result else None
+        result = budget.show(step.result, indent=2) if step.result else None
         rows.append(
             StepRow(
                 step,
@@ -319,10 +322,10 @@ def execution_view(execution: Execution) -> ExecutionView:
                 waiting=waiting_of(step),
                 children=children.get(step.id),
                 result_cut=human_size(result.size) if result and result.cut else "",
+                result_shown=human_size(len(result.text.encode())) if result else "",
             )
         )
 
-    given = shown(execution.input, indent=2) if execution.input else None
     ended = execution.status in {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED}
     end_state = {"COMPLETED": "success", "FAILED": "failure"}.get(execution.status, "")
     latest = {row.step.task_name: row.children for row in rows if row.children is not None}
@@ -345,7 +348,7 @@ def execution_view(execution: Execution) -> ExecutionView:
         parent=parent_view(execution),
         input_json=given.text if given else "",
         input_cut=human_size(given.size) if given and given.cut else "",
-        show_max=human_size(settings.FLOW_SHOW_MAX_BYTES),
+        input_shown=human_size(len(given.text.encode())) if given else "",
     )
 
 

@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from flows.api.errors import FieldErrorSerializer
-from flows.large import shown
+from flows.large import Budget
 from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
 from flows.waiting import fanout_of, waiting_of
 
@@ -232,15 +232,17 @@ class CutValueSerializer(serializers.Serializer):
 
     size = serializers.IntegerField(help_text="Bytes of the whole value's JSON text.")
     preview = serializers.CharField(
+        allow_blank=True,
         help_text="The first FLOW_SHOW_MAX_BYTES bytes of its compact JSON text (not valid "
-        "JSON on its own)."
+        "JSON on its own); less, or empty, once the answer has shown FLOW_SHOW_TOTAL_BYTES.",
     )
     url = serializers.CharField(help_text="GET it for the whole value.")
 
 
 class CutsLargeValues(serializers.Serializer):
-    """Shows each of ``large_fields`` whole up to FLOW_SHOW_MAX_BYTES of JSON; past that the
-    field is null and ``truncated[field]`` holds its size, a preview and its download url."""
+    """Shows each of ``large_fields`` whole up to FLOW_SHOW_MAX_BYTES of JSON (and while the
+    answer has shown less than FLOW_SHOW_TOTAL_BYTES); past that the field is null and
+    ``truncated[field]`` holds its size, a preview and its download url."""
 
     large_fields: tuple[str, ...] = ()
 
@@ -249,12 +251,14 @@ class CutsLargeValues(serializers.Serializer):
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
         data = super().to_representation(instance)
+        # One budget for the whole answer: nested step serializers share the root's context.
+        budget = self.context.setdefault("show_budget", Budget())
         cuts = {}
         for name in self.large_fields:
             value = data.get(name)
             if value is None:
                 continue
-            view = shown(value)
+            view = budget.show(value)
             if view.cut:
                 data[name] = None
                 url = self.download_url(instance, name)
