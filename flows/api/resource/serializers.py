@@ -250,15 +250,18 @@ class CutsLargeValues(serializers.Serializer):
         raise NotImplementedError
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
-        data = super().to_representation(instance)
         # One budget for the whole answer: nested step serializers share the root's context.
         budget = self.context.setdefault("show_budget", Budget())
+        # This object's values take their share before its nested ones (an execution's input
+        # before its steps' results), in the order the pages show them.
+        views = {
+            name: budget.show(getattr(instance, name))
+            for name in self.large_fields
+            if getattr(instance, name) is not None
+        }
+        data = super().to_representation(instance)
         cuts = {}
-        for name in self.large_fields:
-            value = data.get(name)
-            if value is None:
-                continue
-            view = budget.show(value)
+        for name, view in views.items():
             if view.cut:
                 data[name] = None
                 url = self.download_url(instance, name)
