@@ -261,6 +261,15 @@ FLOW_WAKE_AFTER_SECONDS = env_float("FLOW_WAKE_AFTER_SECONDS", 60.0, minimum=1)
 FLOW_DUE_STEP_CHECK_SECONDS = env_float("FLOW_DUE_STEP_CHECK_SECONDS", 1.0, minimum=0.05)
 FLOW_MAX_RESULT_BYTES = env_int("FLOW_MAX_RESULT_BYTES", 1_048_576, minimum=1024)
 FLOW_MAX_DOCUMENT_BYTES = env_int("FLOW_MAX_DOCUMENT_BYTES", 524_288, minimum=1024)
+# Big things stay cheap to show: pages and the API show an input, parameters or a result
+# past FLOW_SHOW_MAX_BYTES cut, with its size and a download link, and one answer (an
+# execution's page or API detail) at most FLOW_SHOW_TOTAL_BYTES of them. The builder's form
+# (whose rows grow with the square of the task count) and the graph (whose layout does too)
+# stop past these many tasks: the JSON tab and a note take over.
+FLOW_SHOW_MAX_BYTES = env_int("FLOW_SHOW_MAX_BYTES", 65_536, minimum=1024)
+FLOW_SHOW_TOTAL_BYTES = env_int("FLOW_SHOW_TOTAL_BYTES", 1_048_576, minimum=1024)
+FLOW_BUILDER_MAX_TASKS = env_int("FLOW_BUILDER_MAX_TASKS", 50, minimum=1)
+FLOW_GRAPH_MAX_TASKS = env_int("FLOW_GRAPH_MAX_TASKS", 100, minimum=1)
 # GET /health says "starting" (not "degraded") while no worker cluster has reported during
 # this many seconds after the web process started.
 FLOW_HEALTH_STARTING_SECONDS = env_float("FLOW_HEALTH_STARTING_SECONDS", 60.0, minimum=0)

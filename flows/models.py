@@ -140,8 +140,6 @@ ACTIVE_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
 TERMINAL_STATUSES = (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
 
 
-# The columns of an execution the API's list shows (with the flow's name, the version number
-# and the starting user's name).
 # An execution's place in a tree of children, as the API shows it (with its parent step's
 # execution, seq and task name, joined).
 TREE_FIELDS = (
@@ -154,6 +152,9 @@ TREE_FIELDS = (
     "parent_step__task_name",
 )
 
+# The columns of an execution the API's list shows (with the flow's name, the version number
+# and the starting user's name). Not its input: a row shows the input's size (JSONTextBytes),
+# and a link to it, so a page of rows stays small whatever the inputs hold.
 API_LIST_FIELDS = (
     "id",
     "flow",
@@ -161,7 +162,6 @@ API_LIST_FIELDS = (
     "status",
     "trigger",
     "current_task",
-    "input",
     "error",
     "steps_taken",
     "cancel_requested",
@@ -175,6 +175,25 @@ API_LIST_FIELDS = (
     "started_at",
     "ended_at",
 )
+
+
+class JSONTextBytes(models.Func):
+    """The size in bytes of a JSON column's text as the database stores it, computed there:
+    a list shows how big a value is without loading it."""
+
+    output_field = models.BigIntegerField()
+    template = "LENGTH(%(expressions)s)"
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        # JSON is stored as TEXT; LENGTH of TEXT counts characters, of a BLOB bytes.
+        return self.as_sql(
+            compiler, connection, template="LENGTH(CAST(%(expressions)s AS BLOB))", **extra
+        )
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(
+            compiler, connection, template="OCTET_LENGTH((%(expressions)s)::text)", **extra
+        )
 
 
 class ExecutionQuerySet(models.QuerySet["Execution"]):
@@ -252,21 +271,38 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
         Joins the flow, the pinned version and the user who started it, loading only the
         columns the list shows (decoding flow documents and user rows cost more than the rows).
         """
+        return self._for_api()
+
+    def _for_api(self, *fields: str) -> ExecutionQuerySet:
         return self.select_related("flow", "flow_version", "created_by", "parent_step").only(
             *API_LIST_FIELDS,
             *TREE_FIELDS,
             "flow__name",
             "flow_version__version",
             "created_by__username",
+            *fields,
         )
 
     def for_api_detail(self) -> ExecutionQuerySet:
-        """One execution as the API shows it: the list's joins plus its steps in order, each
-        with its fan-out (a control step's children counts): two queries whatever the steps."""
+        """One execution as the API shows it: the list's joins, its input and its size, plus
+        its steps in order, each with its fan-out (a control step's children counts): two
+        queries whatever the steps."""
         steps = models.Prefetch(
             "steps", queryset=TaskRun.objects.order_by("seq").select_related("fanout")
         )
-        return self.for_api_list().prefetch_related(steps)
+        return (
+            self._for_api("input")
+            .annotate(input_size=JSONTextBytes("input"))
+            .prefetch_related(steps)
+        )
+
+    def input_sizes(self, ids: list[Any]) -> dict[Any, int]:
+        """Each execution's input size (JSONTextBytes), for a page of list rows: one query by
+        primary key. Not an annotation of the list's own query: a database that sorts the
+        rows before its LIMIT computes the select list for every row it sorts, and PostgreSQL
+        would then read every matching input whole (0.8 s for 400 inputs of 600 KB)."""
+        rows = self.filter(pk__in=ids).annotate(size=JSONTextBytes("input"))
+        return dict(rows.values_list("pk", "size"))
 
     def top_level(self) -> ExecutionQuerySet:
         """Executions that are no other's child (lists show these unless asked for children)."""

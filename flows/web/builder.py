@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.forms import BaseFormSet, formset_factory
 
 from flows.definition import CONTROL_TYPES, END, unwrap
 from flows.registry import TaskType, default_registry
+from flows.web.graph import task_count
 
 PARAM_PREFIX = "param_"
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,60}$")
@@ -483,6 +485,13 @@ def _locate(draft: Draft, path: str, message: str) -> tuple[forms.Form | None, s
     if key in {"name", "task_type", "description", "timeout_seconds"}:
         return form, key
     return form, None
+
+
+def too_big_for_form(document: Any) -> bool:
+    """Past FLOW_BUILDER_MAX_TASKS the form view is not offered: each row's target selects
+    list every task, so its HTML and rendering time grow with the square of the count (a
+    500-task flow took 22 s and 22 MB). The JSON tab edits any size."""
+    return task_count(document) > settings.FLOW_BUILDER_MAX_TASKS
 
 
 def parse_json_document(text: str) -> tuple[Any, str]:

@@ -259,6 +259,13 @@ def scoped_document(document: Any, scope: list[str] | tuple[str, ...]) -> Any:
     return doc
 
 
+def task_count(document: Any) -> int:
+    """How many tasks a document's top level holds (its nodes; branch tasks are lanes)."""
+    doc = unwrap(document)
+    tasks = doc.get("tasks") if isinstance(doc, Mapping) else None
+    return len(tasks) if isinstance(tasks, list) else 0
+
+
 def layout_document(document: Any) -> Layout:
     """The laid-out graph of a flow document (cached by the document's content)."""
     return _layout_cached(json.dumps(unwrap(document), sort_keys=True, default=str))

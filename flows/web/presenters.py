@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.status import Stat
 
 from flows import services
 from flows.definition import MAP
+from flows.large import Budget, human_size
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import default_registry
 from flows.waiting import children_holder_of, children_holders, fanout_of, waiting_of
@@ -25,6 +26,7 @@ from flows.web.graph import (
     layout_document,
     scoped_document,
     taken_edges,
+    task_count,
 )
 
 logger = logging.getLogger("flows.web")
@@ -58,6 +60,10 @@ class GraphView:
     layout: Layout
     nodes: list[dict[str, Any]]
     edges: list[dict[str, Any]]
+    # A flow past FLOW_GRAPH_MAX_TASKS is not laid out (grandalf's time grows with the square
+    # of its tasks: 18 s for 500): its task count, and the limit, for the note shown instead.
+    skipped_tasks: int = 0
+    max_tasks: int = 0
 
     @property
     def width(self) -> float:
@@ -80,7 +86,12 @@ def graph_view(
     """The graph of ``document``; with ``states`` (task name -> state) it shows an execution,
     with ``children`` (control task name -> its children) their counts on the control nodes.
     ``scope`` draws the branch or map iterator a child execution runs."""
-    layout = layout_document(scoped_document(document, scope or []))
+    scoped = scoped_document(document, scope or [])
+    count, limit = task_count(scoped), settings.FLOW_GRAPH_MAX_TASKS
+    if count > limit:
+        empty = Layout(width=0, height=0, nodes=(), edges=())
+        return GraphView(empty, [], [], skipped_tasks=count, max_tasks=limit)
+    layout = layout_document(scoped)
     children = children or {}
     walked = walked or set()
     nodes = []
@@ -109,11 +120,14 @@ class StepRow:
     step: TaskRun
     offset: float  # % of the execution's span before the step started
     width: float  # % of the span the step took
-    result_json: str
+    result_json: str  # indented, cut past FLOW_SHOW_MAX_BYTES (see result_cut)
     logs: list[ExecutionEvent] = field(default_factory=list)
     # What the open step waits for (``waiting_of``), and a control step's children.
     waiting: dict[str, Any] | None = None
     children: ChildrenView | None = None
+    # Past FLOW_SHOW_MAX_BYTES the page shows the result's first part, its size and a link.
+    result_cut: str = ""  # "" or the whole result's size, for people ("812 KB")
+    result_shown: str = ""  # how much of it the page shows ("64 KB"; less past the budget)
 
     @property
     def until(self) -> datetime | None:
@@ -193,6 +207,10 @@ class ExecutionView:
     live: bool
     span_seconds: float
     parent: ParentView | None = None
+    # The input as indented JSON, cut past FLOW_SHOW_MAX_BYTES; input_cut: "" or its size.
+    input_json: str = ""
+    input_cut: str = ""
+    input_shown: str = ""  # how much of it the page shows ("64 KB")
 
     @property
     def waiting_rows(self) -> list[StepRow]:
@@ -276,6 +294,8 @@ def execution_view(execution: Execution) -> ExecutionView:
     begin = execution.started_at or (steps[0].started_at if steps else None) or now
     end = execution.ended_at or now
     span = max((end - begin).total_seconds(), 0.001)
+    budget = Budget()  # the input first, as the page shows it first, then each result
+    given = budget.show(execution.input, indent=2) if execution.input else None
     rows = []
     states: dict[str, str] = {}
     for step in steps:
@@ -285,16 +305,18 @@ def execution_view(execution: Execution) -> ExecutionView:
             stop = step.ended_at or now
             offset = min(max((step.started_at - begin).total_seconds() / span * 100, 0), 100)
             width = min(max((stop - step.started_at).total_seconds() / span * 100, 0.6), 100)
-        result = json.dumps(step.result, indent=2, ensure_ascii=False) if step.result else ""
+        result = budget.show(step.result, indent=2) if step.result else None
         rows.append(
             StepRow(
                 step,
                 offset,
                 min(width, 100 - offset),
-                result,
+                result.text if result else "",
                 by_step[step.id],
                 waiting=waiting_of(step),
                 children=children.get(step.id),
+                result_cut=human_size(result.size) if result and result.cut else "",
+                result_shown=human_size(len(result.text.encode())) if result else "",
             )
         )
 
@@ -318,6 +340,9 @@ def execution_view(execution: Execution) -> ExecutionView:
         live=execution.status in LIVE,
         span_seconds=span,
         parent=parent_view(execution),
+        input_json=given.text if given else "",
+        input_cut=human_size(given.size) if given and given.cut else "",
+        input_shown=human_size(len(given.text.encode())) if given else "",
     )
 
 

@@ -28,6 +28,14 @@ urlpatterns = [
         name="execution_children",
     ),
     path(
+        "executions/<uuid:execution_id>/input.json", views.execution_input, name="execution_input"
+    ),
+    path(
+        "executions/<uuid:execution_id>/steps/<int:seq>/result.json",
+        views.execution_step_result,
+        name="execution_step_result",
+    ),
+    path(
         "executions/<uuid:execution_id>/<str:action>",
         views.execution_action,
         name="execution_action",

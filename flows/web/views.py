@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
@@ -226,6 +227,8 @@ def builder_task_fields(request: HttpRequest) -> HttpResponse:
 def _builder(request: HttpRequest, flow: Flow | None) -> HttpResponse:
     if request.method != "POST":
         document = flow.definition if flow else {"id": "", "tasks": [{}]}
+        if builder.too_big_for_form(document):
+            return _render_builder(request, flow, text=builder.pretty(document), document=document)
         draft, _ = builder.draft_from_document(document, editing=flow is not None)
         return _render_builder(request, flow, draft=draft, document=document)
     return _BuilderPost(request, flow).response()
@@ -338,6 +341,9 @@ class _BuilderPost:
         return self._builder_from(document)
 
     def _builder_from(self, document: Any) -> HttpResponse:
+        if builder.too_big_for_form(document):
+            # Its form would take seconds and megabytes to render: the JSON tab edits it.
+            return self._json_page(builder.pretty(document), [], document=document)
         draft, dropped = builder.draft_from_document(document, editing=self.editing)
         if self.flow is not None:
             draft.flow_form.initial["id"] = self.flow.id
@@ -373,6 +379,8 @@ def _render_builder(
         "graph": presenters.graph_view(document)
         if isinstance(document, dict) and not unstorable_problem(document, "")
         else None,
+        "task_count": builder.task_count(document),
+        "form_max_tasks": settings.FLOW_BUILDER_MAX_TASKS,
         "types": sorted(default_registry().types.values(), key=lambda t: t.name),
     }
     return render(request, "flows/builder.html", context, status=status)
@@ -428,6 +436,23 @@ def execution_bulk_delete(request: HttpRequest) -> HttpResponse:
 def execution_detail(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
     view = presenters.execution_view(_execution_or_404(execution_id))
     return render(request, "flows/execution_detail.html", {"view": view})
+
+
+@login_required
+@needs("flows.view_execution")
+def execution_input(request: HttpRequest, execution_id: uuid.UUID) -> HttpResponse:
+    """The whole input as a .json download (the page shows it cut past FLOW_SHOW_MAX_BYTES)."""
+    execution = _execution_or_404(execution_id)
+    return _download(execution.input, f"execution-{execution.id}-input.json")
+
+
+@login_required
+@needs("flows.view_execution")
+def execution_step_result(request: HttpRequest, execution_id: uuid.UUID, seq: int) -> HttpResponse:
+    """A step's whole result as a .json download (the page shows it cut past the limit)."""
+    execution = _execution_or_404(execution_id)
+    step = get_object_or_404(TaskRun.objects.only("result"), execution=execution, seq=seq)
+    return _download(step.result, f"execution-{execution.id}-step-{seq}-result.json")
 
 
 @login_required

@@ -50,7 +50,6 @@ EXECUTION_ROW = {
     "status": "COMPLETED",
     "trigger": "manual",
     "current_task": "",
-    "input": {"customer": 42},
     "error": "",
     "steps_taken": 2,
     "cancel_requested": False,
@@ -63,6 +62,8 @@ EXECUTION_ROW = {
     "queued_at": "2026-11-28T08:00:00.010000Z",
     "started_at": "2026-11-28T08:00:00.060000Z",
     "ended_at": "2026-11-28T08:00:01.080000Z",
+    "input_size": 16,
+    "input_url": f"/api/executions/{EXECUTION_ID}/input",
     "parent": None,
     "root": None,
     "branch": "",
@@ -86,9 +87,12 @@ STEP = {
     "id": 101,
     "waiting": None,
     "children": None,
+    "truncated": {},
 }
 EXECUTION = {
     **EXECUTION_ROW,
+    "input": {"customer": 42},
+    "truncated": {},
     "steps": [
         STEP,
         {
@@ -104,6 +108,8 @@ EXECUTION = {
 }
 QUEUED = {
     **EXECUTION_ROW,
+    "input": {"customer": 42},
+    "truncated": {},
     "status": "QUEUED",
     "current_task": "task1",
     "steps_taken": 0,

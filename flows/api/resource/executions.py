@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.filters import OrderingFilter
@@ -67,6 +73,8 @@ class ExecutionViewSet(ResourceViewSet):
         "resume": perms.START_EXECUTIONS,
         "redrive": perms.START_EXECUTIONS,
         "rerun": perms.START_EXECUTIONS,
+        "input": perms.VIEW_EXECUTIONS,
+        "step_value": perms.VIEW_EXECUTIONS,
     }
 
     @property
@@ -85,8 +93,10 @@ class ExecutionViewSet(ResourceViewSet):
             executions = Execution.objects.for_api_list()
             # Children are listed when asked for (?parent=, ?step=: ExecutionFilter).
             return executions if "parent" in params or "step" in params else executions.top_level()
-        if self.action in ("events", "signal"):
+        if self.action in ("events", "signal", "step_value"):
             return Execution.objects.only("id", "status")
+        if self.action == "input":
+            return Execution.objects.only("id", "input")
         return Execution.objects.for_api_detail()
 
     def get_serializer_class(self) -> type:
@@ -192,6 +202,47 @@ class ExecutionViewSet(ResourceViewSet):
         )
         fresh = TaskRun.objects.select_related("fanout").get(pk=step.pk)
         return Response(StepSerializer(fresh).data)
+
+    @extend_schema(
+        summary="An execution's whole input",
+        description="The input object as stored, whatever its size: lists carry only its "
+        "`input_size` and this `input_url`, and the execution shows it cut past "
+        "FLOW_SHOW_MAX_BYTES.",
+        responses={200: OpenApiTypes.OBJECT, **error_responses(*READ)},
+        examples=[ex.answer("Input", {"customer": 42, "items": [1, 2, 3]})],
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def input(self, request: Request, pk: str) -> Response:
+        return Response(self.get_object().input)
+
+    @extend_schema(
+        summary="A step's whole result or parameters",
+        description="The JSON as stored, whatever its size (the execution shows it cut past "
+        "FLOW_SHOW_MAX_BYTES, with this url in the step's `truncated`). A step with no "
+        "result answers null.",
+        parameters=[
+            OpenApiParameter("seq", int, OpenApiParameter.PATH, description="The step's seq."),
+            OpenApiParameter("part", str, OpenApiParameter.PATH, enum=["result", "parameters"]),
+        ],
+        responses={200: OpenApiTypes.ANY, **error_responses(*READ)},
+        examples=[ex.answer("Result", {"rows": [1, 2, 3]})],
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        filter_backends=[],
+        pagination_class=None,
+        url_path=r"steps/(?P<seq>[0-9]+)/(?P<part>result|parameters)",
+        url_name="step-value",
+    )
+    def step_value(self, request: Request, pk: str, seq: str, part: str) -> Response:
+        execution = self.get_object()
+        values = TaskRun.objects.filter(execution_id=execution.id, seq=int(seq)).values_list(
+            part, flat=True
+        )
+        if not values:
+            raise services.NotFound(f"execution {execution.id} has no step {seq}")
+        return Response(values[0])
 
     @extend_schema(
         summary="Log lines of an execution after a seq, for live tails",

@@ -10,6 +10,7 @@ from rest_framework import serializers
 
 from flows.api.errors import FieldErrorSerializer
 from flows.definition import unstorable_problem
+from flows.large import Budget
 from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
 from flows.waiting import children_holders, fanout_of, waiting_of
 
@@ -147,6 +148,20 @@ class ParentSerializer(serializers.Serializer):
     task_name = serializers.CharField()
 
 
+class ExecutionListSerializer(serializers.ListSerializer):
+    """A page of executions, with their input sizes read in one query for the page."""
+
+    def to_representation(self, data: Any) -> list[dict[str, Any]]:
+        rows = list(data.all() if hasattr(data, "all") else data)
+        missing = [row.pk for row in rows if not hasattr(row, "input_size")]
+        if missing:
+            sizes = Execution.objects.input_sizes(missing)
+            for row in rows:
+                if not hasattr(row, "input_size"):
+                    row.input_size = sizes.get(row.pk, 0)
+        return super().to_representation(rows)
+
+
 class ExecutionSerializer(serializers.ModelSerializer):
     flow = serializers.CharField(source="flow_id", read_only=True)
     flow_name = serializers.CharField(source="flow.name", read_only=True)
@@ -155,7 +170,12 @@ class ExecutionSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(
         source="created_by.username", read_only=True, allow_null=True, default=None
     )
-    input = serializers.DictField(read_only=True)
+    input_size = serializers.IntegerField(
+        read_only=True,
+        help_text="Bytes of the input's JSON text as stored. Lists carry no input: its size "
+        "and input_url (the whole input) instead.",
+    )
+    input_url = serializers.SerializerMethodField(help_text="GET it for the whole input.")
     parent = serializers.SerializerMethodField(
         help_text="A child execution (a parallel branch, a map item, a sub-flow): the parent "
         "execution and its step that started it; null for a top-level execution."
@@ -171,12 +191,25 @@ class ExecutionSerializer(serializers.ModelSerializer):
         model = Execution
         # The columns the list loads (Execution.objects.for_api_list), the flow's name and the
         # execution's place in a tree of children.
-        fields = [*API_LIST_FIELDS, "flow_name", "parent", "root", "branch", "item_index"]
+        fields = [
+            *API_LIST_FIELDS,
+            "input_size",
+            "input_url",
+            "flow_name",
+            "parent",
+            "root",
+            "branch",
+            "item_index",
+        ]
         read_only_fields = fields
+        list_serializer_class = ExecutionListSerializer
         extra_kwargs = {
             "branch": {"help_text": "A parallel branch's name; empty otherwise."},
             "item_index": {"help_text": "Its place among its parent step's children."},
         }
+
+    def get_input_url(self, execution: Execution) -> str:
+        return reverse("execution-input", args=[execution.pk])
 
     @extend_schema_field(ParentSerializer(allow_null=True))
     def get_parent(self, execution: Execution) -> dict[str, Any] | None:
@@ -184,6 +217,55 @@ class ExecutionSerializer(serializers.ModelSerializer):
             return None
         step = execution.parent_step  # joined by Execution.objects.for_api_list
         return {"execution": step.execution_id, "seq": step.seq, "task_name": step.task_name}
+
+
+class CutValueSerializer(serializers.Serializer):
+    """A value too large to show whole (past FLOW_SHOW_MAX_BYTES): its field is null."""
+
+    size = serializers.IntegerField(help_text="Bytes of the whole value's JSON text.")
+    preview = serializers.CharField(
+        allow_blank=True,
+        help_text="The first FLOW_SHOW_MAX_BYTES bytes of its compact JSON text (not valid "
+        "JSON on its own); less, or empty, once the answer has shown FLOW_SHOW_TOTAL_BYTES.",
+    )
+    url = serializers.CharField(help_text="GET it for the whole value.")
+
+
+class CutsLargeValues(serializers.Serializer):
+    """Shows each of ``large_fields`` whole up to FLOW_SHOW_MAX_BYTES of JSON (and while the
+    answer has shown less than FLOW_SHOW_TOTAL_BYTES); past that the field is null and
+    ``truncated[field]`` holds its size, a preview and its download url."""
+
+    large_fields: tuple[str, ...] = ()
+
+    def download_url(self, instance: Any, name: str) -> str:
+        raise NotImplementedError
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        # One budget for the whole answer: nested step serializers share the root's context.
+        budget = self.context.setdefault("show_budget", Budget())
+        # This object's values take their share before its nested ones (an execution's input
+        # before its steps' results), in the order the pages show them.
+        views = {
+            name: budget.show(getattr(instance, name))
+            for name in self.large_fields
+            if getattr(instance, name) is not None
+        }
+        data = super().to_representation(instance)
+        cuts = {}
+        for name, view in views.items():
+            if view.cut:
+                data[name] = None
+                url = self.download_url(instance, name)
+                cuts[name] = {"size": view.size, "preview": view.text, "url": url}
+        data["truncated"] = cuts
+        return data
+
+
+_TRUNCATED = serializers.DictField(
+    child=CutValueSerializer(),
+    help_text="The values shown cut (their fields are null), by field name; {} when none.",
+)
 
 
 class WaitingSerializer(serializers.Serializer):
@@ -248,9 +330,15 @@ def children_of(step: TaskRun) -> dict[str, Any] | None:
     }
 
 
-class StepSerializer(serializers.ModelSerializer):
-    parameters = serializers.DictField(read_only=True)
-    result = serializers.JSONField(read_only=True, allow_null=True)
+class StepSerializer(CutsLargeValues, serializers.ModelSerializer):
+    large_fields = ("parameters", "result")
+    parameters = serializers.DictField(
+        read_only=True, allow_null=True, help_text="Null when too large: see truncated."
+    )
+    result = serializers.JSONField(
+        read_only=True, allow_null=True, help_text="Null when too large: see truncated."
+    )
+    truncated = serializers.SerializerMethodField()
     id = serializers.IntegerField(
         read_only=True, help_text="The step's id: `?step=<id>` lists a control step's children."
     )
@@ -268,6 +356,13 @@ class StepSerializer(serializers.ModelSerializer):
     @extend_schema_field(ChildrenSerializer(allow_null=True))
     def get_children(self, step: TaskRun) -> dict[str, Any] | None:
         return children_of(step)
+
+    @extend_schema_field(_TRUNCATED)
+    def get_truncated(self, step: TaskRun) -> dict[str, Any]:
+        return {}  # filled by CutsLargeValues.to_representation
+
+    def download_url(self, step: TaskRun, name: str) -> str:
+        return reverse("execution-step-value", args=[step.execution_id, step.seq, name])
 
     class Meta:
         model = TaskRun
@@ -289,16 +384,35 @@ class StepSerializer(serializers.ModelSerializer):
             "id",
             "waiting",
             "children",
+            "truncated",
         ]
         read_only_fields = fields
 
 
-class ExecutionDetailSerializer(ExecutionSerializer):
+class ExecutionDetailSerializer(CutsLargeValues, ExecutionSerializer):
+    large_fields = ("input",)
+    input = serializers.DictField(
+        read_only=True, allow_null=True, help_text="Null when too large: see truncated."
+    )
+    truncated = serializers.SerializerMethodField()
     steps = StepSerializer(many=True, read_only=True, help_text="Every step in run order.")
 
     class Meta(ExecutionSerializer.Meta):
-        fields = [*ExecutionSerializer.Meta.fields, "steps"]
+        fields = [*ExecutionSerializer.Meta.fields, "input", "truncated", "steps"]
         read_only_fields = fields
+
+    @extend_schema_field(_TRUNCATED)
+    def get_truncated(self, execution: Execution) -> dict[str, Any]:
+        return {}  # filled by CutsLargeValues.to_representation
+
+    def download_url(self, execution: Execution, name: str) -> str:
+        return reverse("execution-input", args=[execution.pk])
+
+    def to_representation(self, instance: Execution) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if "input" in data["truncated"]:  # one figure for one input: the stored size
+            data["truncated"]["input"]["size"] = data["input_size"]
+        return data
 
 
 class SignalSerializer(serializers.Serializer):
