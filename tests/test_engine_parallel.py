@@ -168,6 +168,26 @@ def test_per_item_parameters_hold_for_items_started_later_and_in_every_chunk(
     assert [r["message"] for r in result["results"]] == ["a-0", "b-1", "c-2", "d-3", "e-4"]
 
 
+def test_per_item_inputs_hold_for_a_map_of_many_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Enough children for the bulk insert (COPY on PostgreSQL); each waits, so none runs yet.
+    monkeypatch.setattr("flows.engine.fanout.CREATE_CHUNK", 100)
+    iterator = [task("hold", "wait_for_signal", signal="go")]
+    params = {"n": "${item_index}", "v": "${item.v}", "fixed": "${input.fixed}"}
+    document = flow_doc(
+        [mapped("each", "${input.items}", iterator, parameters=params, max_concurrency=150)]
+    )
+    items = [{"v": f"item {n}"} for n in range(250)]
+    execution = start_execution(document, input={"items": items, "fixed": [1, 2]})
+
+    run_to_end(execution.id)
+
+    children = children_of(Execution.objects.get(pk=execution.id), "each")
+    assert [c.input for c in children] == [
+        {"n": n, "v": f"item {n}", "fixed": [1, 2]} for n in range(250)
+    ]
+    assert [c.status for c in children].count("CREATED") == 100
+
+
 def test_a_map_whose_parameters_do_not_resolve_for_one_item_fails_and_starts_none() -> None:
     iterator = [task("say", "print", message="${input.id}")]
     document = flow_doc(

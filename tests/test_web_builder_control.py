@@ -146,10 +146,10 @@ def test_the_form_view_says_what_each_map_item_gets_as_its_input(editor):
 
     html = editor.get("/flows/item_input/edit").content.decode()
 
-    assert (
-        "each item runs: say, with input {&quot;order&quot;: &quot;${item}&quot;, "
-        "&quot;n&quot;: &quot;${item_index}&quot;}" in html
-    )
+    # (in either key order: PostgreSQL's jsonb keeps its own)
+    assert "each item runs: say, with input {" in html
+    assert "&quot;order&quot;: &quot;${item}&quot;" in html
+    assert "&quot;n&quot;: &quot;${item_index}&quot;" in html
 
 
 def test_the_json_tab_says_where_item_index_is_known(editor):
