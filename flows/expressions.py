@@ -5,7 +5,9 @@ References. A parameter value may name earlier results or the execution's input:
 reference takes the referenced JSON value with its type; a reference inside a longer string
 is interpolated as text. ``results.<task>.data`` is what the task returned and
 ``results.<task>.status`` its step status. Paths are dot-separated names with ``[n]`` for
-list items; ``$${`` writes a literal ``${``.
+list items; ``$${`` writes a literal ``${``. In a map, ``${item}`` is the map's item (in its
+iterator, and in the map's own parameters, resolved per item) and ``${item_index}`` its place
+(in the map's parameters only).
 
 Conditions. A condition's ``expression`` is CEL (the cel-python package, no ``eval``), over
 ``result`` (what the source task returned), ``results`` (as in references:

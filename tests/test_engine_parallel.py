@@ -188,6 +188,28 @@ def test_per_item_inputs_hold_for_a_map_of_many_items(monkeypatch: pytest.Monkey
     assert [c.status for c in children].count("CREATED") == 100
 
 
+def test_in_a_map_inside_a_map_item_the_inner_map_s_parameters_see_its_own_item() -> None:
+    # Its items come from the outer item (resolved where the map runs); its parameters are
+    # resolved per inner item, as a top-level map's are.
+    inner = mapped(
+        "inner",
+        "${item.lines}",
+        [task("say", "print", message="${input.line} of ${input.order}")],
+        parameters={"line": "${item}", "order": "${input.order}"},
+    )
+    outer = mapped("outer", "${input.orders}", [inner], parameters={"order": "${item.id}"})
+    orders = [{"id": "A", "lines": ["a1", "a2"]}, {"id": "B", "lines": ["b1"]}]
+
+    execution = run_flow(flow_doc([outer]), input={"orders": orders})
+
+    assert execution.status == ExecutionStatus.COMPLETED, execution.error
+    per_order = execution.steps.get(task_name="outer").result["results"]
+    assert [[r["message"] for r in order["results"]] for order in per_order] == [
+        ["a1 of A", "a2 of A"],
+        ["b1 of B"],
+    ]
+
+
 def test_a_map_whose_parameters_do_not_resolve_for_one_item_fails_and_starts_none() -> None:
     iterator = [task("say", "print", message="${input.id}")]
     document = flow_doc(
