@@ -1,13 +1,15 @@
 """Where a map step's time goes: one map run by the worker's Dispatcher in this process.
 
 Run: ``.venv/bin/python bench/map_profile.py [--backend sqlite|pg-redis] [--items 1000]
-[--concurrency N] [--no-cprofile]``
+[--concurrency N] [--no-cprofile] [--item-parameters]``
 
 It builds a stack as ``suite.py`` does (a SQLite file and the ORM broker, or a fresh
 PostgreSQL database and a Redis db number of its own, removed after), runs ``manage.py
 migrate``, stores the suite's map flow (``map`` over ``${input.items}``, ``max_concurrency``
-100, a ``noop`` iterator) and, with no qcluster at all, runs maps through the worker's own
-``flows.engine.Dispatcher`` in this one process (``FLOW_WORKER_CONCURRENCY`` unless
+100, a ``noop`` iterator; with ``--item-parameters`` the map also has ``parameters`` using
+``${item}`` and ``${item_index}``, resolved per item into each child's input) and, with no
+qcluster at all, runs maps through the worker's own ``flows.engine.Dispatcher`` in this one
+process (``FLOW_WORKER_CONCURRENCY`` unless
 ``--concurrency``), calling ``run()`` again until the map execution ends (the queue messages
 the engine sends go unread: the dispatcher finds ready work by itself):
 
@@ -151,12 +153,24 @@ def profile(version_obj: Any, items: int, concurrency: int | None, cprof: bool) 
         )
 
 
+def with_item_parameters(document: dict[str, Any]) -> dict[str, Any]:
+    """The map flow with parameters resolved per item: each child's input is its own."""
+    (each,) = document["tasks"]
+    params = {"value": "${item}", "index": "${item_index}"}
+    return {**document, "id": "bench_map_items", "tasks": [{**each, "parameters": params}]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=("sqlite", "pg-redis"), default="sqlite")
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, help="default: FLOW_WORKER_CONCURRENCY")
     parser.add_argument("--no-cprofile", action="store_true")
+    parser.add_argument(
+        "--item-parameters",
+        action="store_true",
+        help="the map's parameters use ${item} and ${item_index} (each child its own input)",
+    )
     args = parser.parse_args(argv)
 
     home = Path(tempfile.mkdtemp(prefix="flow-map-profile-"))
@@ -186,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
         from flows import services
 
-        version_obj = services.flow_create(document=MAP_FLOW)
+        version_obj = services.flow_create(
+            document=with_item_parameters(MAP_FLOW) if args.item_parameters else MAP_FLOW
+        )
         try:
             profile(version_obj, args.items, args.concurrency, not args.no_cprofile)
         finally:

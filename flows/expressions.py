@@ -5,7 +5,9 @@ References. A parameter value may name earlier results or the execution's input:
 reference takes the referenced JSON value with its type; a reference inside a longer string
 is interpolated as text. ``results.<task>.data`` is what the task returned and
 ``results.<task>.status`` its step status. Paths are dot-separated names with ``[n]`` for
-list items; ``$${`` writes a literal ``${``.
+list items; ``$${`` writes a literal ``${``. In a map, ``${item}`` is the map's item (in its
+iterator, and in the map's own parameters, resolved per item) and ``${item_index}`` its place
+(in the map's parameters only).
 
 Conditions. A condition's ``expression`` is CEL (the cel-python package, no ``eval``), over
 ``result`` (what the source task returned), ``results`` (as in references:
@@ -34,7 +36,10 @@ from celpy import celtypes
 
 REF_RE = re.compile(r"(?<!\$)\$\{\s*([^{}]*?)\s*\}")
 _SEGMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)((?:\[\d+\])*)")
-ROOTS = ("results", "input", "item")
+ROOTS = ("results", "input", "item", "item_index")
+# What a map's item is known as: in its iterator (${item}) and, with its place among the items
+# (${item_index}), in the map's own parameters, which become that item's ${input}.
+ITEM_ROOTS = ("item", "item_index")
 
 
 class ResolveError(ValueError):
@@ -44,7 +49,7 @@ class ResolveError(ValueError):
 @dataclass(frozen=True)
 class Reference:
     text: str  # as written, without ${ }
-    root: str  # "results", "input" or "item" (a map item, inside a map's iterator)
+    root: str  # "results", "input", "item" or "item_index" (see ITEM_ROOTS)
     path: tuple[str | int, ...]  # for results: (task name, ...)
 
     @property
@@ -66,6 +71,8 @@ def parse_reference(text: str) -> Reference:
     root, path = str(parts[0]), tuple(parts[1:])
     if root not in ROOTS:
         raise ResolveError(f"'${{{text}}}' must start with results. or input. (or item, in a map)")
+    if root == "item_index" and path:
+        raise ResolveError(f"'${{{text}}}': the item's index is a number: write ${{item_index}}")
     if root == "results" and (not path or not isinstance(path[0], str)):
         raise ResolveError(f"'${{{text}}}' must name a task: ${{results.<task>.data...}}")
     return Reference(text, root, path)
@@ -103,13 +110,21 @@ def needs_resolving(value: Any) -> bool:
     return False
 
 
+def refers_to_item(value: Any) -> bool:
+    """Whether ``value`` holds a well-formed ``${item...}`` or ``${item_index}`` reference."""
+    return any(
+        not isinstance(ref, ResolveError) and ref.root in ITEM_ROOTS
+        for _, ref in references_in(value)
+    )
+
+
 def has_reference(value: Any) -> bool:
     return isinstance(value, str) and REF_RE.search(value) is not None
 
 
 def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
     """``value`` with every reference replaced from ``scope`` ({"results", "input"} and, in a
-    map's iterator, "item").
+    map's iterator, "item"; in a map's parameters "item" and "item_index").
 
     ``scope["results"]`` maps task names to ``{"data": result, "status": "SUCCESS"}``.
     Raises ResolveError naming the reference that could not be resolved.

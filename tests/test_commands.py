@@ -120,6 +120,69 @@ def test_runflow_of_an_invalid_flow_prints_every_error_and_exits_2_storing_nothi
     assert stored_counts() == (0, 0, 0)
 
 
+CALLED = flow_doc([task("greet", "print", message="hello ${input.who}")], flow_id="called")
+CALLER = flow_doc(
+    [
+        {
+            "name": "call",
+            "task_type": "subflow",
+            "parameters": {"flow_id": "called", "input": {"who": "ops"}},
+        }
+    ],
+    flow_id="caller",
+)
+
+
+def test_runflow_with_stores_the_flow_a_subflow_calls_first_and_runs_to_the_end(db, tmp_path):
+    called = write(tmp_path, CALLED, "called.json")
+
+    code, out, err = runflow(write(tmp_path, CALLER), "--with", called)
+
+    assert code == 0, out + err
+    assert f"stored flow called v1 from {called}" in out
+    assert out.rstrip().endswith("COMPLETED")
+    assert FlowVersion.objects.filter(flow_id__in=["called", "caller"]).count() == 2
+
+
+def test_runflow_of_a_subflow_whose_flow_is_not_stored_says_to_pass_it_with(db, tmp_path):
+    code, _, err = runflow(write(tmp_path, CALLER))
+
+    assert code == 2
+    assert "tasks[0].parameters.flow_id:" in err
+    assert "--with" in err  # how to store the flow it calls in the same command
+    assert stored_counts() == (0, 0, 0)
+
+
+def test_runflow_with_an_invalid_flow_stores_none_of_the_files(db, tmp_path):
+    called = write(tmp_path, CALLED, "called.json")
+    broken = write(tmp_path, flow_doc([task("a", "no_such_type")], flow_id="caller"))
+
+    code, _, err = runflow(broken, "--with", called)
+
+    assert code == 2 and "tasks[0].task_type:" in err
+    assert stored_counts() == (0, 0, 0)
+
+
+def test_runflow_with_a_missing_file_exits_2_naming_it(db, tmp_path):
+    code, _, err = runflow(write(tmp_path, CALLER), "--with", str(tmp_path / "nope.json"))
+
+    assert code == 2
+    assert "nope.json" in err
+    assert stored_counts() == (0, 0, 0)
+
+
+def test_runflow_stops_at_a_signal_wait_instead_of_waiting_out_its_timeout(db, tmp_path):
+    # On the code before, runflow slept until the timeout and printed a FAILED step.
+    document = flow_doc([task("ask", "wait_for_signal", signal="go", timeout_seconds=30)])
+
+    code, out, _ = runflow(write(tmp_path, document))
+
+    assert code == 1
+    assert "waits for signal 'go'" in out
+    execution = Execution.objects.get()
+    assert (execution.status, execution.steps.get().status) == ("RUNNING", "PENDING")
+
+
 def test_runflow_of_a_missing_file_exits_2_saying_it_cannot_read_it(db, tmp_path):
     code, _, err = runflow(str(tmp_path / "nope.json"))
 

@@ -306,3 +306,44 @@ def test_sub_flows_without_a_cycle_pass() -> None:
     a = parse(flow(_subflow("one", "b"), _subflow("two", "b"), flow_id="a"))
 
     assert check_subflows(a, lambda flow_id, version: stored[flow_id]) == []
+
+
+# --- a map's parameters: each item's input (like Step Functions' ItemSelector) ----------------
+def test_a_map_s_parameters_may_use_its_item_and_item_index() -> None:
+    task = {
+        **MAP,
+        "parameters": {"order": "${item}", "id": "${item.id}", "n": "item ${item_index}"},
+    }
+
+    spec = parse(flow(task)).task("each")
+
+    assert spec.parameters["n"] == "item ${item_index}"
+
+
+def test_item_index_is_only_known_in_a_map_s_parameters() -> None:
+    inside = {
+        **MAP,
+        "iterator": {
+            "tasks": [
+                {"name": "say", "task_type": "print", "parameters": {"message": "${item_index}"}}
+            ]
+        },
+    }
+    outside = {"name": "t", "task_type": "print", "parameters": {"message": "${item_index}"}}
+
+    for document in (flow(inside), flow(outside)):
+        (message,) = errors_of(document).values()
+        assert "only known in a map's parameters" in message
+        assert '"index": "${item_index}"' in message  # says how to pass it on
+
+
+def test_item_index_takes_no_path() -> None:
+    task = {**MAP, "parameters": {"n": "${item_index.x}"}}
+
+    assert "is a number" in errors_of(flow(task))["tasks[0].parameters.n"]
+
+
+def test_a_map_s_items_still_may_not_use_item_outside_a_map() -> None:
+    task = {**MAP, "items": "${item.lines}"}
+
+    assert "only known inside a map" in errors_of(flow(task))["tasks[0].items"]

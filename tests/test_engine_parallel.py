@@ -128,6 +128,116 @@ def test_a_map_runs_its_iterator_once_per_item_and_keeps_item_order() -> None:
     assert [c.item for c in children_of(execution, "each")] == [{"id": 3}, {"id": 1}, {"id": 2}]
 
 
+def test_a_map_s_parameters_are_resolved_per_item_and_become_its_input() -> None:
+    iterator = [task("say", "print", message="${input.who}: order ${input.order.id} #${input.n}")]
+    params = {"order": "${item}", "n": "${item_index}", "who": "${input.customer}"}
+    document = flow_doc([mapped("each", "${input.orders}", iterator, parameters=params)])
+
+    execution = run_flow(document, input={"customer": "ada", "orders": [{"id": 7}, {"id": 9}]})
+
+    assert execution.status == ExecutionStatus.COMPLETED, execution.error
+    result = execution.steps.get(task_name="each").result
+    assert [r["message"] for r in result["results"]] == ["ada: order 7 #0", "ada: order 9 #1"]
+    assert [c.input for c in children_of(execution, "each")] == [
+        {"order": {"id": 7}, "n": 0, "who": "ada"},
+        {"order": {"id": 9}, "n": 1, "who": "ada"},
+    ]
+
+
+def test_per_item_parameters_hold_for_items_started_later_and_in_every_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("flows.engine.fanout.CREATE_CHUNK", 2)
+    iterator = [task("say", "print", message="${input.x}")]
+    document = flow_doc(
+        [
+            mapped(
+                "each",
+                "${input.items}",
+                iterator,
+                parameters={"x": "${item}-${item_index}"},
+                max_concurrency=2,
+            )
+        ]
+    )
+
+    execution = run_flow(document, input={"items": ["a", "b", "c", "d", "e"]})
+
+    assert execution.status == ExecutionStatus.COMPLETED, execution.error
+    result = execution.steps.get(task_name="each").result
+    assert [r["message"] for r in result["results"]] == ["a-0", "b-1", "c-2", "d-3", "e-4"]
+
+
+def test_per_item_inputs_hold_for_a_map_of_many_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Enough children for the bulk insert (COPY on PostgreSQL); each waits, so none runs yet.
+    monkeypatch.setattr("flows.engine.fanout.CREATE_CHUNK", 100)
+    iterator = [task("hold", "wait_for_signal", signal="go")]
+    params = {"n": "${item_index}", "v": "${item.v}", "fixed": "${input.fixed}"}
+    document = flow_doc(
+        [mapped("each", "${input.items}", iterator, parameters=params, max_concurrency=150)]
+    )
+    items = [{"v": f"item {n}"} for n in range(250)]
+    execution = start_execution(document, input={"items": items, "fixed": [1, 2]})
+
+    run_to_end(execution.id)
+
+    children = children_of(Execution.objects.get(pk=execution.id), "each")
+    assert [c.input for c in children] == [
+        {"n": n, "v": f"item {n}", "fixed": [1, 2]} for n in range(250)
+    ]
+    assert [c.status for c in children].count("CREATED") == 100
+
+
+def test_in_a_map_inside_a_map_item_the_inner_map_s_parameters_see_its_own_item() -> None:
+    # Its items come from the outer item (resolved where the map runs); its parameters are
+    # resolved per inner item, as a top-level map's are.
+    inner = mapped(
+        "inner",
+        "${item.lines}",
+        [task("say", "print", message="${input.line} of ${input.order}")],
+        parameters={"line": "${item}", "order": "${input.order}"},
+    )
+    outer = mapped("outer", "${input.orders}", [inner], parameters={"order": "${item.id}"})
+    orders = [{"id": "A", "lines": ["a1", "a2"]}, {"id": "B", "lines": ["b1"]}]
+
+    execution = run_flow(flow_doc([outer]), input={"orders": orders})
+
+    assert execution.status == ExecutionStatus.COMPLETED, execution.error
+    per_order = execution.steps.get(task_name="outer").result["results"]
+    assert [[r["message"] for r in order["results"]] for order in per_order] == [
+        ["a1 of A", "a2 of A"],
+        ["b1 of B"],
+    ]
+
+
+def test_a_map_whose_parameters_do_not_resolve_for_one_item_fails_and_starts_none() -> None:
+    iterator = [task("say", "print", message="${input.id}")]
+    document = flow_doc(
+        [mapped("each", "${input.items}", iterator, parameters={"id": "${item.id}"})]
+    )
+
+    execution = run_flow(document, input={"items": [{"id": 1}, {"name": "no id"}]})
+
+    assert execution.status == ExecutionStatus.FAILED
+    error = execution.steps.get(task_name="each").error
+    assert "item 1" in error and "has no key 'id'" in error, error
+    assert children_of(execution, "each") == []
+
+
+def test_a_map_s_parameters_without_item_are_every_item_s_input_as_before() -> None:
+    iterator = [task("say", "print", message="${input.greeting} ${item}")]
+    document = flow_doc(
+        [mapped("each", "${input.items}", iterator, parameters={"greeting": "${input.hi}"})]
+    )
+
+    execution = run_flow(document, input={"hi": "hello", "items": ["a", "b"]})
+
+    assert execution.status == ExecutionStatus.COMPLETED, execution.error
+    assert [c.input for c in children_of(execution, "each")] == [{"greeting": "hello"}] * 2
+    result = execution.steps.get(task_name="each").result
+    assert [r["message"] for r in result["results"]] == ["hello a", "hello b"]
+
+
 def test_a_map_starts_at_most_max_concurrency_items_at_once() -> None:
     document = flow_doc(
         [

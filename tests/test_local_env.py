@@ -130,6 +130,34 @@ def test_runflow_with_v2_adds_the_engine_log_on_stderr_and_keeps_stdout_the_same
     assert re.search(r"INFO flows\.engine execution=\S+ step=1 task=task1 .*started", done.stderr)
 
 
+def readme_example_lines() -> list[str]:
+    """The README's runflow lines for examples/ other than the two tested above."""
+    readme = (PROJECT / "README.md").read_text()
+    return [
+        line.split("  #")[0].strip()
+        for line in readme.splitlines()
+        if line.startswith(".venv/bin/python manage.py runflow examples/")
+        and "sample_flow" not in line
+        and "retry_branch" not in line
+    ]
+
+
+def test_the_readme_lists_a_runflow_line_for_each_control_and_wait_example():
+    assert len(readme_example_lines()) == 6, readme_example_lines()
+
+
+@pytest.mark.parametrize("line", readme_example_lines())
+def test_each_readme_example_line_runs_as_written(checkout, line):
+    done = sh(checkout.root, line)
+
+    if "wait_for_signal" in line:  # stops at the wait, as the README says
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "waits for signal 'approval'" in done.stdout
+        assert done.stdout.splitlines()[-1] == "RUNNING"
+    else:
+        assert ok(done).splitlines()[-1] == "COMPLETED"
+
+
 # --- what settings take from .env, and what they never do --------------------------------------
 def read_key(root: Path, **env: str) -> subprocess.CompletedProcess:
     return sh(

@@ -117,3 +117,50 @@ def test_a_wait_for_signal_task_is_saved_from_the_form_view(editor):
         "prompt": "Ship it?",
         "timeout_seconds": 3600,
     }
+
+
+ITEM_INPUT = flow_doc(
+    [
+        mapped(
+            "each",
+            "${input.orders}",
+            [task("say", "print", message="${input.n}: ${input.order.id}")],
+            parameters={"order": "${item}", "n": "${item_index}"},
+        )
+    ],
+    flow_id="item_input",
+)
+
+
+def test_the_json_tab_saves_a_map_whose_parameters_use_its_item(editor):
+    response = editor.post(
+        "/flows/new", {"mode": "json", "action": "save", "document": json.dumps(ITEM_INPUT)}
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert FlowVersion.objects.get(flow_id="item_input").definition == ITEM_INPUT
+
+
+def test_the_form_view_says_what_each_map_item_gets_as_its_input(editor):
+    stored(ITEM_INPUT)
+
+    html = editor.get("/flows/item_input/edit").content.decode()
+
+    # (in either key order: PostgreSQL's jsonb keeps its own)
+    assert "each item runs: say, with input {" in html
+    assert "&quot;order&quot;: &quot;${item}&quot;" in html
+    assert "&quot;n&quot;: &quot;${item_index}&quot;" in html
+
+
+def test_the_json_tab_says_where_item_index_is_known(editor):
+    broken = json.loads(json.dumps(ITEM_INPUT))
+    broken["tasks"][0]["iterator"]["tasks"][0]["parameters"]["message"] = "${item_index}"
+
+    response = editor.post(
+        "/flows/new", {"mode": "json", "action": "save", "document": json.dumps(broken)}
+    )
+
+    html = response.content.decode()
+    assert response.status_code == 400
+    assert "<code>tasks[0].iterator.tasks[0].parameters.message</code>" in html
+    assert "is only known in a map&#x27;s parameters" in html

@@ -120,27 +120,47 @@ def check_references(
     raw_tasks: Any, known: set[str], err: Report, *, prefix: str, in_map: bool
 ) -> None:
     """Parameters may only refer to tasks of this flow (or branch), in the ${...} syntax;
-    ``${item}`` only inside a map's iterator."""
+    ``${item}`` only inside a map's iterator or in a map's own parameters (resolved per
+    item), ``${item_index}`` only in a map's own parameters."""
     if not isinstance(raw_tasks, list):
         return
     for i, item in enumerate(raw_tasks):
         if not isinstance(item, Mapping):
             continue
-        fields = [("parameters", item.get("parameters"))]
-        if item.get("task_type") == MAP:
-            fields.append(("items", item.get("items")))
-        for key, value in fields:
+        is_map = item.get("task_type") == MAP
+        # (field, value, ${item} known, ${item_index} known): a map's items are resolved in
+        # its parent's scope, its parameters once per item.
+        fields = [("parameters", item.get("parameters"), in_map or is_map, is_map)]
+        if is_map:
+            fields.append(("items", item.get("items"), in_map, False))
+        for key, value, item_known, index_known in fields:
             for sub, ref in references_in(value) if value is not None else ():
-                _check_reference(f"{prefix}tasks[{i}].{key}{sub}", ref, known, err, in_map)
+                where = f"{prefix}tasks[{i}].{key}{sub}"
+                _check_reference(where, ref, known, err, item_known, index_known)
 
 
 def _check_reference(
-    where: str, ref: Reference | ResolveError, known: set[str], err: Report, in_map: bool
+    where: str,
+    ref: Reference | ResolveError,
+    known: set[str],
+    err: Report,
+    item_known: bool,
+    index_known: bool,
 ) -> None:
     if isinstance(ref, ResolveError):
         err(where, str(ref))
-    elif ref.root == "item" and not in_map:
-        err(where, f"'${{{ref.text}}}': ${{item}} is only known inside a map's iterator")
+    elif ref.root == "item" and not item_known:
+        err(
+            where,
+            f"'${{{ref.text}}}': ${{item}} is only known inside a map's iterator and in a "
+            "map's own parameters",
+        )
+    elif ref.root == "item_index" and not index_known:
+        err(
+            where,
+            f"'${{{ref.text}}}': ${{item_index}} is only known in a map's parameters; pass it "
+            'to the iterator there, as "index": "${item_index}", and read ${input.index}',
+        )
     elif ref.task is not None and (len(ref.path) < 2 or ref.path[1] not in ("data", "status")):
         err(
             where,

@@ -43,7 +43,7 @@ from flows.definition import (
 from flows.engine.inputs import reference_scope
 from flows.engine.outcome import StepOutcome, failure, waiting
 from flows.engine.wakeup import wake
-from flows.expressions import ResolveError, needs_resolving, resolve
+from flows.expressions import ResolveError, needs_resolving, refers_to_item, resolve
 from flows.models import (
     Execution,
     ExecutionStatus,
@@ -76,6 +76,9 @@ class Plan:
     scope: list[str]  # the control task's place in ``version``'s document
     input: dict[str, Any]
     items: list[Any] = field(default_factory=list)  # map: one child per item
+    # map whose parameters use ${item}/${item_index}: each item's own input, in item order
+    # (else every child gets ``input``)
+    inputs: list[dict[str, Any]] | None = None
     branches: list[str] = field(default_factory=list)  # parallel: one child per branch
     max_concurrency: int | None = None
     fail_fast: bool = True
@@ -107,10 +110,12 @@ def begin(
     """The first run of a control step: its children, planned (created when it is recorded);
     or its outcome at once (a map of no items; an input that does not resolve)."""
     scope = reference_scope(execution, results)
+    # A map's parameters that use its item are resolved per item, below (ItemSelector).
+    per_item = spec.task_type == MAP and refers_to_item(spec.parameters)
     try:
         params = (
             resolve(spec.parameters, scope)
-            if needs_resolving(spec.parameters)
+            if needs_resolving(spec.parameters) and not per_item
             else dict(spec.parameters)
         )
     except ResolveError as exc:
@@ -118,8 +123,9 @@ def begin(
     if len(_ancestry(execution)) >= MAX_DEPTH:
         return failure(f"child executions nest at most {MAX_DEPTH} deep", permanent=True)
     # A child's ${input}: a sub-flow's `input`; else the control task's parameters, when it
-    # has any. Without, a branch gets the parent's input, and a map item none (each item
-    # would otherwise carry a copy of an input that often holds all the items).
+    # has any (a map's resolved for each item when they use ${item} or ${item_index}).
+    # Without, a branch gets the parent's input, and a map item none (each item would
+    # otherwise carry a copy of an input that often holds all the items).
     if spec.task_type == SUBFLOW:
         child_input = params.get("input") or {}
     elif params:
@@ -149,6 +155,16 @@ def begin(
         if not items:
             empty = {"results": [], "count": 0, "failed": 0, "message": "no items to map"}
             return StepOutcome(TaskRunStatus.SUCCESS, result=empty)
+        inputs = None
+        if per_item:
+            inputs = []
+            for index, value in enumerate(items):
+                try:
+                    inputs.append(
+                        resolve(spec.parameters, {**scope, "item": value, "item_index": index})
+                    )
+                except ResolveError as exc:
+                    return failure(f"parameters of item {index}: {exc}", permanent=True)
         tolerance = spec.tolerated_failures
         plan = Plan(
             MAP,
@@ -157,6 +173,7 @@ def begin(
             base,
             child_input,
             items=items,
+            inputs=inputs,
             max_concurrency=spec.max_concurrency,
             tolerated=tolerance.count or 0,
             tolerated_percent=tolerance.percent,
@@ -236,7 +253,7 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
             flow_version_id=plan.version.pk,
             status=ExecutionStatus.QUEUED if started else ExecutionStatus.CREATED,
             current_task=starts[which].name,
-            input=plan.input,
+            input=plan.inputs[index] if plan.inputs is not None else plan.input,
             deadline_at=parent.deadline_at,
             trigger=ExecutionTrigger.PARENT,
             created_by_id=parent.created_by_id,
@@ -257,7 +274,7 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
     woken = 0
     for offset in range(0, plan.total, CREATE_CHUNK):
         end = min(plan.total, offset + CREATE_CHUNK)
-        if plan.kind == MAP:
+        if plan.kind == MAP and plan.inputs is None:
             # Copies of one template row, one per item (made by the server on PostgreSQL).
             template = child(0)  # as an item not started yet
             template.status, template.queued_at = ExecutionStatus.CREATED, None
@@ -271,7 +288,7 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
                 started={"status": ExecutionStatus.QUEUED, "queued_at": now},
                 bound=first,
             )
-        else:
+        else:  # rows of their own: branches, and map items each with its own input
             chunk = [child(i) for i in range(offset, end)]
             writes.insert_rows(Execution, chunk)
             starting = [c.id for c in chunk if c.status == ExecutionStatus.QUEUED]

@@ -24,6 +24,7 @@ def run_inline(
     registry: TaskRegistry | None = None,
     *,
     sleep: Any = time.sleep,
+    signal_timeouts: bool = True,
 ) -> Execution:
     """Run an execution (and its children) to its end in this process, waiting out delays
     (retries, sleeps) here.
@@ -31,6 +32,10 @@ def run_inline(
     It returns when the execution ends, pauses, waits for something no clock brings (a
     signal), or has nothing left this process can run. Steps the dispatcher hands back to
     the queue (its step budget spent) run here too.
+
+    ``signal_timeouts=False``: a step waiting for a signal is not waited out to its timeout
+    (``runflow``: no signal can reach this process while it sleeps, so the wait would only end
+    in that timeout's failure); steps of other kinds still run and are waited for.
     """
     execution_id = uuid.UUID(str(execution_id))
     while True:
@@ -39,16 +44,14 @@ def run_inline(
         if execution.status not in ACTIVE_STATUSES:
             return execution
         # The next step of the tree a clock will make due: the execution's own or a child's.
-        pending = (
-            TaskRun.objects.filter(
-                Q(execution_id=execution.id) | Q(execution__root_id=execution.id),
-                status=TaskRunStatus.PENDING,
-                execution__status__in=ACTIVE_STATUSES,
-            )
-            .exclude(not_before__gte=FOREVER)
-            .order_by(F("not_before").asc(nulls_first=True))
-            .first()
-        )
+        pending = TaskRun.objects.filter(
+            Q(execution_id=execution.id) | Q(execution__root_id=execution.id),
+            status=TaskRunStatus.PENDING,
+            execution__status__in=ACTIVE_STATUSES,
+        ).exclude(not_before__gte=FOREVER)
+        if not signal_timeouts:
+            pending = pending.exclude(waiting__kind="signal")
+        pending = pending.order_by(F("not_before").asc(nulls_first=True)).first()
         if pending is None:
             return execution
         wait = (pending.not_before - timezone.now()).total_seconds() if pending.not_before else 0.0

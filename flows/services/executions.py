@@ -277,10 +277,14 @@ def flow_deadline(definition: FlowDefinition, now: Any) -> Any:
     return now + timedelta(seconds=definition.timeout_seconds)
 
 
-def execution_run_inline(*, execution_id: Any) -> Execution:
+def execution_run_inline(*, execution_id: Any, signal_timeouts: bool = True) -> Execution:
     """Run a started execution (and its children) to its end in this process, waiting out
-    its delays here: ``manage.py runflow``, through the engine a worker uses."""
-    return engine.run_inline(execution_id)
+    its delays here: ``manage.py runflow``, through the engine a worker uses.
+
+    ``signal_timeouts=False``: a step waiting for a signal ends the run there (nothing can
+    signal this process while it sleeps) instead of being waited out until its timeout.
+    """
+    return engine.run_inline(execution_id, signal_timeouts=signal_timeouts)
 
 
 def executions_reap() -> dict[str, int]:

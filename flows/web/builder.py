@@ -214,7 +214,12 @@ class TaskForm(forms.Form):
         if kind == "map":
             iterator = _tasks_of(task.get("iterator"))
             names = ", ".join(str(t.get("name")) for t in iterator)
-            return f"over {task.get('items')!s}, each item runs: {names}"
+            summary = f"over {task.get('items')!s}, each item runs: {names}"
+            params = task.get("parameters")
+            if isinstance(params, Mapping) and params:
+                # Its ${input}: resolved per item when they use ${item} or ${item_index}.
+                summary += f", with input {json.dumps(params, ensure_ascii=False)}"
+            return summary
         params = task.get("parameters") if isinstance(task.get("parameters"), Mapping) else {}
         return f"calls flow {params.get('flow_id')!s}" + (
             f" v{params['version']}" if params.get("version") else ""

@@ -1,4 +1,5 @@
-"""Run a flow document inline, printing each step: ``manage.py runflow FILE.json``."""
+"""Run a flow document inline, printing each step: ``manage.py runflow FILE.json``
+(``--with OTHER.json`` stores the flows it calls first)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
 from django_q.conf import Conf
 
 from flows import services
@@ -17,15 +19,28 @@ from flows.models import Execution, ExecutionStatus
 
 class Command(BaseCommand):
     help = (
-        "Validate a flow document, store it, and run one execution in this process. "
+        "Validate a flow document, store it (after the --with documents, such as the flows "
+        "it calls), and run one execution in this process. "
         "Exit 0 when the execution COMPLETED, 1 when it did not, 2 when the file is invalid. "
         "Prints the steps and the final status; -v 2 also shows the engine's log lines."
     )
+    # The error for a sub-flow task whose flow is not stored (flows.definition.subflows): the
+    # same command can store it.
+    NOT_STORED = "parameters.flow_id"
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", help="Path to a flow document (JSON), bare or as {'flow': ...}")
         parser.add_argument(
             "--input", default=None, help="JSON object given to the execution as input"
+        )
+        parser.add_argument(
+            "--with",
+            dest="with_files",
+            action="append",
+            default=[],
+            metavar="OTHER",
+            help="a flow document to store before FILE, such as the flow a subflow task of "
+            "FILE calls (repeatable; stored in the order given)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -36,15 +51,8 @@ class Command(BaseCommand):
 
     def _run(self, options: dict[str, Any]) -> None:
         path = options["file"]
-        try:
-            with open(path, encoding="utf-8") as fh:
-                document = json.load(fh)
-        except OSError as exc:
-            self._invalid(f"cannot read {path}: {exc.strerror}")
-        except ValueError as exc:
-            self._invalid(f"{path} is not valid JSON: {exc}")
-        except RecursionError:
-            self._invalid(f"{path} is nested too deeply to read; use a flatter document")
+        others = [(other, self._read(other)) for other in options["with_files"]]
+        document = self._read(path)
         input_value = None
         if options["input"] is not None:
             try:
@@ -53,17 +61,33 @@ class Command(BaseCommand):
                 self._invalid(f"--input is not valid JSON: {exc}")
             if not isinstance(input_value, dict):
                 self._invalid('--input must be a JSON object, e.g. --input \'{"key": "value"}\'')
+        stored, where = [], path
         try:
-            version = services.flow_create(document=document)
-            execution = services.execution_create(flow_version=version, input=input_value)
+            # All the files or none: an invalid one leaves nothing stored.
+            with transaction.atomic():
+                for other, other_document in others:
+                    where = other
+                    stored.append((other, services.flow_create(document=other_document)))
+                where = path
+                version = services.flow_create(document=document)
+                execution = services.execution_create(flow_version=version, input=input_value)
         except services.ServiceError as exc:
-            self.stderr.write(self.style.ERROR(f"{path}: invalid flow"))
-            for error in exc.errors or [{"field": "", "message": exc.message}]:
+            self.stderr.write(self.style.ERROR(f"{where}: invalid flow"))
+            errors = exc.errors or [{"field": "", "message": exc.message}]
+            for error in errors:
                 self.stderr.write(f"  {error['field'] or '(document)'}: {error['message']}")
+            if where == path and any(e["field"].endswith(self.NOT_STORED) for e in errors):
+                self.stderr.write(
+                    "  (store the flow a subflow task calls in the same command: --with <its file>)"
+                )
             raise SystemExit(2) from None
         except RecursionError:
-            self._invalid(f"{path}: invalid flow: nested too deeply; use a flatter document")
+            self._invalid(f"{where}: invalid flow: nested too deeply; use a flatter document")
 
+        for other, other_version in stored:
+            self.stdout.write(
+                f"stored flow {other_version.flow_id} v{other_version.version} from {other}"
+            )
         self.stdout.write(f"flow {version.flow_id} v{version.version}, execution {execution.id}")
         # django-q2's sync mode: the job execution_start enqueues runs here, in this process,
         # through the same engine a worker uses. Conf is process-wide, so the previous mode is
@@ -72,8 +96,9 @@ class Command(BaseCommand):
         Conf.SYNC = True
         try:
             services.execution_start(execution_id=execution.id)
-            # Steps a job left behind (a retry's delay, the step budget) run here too.
-            services.execution_run_inline(execution_id=execution.id)
+            # Steps a job left behind (a retry's delay, the step budget) run here too. A wait
+            # for a signal ends the run: no signal reaches this process while it sleeps.
+            services.execution_run_inline(execution_id=execution.id, signal_timeouts=False)
         finally:
             Conf.SYNC = was_sync
         execution = Execution.objects.get(pk=execution.id)
@@ -96,7 +121,19 @@ class Command(BaseCommand):
         if execution.status != ExecutionStatus.COMPLETED:
             raise SystemExit(1)
 
-    def _invalid(self, message: str) -> None:
+    def _read(self, path: str) -> Any:
+        """The JSON document in ``path``; exit 2 saying why when there is none."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except OSError as exc:
+            self._invalid(f"cannot read {path}: {exc.strerror}")
+        except ValueError as exc:
+            self._invalid(f"{path} is not valid JSON: {exc}")
+        except RecursionError:
+            self._invalid(f"{path} is nested too deeply to read; use a flatter document")
+
+    def _invalid(self, message: str) -> NoReturn:
         self.stderr.write(self.style.ERROR(message))
         raise SystemExit(2)
 
