@@ -66,7 +66,7 @@ def test_a_server_error_still_logs_as_an_error(caplog, operator, monkeypatch):
     def broken(execution_id: Any) -> Any:
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(seed_views.reads, "execution_for_status", broken)
+    monkeypatch.setattr(seed_views.selectors, "execution_for_status", broken)
     operator.raise_request_exception = False
     caplog.set_level(logging.DEBUG)
 
