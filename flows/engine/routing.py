@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from django.utils import timezone
 
 from flows.definition import FlowDefinition
 from flows.engine.inputs import results_scope
@@ -58,6 +61,8 @@ def decide(
     ``definition`` is None when the flow no longer validates: the execution then fails.
     """
     events: list[tuple[str, str]] = list(outcome.log_lines)
+    if outcome.status != TaskRunStatus.PENDING:
+        outcome.duration = took(step, outcome, timezone.now())
     decided = plan(execution, definition, step, outcome, results)
     if outcome.error:
         events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
@@ -70,6 +75,15 @@ def decide(
         outcome.duration, f": {outcome.error}" if outcome.error else "",
     )  # fmt: skip
     return Finished(execution, definition, step, outcome, decided, events)
+
+
+def took(step: TaskRun, outcome: StepOutcome, now: datetime) -> float:
+    """How long ``step``, ending ``now``, took. A step that waited (its children, a sleep, a
+    signal) ends in a later run than the one that began it: the wall time since it began,
+    not its last run's few milliseconds."""
+    if step.waiting and step.started_at:
+        return max((now - step.started_at).total_seconds(), 0.0)
+    return outcome.duration
 
 
 def _waiting_for(outcome: StepOutcome) -> str:

@@ -195,6 +195,16 @@ class ExecutionView:
     parent: ParentView | None = None
 
     @property
+    def steps_counted(self) -> int:
+        """The header's "Steps": those taken, and the open one once it has begun (a map
+        running its items, a sleep, a wait for a signal, a task running): the engine counts
+        a step only when it ends."""
+        last = self.steps[-1].step if self.steps else None
+        begun = last is not None and last.started_at is not None
+        is_open = last is not None and last.status in (TaskRunStatus.PENDING, TaskRunStatus.RUNNING)
+        return self.execution.steps_taken + (1 if is_open and begun else 0)
+
+    @property
     def waiting_rows(self) -> list[StepRow]:
         """The open step when it waits for a signal or a time (shown at the top)."""
         return [r for r in self.steps if r.waiting and r.waiting["kind"] in ("signal", "until")]
