@@ -17,7 +17,7 @@ from flows import services
 from flows.definition import MAP
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import default_registry
-from flows.waiting import fanout_of, waiting_of
+from flows.waiting import fanout_of, signal_of, waiting_of
 from flows.web.graph import (
     END_KEY,
     START_KEY,
@@ -114,15 +114,29 @@ class StepRow:
     # What the open step waits for (``waiting_of``), and a control step's children.
     waiting: dict[str, Any] | None = None
     children: ChildrenView | None = None
+    # The answer a wait_for_signal step got (``signal_of``): who, when, how, and why.
+    signal: dict[str, Any] | None = None
 
     @property
     def until(self) -> datetime | None:
         """When the wait ends by itself (a sleep's end, a signal's timeout), as a time."""
-        text = (self.waiting or {}).get("until")
-        try:
-            return datetime.fromisoformat(text) if text else None
-        except ValueError:
-            return None
+        return _time((self.waiting or {}).get("until"))
+
+    @property
+    def signal_at(self) -> datetime | None:
+        return _time((self.signal or {}).get("at"))
+
+    @property
+    def signal_payload_json(self) -> str:
+        payload = (self.signal or {}).get("payload")
+        return json.dumps(payload, indent=2, ensure_ascii=False) if payload else ""
+
+
+def _time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -311,6 +325,7 @@ def execution_view(execution: Execution) -> ExecutionView:
                 by_step[step.id],
                 waiting=waiting_of(step),
                 children=children.get(step.id),
+                signal=signal_of(step),
             )
         )
 

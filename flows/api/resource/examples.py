@@ -86,6 +86,7 @@ STEP = {
     "id": 101,
     "waiting": None,
     "children": None,
+    "signal": None,
 }
 EXECUTION = {
     **EXECUTION_ROW,
@@ -181,5 +182,13 @@ SIGNALLED_STEP = {
         "prompt": "Ship 1.2 to production?",
         "until": None,
         "received": True,
+    },
+    "signal": {
+        "name": "deploy",
+        "decision": "approve",
+        "by": "ada",
+        "at": AT,
+        "comment": "release notes checked",
+        "payload": {"version": "1.2"},
     },
 }
