@@ -132,3 +132,19 @@ def test_a_waiting_step_has_no_duration_until_it_ends() -> None:
     step = waiting_step(execution, "step")
 
     assert step.started_at is not None and step.duration is None
+
+
+def test_a_wait_cancelled_lasted_until_the_cancel() -> None:
+    execution = start_execution(flow_doc([mapped("step", [1, 2], [hold])]))
+    run_to_end(execution.id)
+    began = began_an_hour_ago(waiting_step(execution, "step")).started_at
+    items = TaskRun.objects.filter(execution__parent_step__execution=execution)
+    items.update(started_at=F("started_at") - timedelta(hours=1))
+
+    services.execution_cancel(execution_id=execution.id)
+
+    step = TaskRun.objects.get(execution=execution, task_name="step")
+    assert (step.status, step.started_at) == (TaskRunStatus.CANCELLED, began)
+    assert step.duration >= HOUR
+    for item in items.all():
+        assert item.status == TaskRunStatus.CANCELLED and item.duration >= HOUR

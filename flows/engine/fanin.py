@@ -285,6 +285,13 @@ def cancel_children(step_ids: list[int], *, why: str) -> int:
                 execution_id__in=ids, status=TaskRunStatus.PENDING, waiting__isnull=False
             ).values_list("pk", flat=True)
         )
+        # A wait that had begun (a sleep, a signal, its own children) lasted until now.
+        waited = TaskRun.objects.filter(
+            execution_id__in=idle, status=TaskRunStatus.PENDING, started_at__isnull=False
+        ).values_list("pk", "started_at")
+        writes.update_rows(
+            TaskRun, {pk: {"duration": max((now - at).total_seconds(), 0.0)} for pk, at in waited}
+        )
         TaskRun.objects.filter(execution_id__in=idle, status=TaskRunStatus.PENDING).update(
             status=TaskRunStatus.CANCELLED, ended_at=now, error="cancelled before it started"
         )
