@@ -66,14 +66,19 @@ def decide(
     decided = plan(execution, definition, step, outcome, results)
     if outcome.error:
         events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
-    logger.log(
-        logging.INFO
-        if outcome.status in (TaskRunStatus.SUCCESS, TaskRunStatus.PENDING)
-        else logging.WARNING,
-        "execution=%s step=%s task=%s attempt=%s ended %s in %.3fs%s",
-        execution.id, step.seq, step.task_name, step.attempt, outcome.status,
-        outcome.duration, f": {outcome.error}" if outcome.error else "",
-    )  # fmt: skip
+    if outcome.status == TaskRunStatus.PENDING:
+        # Not an end: the step waits on (its duration comes when it ends).
+        logger.info(
+            "execution=%s step=%s task=%s attempt=%s waits (this run took %.3fs)",
+            execution.id, step.seq, step.task_name, step.attempt, outcome.duration,
+        )  # fmt: skip
+    else:
+        logger.log(
+            logging.INFO if outcome.status == TaskRunStatus.SUCCESS else logging.WARNING,
+            "execution=%s step=%s task=%s attempt=%s ended %s in %.3fs%s",
+            execution.id, step.seq, step.task_name, step.attempt, outcome.status,
+            outcome.duration, f": {outcome.error}" if outcome.error else "",
+        )  # fmt: skip
     return Finished(execution, definition, step, outcome, decided, events)
 
 
