@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from flows import engine, services
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
+from tests.controls import past_deadline
 from tests.factories import flow_doc, mapped, parallel, run_to_end, start_execution, task
 
 pytestmark = pytest.mark.django_db
@@ -149,3 +150,16 @@ def test_a_wait_cancelled_lasted_until_the_cancel() -> None:
     assert step.duration >= HOUR
     for item in items.all():
         assert item.status == TaskRunStatus.CANCELLED and item.duration >= HOUR
+
+
+def test_a_wait_the_flows_timeout_ended_lasted_until_then() -> None:
+    execution = start_execution(flow_doc([hold], timeout_seconds=7200))
+    run_to_end(execution.id)
+    began_an_hour_ago(waiting_step(execution, "hold"))
+    past_deadline(execution)
+
+    engine.reap()
+
+    step = TaskRun.objects.get(execution=execution, task_name="hold")
+    assert step.status == TaskRunStatus.CANCELLED and step.duration >= HOUR
+    assert Execution.objects.get(pk=execution.id).status == ExecutionStatus.FAILED

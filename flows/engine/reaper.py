@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from flows.engine.fanin import close_pending
 from flows.engine.fanout import WAITING_FOR_CHILDREN
 from flows.engine.record import end_execution
 from flows.engine.redrive import RESUME
@@ -144,8 +145,10 @@ def reap(limit: int = 500) -> dict[str, int]:
                 f"the flow's timeout (timeout_seconds) ran out at "
                 f"{execution.deadline_at:%Y-%m-%d %H:%M:%S}"
             )
-            TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.PENDING).update(
-                status=TaskRunStatus.CANCELLED, ended_at=now, error=f"{error} before it ran"
+            close_pending(
+                TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.PENDING),
+                now,
+                error=f"{error} before it ran",
             )
             end_execution(execution, ExecutionStatus.FAILED, error, now)
             ExecutionEvent.objects.create(

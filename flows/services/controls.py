@@ -58,15 +58,10 @@ def execution_cancel(*, execution_id: Any) -> Execution:
         # The worker that holds the step sees the flag, cancels the coroutine and ends it.
         Execution.objects.filter(pk=locked.id).update(cancel_requested=True)
     else:
-        pending = TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.PENDING)
-        began = pending.values_list("started_at", flat=True).first()
-        # A wait that had begun (a sleep, a signal, its children) lasted until now.
-        took = {"duration": max((now - began).total_seconds(), 0.0)} if began else {}
-        pending.update(
-            status=TaskRunStatus.CANCELLED,
-            ended_at=now,
+        engine.close_pending(
+            TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.PENDING),
+            now,
             error="cancelled before it started",
-            **took,
         )
         Execution.objects.filter(pk=locked.id).update(
             cancel_requested=True,
