@@ -38,6 +38,25 @@ def waiting_of(step: TaskRun) -> dict[str, Any] | None:
     }
 
 
+def signal_of(step: TaskRun) -> dict[str, Any] | None:
+    """The answer a ``wait_for_signal`` step got, kept on it after it ended: ``{name,
+    decision, by, at, comment, payload}``, or None (no signal came, or not such a step)."""
+    state = step.waiting
+    if not isinstance(state, dict) or state.get("kind") != "signal":
+        return None
+    came = state.get("signal")
+    if not isinstance(came, dict):
+        return None
+    return {
+        "name": state.get("name"),
+        "decision": came.get("decision"),
+        "by": came.get("by") or "",
+        "at": came.get("at"),
+        "comment": came.get("comment") or "",
+        "payload": came.get("payload"),
+    }
+
+
 def fanout_of(step: TaskRun) -> FanOut | None:
     """A control step's FanOut (its children's counts), else None.
 

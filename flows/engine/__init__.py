@@ -38,7 +38,7 @@ One module a role, each importing only the public names of the others:
 from flows.engine.claim import claim_steps, renew_leases
 from flows.engine.dispatcher import Dispatcher, dispatch
 from flows.engine.duetimer import DueStepTimer, start_due_step_timer, wake_due
-from flows.engine.fanin import cancel_children, child_ended, lock_fanouts
+from flows.engine.fanin import cancel_children, child_ended, close_pending, lock_fanouts
 from flows.engine.fanout import FOREVER
 from flows.engine.inline import run_inline
 from flows.engine.inputs import flow_definition, results_scope, results_so_far
@@ -60,6 +60,7 @@ __all__ = [
     "cancel_children",
     "child_ended",
     "claim_steps",
+    "close_pending",
     "dispatch",
     "flow_definition",
     "lock_fanouts",

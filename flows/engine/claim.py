@@ -92,13 +92,18 @@ def claim_steps(
         if not steps:
             return Claimed([], {}, {}, now)
         keys = [step.pk for step in steps]
+        # A step that waited (its children, a sleep, a signal) is claimed again to go on: it
+        # keeps the start of its first run, when it began waiting.
         claimed = TaskRun.objects.filter(pk__in=keys, status=TaskRunStatus.PENDING).update(
-            status=TaskRunStatus.RUNNING, worker=me, started_at=now, lease_expires_at=expires
+            status=TaskRunStatus.RUNNING,
+            worker=me,
+            started_at=Coalesce(F("started_at"), Value(now)),
+            lease_expires_at=expires,
         )
         if claimed != len(steps):  # cannot happen under the row locks; kept honest anyway
             ours = set(
                 TaskRun.objects.filter(
-                    pk__in=keys, status=TaskRunStatus.RUNNING, worker=me, started_at=now
+                    pk__in=keys, status=TaskRunStatus.RUNNING, worker=me, lease_expires_at=expires
                 ).values_list("pk", flat=True)
             )
             steps = [step for step in steps if step.pk in ours]
@@ -109,7 +114,11 @@ def claim_steps(
         )
         loaded = load(steps, now)
     for step in steps:
-        step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, me, now
+        step.status, step.worker, step.started_at = (
+            TaskRunStatus.RUNNING,
+            me,
+            step.started_at or now,
+        )
         step.lease_expires_at = expires
     return loaded
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 
 from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, parse_flow
 from flows.engine.fanout import WAITING_FOR_CHILDREN, first_step, registry, waiting_outcome
@@ -257,6 +257,16 @@ def lock_fanouts(step_ids: Any) -> None:
         writes.lock_rows(FanOut, keys)
 
 
+def close_pending(steps: QuerySet[TaskRun], now: datetime, *, error: str) -> None:
+    """End these PENDING steps CANCELLED at ``now`` with ``error``. Those whose wait had
+    begun (a sleep, a signal, their children) lasted until now: their duration says so."""
+    waited = steps.filter(started_at__isnull=False).values_list("pk", "started_at")
+    writes.update_rows(
+        TaskRun, {pk: {"duration": max((now - at).total_seconds(), 0.0)} for pk, at in waited}
+    )
+    steps.update(status=TaskRunStatus.CANCELLED, ended_at=now, error=error)
+
+
 def cancel_children(step_ids: list[int], *, why: str) -> int:
     """Cancel every child (and their children) of these steps that has not ended: CREATED
     ones and those whose step waits end at once; a running step is stopped by its worker
@@ -285,8 +295,10 @@ def cancel_children(step_ids: list[int], *, why: str) -> int:
                 execution_id__in=ids, status=TaskRunStatus.PENDING, waiting__isnull=False
             ).values_list("pk", flat=True)
         )
-        TaskRun.objects.filter(execution_id__in=idle, status=TaskRunStatus.PENDING).update(
-            status=TaskRunStatus.CANCELLED, ended_at=now, error="cancelled before it started"
+        close_pending(
+            TaskRun.objects.filter(execution_id__in=idle, status=TaskRunStatus.PENDING),
+            now,
+            error="cancelled before it started",
         )
         Execution.objects.filter(pk__in=idle, status__in=CANCELLABLE).update(
             status=ExecutionStatus.CANCELLED,

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from flows.definition import FlowValidationError
 from flows.engine import fanin, record
+from flows.engine.fanin import close_pending
 from flows.engine.fanout import WAITING_FOR_CHILDREN, registry
 from flows.engine.inputs import flow_definition, results_so_far
 from flows.engine.outcome import failure
@@ -253,8 +254,10 @@ def reap(limit: int = 500) -> dict[str, int]:
                 f"the flow's timeout (timeout_seconds) ran out at "
                 f"{execution.deadline_at:%Y-%m-%d %H:%M:%S}"
             )
-            TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.PENDING).update(
-                status=TaskRunStatus.CANCELLED, ended_at=now, error=f"{error} before it ran"
+            close_pending(
+                TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.PENDING),
+                now,
+                error=f"{error} before it ran",
             )
             end_execution(execution, ExecutionStatus.FAILED, error, now)
             ExecutionEvent.objects.create(

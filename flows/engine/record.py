@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from flows.engine import fanin, fanout, redrive
 from flows.engine.outcome import flow_timeout, remaining
-from flows.engine.routing import Finished
+from flows.engine.routing import Finished, took
 from flows.engine.wakeup import wake
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.sql import writes
@@ -144,7 +144,7 @@ def write(
             "error": outcome.error,
             "traceback": outcome.traceback,
             "ended_at": now,
-            "duration": outcome.duration,
+            "duration": took(step, outcome, now),
             "lease_expires_at": None,
             "route": route[:300],
         }
@@ -250,7 +250,8 @@ def _wait(
         "status": TaskRunStatus.PENDING,
         "worker": "",
         "lease_expires_at": None,
-        "duration": outcome.duration,
+        # Open until the wait ends: its duration is then the whole wait (routing.decide).
+        "duration": None,
         "waiting": outcome.waiting,
         "not_before": until or fanout.FOREVER,
         "woken_at": until or fanout.FOREVER,

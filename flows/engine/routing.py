@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from flows.definition import FlowDefinition
 from flows.engine.inputs import results_scope
@@ -60,18 +62,34 @@ def decide(
     ``definition`` is None when the flow no longer validates: the execution then fails.
     """
     events: list[tuple[str, str]] = list(outcome.log_lines)
+    if outcome.status != TaskRunStatus.PENDING:
+        outcome.duration = took(step, outcome, timezone.now())
     decided = plan(execution, definition, step, outcome, results)
     if outcome.error:
         events.append(("ERROR", f"{step.task_name} failed: {outcome.error}"))
-    logger.log(
-        logging.INFO
-        if outcome.status in (TaskRunStatus.SUCCESS, TaskRunStatus.PENDING)
-        else logging.WARNING,
-        "execution=%s step=%s task=%s attempt=%s ended %s in %.3fs%s",
-        execution.id, step.seq, step.task_name, step.attempt, outcome.status,
-        outcome.duration, f": {outcome.error}" if outcome.error else "",
-    )  # fmt: skip
+    if outcome.status == TaskRunStatus.PENDING:
+        # Not an end: the step waits on (its duration comes when it ends).
+        logger.info(
+            "execution=%s step=%s task=%s attempt=%s waits (this run took %.3fs)",
+            execution.id, step.seq, step.task_name, step.attempt, outcome.duration,
+        )  # fmt: skip
+    else:
+        logger.log(
+            logging.INFO if outcome.status == TaskRunStatus.SUCCESS else logging.WARNING,
+            "execution=%s step=%s task=%s attempt=%s ended %s in %.3fs%s",
+            execution.id, step.seq, step.task_name, step.attempt, outcome.status,
+            outcome.duration, f": {outcome.error}" if outcome.error else "",
+        )  # fmt: skip
     return Finished(execution, definition, step, outcome, decided, events)
+
+
+def took(step: TaskRun, outcome: StepOutcome, now: datetime) -> float:
+    """How long ``step``, ending ``now``, took. A step that waited (its children, a sleep, a
+    signal) ends in a later run than the one that began it: the wall time since it began,
+    not its last run's few milliseconds."""
+    if step.waiting and step.started_at:
+        return max((now - step.started_at).total_seconds(), 0.0)
+    return outcome.duration
 
 
 def _waiting_for(outcome: StepOutcome) -> str:

@@ -58,8 +58,10 @@ def execution_cancel(*, execution_id: Any) -> Execution:
         # The worker that holds the step sees the flag, cancels the coroutine and ends it.
         Execution.objects.filter(pk=locked.id).update(cancel_requested=True)
     else:
-        TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.PENDING).update(
-            status=TaskRunStatus.CANCELLED, ended_at=now, error="cancelled before it started"
+        engine.close_pending(
+            TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.PENDING),
+            now,
+            error="cancelled before it started",
         )
         Execution.objects.filter(pk=locked.id).update(
             cancel_requested=True,
@@ -206,9 +208,13 @@ def _locked(execution_id: Any) -> Execution:
     return Execution.objects.select_for_update().select_related("flow_version").get(pk=execution.id)
 
 
-def _event(execution_id: Any, level: str, message: str) -> None:
+def _event(execution_id: Any, level: str, message: str, step: TaskRun | None = None) -> None:
     ExecutionEvent.objects.create(
-        execution_id=execution_id, created_at=timezone.now(), level=level, message=message
+        execution_id=execution_id,
+        task_run=step,
+        created_at=timezone.now(),
+        level=level,
+        message=message,
     )
 
 
@@ -237,6 +243,12 @@ def execution_signal(
     check_storable(name, "name")
     check_storable(payload, "payload")
     check_storable(comment, "comment")
+    if payload is not None and not isinstance(payload, dict):
+        # Approve makes the payload the step's result, an object like every task's.
+        raise ServiceError(
+            "payload must be a JSON object",
+            errors=[{"field": "payload", "message": 'must be a JSON object, e.g. {"key": 1}'}],
+        )
     locked = _locked(execution_id)
     step = (
         TaskRun.objects.select_for_update()
@@ -266,7 +278,8 @@ def execution_signal(
     TaskRun.objects.filter(pk=step.pk).update(waiting=waiting, not_before=None, woken_at=now)
     if locked.status != ExecutionStatus.PAUSED:
         engine.wake(locked.id)
-    _event(locked.id, "INFO", f"signal '{name}' ({decision}) from {who or 'someone'}")
+    said = f": {comment}" if comment else ""
+    _event(locked.id, "INFO", f"signal '{name}' ({decision}) from {who or 'someone'}{said}", step)
     logger.info("execution=%s signal %s %s by %s", locked.id, name, decision, who)
     step.waiting, step.not_before, step.woken_at = waiting, None, now
     return step

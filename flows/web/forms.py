@@ -69,6 +69,24 @@ class RunForm(forms.Form):
         return _json_object(self.cleaned_data.get("input"))
 
 
+class SignalForm(forms.Form):
+    """Approve / Reject on the execution page: the API's signal as a form."""
+
+    name = forms.CharField(max_length=100, widget=forms.HiddenInput)
+    decision = forms.ChoiceField(
+        required=False, choices=[("approve", "Approve"), ("reject", "Reject")]
+    )
+    comment = forms.CharField(required=False, max_length=2000, strip=True)
+    payload = JSONValueField(required=False, label="Payload (JSON object, optional)")
+
+    def clean_decision(self) -> str:
+        return self.cleaned_data.get("decision") or "approve"
+
+    def clean_payload(self) -> dict[str, Any] | None:
+        value = self.cleaned_data.get("payload")
+        return _json_object(value) if value not in (None, "") else None
+
+
 def _json_object(value: Any) -> dict[str, Any]:
     """An optional JSON-object field: blank is {}, anything but an object is refused."""
     if value in (None, ""):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from flows.definition import MAP
 from flows.large import Budget, human_size
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.registry import default_registry
-from flows.waiting import children_holder_of, children_holders, fanout_of, waiting_of
+from flows.waiting import children_holder_of, children_holders, fanout_of, signal_of, waiting_of
 from flows.web.graph import (
     END_KEY,
     START_KEY,
@@ -128,15 +129,29 @@ class StepRow:
     # Past FLOW_SHOW_MAX_BYTES the page shows the result's first part, its size and a link.
     result_cut: str = ""  # "" or the whole result's size, for people ("812 KB")
     result_shown: str = ""  # how much of it the page shows ("64 KB"; less past the budget)
+    # The answer a wait_for_signal step got (``signal_of``): who, when, how, and why.
+    signal: dict[str, Any] | None = None
 
     @property
     def until(self) -> datetime | None:
         """When the wait ends by itself (a sleep's end, a signal's timeout), as a time."""
-        text = (self.waiting or {}).get("until")
-        try:
-            return datetime.fromisoformat(text) if text else None
-        except ValueError:
-            return None
+        return _time((self.waiting or {}).get("until"))
+
+    @property
+    def signal_at(self) -> datetime | None:
+        return _time((self.signal or {}).get("at"))
+
+    @property
+    def signal_payload_json(self) -> str:
+        payload = (self.signal or {}).get("payload")
+        return json.dumps(payload, indent=2, ensure_ascii=False) if payload else ""
+
+
+def _time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -211,6 +226,16 @@ class ExecutionView:
     input_json: str = ""
     input_cut: str = ""
     input_shown: str = ""  # how much of it the page shows ("64 KB")
+
+    @property
+    def steps_counted(self) -> int:
+        """The header's "Steps": those taken, and the open one once it has begun (a map
+        running its items, a sleep, a wait for a signal, a task running): the engine counts
+        a step only when it ends."""
+        last = self.steps[-1].step if self.steps else None
+        begun = last is not None and last.started_at is not None
+        is_open = last is not None and last.status in (TaskRunStatus.PENDING, TaskRunStatus.RUNNING)
+        return self.execution.steps_taken + (1 if is_open and begun else 0)
 
     @property
     def waiting_rows(self) -> list[StepRow]:
@@ -317,6 +342,7 @@ def execution_view(execution: Execution) -> ExecutionView:
                 children=children.get(step.id),
                 result_cut=human_size(result.size) if result and result.cut else "",
                 result_shown=human_size(len(result.text.encode())) if result else "",
+                signal=signal_of(step),
             )
         )
 

@@ -27,7 +27,7 @@ from flows.definition import unstorable_problem
 from flows.models import Execution, ExecutionStatus, Flow, FlowVersion, TaskRun
 from flows.registry import default_registry
 from flows.web import builder, presenters
-from flows.web.forms import ExecutionFilterForm, RunForm, ScheduleForm
+from flows.web.forms import ExecutionFilterForm, RunForm, ScheduleForm, SignalForm
 
 PAGE_SIZE = 50
 T = TypeVar("T")
@@ -470,13 +470,25 @@ def execution_signal(request: HttpRequest, execution_id: uuid.UUID) -> HttpRespo
     """Approve or reject the step that waits for a signal (the API's signal, as a form)."""
     if not request.user.has_perm(SIGNAL):
         raise PermissionDenied(f"your role may not answer signals (needs permission '{SIGNAL}')")
-    decision = request.POST.get("decision", "approve")
+    form = SignalForm(request.POST)
+    if not form.is_valid():
+        if set(form.errors) - {"payload", "comment"}:
+            # A name or decision the page never sends: said at the top, as the service would.
+            messages.error(request, "That answer was not understood; use Approve or Reject.")
+            return redirect("execution_detail", execution_id=execution_id)
+        # A payload or comment to fix: the page again, the error next to its field and what
+        # was typed kept; nothing was sent.
+        view = presenters.execution_view(_execution_or_404(execution_id))
+        context = {"view": view, "signal_form": form}
+        return render(request, "flows/execution_detail.html", context, status=400)
+    decision = form.cleaned_data["decision"]
     try:
         services.execution_signal(
             execution_id=execution_id,
-            name=request.POST.get("name", ""),
+            name=form.cleaned_data["name"],
             decision=decision,
-            comment=request.POST.get("comment", "").strip()[:2000],
+            payload=form.cleaned_data["payload"],
+            comment=form.cleaned_data["comment"],
             user=request.user,
         )
     except services.NotFound as exc:

@@ -88,6 +88,7 @@ STEP = {
     "waiting": None,
     "children": None,
     "truncated": {},
+    "signal": None,
 }
 EXECUTION = {
     **EXECUTION_ROW,
@@ -187,5 +188,13 @@ SIGNALLED_STEP = {
         "prompt": "Ship 1.2 to production?",
         "until": None,
         "received": True,
+    },
+    "signal": {
+        "name": "deploy",
+        "decision": "approve",
+        "by": "ada",
+        "at": AT,
+        "comment": "release notes checked",
+        "payload": {"version": "1.2"},
     },
 }

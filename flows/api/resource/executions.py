@@ -171,10 +171,12 @@ class ExecutionViewSet(ResourceViewSet):
     @extend_schema(
         summary="Send a signal to the step waiting for it: approve or reject",
         description="For a `wait_for_signal` step (a child execution's too: signal the child). "
-        "Approve: `payload` becomes the step's result; reject: the step fails and its failure "
-        "route applies. The step becomes due at once; the answer is the step, still PENDING "
-        "with `waiting.received` true until a worker runs it on. 409 when the execution waits "
-        "for no signal, for another one, or the signal already came. Needs the permission "
+        "Approve: `payload` (a JSON object) becomes the step's result; reject: the step fails "
+        "and its failure route applies. The step becomes due at once; the answer is the step, "
+        "still PENDING with `waiting.received` true until a worker runs it on; who answered, "
+        "when, the decision, the comment and the payload stay on it (`signal`). 400 when "
+        "`payload` is not an object (the wait stays open). 409 when the execution waits for "
+        "no signal, for another one, or the signal already came. Needs the permission "
         "`flows.signal_execution` (approver, operator, editor, admin).",
         request=SignalSerializer,
         responses={200: StepSerializer, **error_responses(*WRITE, 404, 409)},

@@ -12,7 +12,7 @@ from flows.api.errors import FieldErrorSerializer
 from flows.definition import unstorable_problem
 from flows.large import Budget
 from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
-from flows.waiting import children_holders, fanout_of, waiting_of
+from flows.waiting import children_holders, fanout_of, signal_of, waiting_of
 
 # The flow document, for the OpenAPI schema only: flows/definition/ is what checks it, and
 # it reports every problem with its field path (a 400 with ``errors``).
@@ -289,6 +289,19 @@ class WaitingSerializer(serializers.Serializer):
     )
 
 
+class SignalAnswerSerializer(serializers.Serializer):
+    """The signal a ``wait_for_signal`` step got: who answered, when, how, and why."""
+
+    name = serializers.CharField(help_text="The signal's name.")
+    decision = serializers.ChoiceField(choices=["approve", "reject"])
+    by = serializers.CharField(allow_blank=True, help_text="The user who sent it.")
+    at = serializers.DateTimeField(help_text="When it came.")
+    comment = serializers.CharField(allow_blank=True)
+    payload = serializers.DictField(
+        allow_null=True, help_text="What came with it (approve: the result)."
+    )
+
+
 class ChildrenSerializer(serializers.Serializer):
     """The children of a parallel, map or subflow step, counted as they end (``FanOut``)."""
 
@@ -348,10 +361,18 @@ class StepSerializer(CutsLargeValues, serializers.ModelSerializer):
     children = serializers.SerializerMethodField(
         help_text="A parallel, map or subflow step: its children's counts; else null."
     )
+    signal = serializers.SerializerMethodField(
+        help_text="A wait_for_signal step that got its signal: who, when, the decision, the "
+        "comment and the payload (kept after the step ended); else null."
+    )
 
     @extend_schema_field(WaitingSerializer(allow_null=True))
     def get_waiting(self, step: TaskRun) -> dict[str, Any] | None:
         return waiting_of(step)
+
+    @extend_schema_field(SignalAnswerSerializer(allow_null=True))
+    def get_signal(self, step: TaskRun) -> dict[str, Any] | None:
+        return signal_of(step)
 
     @extend_schema_field(ChildrenSerializer(allow_null=True))
     def get_children(self, step: TaskRun) -> dict[str, Any] | None:
@@ -385,6 +406,7 @@ class StepSerializer(CutsLargeValues, serializers.ModelSerializer):
             "waiting",
             "children",
             "truncated",
+            "signal",
         ]
         read_only_fields = fields
 
@@ -428,12 +450,20 @@ class SignalSerializer(serializers.Serializer):
         "its failure route applies.",
     )
     payload = serializers.JSONField(
-        required=False, default=None, help_text="Any JSON; an object is the step's result."
+        required=False,
+        default=None,
+        help_text="A JSON object (optional); approve makes it the step's result.",
     )
     comment = serializers.CharField(
         required=False, default="", allow_blank=True, max_length=2000,
-        help_text="Why; shown in a rejected step's error and the execution's log.",
+        help_text="Why; kept on the step (`signal`), shown in a rejected step's error and the "
+        "execution's log.",
     )  # fmt: skip
+
+    def validate_payload(self, value: Any) -> Any:
+        if value is not None and not isinstance(value, dict):
+            raise serializers.ValidationError('must be a JSON object, e.g. {"key": 1}')
+        return value
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         for field in ("payload", "comment"):
