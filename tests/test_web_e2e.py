@@ -137,6 +137,21 @@ APPROVAL_FLOW = {
     "tasks": [
         {"name": "build", "task_type": "print", "parameters": {"message": "built 1.2"}},
         {
+            "name": "check",
+            "task_type": "map",
+            "items": ["unit", "lint", "smoke"],
+            "parameters": {"suite": "${item}"},
+            "iterator": {
+                "tasks": [
+                    {
+                        "name": "run",
+                        "task_type": "print",
+                        "parameters": {"message": "${input.suite}"},
+                    }
+                ]
+            },
+        },
+        {
             "name": "approve",
             "task_type": "wait_for_signal",
             "parameters": {"prompt": "Ship build 1.2 to production?"},
@@ -176,10 +191,21 @@ def test_an_operator_approves_a_waiting_execution_and_sees_it_complete(site) -> 
             expect(waiting).to_contain_text("Waiting for approval")
             expect(waiting).to_contain_text("Ship build 1.2 to production?")
             expect(page.locator(".exec-summary .status")).to_have_text("RUNNING")
+            # The map's link to its items shows on its row, the row collapsed.
+            check = page.locator("#step-2")
+            expect(check).not_to_have_attribute("open", "")
+            expect(page.get_by_role("link", name="See the 3 items")).to_be_visible()
+            # A payload that is not a JSON object is refused next to its field; the wait stays.
             page.fill("textarea[name=comment]", "looks good")
+            page.fill("textarea[name=payload]", "[1, 2]")
+            waiting.get_by_role("button", name="Approve").click()
+            payload_error = page.locator(".waiting-box .field.has-error .field-error")
+            expect(payload_error).to_contain_text("JSON object")
+            expect(page.locator(".waiting-box")).to_contain_text("Waiting for approval")
+            page.fill("textarea[name=payload]", '{"version": "1.2"}')
             page.screenshot(path=str(ARTIFACTS / "approval_waiting.png"), full_page=True)
 
-            waiting.get_by_role("button", name="Approve").click()
+            page.locator(".waiting-box").get_by_role("button", name="Approve").click()
             expect(page.get_by_text("Approved: the execution goes on.")).to_be_visible()
             expect(page.locator('#live[data-live="false"]')).to_be_attached()
             expect(page.locator("#live .exec-summary .status")).to_have_text("COMPLETED")
@@ -187,6 +213,12 @@ def test_an_operator_approves_a_waiting_execution_and_sees_it_complete(site) -> 
                 "class"
             )
             expect(page.locator(".waiting-box")).to_have_count(0)
+            # Who answered, with the comment and the payload, on the step.
+            page.locator("#step-3 > summary").click()
+            answer = page.locator("#step-3 .signal-answer")
+            expect(answer).to_contain_text("Approved by operator")
+            expect(answer).to_contain_text("looks good")
+            expect(page.locator("#step-3")).to_contain_text('"version": "1.2"')
             page.screenshot(path=str(ARTIFACTS / "approval_completed.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "approval_failure.png"), full_page=True)
