@@ -55,6 +55,27 @@ def flow_doc(
 
 
 # --- parallel and map tasks ------------------------------------------------------------------
+def approval_flow(
+    flow_id: str = "approval",
+    *,
+    signal: str | None = "deploy",
+    prompt: str = "Ship it?",
+    ship: str = "shipping ${results.approve.data.version}",
+) -> dict[str, Any]:
+    """``approve`` waits for ``signal`` (None: the default signal, ``approval``); approved,
+    ``ship`` prints ``ship`` (by default the payload's version), rejected, ``rejected`` runs."""
+    wait = {"prompt": prompt, **({"signal": signal} if signal else {})}
+    return flow_doc(
+        [
+            task("approve", "wait_for_signal", **wait),
+            task("ship", "print", message=ship),
+            task("rejected", "print", message="not shipped"),
+        ],
+        [cond("approve", "success", "ship", "rejected"), cond("ship", "success", "end", "end")],
+        flow_id=flow_id,
+    )
+
+
 def parallel(name: str, branches: dict[str, list[dict[str, Any]]], **extra: Any) -> dict:
     return {
         "name": name,

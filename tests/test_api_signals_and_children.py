@@ -10,8 +10,8 @@ import pytest
 from flows import engine
 from flows.models import Execution, ExecutionStatus, TaskRun
 from tests.factories import (
+    approval_flow,
     children_of,
-    cond,
     error_body,
     flow_doc,
     mapped,
@@ -23,15 +23,7 @@ from tests.factories import (
 
 pytestmark = pytest.mark.django_db
 
-APPROVAL = flow_doc(
-    [
-        task("approve", "wait_for_signal", signal="deploy", prompt="Ship it?"),
-        task("ship", "print", message="shipping ${results.approve.data.version}"),
-        task("rejected", "print", message="not shipped"),
-    ],
-    [cond("approve", "success", "ship", "rejected"), cond("ship", "success", "end", "end")],
-    flow_id="approval",
-)
+APPROVAL = approval_flow()
 
 
 @pytest.fixture

@@ -11,19 +11,16 @@ import pytest
 from django.db.models import F
 
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
-from tests.factories import cond, error_body, flow_doc, run_to_end, start_execution, task
+from tests.factories import (
+    approval_flow,
+    error_body,
+    run_to_end,
+    start_execution,
+)
 
 pytestmark = pytest.mark.django_db
 
-APPROVAL = flow_doc(
-    [
-        task("approve", "wait_for_signal", signal="deploy", prompt="Ship it?"),
-        task("ship", "print", message="shipping ${results.approve.data.version}"),
-        task("rejected", "print", message="not shipped"),
-    ],
-    [cond("approve", "success", "ship", "rejected"), cond("ship", "success", "end", "end")],
-    flow_id="approval",
-)
+APPROVAL = approval_flow()
 
 
 @pytest.fixture

@@ -10,7 +10,15 @@ from django.utils import timezone
 
 from flows import engine, services
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
-from tests.factories import cond, flow_doc, ran, run_flow, run_to_end, start_execution, task
+from tests.factories import (
+    approval_flow,
+    flow_doc,
+    ran,
+    run_flow,
+    run_to_end,
+    start_execution,
+    task,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -74,15 +82,7 @@ def test_a_sleep_of_more_than_a_year_is_refused_at_validation() -> None:
 
 
 # --- wait_for_signal -----------------------------------------------------------------------
-APPROVAL = flow_doc(
-    [
-        task("approve", "wait_for_signal", signal="deploy", prompt="Ship it?"),
-        task("ship", "print", message="shipping ${results.approve.data.version}"),
-        task("rejected", "print", message="not shipped"),
-    ],
-    [cond("approve", "success", "ship", "rejected"), cond("ship", "success", "end", "end")],
-    flow_id="approval",
-)
+APPROVAL = approval_flow()
 
 
 def test_an_approval_waits_until_the_signal_and_its_payload_is_the_result() -> None:

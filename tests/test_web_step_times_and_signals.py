@@ -16,20 +16,12 @@ from django.test import Client
 
 from flows import services
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
-from tests.factories import cond, flow_doc, mapped, run_to_end, start_execution, task
+from tests.factories import approval_flow, flow_doc, mapped, run_to_end, start_execution, task
 from tests.web_helpers import field_block, field_errors
 
 pytestmark = pytest.mark.django_db
 
-APPROVAL = flow_doc(
-    [
-        task("approve", "wait_for_signal", prompt="Ship release 1.2?"),
-        task("ship", "print", message="shipping ${results.approve.data.version}"),
-        task("rejected", "print", message="not shipped"),
-    ],
-    [cond("approve", "success", "ship", "rejected"), cond("ship", "success", "end", "end")],
-    flow_id="approval",
-)
+APPROVAL = approval_flow(signal=None, prompt="Ship release 1.2?")
 
 
 @pytest.fixture

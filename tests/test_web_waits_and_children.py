@@ -16,8 +16,8 @@ from flows import engine, services
 from flows.models import Execution, ExecutionStatus, TaskRun
 from flows.web.presenters import graph_view
 from tests.factories import (
+    approval_flow,
     children_of,
-    cond,
     flow_doc,
     mapped,
     parallel,
@@ -28,15 +28,7 @@ from tests.factories import (
 
 pytestmark = pytest.mark.django_db
 
-APPROVAL = flow_doc(
-    [
-        task("approve", "wait_for_signal", prompt="Ship release 1.2?"),
-        task("ship", "print", message="shipped"),
-        task("rejected", "print", message="not shipped"),
-    ],
-    [cond("approve", "success", "ship", "rejected"), cond("ship", "success", "end", "end")],
-    flow_id="approval",
-)
+APPROVAL = approval_flow(signal=None, prompt="Ship release 1.2?", ship="shipped")
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ import pytest
 
 from tests.factories import (
     NEEDS_MARKER_PLUGIN,
+    approval_flow,
     cond,
     failing,
     flow_doc,
@@ -125,18 +126,6 @@ else:
 def norm(execution_id: Any) -> str:
     """An execution id as one spelling, whether it came from SQLite (hex) or PostgreSQL."""
     return str(uuid.UUID(str(execution_id)))
-
-
-def approval(flow_id: str) -> dict[str, Any]:
-    return flow_doc(
-        [
-            task("approve", "wait_for_signal", signal="deploy", prompt="Ship it?"),
-            task("ship", "print", message="shipping ${results.approve.data.version}"),
-            task("rejected", "print", message="not shipped"),
-        ],
-        [cond("approve", "success", "ship", "rejected"), cond("ship", "success", "end", "end")],
-        flow_id=flow_id,
-    )
 
 
 @dataclass
@@ -543,7 +532,7 @@ def test_a_sleep_holds_no_worker_slot_so_another_flow_runs_meanwhile(live: Live)
 
 def test_a_signal_approves_one_waiting_flow_and_rejects_another(live: Live) -> None:
     live.start_cluster()
-    approved, rejected = live.submit(approval("pl_approval"), None, None)
+    approved, rejected = live.submit(approval_flow("pl_approval"), None, None)
     live.wait_until_waiting(approved, "approve")
     live.wait_until_waiting(rejected, "approve")
 
@@ -909,7 +898,7 @@ def test_signals_delivered_while_the_cluster_is_down_or_after_a_restart_both_com
     live: Live,
 ) -> None:
     first = live.start_cluster()
-    while_down, after_restart = live.submit(approval("pl_signal_restart"), None, None)
+    while_down, after_restart = live.submit(approval_flow("pl_signal_restart"), None, None)
     live.wait_until_waiting(while_down, "approve")
     live.wait_until_waiting(after_restart, "approve")
 
