@@ -23,13 +23,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
-import statistics
-import sys
-import tempfile
-import time
 from pathlib import Path
+
+from pages import django_on_new_sqlite, measure  # bench/ is this script's sys.path[0]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 RESULTS = BASE_DIR / "bench" / "results"
@@ -42,28 +39,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="bench-big-"))
-    os.environ.update(
-        DATABASE_URL=f"sqlite:///{home / 'db.sqlite3'}",
-        SECRET_KEY="bench-only-not-a-secret",
-        DEBUG="0",
-        ALLOWED_HOSTS="testserver",
-        LOG_LEVEL="WARNING",
-        FLOW_MAX_DOCUMENT_BYTES=str(8 * 1024 * 1024),
-    )
-    sys.path.insert(0, str(BASE_DIR))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flowmanager.settings")
-    import django
-
-    django.setup()
-    from django.conf import settings
-
-    settings.STORAGES["staticfiles"] = {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-    }
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    home = django_on_new_sqlite("bench-big-", FLOW_MAX_DOCUMENT_BYTES=str(8 * 1024 * 1024))
     flow_id, execution_id = populate(args.tasks, args.items)
     pages = {
         f"builder, {args.tasks} tasks": f"/flows/{flow_id}/edit",
@@ -74,7 +50,7 @@ def main() -> None:
         f"execution page ({args.items:,}-item input and result)": f"/executions/{execution_id}/",
         f"API execution ({args.items:,}-item input and result)": f"/api/executions/{execution_id}/",
     }
-    rows = measure(pages, args.runs)
+    rows = measure(pages, args.runs, warmup=1)
     print("\n| page | median ms | max ms | KB |")
     print("|---|---:|---:|---:|")
     for r in rows:
@@ -140,35 +116,6 @@ def populate(tasks: int, items: int) -> tuple[str, object]:
         duration=0.1,
     )
     return "big_flow", executions[0].id
-
-
-def measure(pages: dict[str, str], runs: int) -> list[dict]:
-    from django.contrib.auth import get_user_model
-    from django.test import Client
-
-    user = get_user_model().objects.create_superuser("bench", password="bench-pass-123")
-    client = Client()
-    client.force_login(user)
-    rows = []
-    for name, url in pages.items():
-        assert client.get(url).status_code == 200, url
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            response = client.get(url)
-            times.append((time.perf_counter() - t0) * 1000)
-            assert response.status_code == 200, url
-        rows.append(
-            {
-                "page": name,
-                "url": url,
-                "median_ms": round(statistics.median(times), 1),
-                "max_ms": round(max(times), 1),
-                "bytes": len(response.content),
-            }
-        )
-        print(f"{name}: {rows[-1]['median_ms']} ms, {rows[-1]['bytes'] // 1024} KB", flush=True)
-    return rows
 
 
 if __name__ == "__main__":

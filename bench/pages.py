@@ -49,28 +49,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary database")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="bench-pages-"))
-    os.environ.update(
-        DATABASE_URL=f"sqlite:///{home / 'db.sqlite3'}",
-        SECRET_KEY="bench-only-not-a-secret",
-        DEBUG="0",
-        ALLOWED_HOSTS="testserver",
-        LOG_LEVEL="WARNING",
-    )
-    sys.path.insert(0, str(BASE_DIR))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flowmanager.settings")
+    home = django_on_new_sqlite("bench-pages-")
     import django
 
-    django.setup()
-    from django.conf import settings
-
-    # Templates reference static files; no collectstatic manifest here.
-    settings.STORAGES["staticfiles"] = {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-    }
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
     started = time.perf_counter()
     execution_id = populate(args.executions, args.steps)
     print(f"stored {args.executions} executions, {args.executions * args.steps} steps "
@@ -106,6 +87,34 @@ def main() -> None:
     print(f"\nwritten to {out.relative_to(BASE_DIR)}")
     if not args.keep:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def django_on_new_sqlite(prefix: str, **env: str) -> Path:
+    """Django set up on a new, migrated SQLite database in a new temporary folder (returned),
+    with ``env`` over the benchmark's settings. Templates reference static files; no
+    collectstatic manifest here, so they are served plain."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update(
+        DATABASE_URL=f"sqlite:///{home / 'db.sqlite3'}",
+        SECRET_KEY="bench-only-not-a-secret",
+        DEBUG="0",
+        ALLOWED_HOSTS="testserver",
+        LOG_LEVEL="WARNING",
+        **env,
+    )
+    sys.path.insert(0, str(BASE_DIR))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flowmanager.settings")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    settings.STORAGES["staticfiles"] = {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+    }
+    call_command("migrate", verbosity=0)
+    return home
 
 
 def populate(executions: int, steps: int) -> uuid.UUID:
@@ -184,11 +193,13 @@ def populate(executions: int, steps: int) -> uuid.UUID:
 
 
 def measure(pages: dict[str, str], runs: int, warmup: int) -> list[dict]:
+    """Each page's server time over ``runs`` (after ``warmup``), statements and size, for a
+    logged-in superuser (one who may see every page: a user without a role sees none)."""
     from django.contrib.auth import get_user_model
     from django.db import connection
     from django.test import Client
 
-    user = get_user_model().objects.create_user("bench", password="bench-pass-123")
+    user = get_user_model().objects.create_superuser("bench", password="bench-pass-123")
     client = Client()
     client.force_login(user)
     rows = []
