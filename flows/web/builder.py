@@ -492,6 +492,36 @@ def _locate(draft: Draft, path: str, message: str) -> tuple[forms.Form | None, s
     return form, None
 
 
+# The row buttons: each posts the form and shows it again, changed.
+ROW_ACTIONS = ("add", "remove", "up", "down", "refresh")
+
+
+def with_row_action(draft: Draft, document: dict[str, Any], action: str, row: str) -> dict:
+    """``document`` (read from ``draft``) after a row button: ``add`` a blank task, ``remove``
+    row ``row`` (the number in its prefix ``tasks-<row>``) with its condition, move it ``up``
+    or ``down``; ``refresh`` (another type chosen) changes nothing. A row that is gone, or
+    one that is blank, changes nothing either."""
+    tasks = list(document["tasks"])
+    conditions = document.get("conditions", [])
+    # The row's place in the document: blank rows are not in it, and the user may have
+    # reordered them.
+    position = {id(form): i for i, form in enumerate(draft.task_forms)}
+    index = next(
+        (position.get(id(f)) for f in draft.formset.forms if f.prefix == f"tasks-{row}"),
+        None,
+    )
+    if action == "add":
+        tasks.append({})
+    elif index is not None and action == "remove":
+        removed = tasks.pop(index)
+        conditions = [c for c in conditions if c["source_task"] != removed.get("name")]
+    elif index is not None and action in ("up", "down"):
+        other = index - 1 if action == "up" else index + 1
+        if 0 <= other < len(tasks):
+            tasks[index], tasks[other] = tasks[other], tasks[index]
+    return {**document, "tasks": tasks, "conditions": conditions}
+
+
 def too_big_for_form(document: Any) -> bool:
     """Past FLOW_BUILDER_MAX_TASKS the form view is not offered: each row's target selects
     list every task, so its HTML and rendering time grow with the square of the count (a

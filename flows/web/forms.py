@@ -79,6 +79,12 @@ class SignalForm(forms.Form):
     comment = forms.CharField(required=False, max_length=2000, strip=True)
     payload = JSONValueField(required=False, label="Payload (JSON object, optional)")
 
+    def understood(self) -> bool:
+        """Invalid, but only in what the user typed (payload, comment): the page shows it
+        again with the error next to its field. A bad name or decision the page never sends
+        is not understood."""
+        return not set(self.errors) - {"payload", "comment"}
+
     def clean_decision(self) -> str:
         return self.cleaned_data.get("decision") or "approve"
 
@@ -114,6 +120,15 @@ class ScheduleForm(forms.Form):
         label="Input for each run (JSON object, optional)",
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": '{"region": "eu"}'}),
     )
+
+    @classmethod
+    def for_flow(cls, flow: Flow) -> ScheduleForm:
+        """Empty for a flow with no schedule, else showing its schedule."""
+        schedule = getattr(flow, "schedule", None)
+        if schedule is None:
+            return cls()
+        initial = {"cron": schedule.cron, "enabled": schedule.enabled, "input": schedule.input}
+        return cls(initial=initial)
 
     def clean_input(self) -> dict[str, Any]:
         return _json_object(self.cleaned_data.get("input"))

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.paginator import Paginator
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.status import Stat
@@ -192,13 +193,34 @@ def children_counts(step: TaskRun) -> ChildrenView | None:
 
 def children_rows(step: TaskRun, status: str = "") -> Any:
     """A control step's children in item order (a QuerySet to paginate), optionally those
-    in one status; each carries ``item_preview``, its map item as short JSON."""
+    in one status."""
     rows = (
         Execution.objects.filter(parent_step=step)
         .only("id", "flow_id", "status", "branch", "item_index", "item", "error", "ended_at")
         .order_by("item_index")
     )
     return rows.filter(status=status) if status else rows
+
+
+def children_page(step: TaskRun, status: str, page_number: Any, per_page: int) -> dict[str, Any]:
+    """The children page of a control step: one page of its children (those in ``status``
+    when it is a status, else all), each with ``item_preview`` (its map item as short JSON)
+    and ``waits_for_signal``; its counts; and, when it has none left because a redriven step
+    took them over, that step's seq."""
+    known = status if status in ExecutionStatus.values else ""
+    page = Paginator(children_rows(step, known), per_page).get_page(page_number)
+    for child in page:
+        child.item_preview = json.dumps(child.item, ensure_ascii=False)  # type: ignore[attr-defined]
+    mark_waiting_for_signal(list(page))
+    return {
+        "step": step,
+        "taken_over_at": None if page.object_list or status else taken_over_at(step),
+        "counts": children_counts(step),
+        "page": page,
+        "status": status,
+        "statuses": ExecutionStatus.values,
+        "query": f"status={status}" if status else "",
+    }
 
 
 @dataclass

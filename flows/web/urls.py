@@ -2,42 +2,48 @@
 
 from django.urls import path
 
-from flows.web import views
+from flows.web.views import builder, controls, executions, flows, home
 
 urlpatterns = [
-    path("", views.home, name="home"),
-    path("favicon.ico", views.favicon, name="favicon"),
-    path("flows/", views.flow_list, name="flow_list"),
-    path("flows/new", views.flow_new, name="flow_new"),
-    path("flows/builder/task-fields", views.builder_task_fields, name="builder_task_fields"),
-    path("flows/<slug:flow_id>/", views.flow_detail, name="flow_detail"),
-    path("flows/<slug:flow_id>/edit", views.flow_edit, name="flow_edit"),
-    path("flows/<slug:flow_id>/run", views.flow_run, name="flow_run"),
-    path("flows/<slug:flow_id>/schedule", views.flow_schedule, name="flow_schedule"),
-    path("flows/<slug:flow_id>/delete", views.flow_delete, name="flow_delete"),
-    path("flows/<slug:flow_id>/v<int:version>/", views.flow_version, name="flow_version"),
-    path("flows/<slug:flow_id>/v<int:version>/export", views.flow_export, name="flow_export"),
-    path("executions/", views.execution_list, name="execution_list"),
-    path("executions/delete", views.execution_bulk_delete, name="execution_bulk_delete"),
-    path("executions/<uuid:execution_id>/", views.execution_detail, name="execution_detail"),
-    path("executions/<uuid:execution_id>/live", views.execution_live, name="execution_live"),
-    path("executions/<uuid:execution_id>/signal", views.execution_signal, name="execution_signal"),
+    path("", home.home, name="home"),
+    path("favicon.ico", home.favicon, name="favicon"),
+    path("flows/", flows.flow_list, name="flow_list"),
+    path("flows/new", builder.flow_new, name="flow_new"),
+    path("flows/builder/task-fields", builder.builder_task_fields, name="builder_task_fields"),
+    path("flows/<slug:flow_id>/", flows.flow_detail, name="flow_detail"),
+    path("flows/<slug:flow_id>/edit", builder.flow_edit, name="flow_edit"),
+    path("flows/<slug:flow_id>/run", flows.flow_run, name="flow_run"),
+    path("flows/<slug:flow_id>/schedule", flows.flow_schedule, name="flow_schedule"),
+    path("flows/<slug:flow_id>/delete", flows.flow_delete, name="flow_delete"),
+    path("flows/<slug:flow_id>/v<int:version>/", flows.flow_version, name="flow_version"),
+    path("flows/<slug:flow_id>/v<int:version>/export", flows.flow_export, name="flow_export"),
+    path("executions/", executions.execution_list, name="execution_list"),
+    path("executions/delete", executions.execution_bulk_delete, name="execution_bulk_delete"),
+    path("executions/<uuid:execution_id>/", executions.execution_detail, name="execution_detail"),
+    path("executions/<uuid:execution_id>/live", executions.execution_live, name="execution_live"),
+    path(
+        "executions/<uuid:execution_id>/signal",
+        controls.execution_signal,
+        name="execution_signal",
+    ),
     path(
         "executions/<uuid:execution_id>/steps/<int:seq>/children",
-        views.execution_children,
+        executions.execution_children,
         name="execution_children",
     ),
     path(
-        "executions/<uuid:execution_id>/input.json", views.execution_input, name="execution_input"
+        "executions/<uuid:execution_id>/input.json",
+        executions.execution_input,
+        name="execution_input",
     ),
     path(
         "executions/<uuid:execution_id>/steps/<int:seq>/result.json",
-        views.execution_step_result,
+        executions.execution_step_result,
         name="execution_step_result",
     ),
     path(
         "executions/<uuid:execution_id>/<str:action>",
-        views.execution_action,
+        controls.execution_action,
         name="execution_action",
     ),
 ]

@@ -1,0 +1,132 @@
+"""The flow pages: the list, one flow (its versions, schedule and run form), a stored version
+and its export, deleting a flow. Editing one is the builder's (``views.builder``)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from flows import selectors, services
+from flows.models import Execution, Flow
+from flows.web import builder, presenters
+from flows.web.forms import RunForm, ScheduleForm
+from flows.web.views.common import (
+    PAGE_SIZE,
+    download,
+    explain,
+    flow_or_404,
+    needs,
+    version_or_404,
+)
+
+
+@login_required
+@needs("flows.view_flow")
+def flow_list(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()
+    flows = Flow.objects.search(query).with_last_run().order_by("-updated_at")
+    page = Paginator(flows, PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [{"flow": flow, "missing": presenters.missing_types(flow.definition)} for flow in page]
+    return render(request, "flows/flow_list.html", {"page": page, "rows": rows, "q": query})
+
+
+@login_required
+@needs("flows.view_flow")
+def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
+    flow = flow_or_404(flow_id)
+    executions = Execution.objects.filter(flow=flow, parent_step__isnull=True).for_list()
+    context = {
+        "flow": flow,
+        "graph": presenters.graph_view(flow.definition),
+        "problems": presenters.flow_problems(flow.definition),
+        "versions": selectors.flow_version_list(flow=flow),
+        "executions": executions[:10],
+        "run_form": RunForm(),
+        "schedule": getattr(flow, "schedule", None),
+        "schedule_form": ScheduleForm.for_flow(flow),
+    }
+    return render(request, "flows/flow_detail.html", context)
+
+
+@login_required
+@needs("flows.change_flow")
+@require_POST
+def flow_schedule(request: HttpRequest, flow_id: str) -> HttpResponse:
+    """Save (create, change, pause) or delete the flow's cron schedule."""
+    flow = flow_or_404(flow_id)
+    form = ScheduleForm(request.POST)
+    try:
+        if request.POST.get("action") == "delete":
+            services.flow_schedule_delete(flow_id=flow.id)
+            messages.success(request, "Schedule deleted.")
+        elif form.is_valid():
+            schedule = services.flow_schedule_set(flow_id=flow.id, **form.cleaned_data)
+            state = "saved" if schedule.enabled else "saved, paused"
+            messages.success(request, f"Schedule {state}: {schedule.cron}")
+        else:
+            for field, errors in form.errors.items():
+                messages.error(request, f"{field}: {' '.join(errors)}")
+    except services.ServiceError as exc:
+        messages.error(request, explain(exc))
+    return redirect("flow_detail", flow_id=flow.id)
+
+
+@login_required
+@needs("flows.view_flow")
+def flow_version(request: HttpRequest, flow_id: str, version: int) -> HttpResponse:
+    stored = version_or_404(flow_id, version)
+    context = {
+        "flow": stored.flow,
+        "stored": stored,
+        "graph": presenters.graph_view(stored.definition),
+        "document": builder.pretty(stored.definition),
+    }
+    return render(request, "flows/flow_version.html", context)
+
+
+@login_required
+@needs("flows.view_flow")
+def flow_export(request: HttpRequest, flow_id: str, version: int) -> HttpResponse:
+    stored = version_or_404(flow_id, version)
+    return download(stored.definition, f"{flow_id}-v{version}.json")
+
+
+@login_required
+@needs("flows.start_execution")
+@require_POST
+def flow_run(request: HttpRequest, flow_id: str) -> HttpResponse:
+    """Start an execution of the flow's current version, then show it."""
+    flow = flow_or_404(flow_id)
+    form = RunForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Input: {' '.join(form.errors['input'])}")
+        return redirect("flow_detail", flow_id=flow.id)
+    current = version_or_404(flow.id, None)
+    try:
+        execution, _ = services.execution_submit(
+            flow_version=current, user=request.user, input=form.cleaned_data["input"]
+        )
+    except services.ServiceError as exc:
+        messages.error(request, explain(exc))
+        return redirect("flow_detail", flow_id=flow.id)
+    return redirect("execution_detail", execution_id=execution.id)
+
+
+@login_required
+@needs("flows.delete_flow")
+def flow_delete(request: HttpRequest, flow_id: str) -> HttpResponse:
+    flow = flow_or_404(flow_id)
+    if request.method == "POST":
+        try:
+            services.flow_delete(flow_id=flow.id)
+        except services.ServiceError as exc:
+            messages.error(request, explain(exc))
+            return redirect("flow_detail", flow_id=flow.id)
+        messages.success(request, f"Flow {flow.id} and its executions were deleted.")
+        return redirect("flow_list")
+    count = flow.executions.top_level().count()  # its children go with them, as their steps
+    return render(request, "flows/flow_delete.html", {"flow": flow, "count": count})
