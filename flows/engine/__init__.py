@@ -35,17 +35,18 @@ One module a role, each importing only the public names of the others:
 - ``timing``      intervals, graces and batch sizes; ``worker``: this worker's name
 """
 
+from flows.engine import transitions
 from flows.engine.claim import claim_steps, renew_leases
 from flows.engine.dispatcher import Dispatcher, dispatch
 from flows.engine.duetimer import DueStepTimer, start_due_step_timer, wake_due
-from flows.engine.fanin import cancel_children, child_ended, close_pending, lock_fanouts
-from flows.engine.fanout import FOREVER
+from flows.engine.fanin import cancel_children, child_ended, lock_fanouts
 from flows.engine.inline import run_inline
 from flows.engine.inputs import flow_definition, results_scope, results_so_far
 from flows.engine.outcome import StepOutcome
 from flows.engine.reaper import reap
 from flows.engine.redrive import CannotRedrive, plan_redrive
 from flows.engine.taskloop import TaskLoop
+from flows.engine.transitions import FOREVER, close_pending
 from flows.engine.wakeup import JOB_FUNC, wake
 from flows.engine.worker import worker_id
 
@@ -71,6 +72,7 @@ __all__ = [
     "results_so_far",
     "run_inline",
     "start_due_step_timer",
+    "transitions",
     "wake",
     "wake_due",
     "worker_id",

@@ -16,12 +16,10 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from flows.definition import FlowValidationError
-from flows.engine import fanin, record
-from flows.engine.fanin import close_pending
+from flows.engine import fanin, record, transitions
 from flows.engine.fanout import WAITING_FOR_CHILDREN, registry
 from flows.engine.inputs import flow_definition, results_so_far
 from flows.engine.outcome import failure
-from flows.engine.record import end_execution
 from flows.engine.routing import decide
 from flows.engine.wakeup import wake
 from flows.models import (
@@ -72,37 +70,26 @@ def run_again(
             # A control step lost while it joined its children: they have ended and are
             # still its own, so the same step joins them again (a new attempt would start
             # every child afresh). It was waiting on this row already; it waits there again.
-            taken = running.update(
-                status=TaskRunStatus.PENDING,
-                worker="",
-                lease_expires_at=None,
-                woken_at=now,
-                not_before=None,
-                # No new attempt to count its losses by: the row keeps their count.
-                waiting={**(step.waiting or {}), "lost": lost},
-            )
+            # No new attempt to count its losses by: the row keeps their count.
+            taken = transitions.rejoin(running, now, {**(step.waiting or {}), "lost": lost})
         else:
-            taken = running.update(
-                status=TaskRunStatus.LOST, ended_at=now, lease_expires_at=None, error=why
-            )
+            taken = transitions.lose(running, now, why=why)
         if taken != 1:
             return False
         if execution.cancel_requested:
             end_execution(execution, ExecutionStatus.CANCELLED, "cancelled by request", now)
             return True
         if kind != WAITING_FOR_CHILDREN:
-            TaskRun.objects.create(
-                execution_id=step.execution_id,
+            transitions.new_step(
+                step.execution_id,
+                step,
+                now,
                 seq=step.seq + 1,
-                task_name=step.task_name,
-                task_type=step.task_type,
-                parameters=step.parameters,
                 attempt=step.attempt + 1,
-                woken_at=now,
                 # A redrive's step lost before it took its earlier attempt's children over:
                 # the new attempt takes them over instead (else it would start afresh).
                 waiting=step.waiting if kind == RESUME else None,
-            )
+            ).save(force_insert=True)
         ExecutionEvent.objects.create(
             execution_id=step.execution_id,
             task_run_id=step.pk,
@@ -111,10 +98,18 @@ def run_again(
             message=event,
         )
         if execution.pause_requested:
-            Execution.objects.filter(pk=execution.id).update(status=ExecutionStatus.PAUSED)
+            transitions.pause([execution.id])
         else:
             wake(step.execution_id)
     return True
+
+
+def end_execution(execution: Execution, status: str, error: str, now: datetime) -> None:
+    """End one execution nobody runs (``transitions.end_execution``), counted on its parent
+    step when it is a child (``fanin.child_ended``)."""
+    transitions.end_execution(execution, status, error, now)
+    if execution.parent_step_id is not None:
+        fanin.child_ended(execution, status, None, now)
 
 
 def times_lost(step: TaskRun, limit: int) -> int:
@@ -254,7 +249,7 @@ def reap(limit: int = 500) -> dict[str, int]:
                 f"the flow's timeout (timeout_seconds) ran out at "
                 f"{execution.deadline_at:%Y-%m-%d %H:%M:%S}"
             )
-            close_pending(
+            transitions.close_pending(
                 TaskRun.objects.filter(execution_id=eid, status=TaskRunStatus.PENDING),
                 now,
                 error=f"{error} before it ran",

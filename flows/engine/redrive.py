@@ -35,11 +35,11 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, OuterRef, Subquery
+from django.db.models import OuterRef, Subquery
 from django_q.conf import Conf
 
 from flows.definition import CONTROL_TYPES, MAP, FlowDefinition, TaskSpec
-from flows.engine import fanin, fanout
+from flows.engine import fanin, fanout, transitions
 from flows.engine.inputs import flow_definition, results_scope, results_so_far
 from flows.engine.outcome import StepOutcome, failure
 from flows.engine.wakeup import wake
@@ -89,19 +89,16 @@ class Redrive:
     ) -> TaskRun:
         """The step's row, unsaved: due now, or (``due`` False) not before a slot is freed
         for it (``fanin`` makes it due)."""
-        return TaskRun(
-            execution_id=execution_id,
+        return transitions.new_step(
+            execution_id,
+            spec,
+            now,
             seq=self.seq,
-            task_name=spec.name,
-            task_type=spec.task_type,
-            parameters=spec.parameters,
             attempt=self.attempt,
-            created_at=now,
-            woken_at=now if due else fanout.FOREVER,
-            not_before=None if due else fanout.FOREVER,
             waiting={"kind": RESUME, "children_of": self.takes_over}
             if self.takes_over is not None
             else None,
+            **({} if due else {"woken_at": transitions.FOREVER, "not_before": transitions.FOREVER}),
         )
 
 
@@ -249,13 +246,7 @@ def take_over(plan: TakeOver, parent: Execution, step: TaskRun, now: datetime) -
                 )
             except NothingLeft as nothing:
                 # Cancelled as its last task succeeded: that task's result is its output.
-                Execution.objects.filter(pk=child.id).update(
-                    status=ExecutionStatus.COMPLETED,
-                    result=nothing.last.result,
-                    error="",
-                    ended_at=now,
-                    redrive_count=F("redrive_count") + 1,
-                )
+                transitions.complete(child.id, nothing.last.result, now)
                 done.append(child.id)
                 events.append(
                     ExecutionEvent(
@@ -289,18 +280,13 @@ def take_over(plan: TakeOver, parent: Execution, step: TaskRun, now: datetime) -
             elif waiting_from is None:
                 waiting_from = child.item_index
         for (now_too, task_name), ids in groups.items():
-            Execution.objects.filter(pk__in=ids).update(
-                status=ExecutionStatus.QUEUED if now_too else ExecutionStatus.CREATED,
-                current_task=task_name,
-                error="",
-                result=None,
-                ended_at=None,
-                cancel_requested=False,
-                pause_requested=False,
-                steps_taken=0,
+            transitions.redrive_reset(
+                ids,
+                task_name=task_name,
                 deadline_at=parent.deadline_at,
-                redrive_count=F("redrive_count") + 1,
-                queued_at=now if now_too else None,
+                now=now,
+                due=now_too,
+                child=True,
             )
         writes.insert_rows(TaskRun, steps, after_commit=True)
         writes.insert_rows(ExecutionEvent, events, after_commit=True)
@@ -339,10 +325,7 @@ def take_over(plan: TakeOver, parent: Execution, step: TaskRun, now: datetime) -
     logger.info("execution=%s step=%s %s", parent.id, step.seq, message)
     if fanin.decided_by(fan)[0]:
         # Nothing runs again (every child had completed): the step joins at once.
-        TaskRun.objects.filter(pk=step.pk, status=TaskRunStatus.PENDING).update(
-            not_before=None, woken_at=now
-        )
-        wake(parent.id)
+        transitions.make_due(step.pk, now, parent.id)
 
 
 def last_steps(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskRun]:
