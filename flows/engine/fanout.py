@@ -69,7 +69,7 @@ CREATE_CHUNK = 1000
 
 
 @dataclass
-class Plan:
+class ChildrenPlan:
     """The children a control step is about to start, decided before any write."""
 
     kind: str
@@ -94,7 +94,7 @@ class Plan:
         return len(self.branches) if self.kind == PARALLEL else 1
 
 
-def waiting_outcome(plan: Plan | None, state: dict[str, Any]) -> StepOutcome:
+def waiting_outcome(plan: ChildrenPlan | None, state: dict[str, Any]) -> StepOutcome:
     """Wait for the children (started with ``plan``, or already)."""
     outcome = waiting(state, None)
     outcome.fanout = plan
@@ -136,7 +136,7 @@ def begin(
         child_input = execution.input or {} if spec.task_type == PARALLEL else {}
     base = [*execution.scope, spec.name]
     if spec.task_type == PARALLEL:
-        plan = Plan(
+        plan = ChildrenPlan(
             PARALLEL,
             execution.flow_version,
             spec,
@@ -168,7 +168,7 @@ def begin(
                 except ResolveError as exc:
                     return failure(f"parameters of item {index}: {exc}", permanent=True)
         tolerance = spec.tolerated_failures
-        plan = Plan(
+        plan = ChildrenPlan(
             MAP,
             execution.flow_version,
             spec,
@@ -186,7 +186,7 @@ def begin(
             return failure(found, permanent=True)
         if not isinstance(child_input, dict):
             return failure("parameters.input must be an object", permanent=True)
-        plan = Plan(SUBFLOW, found, spec, [], child_input)
+        plan = ChildrenPlan(SUBFLOW, found, spec, [], child_input)
     return waiting_outcome(plan, {"kind": WAITING_FOR_CHILDREN, "for": plan.kind})
 
 
@@ -218,7 +218,7 @@ def _ancestry(execution: Execution) -> list[uuid.UUID]:
     return chain
 
 
-def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
+def create(plan: ChildrenPlan, parent: Execution, step: TaskRun, now: datetime) -> None:
     """Write the FanOut and the children of ``plan``, inside the transaction that records
     ``step`` as waiting; wake the ones that start now."""
     if plan.kind == SUBFLOW:

@@ -25,7 +25,7 @@ logger = logging.getLogger("flows.engine")
 
 
 @dataclass
-class Plan:
+class Route:
     """The routing decision for a finished step, before the database has its say."""
 
     target: str | None = None  # the next task, when the flow goes on
@@ -46,7 +46,7 @@ class Finished:
     definition: FlowDefinition | None
     step: TaskRun
     outcome: StepOutcome
-    plan: Plan
+    plan: Route
     events: list[tuple[str, str]]
 
 
@@ -110,18 +110,18 @@ def plan(
     step: TaskRun,
     outcome: StepOutcome,
     results: dict[str, Any],
-) -> Plan:
+) -> Route:
     """What follows this step, decided from the definition and the outcome alone.
 
     Updates ``results`` and, when a condition's expression fails, ``outcome`` (the step
     then fails with that error).
     """
     if outcome.status == TaskRunStatus.CANCELLED:
-        return Plan(final=ExecutionStatus.CANCELLED, error="cancelled by request", why="cancelled")
+        return Route(final=ExecutionStatus.CANCELLED, error="cancelled by request", why="cancelled")
     if definition is None or outcome.flow_timed_out:
-        return Plan(final=ExecutionStatus.FAILED, error=outcome.error, why=outcome.error)
+        return Route(final=ExecutionStatus.FAILED, error=outcome.error, why=outcome.error)
     if outcome.waiting is not None:
-        return Plan(target=step.task_name, why=_waiting_for(outcome), wait=True)
+        return Route(target=step.task_name, why=_waiting_for(outcome), wait=True)
     succeeded = outcome.status == TaskRunStatus.SUCCESS
     spec = definition.task(step.task_name)
     if succeeded:
@@ -133,7 +133,7 @@ def plan(
             f"{step.task_name} failed (attempt {step.attempt} of {spec.retry.max_attempts}); "
             f"retry in {delay:g}s"
         )
-        return Plan(
+        return Route(
             target=step.task_name,
             why=why,
             attempt=step.attempt + 1,
@@ -162,7 +162,7 @@ def plan(
     noteworthy = condition is not None
     if target is None:
         if status == "success":
-            return Plan(final=ExecutionStatus.COMPLETED, why=why)
+            return Route(final=ExecutionStatus.COMPLETED, why=why)
         error = f"task '{step.task_name}' failed: {outcome.error}"
-        return Plan(final=ExecutionStatus.FAILED, error=error, why=why)
-    return Plan(target=target, why=why, noteworthy=noteworthy)
+        return Route(final=ExecutionStatus.FAILED, error=error, why=why)
+    return Route(target=target, why=why, noteworthy=noteworthy)
