@@ -13,7 +13,7 @@ from django.db.models import F
 
 from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, parse_flow
 from flows.engine import transitions
-from flows.engine.fanout import WAITING_FOR_CHILDREN, registry, waiting_outcome
+from flows.engine.fanout import registry, waiting_outcome
 from flows.engine.outcome import StepOutcome, failure
 from flows.engine.wakeup import wake
 from flows.models import (
@@ -25,6 +25,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.sql import writes
+from flows.waiting import CHILDREN, Waiting
 
 
 # -- 2. Fan in ----------------------------------------------------------------------------------
@@ -181,7 +182,8 @@ def join(execution: Execution, step: TaskRun) -> StepOutcome:
         return failure("its children are gone (the FanOut row is missing)", permanent=True)
     decided, fails = decided_by(fan)
     if not decided:
-        return waiting_outcome(None, step.waiting or {"kind": WAITING_FOR_CHILDREN})
+        state = Waiting.from_json(step.waiting) or Waiting(kind=CHILDREN)
+        return waiting_outcome(None, state.to_json())
     if fan.done < fan.total:
         with transaction.atomic():
             cancel_children([step.pk], why=f"{step.task_name} failed: fail fast")

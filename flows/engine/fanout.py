@@ -55,6 +55,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.sql import writes
+from flows.waiting import CHILDREN, Waiting
 
 # "Until its children are done": a time no clock reaches, so nothing wakes the step early.
 FOREVER = transitions.FOREVER
@@ -64,7 +65,6 @@ logger = logging.getLogger("flows.engine")
 # Executions nest (a sub-flow's map's branch ...) at most this deep at run time, whatever the
 # stored flows became since they were validated.
 MAX_DEPTH = 10
-WAITING_FOR_CHILDREN = "children"
 CREATE_CHUNK = 1000
 
 
@@ -187,7 +187,7 @@ def begin(
         if not isinstance(child_input, dict):
             return failure("parameters.input must be an object", permanent=True)
         plan = ChildrenPlan(SUBFLOW, found, spec, [], child_input)
-    return waiting_outcome(plan, {"kind": WAITING_FOR_CHILDREN, "for": plan.kind})
+    return waiting_outcome(plan, Waiting(kind=CHILDREN, children_for=plan.kind).to_json())
 
 
 def _subflow_version(params: dict[str, Any]) -> FlowVersion | str:

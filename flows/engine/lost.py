@@ -5,6 +5,7 @@ reaper (expired leases) and the dispatcher (steps held up by a blocking task).""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,13 +14,13 @@ from django.db import transaction
 
 from flows.definition import FlowValidationError
 from flows.engine import fanin, record, transitions
-from flows.engine.fanout import WAITING_FOR_CHILDREN, registry
+from flows.engine.fanout import registry
 from flows.engine.inputs import flow_definition, results_so_far
 from flows.engine.outcome import failure
 from flows.engine.routing import decide
 from flows.engine.wakeup import wake
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
-from flows.waiting import RESUME
+from flows.waiting import CHILDREN, RESUME, Waiting
 
 logger = logging.getLogger("flows.engine")
 
@@ -46,7 +47,8 @@ def run_again(
     for meanwhile is honoured instead of queueing. With ``max_lost`` (the reaper's), a step
     lost with its worker that many times in a row fails for good instead (``give_up``).
     """
-    kind = (step.waiting or {}).get("kind")
+    state = Waiting.from_json(step.waiting)
+    kind = state.kind if state is not None else None
     lost = times_lost(step, max_lost or 1)
     if max_lost is not None and lost >= max_lost:
         return give_up(step, lost=lost, limit=max_lost, now=now, **held)
@@ -55,12 +57,13 @@ def run_again(
         if execution is None:
             return False
         running = TaskRun.objects.filter(pk=step.pk, status=TaskRunStatus.RUNNING, **held)
-        if kind == WAITING_FOR_CHILDREN and not execution.cancel_requested:
+        if kind == CHILDREN and not execution.cancel_requested:
             # A control step lost while it joined its children: they have ended and are
             # still its own, so the same step joins them again (a new attempt would start
             # every child afresh). It was waiting on this row already; it waits there again.
             # No new attempt to count its losses by: the row keeps their count.
-            taken = transitions.rejoin(running, now, {**(step.waiting or {}), "lost": lost})
+            joins_again = replace(state or Waiting(kind=CHILDREN), lost=lost)
+            taken = transitions.rejoin(running, now, joins_again.to_json())
         else:
             taken = transitions.lose(running, now, why=why)
         if taken != 1:
@@ -68,7 +71,7 @@ def run_again(
         if execution.cancel_requested:
             end_execution(execution, ExecutionStatus.CANCELLED, "cancelled by request", now)
             return True
-        if kind != WAITING_FOR_CHILDREN:
+        if kind != CHILDREN:
             transitions.new_step(
                 step.execution_id,
                 step,
@@ -77,7 +80,7 @@ def run_again(
                 attempt=step.attempt + 1,
                 # A redrive's step lost before it took its earlier attempt's children over:
                 # the new attempt takes them over instead (else it would start afresh).
-                waiting=step.waiting if kind == RESUME else None,
+                waiting=state.to_json() if state is not None and kind == RESUME else None,
             ).save(force_insert=True)
         ExecutionEvent.objects.create(
             execution_id=step.execution_id,
@@ -106,9 +109,9 @@ def times_lost(step: TaskRun, limit: int) -> int:
     time (up to ``limit``): the LOST attempts of the same task just before it. A control step
     lost while joining its children keeps the count on its own row, which it joins on again.
     """
-    state = step.waiting or {}
-    if state.get("kind") == WAITING_FOR_CHILDREN:
-        return int(state.get("lost", 0)) + 1
+    state = Waiting.from_json(step.waiting)
+    if state is not None and state.kind == CHILDREN:
+        return int(state.lost or 0) + 1
     if limit <= 1:
         return 1
     earlier = (
@@ -148,7 +151,8 @@ def give_up(step: TaskRun, *, lost: int, limit: int, now: datetime, **held: Any)
     except FlowValidationError:
         definition = None  # the step fails all the same, and so does the execution
     results = results_so_far([execution.id]).get(execution.id, {})
-    joining = (step.waiting or {}).get("kind") == WAITING_FOR_CHILDREN
+    state = Waiting.from_json(step.waiting)
+    joining = state is not None and state.kind == CHILDREN
     try:
         with transaction.atomic():
             fanin.lock_fanouts(

@@ -54,7 +54,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.sql import writes
-from flows.waiting import RESUME
+from flows.waiting import CHILDREN, RESUME, Waiting
 
 logger = logging.getLogger("flows.engine")
 
@@ -95,7 +95,7 @@ class Redrive:
             now,
             seq=self.seq,
             attempt=self.attempt,
-            waiting={"kind": RESUME, "children_of": self.takes_over}
+            waiting=Waiting(kind=RESUME, children_of=self.takes_over).to_json()
             if self.takes_over is not None
             else None,
             **({} if due else {"woken_at": transitions.FOREVER, "not_before": transitions.FOREVER}),
@@ -150,9 +150,9 @@ def _earlier_attempt(last: TaskRun, fanned_out: bool | None) -> int | None:
         fanned_out = FanOut.objects.filter(pk=last.pk).exists()
     if fanned_out:
         return last.pk
-    state = last.waiting or {}
-    if state.get("kind") == RESUME and isinstance(state.get("children_of"), int):
-        return state["children_of"]
+    state = Waiting.from_json(last.waiting)
+    if state is not None and state.kind == RESUME and isinstance(state.children_of, int):
+        return state.children_of
     return None
 
 
@@ -175,7 +175,7 @@ def resume(
     by ``take_over`` when recorded); start afresh when there is nothing to take over."""
     earlier = (
         FanOut.objects.select_related("step")
-        .filter(pk=(step.waiting or {}).get("children_of"), step__execution_id=execution.id)
+        .filter(pk=_children_of(step), step__execution_id=execution.id)
         .first()
     )
     if earlier is None:  # its earlier attempt is gone (cannot happen): as a first run
@@ -190,10 +190,15 @@ def resume(
             "once they have",
             permanent=True,
         )
-    state = {"kind": fanout.WAITING_FOR_CHILDREN, "for": earlier.kind, "took_over": earlier.pk}
-    outcome = fanout.waiting_outcome(None, state)
+    state = Waiting(kind=CHILDREN, children_for=earlier.kind, took_over=earlier.pk)
+    outcome = fanout.waiting_outcome(None, state.to_json())
     outcome.fanout = TakeOver(earlier)
     return outcome
+
+
+def _children_of(step: TaskRun) -> int | None:
+    state = Waiting.from_json(step.waiting)
+    return state.children_of if state is not None else None
 
 
 # -- 2. Take over, in the transaction that records the step as waiting -------------------------

@@ -20,6 +20,7 @@ from flows.engine.inputs import results_scope
 from flows.engine.outcome import StepOutcome
 from flows.expressions import ExpressionError
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
+from flows.waiting import CHILDREN, SIGNAL, Waiting
 
 logger = logging.getLogger("flows.engine")
 
@@ -87,17 +88,17 @@ def took(step: TaskRun, outcome: StepOutcome, now: datetime) -> float:
     """How long ``step``, ending ``now``, took. A step that waited (its children, a sleep, a
     signal) ends in a later run than the one that began it: the wall time since it began,
     not its last run's few milliseconds."""
-    if step.waiting and step.started_at:
+    if Waiting.from_json(step.waiting) is not None and step.started_at:
         return max((now - step.started_at).total_seconds(), 0.0)
     return outcome.duration
 
 
 def _waiting_for(outcome: StepOutcome) -> str:
-    state = outcome.waiting or {}
-    if state.get("kind") == "signal":
-        what = f"signal '{state.get('name')}'"
-    elif state.get("kind") == "children":
-        what = f"its {state.get('for', 'child')} children"
+    state = Waiting.from_json(outcome.waiting) or Waiting(kind=None)
+    if state.kind == SIGNAL:
+        what = f"signal '{state.name}'"
+    elif state.kind == CHILDREN:
+        what = f"its {state.children_for if 'for' in state.keys else 'child'} children"
     else:
         what = "its time"
     until = f" until {outcome.wait_until.isoformat()}" if outcome.wait_until else ""

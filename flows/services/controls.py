@@ -26,6 +26,7 @@ from flows.registry import TaskRegistry
 from flows.services.errors import Conflict, ServiceError, check_storable
 from flows.services.executions import flow_deadline, not_a_child, runnable_definition
 from flows.services.flows import recorded_user
+from flows.waiting import SIGNAL, Waiting
 
 logger = logging.getLogger("flows.services")
 
@@ -227,26 +228,26 @@ def execution_signal(
     )
     if locked.is_terminal or step is None:
         raise Conflict(f"execution {locked.id} is {locked.status} and waits for no signal")
-    waiting = dict(step.waiting or {})
-    if waiting.get("name") != name:
-        raise Conflict(
-            f"execution {locked.id} waits for signal '{waiting.get('name')}', not '{name}'"
-        )
-    if waiting.get("signal"):
+    waiting = Waiting.from_json(step.waiting) or Waiting(kind=SIGNAL)
+    if waiting.name != name:
+        raise Conflict(f"execution {locked.id} waits for signal '{waiting.name}', not '{name}'")
+    if waiting.received:
         raise Conflict(f"signal '{name}' already came for execution {locked.id}")
     now = timezone.now()
     who = getattr(recorded_user(user), "username", "") or ""
-    waiting["signal"] = {
-        "decision": decision,
-        "payload": payload,
-        "comment": comment,
-        "by": who,
-        "at": now.isoformat(),
-    }
+    answered = waiting.answered(
+        {
+            "decision": decision,
+            "payload": payload,
+            "comment": comment,
+            "by": who,
+            "at": now.isoformat(),
+        }
+    )
     # Due now (not a delayed step for the due-step timer); a paused execution takes it when
     # resumed.
     engine.transitions.signalled(
-        step, waiting, now, wake_now=locked.status != ExecutionStatus.PAUSED
+        step, answered.to_json(), now, wake_now=locked.status != ExecutionStatus.PAUSED
     )
     said = f": {comment}" if comment else ""
     _event(locked.id, "INFO", f"signal '{name}' ({decision}) from {who or 'someone'}{said}", step)
