@@ -17,7 +17,8 @@ The database is the truth and the queue only wakes workers (see docs/architectur
 
 One module a role, each importing only the public names of the others:
 
-- ``wakeup``      enqueue the job that wakes a worker (``wake``)
+- ``transitions`` every status change of an execution or a step, and its lock order
+- ``wakeup``      enqueue the job that wakes a worker (``wake``); wake steps nobody woke
 - ``taskloop``    the event loop thread tasks run on, and a task under its timeout
 - ``inputs``      the parsed flow, results so far, parameters with references resolved
 - ``step``        build one step's task and start it on the task loop (``Flight``)
@@ -31,6 +32,7 @@ One module a role, each importing only the public names of the others:
 - ``dispatcher``  the one step loop (``Dispatcher``, ``dispatch``: a worker's job)
 - ``inline``      the same loop for one execution in this process (``run_inline``)
 - ``reaper``      lost workers, lost wake-ups, flow timeouts (``reap``)
+- ``lost``        a step lost with its worker: run again, or failed for good
 - ``duetimer``    wake delayed steps when the broker cannot deliver late (Redis)
 - ``timing``      intervals, graces and batch sizes; ``worker``: this worker's name
 """

@@ -166,8 +166,7 @@ def write(
             else:
                 next_steps[-1] = next_step
         inserts.events.extend(_events(eid, step, now, events))
-    closed = writes.update_rows(TaskRun, closes, status=TaskRunStatus.RUNNING, worker=me)
-    if closed != len(closes):
+    if transitions.close_steps(closes, me) != len(closes):
         if len(batch) == 1:
             logger.warning(
                 "execution=%s step=%s was taken over by another worker; result dropped",

@@ -110,7 +110,9 @@ def cancel_now(ids: list[uuid.UUID], now: datetime, *, error: str) -> None:
 
 
 def ask_to_cancel(ids: Iterable[uuid.UUID]) -> None:
-    """Ask the workers running these executions' steps to cancel them (within a second)."""
+    """Ask the workers running these executions' steps to cancel them (within a second);
+    each worker ends its step and its execution in ``record.write``. Locks: as
+    ``cancel_now``."""
     Execution.objects.filter(pk__in=list(ids)).update(cancel_requested=True)
 
 
@@ -176,8 +178,9 @@ def redrive_reset(
 
 
 def child_row(*, started: bool, now: datetime, **fields: Any) -> Execution:
-    """A child execution's row (``fanout.create``): QUEUED when it starts now, else CREATED
-    until a slot frees (``fanin``)."""
+    """A child execution's row, unsaved (``fanout.create`` inserts it in its chunk, under the
+    record transaction's locks): QUEUED when it starts now, else CREATED until a slot frees
+    (``fanin``)."""
     return Execution(
         status=ExecutionStatus.QUEUED if started else ExecutionStatus.CREATED,
         queued_at=now if started else None,
@@ -234,7 +237,9 @@ def new_step(
     ``now`` (``due``: not before then), or RUNNING when ``claimed_by`` a dispatcher that runs
     it at once (its ``lease``). ``spec``: the task, or an earlier step of it (a re-run).
     ``fields`` overrides (``woken_at``/``not_before`` of a step not due until a slot frees).
-    """
+    No write: the caller inserts it under its execution's lock (``record.write``, a
+    service's ``_locked``, ``run_again``) or the FanOut row of a child's parent (``fanin``,
+    ``fanout``, ``redrive.take_over``)."""
     name = spec.task_name if isinstance(spec, TaskRun) else spec.name
     row: dict[str, Any] = {
         "execution_id": execution_id,
@@ -282,7 +287,7 @@ def executions_running(ids: list[uuid.UUID], now: datetime) -> None:
 
 
 def claimed(steps: list[TaskRun], me: str, now: datetime, expires: datetime) -> None:
-    """The claimed steps in memory as the claim wrote them (no read back)."""
+    """The claimed steps in memory as ``claim`` wrote them (no read back; no write)."""
     for step in steps:
         step.status, step.worker, step.started_at = (
             TaskRunStatus.RUNNING,
@@ -299,6 +304,14 @@ def closed(status: str, now: datetime, **fields: Any) -> dict[str, Any]:
     if status == TaskRunStatus.PENDING:
         status = TaskRunStatus.CANCELLED
     return {"status": status, "ended_at": now, "lease_expires_at": None, **fields}
+
+
+def close_steps(closes: dict[int, dict[str, Any]], me: str) -> int:
+    """Write a batch's steps (``closed`` and ``waits`` rows) in one UPDATE, each only while
+    this worker still holds it (RUNNING, ``worker=me``): how many it still held (fewer: one
+    was taken over, and the caller rolls the transaction back). Locks: the executions' rows
+    first (``record.write``'s counting UPDATE, after their parents' FanOut rows)."""
+    return writes.update_rows(TaskRun, closes, status=TaskRunStatus.RUNNING, worker=me)
 
 
 def waits(until: datetime | None, waiting: Any, **fields: Any) -> dict[str, Any]:
