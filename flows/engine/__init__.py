@@ -17,7 +17,8 @@ The database is the truth and the queue only wakes workers (see docs/architectur
 
 One module a role, each importing only the public names of the others:
 
-- ``wakeup``      enqueue the job that wakes a worker (``wake``)
+- ``transitions`` every status change of an execution or a step, and its lock order
+- ``wakeup``      enqueue the job that wakes a worker (``wake``); wake steps nobody woke
 - ``taskloop``    the event loop thread tasks run on, and a task under its timeout
 - ``inputs``      the parsed flow, results so far, parameters with references resolved
 - ``step``        build one step's task and start it on the task loop (``Flight``)
@@ -31,21 +32,23 @@ One module a role, each importing only the public names of the others:
 - ``dispatcher``  the one step loop (``Dispatcher``, ``dispatch``: a worker's job)
 - ``inline``      the same loop for one execution in this process (``run_inline``)
 - ``reaper``      lost workers, lost wake-ups, flow timeouts (``reap``)
+- ``lost``        a step lost with its worker: run again, or failed for good
 - ``duetimer``    wake delayed steps when the broker cannot deliver late (Redis)
 - ``timing``      intervals, graces and batch sizes; ``worker``: this worker's name
 """
 
+from flows.engine import transitions
 from flows.engine.claim import claim_steps, renew_leases
 from flows.engine.dispatcher import Dispatcher, dispatch
 from flows.engine.duetimer import DueStepTimer, start_due_step_timer, wake_due
-from flows.engine.fanin import cancel_children, child_ended, close_pending, lock_fanouts
-from flows.engine.fanout import FOREVER
+from flows.engine.fanin import cancel_children, child_ended, lock_fanouts
 from flows.engine.inline import run_inline
 from flows.engine.inputs import flow_definition, results_scope, results_so_far
 from flows.engine.outcome import StepOutcome
 from flows.engine.reaper import reap
 from flows.engine.redrive import CannotRedrive, plan_redrive
 from flows.engine.taskloop import TaskLoop
+from flows.engine.transitions import FOREVER, close_pending
 from flows.engine.wakeup import JOB_FUNC, wake
 from flows.engine.worker import worker_id
 
@@ -71,6 +74,7 @@ __all__ = [
     "results_so_far",
     "run_inline",
     "start_due_step_timer",
+    "transitions",
     "wake",
     "wake_due",
     "worker_id",

@@ -15,15 +15,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q, QuerySet, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from flows.engine import transitions
 from flows.engine.inputs import results_so_far
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
-    ExecutionStatus,
     FlowVersion,
     TaskRun,
     TaskRunStatus,
@@ -94,12 +93,7 @@ def claim_steps(
         keys = [step.pk for step in steps]
         # A step that waited (its children, a sleep, a signal) is claimed again to go on: it
         # keeps the start of its first run, when it began waiting.
-        claimed = TaskRun.objects.filter(pk__in=keys, status=TaskRunStatus.PENDING).update(
-            status=TaskRunStatus.RUNNING,
-            worker=me,
-            started_at=Coalesce(F("started_at"), Value(now)),
-            lease_expires_at=expires,
-        )
+        claimed = transitions.claim(keys, me, now, expires)
         if claimed != len(steps):  # cannot happen under the row locks; kept honest anyway
             ours = set(
                 TaskRun.objects.filter(
@@ -108,18 +102,9 @@ def claim_steps(
             )
             steps = [step for step in steps if step.pk in ours]
         ids = [step.execution_id for step in steps]
-        Execution.objects.filter(pk__in=ids, status=ExecutionStatus.QUEUED).update(
-            status=ExecutionStatus.RUNNING,
-            started_at=Coalesce(F("started_at"), Value(now)),
-        )
+        transitions.executions_running(ids, now)
         loaded = load(steps, now)
-    for step in steps:
-        step.status, step.worker, step.started_at = (
-            TaskRunStatus.RUNNING,
-            me,
-            step.started_at or now,
-        )
-        step.lease_expires_at = expires
+    transitions.claimed(steps, me, now, expires)
     return loaded
 
 

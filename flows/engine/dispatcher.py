@@ -22,8 +22,8 @@ from django.utils import timezone
 from flows.definition import FlowDefinition, FlowValidationError
 from flows.engine import claim, fanin, record, timing
 from flows.engine.inputs import flow_definition
+from flows.engine.lost import INTERRUPTED, run_again
 from flows.engine.outcome import StepOutcome, blocked, failure, finish, stopped
-from flows.engine.reaper import INTERRUPTED, run_again
 from flows.engine.routing import Finished, decide
 from flows.engine.step import Flight, start
 from flows.engine.taskloop import TaskLoop

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 from django_q.conf import Conf
 
-from flows.engine.reaper import due, wake_pending
+from flows.engine.wakeup import due, wake_pending
 from flows.engine.worker import reconnect
 
 logger = logging.getLogger("flows.engine")

@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import F
 
 from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, parse_flow
-from flows.engine.fanout import WAITING_FOR_CHILDREN, first_step, registry, waiting_outcome
+from flows.engine import transitions
+from flows.engine.fanout import registry, waiting_outcome
 from flows.engine.outcome import StepOutcome, failure
 from flows.engine.wakeup import wake
 from flows.models import (
-    ACTIVE_STATUSES,
     Execution,
     ExecutionStatus,
     FanOut,
@@ -25,6 +25,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.sql import writes
+from flows.waiting import CHILDREN, Waiting
 
 
 # -- 2. Fan in ----------------------------------------------------------------------------------
@@ -79,17 +80,7 @@ def children_ended(
             continue
         decided, _ = decided_by(fan)
         if decided:
-            parent = (
-                TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING)
-                .values_list("execution_id", flat=True)
-                .first()
-            )
-            if parent is not None:
-                # Due now, like a step just created: not a delayed one for the due-step timer.
-                TaskRun.objects.filter(pk=step_id, status=TaskRunStatus.PENDING).update(
-                    not_before=None, woken_at=now
-                )
-                wake(parent)
+            transitions.make_due(step_id, now)
         elif fan.kind == MAP and fan.started < fan.total:
             child, _, definition = group[0]
             started += _start_next(fan, len(group), child, definition, now, adopt)
@@ -134,23 +125,15 @@ def _start_next(
         return []
     body = definition if definition is not None else _body_of(child)
     start = body.task(body.start_task)
-    status = ExecutionStatus.QUEUED if adopt is None else ExecutionStatus.RUNNING
-    moved_rows = writes.update_rows(
-        Execution,
-        {eid: {"status": status, "queued_at": now, "started_at": now if adopt else None}
-         for eid in ids},
-        status=ExecutionStatus.CREATED,
-        returning=["status"],
-    )  # fmt: skip
     # Only those still CREATED start: a cancel may have ended some meanwhile.
-    ids = [row[0] for row in moved_rows]  # type: ignore[union-attr]
-    steps = [first_step(eid, start, now) for eid in ids]
+    ids = transitions.start_children(ids, now, claimed=adopt is not None)
     if adopt is None:
+        steps = [transitions.new_step(eid, start, now) for eid in ids]
         writes.insert_rows(TaskRun, steps, after_commit=True)
         return ids
-    for step in steps:
-        step.status, step.worker, step.started_at = TaskRunStatus.RUNNING, adopt.me, now
-        step.lease_expires_at, step.woken_at = now + adopt.lease, None
+    steps = [
+        transitions.new_step(eid, start, now, claimed_by=adopt.me, lease=adopt.lease) for eid in ids
+    ]
     # The dispatcher launches them once this commits; their keys come back with the COMMIT.
     writes.insert_rows(TaskRun, steps, after_commit=True)
     adopt.steps += steps
@@ -179,12 +162,7 @@ def _start_again(fan: FanOut, count: int, now: datetime) -> list[uuid.UUID]:
     if not moved:  # another transaction moved it first (it holds the row lock): it starts them
         return []
     ids = [eid for eid, _ in rows]
-    Execution.objects.filter(pk__in=ids, status=ExecutionStatus.CREATED).update(
-        status=ExecutionStatus.QUEUED, queued_at=now
-    )
-    TaskRun.objects.filter(execution_id__in=ids, status=TaskRunStatus.PENDING).update(
-        not_before=None, woken_at=now
-    )
+    transitions.children_due(ids, now)
     return ids
 
 
@@ -204,7 +182,8 @@ def join(execution: Execution, step: TaskRun) -> StepOutcome:
         return failure("its children are gone (the FanOut row is missing)", permanent=True)
     decided, fails = decided_by(fan)
     if not decided:
-        return waiting_outcome(None, step.waiting or {"kind": WAITING_FOR_CHILDREN})
+        state = Waiting.from_json(step.waiting) or Waiting(kind=CHILDREN)
+        return waiting_outcome(None, state.to_json())
     if fan.done < fan.total:
         with transaction.atomic():
             cancel_children([step.pk], why=f"{step.task_name} failed: fail fast")
@@ -245,7 +224,7 @@ def join(execution: Execution, step: TaskRun) -> StepOutcome:
 
 
 # -- Cancelling a tree --------------------------------------------------------------------------
-CANCELLABLE = (*ACTIVE_STATUSES, ExecutionStatus.CREATED, ExecutionStatus.PAUSED)
+CANCELLABLE = transitions.CANCELLABLE
 
 
 def lock_fanouts(step_ids: Any) -> None:
@@ -255,16 +234,6 @@ def lock_fanouts(step_ids: Any) -> None:
     keys = sorted(set(step_ids))
     if keys:
         writes.lock_rows(FanOut, keys)
-
-
-def close_pending(steps: QuerySet[TaskRun], now: datetime, *, error: str) -> None:
-    """End these PENDING steps CANCELLED at ``now`` with ``error``. Those whose wait had
-    begun (a sleep, a signal, their children) lasted until now: their duration says so."""
-    waited = steps.filter(started_at__isnull=False).values_list("pk", "started_at")
-    writes.update_rows(
-        TaskRun, {pk: {"duration": max((now - at).total_seconds(), 0.0)} for pk, at in waited}
-    )
-    steps.update(status=TaskRunStatus.CANCELLED, ended_at=now, error=error)
 
 
 def cancel_children(step_ids: list[int], *, why: str) -> int:
@@ -295,17 +264,6 @@ def cancel_children(step_ids: list[int], *, why: str) -> int:
                 execution_id__in=ids, status=TaskRunStatus.PENDING, waiting__isnull=False
             ).values_list("pk", flat=True)
         )
-        close_pending(
-            TaskRun.objects.filter(execution_id__in=idle, status=TaskRunStatus.PENDING),
-            now,
-            error="cancelled before it started",
-        )
-        Execution.objects.filter(pk__in=idle, status__in=CANCELLABLE).update(
-            status=ExecutionStatus.CANCELLED,
-            cancel_requested=True,
-            error=why,
-            ended_at=now,
-            current_task="",
-        )
-        Execution.objects.filter(pk__in=list(running)).update(cancel_requested=True)
+        transitions.cancel_now(idle, now, error=why)
+        transitions.ask_to_cancel(running)
     return asked

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django_q.conf import Conf
@@ -40,6 +40,7 @@ from flows.definition import (
     TaskSpec,
     parse_flow,
 )
+from flows.engine import transitions
 from flows.engine.inputs import reference_scope
 from flows.engine.outcome import StepOutcome, failure, waiting
 from flows.engine.wakeup import wake
@@ -54,20 +55,21 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.sql import writes
+from flows.waiting import CHILDREN, Waiting
+
+# "Until its children are done": a time no clock reaches, so nothing wakes the step early.
+FOREVER = transitions.FOREVER
 
 logger = logging.getLogger("flows.engine")
 
-# "Until its children are done": a time no clock reaches, so nothing wakes the step early.
-FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 # Executions nest (a sub-flow's map's branch ...) at most this deep at run time, whatever the
 # stored flows became since they were validated.
 MAX_DEPTH = 10
-WAITING_FOR_CHILDREN = "children"
 CREATE_CHUNK = 1000
 
 
 @dataclass
-class Plan:
+class ChildrenPlan:
     """The children a control step is about to start, decided before any write."""
 
     kind: str
@@ -92,7 +94,7 @@ class Plan:
         return len(self.branches) if self.kind == PARALLEL else 1
 
 
-def waiting_outcome(plan: Plan | None, state: dict[str, Any]) -> StepOutcome:
+def waiting_outcome(plan: ChildrenPlan | None, state: dict[str, Any]) -> StepOutcome:
     """Wait for the children (started with ``plan``, or already)."""
     outcome = waiting(state, None)
     outcome.fanout = plan
@@ -134,7 +136,7 @@ def begin(
         child_input = execution.input or {} if spec.task_type == PARALLEL else {}
     base = [*execution.scope, spec.name]
     if spec.task_type == PARALLEL:
-        plan = Plan(
+        plan = ChildrenPlan(
             PARALLEL,
             execution.flow_version,
             spec,
@@ -166,7 +168,7 @@ def begin(
                 except ResolveError as exc:
                     return failure(f"parameters of item {index}: {exc}", permanent=True)
         tolerance = spec.tolerated_failures
-        plan = Plan(
+        plan = ChildrenPlan(
             MAP,
             execution.flow_version,
             spec,
@@ -184,8 +186,8 @@ def begin(
             return failure(found, permanent=True)
         if not isinstance(child_input, dict):
             return failure("parameters.input must be an object", permanent=True)
-        plan = Plan(SUBFLOW, found, spec, [], child_input)
-    return waiting_outcome(plan, {"kind": WAITING_FOR_CHILDREN, "for": plan.kind})
+        plan = ChildrenPlan(SUBFLOW, found, spec, [], child_input)
+    return waiting_outcome(plan, Waiting(kind=CHILDREN, children_for=plan.kind).to_json())
 
 
 def _subflow_version(params: dict[str, Any]) -> FlowVersion | str:
@@ -216,7 +218,7 @@ def _ancestry(execution: Execution) -> list[uuid.UUID]:
     return chain
 
 
-def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
+def create(plan: ChildrenPlan, parent: Execution, step: TaskRun, now: datetime) -> None:
     """Write the FanOut and the children of ``plan``, inside the transaction that records
     ``step`` as waiting; wake the ones that start now."""
     if plan.kind == SUBFLOW:
@@ -244,21 +246,20 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
     )
     root = parent.root_id or parent.id
 
-    def child(index: int) -> Execution:
-        started = index < first
+    def child(index: int, started: bool | None = None) -> Execution:
         which = index if plan.kind == PARALLEL else 0
-        return Execution(
+        return transitions.child_row(
+            started=index < first if started is None else started,
+            now=now,
             id=uuid.uuid4(),
             flow_id=plan.version.flow_id,
             flow_version_id=plan.version.pk,
-            status=ExecutionStatus.QUEUED if started else ExecutionStatus.CREATED,
             current_task=starts[which].name,
             input=plan.inputs[index] if plan.inputs is not None else plan.input,
             deadline_at=parent.deadline_at,
             trigger=ExecutionTrigger.PARENT,
             created_by_id=parent.created_by_id,
             created_at=now,
-            queued_at=now if started else None,
             parent_step_id=step.pk,
             root_id=root,
             scope=bodies[which][0],
@@ -276,8 +277,7 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
         end = min(plan.total, offset + CREATE_CHUNK)
         if plan.kind == MAP and plan.inputs is None:
             # Copies of one template row, one per item (made by the server on PostgreSQL).
-            template = child(0)  # as an item not started yet
-            template.status, template.queued_at = ExecutionStatus.CREATED, None
+            template = child(0, started=False)  # as an item not started yet
             starting = writes.insert_copies(
                 Execution,
                 template,
@@ -285,7 +285,7 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
                 vary="item",
                 index="item_index",
                 base=offset,
-                started={"status": ExecutionStatus.QUEUED, "queued_at": now},
+                started=transitions.child_started(now),
                 bound=first,
             )
         else:  # rows of their own: branches, and map items each with its own input
@@ -293,7 +293,7 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
             writes.insert_rows(Execution, chunk)
             starting = [c.id for c in chunk if c.status == ExecutionStatus.QUEUED]
         steps = [
-            first_step(eid, starts[n + offset if plan.kind == PARALLEL else 0], now)
+            transitions.new_step(eid, starts[n + offset if plan.kind == PARALLEL else 0], now)
             for n, eid in enumerate(starting)
         ]
         writes.insert_rows(TaskRun, steps, after_commit=True)
@@ -306,18 +306,6 @@ def create(plan: Plan, parent: Execution, step: TaskRun, now: datetime) -> None:
         "execution=%s step=%s %s: %d children, %d started",
         parent.id, step.seq, plan.kind, plan.total, first,
     )  # fmt: skip
-
-
-def first_step(execution_id: uuid.UUID, start: TaskSpec, now: datetime) -> TaskRun:
-    return TaskRun(
-        execution_id=execution_id,
-        seq=1,
-        task_name=start.name,
-        task_type=start.task_type,
-        parameters=start.parameters,
-        created_at=now,
-        woken_at=now,
-    )
 
 
 def registry() -> Any:

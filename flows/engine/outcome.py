@@ -48,7 +48,7 @@ class StepOutcome:
     # something makes it due: a signal, its children). ``fanout``: the children it starts.
     waiting: dict[str, Any] | None = None
     wait_until: datetime | None = None
-    fanout: Any = None  # a fanout.Plan, or a redrive.TakeOver
+    fanout: Any = None  # a fanout.ChildrenPlan, or a redrive.TakeOver
 
 
 def failure(

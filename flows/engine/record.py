@@ -17,9 +17,10 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
-from flows.engine import fanin, fanout, redrive
+from flows.engine import fanin, fanout, redrive, transitions
 from flows.engine.outcome import flow_timeout, remaining
 from flows.engine.routing import Finished, took
+from flows.engine.transitions import ending
 from flows.engine.wakeup import wake
 from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
 from flows.sql import writes
@@ -42,25 +43,6 @@ class _Inserts:
         # Nothing reads their keys before the commit: on PostgreSQL they go out with it.
         writes.insert_rows(TaskRun, self.steps, after_commit=True)
         writes.insert_rows(ExecutionEvent, self.events, after_commit=True)
-
-
-def ending(status: str, error: str, steps_taken: int, now: datetime) -> dict[str, Any]:
-    """An execution's row as it ends."""
-    return {
-        "status": status,
-        "error": error,
-        "ended_at": now,
-        "current_task": "",
-        "steps_taken": steps_taken,
-    }
-
-
-def end_execution(execution: Execution, status: str, error: str, now: datetime) -> None:
-    """End one execution outside the step path (the reaper's), counting it on its parent
-    step when it is a child."""
-    writes.update_rows(Execution, {execution.id: ending(status, error, execution.steps_taken, now)})
-    if execution.parent_step_id is not None:
-        fanin.child_ended(execution, status, None, now)
 
 
 def write(
@@ -135,19 +117,15 @@ def write(
             )
         route = f"{why} -> {f'execution {final}' if final else plan.target}"
         routes.append((eid, route))
-        closes[step.pk] = {
-            # A step that was about to wait, cancelled meanwhile, ends CANCELLED.
-            "status": TaskRunStatus.CANCELLED
-            if outcome.status == TaskRunStatus.PENDING
-            else outcome.status,
-            "result": outcome.result,
-            "error": outcome.error,
-            "traceback": outcome.traceback,
-            "ended_at": now,
-            "duration": took(step, outcome, now),
-            "lease_expires_at": None,
-            "route": route[:300],
-        }
+        closes[step.pk] = transitions.closed(
+            outcome.status,
+            now,
+            result=outcome.result,
+            error=outcome.error,
+            traceback=outcome.traceback,
+            duration=took(step, outcome, now),
+            route=route[:300],
+        )
         if outcome.parameters is not None:
             closes[step.pk]["parameters"] = outcome.parameters
         # Every decision is on its step; the log keeps those worth reading in sequence:
@@ -168,20 +146,15 @@ def write(
             spec = definition.task(plan.target)  # type: ignore[union-attr]
             due = now + timedelta(seconds=plan.delay) if plan.delay > 0 else None
             claim_here = continue_here and due is None and not pause_requested
-            next_step = TaskRun(
-                execution_id=eid,
+            next_step = transitions.new_step(
+                eid,
+                spec,
+                now,
                 seq=step.seq + 1,
-                task_name=spec.name,
-                task_type=spec.task_type,
-                parameters=spec.parameters,
                 attempt=plan.attempt,
-                status=TaskRunStatus.RUNNING if claim_here else TaskRunStatus.PENDING,
-                worker=me if claim_here else "",
-                created_at=now,
-                started_at=now if claim_here else None,
-                lease_expires_at=now + lease if claim_here else None,
-                woken_at=None if claim_here else (due or now),
-                not_before=due,
+                claimed_by=me if claim_here else "",
+                lease=lease,
+                due=due,
             )
             inserts.steps.append(next_step)
             if pause_requested:
@@ -193,17 +166,16 @@ def write(
             else:
                 next_steps[-1] = next_step
         inserts.events.extend(_events(eid, step, now, events))
-    closed = writes.update_rows(TaskRun, closes, status=TaskRunStatus.RUNNING, worker=me)
-    if closed != len(closes):
+    if transitions.close_steps(closes, me) != len(closes):
         if len(batch) == 1:
             logger.warning(
                 "execution=%s step=%s was taken over by another worker; result dropped",
                 batch[0].execution.id, batch[0].step.seq,
             )  # fmt: skip
         raise TakenOver
-    writes.update_rows(Execution, ends)
+    transitions.end_executions(ends)
     if paused:
-        Execution.objects.filter(pk__in=paused).update(status=ExecutionStatus.PAUSED)
+        transitions.pause(paused)
     if waits:
         # A step that waits runs again later: it counts once against max_steps, not per run.
         Execution.objects.filter(pk__in=waits).update(steps_taken=F("steps_taken") - 1)
@@ -246,17 +218,8 @@ def _wait(
     its children). The reaper and the due-step timer leave it alone until then."""
     outcome, step, eid = finished.outcome, finished.step, finished.execution.id
     until = outcome.wait_until
-    closes[step.pk] = {
-        "status": TaskRunStatus.PENDING,
-        "worker": "",
-        "lease_expires_at": None,
-        # Open until the wait ends: its duration is then the whole wait (routing.decide).
-        "duration": None,
-        "waiting": outcome.waiting,
-        "not_before": until or fanout.FOREVER,
-        "woken_at": until or fanout.FOREVER,
-        "route": finished.plan.why[:300],
-    }
+    # Open until the wait ends: its duration is then the whole wait (routing.took).
+    closes[step.pk] = transitions.waits(until, outcome.waiting, route=finished.plan.why[:300])
     if outcome.parameters is not None:
         closes[step.pk]["parameters"] = outcome.parameters
     if paused is not None:

@@ -35,11 +35,11 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, OuterRef, Subquery
+from django.db.models import OuterRef, Subquery
 from django_q.conf import Conf
 
 from flows.definition import CONTROL_TYPES, MAP, FlowDefinition, TaskSpec
-from flows.engine import fanin, fanout
+from flows.engine import fanin, fanout, transitions
 from flows.engine.inputs import flow_definition, results_scope, results_so_far
 from flows.engine.outcome import StepOutcome, failure
 from flows.engine.wakeup import wake
@@ -54,7 +54,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.sql import writes
-from flows.waiting import RESUME
+from flows.waiting import CHILDREN, RESUME, Waiting
 
 logger = logging.getLogger("flows.engine")
 
@@ -89,19 +89,16 @@ class Redrive:
     ) -> TaskRun:
         """The step's row, unsaved: due now, or (``due`` False) not before a slot is freed
         for it (``fanin`` makes it due)."""
-        return TaskRun(
-            execution_id=execution_id,
+        return transitions.new_step(
+            execution_id,
+            spec,
+            now,
             seq=self.seq,
-            task_name=spec.name,
-            task_type=spec.task_type,
-            parameters=spec.parameters,
             attempt=self.attempt,
-            created_at=now,
-            woken_at=now if due else fanout.FOREVER,
-            not_before=None if due else fanout.FOREVER,
-            waiting={"kind": RESUME, "children_of": self.takes_over}
+            waiting=Waiting(kind=RESUME, children_of=self.takes_over).to_json()
             if self.takes_over is not None
             else None,
+            **({} if due else {"woken_at": transitions.FOREVER, "not_before": transitions.FOREVER}),
         )
 
 
@@ -153,9 +150,9 @@ def _earlier_attempt(last: TaskRun, fanned_out: bool | None) -> int | None:
         fanned_out = FanOut.objects.filter(pk=last.pk).exists()
     if fanned_out:
         return last.pk
-    state = last.waiting or {}
-    if state.get("kind") == RESUME and isinstance(state.get("children_of"), int):
-        return state["children_of"]
+    state = Waiting.from_json(last.waiting)
+    if state is not None and state.kind == RESUME and isinstance(state.children_of, int):
+        return state.children_of
     return None
 
 
@@ -178,7 +175,7 @@ def resume(
     by ``take_over`` when recorded); start afresh when there is nothing to take over."""
     earlier = (
         FanOut.objects.select_related("step")
-        .filter(pk=(step.waiting or {}).get("children_of"), step__execution_id=execution.id)
+        .filter(pk=_children_of(step), step__execution_id=execution.id)
         .first()
     )
     if earlier is None:  # its earlier attempt is gone (cannot happen): as a first run
@@ -193,10 +190,15 @@ def resume(
             "once they have",
             permanent=True,
         )
-    state = {"kind": fanout.WAITING_FOR_CHILDREN, "for": earlier.kind, "took_over": earlier.pk}
-    outcome = fanout.waiting_outcome(None, state)
+    state = Waiting(kind=CHILDREN, children_for=earlier.kind, took_over=earlier.pk)
+    outcome = fanout.waiting_outcome(None, state.to_json())
     outcome.fanout = TakeOver(earlier)
     return outcome
+
+
+def _children_of(step: TaskRun) -> int | None:
+    state = Waiting.from_json(step.waiting)
+    return state.children_of if state is not None else None
 
 
 # -- 2. Take over, in the transaction that records the step as waiting -------------------------
@@ -249,13 +251,7 @@ def take_over(plan: TakeOver, parent: Execution, step: TaskRun, now: datetime) -
                 )
             except NothingLeft as nothing:
                 # Cancelled as its last task succeeded: that task's result is its output.
-                Execution.objects.filter(pk=child.id).update(
-                    status=ExecutionStatus.COMPLETED,
-                    result=nothing.last.result,
-                    error="",
-                    ended_at=now,
-                    redrive_count=F("redrive_count") + 1,
-                )
+                transitions.complete(child.id, nothing.last.result, now)
                 done.append(child.id)
                 events.append(
                     ExecutionEvent(
@@ -289,18 +285,13 @@ def take_over(plan: TakeOver, parent: Execution, step: TaskRun, now: datetime) -
             elif waiting_from is None:
                 waiting_from = child.item_index
         for (now_too, task_name), ids in groups.items():
-            Execution.objects.filter(pk__in=ids).update(
-                status=ExecutionStatus.QUEUED if now_too else ExecutionStatus.CREATED,
-                current_task=task_name,
-                error="",
-                result=None,
-                ended_at=None,
-                cancel_requested=False,
-                pause_requested=False,
-                steps_taken=0,
+            transitions.redrive_reset(
+                ids,
+                task_name=task_name,
                 deadline_at=parent.deadline_at,
-                redrive_count=F("redrive_count") + 1,
-                queued_at=now if now_too else None,
+                now=now,
+                due=now_too,
+                child=True,
             )
         writes.insert_rows(TaskRun, steps, after_commit=True)
         writes.insert_rows(ExecutionEvent, events, after_commit=True)
@@ -339,10 +330,7 @@ def take_over(plan: TakeOver, parent: Execution, step: TaskRun, now: datetime) -
     logger.info("execution=%s step=%s %s", parent.id, step.seq, message)
     if fanin.decided_by(fan)[0]:
         # Nothing runs again (every child had completed): the step joins at once.
-        TaskRun.objects.filter(pk=step.pk, status=TaskRunStatus.PENDING).update(
-            not_before=None, woken_at=now
-        )
-        wake(parent.id)
+        transitions.make_due(step.pk, now, parent.id)
 
 
 def last_steps(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskRun]:

@@ -20,12 +20,13 @@ from flows.engine.inputs import results_scope
 from flows.engine.outcome import StepOutcome
 from flows.expressions import ExpressionError
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
+from flows.waiting import CHILDREN, SIGNAL, Waiting
 
 logger = logging.getLogger("flows.engine")
 
 
 @dataclass
-class Plan:
+class Route:
     """The routing decision for a finished step, before the database has its say."""
 
     target: str | None = None  # the next task, when the flow goes on
@@ -46,7 +47,7 @@ class Finished:
     definition: FlowDefinition | None
     step: TaskRun
     outcome: StepOutcome
-    plan: Plan
+    plan: Route
     events: list[tuple[str, str]]
 
 
@@ -87,17 +88,17 @@ def took(step: TaskRun, outcome: StepOutcome, now: datetime) -> float:
     """How long ``step``, ending ``now``, took. A step that waited (its children, a sleep, a
     signal) ends in a later run than the one that began it: the wall time since it began,
     not its last run's few milliseconds."""
-    if step.waiting and step.started_at:
+    if Waiting.from_json(step.waiting) is not None and step.started_at:
         return max((now - step.started_at).total_seconds(), 0.0)
     return outcome.duration
 
 
 def _waiting_for(outcome: StepOutcome) -> str:
-    state = outcome.waiting or {}
-    if state.get("kind") == "signal":
-        what = f"signal '{state.get('name')}'"
-    elif state.get("kind") == "children":
-        what = f"its {state.get('for', 'child')} children"
+    state = Waiting.from_json(outcome.waiting) or Waiting(kind=None)
+    if state.kind == SIGNAL:
+        what = f"signal '{state.name}'"
+    elif state.kind == CHILDREN:
+        what = f"its {state.children_for if 'for' in state.keys else 'child'} children"
     else:
         what = "its time"
     until = f" until {outcome.wait_until.isoformat()}" if outcome.wait_until else ""
@@ -110,18 +111,18 @@ def plan(
     step: TaskRun,
     outcome: StepOutcome,
     results: dict[str, Any],
-) -> Plan:
+) -> Route:
     """What follows this step, decided from the definition and the outcome alone.
 
     Updates ``results`` and, when a condition's expression fails, ``outcome`` (the step
     then fails with that error).
     """
     if outcome.status == TaskRunStatus.CANCELLED:
-        return Plan(final=ExecutionStatus.CANCELLED, error="cancelled by request", why="cancelled")
+        return Route(final=ExecutionStatus.CANCELLED, error="cancelled by request", why="cancelled")
     if definition is None or outcome.flow_timed_out:
-        return Plan(final=ExecutionStatus.FAILED, error=outcome.error, why=outcome.error)
+        return Route(final=ExecutionStatus.FAILED, error=outcome.error, why=outcome.error)
     if outcome.waiting is not None:
-        return Plan(target=step.task_name, why=_waiting_for(outcome), wait=True)
+        return Route(target=step.task_name, why=_waiting_for(outcome), wait=True)
     succeeded = outcome.status == TaskRunStatus.SUCCESS
     spec = definition.task(step.task_name)
     if succeeded:
@@ -133,7 +134,7 @@ def plan(
             f"{step.task_name} failed (attempt {step.attempt} of {spec.retry.max_attempts}); "
             f"retry in {delay:g}s"
         )
-        return Plan(
+        return Route(
             target=step.task_name,
             why=why,
             attempt=step.attempt + 1,
@@ -162,7 +163,7 @@ def plan(
     noteworthy = condition is not None
     if target is None:
         if status == "success":
-            return Plan(final=ExecutionStatus.COMPLETED, why=why)
+            return Route(final=ExecutionStatus.COMPLETED, why=why)
         error = f"task '{step.task_name}' failed: {outcome.error}"
-        return Plan(final=ExecutionStatus.FAILED, error=error, why=why)
-    return Plan(target=target, why=why, noteworthy=noteworthy)
+        return Route(final=ExecutionStatus.FAILED, error=error, why=why)
+    return Route(target=target, why=why, noteworthy=noteworthy)

@@ -31,7 +31,7 @@ from flows.engine.outcome import (
 from flows.engine.taskloop import TaskLoop, run_task
 from flows.models import Execution, TaskRun
 from flows.registry import TaskType
-from flows.waiting import RESUME
+from flows.waiting import CHILDREN, RESUME, Waiting
 from tasks.base_task import Results, TaskContext, TaskLogger
 
 logger = logging.getLogger("flows.engine")
@@ -93,8 +93,9 @@ def start(
     if spec.is_control:
         # Parallel, map, sub-flow: no task code; the step starts children (or, redriven,
         # takes over its earlier attempt's), or ends from them.
-        kind = (step.waiting or {}).get("kind")
-        if kind == fanout.WAITING_FOR_CHILDREN:
+        state = Waiting.from_json(step.waiting)
+        kind = state.kind if state is not None else None
+        if kind == CHILDREN:
             return fanin.join(execution, step)
         if kind == RESUME:
             return redrive.resume(execution, definition, step, spec, results)

@@ -1,5 +1,8 @@
 """Waking workers: the queue carries only an execution id, and only wakes a worker.
 
+``wake_pending`` wakes again the PENDING steps nobody woke (a lost message: the reaper; a
+delay over: the reaper, and with Redis the due-step timer of each worker process).
+
 The job it names is ``flows.jobs.run_execution`` (``JOB_FUNC``, stored in queued jobs: keep
 it importable), which calls ``flows.engine.dispatch``.
 """
@@ -7,18 +10,24 @@ it importable), which calls ``flows.engine.dispatch``.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import uuid
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
+from flows.models import ACTIVE_STATUSES, TaskRun, TaskRunStatus
 from flows.sql import writes
+
+logger = logging.getLogger("flows.engine")
 
 JOB_FUNC = "flows.jobs.run_execution"
 
@@ -67,3 +76,29 @@ def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
         writes.on_commit(push)
     else:
         push()
+
+
+def due(now: datetime) -> Q:
+    """PENDING steps whose delay (a retry's) has ended but that were not woken since."""
+    return Q(not_before__lte=now, woken_at__lte=F("not_before"))
+
+
+def wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
+    """Wake the PENDING steps of active executions that ``which`` selects, each once: the
+    conditional UPDATE lets only one of several wakers (reapers, timers) through."""
+    sleepy = list(
+        TaskRun.objects.filter(
+            which, status=TaskRunStatus.PENDING, execution__status__in=ACTIVE_STATUSES
+        ).values_list("pk", "execution_id")[:limit]
+    )
+    woken = 0
+    for pk, eid in sleepy:
+        with transaction.atomic():
+            if (
+                TaskRun.objects.filter(which, pk=pk, status=TaskRunStatus.PENDING)
+                .update(woken_at=now)
+            ):  # fmt: skip
+                woken += 1
+                logger.info("execution=%s pending step woken by %s", eid, by)
+                wake(eid)
+    return woken

@@ -26,6 +26,7 @@ from flows.registry import TaskRegistry
 from flows.services.errors import Conflict, ServiceError, check_storable
 from flows.services.executions import flow_deadline, not_a_child, runnable_definition
 from flows.services.flows import recorded_user
+from flows.waiting import SIGNAL, Waiting
 
 logger = logging.getLogger("flows.services")
 
@@ -56,20 +57,9 @@ def execution_cancel(*, execution_id: Any) -> Execution:
     running = TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.RUNNING).exists()
     if running:
         # The worker that holds the step sees the flag, cancels the coroutine and ends it.
-        Execution.objects.filter(pk=locked.id).update(cancel_requested=True)
+        engine.transitions.ask_to_cancel([locked.id])
     else:
-        engine.close_pending(
-            TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.PENDING),
-            now,
-            error="cancelled before it started",
-        )
-        Execution.objects.filter(pk=locked.id).update(
-            cancel_requested=True,
-            status=ExecutionStatus.CANCELLED,
-            error="cancelled by request",
-            ended_at=now,
-            current_task="",
-        )
+        engine.transitions.cancel_now([locked.id], now, error="cancelled by request")
     # Its children (parallel branches, map items, a sub-flow) and theirs stop with it.
     waiting = list(
         TaskRun.objects.filter(execution_id=locked.id, waiting__isnull=False).values_list(
@@ -100,10 +90,8 @@ def execution_pause(*, execution_id: Any) -> Execution:
             "only a QUEUED or RUNNING execution can be paused"
         )
     running = TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.RUNNING).exists()
-    changes: dict[str, Any] = {"pause_requested": True}
-    if not running:
-        changes["status"] = ExecutionStatus.PAUSED  # nothing in flight: paused right away
-    Execution.objects.filter(pk=locked.id).update(**changes)
+    # Nothing in flight: paused right away.
+    engine.transitions.ask_to_pause(locked.id, at_once=not running)
     _event(locked.id, "WARNING", "pause requested")
     logger.info("execution=%s pause requested (step running: %s)", locked.id, running)
     locked.refresh_from_db()
@@ -115,16 +103,7 @@ def execution_resume(*, execution_id: Any) -> Execution:
     """Resume a paused execution where it stopped (or withdraw a pause not yet reached)."""
     locked = _locked(execution_id)
     if locked.status == ExecutionStatus.PAUSED:
-        now = timezone.now()
-        Execution.objects.filter(pk=locked.id).update(
-            pause_requested=False, status=ExecutionStatus.QUEUED
-        )
-        step = TaskRun.objects.filter(execution_id=locked.id, status=TaskRunStatus.PENDING).first()
-        if step is not None and (step.not_before is None or step.not_before < engine.FOREVER):
-            # (A step waiting for a signal or its children is woken by them, not here.)
-            due = step.not_before if step.not_before and step.not_before > now else None
-            TaskRun.objects.filter(pk=step.pk).update(woken_at=due or now)
-            engine.wake(locked.id, at=due)
+        engine.transitions.resume(locked.id, timezone.now())
     elif locked.pause_requested and locked.status in ACTIVE_STATUSES:
         Execution.objects.filter(pk=locked.id).update(pause_requested=False)
     else:
@@ -179,16 +158,8 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
     spec = definition.task(redrive.task_name)
     now = timezone.now()
     redrive.step(locked.id, spec, now).save()
-    Execution.objects.filter(pk=locked.id).update(
-        status=ExecutionStatus.QUEUED,
-        error="",
-        ended_at=None,
-        cancel_requested=False,
-        pause_requested=False,
-        steps_taken=0,
-        current_task=spec.name,
-        deadline_at=flow_deadline(definition, now),
-        redrive_count=locked.redrive_count + 1,
+    engine.transitions.redrive_reset(
+        [locked.id], task_name=spec.name, deadline_at=flow_deadline(definition, now), now=now
     )
     engine.wake(locked.id)
     _event(locked.id, "INFO", f"redriven from {spec.name} (attempt {redrive.attempt})")
@@ -257,29 +228,28 @@ def execution_signal(
     )
     if locked.is_terminal or step is None:
         raise Conflict(f"execution {locked.id} is {locked.status} and waits for no signal")
-    waiting = dict(step.waiting or {})
-    if waiting.get("name") != name:
-        raise Conflict(
-            f"execution {locked.id} waits for signal '{waiting.get('name')}', not '{name}'"
-        )
-    if waiting.get("signal"):
+    waiting = Waiting.from_json(step.waiting) or Waiting(kind=SIGNAL)
+    if waiting.name != name:
+        raise Conflict(f"execution {locked.id} waits for signal '{waiting.name}', not '{name}'")
+    if waiting.received:
         raise Conflict(f"signal '{name}' already came for execution {locked.id}")
     now = timezone.now()
     who = getattr(recorded_user(user), "username", "") or ""
-    waiting["signal"] = {
-        "decision": decision,
-        "payload": payload,
-        "comment": comment,
-        "by": who,
-        "at": now.isoformat(),
-    }
+    answered = waiting.answered(
+        {
+            "decision": decision,
+            "payload": payload,
+            "comment": comment,
+            "by": who,
+            "at": now.isoformat(),
+        }
+    )
     # Due now (not a delayed step for the due-step timer); a paused execution takes it when
     # resumed.
-    TaskRun.objects.filter(pk=step.pk).update(waiting=waiting, not_before=None, woken_at=now)
-    if locked.status != ExecutionStatus.PAUSED:
-        engine.wake(locked.id)
+    engine.transitions.signalled(
+        step, answered.to_json(), now, wake_now=locked.status != ExecutionStatus.PAUSED
+    )
     said = f": {comment}" if comment else ""
     _event(locked.id, "INFO", f"signal '{name}' ({decision}) from {who or 'someone'}{said}", step)
     logger.info("execution=%s signal %s %s by %s", locked.id, name, decision, who)
-    step.waiting, step.not_before, step.woken_at = waiting, None, now
     return step

@@ -16,7 +16,6 @@ from flows.definition import FlowDefinition, FlowValidationError
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
-    ExecutionStatus,
     ExecutionTrigger,
     FlowVersion,
     TaskRun,
@@ -103,7 +102,6 @@ def execution_start(
     definition = runnable_definition(execution, registry, "start")
     now = timezone.now()
     changes: dict[str, Any] = {
-        "status": ExecutionStatus.QUEUED,
         "queued_at": now,
         "current_task": definition.start_task,
         "deadline_at": flow_deadline(definition, now),
@@ -111,26 +109,14 @@ def execution_start(
     if input is not None:
         changes["input"] = input
     # Starting is every client's hot path: two hand-written statements (flows/sql/writes.py).
-    moved = writes.update_rows(Execution, {execution.id: changes}, status=ExecutionStatus.CREATED)
+    moved, changes = engine.transitions.start(execution.id, changes)
     if moved != 1:
         current = Execution.objects.filter(pk=execution.id).values_list("status", flat=True).first()
         raise Conflict(
             f"execution {execution.id} is {current}; only a CREATED execution can be executed"
         )
     start = definition.task(definition.start_task)
-    writes.insert_rows(
-        TaskRun,
-        [
-            TaskRun(
-                execution_id=execution.id,
-                seq=1,
-                task_name=start.name,
-                task_type=start.task_type,
-                parameters=start.parameters,
-                woken_at=now,
-            )
-        ],
-    )
+    writes.insert_rows(TaskRun, [engine.transitions.new_step(execution.id, start, now)])
     engine.wake(execution.id)
     logger.info("execution=%s queued, first task %s", execution.id, start.name)
     # The row is what the UPDATE above wrote (a CREATED execution has nothing else in flight),

@@ -15,6 +15,7 @@ from django_q.conf import Conf
 
 from flows import services
 from flows.models import Execution, ExecutionStatus
+from flows.waiting import CHILDREN, SIGNAL, Waiting
 
 
 class Command(BaseCommand):
@@ -107,8 +108,8 @@ class Command(BaseCommand):
             line = f"  {step.seq:>3}  {step.task_name:<24} {step.status:<9} {duration:>9}"
             if step.error:
                 line += f"  {step.error}"
-            elif step.status == "PENDING" and step.waiting:
-                line += f"  {_waiting(step.waiting, execution.id)}"
+            elif step.status == "PENDING" and (waiting := Waiting.from_json(step.waiting)):
+                line += f"  {_waiting(waiting, execution.id)}"
             self.stdout.write(line)
         style = (
             self.style.SUCCESS
@@ -138,16 +139,16 @@ class Command(BaseCommand):
         raise SystemExit(2)
 
 
-def _waiting(waiting: dict[str, Any], execution_id: Any) -> str:
+def _waiting(waiting: Waiting, execution_id: Any) -> str:
     """What a waiting step waits for, and how to end the wait, in a few words."""
-    if waiting.get("kind") == "signal":
+    if waiting.kind == SIGNAL:
         return (
-            f"waits for signal '{waiting.get('name')}': POST "
+            f"waits for signal '{waiting.name}': POST "
             f"/api/executions/{execution_id}/signal/, or Approve on its page"
         )
-    if waiting.get("kind") == "children":
+    if waiting.kind == CHILDREN:
         return "waits for its children"
-    return f"waits until {waiting.get('until', 'its time')}"
+    return f"waits until {waiting.until if 'until' in waiting.keys else 'its time'}"
 
 
 @contextlib.contextmanager
