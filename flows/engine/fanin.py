@@ -11,9 +11,10 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F
 
-from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition, parse_flow
+from flows.definition import MAP, PARALLEL, SUBFLOW, FlowDefinition
 from flows.engine import transitions
 from flows.engine.fanout import registry, waiting_outcome
+from flows.engine.inputs import parsed
 from flows.engine.outcome import StepOutcome, failure
 from flows.engine.wakeup import wake
 from flows.models import (
@@ -168,7 +169,7 @@ def _start_again(fan: FanOut, count: int, now: datetime) -> list[uuid.UUID]:
 
 def _body_of(child: Execution) -> FlowDefinition:
     version = FlowVersion.objects.get(pk=child.flow_version_id)
-    return parse_flow(version.definition, registry()).scope(child.scope)
+    return parsed(version.definition, registry(), refresh=False).scope(child.scope)
 
 
 # -- 3. Join ------------------------------------------------------------------------------------

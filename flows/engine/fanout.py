@@ -38,10 +38,9 @@ from flows.definition import (
     SUBFLOW,
     FlowDefinition,
     TaskSpec,
-    parse_flow,
 )
 from flows.engine import transitions
-from flows.engine.inputs import reference_scope
+from flows.engine.inputs import parsed, reference_scope
 from flows.engine.outcome import StepOutcome, failure, waiting
 from flows.engine.wakeup import wake
 from flows.expressions import ResolveError, needs_resolving, refers_to_item, resolve
@@ -222,7 +221,7 @@ def create(plan: ChildrenPlan, parent: Execution, step: TaskRun, now: datetime) 
     """Write the FanOut and the children of ``plan``, inside the transaction that records
     ``step`` as waiting; wake the ones that start now."""
     if plan.kind == SUBFLOW:
-        bodies = [([], parse_flow(plan.version.definition, registry()))]
+        bodies = [([], parsed(plan.version.definition, registry(), refresh=False))]
     elif plan.kind == PARALLEL:
         bodies = [([*plan.scope, name], body) for name, body in plan.spec.branches]
     else:

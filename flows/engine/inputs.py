@@ -61,23 +61,28 @@ def flow_definition(
     test's rollback) can hand out again for another document. ``refresh=False`` when the
     caller has just rescanned the plugin folder.
     """
+    definition = parsed(execution.flow_version.definition, registry, refresh=refresh)
+    # A parallel branch or a map item runs the tasks at its scope in the document.
+    return definition.scope(execution.scope) if execution.scope else definition
+
+
+def parsed(document: Any, registry: TaskRegistry, *, refresh: bool = True) -> FlowDefinition:
+    """A stored flow document, parsed once per process per document and plugin set: the one
+    parser of stored flows for the engine (an execution's flow, a sub-flow's, a child's
+    body)."""
     if refresh:
         registry.refresh()
     # As stored, key order included: a parallel task's branches are numbered in that order.
-    document = json.dumps(execution.flow_version.definition)
-    key = (document, id(registry), registry.fingerprint)
+    key = (json.dumps(document), id(registry), registry.fingerprint)
     definition = _definitions.get(key)
     if definition is None:
         definition = parse_flow(
-            execution.flow_version.definition,
-            registry,
-            default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS,
+            document, registry, default_max_steps=settings.FLOW_DEFAULT_MAX_STEPS
         )
         if len(_definitions) >= 256:
             _definitions.clear()
         _definitions[key] = definition
-    # A parallel branch or a map item runs the tasks at its scope in the document.
-    return definition.scope(execution.scope) if execution.scope else definition
+    return definition
 
 
 def results_so_far(execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
