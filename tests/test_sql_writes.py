@@ -560,6 +560,26 @@ def test_the_engine_tests_run_steps_through_the_lean_transaction(monkeypatch):
     assert not connection.in_atomic_block and connection.execute_wrappers == []
 
 
+def test_an_orm_query_before_the_first_statement_of_atomic_is_refused_debug_or_not(new_step):
+    # On PostgreSQL that query would run before the BEGIN (which goes out with the module's
+    # first statement): refused on every database, so a run on SQLite catches it too.
+    step = new_step(route="before")
+
+    with pytest.raises(rules.SqlRuleError, match="ORM query ran inside"), writes.atomic():
+        TaskRun.objects.count()
+        writes.update_rows(TaskRun, {step.pk: {"route": "after"}})
+
+    assert stored(step, "route") == {"route": "before"}  # rolled back
+    assert connection.get_autocommit() and connection.execute_wrappers == []
+    with writes.atomic():  # the module's own statement first: fine, then anything
+        writes.update_rows(TaskRun, {step.pk: {"route": "after"}})
+        assert TaskRun.objects.count() == 1
+    with writes.atomic():  # nothing at all inside: fine too
+        pass
+    assert stored(step, "route") == {"route": "after"}
+    assert connection.execute_wrappers == []
+
+
 # --- The rules, asserted under DEBUG (flows/sql/rules.py) --------------------------------------
 @pytest.fixture
 def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
