@@ -148,3 +148,58 @@ def control_plugins(control_plugin_folder: Any, settings: Any) -> Any:
 def marker(tmp_path: Any) -> Any:
     """A file path a test task waits for (or fails without) until the test creates it."""
     return tmp_path / "marker"
+
+
+# --- The engine's tests take its production transaction path ---------------------------------
+# Inside a test's transaction writes.atomic() falls back to Django's atomic block (a savepoint),
+# so a test that runs steps there never sends the BEGIN and COMMIT a worker sends. These
+# modules' tests run outside one (django_db(transaction=True)): the tables are emptied after
+# each test instead. A test that says django_db itself keeps its own choice.
+ENGINE_MODULES = ("test_engine_", "test_dispatcher", "test_reaper", "test_routing", "test_sql_")
+# Reference rows the migrations and post_migrate make, left in place when the tables are emptied
+# after a transaction=True test: remade, they cost more than the emptying, and the roles
+# (groups) would be gone for the next such test. Such a test must not create any of these.
+KEPT_TABLES = frozenset(
+    {"django_content_type", "auth_permission", "auth_group", "auth_group_permissions"}
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-django orders the tests by their marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not item.path.stem.startswith(ENGINE_MODULES):
+            continue
+        if any(mark.name == "django_db" for mark in item.own_markers):
+            continue
+        marker = item.get_closest_marker("django_db")
+        if marker is not None and not marker.kwargs.get("transaction"):
+            options = {k: v for k, v in marker.kwargs.items() if k != "transaction"}
+            item.add_marker(pytest.mark.django_db(transaction=True, **options), append=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_flush() -> Any:
+    """Empty the tables after a transaction=True test but for KEPT_TABLES, and on PostgreSQL
+    with DELETE, as Django does on SQLite: its TRUNCATE costs a few milliseconds per table
+    whatever the rows (~0.2 s a test against ~0.01 s). Django's foreign keys there are
+    checked at the commit, so the order of the DELETEs does not matter."""
+    from django.db.backends.postgresql.base import DatabaseWrapper as PostgreSQLWrapper
+    from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
+
+    PostgreSQL, SQLite = PostgreSQLWrapper.ops_class, SQLiteWrapper.ops_class
+
+    truncate, delete = PostgreSQL.sql_flush, SQLite.sql_flush
+
+    def postgresql(self: Any, style: Any, tables: Any, **options: bool) -> list[str]:
+        if any(options.values()):  # reset_sequences, allow_cascade: Django's own
+            return truncate(self, style, tables, **options)
+        emptied = [f"DELETE FROM {self.quote_name(t)};" for t in tables if t not in KEPT_TABLES]
+        return [" ".join(emptied)] if emptied else []
+
+    def sqlite(self: Any, style: Any, tables: Any, **options: bool) -> list[str]:
+        return delete(self, style, [t for t in tables if t not in KEPT_TABLES], **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PostgreSQL, "sql_flush", postgresql)
+        patch.setattr(SQLite, "sql_flush", sqlite)
+        yield

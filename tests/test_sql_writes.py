@@ -537,6 +537,49 @@ def test_inside_a_callers_transaction_it_is_part_of_that_transaction(new_step):
     assert not ExecutionEvent.objects.filter(message="inner").exists()
 
 
+# --- The production path in the tests (tests/conftest.py: ENGINE_MODULES) ---------------------
+def test_the_engine_tests_run_steps_through_the_lean_transaction(monkeypatch):
+    # This module's tests, as the engine's, run outside a test transaction: writes.atomic()
+    # sends BEGIN and COMMIT itself, as in a worker, and never falls back to Django's block.
+    from tests.factories import flow_doc, run_flow, task
+
+    lean, django = [], []
+    commit = writes._commit
+    monkeypatch.setattr(writes, "_commit", lambda tx: (lean.append(tx), commit(tx))[1])
+    fallback = SimpleNamespace(
+        atomic=lambda **kw: (django.append(kw), transaction.atomic(**kw))[1],
+        on_commit=transaction.on_commit,
+    )
+    monkeypatch.setattr(writes, "transaction", fallback)
+
+    execution = run_flow(flow_doc([task("a"), task("b"), task("c")], flow_id="lean_path"))
+
+    assert execution.status == "COMPLETED"
+    assert len(lean) >= 3  # a step's write each at least
+    assert django == []
+    assert not connection.in_atomic_block and connection.execute_wrappers == []
+
+
+def test_an_orm_query_before_the_first_statement_of_atomic_is_refused_debug_or_not(new_step):
+    # On PostgreSQL that query would run before the BEGIN (which goes out with the module's
+    # first statement): refused on every database, so a run on SQLite catches it too.
+    step = new_step(route="before")
+
+    with pytest.raises(rules.SqlRuleError, match="ORM query ran inside"), writes.atomic():
+        TaskRun.objects.count()
+        writes.update_rows(TaskRun, {step.pk: {"route": "after"}})
+
+    assert stored(step, "route") == {"route": "before"}  # rolled back
+    assert connection.get_autocommit() and connection.execute_wrappers == []
+    with writes.atomic():  # the module's own statement first: fine, then anything
+        writes.update_rows(TaskRun, {step.pk: {"route": "after"}})
+        assert TaskRun.objects.count() == 1
+    with writes.atomic():  # nothing at all inside: fine too
+        pass
+    assert stored(step, "route") == {"route": "after"}
+    assert connection.execute_wrappers == []
+
+
 # --- The rules, asserted under DEBUG (flows/sql/rules.py) --------------------------------------
 @pytest.fixture
 def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -10,7 +10,8 @@ PostgreSQL alike; on PostgreSQL, the values of many rows go in one JSON document
 (``flows.sql.jsonrows``: psycopg binds each parameter on the client). Nothing here is for
 general use: apart from starting an execution (every client's hot path), the services and
 views keep to the ORM. These rules, and that every
-value is a parameter, are asserted in code while ``settings.DEBUG`` is on (``flows.sql.rules``).
+value is a parameter, are asserted in code while ``settings.DEBUG`` is on (``flows.sql.rules``);
+that the first statement inside ``atomic`` is this module's, always (``_first_not_ours``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
     query log, ``CaptureQueriesContext``, an ``execute_wrapper``), through Django's cursor,
     so they see every statement.
     """
+    if getattr(_state, "guarded", None) is not None:
+        _first_is_ours()
     if _watched(db):
         if settings.DEBUG:  # DEBUG's query log always takes this path: the lean one never checks
             _check(db, sql, params)
@@ -89,14 +92,32 @@ def _check(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> None:
     """The rules of ``flows.sql.rules`` for a statement about to run (DEBUG only)."""
     rules.check_statement(sql, params, db.vendor)
     rules.check_writer(_caller())
-    first = getattr(_state, "debug_first", None)
-    if first is not None:
-        _state.debug_first = None
-        if first[0] is db and len(db.queries_log) != first[1]:
-            raise rules.SqlRuleError(
-                "an ORM query ran inside writes.atomic() before its first statement; with "
-                "the lean transaction it would run outside the transaction"
-            )
+
+
+def _first_not_ours(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    """An ``execute_wrapper`` on the connection from ``atomic``'s start until this module's
+    first statement: a statement through Django's cursor before it (an ORM query) is refused.
+    With the lean transaction on PostgreSQL, BEGIN goes out with this module's first
+    statement, so that query would run outside the transaction; on SQLite it would not, and
+    the tests, which run there by default, would never see it. Django calls it only for its
+    own cursor's statements: it costs this module's statements nothing."""
+    raise rules.SqlRuleError(
+        "an ORM query ran inside writes.atomic() before its first statement; with the lean "
+        "transaction it would run outside the transaction"
+    )
+
+
+def _guard_first(db: BaseDatabaseWrapper) -> None:
+    db.execute_wrappers.append(_first_not_ours)
+    _state.guarded = db
+
+
+def _first_is_ours() -> None:
+    """This module's first statement in ``atomic`` is about to run: lift the guard."""
+    db, _state.guarded = _state.guarded, None
+    wrappers = db.execute_wrappers
+    if _first_not_ours in wrappers:  # else gone already: the wrappers were reset under it
+        wrappers.remove(_first_not_ours)
 
 
 def _caller() -> str:
@@ -108,7 +129,9 @@ def _caller() -> str:
 
 
 def _watched(db: BaseDatabaseWrapper) -> bool:
-    return db.queries_logged or bool(db.execute_wrappers)
+    # atomic's own guard alone (_first_not_ours) watches nothing.
+    wrappers = db.execute_wrappers
+    return db.queries_logged or (bool(wrappers) and wrappers != [_first_not_ours])
 
 
 @dataclass
@@ -123,7 +146,7 @@ class _Lean:
     deferred: list[tuple[str, list[Any], Callable[[list[Any]], None]]] = field(default_factory=list)
 
 
-_state = threading.local()  # .lean: the open _Lean of this thread, if any
+_state = threading.local()  # .lean: the open _Lean of this thread; .guarded: see _guard_first
 
 
 def _multi_statement(db: BaseDatabaseWrapper) -> bool:
@@ -149,20 +172,20 @@ def atomic() -> Iterator[None]:
     ``on_commit`` hooks run after the COMMIT, as Django's would. Django's block is kept
     where its books matter: inside an outer atomic block (a caller's, a test's) and while
     queries are watched. The first statement inside must be this module's (an ORM query
-    before it would run outside the transaction).
+    before it would run outside the transaction): one before it is refused (``SqlRuleError``),
+    on every database, wherever the lean transaction is or would be used.
     """
     db = _db()
     if db.in_atomic_block or _watched(db) or not db.get_autocommit():
-        debug = settings.DEBUG and not db.in_atomic_block
+        outermost = not db.in_atomic_block
         try:
             with transaction.atomic(using=db.alias):
-                if debug:
-                    # Where the lean transaction would be used but for DEBUG's query log:
-                    # check that the block's first statement is this module's (see _check).
-                    _state.debug_first = (db, len(db.queries_log))
+                if outermost:  # the lean transaction but for the watching: the same rule
+                    _guard_first(db)
                 yield
         finally:
-            _state.debug_first = None
+            if outermost and getattr(_state, "guarded", None) is not None:
+                _first_is_ours()
         return
     if db.connection is None:
         db.ensure_connection()
@@ -174,12 +197,17 @@ def atomic() -> Iterator[None]:
         with db.wrap_database_errors:
             db.connection.execute(begin)
     _state.lean = lean
+    _guard_first(db)
     try:
         yield
         _state.lean = None
+        if _state.guarded is not None:  # nothing ran (at most statements deferred to COMMIT)
+            _first_is_ours()
         _commit(lean)
     except BaseException:
         _state.lean = None
+        if _state.guarded is not None:
+            _first_is_ours()
         if not lean.begin:  # a transaction is open on the server
             try:
                 with db.wrap_database_errors:
@@ -494,6 +522,8 @@ def _copy(db: BaseDatabaseWrapper, model: type[Model], objs: list[Model]) -> Non
     )
     if db.connection is None:
         db.ensure_connection()
+    if getattr(_state, "guarded", None) is not None:
+        _first_is_ours()
     lean: _Lean | None = getattr(_state, "lean", None)
     with db.wrap_database_errors, contextlib.closing(db.connection.cursor()) as cursor:
         if lean is not None and lean.begin:
