@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django_q.conf import Conf
-
 from flows.definition import (
     MAP,
     MAX_MAP_ITEMS,
@@ -42,7 +40,7 @@ from flows.definition import (
 from flows.engine import transitions
 from flows.engine.inputs import parsed, reference_scope
 from flows.engine.outcome import StepOutcome, failure, waiting
-from flows.engine.wakeup import wake
+from flows.engine.wakeup import wake_ready
 from flows.expressions import ResolveError, needs_resolving, refers_to_item, resolve
 from flows.models import (
     Execution,
@@ -296,11 +294,7 @@ def create(plan: ChildrenPlan, parent: Execution, step: TaskRun, now: datetime) 
             for n, eid in enumerate(starting)
         ]
         writes.insert_rows(TaskRun, steps, after_commit=True)
-        # One message per worker process is enough: each dispatcher that gets one claims
-        # every ready step it has room for.
-        for eid in starting[: max(0, max(1, Conf.WORKERS) - woken)]:
-            wake(eid)
-            woken += 1
+        woken += wake_ready(starting, sent=woken)
     logger.info(
         "execution=%s step=%s %s: %d children, %d started",
         parent.id, step.seq, plan.kind, plan.total, first,

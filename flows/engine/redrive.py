@@ -36,13 +36,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import OuterRef, Subquery
-from django_q.conf import Conf
 
 from flows.definition import CONTROL_TYPES, MAP, FlowDefinition, TaskSpec
 from flows.engine import fanin, fanout, transitions
 from flows.engine.inputs import flow_definition, results_scope, results_so_far
 from flows.engine.outcome import StepOutcome, failure
-from flows.engine.wakeup import wake
+from flows.engine.wakeup import wake_ready
 from flows.expressions import ExpressionError
 from flows.models import (
     Execution,
@@ -309,10 +308,7 @@ def take_over(plan: TakeOver, parent: Execution, step: TaskRun, now: datetime) -
         next_item=earlier.total if waiting_from is None else waiting_from,
     )
     writes.insert_rows(FanOut, [fan])
-    # One message per worker process is enough: each dispatcher that gets one claims every
-    # ready step it has room for (as fanout.create).
-    for cid in to_wake[: max(1, Conf.WORKERS)]:
-        wake(cid)
+    wake_ready(to_wake)
     waiting = fan.total - fan.started
     message = (
         f"{step.task_name}: {kept} of {fan.total} children kept from step {earlier.step.seq}, "

@@ -54,6 +54,17 @@ class _DelayedOrmBroker(ORM):
         return self.get_connection().create(key=self.list_key, payload=task, lock=self.due).pk
 
 
+def wake_ready(execution_ids: list[Any], *, sent: int = 0) -> int:
+    """Wake workers for executions whose first steps just became ready, together: one queue
+    message per worker process at most (``sent`` of them went out already for the same batch),
+    since each dispatcher that gets one claims every ready step it has room for. Returns how
+    many it sent. Call inside the transaction that made the steps ready, as ``wake``."""
+    count = max(0, max(1, Conf.WORKERS) - sent)
+    for execution_id in execution_ids[:count]:
+        wake(execution_id)
+    return min(count, len(execution_ids))
+
+
 def wake(execution_id: uuid.UUID | str, *, at: datetime | None = None) -> None:
     """Ask a worker to run the execution's PENDING step (at ``at``, if given).
 
