@@ -17,6 +17,7 @@ class Shown:
     text: str
     size: int  # bytes of the whole text
     cut: bool
+    shown_size: int  # bytes of ``text``: ``size``, or less when cut
 
 
 def shown(value: Any, *, indent: int | None = None, limit: int | None = None) -> Shown:
@@ -27,8 +28,13 @@ def shown(value: Any, *, indent: int | None = None, limit: int | None = None) ->
     text = json.dumps(value, ensure_ascii=False, indent=indent, separators=separators)
     data = text.encode()
     if len(data) <= limit:
-        return Shown(text, len(data), False)
-    return Shown(data[:limit].decode(errors="ignore"), len(data), True)
+        return Shown(text, len(data), False, len(data))
+    # Cut at a character boundary: back off the continuation bytes of a character split
+    # at the limit (the byte at ``end`` starts a character, so data[:end] decodes whole).
+    end = limit
+    while end > 0 and data[end] & 0xC0 == 0x80:
+        end -= 1
+    return Shown(data[:end].decode(), len(data), True, end)
 
 
 class Budget:
@@ -42,7 +48,7 @@ class Budget:
 
     def show(self, value: Any, *, indent: int | None = None) -> Shown:
         view = shown(value, indent=indent, limit=min(settings.FLOW_SHOW_MAX_BYTES, self.left))
-        self.left = max(self.left - min(view.size, len(view.text.encode())), 0)
+        self.left = max(self.left - view.shown_size, 0)
         return view
 
 

@@ -7,7 +7,6 @@ The engine owns the state columns of Execution and TaskRun; everything else writ
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any
 
@@ -16,7 +15,7 @@ from django.db import models
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.utils import timezone
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+from flows.definition.fields import LONE_SURROGATE
 
 
 class StoredJSONDecoder(json.JSONDecoder):
@@ -47,7 +46,7 @@ class StoredJSONField(models.JSONField):
 
 def _replace_lone_surrogates(value: Any) -> Any:
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
+        return LONE_SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
         return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
     if isinstance(value, list):

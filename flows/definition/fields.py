@@ -90,7 +90,7 @@ def deeper_than(value: Any, limit: int) -> bool:
 
 # A lone UTF-16 surrogate: JSON's "\ud800" escape parses to one, but no UTF-8 text (so no
 # database, log line or page) can hold it.
-_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def unstorable(text: str) -> str:
@@ -100,7 +100,7 @@ def unstorable(text: str) -> str:
         return "a NUL character (\\u0000)"
     if text.isascii():  # the common case, without a scan
         return ""
-    found = _SURROGATE.search(text)
+    found = LONE_SURROGATE.search(text)
     return f"a lone surrogate (\\u{ord(found.group()):04x})" if found else ""
 
 

@@ -363,7 +363,7 @@ def execution_view(execution: Execution) -> ExecutionView:
                 waiting=waiting_of(step),
                 children=children.get(step.id),
                 result_cut=human_size(result.size) if result and result.cut else "",
-                result_shown=human_size(len(result.text.encode())) if result else "",
+                result_shown=human_size(result.shown_size) if result else "",
                 signal=signal_of(step),
             )
         )
@@ -390,7 +390,7 @@ def execution_view(execution: Execution) -> ExecutionView:
         parent=parent_view(execution),
         input_json=given.text if given else "",
         input_cut=human_size(given.size) if given and given.cut else "",
-        input_shown=human_size(len(given.text.encode())) if given else "",
+        input_shown=human_size(given.shown_size) if given else "",
     )
 
 
