@@ -319,12 +319,18 @@ LOGGING = {
         "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
     # Expected 4xx answers (a 404, a 409) log at INFO, not WARNING (flows/logfilters.py).
-    "filters": {"client_errors_as_info": {"()": "flows.logfilters.ClientErrorsAsInfo"}},
+    # While a step that uses secrets runs, their values are masked in every line this process
+    # writes (flows/masking.py): a library the task calls may log what it sends.
+    "filters": {
+        "client_errors_as_info": {"()": "flows.logfilters.ClientErrorsAsInfo"},
+        "mask_secrets": {"()": "flows.masking.MaskSecrets"},
+    },
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",
             "formatter": "line",
             "stream": "ext://sys.stderr",
+            "filters": ["mask_secrets"],
         },
     },
     "root": {"handlers": ["stderr"], "level": "WARNING"},

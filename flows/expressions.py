@@ -9,6 +9,10 @@ list items; ``$${`` writes a literal ``${``. In a map, ``${item}`` is the map's 
 iterator, and in the map's own parameters, resolved per item) and ``${item_index}`` its place
 (in the map's parameters only).
 
+Secrets. ``${secrets.NAME}`` is a value from the secret store. ``resolve`` treats it like
+any root of its scope; the engine resolves task parameters twice, once with the values (what
+the task gets) and once with each reference standing for itself (what is stored and shown).
+
 Conditions. A condition's ``expression`` is CEL (the cel-python package, no ``eval``), over
 ``result`` (what the source task returned), ``results`` (as in references:
 ``results.<task>.data``) and ``input``; it must evaluate to a boolean.
@@ -36,7 +40,10 @@ from celpy import celtypes
 
 REF_RE = re.compile(r"(?<!\$)\$\{\s*([^{}]*?)\s*\}")
 _SEGMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)((?:\[\d+\])*)")
-ROOTS = ("results", "input", "item", "item_index")
+ROOTS = ("results", "input", "item", "item_index", "secrets")
+# ${secrets.NAME}: a value from the secret store, resolved only in the worker just before its
+# task runs (flows/engine/inputs.py); never in a condition, a map's items or a child's input.
+SECRETS = "secrets"
 # What a map's item is known as: in its iterator (${item}) and, with its place among the items
 # (${item_index}), in the map's own parameters, which become that item's ${input}.
 ITEM_ROOTS = ("item", "item_index")
@@ -70,7 +77,11 @@ def parse_reference(text: str) -> Reference:
         parts += [int(i) for i in re.findall(r"\[(\d+)\]", match.group(2))]
     root, path = str(parts[0]), tuple(parts[1:])
     if root not in ROOTS:
-        raise ResolveError(f"'${{{text}}}' must start with results. or input. (or item, in a map)")
+        raise ResolveError(
+            f"'${{{text}}}' must start with results., input. or secrets. (or item, in a map)"
+        )
+    if root == SECRETS and (len(path) != 1 or not isinstance(path[0], str)):
+        raise ResolveError(f"'${{{text}}}': name one secret, like ${{secrets.api_token}}")
     if root == "item_index" and path:
         raise ResolveError(f"'${{{text}}}': the item's index is a number: write ${{item_index}}")
     if root == "results" and (not path or not isinstance(path[0], str)):
@@ -108,6 +119,17 @@ def needs_resolving(value: Any) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return False
+
+
+def secret_names(value: Any) -> set[str]:
+    """The secrets ``value`` refers to, by name."""
+    if not needs_resolving(value):
+        return set()
+    return {
+        str(ref.path[0])
+        for _, ref in references_in(value)
+        if not isinstance(ref, ResolveError) and ref.root == SECRETS
+    }
 
 
 def refers_to_item(value: Any) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -73,12 +73,17 @@ class TaskLogger:
         self.execution_id = execution_id
         self.task_name = task_name
         self.lines: list[tuple[str, str]] = []
+        # Set by the engine when the task uses secrets: hides their values in every line,
+        # before it is kept or forwarded.
+        self.mask: Callable[[str], str] | None = None
 
     def log(self, level: int, message: str, *args: Any) -> None:
         text = message % args if args else str(message)
         # A NUL or a lone surrogate is stored escaped: no database column holds either, and
         # storing the line must never fail the step.
         text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+        if self.mask is not None:
+            text = self.mask(text)
         self.lines.append((logging.getLevelName(level), text))
         _forward.log(level, "execution=%s task=%s %s", self.execution_id, self.task_name, text)
 

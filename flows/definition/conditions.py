@@ -8,8 +8,9 @@ from typing import Any
 
 from flows.definition.errors import Report
 from flows.definition.fields import kind_of, listing, optional_text
-from flows.definition.specs import END, MAP, ConditionSpec
+from flows.definition.specs import CONTROL_TYPES, END, MAP, ConditionSpec
 from flows.expressions import (
+    SECRETS,
     Expression,
     ExpressionError,
     Reference,
@@ -128,6 +129,7 @@ def check_references(
         if not isinstance(item, Mapping):
             continue
         is_map = item.get("task_type") == MAP
+        runs_code = item.get("task_type") not in CONTROL_TYPES
         # (field, value, ${item} known, ${item_index} known): a map's items are resolved in
         # its parent's scope, its parameters once per item.
         fields = [("parameters", item.get("parameters"), in_map or is_map, is_map)]
@@ -137,6 +139,14 @@ def check_references(
             for sub, ref in references_in(value) if value is not None else ():
                 where = f"{prefix}tasks[{i}].{key}{sub}"
                 _check_reference(where, ref, known, err, item_known, index_known)
+                if runs_code or isinstance(ref, ResolveError) or ref.root != SECRETS:
+                    continue
+                err(
+                    where,
+                    f"'${{{ref.text}}}': a secret is resolved only for the task that uses it; "
+                    "reference it in the parameters of a task inside the branch, iterator or "
+                    "sub-flow, not in what is passed on as its input",
+                )
 
 
 def _check_reference(

@@ -6,13 +6,16 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 from django.conf import settings
 
+from flows import vault
 from flows.definition import FlowDefinition, parse_flow
-from flows.expressions import needs_resolving, resolve
+from flows.expressions import SECRETS, needs_resolving, resolve, secret_names
+from flows.masking import Masker
 from flows.models import Execution, TaskRun, TaskRunStatus
 from flows.registry import TaskRegistry, TaskType
 
@@ -31,22 +34,67 @@ def reference_scope(execution: Execution, results: dict[str, Any]) -> dict[str, 
     return scope
 
 
+@dataclass(frozen=True)
+class Parameters:
+    """A step's parameters, resolved: what the task gets, and what is stored and shown.
+
+    They differ only when the parameters use secrets: ``shown`` keeps each
+    ``${secrets.NAME}`` as written, and ``masker`` hides the values the task got in whatever
+    the step writes.
+    """
+
+    given: dict[str, Any]
+    shown: dict[str, Any]
+    masker: Masker | None = None
+
+
 def resolve_parameters(
     raw: dict[str, Any], task_type: TaskType, execution: Execution, results: dict[str, Any]
-) -> dict[str, Any]:
-    """The step's parameters with ${...} references filled in, checked against the schema."""
+) -> Parameters:
+    """The step's parameters with ${...} references filled in, checked against the schema.
+
+    Raises ValueError (the step fails) for a reference that does not resolve, a secret that
+    is not set, or parameters the task type's schema refuses.
+    """
     if not needs_resolving(raw):
-        return copy.deepcopy(raw)
+        given = copy.deepcopy(raw)
+        return Parameters(given, given)
     scope = reference_scope(execution, results)
-    resolved = copy.deepcopy(resolve(raw, scope))
-    errors = list(
-        jsonschema.Draft202012Validator(task_type.parameters_schema).iter_errors(resolved)
-    )
+    names = secret_names(raw)
+    masker = None
+    if names:
+        values = _secret_values(names)
+        masker = Masker(values.values())
+        # Resolved twice rather than masked afterwards: a secret's value may also occur in
+        # the input or an earlier result, where it is not ours to hide, and a reference
+        # keeps saying which secret was used.
+        shown = resolve(raw, {**scope, SECRETS: {n: f"${{{SECRETS}.{n}}}" for n in names}})
+        given = copy.deepcopy(resolve(raw, {**scope, SECRETS: values}))
+    else:
+        given = copy.deepcopy(resolve(raw, scope))
+        shown = given
+    errors = list(jsonschema.Draft202012Validator(task_type.parameters_schema).iter_errors(given))
     if errors:
         first = errors[0]
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.path)
-        raise ValueError(f"parameters{where} after resolving references: {first.message}")
-    return resolved
+        message = masker.text(first.message) if masker else first.message
+        raise ValueError(f"parameters{where} after resolving references: {message}")
+    return Parameters(given, shown, masker)
+
+
+def _secret_values(names: set[str]) -> dict[str, str]:
+    try:
+        values, missing = vault.values_for(names)
+    except vault.UnreadableSecret as exc:
+        raise ValueError(str(exc)) from None
+    if missing:
+        listed = ", ".join(f"'{n}'" for n in missing)
+        raise ValueError(
+            f"{'secrets' if len(missing) > 1 else 'secret'} {listed} "
+            f"{'are' if len(missing) > 1 else 'is'} not set: add it on the Secrets page or through "
+            f"/api/secrets/, or set FLOW_SECRET_{missing[0]} in the workers' environment"
+        )
+    return values
 
 
 _definitions: dict[tuple[str, int, Any], FlowDefinition] = {}

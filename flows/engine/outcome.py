@@ -21,6 +21,7 @@ from django.utils import timezone
 from flows.definition import FlowDefinition, unstorable_problem
 from flows.engine import timing
 from flows.engine.taskloop import StepTimeout
+from flows.masking import Masker, finished
 from flows.models import Execution, TaskRunStatus
 from tasks.base_task import PermanentTaskError, Results, Waiting
 
@@ -133,11 +134,32 @@ def check_result(value: Any) -> tuple[dict[str, Any] | None, str]:
     return (value if not value else json.loads(text)), ""
 
 
+def masked(outcome: StepOutcome, masker: Masker | None) -> StepOutcome:
+    """``outcome`` with the secrets its task got masked in all it writes (flows/masking.py)."""
+    if not masker:
+        return outcome
+    outcome.result = masker.value(outcome.result)
+    outcome.error = masker.text(outcome.error)
+    outcome.traceback = masker.text(outcome.traceback)
+    # Masked as they were logged (TaskLogger.mask), and again for lines a task added itself.
+    outcome.log_lines = [(level, masker.text(text)) for level, text in outcome.log_lines]
+    outcome.waiting = masker.value(outcome.waiting)
+    outcome.parameters = masker.value(outcome.parameters)
+    return outcome
+
+
+def _landed(flight: Flight, outcome: StepOutcome) -> StepOutcome:
+    """A flight's last word: its secrets masked, and no longer masked in this process's logs."""
+    if flight.masking is not None:
+        finished(flight.masking)
+    return masked(outcome, flight.masker)
+
+
 def finish(flight: Flight, definition: FlowDefinition) -> StepOutcome:
     """The outcome of a flight whose future is done."""
     outcome = _outcome_of(flight, definition)
     outcome.parameters = flight.parameters  # what this run really got, whatever its outcome
-    return outcome
+    return _landed(flight, outcome)
 
 
 def _outcome_of(flight: Flight, definition: FlowDefinition) -> StepOutcome:
@@ -182,14 +204,17 @@ def stopped(flight: Flight, verdict: str) -> StepOutcome:
     step = flight.step
     if verdict == "cancel":
         logger.info("execution=%s step=%s cancelled while running", step.execution_id, step.seq)
-        return StepOutcome(
-            TaskRunStatus.CANCELLED,
-            error="cancelled while running",
-            duration=time.perf_counter() - flight.started,
-            log_lines=flight.log.lines,
+        return _landed(
+            flight,
+            StepOutcome(
+                TaskRunStatus.CANCELLED,
+                error="cancelled while running",
+                duration=time.perf_counter() - flight.started,
+                log_lines=flight.log.lines,
+            ),
         )
     logger.info("execution=%s step=%s stopped: %s", step.execution_id, step.seq, verdict)
-    return StepOutcome(TaskRunStatus.CANCELLED, stop=True)
+    return _landed(flight, StepOutcome(TaskRunStatus.CANCELLED, stop=True))
 
 
 def blocked(
@@ -204,4 +229,4 @@ def blocked(
         lines=flight.log.lines,
     )
     outcome.parameters = flight.parameters
-    return outcome
+    return _landed(flight, outcome)

@@ -26,9 +26,11 @@ from flows.engine.outcome import (
     StepOutcome,
     failure,
     flow_timeout,
+    masked,
     remaining,
 )
 from flows.engine.taskloop import TaskLoop, run_task
+from flows.masking import Masker, running
 from flows.models import Execution, TaskRun
 from flows.registry import TaskType
 from flows.waiting import CHILDREN, RESUME, Waiting
@@ -50,6 +52,10 @@ class Flight:
     hard_deadline: float  # past this, the task is blocking its loop
     log: TaskLogger
     parameters: dict[str, Any] | None  # resolved parameters, when they differ from the step's
+    # Hides the secrets the task got in what the step writes (None: it uses none), and the
+    # token under which this process's logging filter masks them while the task runs.
+    masker: Masker | None = None
+    masking: int | None = None
 
 
 def timeout_for(own: float | None, type_default: float | None) -> tuple[float, str]:
@@ -109,12 +115,19 @@ def start(
     if left is not None and left < timeout:
         timeout, source = left, FLOW_TIMEOUT_SOURCE
     try:
-        parameters = resolve_parameters(step.parameters, task_type, execution, results)
+        # From the document, never from the step's row: a step that waited (a sleep, a
+        # signal) holds its parameters as resolved, and resolving those again would read a
+        # "${...}" that came in with the input or a result as a reference: a way to make a
+        # task send a secret the flow never gave it.
+        parameters = resolve_parameters(spec.parameters, task_type, execution, results)
     except ValueError as exc:
         return failure(str(exc), permanent=True)
-    resolved = parameters if parameters != step.parameters else None
+    resolved = parameters.shown if parameters.shown != step.parameters else None
+    masker = parameters.masker
+    if masker:
+        log.mask = masker.text
     try:
-        task = task_type.cls(name=step.task_name, parameters=parameters)
+        task = task_type.cls(name=step.task_name, parameters=parameters.given)
         task.context = TaskContext(
             execution_id=str(execution.id),
             results=Results(results),
@@ -128,7 +141,7 @@ def start(
             f"could not create task: {type(exc).__name__}: {exc}", trace=tb.format_exc()
         )
         outcome.parameters = resolved
-        return outcome
+        return masked(outcome, masker)
     finished = threading.Event()
     started = time.perf_counter()
     return Flight(
@@ -141,4 +154,6 @@ def start(
         hard_deadline=started + timeout + timing.ABANDON_GRACE_SECONDS,
         log=log,
         parameters=resolved,
+        masker=masker,
+        masking=running(masker) if masker else None,
     )
