@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import binascii
 import os
+from base64 import urlsafe_b64decode
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -53,3 +55,21 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_fernet_keys(name: str) -> list[str]:
+    """A comma-separated list of Fernet keys (32 bytes, URL-safe base64), checked here so that
+    a mistyped key stops the process at start instead of failing the first secret it meets."""
+    keys = env_list(name, [])
+    for position, key in enumerate(keys, start=1):
+        try:
+            valid = len(urlsafe_b64decode(key.encode("ascii"))) == 32
+        except (binascii.Error, UnicodeError, ValueError):
+            valid = False
+        if not valid:
+            raise ImproperlyConfigured(
+                f"{name}: key {position} of {len(keys)} is not a Fernet key (32 bytes in "
+                "URL-safe base64, 44 characters); generate one with python3 -c 'import base64, "
+                "os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
+            )
+    return keys

@@ -14,7 +14,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-from flowmanager.env import env_bool, env_float, env_int, env_list
+from flowmanager.env import env_bool, env_fernet_keys, env_float, env_int, env_list
 from tasks import _netpolicy
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -280,6 +280,12 @@ try:
     _netpolicy.policy_from_env()
 except ValueError as exc:
     raise ImproperlyConfigured(str(exc)) from None
+
+# --- Secret store (flows/vault.py, README "Secrets") ------------------------------------------
+# Fernet keys, comma-separated: the first encrypts, every one decrypts (so a new key goes first
+# and `manage.py rotate_secret_keys` moves every value onto it). Never derived from SECRET_KEY.
+# Without a key the application runs and refuses to store a secret, saying what to set.
+FLOW_SECRET_KEYS = env_fernet_keys("FLOW_SECRET_KEYS")
 
 # --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)

@@ -600,3 +600,34 @@ class ExecutionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%H:%M:%S} {self.level} {self.message[:60]}"
+
+
+class Secret(models.Model):
+    """A named secret that flows reference as ``${secrets.NAME}``, resolved only in the worker.
+
+    ``value`` holds the Fernet token (flows/vault.py), never the plain value; nothing reads it
+    back to a person: the API, the pages and the admin show the name and the dates only.
+    """
+
+    name = models.CharField(primary_key=True, max_length=100)
+    value = models.TextField(help_text="The value encrypted under FLOW_SECRET_KEYS.")
+    description = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name"]
+        # One right for every write and no "view": nobody reads a value back, and the names
+        # are visible to whoever reads flows (their documents reference them anyway). Held by
+        # admins and the secrets_admin role (migration 0013).
+        default_permissions = ()
+        permissions = [("manage_secret", "Can create, replace and delete secrets")]
+
+    def __str__(self) -> str:
+        return self.name
