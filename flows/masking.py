@@ -7,6 +7,7 @@ receives the real values; masking happens on the way out.
 
 A value is also masked in the forms it commonly takes on the way out, the leaks other tools'
 users report: JSON-escaped (a value with a quote or a backslash, echoed inside a JSON text),
+Python's ``repr`` (an exception message),
 URL-encoded (a query string), and base64 (an ``Authorization: Basic`` header, a JWT, an
 echoed body). Base64 encodes 3 bytes as 4 characters, so a value inside a longer encoded text
 takes one of three shapes depending on its offset; each is masked, minus the characters at
@@ -39,6 +40,7 @@ def forms(value: str) -> set[str]:
     found = {value}
     found.add(json.dumps(value)[1:-1])  # JSON-escaped, ASCII only
     found.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    found.add(repr(value)[1:-1])  # Python's, as in f"{token!r}" in an exception's message
     found.add(quote(value, safe=""))
     found.add(quote_plus(value, safe=""))
     raw = value.encode()

@@ -100,6 +100,33 @@ PLUGINS = {
             async def run(self):
                 return {"got": self.parameters}
     """,
+    "leaky": """
+        import base64
+        import json
+        import logging
+
+
+        class LeakyTask(BaseTask):
+            \"\"\"Gives its ``token`` away every way a careless task might: in its log, in a
+            library's log, in its result (plain, as a key, inside JSON text, base64 in a Basic
+            header, deep in a list) and, with ``fail``, in its error.\"\"\"
+
+            async def run(self):
+                token = self.parameters["token"]
+                self.context.logger.info("calling with token %s", token)
+                logging.getLogger("httpx").warning("GET https://api.example/?key=%s", token)
+                if self.parameters.get("fail"):
+                    raise RuntimeError(f"the server refused {token!r}")
+                basic = base64.b64encode(f"user:{token}".encode()).decode()
+                return {
+                    "echo": token,
+                    "header": self.parameters.get("header"),
+                    "as_json": json.dumps({"t": token}),
+                    "basic": f"Basic {basic}",
+                    "nested": [{"deep": [token]}],
+                    token: "as a key",
+                }
+    """,
     "echo_then_fail": """
         class EchoThenFailTask(BaseTask):
             async def run(self):

@@ -44,6 +44,7 @@ class SeedStack:
     backend: Backend
     cluster: subprocess.Popen
     logs: dict[str, Path]
+    env: dict[str, str]  # what the processes run with, for ``manage`` in a test
 
     def poll(self, what: str, read: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
         return poll(what, read, done, logs=self.logs, seconds=DEADLINE_SECONDS)
@@ -85,9 +86,12 @@ class SeedStack:
 
 
 @contextlib.contextmanager
-def seed_stack(home: Path, label: str) -> Iterator[SeedStack]:
+def seed_stack(
+    home: Path, label: str, extra_env: dict[str, str] | None = None
+) -> Iterator[SeedStack]:
     """One worker process (so "the worker ran the next flow" names one process) and a web
-    server of one thread, on a database of their own; stopped and dropped afterwards."""
+    server of one thread, on a database of their own; stopped and dropped afterwards.
+    ``extra_env``: settings of the test's own, for every process."""
     with live_backend(home, label) as backend:
         env = backend.process_env(
             SECRET_KEY=f"insecure-key-for-the-{label}-tests-only",
@@ -97,6 +101,7 @@ def seed_stack(home: Path, label: str) -> Iterator[SeedStack]:
             Q_WORKERS="1",
             LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",
+            **(extra_env or {}),
         )
         token = manage(env, "shell", "--verbosity", "0", "-c", SETUP_USER).split()[-1]
         cluster_log = home / "qcluster.log"
@@ -108,6 +113,8 @@ def seed_stack(home: Path, label: str) -> Iterator[SeedStack]:
                     base_url=url, headers={"Authorization": f"Token {token}"}, timeout=10
                 ) as client,
             ):
-                yield SeedStack(url, client, backend, cluster, {"qcluster": cluster_log, **logs})
+                yield SeedStack(
+                    url, client, backend, cluster, {"qcluster": cluster_log, **logs}, env
+                )
         finally:
             stop(cluster, grace=STOP_GRACE_SECONDS)

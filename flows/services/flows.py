@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -12,8 +13,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django_q.models import Schedule
 
-from flows import selectors
+from flows import selectors, vault
 from flows.definition import (
+    FieldError,
     FlowDefinition,
     FlowValidationError,
     check_subflows,
@@ -21,6 +23,7 @@ from flows.definition import (
     unstorable_paths,
     unwrap,
 )
+from flows.expressions import SECRETS, Reference, references_in
 from flows.models import ACTIVE_STATUSES, Flow, FlowVersion
 from flows.registry import TaskRegistry, default_registry
 from flows.services.errors import Conflict, InvalidFlow
@@ -70,7 +73,34 @@ def validate_flow(document: Any, *, registry: TaskRegistry | None = None) -> Flo
     if problems:
         error = FlowValidationError(problems)
         raise InvalidFlow(str(error), errors=error.as_list())
+    unset = _unset_secrets(definition)
+    if unset:
+        definition = dataclasses.replace(definition, warnings=(*definition.warnings, *unset))
     return definition
+
+
+def _unset_secrets(definition: FlowDefinition) -> list[FieldError]:
+    """A warning for each ``${secrets.NAME}`` that names no secret (yet): the flow may be
+    stored before its secrets, but should say that its steps will fail until then."""
+    used = [
+        (f"{prefix}tasks[{i}].parameters{path}", ref.path[0])
+        for prefix, body in definition.bodies()
+        for i, spec in enumerate(body.tasks)
+        for path, ref in references_in(spec.parameters)
+        if isinstance(ref, Reference) and ref.root == SECRETS
+    ]
+    if not used:
+        return []
+    known = vault.known_names()
+    return [
+        FieldError(
+            where,
+            f"secret '{name}' is not set yet: the step will fail until it is (Secrets page, "
+            f"/api/secrets/, or FLOW_SECRET_{name})",
+        )
+        for where, name in used
+        if name not in known
+    ]
 
 
 def _stored_definition(registry: TaskRegistry, flow_id: str, version: int | None) -> Any:
