@@ -131,6 +131,20 @@ def noop_chain(steps: int) -> dict[str, Any]:
     }
 
 
+def print_chain(steps: int, message: str, flow_id: str) -> dict[str, Any]:
+    """``steps`` print steps logging ``message``: the secrets stage runs it with a literal and
+    with a ``${secrets...}`` reference (resolved, then masked in the result and the log)."""
+    width = len(str(steps))
+    return {
+        "id": flow_id,
+        "name": f"Benchmark: {steps} print steps",
+        "tasks": [
+            {"name": f"p{i:0{width}d}", "task_type": "print", "parameters": {"message": message}}
+            for i in range(1, steps + 1)
+        ],
+    }
+
+
 def start_execution(version_obj: Any) -> str:
     from flows import services
 

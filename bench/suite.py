@@ -126,6 +126,11 @@ BIG_MAP_BACKENDS = ("pg-redis",)
 
 BACKENDS = ("sqlite", "pg-redis")
 TARGET_OVERHEAD_MS = {"sqlite": 1.0, "pg-redis": 2.0}
+# The secrets stage: a literal message and a secret's value of the same length.
+SECRET_VALUE = "bench-secret-value-0123456789abcdef"
+PLAIN_VALUE = "bench-plain-value-00123456789abcdef"
+# Issue 21: a step that uses a secret (resolved, masked) within 5 % of one that does not.
+TARGET_SECRET_COST = 0.05
 TARGET_FLOWS_PER_S = {"pg-redis": 300.0}
 TARGET_WAIT_WALL_S = 5.0
 TARGET_VS_CELERY = 5.0
@@ -527,6 +532,10 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
     """Run inside the backend's environment (set by the parent); write the figures as JSON."""
     sys.path.insert(0, str(BASE_DIR))
     os.chdir(BASE_DIR)
+    # A key of the run's own for the secret store (the secrets stage); the workers inherit it.
+    from cryptography.fernet import Fernet
+
+    os.environ.setdefault("FLOW_SECRET_KEYS", Fernet.generate_key().decode())
     import django
 
     django.setup()
@@ -550,6 +559,19 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
         }
     }
     chain = services.flow_create(document=eo.noop_chain(counts["steps"]))
+    from flows import vault
+    from flows.models import Secret
+
+    Secret.objects.update_or_create(
+        name="bench_token", defaults={"value": vault.encrypt(SECRET_VALUE)}
+    )
+    plain_print, secret_print = (
+        services.flow_create(document=eo.print_chain(counts["steps"], message, flow_id))
+        for message, flow_id in (
+            (PLAIN_VALUE, "bench_print_plain"),
+            ("${secrets.bench_token}", "bench_print_secret"),
+        )
+    )
     sample = services.flow_create(document=sample_flow_noop())
     waits = services.flow_create(document=WAIT_FLOW)
     if counts["map"]:
@@ -581,6 +603,30 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
         runs = [eo.measure(_run_chain(eo, chain, qlog)) for _ in range(counts["overhead_runs"])]
         result["overhead"] = {"summary": eo.summarize(runs), "runs": runs}
         log(f"  overhead: {result['overhead']['summary']['overhead_ms_per_step']}")
+
+        # The same print chain, its message a literal or a secret reference (resolved for the
+        # task, then masked in its result and its log line); runs alternate, after a warm-up
+        # of each.
+        for version_obj in (plain_print, secret_print):
+            _run_chain(eo, version_obj, qlog)
+        pairs = [
+            (
+                eo.measure(_run_chain(eo, plain_print, qlog)),
+                eo.measure(_run_chain(eo, secret_print, qlog)),
+            )
+            for _ in range(counts["overhead_runs"])
+        ]
+        result["secrets"] = {
+            kind: {"summary": eo.summarize(runs), "runs": runs}
+            for kind, runs in (("plain", [p for p, _ in pairs]), ("secret", [s for _, s in pairs]))
+        }
+        log(
+            "  secrets: "
+            + ", ".join(
+                f"{kind} {result['secrets'][kind]['summary']['wall_ms']['median']:.1f} ms"
+                for kind in ("plain", "secret")
+            )
+        )
 
         result["throughput"] = measure_throughput(
             sample, counts["executions"], counts["clients"], timeout=300
@@ -743,6 +789,29 @@ def build_rows(
             f"≤ {target_ms:g} ms",
             _verdict(median_ms <= target_ms),
         )
+        if fig.get("secrets"):
+            per_step = {
+                kind: statistics.median(
+                    r["overhead_ms_per_step"] + r["task_ms_per_step"]
+                    for r in fig["secrets"][kind]["runs"]
+                )
+                for kind in ("plain", "secret")
+            }
+            cost = per_step["secret"] / per_step["plain"] - 1
+            add(
+                stack,
+                f"per step, {steps}-step print flow, task included: message a literal "
+                f"(median of {n_over}, runs alternating with the next row)",
+                f"{per_step['plain']:.3f} ms",
+            )
+            add(
+                stack,
+                "per step, the same flow with the message ${secrets.bench_token} (read from "
+                "the store, decrypted, masked in the result and the log line)",
+                f"{per_step['secret']:.3f} ms ({cost:+.1%})",
+                f"within {TARGET_SECRET_COST:.0%}",
+                _verdict(abs(cost) <= TARGET_SECRET_COST),
+            )
         floor = fig.get("floor")
         if floor:
             add(

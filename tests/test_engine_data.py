@@ -149,10 +149,10 @@ def test_a_nested_reference_to_an_unknown_task_is_refused_at_its_full_path() -> 
 
 
 def test_a_malformed_reference_is_refused_at_the_parameter_path() -> None:
-    errors = field_errors(flow_doc([task("say", "print", message="${secrets.password}")]))
+    errors = field_errors(flow_doc([task("say", "print", message="${env.password}")]))
 
     assert list(errors) == ["tasks[0].parameters.message"]
-    assert "results. or input." in errors["tasks[0].parameters.message"]
+    assert "results., input. or secrets." in errors["tasks[0].parameters.message"]
 
 
 def test_a_reference_where_the_schema_wants_a_number_is_accepted_until_run_time() -> None:
