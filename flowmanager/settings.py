@@ -286,6 +286,10 @@ except ValueError as exc:
 # and `manage.py rotate_secret_keys` moves every value onto it). Never derived from SECRET_KEY.
 # Without a key the application runs and refuses to store a secret, saying what to set.
 FLOW_SECRET_KEYS = env_fernet_keys("FLOW_SECRET_KEYS")
+# A worker keeps a secret's value this long after reading it, so that a step costs no query
+# and no decryption more than one without (bench: the secrets stage). A replaced or deleted
+# secret reaches the running workers within this time; 0 reads the store at every step.
+FLOW_SECRET_CACHE_SECONDS = env_float("FLOW_SECRET_CACHE_SECONDS", 5.0, minimum=0.0)
 
 # --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)

@@ -7,11 +7,12 @@ class FlowsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
+        from django.db.models.signals import post_delete, post_migrate, post_save
         from django_q.signals import post_spawn
 
-        from flows import services
+        from flows import services, vault
         from flows.engine import start_due_step_timer
+        from flows.models import Secret
 
         # At every `manage.py migrate`: the daily purge schedule follows FLOW_PURGE_AFTER_DAYS.
         post_migrate.connect(
@@ -20,3 +21,12 @@ class FlowsConfig(AppConfig):
         # In each qcluster worker process: with the Redis broker, delayed steps (retries) are
         # woken when due by a timer there (the broker cannot deliver a message late).
         post_spawn.connect(start_due_step_timer, dispatch_uid="flows.engine.start_due_step_timer")
+        # A secret changed in this process is read afresh by the next step run here (other
+        # processes within FLOW_SECRET_CACHE_SECONDS).
+        for signal in (post_save, post_delete):
+            signal.connect(
+                lambda **_: vault.forget_cached(),
+                sender=Secret,
+                weak=False,
+                dispatch_uid=f"flows.vault.forget_cached.{signal is post_save}",
+            )

@@ -21,6 +21,7 @@ not to the step's.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
@@ -54,6 +55,13 @@ def forms(value: str) -> set[str]:
         found.add(inner)
         found.add(inner.replace("+", "-").replace("/", "_"))  # the URL-safe alphabet
     return {f for f in found if f == value or len(f) >= MIN_DERIVED_LENGTH}
+
+
+@functools.lru_cache(maxsize=256)
+def masker_for(values: frozenset[str]) -> Masker:
+    """A ``Masker`` of ``values``, built once per process: a step of a long run uses the same
+    secrets as the one before."""
+    return Masker(values)
 
 
 class Masker:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
+import time
 from collections.abc import Iterable
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -160,3 +162,41 @@ def env_names() -> set[str]:
 def known_names() -> set[str]:
     """Every name a ``${secrets.NAME}`` reference resolves: the store's and the environment's."""
     return set(Secret.objects.values_list("name", flat=True)) | env_names()
+
+
+# --- The workers' cache ------------------------------------------------------------------------
+# name -> (when read, the keys it was read under, value). A step that uses a secret would
+# otherwise pay a query and a decryption on top of its own work (bench: the secrets stage).
+_cache: dict[str, tuple[float, tuple[str, ...], str]] = {}
+_cache_lock = threading.Lock()
+
+
+def cached_values_for(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """``values_for``, with each value found kept ``FLOW_SECRET_CACHE_SECONDS`` in this
+    process. A missing name is never cached: a step that needs it fails, and is retried once
+    it is set. A change made in this process (a test, ``runflow``) clears the cache at once;
+    other processes see it within the cache's time."""
+    seconds = settings.FLOW_SECRET_CACHE_SECONDS
+    if seconds <= 0:
+        return values_for(names)
+    keys, now = tuple(settings.FLOW_SECRET_KEYS), time.monotonic()
+    wanted, found = set(names), {}
+    with _cache_lock:
+        for name in wanted:
+            hit = _cache.get(name)
+            if hit is not None and now - hit[0] < seconds and hit[1] == keys:
+                found[name] = hit[2]
+    if len(found) == len(wanted):
+        return found, []
+    read, missing = values_for(wanted - set(found))
+    with _cache_lock:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        for name, value in read.items():
+            _cache[name] = (now, keys, value)
+    return {**found, **read}, missing
+
+
+def forget_cached() -> None:
+    with _cache_lock:
+        _cache.clear()

@@ -198,3 +198,20 @@ def test_a_flow_that_references_an_unknown_secret_is_stored_with_a_warning(setti
             "(Secrets page, /api/secrets/, or FLOW_SECRET_nobody_set_this)",
         )
     ]
+
+
+def test_a_worker_reads_a_secret_again_once_it_changes_or_its_time_is_up(token, settings) -> None:
+    assert vault.cached_values_for(["token"]) == ({"token": TOKEN}, [])
+    # Changed in another process (no signal here): this one keeps its copy for its time...
+    Secret.objects.filter(name="token").update(value=vault.encrypt("elsewhere-1"))
+    assert vault.cached_values_for(["token"])[0] == {"token": TOKEN}
+    settings.FLOW_SECRET_CACHE_SECONDS = 0  # ... which is up
+    assert vault.cached_values_for(["token"])[0] == {"token": "elsewhere-1"}
+    settings.FLOW_SECRET_CACHE_SECONDS = 60
+    # Changed in this process: read afresh at once.
+    secret = Secret.objects.get(name="token")
+    secret.value = vault.encrypt("changed-here-2")
+    secret.save()
+    assert vault.cached_values_for(["token"])[0] == {"token": "changed-here-2"}
+    secret.delete()
+    assert vault.cached_values_for(["token"]) == ({}, ["token"])

@@ -14,8 +14,15 @@ from django.conf import settings
 
 from flows import vault
 from flows.definition import FlowDefinition, parse_flow
-from flows.expressions import SECRETS, needs_resolving, resolve, secret_names
-from flows.masking import Masker
+from flows.expressions import (
+    SECRETS,
+    Reference,
+    needs_resolving,
+    references_in,
+    resolve,
+    secret_names,
+)
+from flows.masking import Masker, masker_for
 from flows.models import Execution, TaskRun, TaskRunStatus
 from flows.registry import TaskRegistry, TaskType
 
@@ -59,32 +66,83 @@ def resolve_parameters(
     if not needs_resolving(raw):
         given = copy.deepcopy(raw)
         return Parameters(given, given)
-    scope = reference_scope(execution, results)
+    names, only_secrets = _references(raw)
+    if not names:
+        given = copy.deepcopy(resolve(raw, reference_scope(execution, results)))
+        _check(given, task_type, None)
+        return Parameters(given, given)
+    values = _secret_values(names)
+    masker = masker_for(frozenset(values.values()))
+    schema = task_type.parameters_schema
+    key = (id(raw), id(schema), tuple(sorted(values.items())))
+    hit = _secret_only.get(key) if only_secrets else None
+    if hit is not None and hit[0] is raw and hit[1] is schema:
+        # The same parameters with the same values, resolved and checked before.
+        return Parameters(copy.deepcopy(hit[2]), hit[3], masker)
+    scope = reference_scope(execution, results) if not only_secrets else {}
+    # Resolved twice rather than masked afterwards: a secret's value may also occur in the
+    # input or an earlier result, where it is not ours to hide, and a reference keeps
+    # saying which secret was used.
+    shown = resolve(raw, {**scope, SECRETS: {n: f"${{{SECRETS}.{n}}}" for n in names}})
+    given = resolve(raw, {**scope, SECRETS: values})
+    _check(given, task_type, masker)
+    if only_secrets:
+        if len(_secret_only) >= 1024:
+            _secret_only.clear()
+        # The parameters and the schema kept alive with the entry, so their ids stay theirs.
+        _secret_only[key] = (raw, schema, copy.deepcopy(given), shown)
+    return Parameters(copy.deepcopy(given), shown, masker)
+
+
+# Parameters whose only references are secrets resolve the same way at every step that uses
+# them: (parameters, schema, given, shown) by the ids of the first two and the values.
+_secret_only: dict[tuple[int, int, tuple[tuple[str, str], ...]], tuple[Any, Any, Any, Any]] = {}
+_scanned: dict[int, tuple[Any, set[str], bool]] = {}
+
+
+def _references(raw: dict[str, Any]) -> tuple[set[str], bool]:
+    """The secrets ``raw`` uses, and whether they are all it refers to; found once per
+    parameters object (the flow's parsed definition keeps them for the process)."""
+    hit = _scanned.get(id(raw))
+    if hit is not None and hit[0] is raw:
+        return hit[1], hit[2]
     names = secret_names(raw)
-    masker = None
-    if names:
-        values = _secret_values(names)
-        masker = Masker(values.values())
-        # Resolved twice rather than masked afterwards: a secret's value may also occur in
-        # the input or an earlier result, where it is not ours to hide, and a reference
-        # keeps saying which secret was used.
-        shown = resolve(raw, {**scope, SECRETS: {n: f"${{{SECRETS}.{n}}}" for n in names}})
-        given = copy.deepcopy(resolve(raw, {**scope, SECRETS: values}))
-    else:
-        given = copy.deepcopy(resolve(raw, scope))
-        shown = given
-    errors = list(jsonschema.Draft202012Validator(task_type.parameters_schema).iter_errors(given))
+    refs = [ref for _, ref in references_in(raw)]
+    only = bool(names) and all(isinstance(r, Reference) and r.root == SECRETS for r in refs)
+    if len(_scanned) >= 4096:
+        _scanned.clear()
+    _scanned[id(raw)] = (raw, names, only)
+    return names, only
+
+
+def _check(given: dict[str, Any], task_type: TaskType, masker: Masker | None) -> None:
+    errors = list(_validator(task_type.parameters_schema).iter_errors(given))
     if errors:
         first = errors[0]
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.path)
         message = masker.text(first.message) if masker else first.message
         raise ValueError(f"parameters{where} after resolving references: {message}")
-    return Parameters(given, shown, masker)
+
+
+_validators: dict[int, tuple[Any, jsonschema.Draft202012Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """A task type's parameter schema's validator, built once per process per schema object
+    (building one costs more than most validations)."""
+    hit = _validators.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    if len(_validators) >= 256:
+        _validators.clear()
+    validator = jsonschema.Draft202012Validator(schema)
+    _validators[id(schema)] = (schema, validator)
+    return validator
 
 
 def _secret_values(names: set[str]) -> dict[str, str]:
     try:
-        values, missing = vault.values_for(names)
+        values, missing = vault.cached_values_for(names)
     except vault.UnreadableSecret as exc:
         raise ValueError(str(exc)) from None
     if missing:
