@@ -158,6 +158,21 @@ def test_each_readme_example_line_runs_as_written(checkout, line):
         assert ok(done).splitlines()[-1] == "COMPLETED"
 
 
+def test_the_readme_rotation_line_works_in_a_second_terminal_with_the_env_files_key(checkout):
+    store = (
+        "from flows import services, vault; "
+        "services.secret_create(name='readme_token', value='v-1'); "
+        "print(vault.values_for(['readme_token']))"
+    )
+    assert "'readme_token': 'v-1'" in ok(
+        sh(checkout.root, f'.venv/bin/python manage.py shell -v 0 -c "{store}"')
+    )
+
+    out = ok(sh(checkout.root, ".venv/bin/python manage.py rotate_secret_keys"))
+
+    assert out.startswith("re-encrypted 1 secret(s) under the first key")
+
+
 # --- what settings take from .env, and what they never do --------------------------------------
 def read_key(root: Path, **env: str) -> subprocess.CompletedProcess:
     return sh(
