@@ -166,6 +166,7 @@ def test_bad_input_is_a_400_by_field_and_a_taken_name_a_409(keeper, stored):
     )
     no_value = error(api.post("/api/secrets/", {"name": "token"}, format="json"), 400)
     not_object = error(api.post("/api/secrets/", ["token"], format="json"), 400)
+    number = error(api.post("/api/secrets/", {"name": "token", "value": 12}, format="json"), 400)
     taken = error(
         api.post("/api/secrets/", {"name": "BILLING_TOKEN", "value": "x"}, format="json"), 409
     )
@@ -176,6 +177,7 @@ def test_bad_input_is_a_400_by_field_and_a_taken_name_a_409(keeper, stored):
     assert [e["field"] for e in bad_name["errors"]] == ["name"]
     assert [e["field"] for e in no_value["errors"]] == ["value"]
     assert not_object["code"] == "invalid"
+    assert [e["field"] for e in number["errors"]] == ["value"]  # not stored as "12"
     assert "'billing_token' exists" in taken["detail"]
     assert "PUT replaces the value" in patch_value["detail"]
     assert Secret.objects.count() == 1

@@ -12,6 +12,7 @@ from io import StringIO
 
 import pytest
 from cryptography.fernet import Fernet
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
@@ -337,3 +338,22 @@ def test_admins_may_manage_secrets_and_no_other_role_may(make_user):
     assert set(
         Permission.objects.filter(content_type__model="secret").values_list("codename", flat=True)
     ) == {"manage_secret"}
+
+
+def test_the_migration_runs_backwards_and_forwards_again():
+    import importlib
+
+    from django.db.migrations.loader import MigrationLoader
+
+    module = importlib.import_module("flows.migrations.0013_store")
+    apps = MigrationLoader(connection).project_state(("flows", "0013_store")).apps
+    sam = get_user_model().objects.create_user("sam")
+    sam.user_permissions.add(Permission.objects.get(codename="manage_secret"))
+
+    module.backwards(apps, None)
+    assert not Group.objects.filter(name="secrets_admin").exists()
+    assert not Permission.objects.filter(codename="manage_secret").exists()
+    module.forwards(apps, None)
+
+    role = Group.objects.get(name="secrets_admin").permissions.values_list("codename", flat=True)
+    assert "manage_secret" in role

@@ -43,9 +43,18 @@ class SecretSerializer(serializers.ModelSerializer):
         return secret.updated_by.get_username() if secret.updated_by else None
 
 
+class TextField(serializers.CharField):
+    """A CharField that takes only JSON strings: DRF's would store the number 12 as "12"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 def _value(**kwargs: Any) -> serializers.CharField:
     # Kept exactly as sent (a trailing newline can be part of a key); the service checks it.
-    return serializers.CharField(
+    return TextField(
         write_only=True,
         trim_whitespace=False,
         style={"input_type": "password"},
@@ -55,11 +64,11 @@ def _value(**kwargs: Any) -> serializers.CharField:
 
 
 def _description(**kwargs: Any) -> serializers.CharField:
-    return serializers.CharField(allow_blank=True, trim_whitespace=False, **kwargs)
+    return TextField(allow_blank=True, trim_whitespace=False, **kwargs)
 
 
 class SecretCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(trim_whitespace=False, help_text=f"Name: {NAME_HELP}.")
+    name = TextField(trim_whitespace=False, help_text=f"Name: {NAME_HELP}.")
     value = _value()
     description = _description(required=False, default="")
 
