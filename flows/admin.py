@@ -18,7 +18,15 @@ from django.utils.html import format_html, format_html_join
 
 from flows import services
 from flows.api import permissions as perms
-from flows.models import Execution, ExecutionEvent, Flow, FlowSchedule, FlowVersion, TaskRun
+from flows.models import (
+    Execution,
+    ExecutionEvent,
+    Flow,
+    FlowSchedule,
+    FlowVersion,
+    Secret,
+    TaskRun,
+)
 
 
 class FlowVersionInline(admin.TabularInline):
@@ -326,3 +334,94 @@ class FlowScheduleAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[FlowSchedule]) -> None:
         for flow_id in queryset.values_list("flow_id", flat=True):
             services.flow_schedule_delete(flow_id=flow_id)
+
+
+class SecretForm(forms.ModelForm):
+    """Name and description, and the value through a password field that is never filled in:
+    the form has no field for the stored (encrypted) column at all."""
+
+    new_value = forms.CharField(
+        label="Value",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted and never shown again. When changing a secret, leave it "
+        "empty to keep the current value.",
+    )
+
+    class Meta:
+        model = Secret
+        fields = ("name", "description")
+
+    def clean(self) -> dict[str, Any]:
+        # The service's own checks, shown on the form: a refusal in save_model would be a 500.
+        data = super().clean()
+        adding = self.instance._state.adding
+        value = data.get("new_value") or None
+        if adding and value is None:
+            self.add_error("new_value", "A new secret needs a value.")
+        problems = services.secret_problems(
+            name=data.get("name") if adding else None,
+            value=value,
+            description=data.get("description", ""),
+        )
+        for problem in problems:
+            field = "new_value" if problem["field"] == "value" else problem["field"]
+            self.add_error(field if field in self.fields else None, problem["message"])
+        return data
+
+
+@admin.register(Secret)
+class SecretAdmin(admin.ModelAdmin):
+    """Secrets by name: the value can be set, never read. Every door needs
+    ``flows.manage_secret`` (there is no separate view right: names are all one could see)."""
+
+    form = SecretForm
+    list_display = ("name", "description", "created_at", "updated_at", "updated_by")
+    search_fields = ("name", "description")
+    readonly_fields = ("created_at", "created_by", "updated_at", "updated_by")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Secret]:
+        return Secret.objects.listed()
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # The name is the key flows reference it by: renaming would break them silently.
+        return ("name", *self.readonly_fields) if obj is not None else self.readonly_fields
+
+    def _may(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(perms.MANAGE_SECRETS)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._may(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self._may(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._may(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._may(request)
+
+    def save_model(self, request: HttpRequest, obj: Secret, form: Any, change: bool) -> None:
+        value = form.cleaned_data.get("new_value") or None
+        if not change:
+            saved = services.secret_create(
+                name=obj.name, value=value, description=obj.description, user=request.user
+            )
+        elif value is not None:
+            saved = services.secret_replace(
+                name=obj.name, value=value, description=obj.description, user=request.user
+            )
+        else:
+            saved = services.secret_describe(
+                name=obj.name, description=obj.description, user=request.user
+            )
+        obj.pk, obj.created_at, obj.updated_at = saved.pk, saved.created_at, saved.updated_at
+
+    def delete_model(self, request: HttpRequest, obj: Secret) -> None:
+        services.secret_delete(name=obj.name)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Secret]) -> None:
+        for name in queryset.values_list("name", flat=True):
+            services.secret_delete(name=name)

@@ -602,6 +602,13 @@ class ExecutionEvent(models.Model):
         return f"{self.created_at:%H:%M:%S} {self.level} {self.message[:60]}"
 
 
+class SecretQuerySet(models.QuerySet["Secret"]):
+    def listed(self) -> SecretQuerySet:
+        """Secrets as the API, the pages and the admin list them: with their authors' names,
+        and without the encrypted value, which no face shows (one query however many)."""
+        return self.select_related("created_by", "updated_by").defer("value")
+
+
 class Secret(models.Model):
     """A named secret that flows reference as ``${secrets.NAME}``, resolved only in the worker.
 
@@ -620,6 +627,8 @@ class Secret(models.Model):
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+
+    objects = SecretQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

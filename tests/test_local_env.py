@@ -158,6 +158,21 @@ def test_each_readme_example_line_runs_as_written(checkout, line):
         assert ok(done).splitlines()[-1] == "COMPLETED"
 
 
+def test_the_readme_rotation_line_works_in_a_second_terminal_with_the_env_files_key(checkout):
+    store = (
+        "from flows import services, vault; "
+        "services.secret_create(name='readme_token', value='v-1'); "
+        "print(vault.values_for(['readme_token']))"
+    )
+    assert "'readme_token': 'v-1'" in ok(
+        sh(checkout.root, f'.venv/bin/python manage.py shell -v 0 -c "{store}"')
+    )
+
+    out = ok(sh(checkout.root, ".venv/bin/python manage.py rotate_secret_keys"))
+
+    assert out.startswith("re-encrypted 1 secret(s) under the first key")
+
+
 # --- what settings take from .env, and what they never do --------------------------------------
 def read_key(root: Path, **env: str) -> subprocess.CompletedProcess:
     return sh(
@@ -217,7 +232,7 @@ def test_the_file_is_written_once_readable_by_its_owner_only(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_a_developers_own_file_keeps_its_lines_and_gets_a_key_only_when_it_has_none(tmp_path):
+def test_a_developers_own_file_keeps_its_lines_and_gets_keys_only_when_it_has_none(tmp_path):
     path = tmp_path / ".env"
     path.write_text("LOG_LEVEL=DEBUG")
 
@@ -226,7 +241,37 @@ def test_a_developers_own_file_keeps_its_lines_and_gets_a_key_only_when_it_has_n
     lines = path.read_text().splitlines()
     assert lines[0] == "LOG_LEVEL=DEBUG"
     assert lines[1].startswith("SECRET_KEY=")
-    assert len(lines) == 2
+    assert lines[2].startswith("FLOW_SECRET_KEYS=")
+    assert len(lines) == 3
+
+
+def test_a_file_from_before_the_secret_store_gets_a_fernet_key_and_keeps_its_secret_key(tmp_path):
+    from cryptography.fernet import Fernet
+
+    path = tmp_path / ".env"
+    path.write_text("DEBUG=1\nSECRET_KEY=the-old-one\n")
+
+    done = write_local_env(path)
+
+    assert done == "added a generated FLOW_SECRET_KEYS to .env"
+    lines = path.read_text().splitlines()
+    assert lines[:2] == ["DEBUG=1", "SECRET_KEY=the-old-one"]
+    key = lines[2].removeprefix("FLOW_SECRET_KEYS=")
+    assert Fernet(key).decrypt(Fernet(key).encrypt(b"x")) == b"x"  # a key Fernet takes
+    assert write_local_env(path) == ""  # and once is enough
+
+
+def test_a_new_file_holds_a_fernet_key_the_settings_accept(checkout):
+    written = re.search(r"^FLOW_SECRET_KEYS=(\S+)$", (checkout.root / ".env").read_text(), re.M)
+    read = ok(
+        sh(
+            checkout.root,
+            '.venv/bin/python manage.py shell -v 0 -c "from django.conf import settings; '
+            'print(settings.FLOW_SECRET_KEYS)"',
+        )
+    )
+
+    assert read.strip() == str([written.group(1)])
 
 
 def test_two_checkouts_get_different_keys(tmp_path):

@@ -51,6 +51,8 @@ class ActionPermission(BasePermission):
 
 
 DELETE_EXECUTIONS = "flows.delete_execution"
+# Creating, replacing and deleting secrets (admins, the secrets_admin role); nobody reads one.
+MANAGE_SECRETS = "flows.manage_secret"
 
 
 def require(permission: str) -> type[BasePermission]:

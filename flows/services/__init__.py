@@ -1,8 +1,8 @@
 """Every write the API, the operator pages, the admin and the commands make goes through here.
 
 One module per entity (``flows``, ``executions`` and their ``controls``, ``schedules``,
-``retention``), the refusals they raise in ``errors``. Callers import the package and use the
-names below (``from flows import services; services.execution_start(...)``), never the
+``retention``, ``secrets``), the refusals they raise in ``errors``. Callers import the package
+and use the names below (``from flows import services; services.execution_start(...)``), never the
 modules. Reads that more than one face needs are in ``flows.selectors``.
 """
 
@@ -57,6 +57,16 @@ from flows.services.schedules import (
     flow_schedule_delete,
     flow_schedule_set,
 )
+from flows.services.secrets import (
+    NoSecretKeys,
+    UnreadableSecrets,
+    secret_create,
+    secret_delete,
+    secret_describe,
+    secret_keys_rotate,
+    secret_problems,
+    secret_replace,
+)
 
 __all__ = [
     "PURGE_BATCH_SIZE",
@@ -68,8 +78,10 @@ __all__ = [
     "FieldError",
     "IdempotencyConflict",
     "InvalidFlow",
+    "NoSecretKeys",
     "NotFound",
     "ServiceError",
+    "UnreadableSecrets",
     "body_fingerprint",
     "canonical_json",
     "check_storable",
@@ -97,5 +109,11 @@ __all__ = [
     "flow_update",
     "given_flow_id",
     "purge_schedule_sync",
+    "secret_create",
+    "secret_delete",
+    "secret_describe",
+    "secret_keys_rotate",
+    "secret_problems",
+    "secret_replace",
     "validate_flow",
 ]

@@ -55,6 +55,10 @@ class NumberField(forms.FloatField):
         return number
 
 
+# The id of the builder page's <datalist> of ${secrets.NAME} suggestions.
+REFERENCE_SUGGESTIONS = "secret-names"
+
+
 def parameter_fields(schema: Mapping[str, Any]) -> dict[str, forms.Field]:
     """Form fields for the properties of a parameters JSON Schema.
 
@@ -82,7 +86,13 @@ def parameter_fields(schema: Mapping[str, Any]) -> dict[str, forms.Field]:
             fields[key] = forms.ChoiceField(choices=choices, **common)
         elif kind == "string":
             big = (prop.get("maxLength") or 0) > 200
-            widget = forms.Textarea(attrs={"rows": 2}) if big else forms.TextInput
+            # A one-line text box suggests the known secrets (the page's datalist) as
+            # ${secrets.NAME}: a reference is the way to pass a key without writing it here.
+            widget = (
+                forms.Textarea(attrs={"rows": 2})
+                if big
+                else forms.TextInput(attrs={"list": REFERENCE_SUGGESTIONS})
+            )
             fields[key] = forms.CharField(widget=widget, strip=False, **common)
         elif kind == "integer":
             fields[key] = NumberField(widget=forms.NumberInput(attrs={"step": "1"}), **common)

@@ -19,11 +19,13 @@ from django.conf import settings
 from django.contrib.messages import ERROR, INFO
 from django.core.files.uploadedfile import UploadedFile
 
+from flows import vault
 from flows.definition import unstorable_problem, unwrap
 from flows.models import Flow
 from flows.registry import default_registry
 from flows.web import presenters
 from flows.web.builder import (
+    REFERENCE_SUGGESTIONS,
     ROW_ACTIONS,
     Draft,
     attach_errors,
@@ -66,6 +68,9 @@ class BuilderPage:
             "task_count": task_count(document),
             "form_max_tasks": settings.FLOW_BUILDER_MAX_TASKS,
             "types": sorted(default_registry().types.values(), key=lambda t: t.name),
+            # Names only (never a value): the text parameters suggest ${secrets.NAME}.
+            "secret_names_list": REFERENCE_SUGGESTIONS,
+            "secret_names": sorted(vault.known_names()),
         }
 
 

@@ -132,3 +132,30 @@ class ScheduleForm(forms.Form):
 
     def clean_input(self) -> dict[str, Any]:
         return _json_object(self.cleaned_data.get("input"))
+
+
+def _secret_value_field() -> forms.CharField:
+    # A password input that is never filled back in (render_value=False), kept exactly as
+    # typed (a key may end in a newline or a space); the service checks the rest.
+    return forms.CharField(
+        label="Value",
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted; nobody can read it back here, in the API or the admin.",
+    )
+
+
+class SecretCreateForm(forms.Form):
+    name = forms.CharField(
+        max_length=100,
+        help_text="Letters, digits and underscores, starting with a letter; flows use it as "
+        "${secrets.NAME}.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    value = _secret_value_field()
+    description = forms.CharField(required=False, max_length=500)
+
+
+class SecretReplaceForm(forms.Form):
+    value = _secret_value_field()
+    description = forms.CharField(required=False, max_length=500)

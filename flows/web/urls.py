@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from flows.web.views import builder, controls, executions, flows, home
+from flows.web.views import builder, controls, executions, flows, home, secrets
 
 urlpatterns = [
     path("", home.home, name="home"),
@@ -17,6 +17,9 @@ urlpatterns = [
     path("flows/<slug:flow_id>/delete", flows.flow_delete, name="flow_delete"),
     path("flows/<slug:flow_id>/v<int:version>/", flows.flow_version, name="flow_version"),
     path("flows/<slug:flow_id>/v<int:version>/export", flows.flow_export, name="flow_export"),
+    path("secrets/", secrets.secret_list, name="secret_list"),
+    path("secrets/<str:name>/", secrets.secret_replace, name="secret_replace"),
+    path("secrets/<str:name>/delete", secrets.secret_delete, name="secret_delete"),
     path("executions/", executions.execution_list, name="execution_list"),
     path("executions/delete", executions.execution_bulk_delete, name="execution_bulk_delete"),
     path("executions/<uuid:execution_id>/", executions.execution_detail, name="execution_detail"),

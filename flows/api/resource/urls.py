@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from flows.api.resource.executions import ExecutionViewSet
 from flows.api.resource.flows import FlowViewSet
+from flows.api.resource.secrets import SecretViewSet
 from flows.api.resource.task_types import TaskTypeViewSet
 
 router = DefaultRouter()
@@ -14,5 +15,6 @@ router.include_root_view = False
 router.register("flows", FlowViewSet, basename="flow")
 router.register("executions", ExecutionViewSet, basename="execution")
 router.register("task-types", TaskTypeViewSet, basename="task-type")
+router.register("secrets", SecretViewSet, basename="secret")
 
 urlpatterns = router.urls
