@@ -150,6 +150,18 @@ def test_an_error_about_a_password_never_quotes_it():
     assert "hunter2" not in errors[0].message
 
 
+def test_an_error_about_a_whole_object_does_not_quote_it():
+    schema = {
+        "type": "object",
+        "properties": {"pw": {"type": "string", "format": "password"}},
+        "minProperties": 2,
+    }
+    _, errors = check_input(schema, {"pw": "hunter2"})
+    assert [e.as_dict() for e in errors] == [
+        {"field": "", "message": "the object does not have enough properties"}
+    ]
+
+
 def test_a_key_with_a_slash_is_escaped_in_its_pointer():
     schema = {"type": "object", "properties": {"a/b": {"type": "integer"}}}
     assert [e.field for e in check_input(schema, {"a/b": "x"})[1]] == ["/a~1b"]

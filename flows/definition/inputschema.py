@@ -206,7 +206,13 @@ def _explained(e: jsonschema.ValidationError) -> list[FieldError]:
     if _is_secret(e.schema):
         # jsonschema's messages quote the value: never a password.
         return [FieldError(_pointer(at), f"does not satisfy '{e.validator}' of the input_schema")]
-    return [FieldError(_pointer(at), _short(e.message))]
+    message = e.message
+    if isinstance(instance, Mapping | list):
+        # jsonschema quotes the whole object (or list), which may hold a password and may be
+        # long: the pointer already says which one.
+        what = "the list" if isinstance(instance, list) else "the object"
+        message = message.replace(repr(instance), what)
+    return [FieldError(_pointer(at), _short(message))]
 
 
 def _is_secret(schema: Any) -> bool:
