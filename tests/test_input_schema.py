@@ -369,3 +369,33 @@ def test_an_undeclared_reference_is_no_warning_when_the_schema_allows_other_fiel
     schema = {**SCHEMA, "additionalProperties": True}
     document = flow_doc([task("a", "print", message="${input.extra}")], input_schema=schema)
     assert parse_flow(document, default_registry()).warnings == ()
+
+
+# --- the README's lines ---------------------------------------------------------------------
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "input_schema_flow.json"
+
+
+def test_the_readme_s_api_lines_answer_as_written(api):
+    document = json.loads(EXAMPLE.read_text())
+    assert api.post("/api/flows/", document, format="json").status_code == 201
+    checked = api.post(
+        "/api/flows/customer_report/validate-input/", {"customer": "acme"}, format="json"
+    )
+    assert checked.status_code == 200
+    assert json.dumps(checked.json()) == (
+        '{"valid": true, "input": {"customer": "acme", "days": 7, "format": "csv", '
+        '"notify": false, "recipients": []}}'
+    )
+    refused = api.post(
+        "/api/flows/customer_report/executions/", {"input": {"days": 0}}, format="json"
+    )
+    assert error_body(refused, 400) == {
+        "detail": "the input does not match the flow's input_schema: /customer: required; "
+        "/days: 0 is less than the minimum of 1",
+        "code": "invalid_input",
+        "errors": [
+            {"field": "/customer", "message": "required"},
+            {"field": "/days", "message": "0 is less than the minimum of 1"},
+        ],
+    }
+    assert not Execution.objects.exists()
