@@ -3,15 +3,17 @@ with CSRF, so it works without JavaScript; the schema's errors next to their fie
 
 from __future__ import annotations
 
+import html as htmlmod
+import json
 import re
 from typing import Any
 
 import pytest
 from django.test import Client
 
-from flows.models import Execution, TaskRun
+from flows.models import Execution, Flow, TaskRun
 from tests.factories import flow_doc, sample_flow, task
-from tests.web_helpers import field_block, field_errors, stored
+from tests.web_helpers import builder_post, field_block, field_errors, stored
 
 pytestmark = pytest.mark.django_db
 
@@ -170,3 +172,31 @@ def test_a_post_without_the_csrf_token_is_refused(alice, flow):
     strict.force_login(alice)
     assert strict.post("/flows/report/run", {"input-customer": "acme"}).status_code == 403
     assert not Execution.objects.exists()
+
+
+# --- the builder keeps and edits the schema ----------------------------------------------------
+def test_the_builder_shows_the_schema_and_a_save_from_it_keeps_it(operator, flow):
+    page = operator.get("/flows/report/edit").content.decode()
+    assert "&quot;dry_run&quot;" in field_block(page, "id_input_schema")
+    rows = [{"name": "say", "task_type": "print", "param_message": "hi ${input.customer}"}]
+    data = builder_post({"input_schema": page_value(page, "id_input_schema")}, rows, initial=1)
+    assert operator.post("/flows/report/edit", data).status_code == 302
+    latest = Flow.objects.get(pk="report")
+    assert (latest.version, latest.definition["input_schema"]) == (2, SCHEMA)
+
+
+def test_a_bad_schema_from_the_builder_is_shown_at_its_field_with_its_path(operator):
+    schema = json.dumps({"type": "object", "properties": {"n": {"type": "intger"}}})
+    rows = [{"name": "a", "task_type": "noop"}]
+    response = operator.post("/flows/new", builder_post({"id": "x", "input_schema": schema}, rows))
+    assert response.status_code == 400
+    errors = field_errors(response.content.decode(), "id_input_schema")
+    assert errors and errors[0].startswith("properties.n.type: ")
+    assert not Flow.objects.exists()
+
+
+def page_value(html: str, field_id: str) -> str:
+    """The text of the textarea ``field_id`` as the browser would send it back."""
+    found = re.search(rf'<textarea[^>]*id="{field_id}"[^>]*>\n?(.*?)</textarea>', html, re.S)
+    assert found
+    return htmlmod.unescape(found.group(1))
