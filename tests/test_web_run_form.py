@@ -200,3 +200,13 @@ def page_value(html: str, field_id: str) -> str:
     found = re.search(rf'<textarea[^>]*id="{field_id}"[^>]*>\n?(.*?)</textarea>', html, re.S)
     assert found
     return htmlmod.unescape(found.group(1))
+
+
+def test_the_pages_rerun_of_an_input_the_schema_refuses_says_why_and_starts_nothing(operator, flow):
+    # An execution stored before the check existed (written here without the services).
+    bad = {"customer": "acme", "count": 0}
+    old = Execution.objects.create(flow_id="report", flow_version=flow, input=bad)
+    response = operator.post(f"/executions/{old.id}/rerun", follow=True)
+    page = response.content.decode()
+    assert "does not match the flow&#x27;s input_schema: /count: 0 is less than the minimum" in page
+    assert Execution.objects.count() == 1
