@@ -86,7 +86,9 @@ def schema_errors(schema: Any, path: str = SCHEMA_FIELD) -> list[FieldError]:
     ]
 
 
-def check_input(schema: Mapping[str, Any] | None, value: Any) -> tuple[dict[str, Any], list]:
+def check_input(
+    schema: Mapping[str, Any] | None, value: Any
+) -> tuple[dict[str, Any], list[FieldError]]:
     """``value`` with the schema's defaults filled in, and every way it breaks the schema.
 
     Returns ``(input, errors)``: ``errors`` are FieldErrors whose field is a JSON Pointer
