@@ -28,6 +28,10 @@ def run_scheduled(flow_id: str) -> None:
     """Fired by a flow's django-q2 Schedule: start one execution of its latest version."""
     try:
         services.flow_run_scheduled(flow_id=flow_id)
+    except services.ServiceError as exc:
+        # Refused (an input its flow's input_schema does not accept, a flow no longer
+        # valid): nothing was started, and the reason is the news, not a traceback.
+        logger.warning("flow=%s scheduled run refused: %s", flow_id, exc.message)
     except Exception:
         logger.exception("flow=%s scheduled run failed to start", flow_id)
 

@@ -100,6 +100,12 @@ EXPECTED: dict[str, Run] = {
         },
         stored_first=("subflow_called_flow.json",),
     ),
+    "input_schema_flow.json": Run(
+        "COMPLETED",
+        [("report", "SUCCESS", 1)],
+        {"report": {"message": "report for acme: 7 days as csv"}},
+        input={"customer": "acme"},
+    ),
     "sleep_flow.json": Run(
         "COMPLETED",
         [("before", "SUCCESS", 1), ("nap", "SUCCESS", 1), ("after", "SUCCESS", 1)],
@@ -223,6 +229,7 @@ README_RUNS: list[tuple[list[str], int, str]] = [
         "COMPLETED",
     ),
     (["examples/subflow_called_flow.json", "--input", '{"who": "you"}'], 0, "COMPLETED"),
+    (["examples/input_schema_flow.json", "--input", '{"customer": "acme"}'], 0, "COMPLETED"),
     (["examples/sleep_flow.json"], 0, "COMPLETED"),
     (["examples/wait_for_signal_flow.json"], 1, "waits for signal 'approval'"),
 ]
@@ -245,6 +252,26 @@ def test_the_readme_s_runflow_line_runs_the_example(db, monkeypatch, args, code,
     assert says in out.getvalue()
 
 
+def test_the_readme_s_refused_input_line_exits_2_naming_each_field(db, monkeypatch):
+    monkeypatch.setattr(Conf, "SYNC", Conf.SYNC)
+    monkeypatch.chdir(settings.BASE_DIR)
+    err = StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command(
+            "runflow", *README_REFUSED, stdout=StringIO(), stderr=err
+        )  # fmt: skip
+    assert exited.value.code == 2
+    assert err.getvalue().splitlines() == [
+        "--input: does not match the flow's input_schema",
+        "  /customer: required",
+        "  /days: 0 is less than the minimum of 1",
+    ]
+
+
+# The README's line of a refused input (exit 2): its own test above.
+README_REFUSED = ["examples/input_schema_flow.json", "--input", '{"days": 0}']
+
+
 def test_every_readme_runflow_line_of_these_examples_is_tested_here():
     readme = (Path(settings.BASE_DIR) / "README.md").read_text()
     written = {
@@ -254,7 +281,7 @@ def test_every_readme_runflow_line_of_these_examples_is_tested_here():
     }
     tested = {
         " ".join(f"'{arg}'" if arg.startswith("{") else arg for arg in args)
-        for args, _, _ in README_RUNS
+        for args, _, _ in [*README_RUNS, (README_REFUSED, 2, "")]
     }
     # sample_flow.json and retry_branch_flow.json: their lines are tested in test_commands.
     others = {"examples/sample_flow.json", "examples/retry_branch_flow.json"}

@@ -143,7 +143,8 @@ def readme_example_lines() -> list[str]:
 
 
 def test_the_readme_lists_a_runflow_line_for_each_control_and_wait_example():
-    assert len(readme_example_lines()) == 6, readme_example_lines()
+    # 6 for the control and wait examples, 2 for the input schema's (accepted, refused).
+    assert len(readme_example_lines()) == 8, readme_example_lines()
 
 
 @pytest.mark.parametrize("line", readme_example_lines())
@@ -154,6 +155,9 @@ def test_each_readme_example_line_runs_as_written(checkout, line):
         assert done.returncode == 1, done.stdout + done.stderr
         assert "waits for signal 'approval'" in done.stdout
         assert done.stdout.splitlines()[-1] == "RUNNING"
+    elif '"days": 0' in line:  # an input its schema refuses: exit 2, nothing run
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "/days: 0 is less than the minimum of 1" in done.stderr
     else:
         assert ok(done).splitlines()[-1] == "COMPLETED"
 

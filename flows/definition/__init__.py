@@ -15,6 +15,7 @@ One module a role, each importing only the public names of the others:
 - ``conditions``  conditions between tasks, and ``${...}`` references to tasks
 - ``body``        the tasks, conditions and start task of a flow, branch or iterator
 - ``document``    a whole document: ``parse_flow``, ``unwrap``, the unreachable-task warnings
+- ``inputschema`` a flow's ``input_schema``: checked, its defaults filled, an input checked
 - ``subflows``    sub-flow calls checked against the stored flows (``check_subflows``)
 """
 
@@ -23,6 +24,7 @@ from flows.definition.document import Registry, parse_flow, unwrap
 from flows.definition.errors import FieldError, FlowValidationError
 from flows.definition.fields import unstorable_paths, unstorable_problem
 from flows.definition.flow import FlowDefinition
+from flows.definition.inputschema import check_input, fill_defaults, schema_errors
 from flows.definition.limits import (
     BRANCH_NAME_RE,
     FLOW_ID_RE,
@@ -83,8 +85,11 @@ __all__ = [
     "RetryPolicy",
     "TaskSpec",
     "Tolerance",
+    "check_input",
     "check_subflows",
+    "fill_defaults",
     "parse_flow",
+    "schema_errors",
     "subflow_calls",
     "unstorable_paths",
     "unstorable_problem",

@@ -16,6 +16,7 @@ from flows.definition.fields import (
     unstorable_paths,
 )
 from flows.definition.flow import FlowDefinition
+from flows.definition.inputschema import schema_errors, undeclared_input_references
 from flows.definition.limits import FLOW_ID_RE, MAX_DEPTH, MAX_STEPS_LIMIT
 from flows.definition.tasks import Lookup
 
@@ -28,6 +29,7 @@ _FLOW_KEYS = {
     "conditions",
     "max_steps",
     "timeout_seconds",
+    "input_schema",
 }
 
 
@@ -92,6 +94,12 @@ def parse_flow(
 
     flow_timeout, _ = optional_seconds(doc, "timeout_seconds", "timeout_seconds", err)
 
+    input_schema = doc.get("input_schema")
+    if input_schema is not None:
+        schema_problems = schema_errors(input_schema)
+        errors.extend(schema_problems)
+        input_schema = None if schema_problems else dict(input_schema)
+
     body = parse_body(
         doc, "", registry.snapshot(), err, flow_id=flow_id, max_steps=max_steps, depth=0
     )
@@ -104,8 +112,10 @@ def parse_flow(
         name=name,
         description=description,
         timeout_seconds=flow_timeout,
+        input_schema=input_schema,
     )
-    return dataclasses.replace(definition, warnings=tuple(_unreachable(definition)))
+    warnings = [*_unreachable(definition), *undeclared_input_references(definition)]
+    return dataclasses.replace(definition, warnings=tuple(warnings))
 
 
 def _unreachable(definition: FlowDefinition) -> list[FieldError]:

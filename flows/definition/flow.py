@@ -4,7 +4,7 @@ conditions, and the routing between them."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -24,6 +24,9 @@ class FlowDefinition:
     max_steps: int = 1000
     timeout_seconds: float | None = None
     warnings: tuple[FieldError, ...] = ()
+    # The flow's JSON Schema for its input (checked: inputschema.schema_errors); None: any
+    # object. Only on the flow itself, never on a branch or iterator.
+    input_schema: dict[str, Any] | None = field(default=None, compare=False)
 
     # The engine looks tasks and conditions up once per step: index them once per definition.
     @cached_property

@@ -36,6 +36,7 @@ from flows.definition import (
     SUBFLOW,
     FlowDefinition,
     TaskSpec,
+    check_input,
 )
 from flows.engine import transitions
 from flows.engine.inputs import parsed, reference_scope
@@ -183,6 +184,17 @@ def begin(
             return failure(found, permanent=True)
         if not isinstance(child_input, dict):
             return failure("parameters.input must be an object", permanent=True)
+        # The called flow's input_schema, checked as every start path checks it
+        # (services.execution_start): a bad input fails this step, no child is made.
+        called = parsed(found.definition, registry(), refresh=False)
+        child_input, problems = check_input(called.input_schema, child_input)
+        if problems:
+            listed = "; ".join(f"{e.field or '(input)'}: {e.message}" for e in problems)
+            return failure(
+                f"sub-flow {found.flow_id} v{found.version}: the input does not match its "
+                f"input_schema: {listed}",
+                permanent=True,
+            )
         plan = ChildrenPlan(SUBFLOW, found, spec, [], child_input)
     return waiting_outcome(plan, Waiting(kind=CHILDREN, children_for=plan.kind).to_json())
 

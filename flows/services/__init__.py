@@ -19,12 +19,14 @@ from flows.services.errors import (
     Conflict,
     IdempotencyConflict,
     InvalidFlow,
+    InvalidInput,
     NotFound,
     ServiceError,
     check_storable,
 )
 from flows.services.executions import (
     body_fingerprint,
+    checked_input,
     execution_create,
     execution_delete,
     execution_rerun,
@@ -33,6 +35,7 @@ from flows.services.executions import (
     execution_submit,
     executions_reap,
     flow_create_with_execution,
+    flow_input_check,
 )
 from flows.services.flows import (
     canonical_json,
@@ -78,6 +81,7 @@ __all__ = [
     "FieldError",
     "IdempotencyConflict",
     "InvalidFlow",
+    "InvalidInput",
     "NoSecretKeys",
     "NotFound",
     "ServiceError",
@@ -85,6 +89,7 @@ __all__ = [
     "body_fingerprint",
     "canonical_json",
     "check_storable",
+    "checked_input",
     "cron_error",
     "execution_cancel",
     "execution_create",
@@ -102,6 +107,7 @@ __all__ = [
     "flow_create",
     "flow_create_with_execution",
     "flow_delete",
+    "flow_input_check",
     "flow_run_scheduled",
     "flow_schedule_delete",
     "flow_schedule_set",

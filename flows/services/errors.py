@@ -38,6 +38,14 @@ class InvalidFlow(ServiceError):
     code = "invalid_flow"
 
 
+class InvalidInput(ServiceError):
+    """An input that breaks its flow's ``input_schema``; ``errors`` are at JSON Pointers into
+    the input (``/customer/id``)."""
+
+    status = 400
+    code = "invalid_input"
+
+
 class IdempotencyConflict(ServiceError):
     """An Idempotency-Key used again with another request body (Stripe answers the same)."""
 

@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from flows import engine, selectors
-from flows.definition import FlowDefinition, FlowValidationError
+from flows.definition import FlowDefinition, FlowValidationError, check_input, unwrap
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
@@ -24,6 +24,7 @@ from flows.registry import TaskRegistry, default_registry
 from flows.services.errors import (
     Conflict,
     IdempotencyConflict,
+    InvalidInput,
     NotFound,
     ServiceError,
     check_storable,
@@ -81,6 +82,29 @@ def flow_create_with_execution(
     return version, stored, execution, definition
 
 
+def checked_input(schema: Mapping[str, Any] | None, input: Any) -> dict[str, Any]:
+    """``input`` checked against a flow's ``input_schema``, with the schema's defaults filled
+    in; InvalidInput listing every error at its JSON Pointer. The one check of every start
+    path (``execution_start``) and of the dry runs (``flow_input_check``)."""
+    filled, errors = check_input(schema, input)
+    if errors:
+        listed = "; ".join(f"{e.field or '(input)'}: {e.message}" for e in errors)
+        raise InvalidInput(
+            f"the input does not match the flow's input_schema: {listed}",
+            errors=[e.as_dict() for e in errors],
+        )
+    return filled
+
+
+def flow_input_check(*, flow_version: FlowVersion, input: Any) -> dict[str, Any]:
+    """What an execution of ``flow_version`` would start with for ``input`` (defaults filled),
+    or InvalidInput; starts nothing (``POST /api/flows/{id}/validate-input/``, ``runflow``)."""
+    check_storable(input, "input")
+    document = unwrap(flow_version.definition)
+    schema = document.get("input_schema") if isinstance(document, Mapping) else None
+    return checked_input(schema, input)
+
+
 @transaction.atomic
 def execution_start(
     *,
@@ -90,7 +114,13 @@ def execution_start(
 ) -> Execution:
     """CREATED -> QUEUED: write the first step and wake a worker, in one transaction.
 
-    ``input``, when given, replaces the execution's input object.
+    ``input``, when given, replaces the execution's input object. Every way an execution
+    starts comes here (the API, the seed's execute, rerun, schedules, the pages, ``runflow``;
+    ``execution_submit`` for most), so this is where the input is checked against the flow's
+    ``input_schema`` (``checked_input``), before anything is written: a bad input raises
+    InvalidInput and the caller's transaction stores nothing. The schema's defaults are
+    filled into the stored input. (Sub-flow children, which the engine starts, are checked
+    by the engine against the same function: flows/engine/fanout.py.)
     """
     if input is not None and not isinstance(input, dict):
         raise ServiceError(
@@ -100,6 +130,8 @@ def execution_start(
     check_storable(input, "input")
     execution = selectors.execution_get(execution_id, with_flow=False)
     definition = runnable_definition(execution, registry, "start")
+    if definition.input_schema is not None:
+        input = checked_input(definition.input_schema, execution.input if input is None else input)
     now = timezone.now()
     changes: dict[str, Any] = {
         "queued_at": now,

@@ -15,7 +15,7 @@ from flows import selectors
 from flows.definition import unstorable_problem
 from flows.models import Execution, ExecutionTrigger, FlowSchedule, FlowVersion
 from flows.services.errors import ServiceError
-from flows.services.executions import execution_submit
+from flows.services.executions import execution_submit, flow_input_check
 
 logger = logging.getLogger("flows.services")
 
@@ -65,6 +65,10 @@ def flow_schedule_set(
     schedule = FlowSchedule.objects.select_for_update().filter(flow=flow).first()
     if schedule is None:
         schedule = FlowSchedule(flow=flow)
+    # Refused now rather than at 3 a.m.: each run is checked again (execution_start), as the
+    # flow may have a new version by then.
+    current = FlowVersion.objects.get(flow_id=flow.id, version=flow.version)
+    flow_input_check(flow_version=current, input=schedule.input if input is None else input)
     schedule.cron, schedule.enabled = cron, enabled
     if input is not None:
         schedule.input = input
@@ -91,7 +95,10 @@ def flow_schedule_delete(*, flow_id: Any) -> None:
 
 
 def flow_run_scheduled(*, flow_id: str) -> Execution | None:
-    """What the schedule's job does: start the flow's latest version, marked as scheduled."""
+    """What the schedule's job does: start the flow's latest version, marked as scheduled.
+
+    An input the version's ``input_schema`` refuses raises InvalidInput (execution_start) and
+    starts nothing; the job (flows/jobs.py) logs it with its errors."""
     schedule = FlowSchedule.objects.filter(flow_id=flow_id).select_related("flow").first()
     if schedule is None or not schedule.enabled:
         logger.warning("flow=%s scheduled run skipped: no enabled schedule", flow_id)

@@ -138,6 +138,15 @@ class FlowForm(forms.Form):
     max_steps = forms.IntegerField(
         required=False, min_value=1, help_text="Step limit of one execution (default 1000)."
     )
+    # Kept as JSON here: the builder edits tasks, and a schema saved by the JSON tab or the
+    # API must survive a save from this tab.
+    input_schema = JSONValueField(
+        required=False,
+        label="Input schema (JSON Schema, optional)",
+        help_text='Every start checks its input against it; e.g. {"type": "object", '
+        '"required": ["customer"], "properties": {"customer": {"type": "string"}}}',
+        widget=forms.Textarea(attrs={"rows": 3, "class": "code"}),
+    )
 
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -371,7 +380,10 @@ def draft_from_document(document: Any, *, editing: bool = False) -> tuple[Draft,
     doc = unwrap(document)
     doc = doc if isinstance(doc, Mapping) else {}
     dropped: list[str] = []
-    flow_initial = {k: doc.get(k) for k in ("id", "name", "description", "start_task", "max_steps")}
+    flow_initial = {
+        k: doc.get(k)
+        for k in ("id", "name", "description", "start_task", "max_steps", "input_schema")
+    }
     tasks = [t for t in (doc.get("tasks") or []) if isinstance(t, Mapping)]
     conditions: dict[str, Mapping[str, Any]] = {}
     for j, cond in enumerate(doc.get("conditions") or []):
@@ -447,6 +459,8 @@ def document_from_draft(draft: Draft) -> dict[str, Any] | None:
         doc["start_task"] = flow["start_task"]
     if flow.get("max_steps") is not None:
         doc["max_steps"] = flow["max_steps"]
+    if flow.get("input_schema") not in (None, ""):
+        doc["input_schema"] = flow["input_schema"]
     tasks, conditions = [], []
     draft.task_forms, draft.condition_forms = [], []
     for form in draft.formset.kept_forms():
@@ -469,6 +483,8 @@ def attach_errors(draft: Draft, errors: list[Mapping[str, str]]) -> None:
     for error in errors:
         path, message = error.get("field", ""), error.get("message", "")
         target, name = _locate(draft, path, message)
+        if name == "input_schema" and path != name:
+            message = f"{path.removeprefix('input_schema.')}: {message}"
         if target is None:
             draft.general_errors.append(f"{path}: {message}" if path else message)
         else:
@@ -478,6 +494,8 @@ def attach_errors(draft: Draft, errors: list[Mapping[str, str]]) -> None:
 def _locate(draft: Draft, path: str, message: str) -> tuple[forms.Form | None, str | None]:
     if path in draft.flow_form.fields:
         return draft.flow_form, path
+    if path.startswith("input_schema."):
+        return draft.flow_form, "input_schema"
     match = _PATH_RE.match(path)
     if not match:
         return None, None

@@ -31,6 +31,7 @@ from flows.api.resource.serializers import (
     FlowVersionDetailSerializer,
     FlowVersionSerializer,
     FlowWrittenSerializer,
+    InputCheckedSerializer,
     ScheduleSerializer,
     StartExecutionSerializer,
     ValidationReportSerializer,
@@ -93,6 +94,7 @@ class FlowViewSet(ResourceViewSet):
         "update": perms.CHANGE_FLOWS,
         "destroy": perms.DELETE_FLOWS,
         "start": perms.START_EXECUTIONS,
+        "validate_input": perms.VIEW_FLOWS,
         "schedule": perms.VIEW_FLOWS,
         "set_schedule": perms.CHANGE_FLOWS,
         "delete_schedule": perms.CHANGE_FLOWS,
@@ -297,6 +299,53 @@ class FlowViewSet(ResourceViewSet):
         return execution_detail(
             execution, status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
+
+    @extend_schema(
+        summary="Check an input against the flow's input_schema without starting anything",
+        description="The body is the input itself (what the start endpoint takes as `input`). "
+        "200 with the input an execution would start with (the schema's defaults filled in); "
+        "400 (`invalid_input`) listing each error at its JSON Pointer into the input. "
+        "Checks the latest version unless `?version=` is given.",
+        parameters=[
+            OpenApiParameter(
+                "version", int, OpenApiParameter.QUERY, description="Flow version to check."
+            )
+        ],
+        request={"application/json": {"type": "object", "additionalProperties": True}},
+        responses={200: InputCheckedSerializer, **error_responses(*WRITE, 404)},
+        examples=[
+            OpenApiExample("Input", value={"customer_id": 42}, request_only=True),
+            ex.answer("Valid", {"valid": True, "input": {"customer_id": 42, "region": "eu"}}),
+            OpenApiExample(
+                "Invalid",
+                value={
+                    "detail": "the input does not match the flow's input_schema: "
+                    "/customer_id: required",
+                    "code": "invalid_input",
+                    "errors": [{"field": "/customer_id", "message": "required"}],
+                },
+                response_only=True,
+                status_codes=["400"],
+            ),
+        ],
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="validate-input",
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def validate_input(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        number = request.query_params.get("version")
+        if number is not None and not (number.isdigit() and 0 < int(number) < 2**31):
+            raise ValidationError({"version": ["must be a whole number, 1 or more"]})
+        version = selectors.flow_version_get(
+            flow_id=flow.id, version=int(number) if number else None
+        )
+        checked = services.flow_input_check(flow_version=version, input=request.data)
+        return Response(InputCheckedSerializer({"valid": True, "input": checked}).data)
 
     # -- the flow's cron schedule -----------------------------------------------------------
     @extend_schema(

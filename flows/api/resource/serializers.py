@@ -52,6 +52,11 @@ FLOW_DOCUMENT_SCHEMA: dict[str, Any] = {
         "max_steps": {"type": "integer", "minimum": 1},
         "tasks": {"type": "array", "minItems": 1, "items": _TASK_SCHEMA},
         "conditions": {"type": "array", "items": _CONDITION_SCHEMA},
+        "input_schema": {
+            "type": "object",
+            "description": "JSON Schema (draft 2020-12) of an object: every start checks its "
+            "input against it and fills its defaults (README, 'Flow input schema').",
+        },
         "flow": {"type": "object", "description": "The same document, wrapped."},
     },
     "additionalProperties": True,
@@ -121,6 +126,13 @@ class ValidationReportSerializer(serializers.Serializer):
     )
     errors = FieldErrorSerializer(many=True, help_text="Why it would be refused (if not valid).")
     warnings = FieldErrorSerializer(many=True, help_text="Tasks no path reaches, and the like.")
+
+
+class InputCheckedSerializer(serializers.Serializer):
+    valid = serializers.BooleanField(help_text="Always true: an invalid input is a 400.")
+    input = serializers.DictField(
+        help_text="The input an execution would start with: the schema's defaults filled in."
+    )
 
 
 class StartExecutionSerializer(serializers.Serializer):

@@ -71,12 +71,21 @@ class Command(BaseCommand):
                     stored.append((other, services.flow_create(document=other_document)))
                 where = path
                 version = services.flow_create(document=document)
+                # Checked before the execution is stored (execution_start checks it again):
+                # a refused input leaves neither the execution nor the flow behind.
+                where = "--input"
+                input_value = services.flow_input_check(flow_version=version, input=input_value)
                 execution = services.execution_create(flow_version=version, input=input_value)
         except services.ServiceError as exc:
-            self.stderr.write(self.style.ERROR(f"{where}: invalid flow"))
+            what = "invalid flow"
+            if where == "--input":
+                matched = isinstance(exc, services.InvalidInput)
+                what = "does not match the flow's input_schema" if matched else "refused"
+            self.stderr.write(self.style.ERROR(f"{where}: {what}"))
             errors = exc.errors or [{"field": "", "message": exc.message}]
             for error in errors:
-                self.stderr.write(f"  {error['field'] or '(document)'}: {error['message']}")
+                whole = "(input)" if where == "--input" else "(document)"
+                self.stderr.write(f"  {error['field'] or whole}: {error['message']}")
             if where == path and any(e["field"].endswith(self.NOT_STORED) for e in errors):
                 self.stderr.write(
                     "  (store the flow a subflow task calls in the same command: --with <its file>)"

@@ -3,6 +3,8 @@ and its export, deleting a flow. Editing one is the builder's (``views.builder``
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -14,6 +16,7 @@ from flows import selectors, services
 from flows.models import Execution, Flow
 from flows.web import builder, presenters
 from flows.web.forms import RunForm, ScheduleForm
+from flows.web.runform import InputSchemaForm
 from flows.web.views.common import (
     PAGE_SIZE,
     download,
@@ -46,6 +49,8 @@ def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
         "versions": selectors.flow_version_list(flow=flow),
         "executions": executions[:10],
         "run_form": RunForm(),
+        # With an input_schema, Run opens the form drawn from it (flow_run).
+        "has_input_schema": isinstance(flow.definition.get("input_schema"), dict),
         "schedule": getattr(flow, "schedule", None),
         "schedule_form": ScheduleForm.for_flow(flow),
     }
@@ -97,10 +102,18 @@ def flow_export(request: HttpRequest, flow_id: str, version: int) -> HttpRespons
 
 @login_required
 @needs("flows.start_execution")
-@require_POST
 def flow_run(request: HttpRequest, flow_id: str) -> HttpResponse:
-    """Start an execution of the flow's current version, then show it."""
+    """Start an execution of the flow's current version, then show it.
+
+    A flow with an ``input_schema`` has a page of its own here, its form drawn from the
+    schema (GET shows it; POST starts, or shows it again with each error at its field).
+    A flow without one is started from the JSON box on its page."""
     flow = flow_or_404(flow_id)
+    schema = flow.definition.get("input_schema") if isinstance(flow.definition, dict) else None
+    if isinstance(schema, dict):
+        return _run_with_schema(request, flow, schema)
+    if request.method != "POST":
+        return redirect("flow_detail", flow_id=flow.id)
     form = RunForm(request.POST)
     if not form.is_valid():
         messages.error(request, f"Input: {' '.join(form.errors['input'])}")
@@ -114,6 +127,29 @@ def flow_run(request: HttpRequest, flow_id: str) -> HttpResponse:
         messages.error(request, explain(exc))
         return redirect("flow_detail", flow_id=flow.id)
     return redirect("execution_detail", execution_id=execution.id)
+
+
+def _run_with_schema(request: HttpRequest, flow: Flow, schema: dict[str, Any]) -> HttpResponse:
+    form = InputSchemaForm(schema, request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        current = version_or_404(flow.id, None)
+        try:
+            execution, _ = services.execution_submit(
+                flow_version=current, user=request.user, input=form.input()
+            )
+        except services.InvalidInput as exc:
+            form.add_input_errors(exc.errors)
+        except services.ServiceError as exc:
+            form.top_errors.append(explain(exc))
+        else:
+            return redirect("execution_detail", execution_id=execution.id)
+    context = {
+        "flow": flow,
+        "form": form,
+        "problems": presenters.flow_problems(flow.definition),
+    }
+    bad = request.method == "POST"  # still here after a POST: it was refused
+    return render(request, "flows/flow_run.html", context, status=400 if bad else 200)
 
 
 @login_required
