@@ -106,6 +106,18 @@ EXPECTED: dict[str, Run] = {
         {"report": {"message": "report for acme: 7 days as csv"}},
         input={"customer": "acme"},
     ),
+    # The secret comes from FLOW_SECRET_partner_token (the fixture below, as in the README).
+    "secret_flow.json": Run(
+        "COMPLETED",
+        [("preview", "SUCCESS", 1)],
+        {
+            "preview": {
+                "message": "GET https://partner.example.com/accounts/acme/changes?days=1 "
+                "with Authorization: Bearer ***"
+            }
+        },
+        input={"account": "acme"},
+    ),
     "sleep_flow.json": Run(
         "COMPLETED",
         [("before", "SUCCESS", 1), ("nap", "SUCCESS", 1), ("after", "SUCCESS", 1)],
@@ -144,6 +156,9 @@ def steps(execution: Execution) -> list[tuple[str, str, int]]:
     return list(execution.steps.order_by("seq").values_list("task_name", "status", "attempt"))
 
 
+PARTNER_TOKEN = "demo-token-123"
+
+
 def run_example(name: str, expected: Run) -> Execution:
     """Store what it calls, start it, run it inline; answer its signal when it waits."""
     for called in expected.stored_first:
@@ -170,7 +185,8 @@ def subset(value: Any, expected: Any) -> Any:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
-def test_the_example_runs_to_the_end_state_it_promises(db, path):
+def test_the_example_runs_to_the_end_state_it_promises(db, monkeypatch, path):
+    monkeypatch.setenv("FLOW_SECRET_partner_token", PARTNER_TOKEN)  # as the README sets it
     if path.name not in EXPECTED:
         pytest.fail(f"examples/{path.name} is new: write the run it promises in EXPECTED")
     expected = EXPECTED[path.name]

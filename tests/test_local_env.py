@@ -147,6 +147,21 @@ def test_the_readme_lists_a_runflow_line_for_each_control_and_wait_example():
     assert len(readme_example_lines()) == 8, readme_example_lines()
 
 
+def test_the_readme_s_secret_example_runs_as_written_and_never_shows_the_token(checkout):
+    readme = (PROJECT / "README.md").read_text()
+    [line] = [
+        line
+        for line in readme.splitlines()
+        if line.startswith("FLOW_SECRET_partner_token=") and "runflow" in line
+    ]
+    done = sh(checkout.root, line)
+
+    out = ok(done)
+    assert out.splitlines()[-1] == "COMPLETED"
+    assert "with Authorization: Bearer ***" in done.stderr
+    assert "demo-token-123" not in out + done.stderr
+
+
 @pytest.mark.parametrize("line", readme_example_lines())
 def test_each_readme_example_line_runs_as_written(checkout, line):
     done = sh(checkout.root, line)
