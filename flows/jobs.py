@@ -36,6 +36,17 @@ def run_scheduled(flow_id: str) -> None:
         logger.exception("flow=%s scheduled run failed to start", flow_id)
 
 
+def handle_ends() -> None:
+    """What follows executions' ends (flow triggers, notifications, error-handler flows),
+    from the outbox: run by every worker process's timer, and by the reaper's schedule."""
+    try:
+        handled = services.handle_ends()
+        if handled:
+            logger.info("execution ends handled: %d", handled)
+    except Exception:
+        logger.exception("handling execution ends failed; the next pass tries again")
+
+
 def reap() -> None:
     try:
         counts = engine.reap()
