@@ -113,7 +113,7 @@ NO_KEYS = OpenApiResponse(
 @extend_schema_view(
     list=extend_schema(
         summary="List secrets (names and metadata, never values)",
-        responses={200: SecretSerializer(many=True), **error_responses(401, 403)},
+        responses={200: SecretSerializer(many=True), **error_responses(401, 403, 404)},
         examples=[ex.answer("Secrets", SECRET)],
     ),
     retrieve=extend_schema(
