@@ -291,6 +291,10 @@ FLOW_SECRET_KEYS = env_fernet_keys("FLOW_SECRET_KEYS")
 # secret reaches the running workers within this time; 0 reads the store at every step.
 FLOW_SECRET_CACHE_SECONDS = env_float("FLOW_SECRET_CACHE_SECONDS", 5.0, minimum=0.0)
 
+# How often each worker process handles executions' ends (flow triggers, notifications,
+# error-handler flows: flows/services/ends.py); what follows an end waits at most this long.
+FLOW_ENDS_EVERY_SECONDS = env_float("FLOW_ENDS_EVERY_SECONDS", 1.0, minimum=0.05)
+
 # --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
 _job_timeout = int(FLOW_MAX_TASK_TIMEOUT + 120)

@@ -10,7 +10,7 @@ class FlowsConfig(AppConfig):
         from django.db.models.signals import post_delete, post_migrate, post_save
         from django_q.signals import post_spawn
 
-        from flows import services, vault
+        from flows import jobs, services, vault
         from flows.engine import start_due_step_timer
         from flows.models import Secret
 
@@ -21,6 +21,8 @@ class FlowsConfig(AppConfig):
         # In each qcluster worker process: with the Redis broker, delayed steps (retries) are
         # woken when due by a timer there (the broker cannot deliver a message late).
         post_spawn.connect(start_due_step_timer, dispatch_uid="flows.engine.start_due_step_timer")
+        # And what follows executions' ends (the outbox: triggers, notifications), each second.
+        post_spawn.connect(jobs.start_ends_timer, dispatch_uid="flows.jobs.start_ends_timer")
         # A secret changed in this process is read afresh by the next step run here (other
         # processes within FLOW_SECRET_CACHE_SECONDS).
         for signal in (post_save, post_delete):

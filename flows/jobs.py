@@ -8,7 +8,14 @@ django-q2 worker closes stale database connections before each job.)
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+from django_q.conf import Conf
 
 from flows import engine, services
 
@@ -34,6 +41,44 @@ def run_scheduled(flow_id: str) -> None:
         logger.warning("flow=%s scheduled run refused: %s", flow_id, exc.message)
     except Exception:
         logger.exception("flow=%s scheduled run failed to start", flow_id)
+
+
+def handle_ends() -> None:
+    """What follows executions' ends (flow triggers, notifications, error-handler flows),
+    from the outbox: run by every worker process's timer, and by the reaper's schedule."""
+    try:
+        handled = services.handle_ends()
+        if handled:
+            logger.info("execution ends handled: %d", handled)
+    except Exception:
+        logger.exception("handling execution ends failed; the next pass tries again")
+
+
+class EndsTimer:
+    """A daemon thread that runs ``handle_ends`` every ``interval`` seconds in this worker
+    process: what follows an execution's end happens about a second after it, on whichever
+    worker looks first (the rows are taken with skip_locked; each is handled once)."""
+
+    started: EndsTimer | None = None  # the one of this process
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.thread = threading.Thread(target=self._run, name="flow-ends", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            close_old_connections()  # its own connection (per thread): past its age, anew
+            handle_ends()
+
+
+def start_ends_timer(**_: Any) -> None:
+    """django-q2's ``post_spawn`` receiver: start this worker process's EndsTimer (not when
+    jobs run inline: ``runflow`` and the tests call ``services.handle_ends`` themselves)."""
+    if Conf.SYNC or EndsTimer.started is not None:
+        return
+    EndsTimer.started = EndsTimer(settings.FLOW_ENDS_EVERY_SECONDS)
 
 
 def reap() -> None:

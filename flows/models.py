@@ -640,3 +640,31 @@ class Secret(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ExecutionEnd(models.Model):
+    """Outbox: a top-level execution that ended, written in the transaction that ended it.
+
+    What must follow an end (flow triggers, notifications, error-handler flows) is done from
+    these rows by ``services.ends``, in transactions that delete the row they handle: once,
+    even when a worker dies between the end and its consequences. A child execution (a map
+    item, a branch) writes none.
+    """
+
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    flow_id = models.CharField(max_length=100)
+    status = models.CharField(max_length=16)
+    ended_at = models.DateTimeField()
+    # A handler that raised leaves the row for later: how often, why, and not before when.
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    not_before = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["execution"], name="executionend_execution_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.flow_id} {self.execution_id} {self.status}"

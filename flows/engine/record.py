@@ -22,7 +22,14 @@ from flows.engine.outcome import flow_timeout, remaining
 from flows.engine.routing import Finished, took
 from flows.engine.transitions import ending
 from flows.engine.wakeup import wake
-from flows.models import Execution, ExecutionEvent, ExecutionStatus, TaskRun, TaskRunStatus
+from flows.models import (
+    Execution,
+    ExecutionEnd,
+    ExecutionEvent,
+    ExecutionStatus,
+    TaskRun,
+    TaskRunStatus,
+)
 from flows.sql import writes
 
 logger = logging.getLogger("flows.engine")
@@ -38,11 +45,13 @@ class _Inserts:
 
     steps: list[TaskRun] = field(default_factory=list)
     events: list[ExecutionEvent] = field(default_factory=list)
+    ends: list[ExecutionEnd] = field(default_factory=list)  # the outbox (transitions.end_row)
 
     def save(self) -> None:
         # Nothing reads their keys before the commit: on PostgreSQL they go out with it.
         writes.insert_rows(TaskRun, self.steps, after_commit=True)
         writes.insert_rows(ExecutionEvent, self.events, after_commit=True)
+        writes.insert_rows(ExecutionEnd, self.ends, after_commit=True)
 
 
 def write(
@@ -133,6 +142,9 @@ def write(
         events = list(finished.events)
         if final:
             ends[eid] = ending(final, error, int(steps_taken), now)
+            end = transitions.end_row(execution, final, now)
+            if end is not None:
+                inserts.ends.append(end)
             if execution.parent_step_id is not None:
                 # A child's output is what its parent step gathers (fanin.join).
                 ends[eid]["result"] = outcome.result if final == ExecutionStatus.COMPLETED else None

@@ -31,7 +31,14 @@ from django.db.models.functions import Coalesce
 
 from flows.definition import TaskSpec
 from flows.engine.wakeup import wake
-from flows.models import ACTIVE_STATUSES, Execution, ExecutionStatus, TaskRun, TaskRunStatus
+from flows.models import (
+    ACTIVE_STATUSES,
+    Execution,
+    ExecutionEnd,
+    ExecutionStatus,
+    TaskRun,
+    TaskRunStatus,
+)
 from flows.sql import writes
 
 # A wait no clock ends (a signal, children): not_before/woken_at so far ahead that the due-step
@@ -65,10 +72,24 @@ def ending(status: str, error: str, steps_taken: int, now: datetime) -> dict[str
     }
 
 
+def end_row(execution: Execution, status: str, now: datetime) -> ExecutionEnd | None:
+    """The outbox row an ending writes with it, for a top-level execution (``services.ends``
+    does what follows an end from it); None for a child. Inserted by the caller, in the
+    transaction that ends the execution."""
+    if execution.parent_step_id is not None:
+        return None
+    return ExecutionEnd(
+        execution_id=execution.id, flow_id=execution.flow_id, status=status, ended_at=now
+    )
+
+
 def end_execution(execution: Execution, status: str, error: str, now: datetime) -> None:
     """End one execution outside the step path (the reaper's). The caller counts a child on
     its parent step (``fanin.child_ended``). Locks: the execution row, held by the caller."""
     writes.update_rows(Execution, {execution.id: ending(status, error, execution.steps_taken, now)})
+    row = end_row(execution, status, now)
+    if row is not None:
+        writes.insert_rows(ExecutionEnd, [row], after_commit=True)
 
 
 def end_executions(ends: dict[uuid.UUID, dict[str, Any]]) -> None:
@@ -100,13 +121,23 @@ def cancel_now(ids: list[uuid.UUID], now: datetime, *, error: str) -> None:
         now,
         error="cancelled before it started",
     )
-    Execution.objects.filter(pk__in=ids, status__in=CANCELLABLE).update(
+    ending = Execution.objects.filter(pk__in=ids, status__in=CANCELLABLE)
+    # Before the update, which takes them out of CANCELLABLE: the top-level ones among them.
+    top = list(ending.filter(parent_step__isnull=True).values_list("id", "flow_id"))
+    ending.update(
         status=ExecutionStatus.CANCELLED,
         cancel_requested=True,
         error=error,
         ended_at=now,
         current_task="",
     )
+    rows = [
+        ExecutionEnd(
+            execution_id=eid, flow_id=flow_id, status=ExecutionStatus.CANCELLED, ended_at=now
+        )
+        for eid, flow_id in top
+    ]
+    writes.insert_rows(ExecutionEnd, rows, after_commit=True)
 
 
 def ask_to_cancel(ids: Iterable[uuid.UUID]) -> None:

@@ -15,6 +15,7 @@ from flows.services.controls import (
     execution_resume,
     execution_signal,
 )
+from flows.services.ends import handle_ends, on_end
 from flows.services.errors import (
     Conflict,
     IdempotencyConflict,
@@ -114,6 +115,8 @@ __all__ = [
     "flow_store",
     "flow_update",
     "given_flow_id",
+    "handle_ends",
+    "on_end",
     "purge_schedule_sync",
     "secret_create",
     "secret_delete",
