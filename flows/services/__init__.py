@@ -59,6 +59,7 @@ from flows.services.retention import (
     purge_schedule_sync,
 )
 from flows.services.schedules import (
+    MAX_CATCHUP_WINDOW,
     SCHEDULE_FUNC,
     cron_error,
     cron_slots,
@@ -80,6 +81,7 @@ from flows.services.triggers import execution_result
 
 __all__ = [
     "BACKFILL_MAX_SLOTS",
+    "MAX_CATCHUP_WINDOW",
     "PURGE_BATCH_SIZE",
     "PURGE_JOB",
     "PURGE_SCHEDULE_NAME",

@@ -381,6 +381,9 @@ class FlowViewSet(ResourceViewSet):
             cron=body.validated_data["cron"],
             enabled=body.validated_data["enabled"],
             input=body.validated_data.get("input"),
+            overlap=body.validated_data.get("overlap"),
+            catchup=body.validated_data.get("catchup"),
+            catchup_window_seconds=body.validated_data.get("catchup_window_seconds"),
         )
         return Response(ScheduleSerializer(saved).data)
 
