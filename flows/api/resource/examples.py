@@ -182,6 +182,26 @@ SCHEDULE = {
     "updated_at": AT,
 }
 
+BACKFILL = {
+    "backfill": 3,
+    "dry_run": False,
+    "slots": [
+        {
+            "slot": "2026-11-01T00:00:00Z",
+            "action": "skip",
+            "reason": "already COMPLETED",
+            "execution": EXECUTION_ID,
+        },
+        {
+            "slot": "2026-11-01T01:00:00Z",
+            "action": "run",
+            "reason": "never ran",
+            "execution": "0b1c1d5e-8c7e-4d7a-9a53-2f4f1a9c0d11",
+        },
+    ],
+    "counts": {"run": 1, "rerun": 0, "skip": 1},
+}
+
 SIGNALLED_STEP = {
     **STEP,
     "task_name": "approve",

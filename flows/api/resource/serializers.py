@@ -604,3 +604,48 @@ class ScheduleSerializer(serializers.Serializer):
     def get_next_run(self, obj: Any) -> str | None:
         q = getattr(obj, "q_schedule", None)
         return q.next_run.isoformat() if q is not None and obj.enabled and q.next_run else None
+
+
+class BackfillRequestSerializer(serializers.Serializer):
+    """A backfill of the flow's cron slots in [start, end] (``services.backfill_create``)."""
+
+    start = serializers.DateTimeField(help_text="The first slot time looked at (inclusive).")
+    end = serializers.DateTimeField(help_text="The last slot time looked at (inclusive).")
+    dry_run = serializers.BooleanField(
+        default=False, help_text="true: answer what would happen to each slot; start nothing."
+    )
+    max_active = serializers.IntegerField(
+        default=1,
+        help_text="At most this many of the backfill's runs at once (1 to 100); the others "
+        "wait, created, and start as earlier ones end.",
+    )
+    reprocess = serializers.ChoiceField(
+        choices=["none", "failed", "all"],
+        default="none",
+        help_text="Slots that ran already: none skips them, failed reruns the FAILED and "
+        "CANCELLED ones, all reruns every one.",
+    )
+    input = serializers.DictField(
+        required=False,
+        help_text="The input of every run; left out: the schedule's current input.",
+    )
+
+
+class BackfillSlotSerializer(serializers.Serializer):
+    slot = serializers.DateTimeField()
+    action = serializers.ChoiceField(choices=["run", "rerun", "skip"])
+    reason = serializers.CharField()
+    execution = serializers.UUIDField(
+        allow_null=True,
+        help_text="A run or rerun: the execution made (null in a dry run); a skip or a "
+        "dry run's rerun: the slot's latest run.",
+    )
+
+
+class BackfillSerializer(serializers.Serializer):
+    backfill = serializers.IntegerField(allow_null=True, help_text="Null for a dry run.")
+    dry_run = serializers.BooleanField()
+    slots = BackfillSlotSerializer(many=True)
+    counts = serializers.DictField(
+        child=serializers.IntegerField(), help_text="How many slots of each action."
+    )
