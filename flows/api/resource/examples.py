@@ -202,6 +202,21 @@ BACKFILL = {
     "counts": {"run": 1, "rerun": 0, "skip": 1},
 }
 
+BACKFILL_DRY_RUN = {
+    "backfill": None,
+    "dry_run": True,
+    "slots": [
+        {
+            "slot": "2026-11-01T00:00:00Z",
+            "action": "rerun",
+            "reason": "FAILED; reprocess failed",
+            "execution": EXECUTION_ID,
+        },
+        {"slot": "2026-11-01T01:00:00Z", "action": "run", "reason": "never ran", "execution": None},
+    ],
+    "counts": {"run": 1, "rerun": 1, "skip": 0},
+}
+
 SIGNALLED_STEP = {
     **STEP,
     "task_name": "approve",

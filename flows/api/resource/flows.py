@@ -428,6 +428,7 @@ class FlowViewSet(ResourceViewSet):
                 request_only=True,
             ),
             ex.answer("Backfill", ex.BACKFILL, 201),
+            ex.answer("Dry run", ex.BACKFILL_DRY_RUN),
         ],
     )
     @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
