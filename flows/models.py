@@ -658,7 +658,7 @@ class FlowSchedule(models.Model):
     )
     catchup_window_seconds = models.PositiveIntegerField(default=86_400, db_default=86_400)
     # The latest slot the scheduler has dealt with (run, skipped or buffered): the slots
-    # after it, up to now, are the ones due; those more than a minute old were missed.
+    # after it, up to now, are the ones due; those more than 5 minutes old were missed.
     last_slot_at = models.DateTimeField(null=True, blank=True)
     # buffer_one: the slot that waits for the running one to end.
     buffered_slot = models.DateTimeField(null=True, blank=True)

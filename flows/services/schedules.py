@@ -5,8 +5,8 @@ started when the run before it ends.
 Slots. Each cron time is a slot; a run records it (``Execution.scheduled_for``) and a slot's
 first run is unique per flow, so a redelivered job or two schedulers never run one twice.
 ``FlowSchedule.last_slot_at`` is the latest slot dealt with; a fire looks at the slots after
-it up to now. The latest of them, if at most ``LATE_AFTER_SECONDS`` old, is on time; older
-ones were missed (no worker ran the scheduler then: django-q2 fires a late schedule once and
+it up to now. The latest of them, if at most ``LATE_AFTER_SECONDS`` (5 minutes) old, is on
+time; older ones were missed (no worker ran the scheduler then: django-q2 fires a late schedule once and
 moves on, ``catch_up`` off) and ``catchup`` decides which of them run:
 
 - ``none``: none (each is counted as skipped);
@@ -50,9 +50,10 @@ from flows.services.executions import execution_submit, flow_input_check
 logger = logging.getLogger("flows.services")
 
 SCHEDULE_FUNC = "flows.jobs.run_scheduled"
-# A slot older than this when its fire comes was missed: django-q2's scheduler looks every
-# few seconds, so an on-time fire is seconds late; a minute is a stopped cluster.
-LATE_AFTER_SECONDS = 60
+# A slot older than this when its fire comes was missed: django-q2's scheduler looks about
+# every 30 s, so an on-time fire is at most that late (plus a busy queue); five minutes is a
+# cluster that was stopped.
+LATE_AFTER_SECONDS = 300
 # How many due slots one fire looks at (a minutely cron after a month down is 43,200 of
 # them: the older ones are counted as skipped, never started).
 MAX_DUE_SLOTS = 1000
