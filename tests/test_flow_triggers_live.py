@@ -12,8 +12,13 @@ import collections
 
 import pytest
 
+from tests import test_worker_faults as faults
 from tests.factories import flow_doc, task
-from tests.test_worker_faults import Live, backend, live, norm  # noqa: F401 (fixtures)
+from tests.test_worker_faults import Live, norm
+
+# The fault tests' fixtures: a fresh database for this module, the processes of one test.
+backend = faults.backend
+live = faults.live
 
 pytestmark = pytest.mark.worker
 

@@ -63,14 +63,6 @@ class SlotPlan:
     reason: str
     execution: Any = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "slot": self.slot.isoformat(),
-            "action": self.action,
-            "reason": self.reason,
-            "execution": str(self.execution) if self.execution else None,
-        }
-
 
 def _refuse(field: str, message: str) -> ServiceError:
     return ServiceError(f"{field}: {message}", errors=[{"field": field, "message": message}])

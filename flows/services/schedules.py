@@ -6,8 +6,8 @@ Slots. Each cron time is a slot; a run records it (``Execution.scheduled_for``) 
 first run is unique per flow, so a redelivered job or two schedulers never run one twice.
 ``FlowSchedule.last_slot_at`` is the latest slot dealt with; a fire looks at the slots after
 it up to now. The latest of them, if at most ``LATE_AFTER_SECONDS`` (5 minutes) old, is on
-time; older ones were missed (no worker ran the scheduler then: django-q2 fires a late schedule once and
-moves on, ``catch_up`` off) and ``catchup`` decides which of them run:
+time; older ones were missed (no worker ran the scheduler then: django-q2 fires a late
+schedule once and moves on, ``catch_up`` off) and ``catchup`` decides which of them run:
 
 - ``none``: none (each is counted as skipped);
 - ``last``: the latest within ``catchup_window_seconds``;

@@ -445,7 +445,7 @@ class FlowViewSet(ResourceViewSet):
         data = {
             "backfill": made.id if made else None,
             "dry_run": made is None,
-            "slots": [plan.as_dict() for plan in plans],
+            "slots": [vars(plan) for plan in plans],
             "counts": counts,
         }
         answer = status.HTTP_200_OK if made is None else status.HTTP_201_CREATED
