@@ -254,3 +254,20 @@ def test_handlers_running_at_once_start_the_downstream_flow_once_per_end() -> No
     connection.close()
     assert not ExecutionEnd.objects.exists()
     assert sorted(len(started_by(a)) for a in ends) == [1] * 20
+
+
+# -- pages ------------------------------------------------------------------------------------
+def test_the_pages_show_the_triggers_and_the_chain_to_follow(client, alice) -> None:
+    client.force_login(alice)
+    services.flow_create(document=upstream())
+    services.flow_create(document=downstream({"flow_id": "a", "condition": "true"}))
+    a_page = client.get("/flows/a/").content.decode()
+    assert 'Its end starts <a href="/flows/b/">b</a> (COMPLETED, <code>true</code>)' in a_page
+    b_page = client.get("/flows/b/").content.decode()
+    assert 'Starts when <a href="/flows/a/">a</a> ends COMPLETED and <code>true</code>' in b_page
+
+    a = run_flow(upstream())
+    services.handle_ends()
+    (b,) = started_by(a)
+    execution_page = client.get(f"/executions/{b.id}/").content.decode()
+    assert f'by the end of <a href="/executions/{a.id}/">{str(a.id)[:8]}</a>' in execution_page

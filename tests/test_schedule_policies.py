@@ -163,3 +163,38 @@ def test_a_bad_policy_is_a_400_at_its_field(api, flow_id, body, field) -> None:
     assert response.status_code == 400
     assert [e["field"] for e in response.json()["errors"]] == [field]
     assert not FlowSchedule.objects.exists()
+
+
+def test_the_flow_page_sets_and_shows_the_policies(client, alice, flow_id) -> None:
+    client.force_login(alice)
+    client.post(
+        f"/flows/{flow_id}/schedule",
+        {
+            "action": "save",
+            "cron": HOURLY,
+            "enabled": "on",
+            "overlap": "buffer_one",
+            "catchup": "all",
+            "catchup_window_seconds": "7200",
+        },
+    )
+    saved = FlowSchedule.objects.get()
+    assert (saved.overlap, saved.catchup, saved.catchup_window_seconds) == (
+        "buffer_one",
+        "all",
+        7200,
+    )
+    page = client.get(f"/flows/{flow_id}/").content.decode()
+    assert "Overlap <code>buffer_one</code>, catch-up <code>all</code> (window 7200 s)" in page
+    assert '<option value="buffer_one" selected>' in page
+
+
+def test_the_flow_page_explains_a_bad_window_and_stores_nothing(client, alice, flow_id) -> None:
+    client.force_login(alice)
+    response = client.post(
+        f"/flows/{flow_id}/schedule",
+        {"action": "save", "cron": HOURLY, "catchup_window_seconds": "0"},
+        follow=True,
+    )
+    assert "catchup_window_seconds" in response.content.decode()
+    assert not FlowSchedule.objects.exists()
