@@ -357,11 +357,12 @@ class Execution(models.Model):
         related_name="triggered",
         db_index=False,  # the execution_one_per_trigger unique index serves it
     )
-    # The cron slot a scheduled or backfilled run is for. A slot's first run is unique per
-    # flow (execution_one_run_per_slot), and each rerun of a slot (a backfill's reprocess)
-    # reruns its latest run once (execution_one_rerun_per_slot_run): two schedulers, a
-    # redelivered job or two backfills never run one slot twice.
+    # The cron slot a scheduled or backfilled run is for, and which run of it this is (0 the
+    # first; a backfill's reprocess makes the next): unique per flow (execution_one_per_slot),
+    # so two schedulers, a redelivered job or two backfills never run one slot twice, and
+    # deleting a run (a purge) changes no other row's place.
     scheduled_for = models.DateTimeField(null=True, blank=True)
+    slot_attempt = models.PositiveSmallIntegerField(default=0, db_default=0)
     backfill = models.ForeignKey(
         "Backfill",
         null=True,
@@ -430,12 +431,6 @@ class Execution(models.Model):
                 condition=models.Q(parent_step__isnull=True),
             ),
             models.Index(fields=["-created_at"], name="exec_created_idx"),
-            # A flow's scheduled runs still going (the overlap policy) and a slot's runs.
-            models.Index(
-                fields=["flow", "scheduled_for"],
-                condition=Q(scheduled_for__isnull=False),
-                name="exec_flow_slot_idx",
-            ),
             # What a backfill waits on and starts next.
             models.Index(
                 fields=["backfill", "status"],
@@ -464,15 +459,11 @@ class Execution(models.Model):
                 condition=Q(triggered_by__isnull=False),
                 name="execution_one_per_trigger",
             ),
+            # Also the index of a flow's scheduled runs (the overlap policy, a slot's runs).
             models.UniqueConstraint(
-                fields=["flow", "scheduled_for"],
-                condition=Q(scheduled_for__isnull=False, rerun_of__isnull=True),
-                name="execution_one_run_per_slot",
-            ),
-            models.UniqueConstraint(
-                fields=["rerun_of"],
-                condition=Q(scheduled_for__isnull=False, rerun_of__isnull=False),
-                name="execution_one_rerun_per_slot_run",
+                fields=["flow", "scheduled_for", "slot_attempt"],
+                condition=Q(scheduled_for__isnull=False),
+                name="execution_one_per_slot",
             ),
         ]
 

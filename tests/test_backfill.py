@@ -235,3 +235,20 @@ def test_the_command_prints_the_plan_and_runs_it(flow_id) -> None:
 def test_the_command_refuses_a_bad_range_with_the_reason(flow_id) -> None:
     with pytest.raises(CommandError, match="end: must not be before start"):
         call_command("backfill", "etl", "--start", "2026-03-02", "--end", "2026-03-01")
+
+
+def test_each_reprocess_reruns_the_slot_s_latest_run_and_deleting_one_breaks_nothing(
+    flow_id,
+) -> None:
+    first = slot_run(flow_id, hour(0), ExecutionStatus.CANCELLED)
+    made, _ = services.backfill_create(flow_id=flow_id, start=T0, end=T0, reprocess="failed")
+    second = Execution.objects.get(backfill=made)
+    services.execution_cancel(execution_id=second.id)
+    made, plans = services.backfill_create(flow_id=flow_id, start=T0, end=T0, reprocess="failed")
+    third = Execution.objects.get(backfill=made)
+
+    assert [p.reason for p in plans] == ["CANCELLED; reprocess failed"]
+    assert (second.rerun_of_id, second.slot_attempt) == (first.id, 1)
+    assert (third.rerun_of_id, third.slot_attempt) == (second.id, 2)
+    services.execution_delete(execution_id=second.id)  # a run in the middle of the chain
+    assert dict(plan(flow_id, reprocess="failed"))[hour(0)] == "skip"  # the third still goes

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import OperationalError, close_old_connections, connection
+from django.db import OperationalError, connection
 
 from flows import services
 from flows.models import (
@@ -242,7 +242,7 @@ def test_handlers_running_at_once_start_the_downstream_flow_once_per_end() -> No
         except OperationalError:  # SQLite's test database, locked by another thread
             assert connection.vendor == "sqlite"
         finally:
-            close_old_connections()
+            connection.close()  # this thread's own
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for thread in threads:
@@ -251,7 +251,6 @@ def test_handlers_running_at_once_start_the_downstream_flow_once_per_end() -> No
         thread.join()
     while services.handle_ends():  # SQLite: a thread that found the database locked
         pass
-    connection.close()
     assert not ExecutionEnd.objects.exists()
     assert sorted(len(started_by(a)) for a in ends) == [1] * 20
 

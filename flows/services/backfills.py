@@ -62,6 +62,8 @@ class SlotPlan:
     action: str
     reason: str
     execution: Any = None
+    # A rerun: which run of the slot it is (the latest run's slot_attempt + 1).
+    slot_attempt: int = 0
 
 
 def _refuse(field: str, message: str) -> ServiceError:
@@ -107,29 +109,30 @@ def backfill_plan(*, flow_id: Any, start: Any, end: Any, reprocess: str) -> list
             f"the range holds more than {MAX_SLOTS} slots of '{schedule.cron}'; "
             "backfill it in parts",
         )
-    latest: dict[datetime, tuple[Any, str]] = {}
+    latest: dict[datetime, tuple[Any, str, int]] = {}
     runs = (
         Execution.objects.filter(flow=flow, scheduled_for__in=slots)
-        .order_by("scheduled_for", "created_at")
-        .values_list("scheduled_for", "id", "status")
+        .order_by("scheduled_for", "slot_attempt")
+        .values_list("scheduled_for", "id", "status", "slot_attempt")
     )
-    for slot, execution_id, status in runs:
-        latest[slot] = (execution_id, status)  # the last one of a slot wins
+    for slot, execution_id, status, attempt in runs:
+        latest[slot] = (execution_id, status, attempt)  # the last one of a slot wins
     return [_decide(slot, latest.get(slot), reprocess) for slot in slots]
 
 
-def _decide(slot: datetime, latest: tuple[Any, str] | None, reprocess: str) -> SlotPlan:
+def _decide(slot: datetime, latest: tuple[Any, str, int] | None, reprocess: str) -> SlotPlan:
     if latest is None:
         return SlotPlan(slot, RUN, "never ran")
-    execution_id, status = latest
+    execution_id, status, attempt = latest
     if status not in TERMINAL_STATUSES:
         return SlotPlan(slot, SKIP, f"a run is {status}", execution_id)
     if status == ExecutionStatus.COMPLETED:
         if reprocess == "all":
-            return SlotPlan(slot, RERUN, "COMPLETED; reprocess all", execution_id)
+            return SlotPlan(slot, RERUN, "COMPLETED; reprocess all", execution_id, attempt + 1)
         return SlotPlan(slot, SKIP, "already COMPLETED", execution_id)
     if reprocess in ("failed", "all"):
-        return SlotPlan(slot, RERUN, f"{status}; reprocess {reprocess}", execution_id)
+        why = f"{status}; reprocess {reprocess}"
+        return SlotPlan(slot, RERUN, why, execution_id, attempt + 1)
     return SlotPlan(slot, SKIP, f"already ran: {status}", execution_id)
 
 
@@ -186,6 +189,7 @@ def backfill_create(
                     trigger=ExecutionTrigger.BACKFILL,
                     rerun_of=(Execution(pk=plan.execution) if plan.action == RERUN else None),
                     scheduled_for=plan.slot,
+                    slot_attempt=plan.slot_attempt,
                     backfill=backfill,
                     start=started < max_active,
                 )

@@ -169,15 +169,17 @@ def execution_submit(
     rerun_of: Execution | None = None,
     triggered_by: Execution | None = None,
     scheduled_for: Any = None,
+    slot_attempt: int = 0,
     backfill: Any = None,
     start: bool = True,
 ) -> tuple[Execution, bool]:
     """Create and start an execution in one go. Returns (execution, created).
 
-    ``triggered_by`` (a flow trigger's upstream execution), ``scheduled_for`` (a cron slot)
-    and ``backfill`` are recorded with it; the unique constraints on them (models.Execution)
-    raise IntegrityError for a second run of one slot or one trigger. ``start=False`` leaves
-    it CREATED (a backfill's run waiting for its turn; its input is checked already).
+    ``triggered_by`` (a flow trigger's upstream execution), ``scheduled_for`` (a cron slot,
+    with ``slot_attempt``: which run of it) and ``backfill`` are recorded with it; the unique
+    constraints on them (models.Execution) raise IntegrityError for a second run of one slot
+    or one trigger. ``start=False`` leaves it CREATED (a backfill's run waiting for its turn;
+    its input is checked already).
 
     With an ``idempotency_key``, a repeated submit by the same user for the same flow returns
     the execution the first one made (created=False) instead of starting another. The key is
@@ -211,6 +213,7 @@ def execution_submit(
                 rerun_of=rerun_of,
                 triggered_by=triggered_by,
                 scheduled_for=scheduled_for,
+                slot_attempt=slot_attempt,
                 backfill=backfill,
             )
             if start:

@@ -272,7 +272,7 @@ def _run_due(flow_id: str, now: datetime) -> tuple[list[Execution], list[Service
 
 
 def _schedule_running(flow_id: str) -> bool:
-    """Whether a scheduled run of the flow has not ended (exec_flow_slot_idx)."""
+    """Whether a scheduled run of the flow has not ended (the execution_one_per_slot index)."""
     return (
         Execution.objects.filter(
             flow_id=flow_id, scheduled_for__isnull=False, trigger=ExecutionTrigger.SCHEDULE
