@@ -270,3 +270,14 @@ def test_the_pages_show_the_triggers_and_the_chain_to_follow(client, alice) -> N
     (b,) = started_by(a)
     execution_page = client.get(f"/executions/{b.id}/").content.decode()
     assert f'by the end of <a href="/executions/{a.id}/">{str(a.id)[:8]}</a>' in execution_page
+
+
+def test_the_api_follows_the_chain_both_ways(api) -> None:
+    services.flow_create(document=downstream({"flow_id": "a"}))
+    a = run_flow(upstream())
+    services.handle_ends()
+    (b,) = started_by(a)
+
+    assert api.get(f"/api/executions/{b.id}/").json()["triggered_by"] == str(a.id)
+    listed = api.get("/api/executions/", {"triggered_by": str(a.id)}).json()
+    assert [row["id"] for row in listed["results"]] == [str(b.id)]
