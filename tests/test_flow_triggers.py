@@ -14,9 +14,12 @@ from flows.models import (
     ExecutionEnd,
     ExecutionStatus,
     ExecutionTrigger,
+    Flow,
     FlowTrigger,
 )
 from tests.factories import failing, flow_doc, run_flow, run_to_end, task
+from tests.test_web_run_form import page_value
+from tests.web_helpers import builder_post, field_block, field_errors
 
 pytestmark = pytest.mark.django_db
 
@@ -281,3 +284,33 @@ def test_the_api_follows_the_chain_both_ways(api) -> None:
     assert api.get(f"/api/executions/{b.id}/").json()["triggered_by"] == str(a.id)
     listed = api.get("/api/executions/", {"triggered_by": str(a.id)}).json()
     assert [row["id"] for row in listed["results"]] == [str(b.id)]
+
+
+# -- the builder ------------------------------------------------------------------------------
+def test_the_builder_keeps_the_triggers_on_a_save_from_its_form(client, alice) -> None:
+    client.force_login(alice)
+    services.flow_create(document=upstream())
+    services.flow_create(document=downstream({"flow_id": "a", "states": ["FAILED"]}))
+    page = client.get("/flows/b/edit").content.decode()
+    assert "&quot;FAILED&quot;" in field_block(page, "id_on_flow_end")
+
+    rows = [{"name": "got", "task_type": "print", "param_message": "again"}]
+    data = builder_post({"on_flow_end": page_value(page, "id_on_flow_end")}, rows, initial=1)
+    assert client.post("/flows/b/edit", data).status_code == 302
+    assert list(FlowTrigger.objects.values_list("upstream_flow_id", "states")) == [
+        ("a", ["FAILED"])
+    ]
+    assert Flow.objects.get(pk="b").version == 2
+
+
+def test_a_trigger_cycle_from_the_builder_is_shown_at_its_field(client, alice) -> None:
+    client.force_login(alice)
+    rows = [{"name": "x", "task_type": "noop"}]
+    cycle = '[{"flow_id": "self"}]'
+    response = client.post("/flows/new", builder_post({"id": "self", "on_flow_end": cycle}, rows))
+    assert response.status_code == 400
+    errors = field_errors(response.content.decode(), "id_on_flow_end")
+    assert errors == [
+        "[0].flow_id: flow trigger cycle: self -&gt; self (a flow cannot start on its own end)"
+    ]
+    assert not Flow.objects.exists()
