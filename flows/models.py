@@ -676,8 +676,8 @@ class Backfill(models.Model):
     end = models.DateTimeField()
     max_active = models.PositiveIntegerField()
     reprocess = models.CharField(max_length=16)
-    # Runs that could not start when their turn came (their flow changed since): removed,
-    # counted here, and logged.
+    # Runs that could not start when their turn came (their version no longer validates):
+    # removed, counted here, and logged.
     refused = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
     created_by = models.ForeignKey(

@@ -252,3 +252,27 @@ def test_each_reprocess_reruns_the_slot_s_latest_run_and_deleting_one_breaks_not
     assert (third.rerun_of_id, third.slot_attempt) == (second.id, 2)
     services.execution_delete(execution_id=second.id)  # a run in the middle of the chain
     assert dict(plan(flow_id, reprocess="failed"))[hour(0)] == "skip"  # the third still goes
+
+
+def test_deleting_a_running_backfill_run_starts_the_next(flow_id) -> None:
+    made, _ = services.backfill_create(flow_id=flow_id, start=T0, end=hour(2), max_active=1)
+    first = Execution.objects.get(backfill=made, status="QUEUED")
+    services.execution_delete(execution_id=first.id)  # a deleted run writes no end
+    statuses = dict(Execution.objects.filter(backfill=made).values_list("scheduled_for", "status"))
+    assert statuses == {hour(1): "QUEUED", hour(2): "CREATED"}
+
+
+def test_a_waiting_run_its_flow_now_refuses_is_dropped_and_counted(flow_id) -> None:
+    made, _ = services.backfill_create(flow_id=flow_id, start=T0, end=hour(2), max_active=1)
+    services.execution_cancel(execution_id=Execution.objects.get(backfill=made, status="QUEUED").id)
+    # Its task type was removed since: the version the runs wait to start no longer validates.
+    FlowVersion.objects.filter(flow_id=flow_id).update(
+        definition=flow_doc([task("a", "gone")], flow_id=flow_id)
+    )
+    services.handle_ends()
+    made.refresh_from_db()
+    assert made.refused == 2
+    assert "cannot start: its flow is no longer valid" in made.last_error
+    assert list(Execution.objects.filter(backfill=made).values_list("status", flat=True)) == [
+        "CANCELLED"
+    ]

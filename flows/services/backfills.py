@@ -211,22 +211,30 @@ def backfill_create(
 
 @on_end("backfill")
 def start_next_backfill_runs(end: ExecutionEnd, execution: Execution) -> None:
-    """A backfill's run ended: start its waiting runs (slot order) up to ``max_active``.
+    """A backfill's run ended: start its waiting runs (``backfill_top_up``)."""
+    if execution.backfill_id is not None:
+        backfill_top_up(backfill_id=execution.backfill_id)
 
-    A run its flow now refuses (a changed input_schema) is deleted and counted on the
+
+def backfill_top_up(*, backfill_id: int) -> int:
+    """Start the backfill's waiting runs, in slot order, up to ``max_active`` going; how many
+    started. Called in the transaction that ended one of its runs (the handler above) or
+    deleted one (``execution_delete``: a deleted run writes no end).
+
+    A run that can no longer start (its pinned version no longer validates: a task type
+    removed since) is deleted and counted on the
     backfill (``refused``, ``last_error``) rather than retried: it would be refused again,
     and the runs after it must not wait on it.
     """
-    if execution.backfill_id is None:
-        return
-    backfill = Backfill.objects.select_for_update().filter(pk=execution.backfill_id).first()
+    backfill = Backfill.objects.select_for_update().filter(pk=backfill_id).first()
     if backfill is None:
-        return
+        return 0
     going = Execution.objects.filter(backfill=backfill, status__in=_GOING).count()
     room = backfill.max_active - going
+    started = 0
     waiting = Execution.objects.filter(backfill=backfill, status=ExecutionStatus.CREATED)
     for execution_id in waiting.order_by("scheduled_for").values_list("id", flat=True):
-        if room <= 0:
+        if started >= room:
             break
         try:
             with transaction.atomic():
@@ -238,4 +246,5 @@ def start_next_backfill_runs(end: ExecutionEnd, execution: Execution) -> None:
             backfill.save(update_fields=["refused", "last_error"])
             logger.warning("backfill %s: run %s refused: %s", backfill.id, execution_id, exc)
             continue
-        room -= 1
+        started += 1
+    return started
