@@ -19,6 +19,7 @@ from django.utils.html import format_html, format_html_join
 from flows import services
 from flows.api import permissions as perms
 from flows.models import (
+    Backfill,
     Execution,
     ExecutionEvent,
     Flow,
@@ -298,7 +299,30 @@ class ExecutionEventAdmin(admin.ModelAdmin):
 class FlowScheduleForm(forms.ModelForm):
     class Meta:
         model = FlowSchedule
-        fields = ("flow", "cron", "enabled", "input")
+        fields = (
+            "flow",
+            "cron",
+            "enabled",
+            "input",
+            "overlap",
+            "catchup",
+            "catchup_window_seconds",
+        )
+
+    # Left out (a form of before these fields): the schedule's own, or the defaults.
+    POLICIES = ("overlap", "catchup", "catchup_window_seconds")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in self.POLICIES:
+            self.fields[name].required = False
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        for name in self.POLICIES:
+            if cleaned.get(name) in (None, ""):
+                cleaned[name] = getattr(self.instance, name)
+        return cleaned
 
     def clean_cron(self) -> str:
         problem = services.cron_error(self.cleaned_data["cron"])
@@ -312,11 +336,19 @@ class FlowScheduleAdmin(admin.ModelAdmin):
     """Saving and deleting go through the services, which keep the django-q2 Schedule in step."""
 
     form = FlowScheduleForm
-    list_display = ("flow", "cron", "enabled", "next_run", "updated_at")
-    list_filter = ("enabled",)
+    list_display = ("flow", "cron", "enabled", "overlap", "catchup", "next_run", "updated_at")
+    list_filter = ("enabled", "overlap", "catchup")
     search_fields = ("flow__id", "flow__name", "cron")
     list_select_related = ("flow", "q_schedule")
-    readonly_fields = ("q_schedule", "created_at", "updated_at")
+    readonly_fields = (
+        "q_schedule",
+        "last_slot_at",
+        "buffered_slot",
+        "skipped_slots",
+        "last_skipped_at",
+        "created_at",
+        "updated_at",
+    )
 
     @admin.display(description="next run", ordering="q_schedule__next_run")
     def next_run(self, obj: FlowSchedule) -> Any:
@@ -324,7 +356,13 @@ class FlowScheduleAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: FlowSchedule, form: Any, change: bool) -> None:
         saved = services.flow_schedule_set(
-            flow_id=obj.flow_id, cron=obj.cron, enabled=obj.enabled, input=obj.input
+            flow_id=obj.flow_id,
+            cron=obj.cron,
+            enabled=obj.enabled,
+            input=obj.input,
+            overlap=obj.overlap,
+            catchup=obj.catchup,
+            catchup_window_seconds=obj.catchup_window_seconds,
         )
         obj.pk, obj.q_schedule = saved.pk, saved.q_schedule
 
@@ -334,6 +372,33 @@ class FlowScheduleAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[FlowSchedule]) -> None:
         for flow_id in queryset.values_list("flow_id", flat=True):
             services.flow_schedule_delete(flow_id=flow_id)
+
+
+@admin.register(Backfill)
+class BackfillAdmin(admin.ModelAdmin):
+    """Backfills are made by the API and ``manage.py backfill``; here they are read (and a
+    run refused when its turn came is counted, with why)."""
+
+    list_display = (
+        "id",
+        "flow",
+        "start",
+        "end",
+        "max_active",
+        "reprocess",
+        "refused",
+        "created_at",
+    )
+    list_filter = ("reprocess",)
+    search_fields = ("flow__id",)
+    list_select_related = ("flow",)
+    readonly_fields = [f.name for f in Backfill._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class SecretForm(forms.ModelForm):

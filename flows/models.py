@@ -133,6 +133,8 @@ class ExecutionTrigger(models.TextChoices):
     SCHEDULE = "schedule"
     RERUN = "rerun"
     PARENT = "parent"  # a parallel branch, a map item or a sub-flow of another execution
+    FLOW = "flow"  # another flow's end (its document's on_flow_end); see triggered_by
+    BACKFILL = "backfill"  # a slot of the flow's cron, run by a backfill (Backfill)
 
 
 ACTIVE_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
@@ -168,6 +170,9 @@ API_LIST_FIELDS = (
     "redrive_count",
     "deadline_at",
     "rerun_of",
+    "triggered_by",
+    "scheduled_for",
+    "backfill",
     "created_by",
     "created_at",
     "queued_at",
@@ -342,6 +347,30 @@ class Execution(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns"
     )
     redrive_count = models.PositiveIntegerField(default=0)
+    # The upstream execution whose end started this one (trigger "flow"): a chain of flow
+    # triggers is followed back through it.
+    triggered_by = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="triggered",
+        db_index=False,  # the execution_one_per_trigger unique index serves it
+    )
+    # The cron slot a scheduled or backfilled run is for, and which run of it this is (0 the
+    # first; a backfill's reprocess makes the next): unique per flow (execution_one_per_slot),
+    # so two schedulers, a redelivered job or two backfills never run one slot twice, and
+    # deleting a run (a purge) changes no other row's place.
+    scheduled_for = models.DateTimeField(null=True, blank=True)
+    slot_attempt = models.PositiveSmallIntegerField(default=0, db_default=0)
+    backfill = models.ForeignKey(
+        "Backfill",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="executions",
+        db_index=False,  # the (backfill, status) index serves it
+    )
     idempotency_key = models.CharField(max_length=200, blank=True)
     # SHA-256 of the request body the key came with: a repeat with another body is refused.
     # db_default: a process still running the code before this column can insert executions.
@@ -402,6 +431,12 @@ class Execution(models.Model):
                 condition=models.Q(parent_step__isnull=True),
             ),
             models.Index(fields=["-created_at"], name="exec_created_idx"),
+            # What a backfill waits on and starts next.
+            models.Index(
+                fields=["backfill", "status"],
+                condition=Q(backfill__isnull=False),
+                name="exec_backfill_status_idx",
+            ),
         ]
         constraints = [
             # A repeated start with the same Idempotency-Key returns the first execution.
@@ -416,6 +451,19 @@ class Execution(models.Model):
                 fields=["parent_step", "item_index"],
                 condition=Q(parent_step__isnull=False),
                 name="execution_one_child_per_item",
+            ),
+            # An upstream end starts each downstream flow once, even if its outbox row were
+            # handled twice.
+            models.UniqueConstraint(
+                fields=["triggered_by", "flow"],
+                condition=Q(triggered_by__isnull=False),
+                name="execution_one_per_trigger",
+            ),
+            # Also the index of a flow's scheduled runs (the overlap policy, a slot's runs).
+            models.UniqueConstraint(
+                fields=["flow", "scheduled_for", "slot_attempt"],
+                condition=Q(scheduled_for__isnull=False),
+                name="execution_one_per_slot",
             ),
         ]
 
@@ -563,6 +611,22 @@ class FanOut(models.Model):
         return f"{self.kind} {self.done}/{self.total} ({self.failed} failed)"
 
 
+class ScheduleOverlap(models.TextChoices):
+    """What a slot does when it is due while the schedule's previous run still goes."""
+
+    SKIP = "skip"  # recorded as skipped (the default, as Temporal's)
+    BUFFER_ONE = "buffer_one"  # runs when the running one ends; at most one waits
+    ALLOW = "allow"  # runs beside it
+
+
+class ScheduleCatchup(models.TextChoices):
+    """What the scheduler does with the slots it missed (no worker was running)."""
+
+    NONE = "none"
+    LAST = "last"  # the latest missed slot within the window
+    ALL = "all"  # every missed slot within the window, oldest first
+
+
 class FlowSchedule(models.Model):
     """Runs a flow on a cron schedule through a django-q2 Schedule kept in step with it."""
 
@@ -570,6 +634,27 @@ class FlowSchedule(models.Model):
     cron = models.CharField(max_length=100, help_text="Cron expression, e.g. '*/5 * * * *'.")
     enabled = models.BooleanField(default=True)
     input = StoredJSONField(default=dict, blank=True)
+    # db_default: a process still running the code before these columns can save schedules.
+    overlap = models.CharField(
+        max_length=16,
+        choices=ScheduleOverlap.choices,
+        default=ScheduleOverlap.SKIP,
+        db_default=ScheduleOverlap.SKIP,
+    )
+    catchup = models.CharField(
+        max_length=16,
+        choices=ScheduleCatchup.choices,
+        default=ScheduleCatchup.NONE,
+        db_default=ScheduleCatchup.NONE,
+    )
+    catchup_window_seconds = models.PositiveIntegerField(default=86_400, db_default=86_400)
+    # The latest slot the scheduler has dealt with (run, skipped or buffered): the slots
+    # after it, up to now, are the ones due; those more than 5 minutes old were missed.
+    last_slot_at = models.DateTimeField(null=True, blank=True)
+    # buffer_one: the slot that waits for the running one to end.
+    buffered_slot = models.DateTimeField(null=True, blank=True)
+    skipped_slots = models.PositiveIntegerField(default=0, db_default=0)
+    last_skipped_at = models.DateTimeField(null=True, blank=True)
     q_schedule = models.OneToOneField(
         "django_q.Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -578,6 +663,51 @@ class FlowSchedule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.flow_id} {self.cron}{'' if self.enabled else ' (paused)'}"
+
+
+class Backfill(models.Model):
+    """The runs of a flow's cron slots between two times, at most ``max_active`` at once.
+
+    Its executions are made at once, the first ``max_active`` started and the rest left
+    CREATED; each end starts the next (``services.backfills``, an ``@on_end`` handler)."""
+
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="backfills")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    max_active = models.PositiveIntegerField()
+    reprocess = models.CharField(max_length=16)
+    # Runs that could not start when their turn came (their version no longer validates):
+    # removed, counted here, and logged.
+    refused = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.flow_id} {self.start:%Y-%m-%d %H:%M}..{self.end:%Y-%m-%d %H:%M}"
+
+
+class FlowTrigger(models.Model):
+    """One ``on_flow_end`` entry of a flow's current version, kept beside it (replaced with
+    each new version) so that an end finds the flows it starts with one indexed query."""
+
+    downstream = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="triggers")
+    position = models.PositiveIntegerField()
+    # Not a key: a trigger may name a flow stored later, and stays when that flow is deleted.
+    upstream_flow_id = models.CharField(max_length=100, db_index=True)
+    states = models.JSONField(default=list)
+    condition = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["downstream_id", "position"]
+
+    def __str__(self) -> str:
+        return f"{self.upstream_flow_id} -> {self.downstream_id}"
 
 
 class ExecutionEvent(models.Model):

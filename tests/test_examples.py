@@ -100,6 +100,19 @@ EXPECTED: dict[str, Run] = {
         },
         stored_first=("subflow_called_flow.json",),
     ),
+    # Started by the sample flow's end (on_flow_end; its README lines are in
+    # test_events_readme); run here by hand with the input such an end gives.
+    "triggered_flow.json": Run(
+        "COMPLETED",
+        [("report", "SUCCESS", 1)],
+        {"report": {"message": "example_flow e-1 ended COMPLETED: Stored 3 records"}},
+        input={
+            "flow_id": "example_flow",
+            "execution_id": "e-1",
+            "status": "COMPLETED",
+            "result": {"message": "Stored 3 records", "stored": 3},
+        },
+    ),
     "input_schema_flow.json": Run(
         "COMPLETED",
         [("report", "SUCCESS", 1)],

@@ -17,6 +17,7 @@ One module a role, each importing only the public names of the others:
 - ``document``    a whole document: ``parse_flow``, ``unwrap``, the unreachable-task warnings
 - ``inputschema`` a flow's ``input_schema``: checked, its defaults filled, an input checked
 - ``subflows``    sub-flow calls checked against the stored flows (``check_subflows``)
+- ``triggers``    a flow's ``on_flow_end``: the flows whose ends start it (``FlowTriggerSpec``)
 """
 
 from flows.definition.conditions import OUTCOMES
@@ -54,11 +55,18 @@ from flows.definition.specs import (
 )
 from flows.definition.subflows import check_subflows, subflow_calls
 from flows.definition.tasks import Lookup
+from flows.definition.triggers import (
+    END_STATES,
+    FlowTriggerSpec,
+    parse_triggers,
+    trigger_cycles,
+)
 
 __all__ = [
     "BRANCH_NAME_RE",
     "CONTROL_TYPES",
     "END",
+    "END_STATES",
     "FLOW_ID_RE",
     "MAP",
     "MAX_ATTEMPTS",
@@ -79,6 +87,7 @@ __all__ = [
     "ConditionSpec",
     "FieldError",
     "FlowDefinition",
+    "FlowTriggerSpec",
     "FlowValidationError",
     "Lookup",
     "Registry",
@@ -89,8 +98,10 @@ __all__ = [
     "check_subflows",
     "fill_defaults",
     "parse_flow",
+    "parse_triggers",
     "schema_errors",
     "subflow_calls",
+    "trigger_cycles",
     "unstorable_paths",
     "unstorable_problem",
     "unwrap",

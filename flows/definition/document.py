@@ -19,6 +19,7 @@ from flows.definition.flow import FlowDefinition
 from flows.definition.inputschema import schema_errors, undeclared_input_references
 from flows.definition.limits import FLOW_ID_RE, MAX_DEPTH, MAX_STEPS_LIMIT
 from flows.definition.tasks import Lookup
+from flows.definition.triggers import parse_triggers
 
 _FLOW_KEYS = {
     "id",
@@ -30,6 +31,7 @@ _FLOW_KEYS = {
     "max_steps",
     "timeout_seconds",
     "input_schema",
+    "on_flow_end",
 }
 
 
@@ -100,6 +102,8 @@ def parse_flow(
         errors.extend(schema_problems)
         input_schema = None if schema_problems else dict(input_schema)
 
+    triggers = parse_triggers(doc.get("on_flow_end"), err)
+
     body = parse_body(
         doc, "", registry.snapshot(), err, flow_id=flow_id, max_steps=max_steps, depth=0
     )
@@ -113,6 +117,7 @@ def parse_flow(
         description=description,
         timeout_seconds=flow_timeout,
         input_schema=input_schema,
+        on_flow_end=triggers,
     )
     warnings = [*_unreachable(definition), *undeclared_input_references(definition)]
     return dataclasses.replace(definition, warnings=tuple(warnings))

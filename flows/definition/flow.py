@@ -10,6 +10,7 @@ from typing import Any
 
 from flows.definition.errors import FieldError
 from flows.definition.specs import END, ConditionSpec, TaskSpec
+from flows.definition.triggers import FlowTriggerSpec
 from flows.expressions import DEFAULT_BUDGET_SECONDS
 
 
@@ -27,6 +28,8 @@ class FlowDefinition:
     # The flow's JSON Schema for its input (checked: inputschema.schema_errors); None: any
     # object. Only on the flow itself, never on a branch or iterator.
     input_schema: dict[str, Any] | None = field(default=None, compare=False)
+    # The flows whose ends start this one (triggers.parse_triggers); only on the flow itself.
+    on_flow_end: tuple[FlowTriggerSpec, ...] = field(default=(), compare=False)
 
     # The engine looks tasks and conditions up once per step: index them once per definition.
     @cached_property

@@ -1,12 +1,16 @@
 """Every write the API, the operator pages, the admin and the commands make goes through here.
 
-One module per entity (``flows``, ``executions`` and their ``controls``, ``schedules``,
-``retention``, ``secrets``), the refusals they raise in ``errors``. Callers import the package
+One module per entity (``flows``, ``executions`` and their ``controls``, ``schedules`` and
+``backfills``, ``retention``, ``secrets``), what follows an execution's end in ``ends`` (with
+its handlers: ``triggers``, the buffered slots of ``schedules``, ``backfills``), the refusals
+they raise in ``errors``. Callers import the package
 and use the names below (``from flows import services; services.execution_start(...)``), never the
 modules. Reads that more than one face needs are in ``flows.selectors``.
 """
 
 from flows.definition import FieldError
+from flows.services.backfills import MAX_SLOTS as BACKFILL_MAX_SLOTS
+from flows.services.backfills import SlotPlan, backfill_create, backfill_plan
 from flows.services.controls import (
     SIGNAL_DECISIONS,
     execution_cancel,
@@ -55,8 +59,10 @@ from flows.services.retention import (
     purge_schedule_sync,
 )
 from flows.services.schedules import (
+    MAX_CATCHUP_WINDOW,
     SCHEDULE_FUNC,
     cron_error,
+    cron_slots,
     flow_run_scheduled,
     flow_schedule_delete,
     flow_schedule_set,
@@ -71,8 +77,11 @@ from flows.services.secrets import (
     secret_problems,
     secret_replace,
 )
+from flows.services.triggers import execution_result
 
 __all__ = [
+    "BACKFILL_MAX_SLOTS",
+    "MAX_CATCHUP_WINDOW",
     "PURGE_BATCH_SIZE",
     "PURGE_JOB",
     "PURGE_SCHEDULE_NAME",
@@ -86,18 +95,23 @@ __all__ = [
     "NoSecretKeys",
     "NotFound",
     "ServiceError",
+    "SlotPlan",
     "UnreadableSecrets",
+    "backfill_create",
+    "backfill_plan",
     "body_fingerprint",
     "canonical_json",
     "check_storable",
     "checked_input",
     "cron_error",
+    "cron_slots",
     "execution_cancel",
     "execution_create",
     "execution_delete",
     "execution_pause",
     "execution_redrive",
     "execution_rerun",
+    "execution_result",
     "execution_resume",
     "execution_run_inline",
     "execution_signal",

@@ -16,6 +16,7 @@ from flows.definition import FlowDefinition, FlowValidationError, check_input, u
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
+    ExecutionStatus,
     ExecutionTrigger,
     FlowVersion,
     TaskRun,
@@ -167,8 +168,19 @@ def execution_submit(
     request_fingerprint: str = "",
     trigger: str = ExecutionTrigger.MANUAL,
     rerun_of: Execution | None = None,
+    triggered_by: Execution | None = None,
+    scheduled_for: Any = None,
+    slot_attempt: int = 0,
+    backfill: Any = None,
+    start: bool = True,
 ) -> tuple[Execution, bool]:
     """Create and start an execution in one go. Returns (execution, created).
+
+    ``triggered_by`` (a flow trigger's upstream execution), ``scheduled_for`` (a cron slot,
+    with ``slot_attempt``: which run of it) and ``backfill`` are recorded with it; the unique
+    constraints on them (models.Execution) raise IntegrityError for a second run of one slot
+    or one trigger. ``start=False`` leaves it CREATED (a backfill's run waiting for its turn;
+    its input is checked already).
 
     With an ``idempotency_key``, a repeated submit by the same user for the same flow returns
     the execution the first one made (created=False) instead of starting another. The key is
@@ -200,8 +212,16 @@ def execution_submit(
                 idempotency_fingerprint=request_fingerprint if key else "",
                 trigger=trigger,
                 rerun_of=rerun_of,
+                triggered_by=triggered_by,
+                scheduled_for=scheduled_for,
+                slot_attempt=slot_attempt,
+                backfill=backfill,
             )
-            execution = execution_start(execution_id=execution.id)
+            if start:
+                execution = execution_start(execution_id=execution.id)
+            else:
+                execution.trigger, execution.scheduled_for = trigger, scheduled_for
+                execution.backfill = backfill
     except IntegrityError:
         # A concurrent submit with the same key won the race: answer with its execution.
         if not key:
@@ -258,6 +278,12 @@ def execution_delete(*, execution_id: Any) -> None:
         logger.info("execution=%s cancelled for deletion", locked.id)
     locked.delete()
     logger.info("execution=%s deleted", execution.id)
+    if locked.backfill_id is not None and locked.status != ExecutionStatus.CREATED:
+        # A deleted run writes no end: make room for the backfill's next one here. (Imported
+        # here: backfills builds on this module.)
+        from flows.services.backfills import backfill_top_up
+
+        backfill_top_up(backfill_id=locked.backfill_id)
 
 
 def not_a_child(execution: Execution, action: str) -> None:

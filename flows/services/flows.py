@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django_q.models import Schedule
 
 from flows import selectors, vault
@@ -20,15 +20,19 @@ from flows.definition import (
     FlowValidationError,
     check_subflows,
     parse_flow,
+    trigger_cycles,
     unstorable_paths,
     unwrap,
 )
 from flows.expressions import SECRETS, Reference, references_in
-from flows.models import ACTIVE_STATUSES, Flow, FlowVersion
+from flows.models import ACTIVE_STATUSES, Flow, FlowTrigger, FlowVersion
 from flows.registry import TaskRegistry, default_registry
 from flows.services.errors import Conflict, InvalidFlow
 
 logger = logging.getLogger("flows.services")
+
+# pg_advisory_xact_lock key of the flow-trigger graph (any constant; "trig" in ASCII).
+TRIGGER_GRAPH_LOCK = 0x74726967
 
 
 def canonical_json(value: Any) -> str:
@@ -70,13 +74,70 @@ def validate_flow(document: Any, *, registry: TaskRegistry | None = None) -> Flo
     except FlowValidationError as exc:
         raise InvalidFlow(str(exc), errors=exc.as_list()) from None
     problems = check_subflows(definition, functools.partial(_stored_definition, registry))
+    problems += trigger_cycles(definition.id, definition.on_flow_end, _downstreams)
     if problems:
         error = FlowValidationError(problems)
         raise InvalidFlow(str(error), errors=error.as_list())
-    unset = _unset_secrets(definition)
+    unset = [*_unset_secrets(definition), *_unknown_upstreams(definition)]
     if unset:
         definition = dataclasses.replace(definition, warnings=(*definition.warnings, *unset))
     return definition
+
+
+def _downstreams(flow_id: str) -> list[str]:
+    """The flows an end of ``flow_id`` starts, as stored now (one indexed query)."""
+    return list(
+        FlowTrigger.objects.filter(upstream_flow_id=flow_id)
+        .order_by("downstream_id")
+        .values_list("downstream_id", flat=True)
+    )
+
+
+def _unknown_upstreams(definition: FlowDefinition) -> list[FieldError]:
+    """A warning for each flow trigger on a flow not stored (yet): allowed, so that flows can
+    be stored in any order, but a typo should not pass in silence."""
+    named = {spec.flow_id for spec in definition.on_flow_end}
+    if not named:
+        return []
+    known = set(Flow.objects.filter(pk__in=named).values_list("pk", flat=True))
+    return [
+        FieldError(
+            f"on_flow_end[{i}].flow_id",
+            f"no flow '{spec.flow_id}' is stored yet: this trigger fires once it is",
+        )
+        for i, spec in enumerate(definition.on_flow_end)
+        if spec.flow_id not in known
+    ]
+
+
+def _replace_triggers(flow: Flow, definition: FlowDefinition) -> None:
+    """Keep ``FlowTrigger`` in step with the flow's current version, refusing a trigger that
+    closes a chain.
+
+    Checked again here, under a lock every store with triggers takes (PostgreSQL; SQLite
+    writes one at a time anyway): two stores that each close half of a cycle (A on B, B on
+    A, at once) would each pass ``validate_flow`` against the other's old state; the lock
+    makes the second one see the first's rows and be refused.
+    """
+    if definition.on_flow_end:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [TRIGGER_GRAPH_LOCK])
+        problems = trigger_cycles(flow.id, definition.on_flow_end, _downstreams)
+        if problems:
+            error = FlowValidationError(problems)
+            raise InvalidFlow(str(error), errors=error.as_list())
+    FlowTrigger.objects.filter(downstream=flow).delete()
+    FlowTrigger.objects.bulk_create(
+        FlowTrigger(
+            downstream=flow,
+            position=i,
+            upstream_flow_id=spec.flow_id,
+            states=list(spec.states),
+            condition=spec.condition_source,
+        )
+        for i, spec in enumerate(definition.on_flow_end)
+    )
 
 
 def _unset_secrets(definition: FlowDefinition) -> list[FieldError]:
@@ -157,6 +218,7 @@ def flow_store(
         flow.version += 1
     flow.name, flow.definition = definition.name, doc
     flow.save()
+    _replace_triggers(flow, definition)
     version = FlowVersion.objects.create(
         flow=flow, version=flow.version, definition=doc, created_by=recorded_user(user)
     )

@@ -147,6 +147,14 @@ class FlowForm(forms.Form):
         '"required": ["customer"], "properties": {"customer": {"type": "string"}}}',
         widget=forms.Textarea(attrs={"rows": 3, "class": "code"}),
     )
+    # As input_schema: kept through a save from this tab (flow triggers, see the README).
+    on_flow_end = JSONValueField(
+        required=False,
+        label="Starts on the end of (on_flow_end, optional)",
+        help_text='Flows whose ends start this one; e.g. [{"flow_id": "nightly", "states": '
+        '["COMPLETED"], "condition": "result.count > 0"}]',
+        widget=forms.Textarea(attrs={"rows": 2, "class": "code"}),
+    )
 
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -382,7 +390,15 @@ def draft_from_document(document: Any, *, editing: bool = False) -> tuple[Draft,
     dropped: list[str] = []
     flow_initial = {
         k: doc.get(k)
-        for k in ("id", "name", "description", "start_task", "max_steps", "input_schema")
+        for k in (
+            "id",
+            "name",
+            "description",
+            "start_task",
+            "max_steps",
+            "input_schema",
+            "on_flow_end",
+        )
     }
     tasks = [t for t in (doc.get("tasks") or []) if isinstance(t, Mapping)]
     conditions: dict[str, Mapping[str, Any]] = {}
@@ -461,6 +477,8 @@ def document_from_draft(draft: Draft) -> dict[str, Any] | None:
         doc["max_steps"] = flow["max_steps"]
     if flow.get("input_schema") not in (None, ""):
         doc["input_schema"] = flow["input_schema"]
+    if flow.get("on_flow_end") not in (None, "", []):
+        doc["on_flow_end"] = flow["on_flow_end"]
     tasks, conditions = [], []
     draft.task_forms, draft.condition_forms = [], []
     for form in draft.formset.kept_forms():
@@ -483,8 +501,8 @@ def attach_errors(draft: Draft, errors: list[Mapping[str, str]]) -> None:
     for error in errors:
         path, message = error.get("field", ""), error.get("message", "")
         target, name = _locate(draft, path, message)
-        if name == "input_schema" and path != name:
-            message = f"{path.removeprefix('input_schema.')}: {message}"
+        if name in ("input_schema", "on_flow_end") and path != name:
+            message = f"{path.removeprefix(name).lstrip('.')}: {message}"
         if target is None:
             draft.general_errors.append(f"{path}: {message}" if path else message)
         else:
@@ -496,6 +514,8 @@ def _locate(draft: Draft, path: str, message: str) -> tuple[forms.Form | None, s
         return draft.flow_form, path
     if path.startswith("input_schema."):
         return draft.flow_form, "input_schema"
+    if path.startswith("on_flow_end"):
+        return draft.flow_form, "on_flow_end"
     match = _PATH_RE.match(path)
     if not match:
         return None, None

@@ -9,7 +9,7 @@ from django import forms
 from django.utils import timezone
 
 from flows.definition import unstorable_problem
-from flows.models import ExecutionStatus, Flow
+from flows.models import ExecutionStatus, Flow, ScheduleCatchup, ScheduleOverlap
 from flows.web.builder import JSONValueField
 
 
@@ -120,6 +120,29 @@ class ScheduleForm(forms.Form):
         label="Input for each run (JSON object, optional)",
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": '{"region": "eu"}'}),
     )
+    # Not required: a form posted without them (an older page) keeps the schedule's own.
+    overlap = forms.ChoiceField(
+        required=False,
+        choices=ScheduleOverlap.choices,
+        initial=ScheduleOverlap.SKIP,
+        label="When a run is due while the last one still runs",
+        help_text="skip it; buffer_one: run it when that one ends (at most one waits); "
+        "allow: run it anyway",
+    )
+    catchup = forms.ChoiceField(
+        required=False,
+        choices=ScheduleCatchup.choices,
+        initial=ScheduleCatchup.NONE,
+        label="Runs missed while no worker ran",
+        help_text="none; last: the latest of them; all: each of them (within the window)",
+    )
+    catchup_window_seconds = forms.IntegerField(
+        required=False,
+        initial=86_400,
+        min_value=1,
+        label="Catch-up window (seconds)",
+        help_text="How far back a missed run is still caught up",
+    )
 
     @classmethod
     def for_flow(cls, flow: Flow) -> ScheduleForm:
@@ -127,11 +150,24 @@ class ScheduleForm(forms.Form):
         schedule = getattr(flow, "schedule", None)
         if schedule is None:
             return cls()
-        initial = {"cron": schedule.cron, "enabled": schedule.enabled, "input": schedule.input}
+        initial = {
+            "cron": schedule.cron,
+            "enabled": schedule.enabled,
+            "input": schedule.input,
+            "overlap": schedule.overlap,
+            "catchup": schedule.catchup,
+            "catchup_window_seconds": schedule.catchup_window_seconds,
+        }
         return cls(initial=initial)
 
     def clean_input(self) -> dict[str, Any]:
         return _json_object(self.cleaned_data.get("input"))
+
+    def clean_overlap(self) -> str | None:
+        return self.cleaned_data.get("overlap") or None
+
+    def clean_catchup(self) -> str | None:
+        return self.cleaned_data.get("catchup") or None
 
 
 def _secret_value_field() -> forms.CharField:

@@ -57,6 +57,9 @@ EXECUTION_ROW = {
     "redrive_count": 0,
     "deadline_at": None,
     "rerun_of": None,
+    "triggered_by": None,
+    "scheduled_for": None,
+    "backfill": None,
     "created_by": "olga",
     "created_at": AT,
     "queued_at": "2026-11-28T08:00:00.010000Z",
@@ -168,8 +171,50 @@ SCHEDULE = {
     "cron": "*/15 * * * *",
     "enabled": True,
     "input": {"region": "eu"},
+    "overlap": "skip",
+    "catchup": "last",
+    "catchup_window_seconds": 3600,
     "next_run": "2026-11-28T08:15:00+00:00",
+    "last_slot_at": "2026-11-28T08:00:00+00:00",
+    "buffered_slot": None,
+    "skipped_slots": 0,
+    "last_skipped_at": None,
     "updated_at": AT,
+}
+
+BACKFILL = {
+    "backfill": 3,
+    "dry_run": False,
+    "slots": [
+        {
+            "slot": "2026-11-01T00:00:00Z",
+            "action": "skip",
+            "reason": "already COMPLETED",
+            "execution": EXECUTION_ID,
+        },
+        {
+            "slot": "2026-11-01T01:00:00Z",
+            "action": "run",
+            "reason": "never ran",
+            "execution": "0b1c1d5e-8c7e-4d7a-9a53-2f4f1a9c0d11",
+        },
+    ],
+    "counts": {"run": 1, "rerun": 0, "skip": 1},
+}
+
+BACKFILL_DRY_RUN = {
+    "backfill": None,
+    "dry_run": True,
+    "slots": [
+        {
+            "slot": "2026-11-01T00:00:00Z",
+            "action": "rerun",
+            "reason": "FAILED; reprocess failed",
+            "execution": EXECUTION_ID,
+        },
+        {"slot": "2026-11-01T01:00:00Z", "action": "run", "reason": "never ran", "execution": None},
+    ],
+    "counts": {"run": 1, "rerun": 1, "skip": 0},
 }
 
 SIGNALLED_STEP = {

@@ -63,6 +63,16 @@ class ExecutionFilter(django_filters.FilterSet):
         max_value=2**63 - 1,
         help_text="The child executions of this control step (a step's `id`), in item order.",
     )
+    triggered_by = django_filters.UUIDFilter(
+        field_name="triggered_by_id",
+        help_text="The executions this execution's end started (its flow triggers).",
+    )
+    backfill = django_filters.NumberFilter(
+        field_name="backfill_id",
+        min_value=1,
+        max_value=2**63 - 1,
+        help_text="The runs of this backfill (its `backfill` id).",
+    )
 
     class Meta:
         model = Execution
@@ -70,6 +80,8 @@ class ExecutionFilter(django_filters.FilterSet):
             "status",
             "flow",
             "trigger",
+            "triggered_by",
+            "backfill",
             "created_after",
             "created_before",
             "parent",

@@ -25,6 +25,8 @@ from flows.api.resource import examples as ex
 from flows.api.resource.base import ResourceViewSet, can, execution_detail
 from flows.api.resource.serializers import (
     FLOW_DOCUMENT_SCHEMA,
+    BackfillRequestSerializer,
+    BackfillSerializer,
     ExecutionDetailSerializer,
     FlowDetailSerializer,
     FlowSerializer,
@@ -98,6 +100,7 @@ class FlowViewSet(ResourceViewSet):
         "schedule": perms.VIEW_FLOWS,
         "set_schedule": perms.CHANGE_FLOWS,
         "delete_schedule": perms.CHANGE_FLOWS,
+        "backfill": perms.START_EXECUTIONS,
     }
 
     def get_queryset(self) -> QuerySet[Flow]:
@@ -381,6 +384,9 @@ class FlowViewSet(ResourceViewSet):
             cron=body.validated_data["cron"],
             enabled=body.validated_data["enabled"],
             input=body.validated_data.get("input"),
+            overlap=body.validated_data.get("overlap"),
+            catchup=body.validated_data.get("catchup"),
+            catchup_window_seconds=body.validated_data.get("catchup_window_seconds"),
         )
         return Response(ScheduleSerializer(saved).data)
 
@@ -394,3 +400,53 @@ class FlowViewSet(ResourceViewSet):
         flow = self.get_object()
         services.flow_schedule_delete(flow_id=flow.id)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    # -- backfill ---------------------------------------------------------------------------
+    @extend_schema(
+        summary="Run the flow's cron slots between two times (or say what would run)",
+        description="Each slot of the schedule's cron in [start, end]: `run` (never ran), "
+        "`skip` (a run is going, or it ran and `reprocess` leaves it), `rerun` (it ran and "
+        "`reprocess` is `failed` (FAILED, CANCELLED) or `all`). Runs use the flow's current "
+        "version and the given input (else the schedule's), at most `max_active` at once. "
+        f"At most {services.BACKFILL_MAX_SLOTS} slots: more is a 400 at `end`. 200 for a "
+        "dry run, 201 when runs were made.",
+        request=BackfillRequestSerializer,
+        responses={
+            201: BackfillSerializer,
+            200: OpenApiResponse(BackfillSerializer, description="A dry run: nothing made."),
+            **error_responses(*WRITE, 404),
+        },
+        examples=[
+            OpenApiExample(
+                "Dry run of a day",
+                value={
+                    "start": "2026-11-01T00:00:00Z",
+                    "end": "2026-11-01T23:59:59Z",
+                    "dry_run": True,
+                    "reprocess": "failed",
+                },
+                request_only=True,
+            ),
+            ex.answer("Backfill", ex.BACKFILL, 201),
+            ex.answer("Dry run", ex.BACKFILL_DRY_RUN),
+        ],
+    )
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def backfill(self, request: Request, pk: str) -> Response:
+        flow = self.get_object()
+        body = BackfillRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        made, plans = services.backfill_create(
+            flow_id=flow.id, user=request.user, **body.validated_data
+        )
+        counts = {action: 0 for action in ("run", "rerun", "skip")}
+        for plan in plans:
+            counts[plan.action] += 1
+        data = {
+            "backfill": made.id if made else None,
+            "dry_run": made is None,
+            "slots": [vars(plan) for plan in plans],
+            "counts": counts,
+        }
+        answer = status.HTTP_200_OK if made is None else status.HTTP_201_CREATED
+        return Response(BackfillSerializer(data).data, status=answer)

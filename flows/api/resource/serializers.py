@@ -8,10 +8,20 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from flows import services
 from flows.api.errors import FieldErrorSerializer
 from flows.definition import unstorable_problem
 from flows.large import Budget
-from flows.models import API_LIST_FIELDS, Execution, ExecutionEvent, Flow, FlowVersion, TaskRun
+from flows.models import (
+    API_LIST_FIELDS,
+    Execution,
+    ExecutionEvent,
+    Flow,
+    FlowVersion,
+    ScheduleCatchup,
+    ScheduleOverlap,
+    TaskRun,
+)
 from flows.waiting import children_holders, fanout_of, signal_of, waiting_of
 
 # The flow document, for the OpenAPI schema only: flows/definition/ is what checks it, and
@@ -179,6 +189,23 @@ class ExecutionSerializer(serializers.ModelSerializer):
     flow_name = serializers.CharField(source="flow.name", read_only=True)
     flow_version = serializers.IntegerField(source="flow_version.version", read_only=True)
     rerun_of = serializers.UUIDField(source="rerun_of_id", read_only=True, allow_null=True)
+    triggered_by = serializers.UUIDField(
+        source="triggered_by_id",
+        read_only=True,
+        allow_null=True,
+        help_text='Trigger "flow": the execution whose end started this one.',
+    )
+    scheduled_for = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text='Trigger "schedule" or "backfill": the cron slot this run is for.',
+    )
+    backfill = serializers.IntegerField(
+        source="backfill_id",
+        read_only=True,
+        allow_null=True,
+        help_text='Trigger "backfill": the backfill that made it.',
+    )
     created_by = serializers.CharField(
         source="created_by.username", read_only=True, allow_null=True, default=None
     )
@@ -540,9 +567,85 @@ class ScheduleSerializer(serializers.Serializer):
     input = serializers.DictField(
         required=False, default=dict, help_text="The input object of each scheduled run."
     )
+    overlap = serializers.ChoiceField(
+        choices=ScheduleOverlap.choices,
+        required=False,
+        help_text="A slot due while the schedule's last run goes: skip it (default), "
+        "buffer_one (run it when that one ends; at most one waits), allow (run it anyway). "
+        "Left out: unchanged.",
+    )
+    catchup = serializers.ChoiceField(
+        choices=ScheduleCatchup.choices,
+        required=False,
+        help_text="Slots missed while no worker ran: none (default), last, all (within "
+        "catchup_window_seconds). Left out: unchanged.",
+    )
+    catchup_window_seconds = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=services.MAX_CATCHUP_WINDOW,
+        help_text="How far back a missed slot is still caught up (default 86400).",
+    )
     next_run = serializers.SerializerMethodField()
+    last_slot_at = serializers.DateTimeField(
+        read_only=True, allow_null=True, help_text="The latest slot the scheduler dealt with."
+    )
+    buffered_slot = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="buffer_one: the slot waiting for the running one to end.",
+    )
+    skipped_slots = serializers.IntegerField(
+        read_only=True, help_text="Slots skipped so far (overlap skip, missed slots)."
+    )
+    last_skipped_at = serializers.DateTimeField(read_only=True, allow_null=True)
     updated_at = serializers.DateTimeField(read_only=True)
 
     def get_next_run(self, obj: Any) -> str | None:
         q = getattr(obj, "q_schedule", None)
         return q.next_run.isoformat() if q is not None and obj.enabled and q.next_run else None
+
+
+class BackfillRequestSerializer(serializers.Serializer):
+    """A backfill of the flow's cron slots in [start, end] (``services.backfill_create``)."""
+
+    start = serializers.DateTimeField(help_text="The first slot time looked at (inclusive).")
+    end = serializers.DateTimeField(help_text="The last slot time looked at (inclusive).")
+    dry_run = serializers.BooleanField(
+        default=False, help_text="true: answer what would happen to each slot; start nothing."
+    )
+    max_active = serializers.IntegerField(
+        default=1,
+        help_text="At most this many of the backfill's runs at once (1 to 100); the others "
+        "wait, created, and start as earlier ones end.",
+    )
+    reprocess = serializers.ChoiceField(
+        choices=["none", "failed", "all"],
+        default="none",
+        help_text="Slots that ran already: none skips them, failed reruns the FAILED and "
+        "CANCELLED ones, all reruns every one.",
+    )
+    input = serializers.DictField(
+        required=False,
+        help_text="The input of every run; left out: the schedule's current input.",
+    )
+
+
+class BackfillSlotSerializer(serializers.Serializer):
+    slot = serializers.DateTimeField()
+    action = serializers.ChoiceField(choices=["run", "rerun", "skip"])
+    reason = serializers.CharField()
+    execution = serializers.UUIDField(
+        allow_null=True,
+        help_text="A run or rerun: the execution made (null in a dry run); a skip or a "
+        "dry run's rerun: the slot's latest run.",
+    )
+
+
+class BackfillSerializer(serializers.Serializer):
+    backfill = serializers.IntegerField(allow_null=True, help_text="Null for a dry run.")
+    dry_run = serializers.BooleanField()
+    slots = BackfillSlotSerializer(many=True)
+    counts = serializers.DictField(
+        child=serializers.IntegerField(), help_text="How many slots of each action."
+    )

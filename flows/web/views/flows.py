@@ -13,7 +13,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from flows import selectors, services
-from flows.models import Execution, Flow
+from flows.models import Execution, Flow, FlowTrigger
 from flows.web import builder, presenters
 from flows.web.forms import RunForm, ScheduleForm
 from flows.web.runform import InputSchemaForm
@@ -53,6 +53,9 @@ def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
         "has_input_schema": isinstance(flow.definition.get("input_schema"), dict),
         "schedule": getattr(flow, "schedule", None),
         "schedule_form": ScheduleForm.for_flow(flow),
+        # Flow triggers both ways: the ends that start this flow, the flows its ends start.
+        "started_on": list(flow.triggers.all()),
+        "starts": list(FlowTrigger.objects.filter(upstream_flow_id=flow.id)),
     }
     return render(request, "flows/flow_detail.html", context)
 
