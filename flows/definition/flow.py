@@ -27,6 +27,9 @@ class FlowDefinition:
     # The flow's JSON Schema for its input (checked: inputschema.schema_errors); None: any
     # object. Only on the flow itself, never on a branch or iterator.
     input_schema: dict[str, Any] | None = field(default=None, compare=False)
+    # The flow started when an execution of this one fails for good (``on_failure.flow_id``);
+    # only on the flow itself.
+    on_failure: str | None = None
 
     # The engine looks tasks and conditions up once per step: index them once per definition.
     @cached_property
