@@ -66,8 +66,9 @@ def test_a_failed_execution_writes_one_notification_per_channel_when_its_end_is_
 
     services.handle_ends()
 
-    rows = list(Notification.objects.order_by("channel__name").values_list("channel__name",
-                                                                           "state"))
+    rows = list(
+        Notification.objects.order_by("channel__name").values_list("channel__name", "state")
+    )
     assert rows == [("mail", "pending"), ("ops", "pending")]
     payload = messages()[0]
     assert payload["event"] == "execution_failed"
