@@ -228,6 +228,9 @@ SPECTACULAR_SETTINGS = {
         "ExecutionStatusEnum": "flows.models.ExecutionStatus",
         "StepStatusEnum": "flows.models.TaskRunStatus",
         "TriggerEnum": "flows.models.ExecutionTrigger",
+        "ChannelKindEnum": "flows.models.ChannelKind",
+        "AlertEventEnum": "flows.models.AlertEvent",
+        "NotificationStateEnum": "flows.models.NotificationState",
     },
 }
 

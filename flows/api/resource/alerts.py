@@ -159,6 +159,10 @@ class ChannelViewSet(ResourceViewSet):
         summary="Rename a channel or change its config",
         request=ChannelWriteSerializer(partial=True),
         responses={200: ChannelSerializer, **error_responses(*WRITE, 404, 409)},
+        examples=[
+            OpenApiExample("Rename", value={"name": "ops-hook"}, request_only=True),
+            ex.answer("Changed", {**CHANNEL, "name": "ops-hook"}),
+        ],
     )
     def partial_update(self, request: Request, pk: str) -> Response:
         channel = self.get_object()
@@ -323,6 +327,10 @@ class AlertRuleViewSet(ResourceViewSet):
         summary="Change an alert rule (the fields given)",
         request=AlertRuleWriteSerializer(partial=True),
         responses={200: AlertRuleSerializer, **error_responses(*WRITE, 404)},
+        examples=[
+            OpenApiExample("Turn off", value={"enabled": False}, request_only=True),
+            ex.answer("Changed", {**RULE, "enabled": False}),
+        ],
     )
     def partial_update(self, request: Request, pk: str) -> Response:
         rule = self.get_object()
