@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC
 from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models import Count, F, OuterRef, Q, Subquery, Window
+from django.db.models.functions import RowNumber, TruncDay, TruncHour
 from django.utils import timezone
 
 from flows.definition.fields import LONE_SURROGATE
@@ -309,6 +311,61 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
     def top_level(self) -> ExecutionQuerySet:
         """Executions that are no other's child (lists show these unless asked for children)."""
         return self.filter(parent_step__isnull=True)
+
+    def counts_by_period(self, unit: str, since: Any) -> list[tuple[Any, str, int]]:
+        """``(period start, status, count)`` of top-level executions created since ``since``,
+        grouped in SQL by the hour or the day (``unit``) they were created, in UTC: one query
+        whose answer has at most one row per period and status, however many executions."""
+        trunc = {"hour": TruncHour, "day": TruncDay}[unit]
+        rows = (
+            self.top_level()
+            .filter(created_at__gte=since)
+            .annotate(period=trunc("created_at", tzinfo=UTC))
+            .order_by()
+            .values_list("period", "status")
+            .annotate(n=Count("id"))
+        )
+        return list(rows)
+
+    def durations_sample(
+        self, flow_ids: list[str], since: Any, limit: int
+    ) -> dict[str, list[tuple[Any, float]]]:
+        """For each flow, ``(created_at, seconds)`` of its latest ``limit`` top-level
+        executions created since ``since`` that ran and ended: a bounded sample (one query
+        for all the flows, numbered per flow in SQL) that the pages turn into percentiles."""
+        rows = (
+            self.top_level()
+            .filter(
+                flow_id__in=flow_ids,
+                created_at__gte=since,
+                started_at__isnull=False,
+                ended_at__isnull=False,
+                status__in=TERMINAL_STATUSES,
+            )
+            .annotate(
+                rank=Window(RowNumber(), partition_by=F("flow_id"), order_by=F("created_at").desc())
+            )
+            .filter(rank__lte=limit)
+            .order_by()
+            .values_list("flow_id", "created_at", "started_at", "ended_at")
+        )
+        found: dict[str, list[tuple[Any, float]]] = {flow_id: [] for flow_id in flow_ids}
+        for flow_id, created, started, ended in rows:
+            found[flow_id].append((created, (ended - started).total_seconds()))
+        return found
+
+    def busiest_flows(self, since: Any, limit: int) -> list[str]:
+        """The ids of the flows with the most top-level executions since ``since``."""
+        rows = (
+            self.top_level()
+            .filter(created_at__gte=since)
+            .order_by()
+            .values("flow_id")
+            .annotate(n=Count("id"))
+            .order_by("-n", "flow_id")
+            .values_list("flow_id", flat=True)
+        )
+        return list(rows[:limit])
 
 
 class Execution(models.Model):
