@@ -1,7 +1,7 @@
 """The Notifications page: channels (with a "Send test" button for who may manage them),
 alert rules, and the delivery log (newest first, paged, filtered by channel and state).
-Channels and rules are written through the API (``/api/channels/``, ``/api/alert-rules/``)
-and the admin; the page shows them and what became of each message."""
+Channels and rules are written through the API (``/api/channels/``, ``/api/alert-rules/``);
+the page shows them and what became of each message."""
 
 from __future__ import annotations
 
