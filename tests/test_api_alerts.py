@@ -202,3 +202,16 @@ def test_send_test_on_the_page_says_what_happened(client, alice, settings) -> No
     answer = client.post(f"/channels/{channel.pk}/test", follow=True)
 
     assert "Test message sent: accepted for 1 recipient(s)" in answer.content.decode()
+
+
+def test_rotating_the_keys_re_encrypts_the_channels_secrets_too(api, settings) -> None:
+    from cryptography.fernet import Fernet
+
+    old = settings.FLOW_SECRET_KEYS[0]
+    shown = api.post("/api/channels/", HOOK, format="json").json()["secret"]
+    settings.FLOW_SECRET_KEYS = [Fernet.generate_key().decode(), old]
+
+    assert services.secret_keys_rotate() == 1
+
+    settings.FLOW_SECRET_KEYS = settings.FLOW_SECRET_KEYS[:1]  # the old key dropped
+    assert services.channel_secret(Channel.objects.get()) == shown
