@@ -12,7 +12,7 @@ from datetime import UTC
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.db.models import Count, F, OuterRef, Q, Subquery, Window
 from django.db.models.functions import RowNumber, TruncDay, TruncHour
 from django.utils import timezone
@@ -331,27 +331,42 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
         self, flow_ids: list[str], since: Any, limit: int
     ) -> dict[str, list[tuple[Any, float]]]:
         """For each flow, ``(created_at, seconds)`` of its latest ``limit`` top-level
-        executions created since ``since`` that ran and ended: a bounded sample (one query
-        for all the flows, numbered per flow in SQL) that the pages turn into percentiles."""
-        rows = (
-            self.top_level()
-            .filter(
-                flow_id__in=flow_ids,
-                created_at__gte=since,
-                started_at__isnull=False,
-                ended_at__isnull=False,
-                status__in=TERMINAL_STATUSES,
-            )
-            .annotate(
-                rank=Window(RowNumber(), partition_by=F("flow_id"), order_by=F("created_at").desc())
-            )
-            .filter(rank__lte=limit)
-            .order_by()
-            .values_list("flow_id", "created_at", "started_at", "ended_at")
+        executions created since ``since`` that ran and ended: a bounded sample, in one query
+        for all the flows, that the pages turn into percentiles.
+
+        Where the database takes LIMIT inside a UNION (PostgreSQL), each flow's part reads its
+        latest rows off the (flow, created_at) index and stops at ``limit``; elsewhere (SQLite)
+        the rows are numbered per flow with a window function."""
+        ended = self.top_level().filter(
+            created_at__gte=since,
+            started_at__isnull=False,
+            ended_at__isnull=False,
+            status__in=TERMINAL_STATUSES,
         )
+        fields = ("flow_id", "created_at", "started_at", "ended_at")
         found: dict[str, list[tuple[Any, float]]] = {flow_id: [] for flow_id in flow_ids}
-        for flow_id, created, started, ended in rows:
-            found[flow_id].append((created, (ended - started).total_seconds()))
+        if not flow_ids:
+            return found
+        if connection.features.supports_slicing_ordering_in_compound:
+            parts = [
+                ended.filter(flow_id=flow_id).order_by("-created_at").values_list(*fields)[:limit]
+                for flow_id in flow_ids
+            ]
+            rows: Any = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+        else:
+            rows = (
+                ended.filter(flow_id__in=flow_ids)
+                .annotate(
+                    rank=Window(
+                        RowNumber(), partition_by=F("flow_id"), order_by=F("created_at").desc()
+                    )
+                )
+                .filter(rank__lte=limit)
+                .order_by()
+                .values_list(*fields)
+            )
+        for flow_id, created, started, ended_at in rows:
+            found[flow_id].append((created, (ended_at - started).total_seconds()))
         return found
 
     def busiest_flows(self, since: Any, limit: int) -> list[str]:
