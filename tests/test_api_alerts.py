@@ -215,3 +215,28 @@ def test_rotating_the_keys_re_encrypts_the_channels_secrets_too(api, settings) -
 
     settings.FLOW_SECRET_KEYS = settings.FLOW_SECRET_KEYS[:1]  # the old key dropped
     assert services.channel_secret(Channel.objects.get()) == shown
+
+
+def test_the_notifications_page_costs_the_same_queries_for_few_or_many_deliveries(
+    client, alice, django_assert_num_queries
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    channel, _ = services.channel_create(name="m", kind="email", config={"to": ["o@example.com"]})
+    services.rule_create(event="execution_failed", channels=[channel.pk])
+    run_flow(flow_doc([failing("load")], flow_id="etl"))
+    services.handle_ends()
+    client.force_login(alice)
+    client.get("/notifications/")
+    with CaptureQueriesContext(connection) as few:
+        client.get("/notifications/")
+
+    other, _ = services.channel_create(name="n", kind="email", config={"to": ["p@example.com"]})
+    services.rule_create(event="execution_failed", channels=[channel.pk, other.pk], flow="etl")
+    for _ in range(5):
+        run_flow(flow_doc([failing("load")], flow_id="etl"))
+    services.handle_ends()
+
+    with django_assert_num_queries(len(few)):
+        client.get("/notifications/")

@@ -459,7 +459,7 @@ def _earlier_ends(end: ExecutionEnd, execution: Execution, count: int) -> list[s
             flow_id=end.flow_id,
             parent_step__isnull=True,
             status__in=(ExecutionStatus.COMPLETED, ExecutionStatus.FAILED),
-            ended_at__lte=end.ended_at,
+            ended_at__lte=execution.ended_at or end.ended_at,
         )
         .order_by("-ended_at", "-created_at")
         .values_list("status", flat=True)[:count]
@@ -688,7 +688,8 @@ def start_error_handler(end: ExecutionEnd, execution: Execution) -> None:
         .values_list("definition", flat=True)
         .first()
     )
-    on_failure = unwrap(document or {}).get("on_failure") if document else None
+    flow_document = unwrap(document)
+    on_failure = flow_document.get("on_failure") if isinstance(flow_document, dict) else None
     target = on_failure.get("flow_id") if isinstance(on_failure, dict) else None
     if not target:
         return
