@@ -4,6 +4,8 @@ their field, the delivery log filtered and paged in a fixed number of queries.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.auth import get_user_model
 
@@ -240,3 +242,25 @@ def test_the_notifications_page_costs_the_same_queries_for_few_or_many_deliverie
 
     with django_assert_num_queries(len(few)):
         client.get("/notifications/")
+
+
+def test_the_readme_s_curl_lines_answer_as_written(api, settings) -> None:
+    import re
+    from pathlib import Path
+
+    settings.FLOW_NOTIFY_TIMEOUT_SECONDS = 2
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Notifications and alerts") :]
+    channel_body, rule_body = (
+        json.loads(body) for body in re.findall(r"-d '(\{.*\})'", section.split("```")[1])
+    )
+
+    created = api.post("/api/channels/", channel_body, format="json")
+    assert created.status_code == 201 and created.json()["secret"]
+    # The README's id 1 is a fresh database's first channel; a test database's may be another.
+    made = created.json()["id"]
+    assert rule_body["channels"] == [1]
+    rule_body["channels"] = [made]
+    assert api.post("/api/alert-rules/", rule_body, format="json").status_code == 201
+    tested = api.post(f"/api/channels/{made}/test/")
+    assert tested.status_code == 200 and set(tested.json()) == {"sent", "detail"}
