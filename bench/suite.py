@@ -131,6 +131,9 @@ SECRET_VALUE = "bench-secret-value-0123456789abcdef"
 PLAIN_VALUE = "bench-plain-value-00123456789abcdef"
 # Issue 21: a step that uses a secret (resolved, masked) within 5 % of one that does not.
 TARGET_SECRET_COST = 0.05
+# Issue 23: a global alert rule (execution_failed, a webhook channel) costs a step nothing
+# measurable: the engine's figure with the rule within 5 % of the figure without.
+TARGET_ALERTS_COST = 0.05
 TARGET_FLOWS_PER_S = {"pg-redis": 300.0}
 TARGET_WAIT_WALL_S = 5.0
 TARGET_VS_CELERY = 5.0
@@ -528,6 +531,31 @@ def _run_chain(eo: Any, chain: Any, qlog: Path) -> str:
     return execution_id
 
 
+def measure_alerts(eo: Any, chain: Any, qlog: Path, runs: int) -> dict[str, Any]:
+    """Runs of ``chain`` alternating: without any alert rule, then with a global
+    ``execution_failed`` rule to a webhook channel (created for the run, deleted after)."""
+    from flows import services
+
+    channel, _ = services.channel_create(
+        name="bench_hook", kind="webhook", config={"url": "https://hooks.example.com/bench"}
+    )
+
+    def with_rule() -> dict[str, Any]:
+        rule = services.rule_create(event="execution_failed", channels=[channel.pk])
+        try:
+            return eo.measure(_run_chain(eo, chain, qlog))
+        finally:
+            services.rule_delete(rule_id=rule.pk)
+
+    with_rule()  # a warm-up of the rule's path in the workers
+    pairs = [(eo.measure(_run_chain(eo, chain, qlog)), with_rule()) for _ in range(runs)]
+    services.channel_delete(channel_id=channel.pk)
+    return {
+        kind: {"summary": eo.summarize(measured), "runs": measured}
+        for kind, measured in (("none", [n for n, _ in pairs]), ("rule", [r for _, r in pairs]))
+    }
+
+
 def child(out_path: Path, counts: dict[str, Any]) -> int:
     """Run inside the backend's environment (set by the parent); write the figures as JSON."""
     sys.path.insert(0, str(BASE_DIR))
@@ -625,6 +653,20 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
             + ", ".join(
                 f"{kind} {result['secrets'][kind]['summary']['wall_ms']['median']:.1f} ms"
                 for kind in ("plain", "secret")
+            )
+        )
+
+        # The alerts stage: the same noop chain with a global execution_failed rule and a
+        # webhook channel defined, against no rule; the rule is created before and deleted
+        # after each of its runs, so runs alternate. What a rule costs happens off the step
+        # path (the ends outbox, the notifications timer): this shows it stays there.
+        result["alerts"] = measure_alerts(eo, chain, qlog, counts["overhead_runs"])
+        log(
+            "  alerts: "
+            + ", ".join(
+                f"{kind} {result['alerts'][kind]['summary']['overhead_ms_per_step']['median']:.3f}"
+                " ms/step"
+                for kind in ("none", "rule")
             )
         )
 
@@ -811,6 +853,28 @@ def build_rows(
                 f"{per_step['secret']:.3f} ms ({cost:+.1%})",
                 f"within {TARGET_SECRET_COST:.0%}",
                 _verdict(abs(cost) <= TARGET_SECRET_COST),
+            )
+        if fig.get("alerts"):
+            per_step = {
+                kind: statistics.median(
+                    r["overhead_ms_per_step"] for r in fig["alerts"][kind]["runs"]
+                )
+                for kind in ("none", "rule")
+            }
+            cost = per_step["rule"] / per_step["none"] - 1
+            add(
+                stack,
+                f"engine overhead per step, {steps}-step noop flow, no alert rule (median of "
+                f"{n_over}, runs alternating with the next row)",
+                f"{per_step['none']:.3f} ms",
+            )
+            add(
+                stack,
+                "engine overhead per step, the same flow with a global execution_failed rule "
+                "to a webhook channel defined",
+                f"{per_step['rule']:.3f} ms ({cost:+.1%})",
+                f"within {TARGET_ALERTS_COST:.0%}",
+                _verdict(abs(cost) <= TARGET_ALERTS_COST),
             )
         floor = fig.get("floor")
         if floor:

@@ -228,6 +228,9 @@ SPECTACULAR_SETTINGS = {
         "ExecutionStatusEnum": "flows.models.ExecutionStatus",
         "StepStatusEnum": "flows.models.TaskRunStatus",
         "TriggerEnum": "flows.models.ExecutionTrigger",
+        "ChannelKindEnum": "flows.models.ChannelKind",
+        "AlertEventEnum": "flows.models.AlertEvent",
+        "NotificationStateEnum": "flows.models.NotificationState",
     },
 }
 
@@ -294,6 +297,36 @@ FLOW_SECRET_CACHE_SECONDS = env_float("FLOW_SECRET_CACHE_SECONDS", 5.0, minimum=
 # How often each worker process handles executions' ends (flow triggers, notifications,
 # error-handler flows: flows/services/ends.py); what follows an end waits at most this long.
 FLOW_ENDS_EVERY_SECONDS = env_float("FLOW_ENDS_EVERY_SECONDS", 1.0, minimum=0.05)
+
+# --- Notifications and alerts (flows/notify.py, README "Notifications and alerts") -----------
+# Email channels send through Django's email backend: SMTP with these, or any backend Django
+# has (EMAIL_BACKEND=django.core.mail.backends.console.EmailBackend prints them).
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL: set one of them, not both")
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "flow-manager@localhost")
+# The address alerts link to (the execution page where a step is approved), e.g.
+# https://flows.example.com; empty: the links are paths only.
+FLOW_BASE_URL = os.environ.get("FLOW_BASE_URL", "").strip().rstrip("/")
+# How often each worker process sends due notifications and runs the periodic checks
+# (running_longer_than, waiting_for_signal).
+FLOW_NOTIFY_EVERY_SECONDS = env_float("FLOW_NOTIFY_EVERY_SECONDS", 1.0, minimum=0.05)
+# A failed send is retried after FLOW_NOTIFY_RETRY_SECONDS, then twice as long each time, at
+# most FLOW_NOTIFY_MAX_BACKOFF_SECONDS apart; it is given up after FLOW_NOTIFY_MAX_ATTEMPTS
+# attempts or once FLOW_NOTIFY_GIVE_UP_SECONDS have passed since it was written.
+FLOW_NOTIFY_RETRY_SECONDS = env_float("FLOW_NOTIFY_RETRY_SECONDS", 5.0, minimum=0.01)
+FLOW_NOTIFY_MAX_BACKOFF_SECONDS = env_float("FLOW_NOTIFY_MAX_BACKOFF_SECONDS", 600.0, minimum=0.01)
+FLOW_NOTIFY_MAX_ATTEMPTS = env_int("FLOW_NOTIFY_MAX_ATTEMPTS", 50, minimum=1)
+FLOW_NOTIFY_GIVE_UP_SECONDS = env_float("FLOW_NOTIFY_GIVE_UP_SECONDS", 86_400.0, minimum=1.0)
+# One send's time limit (a webhook's request, Slack's); email uses EMAIL_TIMEOUT.
+FLOW_NOTIFY_TIMEOUT_SECONDS = env_float("FLOW_NOTIFY_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 
 # --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)

@@ -23,6 +23,9 @@ class FlowsConfig(AppConfig):
         post_spawn.connect(start_due_step_timer, dispatch_uid="flows.engine.start_due_step_timer")
         # And what follows executions' ends (the outbox: triggers, notifications), each second.
         post_spawn.connect(jobs.start_ends_timer, dispatch_uid="flows.jobs.start_ends_timer")
+        # And the notifications outbox (alerts), in a thread of its own: a channel that is
+        # down delays its messages, never the ends or the steps.
+        post_spawn.connect(jobs.start_notify_timer, dispatch_uid="flows.jobs.start_notify_timer")
         # A secret changed in this process is read afresh by the next step run here (other
         # processes within FLOW_SECRET_CACHE_SECONDS).
         for signal in (post_save, post_delete):

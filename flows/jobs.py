@@ -81,6 +81,50 @@ def start_ends_timer(**_: Any) -> None:
     EndsTimer.started = EndsTimer(settings.FLOW_ENDS_EVERY_SECONDS)
 
 
+def send_notifications() -> None:
+    """The alerts' periodic check (long runs, steps waiting for a signal), then the sending of
+    due notifications (flows/services/notifications.py): run by every worker process's
+    NotifyTimer, apart from the engine and from the ends' timer, so that a slow channel
+    delays nothing but its own messages."""
+    try:
+        services.alerts_check()
+    except Exception:
+        logger.exception("the alerts' check failed; the next pass tries again")
+    try:
+        sent = services.notifications_send()
+        if sent:
+            logger.info("notifications sent: %d", sent)
+    except Exception:
+        logger.exception("sending notifications failed; the next pass tries again")
+
+
+class NotifyTimer:
+    """A daemon thread that runs ``send_notifications`` every ``interval`` seconds in this
+    worker process (a notification is claimed by one worker: skip_locked and a conditional
+    update)."""
+
+    started: NotifyTimer | None = None  # the one of this process
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.thread = threading.Thread(target=self._run, name="flow-notify", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            close_old_connections()
+            send_notifications()
+
+
+def start_notify_timer(**_: Any) -> None:
+    """django-q2's ``post_spawn`` receiver: start this worker process's NotifyTimer (not when
+    jobs run inline)."""
+    if Conf.SYNC or NotifyTimer.started is not None:
+        return
+    NotifyTimer.started = NotifyTimer(settings.FLOW_NOTIFY_EVERY_SECONDS)
+
+
 def reap() -> None:
     try:
         counts = engine.reap()

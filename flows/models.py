@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC
 from typing import Any
 
 from django.conf import settings
-from django.db import models
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db import connection, models
+from django.db.models import Count, F, OuterRef, Q, Subquery, Window
+from django.db.models.functions import RowNumber, TruncDay, TruncHour
 from django.utils import timezone
 
 from flows.definition.fields import LONE_SURROGATE
@@ -135,6 +137,9 @@ class ExecutionTrigger(models.TextChoices):
     PARENT = "parent"  # a parallel branch, a map item or a sub-flow of another execution
     FLOW = "flow"  # another flow's end (its document's on_flow_end); see triggered_by
     BACKFILL = "backfill"  # a slot of the flow's cron, run by a backfill (Backfill)
+    # Started by another execution's failure (its flow's ``on_failure``): one that fails in
+    # turn starts no error handler of its own (flows/services/alerts.py, the chain guard).
+    ERROR_HANDLER = "error_handler"
 
 
 ACTIVE_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
@@ -311,6 +316,76 @@ class ExecutionQuerySet(models.QuerySet["Execution"]):
     def top_level(self) -> ExecutionQuerySet:
         """Executions that are no other's child (lists show these unless asked for children)."""
         return self.filter(parent_step__isnull=True)
+
+    def counts_by_period(self, unit: str, since: Any) -> list[tuple[Any, str, int]]:
+        """``(period start, status, count)`` of top-level executions created since ``since``,
+        grouped in SQL by the hour or the day (``unit``) they were created, in UTC: one query
+        whose answer has at most one row per period and status, however many executions."""
+        trunc = {"hour": TruncHour, "day": TruncDay}[unit]
+        rows = (
+            self.top_level()
+            .filter(created_at__gte=since)
+            .annotate(period=trunc("created_at", tzinfo=UTC))
+            .order_by()
+            .values_list("period", "status")
+            .annotate(n=Count("id"))
+        )
+        return list(rows)
+
+    def durations_sample(
+        self, flow_ids: list[str], since: Any, limit: int
+    ) -> dict[str, list[tuple[Any, float]]]:
+        """For each flow, ``(created_at, seconds)`` of its latest ``limit`` top-level
+        executions created since ``since`` that ran and ended: a bounded sample, in one query
+        for all the flows, that the pages turn into percentiles.
+
+        Where the database takes LIMIT inside a UNION (PostgreSQL), each flow's part reads its
+        latest rows off the (flow, created_at) index and stops at ``limit``; elsewhere (SQLite)
+        the rows are numbered per flow with a window function."""
+        ended = self.top_level().filter(
+            created_at__gte=since,
+            started_at__isnull=False,
+            ended_at__isnull=False,
+            status__in=TERMINAL_STATUSES,
+        )
+        fields = ("flow_id", "created_at", "started_at", "ended_at")
+        found: dict[str, list[tuple[Any, float]]] = {flow_id: [] for flow_id in flow_ids}
+        if not flow_ids:
+            return found
+        if connection.features.supports_slicing_ordering_in_compound:
+            parts = [
+                ended.filter(flow_id=flow_id).order_by("-created_at").values_list(*fields)[:limit]
+                for flow_id in flow_ids
+            ]
+            rows: Any = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+        else:
+            rows = (
+                ended.filter(flow_id__in=flow_ids)
+                .annotate(
+                    rank=Window(
+                        RowNumber(), partition_by=F("flow_id"), order_by=F("created_at").desc()
+                    )
+                )
+                .filter(rank__lte=limit)
+                .order_by()
+                .values_list(*fields)
+            )
+        for flow_id, created, started, ended_at in rows:
+            found[flow_id].append((created, (ended_at - started).total_seconds()))
+        return found
+
+    def busiest_flows(self, since: Any, limit: int) -> list[str]:
+        """The ids of the flows with the most top-level executions since ``since``."""
+        rows = (
+            self.top_level()
+            .filter(created_at__gte=since)
+            .order_by()
+            .values("flow_id")
+            .annotate(n=Count("id"))
+            .order_by("-n", "flow_id")
+            .values_list("flow_id", flat=True)
+        )
+        return list(rows[:limit])
 
 
 class Execution(models.Model):
@@ -798,3 +873,170 @@ class ExecutionEnd(models.Model):
 
     def __str__(self) -> str:
         return f"{self.flow_id} {self.execution_id} {self.status}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Notifications and alerts (flows/services/alerts.py, flows/notify.py)
+# ---------------------------------------------------------------------------------------------
+class ChannelKind(models.TextChoices):
+    EMAIL = "email"
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+
+
+class Channel(models.Model):
+    """Where alerts are sent: an email list, a signed JSON webhook, or a Slack incoming webhook.
+
+    ``config`` holds what may be shown (``to`` addresses, a webhook's ``url``); ``secret``
+    holds, encrypted with ``flows.vault``, what may not: a webhook's signing key (shown once,
+    when the channel is created) and a Slack webhook's URL (which is its credential).
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=16, choices=ChannelKind.choices)
+    config = models.JSONField(default=dict, blank=True)
+    secret = models.TextField(blank=True, help_text="Encrypted under FLOW_SECRET_KEYS.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name"]
+        # Reading channels, rules and deliveries needs view_execution; every write this.
+        # Held by admins and the editor role (migration 0015).
+        default_permissions = ()
+        permissions = [("manage_alerts", "Can create, change and delete channels and rules")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+
+class AlertEvent(models.TextChoices):
+    EXECUTION_FAILED = "execution_failed"
+    FAILURES_IN_A_ROW = "failures_in_a_row"
+    RECOVERED = "recovered"
+    TIMED_OUT = "timed_out"
+    RUNNING_LONGER_THAN = "running_longer_than"
+    WAITING_FOR_SIGNAL = "waiting_for_signal"
+    WEBHOOK_REFUSED = "webhook_refused"
+
+
+class AlertRule(models.Model):
+    """When to alert: an event of one flow's executions (or of every flow's, ``flow`` null),
+    sent to ``channels``; repeats within ``cooldown_seconds`` of an alert are counted on it."""
+
+    flow = models.ForeignKey(
+        Flow, null=True, blank=True, on_delete=models.CASCADE, related_name="alert_rules"
+    )
+    event = models.CharField(max_length=32, choices=AlertEvent.choices)
+    # failures_in_a_row: how many; running_longer_than: seconds. Unused by the other events.
+    threshold = models.PositiveIntegerField(null=True, blank=True)
+    channels = models.ManyToManyField(Channel, related_name="rules", blank=True)
+    cooldown_seconds = models.PositiveIntegerField(default=0)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        default_permissions = ()
+        indexes = [models.Index(fields=["event"], name="alertrule_event_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event} of {self.flow_id or 'every flow'}"
+
+
+class Alert(models.Model):
+    """One sent alert of a rule about one flow, and how many times it happened again within
+    the rule's cooldown (counted here, not sent again)."""
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
+    flow_id = models.CharField(max_length=100, blank=True)
+    count = models.PositiveIntegerField(default=1)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    # The last occurrence's execution (kept as an id: an alert outlives a purged execution).
+    last_execution_id = models.UUIDField(null=True, blank=True)
+    summary = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-first_at"]
+        indexes = [models.Index(fields=["rule", "flow_id", "-first_at"], name="alert_rule_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.rule} x{self.count}"
+
+
+class AlertMark(models.Model):
+    """What a periodic check has alerted about already, per rule: a long run
+    (``running_longer_than``: ``execution``) or a waiting step (``waiting_for_signal``:
+    ``step``). Each goes with what it marks when that is deleted."""
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="+")
+    execution = models.ForeignKey(
+        Execution, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    step = models.ForeignKey(
+        TaskRun, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+
+    class Meta:
+        # NULLs are distinct in both databases: one mark per (rule, execution), (rule, step).
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "execution"], name="alertmark_execution_once"),
+            models.UniqueConstraint(fields=["rule", "step"], name="alertmark_step_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id}: {self.execution_id or ''}{self.step_id or ''}"
+
+
+class NotificationState(models.TextChoices):
+    PENDING = "pending"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    GIVEN_UP = "given_up"
+
+
+OPEN_NOTIFICATION_STATES = (
+    NotificationState.PENDING,
+    NotificationState.SENDING,
+    NotificationState.RETRYING,
+)
+
+
+class Notification(models.Model):
+    """Outbox: one message to one channel, written in the transaction of what it reports (an
+    execution's end, a check's pass) and sent later by the workers (flows/notify.py)."""
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="notifications")
+    alert = models.ForeignKey(
+        Alert, null=True, blank=True, on_delete=models.SET_NULL, related_name="notifications"
+    )
+    payload = models.JSONField(default=dict)
+    state = models.CharField(
+        max_length=16, choices=NotificationState.choices, default=NotificationState.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    # While a worker sends it: until when the claim holds (a worker killed mid-send lets go).
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # The sender's look for each channel's oldest open message.
+            models.Index(
+                fields=["channel", "id"],
+                condition=Q(state__in=["pending", "sending", "retrying"]),
+                name="notification_open_idx",
+            ),
+            models.Index(fields=["state", "-id"], name="notification_state_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel_id} #{self.pk} {self.state}"

@@ -35,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 
 from flowmanager.wsgi import application
 from flows import services
+from flows.models import Notification
 from tests.factories import flow_doc, run_to_end, sample_flow, task
 
 pytestmark = pytest.mark.fuzz
@@ -103,6 +104,20 @@ def rows(db: Any, settings: Any, in_test_transaction: None) -> None:
     run_to_end(done.id)
     queued, _ = services.execution_submit(flow_version=version)
     executions = [str(done.id), str(queued.id)]
+    # An email channel (its test goes to Django's test mail box, no network), a rule, and a
+    # delivery in the log.
+    channel, _ = services.channel_create(name="ops", kind="email", config={"to": ["o@example.com"]})
+    rule = services.rule_create(event="execution_failed", channels=[channel.pk])
+    failed, _ = services.execution_submit(
+        flow_version=services.flow_create(
+            document=flow_doc(
+                [{"name": "boom", "task_type": "fetch_data", "parameters": {"failure_rate": 1}}],
+                flow_id="failing",
+            )
+        )
+    )
+    run_to_end(failed.id)
+    services.handle_ends()
     EXISTING.clear()
     EXISTING.update(
         {
@@ -110,6 +125,11 @@ def rows(db: Any, settings: Any, in_test_transaction: None) -> None:
             "/api/executions/": executions,
             "/flow/": executions,
             "/api/task-types/": ["noop", "fetch_data"],
+            "/api/channels/": [str(channel.pk)],
+            "/api/alert-rules/": [str(rule.pk)],
+            "/api/notifications/": [
+                str(n) for n in Notification.objects.values_list("pk", flat=True)
+            ],
         }
     )
 

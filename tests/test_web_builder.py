@@ -263,3 +263,19 @@ def test_a_flow_whose_type_disappeared_opens_in_the_builder_and_says_so(
     assert "not registered: restore its file" in page
     detail = operator.get("/flows/orphan/").content.decode()
     assert "This flow cannot run as it is" in detail
+
+
+def test_the_error_handler_flow_is_set_in_the_builder_and_kept_on_an_edit(operator):
+    rows = [{"name": "only", "task_type": "print", "param_message": "hi"}]
+    operator.post("/flows/new", builder_post({"id": "orders", "on_failure": "page_on_call"}, rows))
+    assert Flow.objects.get(pk="orders").definition["on_failure"] == {"flow_id": "page_on_call"}
+
+    page = operator.get("/flows/orders/edit").content.decode()
+    assert 'value="page_on_call"' in page
+    operator.post(
+        "/flows/orders/edit",
+        builder_post({"name": "v2", "on_failure": "page_on_call"}, rows, initial=1),
+    )
+    assert Flow.objects.get(pk="orders").definition["on_failure"] == {"flow_id": "page_on_call"}
+    page = operator.get("/flows/orders/").content.decode()
+    assert "starts the error-handler flow" in page and 'href="/flows/page_on_call/"' in page

@@ -53,6 +53,9 @@ class ActionPermission(BasePermission):
 DELETE_EXECUTIONS = "flows.delete_execution"
 # Creating, replacing and deleting secrets (admins, the secrets_admin role); nobody reads one.
 MANAGE_SECRETS = "flows.manage_secret"
+# Creating, changing, deleting and testing notification channels and alert rules (admins, the
+# editor role); reading them and the delivery log needs VIEW_EXECUTIONS.
+MANAGE_ALERTS = "flows.manage_alerts"
 
 
 def require(permission: str) -> type[BasePermission]:

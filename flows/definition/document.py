@@ -32,6 +32,7 @@ _FLOW_KEYS = {
     "timeout_seconds",
     "input_schema",
     "on_flow_end",
+    "on_failure",
 }
 
 
@@ -103,6 +104,7 @@ def parse_flow(
         input_schema = None if schema_problems else dict(input_schema)
 
     triggers = parse_triggers(doc.get("on_flow_end"), err)
+    on_failure = _on_failure(doc.get("on_failure"), flow_id, err)
 
     body = parse_body(
         doc, "", registry.snapshot(), err, flow_id=flow_id, max_steps=max_steps, depth=0
@@ -118,9 +120,37 @@ def parse_flow(
         timeout_seconds=flow_timeout,
         input_schema=input_schema,
         on_flow_end=triggers,
+        on_failure=on_failure,
     )
     warnings = [*_unreachable(definition), *undeclared_input_references(definition)]
     return dataclasses.replace(definition, warnings=tuple(warnings))
+
+
+def _on_failure(value: Any, flow_id: str, err: Any) -> str | None:
+    """``on_failure: {"flow_id": "..."}``: the flow to start when an execution fails for good
+    (flows/services/alerts.py). Whether that flow exists is the services' warning: a flow may
+    be stored before its error handler."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        err(
+            "on_failure",
+            f'must be an object like {{"flow_id": "notify-ops"}}, not {kind_of(value)}',
+        )
+        return None
+    for key in sorted(set(value) - {"flow_id"}, key=str):
+        err(f"on_failure.{key}", "unknown field; allowed: flow_id")
+    target = value.get("flow_id")
+    if not isinstance(target, str) or not FLOW_ID_RE.match(target):
+        err("on_failure.flow_id", "required: the id of the flow to start when an execution fails")
+        return None
+    if target == flow_id:
+        err(
+            "on_failure.flow_id",
+            "a flow cannot be its own error handler (its failure would start itself again)",
+        )
+        return None
+    return target
 
 
 def _unreachable(definition: FlowDefinition) -> list[FieldError]:

@@ -30,6 +30,9 @@ class FlowDefinition:
     input_schema: dict[str, Any] | None = field(default=None, compare=False)
     # The flows whose ends start this one (triggers.parse_triggers); only on the flow itself.
     on_flow_end: tuple[FlowTriggerSpec, ...] = field(default=(), compare=False)
+    # The flow started when an execution of this one fails for good (``on_failure.flow_id``);
+    # only on the flow itself.
+    on_failure: str | None = None
 
     # The engine looks tasks and conditions up once per step: index them once per definition.
     @cached_property

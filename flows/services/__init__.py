@@ -9,6 +9,19 @@ modules. Reads that more than one face needs are in ``flows.selectors``.
 """
 
 from flows.definition import FieldError
+from flows.services.alerts import (
+    alerts_check,
+    channel_create,
+    channel_delete,
+    channel_secret,
+    channel_test,
+    channel_update,
+    handler_input,
+    notify_webhook_refused,
+    rule_create,
+    rule_delete,
+    rule_update,
+)
 from flows.services.backfills import MAX_SLOTS as BACKFILL_MAX_SLOTS
 from flows.services.backfills import SlotPlan, backfill_create, backfill_plan
 from flows.services.controls import (
@@ -51,6 +64,7 @@ from flows.services.flows import (
     given_flow_id,
     validate_flow,
 )
+from flows.services.notifications import notifications_send
 from flows.services.retention import (
     PURGE_BATCH_SIZE,
     PURGE_JOB,
@@ -97,10 +111,16 @@ __all__ = [
     "ServiceError",
     "SlotPlan",
     "UnreadableSecrets",
+    "alerts_check",
     "backfill_create",
     "backfill_plan",
     "body_fingerprint",
     "canonical_json",
+    "channel_create",
+    "channel_delete",
+    "channel_secret",
+    "channel_test",
+    "channel_update",
     "check_storable",
     "checked_input",
     "cron_error",
@@ -130,8 +150,14 @@ __all__ = [
     "flow_update",
     "given_flow_id",
     "handle_ends",
+    "handler_input",
+    "notifications_send",
+    "notify_webhook_refused",
     "on_end",
     "purge_schedule_sync",
+    "rule_create",
+    "rule_delete",
+    "rule_update",
     "secret_create",
     "secret_delete",
     "secret_describe",

@@ -81,6 +81,14 @@ def validate_flow(document: Any, *, registry: TaskRegistry | None = None) -> Flo
     unset = [*_unset_secrets(definition), *_unknown_upstreams(definition)]
     if unset:
         definition = dataclasses.replace(definition, warnings=(*definition.warnings, *unset))
+    if definition.on_failure and not Flow.objects.filter(pk=definition.on_failure).exists():
+        # A warning, not an error: the error handler may be stored after the flow naming it.
+        missing = FieldError(
+            "on_failure.flow_id",
+            f"no flow {definition.on_failure!r} (yet): a failed execution starts nothing "
+            "until it is stored",
+        )
+        definition = dataclasses.replace(definition, warnings=(*definition.warnings, missing))
     return definition
 
 

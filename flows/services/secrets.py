@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 
 from flows import vault
 from flows.definition import unstorable_problem
-from flows.models import Secret
+from flows.models import Channel, Secret
 from flows.services.errors import Conflict, NotFound, ServiceError
 from flows.services.flows import recorded_user
 
@@ -191,9 +191,11 @@ def secret_delete(*, name: Any) -> None:
 
 @transaction.atomic
 def secret_keys_rotate() -> int:
-    """Re-encrypt every stored value under the first key of ``FLOW_SECRET_KEYS``; returns how
-    many. All or nothing: a value no configured key decrypts stops the rotation before any
-    row changes, naming every such secret. Dates and authors stay: no value changed."""
+    """Re-encrypt every stored value under the first key of ``FLOW_SECRET_KEYS`` (the secret
+    store's and the notification channels' secrets: a webhook's signing key, a Slack URL);
+    returns how many. All or nothing: a value no configured key decrypts stops the rotation
+    before any row changes, naming every such secret. Dates and authors stay: no value
+    changed."""
     if not vault.keys_configured():
         raise NoSecretKeys(NO_KEYS_MESSAGE)
     secrets = list(Secret.objects.select_for_update().only("name", "value").order_by("name"))
@@ -203,6 +205,14 @@ def secret_keys_rotate() -> int:
             secret.value = vault.rotate(secret.value, name=secret.name)
         except vault.UnreadableSecret:
             unreadable.append(secret.name)
+    channels = list(
+        Channel.objects.select_for_update().exclude(secret="").only("id", "name", "secret")
+    )
+    for channel in channels:
+        try:
+            channel.secret = vault.rotate(channel.secret, name=f"channel {channel.name}")
+        except vault.UnreadableSecret:
+            unreadable.append(f"channel {channel.name}")
     if unreadable:
         names = ", ".join(repr(n) for n in unreadable)
         raise UnreadableSecrets(
@@ -212,5 +222,10 @@ def secret_keys_rotate() -> int:
             errors=[{"field": n, "message": "no configured key decrypts it"} for n in unreadable],
         )
     Secret.objects.bulk_update(secrets, ["value"], batch_size=500)
-    logger.info("secrets re-encrypted under the first key: %d", len(secrets))
-    return len(secrets)
+    Channel.objects.bulk_update(channels, ["secret"], batch_size=500)
+    logger.info(
+        "secrets re-encrypted under the first key: %d, and %d channel secret(s)",
+        len(secrets),
+        len(channels),
+    )
+    return len(secrets) + len(channels)

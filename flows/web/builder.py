@@ -156,6 +156,13 @@ class FlowForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2, "class": "code"}),
     )
 
+    on_failure = forms.CharField(
+        label="Error-handler flow (on_failure)",
+        max_length=100,
+        required=False,
+        help_text="The id of a flow started when an execution of this one fails.",
+    )
+
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if editing:
@@ -400,6 +407,10 @@ def draft_from_document(document: Any, *, editing: bool = False) -> tuple[Draft,
             "on_flow_end",
         )
     }
+    on_failure = doc.get("on_failure")
+    flow_initial["on_failure"] = (
+        on_failure.get("flow_id") if isinstance(on_failure, Mapping) else None
+    )
     tasks = [t for t in (doc.get("tasks") or []) if isinstance(t, Mapping)]
     conditions: dict[str, Mapping[str, Any]] = {}
     for j, cond in enumerate(doc.get("conditions") or []):
@@ -479,6 +490,8 @@ def document_from_draft(draft: Draft) -> dict[str, Any] | None:
         doc["input_schema"] = flow["input_schema"]
     if flow.get("on_flow_end") not in (None, "", []):
         doc["on_flow_end"] = flow["on_flow_end"]
+    if flow.get("on_failure"):
+        doc["on_failure"] = {"flow_id": flow["on_failure"]}
     tasks, conditions = [], []
     draft.task_forms, draft.condition_forms = [], []
     for form in draft.formset.kept_forms():

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from flows.web.views import builder, controls, executions, flows, home, secrets
+from flows.web.views import alerts, builder, controls, executions, flows, home, secrets
 
 urlpatterns = [
     path("", home.home, name="home"),
@@ -20,6 +20,8 @@ urlpatterns = [
     path("secrets/", secrets.secret_list, name="secret_list"),
     path("secrets/<str:name>/", secrets.secret_replace, name="secret_replace"),
     path("secrets/<str:name>/delete", secrets.secret_delete, name="secret_delete"),
+    path("notifications/", alerts.notification_list, name="notification_list"),
+    path("channels/<int:channel_id>/test", alerts.channel_test, name="channel_test"),
     path("executions/", executions.execution_list, name="execution_list"),
     path("executions/delete", executions.execution_bulk_delete, name="execution_bulk_delete"),
     path("executions/<uuid:execution_id>/", executions.execution_detail, name="execution_detail"),

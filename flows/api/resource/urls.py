@@ -2,6 +2,7 @@
 
 from rest_framework.routers import DefaultRouter
 
+from flows.api.resource.alerts import AlertRuleViewSet, ChannelViewSet, NotificationViewSet
 from flows.api.resource.executions import ExecutionViewSet
 from flows.api.resource.flows import FlowViewSet
 from flows.api.resource.secrets import SecretViewSet
@@ -16,5 +17,8 @@ router.register("flows", FlowViewSet, basename="flow")
 router.register("executions", ExecutionViewSet, basename="execution")
 router.register("task-types", TaskTypeViewSet, basename="task-type")
 router.register("secrets", SecretViewSet, basename="secret")
+router.register("channels", ChannelViewSet, basename="channel")
+router.register("alert-rules", AlertRuleViewSet, basename="alert-rule")
+router.register("notifications", NotificationViewSet, basename="notification")
 
 urlpatterns = router.urls

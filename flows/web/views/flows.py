@@ -10,11 +10,12 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from flows import selectors, services
 from flows.models import Execution, Flow, FlowTrigger
-from flows.web import builder, presenters
+from flows.web import builder, charts, presenters
 from flows.web.forms import RunForm, ScheduleForm
 from flows.web.runform import InputSchemaForm
 from flows.web.views.common import (
@@ -56,6 +57,7 @@ def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
         # Flow triggers both ways: the ends that start this flow, the flows its ends start.
         "started_on": list(flow.triggers.all()),
         "starts": list(FlowTrigger.objects.filter(upstream_flow_id=flow.id)),
+        "charts": charts.flow_charts(flow.id, timezone.now()),
     }
     return render(request, "flows/flow_detail.html", context)
 

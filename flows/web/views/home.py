@@ -11,7 +11,7 @@ from django.templatetags.static import static
 from django.utils import timezone
 
 from flows.models import Execution, Flow
-from flows.web import presenters
+from flows.web import charts, presenters
 from flows.web.views.common import needs
 
 
@@ -38,5 +38,6 @@ def home(request: HttpRequest) -> HttpResponse:
         "failing": executions.failing_flows(now - timedelta(days=7)),
         "workers": presenters.worker_health(),
         "flow_count": Flow.objects.count(),
+        "charts": charts.dashboard_charts(now),
     }
     return render(request, "flows/dashboard.html", context)
