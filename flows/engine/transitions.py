@@ -30,7 +30,7 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 
 from flows.definition import TaskSpec
-from flows.engine.wakeup import wake
+from flows.engine.wakeup import wake, wake_ready
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
@@ -58,6 +58,23 @@ def start(execution_id: uuid.UUID, changes: dict[str, Any]) -> tuple[int, dict[s
     changes = {"status": ExecutionStatus.QUEUED, **changes}
     moved = writes.update_rows(Execution, {execution_id: changes}, status=ExecutionStatus.CREATED)
     return moved, changes
+
+
+def started_row(now: datetime, **fields: Any) -> Execution:
+    """A top-level execution's row, unsaved, QUEUED from its creation at ``now`` (a bulk
+    start: ``start_batch`` inserts it with its first step; ``fields``: flow, version, input,
+    its first task, deadline, owner, key)."""
+    return Execution(status=ExecutionStatus.QUEUED, queued_at=now, **fields)
+
+
+def start_batch(rows: list[Execution], first_steps: list[TaskRun]) -> None:
+    """Insert executions made QUEUED by ``started_row`` and their first steps (``new_step``),
+    and wake workers for them together: one queue message per worker process, not one per
+    execution (``wake_ready``). Two or three statements however many rows (``flows.sql``:
+    a JSON document or COPY on PostgreSQL). Locks: none; the rows are new."""
+    writes.insert_rows(Execution, rows)
+    writes.insert_rows(TaskRun, first_steps)
+    wake_ready([row.id for row in rows])
 
 
 def ending(status: str, error: str, steps_taken: int, now: datetime) -> dict[str, Any]:

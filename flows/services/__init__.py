@@ -26,6 +26,8 @@ from flows.services.errors import (
     check_storable,
 )
 from flows.services.executions import (
+    BULK_MAX_ERRORS,
+    BulkItem,
     body_fingerprint,
     checked_input,
     execution_create,
@@ -35,6 +37,7 @@ from flows.services.executions import (
     execution_start,
     execution_submit,
     executions_reap,
+    executions_start,
     flow_create_with_execution,
     flow_input_check,
 )
@@ -73,11 +76,13 @@ from flows.services.secrets import (
 )
 
 __all__ = [
+    "BULK_MAX_ERRORS",
     "PURGE_BATCH_SIZE",
     "PURGE_JOB",
     "PURGE_SCHEDULE_NAME",
     "SCHEDULE_FUNC",
     "SIGNAL_DECISIONS",
+    "BulkItem",
     "Conflict",
     "FieldError",
     "IdempotencyConflict",
@@ -105,6 +110,7 @@ __all__ = [
     "execution_submit",
     "executions_purge",
     "executions_reap",
+    "executions_start",
     "flow_create",
     "flow_create_with_execution",
     "flow_delete",
