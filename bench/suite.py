@@ -18,12 +18,16 @@ the figures from the timestamps the engine writes:
               executions one after another:
               (last step ended_at - first step started_at - sum of step durations) / steps
               (bench/engine_overhead.py's definition and code)
+              and per step with the task included: (last ended_at - first started_at) / steps
+  api starts  before the cluster starts: POST /api/flows/{id}/executions/ one at a time
+              (p50/p99) and .../bulk/ with 1,000 inputs a call (executions/s), through
+              Django's test client (bench/capacity.py); what they start is deleted after
   throughput  M executions of the 3-task sample flow (examples/sample_flow.json, with its
-              conditions, every task ``noop``), created first (not timed), then started by
-              ``--clients`` (default 2) processes forked from the helper, each starting its
-              share one after another as fast as it can (as that many API clients would):
-              flows/s = completed / (last execution ended_at - first execution queued_at);
-              latency = ended_at - queued_at of each execution, p50 and p95
+              conditions, every task ``noop``) started in bulk (services.executions_start,
+              1,000 a call) while the workers run them: flows/s and steps/s over (last
+              execution ended_at - first queued_at), the start rate against it, latency
+              p50/p95, and the CPU split (workers, qcluster, PostgreSQL, Redis, the helper)
+              from /proc/<pid>/stat over that window
   floor       before the cluster starts, with no engine at all: from this process, on the
               driver's own connection, (a) one single-row UPDATE committed on its own and
               (b) BEGIN + three single-row UPDATEs + COMMIT, the shape of the transaction
@@ -32,7 +36,9 @@ the figures from the timestamps the engine writes:
               cannot take less than (a) a step, nor, writing what ours writes, less than
               (b): Celery's per step divided by them is the most any such engine could show
               against Celery here.
-  waits       K executions of a one-task flow (``wait``, 1 s), started the same way:
+  waits       K executions of a one-task flow (``wait``, 1 s), created first (not timed),
+              then started by ``--clients`` (default 2) processes forked from the helper,
+              each starting its share one after another (as that many API clients would):
               wall = last ended_at - first queued_at. If they are not all done
               ``--wait-deadline`` s after the first queued_at, the figure is "> deadline",
               with how many were done by then and the wall time that rate extrapolates to.
@@ -1415,11 +1421,15 @@ django-q2 {info["django_q2"]}, SQLite {info["sqlite"]}; load average
 
 {table}
 
-Reading it: "engine overhead per step" leaves out the task's own time (the no-op coroutine and
-its hand-off to the task thread); the peers' per-step figures include their trivial task body.
-"starts alone" is how fast the client processes started the executions (each one after
-another, as API clients would): where it is close to the throughput, the clients bound the
-figure (the 1 s waits' wall includes starting them, too).{waits}
+Reading it: "per step with the no-op task included" is what a step costs end to end, as the
+peers' per-step figures (their trivial task body included) are measured, and the ratios
+against them are judged on it; "engine overhead per step" leaves out the task's own time (the
+no-op coroutine and its hand-off to the task thread) and is kept beside it. The 3-task
+throughput is started in bulk (1,000 a call) so that the start rate is not the bound (its row
+says how many times the flow rate the starts ran); the CPU row says where the cores went
+meanwhile. "starts alone" (waits, bursts) is how fast the client processes started those
+executions one after another, as API clients would: where it is close to a flow rate, the
+clients bound that figure (the 1 s waits' wall includes starting them, too).{waits}
 Prefect's concurrent run is a different shape (50 three-task flows), so that ratio is only a
 rough comparison.{maps}
 """
