@@ -81,6 +81,24 @@ def test_inputs_start_one_queued_execution_each_answered_in_order(operator, vers
     assert 1 <= len(wakes) <= 2
 
 
+def test_a_bulk_started_execution_is_stored_as_a_single_start_stores_it(operator, version):
+    single = operator.post(
+        "/api/flows/test_flow/executions/", {"input": {"customer": 1}}, format="json"
+    ).json()
+    bulked = bulk(operator, {"inputs": [{"customer": 1}]}).json()["executions"][0]
+
+    def stored_row(pk: str) -> tuple[dict, dict]:
+        skip = {"id", "created_at", "queued_at", "execution", "woken_at"}
+        execution = Execution.objects.filter(pk=pk).values().get()
+        step = TaskRun.objects.filter(execution_id=pk).values().get()
+        return (
+            {k: v for k, v in execution.items() if k not in skip},
+            {k: v for k, v in step.items() if k not in skip | {"execution_id"}},
+        )
+
+    assert stored_row(bulked["id"]) == stored_row(single["id"])
+
+
 def test_a_thousand_inputs_in_one_call_are_queued_with_their_first_steps(
     operator, version, wakes, settings
 ):

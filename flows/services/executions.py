@@ -393,35 +393,34 @@ def _start_batch(
             errors=conflicts[:BULK_MAX_ERRORS],
         )
     now = timezone.now()
-    start = definition.task(definition.start_task)
-    deadline = flow_deadline(definition, now)
-    answers: list[tuple[Execution, bool]] = []
-    rows: list[Execution] = []
-    for key, fingerprint, input in zip(keys, fingerprints, inputs, strict=True):
-        if key in existing:
-            answers.append((existing[key], False))
-            continue
-        row = engine.transitions.started_row(
-            now,
-            flow_id=flow_version.flow_id,
-            flow_version=flow_version,
-            input=input,
-            current_task=definition.start_task,
-            deadline_at=deadline,
-            created_by=owner,
-            idempotency_key=key,
-            idempotency_fingerprint=fingerprint,
-        )
-        rows.append(row)
-        answers.append((row, True))
-    steps = [engine.transitions.new_step(row.id, start, now) for row in rows]
-    engine.transitions.start_batch(rows, steps)
+    fresh = [n for n, key in enumerate(keys) if key not in existing]
+    rows = engine.transitions.started_rows(
+        now,
+        [
+            {
+                "input": inputs[n],
+                "idempotency_key": keys[n],
+                "idempotency_fingerprint": fingerprints[n],
+            }
+            for n in fresh
+        ],
+        flow_id=flow_version.flow_id,
+        flow_version=flow_version,
+        current_task=definition.start_task,
+        deadline_at=flow_deadline(definition, now),
+        created_by=owner,
+    )
+    engine.transitions.start_batch(rows, definition.task(definition.start_task), now)
+    made = dict(zip(fresh, rows, strict=True))
+    answers = [
+        (made[n], True) if n in made else (existing[key], False) for n, key in enumerate(keys)
+    ]
     logger.info(
         "%d executions of flow=%s v%s queued in bulk (%d already started under their keys)",
         len(rows),
         flow_version.flow_id,
         flow_version.version,
-        len(answers) - len(rows),
+        len(keys) - len(rows),
     )
     return answers
 
