@@ -26,7 +26,6 @@ from flows.services.errors import (
     check_storable,
 )
 from flows.services.executions import (
-    BULK_MAX_ERRORS,
     BulkItem,
     body_fingerprint,
     checked_input,
@@ -76,7 +75,6 @@ from flows.services.secrets import (
 )
 
 __all__ = [
-    "BULK_MAX_ERRORS",
     "PURGE_BATCH_SIZE",
     "PURGE_JOB",
     "PURGE_SCHEDULE_NAME",
