@@ -262,6 +262,9 @@ FLOW_WAKE_AFTER_SECONDS = env_float("FLOW_WAKE_AFTER_SECONDS", 60.0, minimum=1)
 # With the Redis broker, how often each worker process looks for delayed steps (a retry's
 # delay) that are due, and wakes them: one indexed query. The ORM broker delivers them itself.
 FLOW_DUE_STEP_CHECK_SECONDS = env_float("FLOW_DUE_STEP_CHECK_SECONDS", 1.0, minimum=0.05)
+# Executions one bulk start (POST /api/flows/{id}/executions/bulk/) may ask for: all are
+# checked, then written in one transaction (the request body is bounded by MAX_REQUEST_BYTES).
+FLOW_BULK_MAX = env_int("FLOW_BULK_MAX", 1000, minimum=1)
 FLOW_MAX_RESULT_BYTES = env_int("FLOW_MAX_RESULT_BYTES", 1_048_576, minimum=1024)
 FLOW_MAX_DOCUMENT_BYTES = env_int("FLOW_MAX_DOCUMENT_BYTES", 524_288, minimum=1024)
 # Big things stay cheap to show: pages and the API show an input, parameters or a result

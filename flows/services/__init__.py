@@ -43,6 +43,7 @@ from flows.services.errors import (
     check_storable,
 )
 from flows.services.executions import (
+    BulkItem,
     body_fingerprint,
     checked_input,
     execution_create,
@@ -52,6 +53,7 @@ from flows.services.executions import (
     execution_start,
     execution_submit,
     executions_reap,
+    executions_start,
     flow_create_with_execution,
     flow_input_check,
 )
@@ -101,6 +103,7 @@ __all__ = [
     "PURGE_SCHEDULE_NAME",
     "SCHEDULE_FUNC",
     "SIGNAL_DECISIONS",
+    "BulkItem",
     "Conflict",
     "FieldError",
     "IdempotencyConflict",
@@ -139,6 +142,7 @@ __all__ = [
     "execution_submit",
     "executions_purge",
     "executions_reap",
+    "executions_start",
     "flow_create",
     "flow_create_with_execution",
     "flow_delete",

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from flows import engine, selectors
-from flows.definition import FlowDefinition, FlowValidationError, check_input, unwrap
+from flows.definition import (
+    FlowDefinition,
+    FlowValidationError,
+    check_input,
+    unstorable_problem,
+    unwrap,
+)
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
@@ -233,6 +241,208 @@ def execution_submit(
             raise
         return _repeated(existing, key, request_fingerprint), False
     return execution, True
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    """One execution a bulk start asks for: its input (None: ``{}``) and idempotency key, as
+    the request gave them (checked by ``executions_start``), and ``where`` it is in the
+    request (``items[3]``), which every error about it names."""
+
+    where: str
+    input: Any = None
+    idempotency_key: Any = ""
+    input_at: str = ""  # where the input is inside the item: ".input" in {"items": [...]}
+
+
+# Errors listed in one refusal at most: a batch of 1,000 bad items is one line per item.
+BULK_MAX_ERRORS = 100
+
+
+def executions_start(
+    *,
+    flow_version: FlowVersion,
+    items: Sequence[BulkItem],
+    user: Any = None,
+    body_extra: Mapping[str, Any] | None = None,
+    registry: TaskRegistry | None = None,
+) -> list[tuple[Execution, bool]]:
+    """Start up to ``FLOW_BULK_MAX`` executions of ``flow_version`` at once: every item checked
+    before any row is written, all of them written in one transaction with their first
+    steps and one queue message per worker process. Returns (execution, created) per item,
+    in order.
+
+    Each item is checked as ``execution_submit`` checks one start (the input an object of
+    storable text that meets the flow's ``input_schema``, defaults filled in; a key of at
+    most 200 printable characters). One bad item refuses the whole batch (InvalidInput, 400,
+    every error at ``items[3].input/customer``-style paths), and nothing is stored. An item
+    whose idempotency key this user already used for this flow answers the execution it
+    started (created=False) when its body is the same: the body is the single start's
+    (``{"input": ...}`` and ``body_extra``, the request's ``version``), so a bulk item and a
+    single start with the same key and body answer the same execution. Another body under a
+    used key is IdempotencyConflict (422) for the batch. Two items of one batch with the same
+    key are a 400.
+    """
+    if not items:
+        raise ServiceError(
+            "send at least one item", errors=[{"field": "items", "message": "is empty"}]
+        )
+    if len(items) > settings.FLOW_BULK_MAX:
+        raise ServiceError(
+            f"at most {settings.FLOW_BULK_MAX} executions in one bulk start (FLOW_BULK_MAX); "
+            f"this one has {len(items)}: split it",
+            errors=[{"field": "items", "message": f"at most {settings.FLOW_BULK_MAX} items"}],
+        )
+    try:
+        # An unsaved row only to look the version's parsed flow up, as a worker would.
+        definition = engine.flow_definition(
+            Execution(flow_version=flow_version), registry or default_registry()
+        )
+    except FlowValidationError as exc:
+        raise Conflict(
+            f"flow '{flow_version.flow_id}' version {flow_version.version} cannot start: "
+            f"it is no longer valid: {exc}",
+            errors=exc.as_list(),
+        ) from None
+    inputs, keys, fingerprints = _checked_items(items, definition, body_extra or {})
+    owner = recorded_user(user)
+    for attempt in (1, 2):
+        try:
+            return _start_batch(flow_version, definition, items, inputs, keys, fingerprints, owner)
+        except IntegrityError:
+            # A concurrent start took one of the keys between our look-up and our insert:
+            # nothing of this batch was stored; look again and answer with its execution.
+            if attempt == 2 or not any(keys):
+                raise
+    raise AssertionError("not reached")
+
+
+def _checked_items(
+    items: Sequence[BulkItem], definition: FlowDefinition, body_extra: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Every item's input (schema defaults filled in), key and body fingerprint, or
+    InvalidInput listing the errors of all of them."""
+    errors: list[dict[str, str]] = []
+    inputs: list[dict[str, Any]] = []
+    keys: list[str] = []
+    fingerprints: list[str] = []
+    first_with: dict[str, str] = {}
+    for item in items:
+        where_input = f"{item.where}{item.input_at}"
+        value = {} if item.input is None else item.input
+        filled: dict[str, Any] = {}
+        storable = False
+        if not isinstance(value, dict):
+            errors.append({"field": where_input, "message": "must be a JSON object"})
+        elif problem := unstorable_problem(value, where_input):
+            errors.append({"field": where_input, "message": problem})
+        else:
+            storable = True
+            filled, found = check_input(definition.input_schema, value)
+            errors += [{"field": f"{where_input}{e.field}", "message": e.message} for e in found]
+        key = _item_key(item, errors, first_with)
+        inputs.append(filled)
+        keys.append(key)
+        # The body a single start of this item would send: what its key is bound to (a
+        # fingerprint encodes the input as UTF-8, so only once it is known to be storable).
+        body = {**({"input": item.input} if item.input is not None else {}), **body_extra}
+        fingerprints.append(body_fingerprint(body) if key and storable else "")
+        if len(errors) >= BULK_MAX_ERRORS:
+            break
+    if errors:
+        shown = errors[:BULK_MAX_ERRORS]
+        listed = "; ".join(f"{e['field']}: {e['message']}" for e in shown[:5])
+        more = f" (and {len(shown) - 5} more listed)" if len(shown) > 5 else ""
+        raise InvalidInput(
+            f"nothing was started: {listed}{more}. Fix these items and send the batch again",
+            errors=shown,
+        )
+    return inputs, keys, fingerprints
+
+
+def _item_key(item: BulkItem, errors: list[dict[str, str]], first_with: dict[str, str]) -> str:
+    """The item's idempotency key (stripped; "" for none), its problems added to ``errors``."""
+    field = f"{item.where}.idempotency_key"
+    key = item.idempotency_key
+    if key is None:
+        return ""
+    if not isinstance(key, str):
+        errors.append({"field": field, "message": "must be text"})
+        return ""
+    key = key.strip()
+    if len(key) > 200:
+        errors.append({"field": field, "message": "at most 200 characters"})
+    elif not key.isprintable():
+        errors.append({"field": field, "message": "must be printable text"})
+    elif key in first_with:
+        errors.append({"field": field, "message": f"the same key as {first_with[key]}"})
+    elif key:
+        first_with[key] = item.where
+    return key
+
+
+@transaction.atomic
+def _start_batch(
+    flow_version: FlowVersion,
+    definition: FlowDefinition,
+    items: Sequence[BulkItem],
+    inputs: list[dict[str, Any]],
+    keys: list[str],
+    fingerprints: list[str],
+    owner: Any,
+) -> list[tuple[Execution, bool]]:
+    """The checked batch written: the executions whose keys are used answered, the others
+    inserted QUEUED with their first steps (``transitions.start_batch``)."""
+    used = [key for key in keys if key]
+    existing: dict[str, Execution] = {}
+    if used:
+        mine = Execution.objects.filter(flow_id=flow_version.flow_id, created_by=owner)
+        existing = {row.idempotency_key: row for row in mine.filter(idempotency_key__in=used)}
+    conflicts = [
+        {"field": f"{item.where}.idempotency_key", "message": "already used with another body"}
+        for item, key, fingerprint in zip(items, keys, fingerprints, strict=True)
+        if key in existing
+        and existing[key].idempotency_fingerprint
+        and existing[key].idempotency_fingerprint != fingerprint
+    ]
+    if conflicts:
+        raise IdempotencyConflict(
+            f"{len(conflicts)} idempotency keys were already used with a different body "
+            f"({conflicts[0]['field']} the first); nothing was started: send new keys for new "
+            "requests, or repeat the first bodies exactly to get the executions they started",
+            errors=conflicts[:BULK_MAX_ERRORS],
+        )
+    now = timezone.now()
+    fresh = [n for n, key in enumerate(keys) if key not in existing]
+    rows = engine.transitions.started_rows(
+        now,
+        [
+            {
+                "input": inputs[n],
+                "idempotency_key": keys[n],
+                "idempotency_fingerprint": fingerprints[n],
+            }
+            for n in fresh
+        ],
+        flow_id=flow_version.flow_id,
+        flow_version=flow_version,
+        current_task=definition.start_task,
+        deadline_at=flow_deadline(definition, now),
+        created_by=owner,
+    )
+    engine.transitions.start_batch(rows, definition.task(definition.start_task), now)
+    made = dict(zip(fresh, rows, strict=True))
+    answers = [
+        (made[n], True) if n in made else (existing[key], False) for n, key in enumerate(keys)
+    ]
+    logger.info(
+        "%d executions of flow=%s v%s queued in bulk (%d already started under their keys)",
+        len(rows),
+        flow_version.flow_id,
+        flow_version.version,
+        len(keys) - len(rows),
+    )
+    return answers
 
 
 def _repeated(existing: Execution, key: str, fingerprint: str) -> Execution:

@@ -40,6 +40,16 @@ FLOW_WRITTEN = {
         {"field": "tasks[2]", "message": "task 'cleanup' can never run: no path reaches it"}
     ],
 }
+BULK_STARTED = {
+    "executions": [
+        {"id": EXECUTION_ID, "status_url": f"/api/executions/{EXECUTION_ID}/", "created": True},
+        {
+            "id": "0b7e2f3c-1d4a-4c5b-8e6f-7a8b9c0d1e02",
+            "status_url": "/api/executions/0b7e2f3c-1d4a-4c5b-8e6f-7a8b9c0d1e02/",
+            "created": True,
+        },
+    ]
+}
 VERSION_ROW = {"flow": "example_flow", "version": 2, "created_at": AT, "created_by": "erin"}
 VERSION = {**VERSION_ROW, "definition": DOCUMENT}
 EXECUTION_ROW = {

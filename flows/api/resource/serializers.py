@@ -164,6 +164,73 @@ class StartExecutionSerializer(serializers.Serializer):
         return value
 
 
+class BulkItemSerializer(serializers.Serializer):
+    """One item of a bulk start (documents the shape; ``services.executions_start`` checks it)."""
+
+    input = serializers.DictField(
+        required=False, help_text="A JSON object the tasks read as self.context.input."
+    )
+    idempotency_key = serializers.CharField(
+        required=False,
+        max_length=200,
+        help_text="As the single start's Idempotency-Key header: a key this user already "
+        "used for this flow answers the execution it started, created: false.",
+    )
+
+
+class ParsedJSON(serializers.JSONField):
+    """A value of a body the JSON parser read (the API takes JSON only), kept as it is: a bulk
+    start's 1,000 items are not encoded again one by one to see that they are JSON."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        return data
+
+
+@extend_schema_field(BulkItemSerializer(many=True))
+class BulkItemsField(serializers.ListField):
+    """``items``: a list of any JSON; each item is checked by the service, which names the
+    item (``items[3].input``) in every error."""
+
+    child = ParsedJSON()
+
+
+class BulkStartSerializer(serializers.Serializer):
+    version = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="Flow version every execution runs; the latest when left out.",
+    )
+    inputs = serializers.ListField(
+        child=ParsedJSON(),
+        required=False,
+        help_text="One input object per execution (the short form of `items`).",
+    )
+    items = BulkItemsField(
+        required=False, help_text="One item per execution, each with its own idempotency key."
+    )
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if ("inputs" in data) == ("items" in data):
+            raise serializers.ValidationError(
+                {"items": ["send either items or inputs (a list of input objects), not both"]}
+                if "items" in data
+                else {"items": ["send items (or inputs: a list of input objects)"]}
+            )
+        return data
+
+
+class BulkStartedSerializer(serializers.Serializer):
+    class StartedSerializer(serializers.Serializer):
+        id = serializers.UUIDField()
+        status_url = serializers.CharField(help_text="GET it for the execution and its steps.")
+        created = serializers.BooleanField(
+            help_text="false: its idempotency key had started it before; nothing new."
+        )
+
+    executions = StartedSerializer(many=True, help_text="One per item, in the items' order.")
+
+
 class ParentSerializer(serializers.Serializer):
     execution = serializers.UUIDField(help_text="The parent execution.")
     seq = serializers.IntegerField(help_text="The parent's step that started this child.")
