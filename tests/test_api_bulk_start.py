@@ -140,7 +140,9 @@ def test_a_batch_costs_the_same_statements_however_many_items_it_has(operator, v
             )
         return len(queries)
 
-    assert statements(1000) == statements(2)
+    # Rows go in a statement a table (on SQLite, one more for each 32,766 values: 1,000
+    # executions of some 30 columns take two), never one a row.
+    assert statements(1000) - statements(2) <= 1
 
 
 def test_items_take_a_version(operator, version):
