@@ -295,6 +295,14 @@ FLOW_SECRET_CACHE_SECONDS = env_float("FLOW_SECRET_CACHE_SECONDS", 5.0, minimum=
 # error-handler flows: flows/services/ends.py); what follows an end waits at most this long.
 FLOW_ENDS_EVERY_SECONDS = env_float("FLOW_ENDS_EVERY_SECONDS", 1.0, minimum=0.05)
 
+# --- Webhooks (README "Webhooks") -----------------------------------------------------------
+# A delivery's body over this is refused (413) after reading at most this + 1 bytes; its own
+# limit, apart from MAX_REQUEST_BYTES, since senders (GitHub: 25 MB) decide their payloads.
+FLOW_WEBHOOK_MAX_BODY_BYTES = env_int("FLOW_WEBHOOK_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# How much of each delivery's body is kept with it (shown on the flow's page; purged with
+# retention, FLOW_PURGE_AFTER_DAYS).
+FLOW_WEBHOOK_PAYLOAD_KEEP_BYTES = env_int("FLOW_WEBHOOK_PAYLOAD_KEEP_BYTES", 65_536, minimum=0)
+
 # --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
 _job_timeout = int(FLOW_MAX_TASK_TIMEOUT + 120)

@@ -1,9 +1,10 @@
 """Every write the API, the operator pages, the admin and the commands make goes through here.
 
 One module per entity (``flows``, ``executions`` and their ``controls``, ``schedules``,
-``retention``, ``secrets``), the refusals they raise in ``errors``. Callers import the package
-and use the names below (``from flows import services; services.execution_start(...)``), never the
-modules. Reads that more than one face needs are in ``flows.selectors``.
+``retention``, ``secrets``, ``webhooks``), the refusals they raise in ``errors``. Callers
+import the package and use the names below (``from flows import services;
+services.execution_start(...)``), never the modules. Reads that more than one face needs are
+in ``flows.selectors``.
 """
 
 from flows.definition import FieldError
@@ -71,6 +72,16 @@ from flows.services.secrets import (
     secret_problems,
     secret_replace,
 )
+from flows.services.webhooks import (
+    WEBHOOK_MAX_WAIT_SECONDS,
+    DeliveryAnswer,
+    execution_wait,
+    webhook_create,
+    webhook_delete,
+    webhook_deliver,
+    webhook_max_body_bytes,
+    webhook_rotate,
+)
 
 __all__ = [
     "PURGE_BATCH_SIZE",
@@ -78,7 +89,9 @@ __all__ = [
     "PURGE_SCHEDULE_NAME",
     "SCHEDULE_FUNC",
     "SIGNAL_DECISIONS",
+    "WEBHOOK_MAX_WAIT_SECONDS",
     "Conflict",
+    "DeliveryAnswer",
     "FieldError",
     "IdempotencyConflict",
     "InvalidFlow",
@@ -103,6 +116,7 @@ __all__ = [
     "execution_signal",
     "execution_start",
     "execution_submit",
+    "execution_wait",
     "executions_purge",
     "executions_reap",
     "flow_create",
@@ -125,4 +139,9 @@ __all__ = [
     "secret_problems",
     "secret_replace",
     "validate_flow",
+    "webhook_create",
+    "webhook_delete",
+    "webhook_deliver",
+    "webhook_max_body_bytes",
+    "webhook_rotate",
 ]
