@@ -39,7 +39,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from flows import vault
+from flows import selectors, vault
 from flows.expressions import ResolveError, parse_reference, references_in, resolve
 from flows.models import (
     TERMINAL_STATUSES,
@@ -269,12 +269,7 @@ def _fields(errors: list[dict[str, str]]) -> set[str]:
 
 
 def _hook(flow_id: str, hook_id: Any) -> Webhook:
-    found = None
-    if str(hook_id).isdigit() and int(hook_id) < 2**63:
-        found = Webhook.objects.filter(flow_id=flow_id, pk=int(hook_id)).first()
-    if found is None:
-        raise NotFound(f"flow {flow_id!r} has no webhook {str(hook_id)!r}")
-    return found
+    return selectors.webhook_get(flow_id=flow_id, hook_id=hook_id)
 
 
 def webhook_delete(*, flow_id: str, hook_id: Any) -> None:
