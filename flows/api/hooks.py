@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from flows import services
@@ -61,9 +60,8 @@ def receive(request: HttpRequest, slug: str) -> HttpResponse:
     )
     if answer.execution_id is None:
         return JsonResponse(answer.body, status=answer.status)
-    status_url = request.build_absolute_uri(
-        reverse("execution-detail", args=[str(answer.execution_id)])
-    )
+    # The API's documented form, with its slash (the router's reverse() leaves it out).
+    status_url = request.build_absolute_uri(f"/api/executions/{answer.execution_id}/")
     body_out = {**answer.body, "status_url": status_url}
     status = answer.status
     if wait is not None and answer.status in (200, 202):

@@ -94,7 +94,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# --- Managing hooks ----------------------------------------------------------------------------
+# --- Managing hooks ------------------------------------------------------------------------------
 def _new_secret() -> str:
     return random_secrets.token_urlsafe(32)
 
@@ -308,7 +308,7 @@ def webhook_rotate(
     return hook, plain
 
 
-# --- Deliveries ---------------------------------------------------------------------------------
+# --- Deliveries ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DeliveryAnswer:
     """What ``POST /hooks/<slug>`` answers: ``status`` and a JSON ``body`` (the API's error
@@ -626,6 +626,10 @@ def _start(
 
 
 # --- ?wait ---------------------------------------------------------------------------------------
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def execution_wait(*, execution_id: Any, seconds: float) -> dict[str, Any]:
     """The execution's ``{"execution_id", "status", "result", "error", "ended"}`` once it has
     ended, or as it is after ``seconds`` (at most WEBHOOK_MAX_WAIT_SECONDS) of polling the database.
@@ -639,7 +643,7 @@ def execution_wait(*, execution_id: Any, seconds: float) -> dict[str, Any]:
         ended = row["status"] in TERMINAL_STATUSES
         if ended or time.monotonic() >= deadline:
             break
-        time.sleep(WAIT_POLL_SECONDS)
+        _pause(WAIT_POLL_SECONDS)
     result = None
     if ended:
         result = (
