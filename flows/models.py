@@ -741,7 +741,7 @@ class Webhook(models.Model):
         return f"{self.flow_id} {self.auth}{f' ({self.preset})' if self.preset else ''}"
 
 
-class DeliveryStatus(models.TextChoices):
+class DeliveryOutcome(models.TextChoices):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     REFUSED = "refused"
@@ -757,7 +757,8 @@ class WebhookDelivery(models.Model):
         Webhook, on_delete=models.CASCADE, related_name="deliveries", db_index=False
     )
     received_at = models.DateTimeField()
-    status = models.CharField(max_length=10, choices=DeliveryStatus.choices)
+    # Not "status": what became of the delivery, not a state an engine moves it through.
+    outcome = models.CharField(max_length=10, choices=DeliveryOutcome.choices)
     http_status = models.PositiveSmallIntegerField()
     reason = models.CharField(max_length=500, blank=True)
     delivery_id = models.CharField(max_length=200, blank=True)
@@ -775,7 +776,7 @@ class WebhookDelivery(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.hook_id} {self.status} {self.http_status}"
+        return f"{self.hook_id} {self.outcome} {self.http_status}"
 
 
 class WebhookDedup(models.Model):

@@ -77,7 +77,7 @@ def github_headers(secret: str, body: bytes, delivery: str = "") -> dict[str, st
 
 def deliveries(hook: Webhook) -> list[tuple[str, int, str]]:
     rows = WebhookDelivery.objects.filter(hook=hook).order_by("id")
-    return list(rows.values_list("status", "http_status", "reason"))
+    return list(rows.values_list("outcome", "http_status", "reason"))
 
 
 # --- Signatures ----------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def test_a_created_hook_shows_its_secret_once(api: Any, flow: Any, client: Clien
     )
     assert sent.status_code == 202
     rows = api.get(f"/api/flows/test_flow/webhooks/{hook['id']}/deliveries/").json()
-    assert [(r["status"], r["http_status"]) for r in rows["results"]] == [("accepted", 202)]
+    assert [(r["outcome"], r["http_status"]) for r in rows["results"]] == [("accepted", 202)]
 
 
 def test_rotate_through_the_api_and_delete(api: Any, flow: Any, client: Client) -> None:

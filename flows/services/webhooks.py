@@ -43,7 +43,7 @@ from flows import selectors, vault
 from flows.expressions import ResolveError, parse_reference, references_in, resolve
 from flows.models import (
     TERMINAL_STATUSES,
-    DeliveryStatus,
+    DeliveryOutcome,
     Execution,
     ExecutionTrigger,
     Flow,
@@ -337,13 +337,13 @@ def _record(
     body: bytes,
     size: int,
     delivery_id: str = "",
-    status: str = DeliveryStatus.REFUSED,
+    outcome: str = DeliveryOutcome.REFUSED,
 ) -> None:
     keep = settings.FLOW_WEBHOOK_PAYLOAD_KEEP_BYTES
     WebhookDelivery.objects.create(
         hook=hook,
         received_at=now,
-        status=status,
+        outcome=outcome,
         http_status=answer.status,
         reason=str(answer.body.get("detail", ""))[:500] if answer.status >= 400 else "",
         delivery_id=delivery_id[:200],
@@ -559,7 +559,7 @@ def _first_of(hook: Webhook, key: str, now: datetime) -> Any:
 
 def _duplicate(hook: Webhook, first: Any, **record: Any) -> DeliveryAnswer:
     answer = DeliveryAnswer(200, _accepted_body(first, duplicate=True), execution_id=first)
-    _record(hook, answer, status=DeliveryStatus.DUPLICATE, **record)
+    _record(hook, answer, outcome=DeliveryOutcome.DUPLICATE, **record)
     return answer
 
 
@@ -608,7 +608,7 @@ def _start(
                 body=body,
                 size=size,
                 delivery_id=delivery_id,
-                status=DeliveryStatus.ACCEPTED,
+                outcome=DeliveryOutcome.ACCEPTED,
             )
     except _Repeated:
         first = (

@@ -31,7 +31,7 @@ from flows.api.resource import examples as ex
 from flows.api.resource.base import can
 from flows.api.schema import READ, WRITE, error_responses
 from flows.models import (
-    DeliveryStatus,
+    DeliveryOutcome,
     Webhook,
     WebhookAlgorithm,
     WebhookAuth,
@@ -161,14 +161,14 @@ class DeliverySerializer(serializers.ModelSerializer):
     payload_preview = serializers.SerializerMethodField(
         help_text=f"The body's first {PREVIEW_CHARS} characters as kept."
     )
-    status = serializers.ChoiceField(DeliveryStatus.choices)
+    outcome = serializers.ChoiceField(DeliveryOutcome.choices)
 
     class Meta:
         model = WebhookDelivery
         fields = [
             "id",
             "received_at",
-            "status",
+            "outcome",
             "http_status",
             "reason",
             "delivery_id",
@@ -209,7 +209,7 @@ HOOK = {
 DELIVERY = {
     "id": 17,
     "received_at": ex.AT,
-    "status": "refused",
+    "outcome": "refused",
     "http_status": 401,
     "reason": "the X-Hub-Signature-256 signature does not match the body",
     "delivery_id": "",
@@ -221,8 +221,35 @@ NO_KEYS = OpenApiResponse(
     ErrorSerializer,
     description="No FLOW_SECRET_KEYS configured to encrypt the hook's secret "
     "(`secret_keys_missing`).",
+    examples=[
+        OpenApiExample(
+            "No key",
+            value={
+                "detail": "secrets cannot be stored: no encryption key; set FLOW_SECRET_KEYS to "
+                "a Fernet key (…)",
+                "code": "secret_keys_missing",
+                "errors": [{"field": "secret", "message": "secrets cannot be stored: …"}],
+            },
+            status_codes=[409],
+        )
+    ],
 )
-NO_SECRET = OpenApiResponse(ErrorSerializer, description="Invalid body, or the hook has no secret.")
+NO_SECRET = OpenApiResponse(
+    ErrorSerializer,
+    description="Invalid body, or the hook has no secret to rotate.",
+    examples=[
+        OpenApiExample(
+            "No secret",
+            value={
+                "detail": "this hook has no secret (its URL alone is the credential); delete it "
+                "and create another for a new URL",
+                "code": "invalid",
+                "errors": [{"field": "auth", "message": "no secret to rotate"}],
+            },
+            status_codes=[400],
+        )
+    ],
+)
 
 
 class WebhookActions:
