@@ -172,3 +172,12 @@ def webhook_list(*, flow: Flow) -> QuerySet[Webhook]:
 def webhook_delivery_list(*, hook: Webhook) -> QuerySet[WebhookDelivery]:
     """A hook's deliveries, newest first."""
     return WebhookDelivery.objects.filter(hook=hook).order_by("-received_at", "-id")
+
+
+def webhook_delivery_list_of_flow(*, flow: Flow) -> QuerySet[WebhookDelivery]:
+    """The deliveries to any of the flow's webhooks, newest first (without their payloads)."""
+    return (
+        WebhookDelivery.objects.filter(hook__flow=flow)
+        .defer("payload")
+        .order_by("-received_at", "-id")
+    )

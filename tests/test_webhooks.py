@@ -472,3 +472,45 @@ def test_a_viewer_lists_hooks_without_their_urls_and_cannot_make_one(
     refused = viewer.post("/api/flows/test_flow/webhooks/", {"auth": "token"}, format="json")
     assert refused.status_code == 403
     assert Webhook.objects.count() == 1
+
+
+# --- The flow's page and the admin ---------------------------------------------------------------
+def test_the_flow_page_makes_a_hook_shows_its_secret_once_and_its_refused_deliveries(
+    alice: Any, flow: Any
+) -> None:
+    page = Client(enforce_csrf_checks=True)
+    page.force_login(alice)
+    shown = page.get("/flows/test_flow/")
+    token = shown.cookies["csrftoken"].value
+    made = page.post(
+        "/flows/test_flow/webhooks",
+        {"action": "create", "kind": "github", "csrfmiddlewaretoken": token},
+    )
+    assert made.status_code == 200
+    hook = Webhook.objects.get()
+    secret = made.context["new_secret"][1]
+    assert secret.encode() in made.content
+    assert f"/hooks/{hook.slug}".encode() in made.content
+
+    post(Client(), hook, b"{}", **github_headers("wrong", b"{}"))
+    again = page.get("/flows/test_flow/")
+    assert secret.encode() not in again.content  # once, never again
+    assert b"does not match the body" in again.content
+    assert b"refused" in again.content
+
+
+def test_the_flow_page_refuses_a_hook_form_without_its_csrf_token(alice: Any, flow: Any) -> None:
+    page = Client(enforce_csrf_checks=True)
+    page.force_login(alice)
+    refused = page.post("/flows/test_flow/webhooks", {"action": "create", "kind": "token"})
+    assert refused.status_code == 403
+    assert Webhook.objects.count() == 0
+
+
+def test_the_admin_shows_a_hook_without_its_secret_or_url(admin_client: Client, flow: Any) -> None:
+    hook, secret = make_hook(auth="hmac", preset="github")
+    shown = admin_client.get(f"/admin/flows/webhook/{hook.pk}/change/")
+    assert shown.status_code == 200
+    assert secret.encode() not in shown.content
+    assert hook.secret.encode() not in shown.content
+    assert hook.slug.encode() not in shown.content
