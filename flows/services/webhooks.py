@@ -23,6 +23,7 @@ refusal is kept as a ``WebhookDelivery`` with its reason, so that none is silent
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -58,7 +59,7 @@ from flows.models import (
     WebhookPreset,
 )
 from flows.services.errors import InvalidInput, NotFound, ServiceError, check_storable
-from flows.services.executions import execution_submit
+from flows.services.executions import execution_create, execution_start
 from flows.services.flows import recorded_user
 from flows.services.secrets import NO_KEYS_MESSAGE, NoSecretKeys
 from flows.signatures import SignatureError, check_hmac, check_stripe, check_token
@@ -354,12 +355,15 @@ def _record(
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _decrypted(token: str, keys: tuple[str, ...]) -> str:
+    # Per token and key list: a rotated secret is another token, changed keys another entry.
+    return vault.decrypt(token, name="webhook")
+
+
 def _secrets_of(hook: Webhook) -> list[str]:
-    return [
-        vault.decrypt(token, name="webhook")
-        for token in (hook.secret, hook.previous_secret)
-        if token
-    ]
+    keys = tuple(settings.FLOW_SECRET_KEYS)
+    return [_decrypted(token, keys) for token in (hook.secret, hook.previous_secret) if token]
 
 
 def _check_auth(hook: Webhook, body: bytes, headers: Mapping[str, str], now: datetime) -> None:
@@ -478,7 +482,9 @@ def webhook_deliver(
     one).
     """
     now = now or timezone.now()
-    hook = Webhook.objects.filter(slug=slug).select_related("flow").first() if slug else None
+    hook = None
+    if slug and len(slug) <= 64:  # the column's size; PostgreSQL would compare any length
+        hook = Webhook.objects.filter(slug=slug).order_by("pk").first()
     if hook is None:
         logger.info("webhook delivery to an unknown hook refused (404)")
         return _refusal(404, "not_found", "no webhook at this URL")
@@ -539,20 +545,29 @@ def webhook_deliver(
             ),
             delivery_id,
         )
+    expired = False
     if delivery_id:
-        seen = _first_of(hook, delivery_id, now)
-        if seen is not None:
-            return _duplicate(hook, seen, now=now, body=body, size=size, delivery_id=delivery_id)
+        seen = _seen(hook, delivery_id)
+        if seen is not None and seen[1] > now:
+            return _duplicate(hook, seen[0], now=now, body=body, size=size, delivery_id=delivery_id)
+        expired = seen is not None
     return _start(
-        hook, input, now=now, body=body, size=size, delivery_id=delivery_id, refuse=refuse
+        hook,
+        input,
+        now=now,
+        body=body,
+        size=size,
+        delivery_id=delivery_id,
+        expired=expired,
+        refuse=refuse,
     )
 
 
-def _first_of(hook: Webhook, key: str, now: datetime) -> Any:
-    """The execution a live dedup row of ``key`` names, or None."""
+def _seen(hook: Webhook, key: str) -> tuple[Any, datetime] | None:
+    """(execution id, expires_at) of the dedup row of ``key``, or None."""
     return (
-        WebhookDedup.objects.filter(hook=hook, key=key, expires_at__gt=now)
-        .values_list("execution_id", flat=True)
+        WebhookDedup.objects.filter(hook=hook, key=key)
+        .values_list("execution_id", "expires_at")
         .first()
     )
 
@@ -563,10 +578,6 @@ def _duplicate(hook: Webhook, first: Any, **record: Any) -> DeliveryAnswer:
     return answer
 
 
-class _Repeated(Exception):
-    """A concurrent delivery of the same id committed first: roll this one back."""
-
-
 def _start(
     hook: Webhook,
     input: Any,
@@ -575,31 +586,45 @@ def _start(
     body: bytes,
     size: int,
     delivery_id: str,
+    expired: bool,
     refuse: Any,
 ) -> DeliveryAnswer:
+    """Start the execution, with its dedup row and its delivery row, in one transaction.
+
+    1. The flow's current version is read without its document (the engine's per-process
+       cache parses it once).
+    2. ``execution_create`` + ``execution_start``: the start path every client takes, which
+       checks the input against the flow's ``input_schema`` (InvalidInput: 422, nothing kept
+       but the refused delivery).
+    3. The dedup row: a concurrent delivery of the same id that committed first makes this
+       INSERT fail (PostgreSQL: it waits for that transaction; SQLite: writers take turns),
+       and the whole transaction, execution included, rolls back; the answer is then the
+       first's execution. An expired row of the id is deleted first (conditionally: a row
+       another delivery just renewed stays, and this insert fails as above).
+    4. The accepted delivery, so that an execution never exists without its delivery.
+    """
     try:
-        version = FlowVersion.objects.select_related("flow").get(
-            flow_id=hook.flow_id, version=hook.flow.version
-        )
         with transaction.atomic():
-            execution, _ = execution_submit(
+            version = (
+                FlowVersion.objects.filter(flow_id=hook.flow_id, version=F("flow__version"))
+                .only("id", "flow_id", "version")
+                .get()
+            )
+            execution = execution_create(
                 flow_version=version, input=input, trigger=ExecutionTrigger.WEBHOOK
             )
+            execution = execution_start(execution_id=execution.id)
             if delivery_id:
-                # An expired row of this id is replaced (conditional: a live one stays).
-                WebhookDedup.objects.filter(
-                    hook=hook, key=delivery_id, expires_at__lte=now
-                ).delete()
-                try:
-                    with transaction.atomic():
-                        WebhookDedup.objects.create(
-                            hook=hook,
-                            key=delivery_id,
-                            execution=execution,
-                            expires_at=now + timedelta(seconds=hook.dedup_window_seconds),
-                        )
-                except IntegrityError:
-                    raise _Repeated from None
+                if expired:
+                    WebhookDedup.objects.filter(
+                        hook=hook, key=delivery_id, expires_at__lte=now
+                    ).delete()
+                WebhookDedup.objects.create(
+                    hook=hook,
+                    key=delivery_id,
+                    execution=execution,
+                    expires_at=now + timedelta(seconds=hook.dedup_window_seconds),
+                )
             answer = DeliveryAnswer(202, _accepted_body(execution.id), execution_id=execution.id)
             _record(
                 hook,
@@ -610,13 +635,11 @@ def _start(
                 delivery_id=delivery_id,
                 outcome=DeliveryOutcome.ACCEPTED,
             )
-    except _Repeated:
-        first = (
-            WebhookDedup.objects.filter(hook=hook, key=delivery_id)
-            .values_list("execution_id", flat=True)
-            .first()
-        )
-        return _duplicate(hook, first, now=now, body=body, size=size, delivery_id=delivery_id)
+    except IntegrityError:
+        seen = _seen(hook, delivery_id) if delivery_id else None
+        if seen is None:
+            raise
+        return _duplicate(hook, seen[0], now=now, body=body, size=size, delivery_id=delivery_id)
     except InvalidInput as exc:
         return refuse(_refusal(422, exc.code, exc.message, exc.errors), delivery_id)
     except ServiceError as exc:
