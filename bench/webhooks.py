@@ -221,10 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("sequential", "deliveries", "clients"):
         if getattr(args, key):
             counts[key] = max(1, getattr(args, key))
+    load_before = os.getloadavg()
     figures = run(args.backend, counts, args.redis_db)
+    figures["loadavg_before_after"] = [load_before[0], os.getloadavg()[0]]
     print("| stack | figure | measured | target |\n|---|---|---:|---|")
     for figure, value, target in rows(args.backend, figures):
         print(f"| {figures['label']} | {figure} | {value} | {target} |")
+    before, after = figures["loadavg_before_after"]
+    print(f"\n{machine()['nproc']} CPUs; load average {before:.2f} before, {after:.2f} after")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"webhooks-{args.backend}-{utc_stamp()}.json"
     document = {"benchmark": "webhooks", "machine": machine(), "counts": counts, **figures}
