@@ -514,3 +514,30 @@ def test_the_admin_shows_a_hook_without_its_secret_or_url(admin_client: Client, 
     assert secret.encode() not in shown.content
     assert hook.secret.encode() not in shown.content
     assert hook.slug.encode() not in shown.content
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"auth": "hmac"}, {"header"}),
+        (
+            {"auth": "hmac", "preset": "github", "header": "X-Sig", "prefix": "v1="},
+            {"header", "prefix"},
+        ),
+        ({"auth": "token", "algorithm": "sha1"}, {"algorithm"}),
+        ({"auth": "hmac", "header": "X Sig", "encoding": "base32"}, {"header", "encoding"}),
+        (
+            {"auth": "token", "dedup_path": "a..b", "rate_limit_per_minute": 0},
+            {"dedup_path", "rate_limit_per_minute"},
+        ),
+        ({"auth": "token", "input_mapping": ["${body}"]}, {"input_mapping"}),
+        ({"auth": "magic"}, {"auth"}),
+    ],
+)
+def test_a_hook_is_refused_with_every_problem_at_its_field(
+    flow: Any, body: dict[str, Any], fields: set[str]
+) -> None:
+    with pytest.raises(services.ServiceError) as refused:
+        make_hook(**body)
+    assert {e["field"] for e in refused.value.errors} == fields
+    assert Webhook.objects.count() == 0

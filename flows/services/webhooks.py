@@ -194,7 +194,8 @@ def webhook_create(
     if not auth:
         errors.append({"field": "auth", "message": "required: token or hmac"})
     preset = _choice(preset, "preset", WebhookPreset, "", errors)
-    settings_given = {"header": header, "algorithm": algorithm, "prefix": prefix}
+    signing = {"header": header, "algorithm": algorithm, "prefix": prefix, "encoding": encoding}
+    given = {name for name, value in signing.items() if value not in (None, "")}
     fields: dict[str, Any] = {
         "header": _header(header, "header", errors),
         "algorithm": _choice(algorithm, "algorithm", WebhookAlgorithm, "sha256", errors),
@@ -219,21 +220,23 @@ def webhook_create(
     if preset:
         if auth != WebhookAuth.HMAC:
             errors.append({"field": "preset", "message": "a preset is for auth hmac"})
-        for name, value in settings_given.items():
-            if value not in (None, ""):
-                errors.append({"field": name, "message": f"set by the preset {preset}"})
+        errors += [
+            {"field": name, "message": f"set by the preset {preset}"} for name in sorted(given)
+        ]
+        # The preset's scheme; its delivery id only where the body names none of its own.
         fields.update({k: v for k, v in PRESETS[preset].items() if not fields.get(k)})
-    elif auth == WebhookAuth.HMAC and not fields["header"] and "header" not in _fields(errors):
+    elif auth == WebhookAuth.HMAC and "header" not in given:
         errors.append({"field": "header", "message": "required for hmac without a preset"})
     if auth == WebhookAuth.TOKEN:
-        for name in ("algorithm", "prefix", "encoding"):
-            if {"algorithm": algorithm, "prefix": prefix, "encoding": encoding}[name]:
-                errors.append({"field": name, "message": "only for auth hmac"})
+        errors += [
+            {"field": name, "message": "only for auth hmac"} for name in sorted(given - {"header"})
+        ]
     tolerance = _bounded(tolerance_seconds, "tolerance_seconds", 1, MAX_TOLERANCE_SECONDS, errors)
     window = _bounded(dedup_window_seconds, "dedup_window_seconds", 1, MAX_WINDOW_SECONDS, errors)
     rate = _bounded(rate_limit_per_minute, "rate_limit_per_minute", 1, MAX_RATE_PER_MINUTE, errors)
     if not isinstance(raw_text, bool):
         errors.append({"field": "raw_text", "message": "must be true or false"})
+    description = "" if description is None else description
     if not isinstance(description, str) or len(description) > 200:
         errors.append({"field": "description", "message": "at most 200 characters of text"})
     elif problem := _unstorable(description, "description"):
@@ -263,10 +266,6 @@ def webhook_create(
     )
     logger.info("webhook=%s created for flow=%s (%s)", hook.pk, flow.id, auth)
     return hook, plain
-
-
-def _fields(errors: list[dict[str, str]]) -> set[str]:
-    return {e["field"] for e in errors}
 
 
 def _hook(flow_id: str, hook_id: Any) -> Webhook:
