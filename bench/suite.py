@@ -974,8 +974,8 @@ def build_rows(
         hooks = fig.get("webhooks")
         if not hooks:
             continue
-        (latency, latency_ms, latency_target), (rate, rate_value, rate_target) = webhook_rows(
-            name, hooks
+        (latency, latency_ms, latency_target), (rate, rate_value, rate_target), *more = (
+            webhook_rows(name, hooks)
         )
         p50 = hooks["one_at_a_time"]["p50_ms"]
         add(fig["label"], latency, latency_ms, latency_target,
@@ -983,6 +983,8 @@ def build_rows(
         per_s = hooks["concurrent"]["accepted_per_s"]
         add(fig["label"], rate, rate_value, rate_target,
             _verdict(per_s >= TARGET_WEBHOOKS_PER_S))  # fmt: skip
+        for figure, value, target in more:
+            add(fig["label"], figure, value, target)
     add_map_peer_rows(add, backends, peers, counts)
     return rows
 

@@ -41,6 +41,7 @@ import httpx
 from _stack import (
     BASE_DIR,
     RESULTS_DIR,
+    descendants,
     free_port,
     gunicorn_args,
     machine,
@@ -102,8 +103,25 @@ class Sender:
         return answer.status_code, time.perf_counter() - began
 
 
-def measure(base_url: str, token: str, counts: dict[str, int]) -> dict[str, Any]:
-    """Store the flow and the hook, then send the deliveries; the figures."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (/proc/<pid>/stat), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
+def measure(
+    base_url: str, token: str, counts: dict[str, int], server_pids: list[int] | None = None
+) -> dict[str, Any]:
+    """Store the flow and the hook, then send the deliveries; the figures. With the web
+    server's pids, also the CPU time it and this client spent per concurrent delivery: a
+    figure the machine's other load does not change, unlike the rate."""
     limits = httpx.Limits(max_connections=counts["clients"] * 2)
     with httpx.Client(base_url=base_url, timeout=60, limits=limits) as client:
         auth = {"Authorization": f"Token {token}"}
@@ -121,10 +139,13 @@ def measure(base_url: str, token: str, counts: dict[str, int]) -> dict[str, Any]
         one = [sender.send(n) for n in range(counts["sequential"])]
         log(f"{counts['deliveries']} deliveries from {counts['clients']} clients")
         offset = counts["sequential"]
+        server_cpu, client_cpu = cpu_seconds(server_pids or []), time.process_time()
         began = time.perf_counter()
         with ThreadPoolExecutor(counts["clients"]) as pool:
             many = list(pool.map(sender.send, range(offset, offset + counts["deliveries"])))
         wall = time.perf_counter() - began
+        server_cpu = cpu_seconds(server_pids or []) - server_cpu
+        client_cpu = time.process_time() - client_cpu
     refused = [code for code, _ in one + many if code != 202]
     accepted = sum(1 for code, _ in many if code == 202)
     return {
@@ -136,6 +157,8 @@ def measure(base_url: str, token: str, counts: dict[str, int]) -> dict[str, Any]
             "accepted": accepted,
             "wall_s": wall,
             "accepted_per_s": accepted / wall,
+            "server_cpu_ms_per_delivery": server_cpu * 1000 / len(many) if server_pids else None,
+            "client_cpu_ms_per_delivery": client_cpu * 1000 / len(many),
         },
         "not_accepted": len(refused),
         "gunicorn": GUNICORN,
@@ -180,7 +203,7 @@ def run(name: str, counts: dict[str, int], redis_db: int | None = None) -> dict[
                     if time.monotonic() > deadline or web.poll() is not None:
                         sys.exit((home / "gunicorn.log").read_text()[-3000:])
                     time.sleep(0.1)
-                figures = measure(url, token, counts)
+                figures = measure(url, token, counts, [web.pid, *descendants(web.pid)])
             finally:
                 stop(web, grace=10)
             return {"label": backend.label, "details": backend.details, **figures}
@@ -204,6 +227,13 @@ def rows(name: str, figures: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"clients (p50 / p99 {many['p50_ms']:.0f} / {many['p99_ms']:.0f} ms)",
             f"{many['accepted_per_s']:.0f}/s",
             "≥ 300/s",
+        ),
+        (
+            "CPU per concurrent delivery: web server (all gunicorn processes) / this client "
+            "(signing, HTTP); what the machine's other load does not change",
+            f"{many['server_cpu_ms_per_delivery'] or 0:.1f} / "
+            f"{many['client_cpu_ms_per_delivery']:.1f} ms",
+            "-",
         ),
     ]
 
