@@ -541,3 +541,34 @@ def test_a_hook_is_refused_with_every_problem_at_its_field(
         make_hook(**body)
     assert {e["field"] for e in refused.value.errors} == fields
     assert Webhook.objects.count() == 0
+
+
+def test_the_lists_cost_the_same_queries_for_one_hook_or_many(
+    api: Any, alice: Any, flow: Any, client: Client
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def costs() -> tuple[int, int, int]:
+        hook = Webhook.objects.order_by("id").first()
+        page = Client()
+        page.force_login(alice)
+        counted = []
+        for read in (
+            lambda: api.get("/api/flows/test_flow/webhooks/"),
+            lambda: api.get(f"/api/flows/test_flow/webhooks/{hook.pk}/deliveries/"),
+            lambda: page.get("/flows/test_flow/"),
+        ):
+            with CaptureQueriesContext(connection) as queries:
+                assert read().status_code == 200
+            counted.append(len(queries))
+        return tuple(counted)
+
+    first, _ = make_hook(auth="token")
+    post(client, first, b"{}")
+    one = costs()
+    for _ in range(4):
+        hook, _ = make_hook(auth="token", dedup_header="X-Id")
+        post(client, hook, b"{}", **{"X-Id": "1"})
+        post(client, first, b"{}")
+    assert costs() == one
