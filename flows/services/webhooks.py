@@ -638,6 +638,8 @@ def _start(
         seen = _seen(hook, delivery_id) if delivery_id else None
         if seen is None:
             raise
+        logger.info("webhook=%s delivery %r raced a copy that committed first", hook.pk,
+                    delivery_id)  # fmt: skip
         return _duplicate(hook, seen[0], now=now, body=body, size=size, delivery_id=delivery_id)
     except InvalidInput as exc:
         return refuse(_refusal(422, exc.code, exc.message, exc.errors), delivery_id)
