@@ -321,6 +321,31 @@ def test_the_input_mapping_picks_from_body_headers_and_query(client: Client, flo
     }
 
 
+def test_whole_headers_and_query_map_to_json(client: Client, flow: Any) -> None:
+    hook, _ = make_hook(auth="token", input_mapping={"h": "${headers}", "q": "${query}"})
+    answer = post(client, hook, b"{}", "?a=1", **{"X-Custom": "yes"})
+    assert answer.status_code == 202, answer.content
+    stored = Execution.objects.get().input
+    assert stored["h"]["x-custom"] == "yes"
+    assert stored["q"] == {"a": "1"}
+
+
+def test_numbers_no_json_column_stores_are_not_json(client: Client, flow: Any) -> None:
+    hook, _ = make_hook(auth="token")
+    for body in (b'{"n": 1e999}', b'{"n": NaN}', b"[" * 100_000):
+        assert post(client, hook, body).status_code == 415
+    assert Execution.objects.count() == 0
+
+
+def test_text_no_database_stores_is_refused_and_kept(client: Client, flow: Any) -> None:
+    hook, _ = make_hook(auth="token")
+    for body in (b'{"s": "a\\u0000b"}', b'{"s": "\\ud800"}'):
+        answer = post(client, hook, body)
+        assert answer.status_code == 400, answer.content
+    assert Execution.objects.count() == 0
+    assert [d[:2] for d in deliveries(hook)] == [("refused", 400), ("refused", 400)]
+
+
 def test_a_mapping_reference_the_delivery_lacks_is_422(client: Client, flow: Any) -> None:
     hook, _ = make_hook(auth="token", input_mapping={"ref": "${body.ref}"})
     answer = post(client, hook, b'{"other": 1}')

@@ -27,11 +27,12 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets as random_secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -317,7 +318,6 @@ class DeliveryAnswer:
     status: int
     body: dict[str, Any]
     execution_id: Any = None
-    errors: list[dict[str, str]] = field(default_factory=list)
 
 
 def webhook_max_body_bytes() -> int:
@@ -326,7 +326,7 @@ def webhook_max_body_bytes() -> int:
 
 def _refusal(status: int, code: str, detail: str, errors: list | None = None) -> DeliveryAnswer:
     body = {"detail": detail, "code": code, "errors": errors or []}
-    return DeliveryAnswer(status, body, errors=errors or [])
+    return DeliveryAnswer(status, body)
 
 
 def _record(
@@ -394,6 +394,29 @@ def _refuse_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    # 1e999 would parse as infinity, which no JSON column stores: refuse it as not JSON.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large")
+    return value
+
+
+class _Headers(dict):
+    """A delivery's headers for the input mapping: names in any letter case
+    (``${headers.X-GitHub-Event}``, ``${headers.x-github-event}``), and a plain dict, so that
+    ``${headers}`` whole is stored as JSON (keys lower-cased)."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__((name.lower(), value) for name, value in headers.items())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+
 def _parsed(hook: Webhook, body: bytes) -> tuple[bool, Any]:
     """(True, the body's JSON) or, for a hook that takes raw text, (True, the text); (False,
     why) for a body that is neither."""
@@ -402,7 +425,7 @@ def _parsed(hook: Webhook, body: bytes) -> tuple[bool, Any]:
     except UnicodeDecodeError:
         return False, "the body is not UTF-8 text"
     try:
-        return True, json.loads(text, parse_constant=_refuse_constants)
+        return True, json.loads(text, parse_constant=_refuse_constants, parse_float=_finite)
     except (ValueError, RecursionError):
         if hook.raw_text:
             return True, text
@@ -453,7 +476,7 @@ def _delivery_key(hook: Webhook, headers: Mapping[str, str], parsed: Any) -> str
 def _input(hook: Webhook, parsed: Any, headers: Mapping[str, str], query: Mapping[str, str]) -> Any:
     if hook.input_mapping is None:
         return parsed if isinstance(parsed, dict) else {"body": parsed}
-    scope = {"body": parsed, "headers": headers, "query": query}
+    scope = {"body": parsed, "headers": _Headers(headers), "query": dict(query)}
     return resolve(hook.input_mapping, scope, MAPPING_ROOTS)
 
 
