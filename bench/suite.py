@@ -1,9 +1,9 @@
 """The benchmark suite: Flow Manager on SQLite and PostgreSQL + Redis, against Celery and Prefect.
 
 Run: ``make bench`` (or ``.venv/bin/python bench/suite.py [--quick] [--skip-peers]
-[--skip-map] [--backends sqlite,pg-redis]``). Prints ONE markdown table on stdout (progress
-goes to stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not ``--quick``, every
-backend, peers and map stages included) and the raw figures to
+[--skip-map] [--skip-webhooks] [--backends sqlite,pg-redis]``). Prints ONE markdown table on
+stdout (progress goes to stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not
+``--quick``, every backend, peers, map and webhook stages included) and the raw figures to
 ``bench/results/bench-<UTC stamp>.json``.
 
 For each backend it starts a real stack: a fresh database (a SQLite file in a temporary
@@ -54,6 +54,10 @@ the figures from the timestamps the engine writes:
               (flows/s and p50 as in throughput). The stack is stopped after: the sleepers
               never wake.
 
+  webhooks    (unless ``--skip-webhooks``) a stack of its own per backend, without workers:
+              gunicorn and signed GitHub-style deliveries to one hook, one at a time (latency
+              p50 / p99) and from 16 client threads (accepted/s): bench/webhooks.py.
+
 Then, unless ``--skip-peers``, it runs ``../shared/bench/peers/run_celery.sh`` and
 ``run_prefect.sh 1 2 1`` (one measured process, 2 reps, 1 concurrent rep), and (unless
 ``--skip-map``) the map peers ``bench/peers/run_celery_map.sh 3 10000 120`` and
@@ -89,6 +93,10 @@ from _stack import (
     utc_stamp,
     wait_for_cluster,
 )
+from webhooks import DEFAULTS as WEBHOOK_DEFAULTS
+from webhooks import QUICK as WEBHOOK_QUICK
+from webhooks import rows as webhook_rows
+from webhooks import run as run_webhooks
 
 PEERS_DIR = Path(os.environ.get("PEERS_DIR", BASE_DIR.parent / "shared" / "bench" / "peers"))
 PEER_RESULTS = Path(os.environ.get("PEERBENCH_ROOT", "/tmp/peerbench")) / "results"
@@ -160,6 +168,9 @@ TARGET_MAP_VS_PREFECT = 10.0
 TARGET_BIG_MAP_ITEMS_PER_S = 1000.0
 # "About equal": the burst beside the sleepers at no less than this share of its rate alone.
 TARGET_SLEEPERS_RATIO = 0.8
+# Issue 22: webhook deliveries, p50 one at a time on SQLite, accepted per second.
+TARGET_WEBHOOK_P50_MS = 20.0
+TARGET_WEBHOOKS_PER_S = 300.0
 
 
 def engine_revision() -> str:
@@ -1052,6 +1063,21 @@ def build_rows(
                     "wall (different shapes)",
                     approx + _ratio(pw / ours),
                 )
+    for name, fig in backends.items():
+        hooks = fig.get("webhooks")
+        if not hooks:
+            continue
+        (latency, latency_ms, latency_target), (rate, rate_value, rate_target), *more = (
+            webhook_rows(name, hooks)
+        )
+        p50 = hooks["one_at_a_time"]["p50_ms"]
+        add(fig["label"], latency, latency_ms, latency_target,
+            _verdict(p50 < TARGET_WEBHOOK_P50_MS) if name == "sqlite" else "-")  # fmt: skip
+        per_s = hooks["concurrent"]["accepted_per_s"]
+        add(fig["label"], rate, rate_value, rate_target,
+            _verdict(per_s >= TARGET_WEBHOOKS_PER_S))  # fmt: skip
+        for figure, value, target in more:
+            add(fig["label"], figure, value, target)
     add_map_peer_rows(add, backends, peers, counts)
     return rows
 
@@ -1342,6 +1368,9 @@ def main(argv: list[str] | None = None) -> int:
         help="no map / sleep stages (the 1,000- and 10,000-item maps, the sleepers) and no "
         "map peers",
     )
+    parser.add_argument(
+        "--skip-webhooks", action="store_true", help="no webhook stage (bench/webhooks.py)"
+    )
     parser.add_argument("--backends", default="sqlite,pg-redis", help="comma-separated")
     parser.add_argument("--redis-db", type=int, help="Redis db number to use and flush "
                         "(default: the highest empty one)")  # fmt: skip
@@ -1372,6 +1401,10 @@ def main(argv: list[str] | None = None) -> int:
     backends = {}
     for name in names:
         backends[name] = run_backend(name, counts, args.redis_db, args.keep)
+        if not args.skip_webhooks:
+            log(f"{name}: webhook deliveries (bench/webhooks.py)")
+            hook_counts = WEBHOOK_QUICK if args.quick else WEBHOOK_DEFAULTS
+            backends[name]["webhooks"] = run_webhooks(name, dict(hook_counts), args.redis_db)
     peers: dict[str, Any] = {}
     if not args.skip_peers:
         peers["celery"] = run_peer("celery", "run_celery.sh", [], timeout=900)
@@ -1423,7 +1456,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     complete = (
-        not args.quick and set(names) == set(BACKENDS) and not args.skip_peers and counts["map"]
+        not args.quick
+        and set(names) == set(BACKENDS)
+        and not args.skip_peers
+        and counts["map"]
+        and not args.skip_webhooks
     )
     if complete:
         notes = {
@@ -1436,7 +1473,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {BENCHMARKS_MD.relative_to(BASE_DIR)}")
     else:
         log(
-            "partial run (--quick, --skip-peers, --skip-map or a subset of backends): "
+            "partial run (--quick, --skip-peers, --skip-map, --skip-webhooks or a subset of "
+            "backends): "
             "BENCHMARKS.md unchanged"
         )
     log(f"wrote {path.relative_to(BASE_DIR)} in {seconds / 60:.1f} min")

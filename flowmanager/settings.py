@@ -330,6 +330,13 @@ FLOW_NOTIFY_MAX_ATTEMPTS = env_int("FLOW_NOTIFY_MAX_ATTEMPTS", 50, minimum=1)
 FLOW_NOTIFY_GIVE_UP_SECONDS = env_float("FLOW_NOTIFY_GIVE_UP_SECONDS", 86_400.0, minimum=1.0)
 # One send's time limit (a webhook's request, Slack's); email uses EMAIL_TIMEOUT.
 FLOW_NOTIFY_TIMEOUT_SECONDS = env_float("FLOW_NOTIFY_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# --- Webhooks (README "Webhooks") -----------------------------------------------------------
+# A delivery's body over this is refused (413) after reading at most this + 1 bytes; its own
+# limit, apart from MAX_REQUEST_BYTES, since senders (GitHub: 25 MB) decide their payloads.
+FLOW_WEBHOOK_MAX_BODY_BYTES = env_int("FLOW_WEBHOOK_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# How much of each delivery's body is kept with it (shown on the flow's page; purged with
+# retention, FLOW_PURGE_AFTER_DAYS).
+FLOW_WEBHOOK_PAYLOAD_KEEP_BYTES = env_int("FLOW_WEBHOOK_PAYLOAD_KEEP_BYTES", 65_536, minimum=0)
 
 # --- django-q2 (see DJANGO-Q2.md in the shared notes for why each value) --------------------
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)

@@ -27,6 +27,8 @@ from flows.models import (
     FlowVersion,
     Secret,
     TaskRun,
+    Webhook,
+    WebhookDelivery,
 )
 
 
@@ -490,3 +492,79 @@ class SecretAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Secret]) -> None:
         for name in queryset.values_list("name", flat=True):
             services.secret_delete(name=name)
+
+
+class WebhookDeliveryInline(admin.TabularInline):
+    """The hook's last deliveries, read-only (payloads are on the API and purged with
+    retention)."""
+
+    model = WebhookDelivery
+    extra = 0
+    can_delete = False
+    max_num = 0
+    fields = ("received_at", "outcome", "http_status", "reason", "delivery_id", "execution")
+    readonly_fields = fields
+    ordering = ("-received_at",)
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).defer("payload")
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):
+    """Webhooks, without their secrets or slugs (the URL is a credential): made, rotated and
+    deleted through the API or the flow's page, which show a new secret once. The admin may
+    disable one (its URL then answers 404, each delivery kept) and change its limits."""
+
+    list_display = (
+        "id",
+        "flow",
+        "auth",
+        "preset",
+        "enabled",
+        "rate_limit_per_minute",
+        "created_at",
+    )
+    list_filter = ("auth", "preset", "enabled")
+    search_fields = ("flow__id", "description")
+    fields = (
+        "flow",
+        "description",
+        "auth",
+        "preset",
+        "header",
+        "algorithm",
+        "prefix",
+        "encoding",
+        "tolerance_seconds",
+        "input_mapping",
+        "dedup_header",
+        "dedup_path",
+        "dedup_window_seconds",
+        "rate_limit_per_minute",
+        "raw_text",
+        "enabled",
+        "rotated_at",
+        "created_by",
+        "created_at",
+    )
+    # What decides how a signature is checked is the service's (validated when made).
+    readonly_fields = (
+        "flow",
+        "auth",
+        "preset",
+        "header",
+        "algorithm",
+        "prefix",
+        "encoding",
+        "input_mapping",
+        "dedup_header",
+        "dedup_path",
+        "rotated_at",
+        "created_by",
+        "created_at",
+    )
+    inlines = [WebhookDeliveryInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # made through the API or the flow's page, which show the secret once

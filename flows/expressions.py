@@ -64,7 +64,9 @@ class Reference:
         return str(self.path[0]) if self.root == "results" and self.path else None
 
 
-def parse_reference(text: str) -> Reference:
+def parse_reference(text: str, roots: tuple[str, ...] = ROOTS) -> Reference:
+    """``text`` (a reference without its ``${ }``) parsed; ``roots`` are the names it may
+    start with (a webhook's input mapping has its own: ``body``, ``headers``, ``query``)."""
     parts: list[str | int] = []
     for raw in text.split("."):
         match = _SEGMENT_RE.fullmatch(raw)
@@ -76,7 +78,10 @@ def parse_reference(text: str) -> Reference:
         parts.append(match.group(1))
         parts += [int(i) for i in re.findall(r"\[(\d+)\]", match.group(2))]
     root, path = str(parts[0]), tuple(parts[1:])
-    if root not in ROOTS:
+    if root not in roots:
+        if roots != ROOTS:
+            starts = ", ".join(f"{name}." for name in roots)
+            raise ResolveError(f"'${{{text}}}' must start with one of {starts}")
         raise ResolveError(
             f"'${{{text}}}' must start with results., input. or secrets. (or item, in a map)"
         )
@@ -89,7 +94,9 @@ def parse_reference(text: str) -> Reference:
     return Reference(text, root, path)
 
 
-def references_in(value: Any) -> Iterator[tuple[str, Reference | ResolveError]]:
+def references_in(
+    value: Any, roots: tuple[str, ...] = ROOTS
+) -> Iterator[tuple[str, Reference | ResolveError]]:
     """Every reference in a parameter value, with the path of the value holding it."""
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
@@ -97,7 +104,7 @@ def references_in(value: Any) -> Iterator[tuple[str, Reference | ResolveError]]:
         if isinstance(item, str):
             for match in REF_RE.finditer(item):
                 try:
-                    yield path, parse_reference(match.group(1))
+                    yield path, parse_reference(match.group(1), roots)
                 except ResolveError as exc:
                     yield path, exc
         elif isinstance(item, Mapping):
@@ -144,7 +151,7 @@ def has_reference(value: Any) -> bool:
     return isinstance(value, str) and REF_RE.search(value) is not None
 
 
-def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
+def resolve(value: Any, scope: Mapping[str, Any], roots: tuple[str, ...] = ROOTS) -> Any:
     """``value`` with every reference replaced from ``scope`` ({"results", "input"} and, in a
     map's iterator, "item"; in a map's parameters "item" and "item_index").
 
@@ -154,17 +161,17 @@ def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         whole = REF_RE.fullmatch(value.strip()) if value.strip().startswith("${") else None
         if whole:
-            return _lookup(parse_reference(whole.group(1)), scope)
+            return _lookup(parse_reference(whole.group(1), roots), scope)
 
         def text_of(match: re.Match[str]) -> str:
-            found = _lookup(parse_reference(match.group(1)), scope)
+            found = _lookup(parse_reference(match.group(1), roots), scope)
             return found if isinstance(found, str) else json.dumps(found)
 
         return REF_RE.sub(text_of, value).replace("$${", "${")
     if isinstance(value, Mapping):
-        return {k: resolve(v, scope) for k, v in value.items()}
+        return {k: resolve(v, scope, roots) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve(v, scope) for v in value]
+        return [resolve(v, scope, roots) for v in value]
     return value
 
 

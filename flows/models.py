@@ -140,6 +140,7 @@ class ExecutionTrigger(models.TextChoices):
     # Started by another execution's failure (its flow's ``on_failure``): one that fails in
     # turn starts no error handler of its own (flows/services/alerts.py, the chain guard).
     ERROR_HANDLER = "error_handler"
+    WEBHOOK = "webhook"  # a delivery to one of the flow's webhooks
 
 
 ACTIVE_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
@@ -1040,3 +1041,133 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel_id} #{self.pk} {self.state}"
+
+
+# --- Webhooks (flows/services/webhooks.py, README "Webhooks") ------------------------------
+class WebhookAuth(models.TextChoices):
+    TOKEN = "token"  # noqa: S105 (a mode's name) the URL alone, or a shared secret in a header
+    HMAC = "hmac"  # a signature over the raw body
+
+
+class WebhookPreset(models.TextChoices):
+    GITHUB = "github"
+    STRIPE = "stripe"
+
+
+class WebhookAlgorithm(models.TextChoices):
+    SHA256 = "sha256"
+    SHA1 = "sha1"
+
+
+class WebhookEncoding(models.TextChoices):
+    HEX = "hex"
+    BASE64 = "base64"
+
+
+class Webhook(models.Model):
+    """A URL (``POST /hooks/<slug>``) that starts an execution of ``flow`` per delivery.
+
+    ``secret`` and ``previous_secret`` hold Fernet tokens (flows/vault.py), never the plain
+    values; both check signatures, so a sender can move to a rotated secret at its own pace.
+    The rate counter (``rate_minute``, ``rate_count``) is written by one conditional UPDATE
+    per delivery, so the limit holds across processes.
+    """
+
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="webhooks")
+    slug = models.CharField(max_length=64, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    auth = models.CharField(max_length=8, choices=WebhookAuth.choices)
+    preset = models.CharField(max_length=8, choices=WebhookPreset.choices, blank=True)
+    # hmac: the header carrying the signature; token: the header carrying the shared secret
+    # (blank: the URL alone is the credential).
+    header = models.CharField(max_length=100, blank=True)
+    algorithm = models.CharField(
+        max_length=8, choices=WebhookAlgorithm.choices, default=WebhookAlgorithm.SHA256
+    )
+    prefix = models.CharField(max_length=40, blank=True)
+    encoding = models.CharField(
+        max_length=8, choices=WebhookEncoding.choices, default=WebhookEncoding.HEX
+    )
+    tolerance_seconds = models.PositiveIntegerField(default=300)
+    secret = models.TextField(blank=True, help_text="Encrypted under FLOW_SECRET_KEYS.")
+    previous_secret = models.TextField(blank=True, help_text="Encrypted; valid until dropped.")
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    input_mapping = StoredJSONField(null=True, blank=True)
+    dedup_header = models.CharField(max_length=100, blank=True)
+    dedup_path = models.CharField(max_length=200, blank=True)
+    dedup_window_seconds = models.PositiveIntegerField(default=86400)
+    rate_limit_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    raw_text = models.BooleanField(default=False)
+    enabled = models.BooleanField(default=True)
+    rate_minute = models.BigIntegerField(default=0)
+    rate_count = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["flow_id", "created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.flow_id} {self.auth}{f' ({self.preset})' if self.preset else ''}"
+
+
+class DeliveryOutcome(models.TextChoices):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+
+
+class WebhookDelivery(models.Model):
+    """One request to a hook, accepted or not, with why: a refused delivery is never silent.
+
+    ``payload`` keeps the first FLOW_WEBHOOK_PAYLOAD_KEEP_BYTES of the body as text; the
+    retention purge deletes deliveries with the executions of their age."""
+
+    hook = models.ForeignKey(
+        Webhook, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
+    received_at = models.DateTimeField()
+    # Not "status": what became of the delivery, not a state an engine moves it through.
+    outcome = models.CharField(max_length=10, choices=DeliveryOutcome.choices)
+    http_status = models.PositiveSmallIntegerField()
+    reason = models.CharField(max_length=500, blank=True)
+    delivery_id = models.CharField(max_length=200, blank=True)
+    execution = models.ForeignKey(
+        Execution, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    payload = models.TextField(blank=True)
+    payload_size = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            models.Index(fields=["hook", "-received_at"], name="delivery_hook_received_idx"),
+            models.Index(fields=["received_at"], name="delivery_received_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hook_id} {self.outcome} {self.http_status}"
+
+
+class WebhookDedup(models.Model):
+    """A delivery id a hook accepted, with the execution it started, until ``expires_at``.
+
+    Inserted in the transaction that starts the execution: its unique (hook, key) makes
+    two concurrent deliveries of one id start one execution (the second insert waits for the
+    first transaction and fails, and answers with the first's execution)."""
+
+    hook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="+", db_index=False)
+    key = models.CharField(max_length=200)
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="+")
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["hook", "key"], name="webhookdedup_hook_key"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="webhookdedup_expires_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.hook_id} {self.key}"

@@ -17,7 +17,16 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from flows.models import Execution, ExecutionStatus, Flow, FlowSchedule, FlowVersion, TaskRun
+from flows.models import (
+    Execution,
+    ExecutionStatus,
+    Flow,
+    FlowSchedule,
+    FlowVersion,
+    TaskRun,
+    Webhook,
+    WebhookDelivery,
+)
 from flows.services.errors import NotFound, ServiceError
 from flows.sql import reads
 
@@ -142,4 +151,33 @@ def execution_list_purgeable(
     ).order_by()
     return base.filter(ended_at__lt=cutoff) | base.filter(
         ended_at__isnull=True, created_at__lt=cutoff
+    )
+
+
+def webhook_get(*, flow_id: Any, hook_id: Any) -> Webhook:
+    """The flow's webhook with this id, or NotFound (also for ids that are not numbers)."""
+    found = None
+    if str(hook_id).isdigit() and int(hook_id) < 2**63:
+        found = Webhook.objects.filter(flow_id=flow_id, pk=int(hook_id)).first()
+    if found is None:
+        raise NotFound(f"flow {str(flow_id)!r} has no webhook {str(hook_id)!r}")
+    return found
+
+
+def webhook_list(*, flow: Flow) -> QuerySet[Webhook]:
+    """The flow's webhooks, oldest first, with their authors."""
+    return Webhook.objects.filter(flow=flow).select_related("created_by").order_by("id")
+
+
+def webhook_delivery_list(*, hook: Webhook) -> QuerySet[WebhookDelivery]:
+    """A hook's deliveries, newest first."""
+    return WebhookDelivery.objects.filter(hook=hook).order_by("-received_at", "-id")
+
+
+def webhook_delivery_list_of_flow(*, flow: Flow) -> QuerySet[WebhookDelivery]:
+    """The deliveries to any of the flow's webhooks, newest first (without their payloads)."""
+    return (
+        WebhookDelivery.objects.filter(hook__flow=flow)
+        .defer("payload")
+        .order_by("-received_at", "-id")
     )

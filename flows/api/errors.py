@@ -116,7 +116,7 @@ def _unsupported_media_type(context: dict[str, Any]) -> exceptions.UnsupportedMe
 
 
 # --- URLs no API view matched, and Django's own error pages ---------------------------------
-API_ROOTS = ("/api", "/flow", "/health")
+API_ROOTS = ("/api", "/flow", "/health", "/hooks")
 
 
 def _is_api(request: HttpRequest) -> bool:

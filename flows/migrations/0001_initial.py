@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,130 +15,274 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Flow',
+            name="Flow",
             fields=[
-                ('id', models.SlugField(max_length=100, primary_key=True, serialize=False)),
-                ('name', models.CharField(max_length=200)),
-                ('version', models.PositiveIntegerField(default=1, help_text='Current (latest) version.')),
-                ('definition', models.JSONField(help_text="The current version's flow document.")),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.SlugField(max_length=100, primary_key=True, serialize=False)),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "version",
+                    models.PositiveIntegerField(default=1, help_text="Current (latest) version."),
+                ),
+                ("definition", models.JSONField(help_text="The current version's flow document.")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['-updated_at'], name='flow_updated_idx')],
+                "ordering": ["id"],
+                "indexes": [models.Index(fields=["-updated_at"], name="flow_updated_idx")],
             },
         ),
         migrations.CreateModel(
-            name='FlowVersion',
+            name="FlowVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField()),
-                ('definition', models.JSONField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('flow', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='versions', to='flows.flow')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("version", models.PositiveIntegerField()),
+                ("definition", models.JSONField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "flow",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="versions",
+                        to="flows.flow",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['flow_id', '-version'],
+                "ordering": ["flow_id", "-version"],
             },
         ),
         migrations.CreateModel(
-            name='Execution',
+            name="Execution",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('status', models.CharField(choices=[('CREATED', 'Created'), ('QUEUED', 'Queued'), ('RUNNING', 'Running'), ('COMPLETED', 'Completed'), ('FAILED', 'Failed'), ('CANCELLED', 'Cancelled')], default='CREATED', max_length=16)),
-                ('current_task', models.CharField(blank=True, max_length=100)),
-                ('input', models.JSONField(blank=True, default=dict)),
-                ('error', models.TextField(blank=True)),
-                ('steps_taken', models.PositiveIntegerField(default=0)),
-                ('cancel_requested', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('queued_at', models.DateTimeField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('flow', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='executions', to='flows.flow')),
-                ('flow_version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='executions', to='flows.flowversion')),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("CREATED", "Created"),
+                            ("QUEUED", "Queued"),
+                            ("RUNNING", "Running"),
+                            ("COMPLETED", "Completed"),
+                            ("FAILED", "Failed"),
+                            ("CANCELLED", "Cancelled"),
+                        ],
+                        default="CREATED",
+                        max_length=16,
+                    ),
+                ),
+                ("current_task", models.CharField(blank=True, max_length=100)),
+                ("input", models.JSONField(blank=True, default=dict)),
+                ("error", models.TextField(blank=True)),
+                ("steps_taken", models.PositiveIntegerField(default=0)),
+                ("cancel_requested", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("queued_at", models.DateTimeField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "flow",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="executions",
+                        to="flows.flow",
+                    ),
+                ),
+                (
+                    "flow_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="executions",
+                        to="flows.flowversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='TaskRun',
+            name="TaskRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.PositiveIntegerField(help_text='Position of this step in the execution, from 1.')),
-                ('task_name', models.CharField(max_length=100)),
-                ('task_type', models.CharField(max_length=100)),
-                ('attempt', models.PositiveIntegerField(default=1)),
-                ('status', models.CharField(choices=[('PENDING', 'Pending'), ('RUNNING', 'Running'), ('SUCCESS', 'Success'), ('FAILURE', 'Failure'), ('CANCELLED', 'Cancelled'), ('LOST', 'Lost')], default='PENDING', max_length=16)),
-                ('parameters', models.JSONField(blank=True, default=dict)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('traceback', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
-                ('duration', models.FloatField(blank=True, help_text='Seconds the task ran.', null=True)),
-                ('worker', models.CharField(blank=True, max_length=200)),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('woken_at', models.DateTimeField(blank=True, help_text='When a worker was last asked to pick this step up.', null=True)),
-                ('execution', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='steps', to='flows.execution')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "seq",
+                    models.PositiveIntegerField(
+                        help_text="Position of this step in the execution, from 1."
+                    ),
+                ),
+                ("task_name", models.CharField(max_length=100)),
+                ("task_type", models.CharField(max_length=100)),
+                ("attempt", models.PositiveIntegerField(default=1)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("PENDING", "Pending"),
+                            ("RUNNING", "Running"),
+                            ("SUCCESS", "Success"),
+                            ("FAILURE", "Failure"),
+                            ("CANCELLED", "Cancelled"),
+                            ("LOST", "Lost"),
+                        ],
+                        default="PENDING",
+                        max_length=16,
+                    ),
+                ),
+                ("parameters", models.JSONField(blank=True, default=dict)),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("traceback", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "duration",
+                    models.FloatField(blank=True, help_text="Seconds the task ran.", null=True),
+                ),
+                ("worker", models.CharField(blank=True, max_length=200)),
+                ("lease_expires_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "woken_at",
+                    models.DateTimeField(
+                        blank=True,
+                        help_text="When a worker was last asked to pick this step up.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "execution",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="steps",
+                        to="flows.execution",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['execution_id', 'seq'],
+                "ordering": ["execution_id", "seq"],
             },
         ),
         migrations.CreateModel(
-            name='ExecutionEvent',
+            name="ExecutionEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField()),
-                ('level', models.CharField(default='INFO', max_length=10)),
-                ('message', models.TextField()),
-                ('execution', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='flows.execution')),
-                ('task_run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='events', to='flows.taskrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField()),
+                ("level", models.CharField(default="INFO", max_length=10)),
+                ("message", models.TextField()),
+                (
+                    "execution",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="flows.execution",
+                    ),
+                ),
+                (
+                    "task_run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="flows.taskrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['execution_id', 'id'],
+                "ordering": ["execution_id", "id"],
             },
         ),
         migrations.AddConstraint(
-            model_name='flowversion',
-            constraint=models.UniqueConstraint(fields=('flow', 'version'), name='flowversion_unique'),
+            model_name="flowversion",
+            constraint=models.UniqueConstraint(
+                fields=("flow", "version"), name="flowversion_unique"
+            ),
         ),
         migrations.AddIndex(
-            model_name='execution',
-            index=models.Index(fields=['status', '-created_at'], name='exec_status_created_idx'),
+            model_name="execution",
+            index=models.Index(fields=["status", "-created_at"], name="exec_status_created_idx"),
         ),
         migrations.AddIndex(
-            model_name='execution',
-            index=models.Index(fields=['flow', '-created_at'], name='exec_flow_created_idx'),
+            model_name="execution",
+            index=models.Index(fields=["flow", "-created_at"], name="exec_flow_created_idx"),
         ),
         migrations.AddIndex(
-            model_name='execution',
-            index=models.Index(fields=['-created_at'], name='exec_created_idx'),
+            model_name="execution",
+            index=models.Index(fields=["-created_at"], name="exec_created_idx"),
         ),
         migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(condition=models.Q(('status', 'RUNNING')), fields=['lease_expires_at'], name='taskrun_running_lease_idx'),
+            model_name="taskrun",
+            index=models.Index(
+                condition=models.Q(("status", "RUNNING")),
+                fields=["lease_expires_at"],
+                name="taskrun_running_lease_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(condition=models.Q(('status', 'PENDING')), fields=['woken_at'], name='taskrun_pending_idx'),
+            model_name="taskrun",
+            index=models.Index(
+                condition=models.Q(("status", "PENDING")),
+                fields=["woken_at"],
+                name="taskrun_pending_idx",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='taskrun',
-            constraint=models.UniqueConstraint(fields=('execution', 'seq'), name='taskrun_unique_seq'),
+            model_name="taskrun",
+            constraint=models.UniqueConstraint(
+                fields=("execution", "seq"), name="taskrun_unique_seq"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='taskrun',
-            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ['PENDING', 'RUNNING'])), fields=('execution',), name='taskrun_one_open_step'),
+            model_name="taskrun",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status__in", ["PENDING", "RUNNING"])),
+                fields=("execution",),
+                name="taskrun_one_open_step",
+            ),
         ),
         migrations.AddIndex(
-            model_name='executionevent',
-            index=models.Index(fields=['execution', 'id'], name='event_exec_id_idx'),
+            model_name="executionevent",
+            index=models.Index(fields=["execution", "id"], name="event_exec_id_idx"),
         ),
     ]

@@ -5,20 +5,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('flows', '0002_reaper_schedule'),
+        ("flows", "0002_reaper_schedule"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='taskrun',
-            name='route',
-            field=models.CharField(blank=True, help_text='Where the flow went after this step, and why.', max_length=300),
+            model_name="taskrun",
+            name="route",
+            field=models.CharField(
+                blank=True,
+                help_text="Where the flow went after this step, and why.",
+                max_length=300,
+            ),
         ),
         migrations.AlterField(
-            model_name='taskrun',
-            name='created_at',
+            model_name="taskrun",
+            name="created_at",
             field=models.DateTimeField(default=django.utils.timezone.now),
         ),
     ]

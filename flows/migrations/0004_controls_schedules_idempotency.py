@@ -6,81 +6,136 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_q', '0019_alter_task_options_alter_ormq_key_alter_ormq_lock_and_more'),
-        ('flows', '0003_taskrun_route'),
+        ("django_q", "0019_alter_task_options_alter_ormq_key_alter_ormq_lock_and_more"),
+        ("flows", "0003_taskrun_route"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='FlowSchedule',
+            name="FlowSchedule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('cron', models.CharField(help_text="Cron expression, e.g. '*/5 * * * *'.", max_length=100)),
-                ('enabled', models.BooleanField(default=True)),
-                ('input', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "cron",
+                    models.CharField(
+                        help_text="Cron expression, e.g. '*/5 * * * *'.", max_length=100
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("input", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.AddField(
-            model_name='execution',
-            name='deadline_at',
-            field=models.DateTimeField(blank=True, help_text="The flow's timeout_seconds, counted from the start.", null=True),
+            model_name="execution",
+            name="deadline_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="The flow's timeout_seconds, counted from the start.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='idempotency_key',
+            model_name="execution",
+            name="idempotency_key",
             field=models.CharField(blank=True, max_length=200),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='pause_requested',
+            model_name="execution",
+            name="pause_requested",
             field=models.BooleanField(default=False),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='redrive_count',
+            model_name="execution",
+            name="redrive_count",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='rerun_of',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='reruns', to='flows.execution'),
+            model_name="execution",
+            name="rerun_of",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="reruns",
+                to="flows.execution",
+            ),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='trigger',
-            field=models.CharField(choices=[('manual', 'Manual'), ('schedule', 'Schedule'), ('rerun', 'Rerun')], default='manual', max_length=16),
+            model_name="execution",
+            name="trigger",
+            field=models.CharField(
+                choices=[("manual", "Manual"), ("schedule", "Schedule"), ("rerun", "Rerun")],
+                default="manual",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='taskrun',
-            name='not_before',
-            field=models.DateTimeField(blank=True, help_text='A retry waits in the database until this time.', null=True),
+            model_name="taskrun",
+            name="not_before",
+            field=models.DateTimeField(
+                blank=True, help_text="A retry waits in the database until this time.", null=True
+            ),
         ),
         migrations.AlterField(
-            model_name='execution',
-            name='status',
-            field=models.CharField(choices=[('CREATED', 'Created'), ('QUEUED', 'Queued'), ('RUNNING', 'Running'), ('PAUSED', 'Paused'), ('COMPLETED', 'Completed'), ('FAILED', 'Failed'), ('CANCELLED', 'Cancelled')], default='CREATED', max_length=16),
+            model_name="execution",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("CREATED", "Created"),
+                    ("QUEUED", "Queued"),
+                    ("RUNNING", "Running"),
+                    ("PAUSED", "Paused"),
+                    ("COMPLETED", "Completed"),
+                    ("FAILED", "Failed"),
+                    ("CANCELLED", "Cancelled"),
+                ],
+                default="CREATED",
+                max_length=16,
+            ),
         ),
         migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(condition=models.Q(('status', 'PENDING')), fields=['not_before'], name='taskrun_due_idx'),
+            model_name="taskrun",
+            index=models.Index(
+                condition=models.Q(("status", "PENDING")),
+                fields=["not_before"],
+                name="taskrun_due_idx",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='execution',
-            constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key', ''), _negated=True), fields=('flow', 'created_by', 'idempotency_key'), name='execution_idempotency_key'),
+            model_name="execution",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("idempotency_key", ""), _negated=True),
+                fields=("flow", "created_by", "idempotency_key"),
+                name="execution_idempotency_key",
+            ),
         ),
         migrations.AddField(
-            model_name='flowschedule',
-            name='flow',
-            field=models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='schedule', to='flows.flow'),
+            model_name="flowschedule",
+            name="flow",
+            field=models.OneToOneField(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="schedule",
+                to="flows.flow",
+            ),
         ),
         migrations.AddField(
-            model_name='flowschedule',
-            name='q_schedule',
-            field=models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='django_q.schedule'),
+            model_name="flowschedule",
+            name="q_schedule",
+            field=models.OneToOneField(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="django_q.schedule",
+            ),
         ),
     ]

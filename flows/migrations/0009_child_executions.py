@@ -6,75 +6,115 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('flows', '0008_execution_idempotency_fingerprint'),
+        ("flows", "0008_execution_idempotency_fingerprint"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='FanOut',
+            name="FanOut",
             fields=[
-                ('step', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='fanout', serialize=False, to='flows.taskrun')),
-                ('kind', models.CharField(max_length=16)),
-                ('total', models.PositiveIntegerField()),
-                ('started', models.PositiveIntegerField(default=0)),
-                ('done', models.PositiveIntegerField(default=0)),
-                ('failed', models.PositiveIntegerField(default=0)),
-                ('max_concurrency', models.PositiveIntegerField(blank=True, null=True)),
-                ('fail_fast', models.BooleanField(default=True)),
-                ('tolerated', models.PositiveIntegerField(default=0)),
-                ('tolerated_percent', models.FloatField(blank=True, null=True)),
+                (
+                    "step",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="fanout",
+                        serialize=False,
+                        to="flows.taskrun",
+                    ),
+                ),
+                ("kind", models.CharField(max_length=16)),
+                ("total", models.PositiveIntegerField()),
+                ("started", models.PositiveIntegerField(default=0)),
+                ("done", models.PositiveIntegerField(default=0)),
+                ("failed", models.PositiveIntegerField(default=0)),
+                ("max_concurrency", models.PositiveIntegerField(blank=True, null=True)),
+                ("fail_fast", models.BooleanField(default=True)),
+                ("tolerated", models.PositiveIntegerField(default=0)),
+                ("tolerated_percent", models.FloatField(blank=True, null=True)),
             ],
         ),
         migrations.AddField(
-            model_name='execution',
-            name='branch',
+            model_name="execution",
+            name="branch",
             field=models.CharField(blank=True, max_length=50),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='item',
-            field=models.JSONField(blank=True, help_text='A map item: ${item}.', null=True),
+            model_name="execution",
+            name="item",
+            field=models.JSONField(blank=True, help_text="A map item: ${item}.", null=True),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='item_index',
+            model_name="execution",
+            name="item_index",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='parent_step',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='children', to='flows.taskrun'),
+            model_name="execution",
+            name="parent_step",
+            field=models.ForeignKey(
+                blank=True,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="children",
+                to="flows.taskrun",
+            ),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='result',
-            field=models.JSONField(blank=True, help_text="A child's output: its last step's result.", null=True),
+            model_name="execution",
+            name="result",
+            field=models.JSONField(
+                blank=True, help_text="A child's output: its last step's result.", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='root',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='descendants', to='flows.execution'),
+            model_name="execution",
+            name="root",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="descendants",
+                to="flows.execution",
+            ),
         ),
         migrations.AddField(
-            model_name='execution',
-            name='scope',
+            model_name="execution",
+            name="scope",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='taskrun',
-            name='waiting',
-            field=models.JSONField(blank=True, help_text='What the open step waits for in the database: a time, a signal, children.', null=True),
+            model_name="taskrun",
+            name="waiting",
+            field=models.JSONField(
+                blank=True,
+                help_text="What the open step waits for in the database: a time, a signal, children.",
+                null=True,
+            ),
         ),
         migrations.AlterField(
-            model_name='execution',
-            name='trigger',
-            field=models.CharField(choices=[('manual', 'Manual'), ('schedule', 'Schedule'), ('rerun', 'Rerun'), ('parent', 'Parent')], default='manual', max_length=16),
+            model_name="execution",
+            name="trigger",
+            field=models.CharField(
+                choices=[
+                    ("manual", "Manual"),
+                    ("schedule", "Schedule"),
+                    ("rerun", "Rerun"),
+                    ("parent", "Parent"),
+                ],
+                default="manual",
+                max_length=16,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='execution',
-            constraint=models.UniqueConstraint(condition=models.Q(('parent_step__isnull', False)), fields=('parent_step', 'item_index'), name='execution_one_child_per_item'),
+            model_name="execution",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("parent_step__isnull", False)),
+                fields=("parent_step", "item_index"),
+                name="execution_one_child_per_item",
+            ),
         ),
     ]

@@ -5,27 +5,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('flows', '0013_store'),
+        ("flows", "0013_store"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ExecutionEnd',
+            name="ExecutionEnd",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('flow_id', models.CharField(max_length=100)),
-                ('status', models.CharField(max_length=16)),
-                ('ended_at', models.DateTimeField()),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('last_error', models.TextField(blank=True)),
-                ('not_before', models.DateTimeField(blank=True, null=True)),
-                ('execution', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='flows.execution')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("flow_id", models.CharField(max_length=100)),
+                ("status", models.CharField(max_length=16)),
+                ("ended_at", models.DateTimeField()),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("last_error", models.TextField(blank=True)),
+                ("not_before", models.DateTimeField(blank=True, null=True)),
+                (
+                    "execution",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="flows.execution",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['execution'], name='executionend_execution_idx')],
+                "ordering": ["id"],
+                "indexes": [models.Index(fields=["execution"], name="executionend_execution_idx")],
             },
         ),
     ]

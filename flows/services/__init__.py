@@ -1,11 +1,12 @@
 """Every write the API, the operator pages, the admin and the commands make goes through here.
 
 One module per entity (``flows``, ``executions`` and their ``controls``, ``schedules`` and
-``backfills``, ``retention``, ``secrets``), what follows an execution's end in ``ends`` (with
-its handlers: ``triggers``, the buffered slots of ``schedules``, ``backfills``), the refusals
-they raise in ``errors``. Callers import the package
-and use the names below (``from flows import services; services.execution_start(...)``), never the
-modules. Reads that more than one face needs are in ``flows.selectors``.
+``backfills``, ``retention``, ``secrets``, ``webhooks``, ``alerts`` and ``notifications``),
+what follows an execution's end in ``ends`` (with its handlers: ``triggers``, the buffered
+slots of ``schedules``, ``backfills``, ``alerts``), the refusals they raise in ``errors``.
+Callers import the package and use the names below (``from flows import services;
+services.execution_start(...)``), never the modules. Reads that more than one face needs are
+in ``flows.selectors``.
 """
 
 from flows.definition import FieldError
@@ -94,6 +95,16 @@ from flows.services.secrets import (
     secret_replace,
 )
 from flows.services.triggers import execution_result
+from flows.services.webhooks import (
+    WEBHOOK_MAX_WAIT_SECONDS,
+    DeliveryAnswer,
+    execution_wait,
+    webhook_create,
+    webhook_delete,
+    webhook_deliver,
+    webhook_max_body_bytes,
+    webhook_rotate,
+)
 
 __all__ = [
     "BACKFILL_MAX_SLOTS",
@@ -103,8 +114,10 @@ __all__ = [
     "PURGE_SCHEDULE_NAME",
     "SCHEDULE_FUNC",
     "SIGNAL_DECISIONS",
+    "WEBHOOK_MAX_WAIT_SECONDS",
     "BulkItem",
     "Conflict",
+    "DeliveryAnswer",
     "FieldError",
     "IdempotencyConflict",
     "InvalidFlow",
@@ -140,6 +153,7 @@ __all__ = [
     "execution_signal",
     "execution_start",
     "execution_submit",
+    "execution_wait",
     "executions_purge",
     "executions_reap",
     "executions_start",
@@ -169,4 +183,9 @@ __all__ = [
     "secret_problems",
     "secret_replace",
     "validate_flow",
+    "webhook_create",
+    "webhook_delete",
+    "webhook_deliver",
+    "webhook_max_body_bytes",
+    "webhook_rotate",
 ]

@@ -52,7 +52,11 @@ def body_fingerprint(body: Any) -> str:
 
 
 def execution_create(
-    *, flow_version: FlowVersion, user: Any = None, input: dict[str, Any] | None = None
+    *,
+    flow_version: FlowVersion,
+    user: Any = None,
+    input: dict[str, Any] | None = None,
+    trigger: str = ExecutionTrigger.MANUAL,
 ) -> Execution:
     """A new execution of ``flow_version`` in CREATED state (started by execution_start)."""
     if input is not None and not isinstance(input, dict):
@@ -66,6 +70,7 @@ def execution_create(
         flow_version=flow_version,
         input=input or {},
         created_by=recorded_user(user),
+        trigger=trigger,
     )
     logger.info(
         "execution=%s created for flow=%s v%s",

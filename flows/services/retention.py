@@ -22,7 +22,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 
 from flows import selectors
-from flows.models import Execution, ExecutionEvent, TaskRun
+from flows.models import Execution, ExecutionEvent, TaskRun, WebhookDedup, WebhookDelivery
 from flows.services.errors import ServiceError
 
 logger = logging.getLogger("flows.services")
@@ -81,6 +81,32 @@ def executions_purge(
             on_batch(deleted, steps, events)
         if deleted == 0:  # nothing could be deleted (never expected): do not spin
             break
+    deliveries_purge(older_than=older_than, batch_size=batch_size)
+    return total
+
+
+def deliveries_purge(*, older_than: timedelta, batch_size: int) -> int:
+    """Delete webhook deliveries (with the payloads they keep) received more than
+    ``older_than`` ago, and the dedup rows whose window has closed; in short batches, as the
+    executions. Part of every ``executions_purge``: deliveries go with the executions of
+    their age. Returns how many deliveries were deleted."""
+    now = timezone.now()
+    cutoff = now - older_than
+    total = 0
+    while True:
+        ids = list(
+            WebhookDelivery.objects.filter(received_at__lt=cutoff).values_list("pk", flat=True)[
+                :batch_size
+            ]
+        )
+        if not ids:
+            break
+        deleted, _ = WebhookDelivery.objects.filter(pk__in=ids).delete()
+        total += deleted
+    expired, _ = WebhookDedup.objects.filter(expires_at__lte=now).delete()
+    if total or expired:
+        logger.info("retention: deleted %d webhook deliveries, %d expired delivery ids", total,
+                    expired)  # fmt: skip
     return total
 
 

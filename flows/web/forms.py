@@ -195,3 +195,56 @@ class SecretCreateForm(forms.Form):
 class SecretReplaceForm(forms.Form):
     value = _secret_value_field()
     description = forms.CharField(required=False, max_length=500)
+
+
+# What the flow page's webhook form offers, as the API's bodies (flows/api/resource/webhooks.py).
+WEBHOOK_KINDS = {
+    "github": {"auth": "hmac", "preset": "github"},
+    "stripe": {"auth": "hmac", "preset": "stripe"},
+    "hmac": {"auth": "hmac"},
+    "token": {"auth": "token"},
+}
+
+
+class WebhookForm(forms.Form):
+    """A new webhook; its meaning (headers, references of the mapping) is checked by the
+    service, which names the field of each problem."""
+
+    kind = forms.ChoiceField(
+        label="Sender",
+        choices=[
+            ("github", "GitHub (X-Hub-Signature-256)"),
+            ("stripe", "Stripe (Stripe-Signature)"),
+            ("hmac", "Other HMAC-SHA256 signature (header below, hex)"),
+            ("token", "Token (in the header below; none: the URL alone)"),
+        ],
+    )
+    header = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Header",
+        widget=forms.TextInput(attrs={"placeholder": "X-Signature"}),
+    )
+    input_mapping = JSONValueField(
+        required=False,
+        label="Input mapping (JSON object, optional; default: the body)",
+        widget=forms.Textarea(
+            attrs={"rows": 2, "placeholder": '{"event": "${headers.X-GitHub-Event}"}'}
+        ),
+    )
+    rate_limit_per_minute = forms.IntegerField(
+        required=False, min_value=1, label="Rate limit per minute (optional)"
+    )
+
+    def service_arguments(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        arguments: dict[str, Any] = dict(WEBHOOK_KINDS[data["kind"]])
+        if data["kind"] in ("hmac", "token") and data["header"]:
+            arguments["header"] = data["header"]
+        if data["kind"] == "hmac":
+            arguments["prefix"] = "sha256="
+        if data.get("input_mapping") not in (None, ""):
+            arguments["input_mapping"] = data["input_mapping"]
+        if data.get("rate_limit_per_minute"):
+            arguments["rate_limit_per_minute"] = data["rate_limit_per_minute"]
+        return arguments

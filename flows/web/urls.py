@@ -15,6 +15,7 @@ urlpatterns = [
     path("flows/<slug:flow_id>/run", flows.flow_run, name="flow_run"),
     path("flows/<slug:flow_id>/schedule", flows.flow_schedule, name="flow_schedule"),
     path("flows/<slug:flow_id>/delete", flows.flow_delete, name="flow_delete"),
+    path("flows/<slug:flow_id>/webhooks", flows.flow_webhooks, name="flow_webhooks"),
     path("flows/<slug:flow_id>/v<int:version>/", flows.flow_version, name="flow_version"),
     path("flows/<slug:flow_id>/v<int:version>/export", flows.flow_export, name="flow_export"),
     path("secrets/", secrets.secret_list, name="secret_list"),

@@ -1,5 +1,6 @@
-"""``/api/flows/``: flows, their versions, dry-run validation, starting executions and the
-cron schedule. (Scope and permissions: flows/api/resource/__init__.py.)"""
+"""``/api/flows/``: flows, their versions, dry-run validation, starting executions, the
+cron schedule and the webhooks (flows/api/resource/webhooks.py). (Scope and permissions:
+flows/api/resource/__init__.py.)"""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from flows.api.resource.serializers import (
     StartExecutionSerializer,
     ValidationReportSerializer,
 )
+from flows.api.resource.webhooks import WebhookActions
 from flows.api.schema import READ, WRITE, error_responses
 from flows.models import Flow, FlowVersion
 
@@ -101,7 +103,7 @@ def bulk_items(body: dict[str, Any]) -> list[services.BulkItem]:
         examples=[ex.answer("Flow", ex.FLOW)],
     ),
 )
-class FlowViewSet(ResourceViewSet):
+class FlowViewSet(WebhookActions, ResourceViewSet):
     """Flows and their versions; storing a document makes a new version, never an edit."""
 
     noun = "flow"
@@ -128,6 +130,7 @@ class FlowViewSet(ResourceViewSet):
         "set_schedule": perms.CHANGE_FLOWS,
         "delete_schedule": perms.CHANGE_FLOWS,
         "backfill": perms.START_EXECUTIONS,
+        **WebhookActions.webhook_permissions,
     }
 
     def get_queryset(self) -> QuerySet[Flow]:

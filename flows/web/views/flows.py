@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 from flows import selectors, services
 from flows.models import Execution, Flow, FlowTrigger
 from flows.web import builder, charts, presenters
-from flows.web.forms import RunForm, ScheduleForm
+from flows.web.forms import RunForm, ScheduleForm, WebhookForm
 from flows.web.runform import InputSchemaForm
 from flows.web.views.common import (
     PAGE_SIZE,
@@ -41,7 +41,17 @@ def flow_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @needs("flows.view_flow")
 def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
-    flow = flow_or_404(flow_id)
+    return _flow_page(request, flow_or_404(flow_id))
+
+
+def _flow_page(
+    request: HttpRequest,
+    flow: Flow,
+    *,
+    webhook_form: WebhookForm | None = None,
+    new_secret: tuple[Any, str] | None = None,
+    status: int = 200,
+) -> HttpResponse:
     executions = Execution.objects.filter(flow=flow, parent_step__isnull=True).for_list()
     context = {
         "flow": flow,
@@ -58,8 +68,56 @@ def flow_detail(request: HttpRequest, flow_id: str) -> HttpResponse:
         "started_on": list(flow.triggers.all()),
         "starts": list(FlowTrigger.objects.filter(upstream_flow_id=flow.id)),
         "charts": charts.flow_charts(flow.id, timezone.now()),
+        "webhooks": selectors.webhook_list(flow=flow),
+        "deliveries": selectors.webhook_delivery_list_of_flow(flow=flow)[:WEBHOOK_DELIVERIES],
+        "webhook_form": webhook_form or WebhookForm(),
+        "can_manage_webhooks": request.user.has_perm("flows.change_flow"),
+        # (hook, plain secret): shown in this answer only, never stored in a message.
+        "new_secret": new_secret,
     }
-    return render(request, "flows/flow_detail.html", context)
+    return render(request, "flows/flow_detail.html", context, status=status)
+
+
+# The flow page shows this many of the latest deliveries to the flow's webhooks.
+WEBHOOK_DELIVERIES = 10
+
+
+@login_required
+@needs("flows.change_flow")
+@require_POST
+def flow_webhooks(request: HttpRequest, flow_id: str) -> HttpResponse:
+    """Create, delete, rotate a webhook or drop its previous secret. A new secret is shown in
+    this answer (the page, not a redirect: it is never stored for a later request)."""
+    flow = flow_or_404(flow_id)
+    action, hook_id = request.POST.get("action", ""), request.POST.get("hook", "")
+    try:
+        if action == "create":
+            form = WebhookForm(request.POST)
+            if not form.is_valid():
+                return _flow_page(request, flow, webhook_form=form, status=400)
+            hook, plain = services.webhook_create(
+                flow_id=flow.id, user=request.user, **form.service_arguments()
+            )
+            messages.success(request, "Webhook created.")
+            return _flow_page(request, flow, new_secret=(hook, plain) if plain else None)
+        if action == "delete":
+            services.webhook_delete(flow_id=flow.id, hook_id=hook_id)
+            messages.success(request, "Webhook deleted: its URL answers 404 from now on.")
+        elif action in ("rotate", "drop_previous"):
+            drop = action == "drop_previous"
+            hook, plain = services.webhook_rotate(
+                flow_id=flow.id, hook_id=hook_id, drop_previous=drop
+            )
+            if drop:
+                messages.success(request, "The previous secret is no longer accepted.")
+            else:
+                messages.success(request, "New secret made; the previous one is still accepted.")
+                return _flow_page(request, flow, new_secret=(hook, plain))
+        else:
+            messages.error(request, "Unknown webhook action.")
+    except services.ServiceError as exc:
+        messages.error(request, explain(exc))
+    return redirect("flow_detail", flow_id=flow.id)
 
 
 @login_required
