@@ -4,7 +4,6 @@ within a cooldown; the error-handler flow a failed execution starts (and its cha
 from __future__ import annotations
 
 from datetime import timedelta
-from types import SimpleNamespace
 
 import pytest
 from cryptography.fernet import Fernet
@@ -18,6 +17,7 @@ from flows.models import (
     ExecutionStatus,
     ExecutionTrigger,
     Notification,
+    WebhookDelivery,
 )
 from tests.factories import approval_flow, failing, flow_doc, run_flow, start_execution, task
 
@@ -213,18 +213,26 @@ def test_a_step_waiting_for_a_signal_is_announced_once_with_the_page_where_it_is
     assert "Ship it?" in payload["text"]
 
 
-def test_a_refused_webhook_delivery_raises_the_webhook_refused_rule(channel) -> None:
+def test_a_refused_webhook_delivery_raises_the_webhook_refused_rule(channel, client) -> None:
     services.flow_create(document=flow_doc([task("a")], flow_id="etl"))
     rule(channel, "webhook_refused")
     rule(channel, "execution_failed")
-    delivery = SimpleNamespace(pk=17, flow_id="etl", reason="signature does not match")
+    hook, _ = services.webhook_create(flow_id="etl", auth="hmac", preset="github")
 
-    assert services.notify_webhook_refused(delivery) == 1
+    refused = client.post(
+        f"/hooks/{hook.slug}",
+        data=b'{"ref": "main"}',
+        content_type="application/json",
+        headers={"X-Hub-Signature-256": "sha256=" + "0" * 64},
+    )
 
+    assert refused.status_code == 401
+    delivery = WebhookDelivery.objects.get(hook=hook)
     (payload,) = messages()
     assert payload["event"] == "webhook_refused"
-    assert payload["reason"] == "signature does not match"
-    assert payload["delivery_id"] == "17"
+    assert payload["flow_id"] == "etl"
+    assert payload["reason"] == delivery.reason and "signature" in delivery.reason
+    assert payload["delivery_id"] == str(delivery.pk)
 
 
 def test_a_disabled_rule_raises_nothing(channel) -> None:

@@ -10,7 +10,7 @@ Where alerts come from:
    loses it nor counts it twice.
 2. A periodic check each worker runs (``alerts_check``): ``running_longer_than`` (once per
    execution) and ``waiting_for_signal`` (once per waiting step), marked with ``AlertMark``.
-3. ``notify_webhook_refused(delivery)``, called by whoever refuses a webhook delivery.
+3. ``notify_webhook_refused``, called where a webhook delivery is refused (services.webhooks).
 
 An alert of a rule about a flow opens an ``Alert`` and one notification per channel; the same
 event of the same flow within the rule's ``cooldown_seconds`` is counted on that alert instead
@@ -626,23 +626,17 @@ def _check_waiting(rule: AlertRule, now: datetime, limit: int) -> int:
     return raised
 
 
-def notify_webhook_refused(delivery: Any) -> int:
-    """Raise the ``webhook_refused`` alerts of a refused webhook delivery; call it in the
-    transaction that records the refusal (its notifications commit with it).
-
-    ``delivery`` is read by attribute, whatever its model: ``flow_id`` (or ``flow``), and
-    ``reason`` or ``error`` (why it was refused), ``pk``. Returns how many rules fired."""
-    flow_id = getattr(delivery, "flow_id", None) or getattr(
-        getattr(delivery, "flow", None), "pk", None
-    )
-    reason = str(getattr(delivery, "reason", "") or getattr(delivery, "error", "") or "refused")
+def notify_webhook_refused(*, flow_id: str, reason: str, delivery_id: int) -> int:
+    """Raise the ``webhook_refused`` alerts of a refused webhook delivery; called by
+    ``services.webhooks`` in the transaction that records the refusal (its notifications
+    commit with it). Returns how many rules fired."""
     rules = _rules(Q(event=AlertEvent.WEBHOOK_REFUSED), flow_id)
     now = timezone.now()
     for rule in rules:
         facts = {
             "event": AlertEvent.WEBHOOK_REFUSED.value,
             "flow_id": flow_id,
-            "delivery_id": str(getattr(delivery, "pk", "") or ""),
+            "delivery_id": str(delivery_id),
             "reason": reason,
             "url": absolute(reverse("flow_detail", args=[flow_id])) if flow_id else "",
             "at": now.isoformat(),

@@ -59,6 +59,7 @@ from flows.models import (
     WebhookEncoding,
     WebhookPreset,
 )
+from flows.services.alerts import notify_webhook_refused
 from flows.services.errors import InvalidInput, NotFound, ServiceError, check_storable
 from flows.services.executions import execution_create, execution_start
 from flows.services.flows import recorded_user
@@ -340,7 +341,21 @@ def _record(
     outcome: str = DeliveryOutcome.REFUSED,
 ) -> None:
     keep = settings.FLOW_WEBHOOK_PAYLOAD_KEEP_BYTES
-    WebhookDelivery.objects.create(
+    with transaction.atomic():
+        _record_in(hook, answer, now, body, size, delivery_id, outcome, keep)
+
+
+def _record_in(
+    hook: Webhook,
+    answer: DeliveryAnswer,
+    now: datetime,
+    body: bytes,
+    size: int,
+    delivery_id: str,
+    outcome: str,
+    keep: int,
+) -> None:
+    delivery = WebhookDelivery.objects.create(
         hook=hook,
         received_at=now,
         outcome=outcome,
@@ -352,6 +367,11 @@ def _record(
         payload=body[:keep].decode("utf-8", "replace").replace("\x00", "\ufffd"),
         payload_size=size,
     )
+    if outcome == DeliveryOutcome.REFUSED:
+        # A refused delivery is never silent: its webhook_refused alerts, with the record.
+        notify_webhook_refused(
+            flow_id=hook.flow_id, reason=delivery.reason, delivery_id=delivery.pk
+        )
 
 
 @functools.lru_cache(maxsize=1024)
