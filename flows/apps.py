@@ -11,7 +11,7 @@ class FlowsConfig(AppConfig):
         from django_q.signals import post_spawn
 
         from flows import services
-        from flows.engine import start_due_step_timer
+        from flows.engine import start_due_step_timer, start_reaper_timer
 
         # At every `manage.py migrate`: the daily purge schedule follows FLOW_PURGE_AFTER_DAYS.
         post_migrate.connect(
@@ -20,3 +20,6 @@ class FlowsConfig(AppConfig):
         # In each qcluster worker process: with the Redis broker, delayed steps (retries) are
         # woken when due by a timer there (the broker cannot deliver a message late).
         post_spawn.connect(start_due_step_timer, dispatch_uid="flows.engine.start_due_step_timer")
+        # ... and every worker process, whatever the broker, runs the reaper's quick pass every
+        # FLOW_REAP_EVERY_SECONDS: dead workers' steps and lost messages recovered in seconds.
+        post_spawn.connect(start_reaper_timer, dispatch_uid="flows.engine.start_reaper_timer")
