@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django_q.conf import Conf
 
@@ -114,6 +114,14 @@ def unclaimed(now: datetime) -> Q:
     return Q(woken_at__lt=now - timedelta(seconds=settings.FLOW_WAKE_AFTER_SECONDS))
 
 
+def expired_leases(now: datetime) -> QuerySet[TaskRun]:
+    """RUNNING steps whose lease ended before ``now``, oldest first (read on the partial index
+    ``taskrun_running_lease_idx``)."""
+    return TaskRun.objects.filter(status=TaskRunStatus.RUNNING, lease_expires_at__lt=now).order_by(
+        "lease_expires_at"
+    )
+
+
 def take_expired(now: datetime, limit: int) -> tuple[list[TaskRun], datetime | None]:
     """Take up to ``limit`` RUNNING steps whose lease expired before ``now``, for this pass.
 
@@ -129,14 +137,12 @@ def take_expired(now: datetime, limit: int) -> tuple[list[TaskRun], datetime | N
     only slow and renews meanwhile (its UPDATE matches on its name) wins the step back:
     ``run_again`` then finds the lease no longer ``held`` and leaves the step alone.
     """
-    expired = TaskRun.objects.filter(status=TaskRunStatus.RUNNING, lease_expires_at__lt=now)
+    expired = expired_leases(now)
     if not expired.exists():
         return [], None
     held = now + timedelta(seconds=settings.FLOW_LEASE_SECONDS)
     with transaction.atomic():
-        steps = list(
-            expired.order_by("lease_expires_at").select_for_update(skip_locked=True)[:limit]
-        )
+        steps = list(expired.select_for_update(skip_locked=True)[:limit])
         if steps:
             TaskRun.objects.filter(
                 pk__in=[step.pk for step in steps], status=TaskRunStatus.RUNNING

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
@@ -95,6 +95,14 @@ def due(now: datetime) -> Q:
     return Q(not_before__lte=now, woken_at__lte=F("not_before"))
 
 
+def pending(which: Q) -> QuerySet[TaskRun]:
+    """The PENDING steps of active executions that ``which`` selects: what ``wake_pending``
+    looks at (read on the partial index ``taskrun_pending_idx``)."""
+    return TaskRun.objects.filter(
+        which, status=TaskRunStatus.PENDING, execution__status__in=ACTIVE_STATUSES
+    )
+
+
 def wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
     """Wake the PENDING steps of active executions that ``which`` selects, each once; returns
     how many.
@@ -110,9 +118,7 @@ def wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
        each dispatcher a message wakes claims every ready step it has room for, so a lost
        queue of thousands costs a few messages, not thousands.
     """
-    candidates = TaskRun.objects.filter(
-        which, status=TaskRunStatus.PENDING, execution__status__in=ACTIVE_STATUSES
-    )
+    candidates = pending(which)
     if not candidates.exists():
         return 0
     with transaction.atomic():
