@@ -179,10 +179,11 @@ def test_queue_messages_lost_before_any_worker_took_them_are_replaced(live: Live
     ids = live.submit(recorded(("a", 0), ("b", 0), flow_id="lost_messages"), 12)
     # The fault: every queued message gone (a Redis restart or FLUSHDB; rows deleted from the
     # ORM broker's queue table), before any worker was up to take one.
+    # (Earlier tests on this database may have left messages of their own: gone too.)
     if live.backend.redis_url:
-        assert live.backend.flush_redis() == len(ids)
+        assert live.backend.flush_redis() >= len(ids)
     else:
-        assert live.backend.execute("DELETE FROM django_q_ormq") == len(ids)
+        assert live.backend.execute("DELETE FROM django_q_ormq") >= len(ids)
     cluster = live.start_cluster()
 
     ended_soon_after_the_fault(live, "lost_messages", len(ids))
