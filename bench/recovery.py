@@ -267,8 +267,25 @@ def seconds_after(fault: datetime, times: list[datetime]) -> dict[str, Any]:
 
 
 def paused(procs: list[subprocess.Popen], sig: signal.Signals) -> None:
+    """Stop (SIGSTOP) or continue (SIGCONT) every process of these clusters; on a stop, wait
+    until the kernel shows each one stopped, so none can take a message meanwhile."""
     for proc in procs:
         os.killpg(proc.pid, sig)  # each cluster was started in a session (group) of its own
+    if sig != signal.SIGSTOP:
+        return
+    pids = [pid for proc in procs for pid in (proc.pid, *descendants(proc.pid))]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = []
+        for pid in pids:
+            try:  # the state is the field after the parenthesised command name
+                states.append(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                states.append("gone")
+        if all(state in ("T", "t", "gone") for state in states):
+            return
+        time.sleep(0.01)
+    sys.exit(f"the clusters did not stop: {dict(zip(pids, states, strict=True))}")
 
 
 def drop_queue() -> int:

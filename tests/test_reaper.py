@@ -198,8 +198,9 @@ def test_steps_nobody_claimed_are_woken_once_with_a_message_per_worker_process_a
     monkeypatch: pytest.MonkeyPatch, settings
 ):
     settings.FLOW_WAKE_AFTER_SECONDS = 3
+    settings.FLOW_WORKER_CONCURRENCY = 2  # each woken worker claims 2 of them at most
     now = timezone.now()
-    lost = [start_execution(flow_doc([task("a")], flow_id=f"lost_{n}")) for n in range(5)]
+    lost = [start_execution(flow_doc([task("a")], flow_id=f"lost_{n}")) for n in range(7)]
     for n, execution in enumerate(lost):  # their messages went with a flushed queue
         TaskRun.objects.filter(execution=execution).update(woken_at=now - timedelta(seconds=10 + n))
     fresh = start_execution(flow_doc([task("a")], flow_id="fresh"))
@@ -207,12 +208,13 @@ def test_steps_nobody_claimed_are_woken_once_with_a_message_per_worker_process_a
     sent: list[Any] = []
     monkeypatch.setattr(wakeup, "wake", lambda execution_id, **_: sent.append(execution_id))
 
-    assert engine.recover()["woken"] == 5
+    assert engine.recover()["woken"] == 7
     assert engine.recover()["woken"] == 0  # another process's pass: already woken
 
-    # One message wakes a dispatcher that claims every ready step it has room for.
+    # A message wakes a dispatcher that claims every ready step it has room for: enough
+    # messages for 7 steps at 2 a worker, and one for each worker process of the cluster.
     oldest_first = [e.id for e in reversed(lost)]
-    assert sent == oldest_first[: max(1, Conf.WORKERS)]
+    assert sent == oldest_first[: max(4, Conf.WORKERS)]
     assert pending_step(fresh).woken_at == now - timedelta(seconds=1)
     for execution in lost:
         assert pending_step(execution).woken_at > now - timedelta(seconds=1)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import uuid
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
@@ -114,9 +116,10 @@ def wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
        ``woken_at`` to now in one UPDATE: a step ``which`` selects by an old ``woken_at`` is
        not selected again, so of several wakers (the reapers of every worker process, the
        due-step timers) only one wakes it.
-    3. At most one queue message per worker process (``wake_ready``), however many steps:
-       each dispatcher a message wakes claims every ready step it has room for, so a lost
-       queue of thousands costs a few messages, not thousands.
+    3. A few queue messages, however many steps: one per worker process of this cluster,
+       and one per FLOW_WORKER_CONCURRENCY steps if that is more. Each dispatcher a message
+       wakes claims every ready step it has room for, so a lost queue of thousands costs a
+       few messages, not thousands, and still wakes enough workers to take them all.
     """
     candidates = pending(which)
     if not candidates.exists():
@@ -133,7 +136,9 @@ def wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
             pk__in=[pk for pk, _ in sleepy], status=TaskRunStatus.PENDING
         ).update(woken_at=now)
         executions = list(dict.fromkeys(eid for _, eid in sleepy))
-        wake_ready(executions)
+        room = max(1, settings.FLOW_WORKER_CONCURRENCY)
+        for execution_id in executions[: max(1, Conf.WORKERS, math.ceil(len(sleepy) / room))]:
+            wake(execution_id)
     logger.info(
         "%d pending steps woken by %s (executions %s)",
         len(sleepy),
