@@ -17,9 +17,10 @@ the stack's environment) measures, every figure from the timestamps the engine w
                helper (median, p95, max), and ``flows.engine.reap()`` (the minute's whole
                pass) 20 times; the plans of the pass's two queries are kept in the JSON.
   per step     the suite's 100-step ``noop`` chain (``engine_overhead.py``'s definition), 5
-               runs after 2 warm-ups, on one cluster with the reaper's pass every second
-               (the default) and on one with it every 86,400 s (off, in effect): the
-               medians side by side.
+               runs after 2 warm-ups on a cluster with the reaper's pass every second (the
+               default) or every 86,400 s (off, in effect), four clusters one after another
+               (off, on, on, off, so a drift of the machine's load weighs on both): the
+               medians of the 10 runs of each side by side.
   load         two clusters (``Q_WORKERS=2`` each, ``FLOW_WORKER_CONCURRENCY=50``, so 200
                executions fill the four worker processes) and ``--executions`` executions of
                a two-task flow (``wait`` 5 s, then ``noop``), started one after another from
@@ -203,7 +204,10 @@ def overhead(home: Path, steps: int, runs: int, reap_every: str) -> dict[str, An
     from flows import services
 
     chain = services.flow_create(document={**eo.noop_chain(steps), "id": f"chain_{reap_every}"})
-    proc, qlog = start_cluster(home, f"overhead-{reap_every}", FLOW_REAP_EVERY_SECONDS=reap_every)
+    started = time.monotonic()
+    proc, qlog = start_cluster(
+        home, f"overhead-{reap_every}-{started:.0f}", FLOW_REAP_EVERY_SECONDS=reap_every
+    )
     try:
         for _ in range(2):  # warm-ups: each worker process's first execution pays for imports
             eo.wait_until_ended(eo.start_execution(chain), 120)
@@ -398,10 +402,25 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
     }
     result["pass"] = time_passes()
     log(f"  reaper pass: {result['pass']['recover_ms']}, whole {result['pass']['reap_ms']}")
-    result["overhead"] = {
-        label: overhead(home, counts["steps"], counts["overhead_runs"], every)
-        for label, every in (("reaper_off", "86400"), ("reaper_on", "1"))
-    }
+    # Off, on, on, off: a drift of the machine's load over the stage weighs on both alike.
+    every = {"reaper_off": "86400", "reaper_on": "1"}
+    rounds = [
+        (label, overhead(home, counts["steps"], counts["overhead_runs"], every[label]))
+        for label in ("reaper_off", "reaper_on", "reaper_on", "reaper_off")
+    ]
+    result["overhead"] = {}
+    for label in ("reaper_off", "reaper_on"):
+        runs = [run for name, fig in rounds if name == label for run in fig["runs"]]
+        result["overhead"][label] = {
+            "reap_every_s": float(every[label]),
+            "overhead_ms_per_step": {
+                "median": statistics.median(r["overhead_ms_per_step"] for r in runs),
+                "min": min(r["overhead_ms_per_step"] for r in runs),
+                "max": max(r["overhead_ms_per_step"] for r in runs),
+                "n": len(runs),
+            },
+            "rounds": [fig["overhead_ms_per_step"] for name, fig in rounds if name == label],
+        }
     log(
         "  per step: "
         + ", ".join(f"{k} {v['overhead_ms_per_step']}" for k, v in result["overhead"].items())
@@ -551,8 +570,8 @@ def rows(name: str, fig: dict[str, Any]) -> list[dict[str, str]]:
     on = fig["overhead"]["reaper_on"]["overhead_ms_per_step"]
     off = fig["overhead"]["reaper_off"]["overhead_ms_per_step"]
     add(
-        "engine overhead per step, 100-step noop chain, one cluster: reaper's pass every "
-        "second / every day (off) (median; min)",
+        f"engine overhead per step, 100-step noop chain, one cluster: reaper's pass every "
+        f"second / every day (off), {on['n']} runs each in rounds off, on, on, off (median; min)",
         f"{on['median']:.3f} / {off['median']:.3f} ms ({on['min']:.3f}; {off['min']:.3f})",
         "no measurable cost",
     )
