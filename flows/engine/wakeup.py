@@ -116,10 +116,12 @@ def wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
        ``woken_at`` to now in one UPDATE: a step ``which`` selects by an old ``woken_at`` is
        not selected again, so of several wakers (the reapers of every worker process, the
        due-step timers) only one wakes it.
-    3. A few queue messages, however many steps: one per worker process of this cluster,
-       and one per FLOW_WORKER_CONCURRENCY steps if that is more. Each dispatcher a message
-       wakes claims every ready step it has room for, so a lost queue of thousands costs a
-       few messages, not thousands, and still wakes enough workers to take them all.
+    3. A few queue messages, however many steps: one per FLOW_WORKER_CONCURRENCY steps,
+       plus one per worker process of this cluster (a worker busy with a job takes no
+       message, so a few spare ones reach the idle workers of every cluster). Each
+       dispatcher a message wakes claims every ready step it has room for, so a lost queue
+       of thousands costs a few messages, not thousands, and still wakes enough workers to
+       take them all; a message that finds nothing ready costs one indexed look.
     """
     candidates = pending(which)
     if not candidates.exists():
@@ -137,7 +139,7 @@ def wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
         ).update(woken_at=now)
         executions = list(dict.fromkeys(eid for _, eid in sleepy))
         room = max(1, settings.FLOW_WORKER_CONCURRENCY)
-        for execution_id in executions[: max(1, Conf.WORKERS, math.ceil(len(sleepy) / room))]:
+        for execution_id in executions[: max(1, Conf.WORKERS) + math.ceil(len(sleepy) / room)]:
             wake(execution_id)
     logger.info(
         "%d pending steps woken by %s (executions %s)",
