@@ -1,9 +1,10 @@
 """The benchmark suite: Flow Manager on SQLite and PostgreSQL + Redis, against Celery and Prefect.
 
 Run: ``make bench`` (or ``.venv/bin/python bench/suite.py [--quick] [--skip-peers]
-[--skip-map] [--skip-webhooks] [--backends sqlite,pg-redis]``). Prints ONE markdown table on
-stdout (progress goes to stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not
-``--quick``, every backend, peers, map and webhook stages included) and the raw figures to
+[--skip-map] [--skip-webhooks] [--skip-recovery] [--backends sqlite,pg-redis]``). Prints ONE
+markdown table on stdout (progress goes to stderr), writes it to ``BENCHMARKS.md`` (complete
+runs only: not ``--quick``, every backend, peers, map, webhook and recovery stages included)
+and the raw figures to
 ``bench/results/bench-<UTC stamp>.json``.
 
 For each backend it starts a real stack: a fresh database (a SQLite file in a temporary
@@ -57,6 +58,11 @@ the figures from the timestamps the engine writes:
   webhooks    (unless ``--skip-webhooks``) a stack of its own per backend, without workers:
               gunicorn and signed GitHub-style deliveries to one hook, one at a time (latency
               p50 / p99) and from 16 client threads (accepted/s): bench/webhooks.py.
+  recovery    (unless ``--skip-recovery``) ``bench/recovery.py`` on each backend, a stack of
+              its own: kill -9 of one of two clusters with 200 executions mid-step, 200
+              queued messages lost, seconds until every affected step runs again and the
+              total against the same load without a fault; the reaper's pass with 100,000
+              finished executions; the per-step figure with the pass on and off.
 
 Then, unless ``--skip-peers``, it runs ``../shared/bench/peers/run_celery.sh`` and
 ``run_prefect.sh 1 2 1`` (one measured process, 2 reps, 1 concurrent rep), and (unless
@@ -81,6 +87,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import recovery
 from _stack import (
     BASE_DIR,
     RESULTS_DIR,
@@ -1371,6 +1378,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-webhooks", action="store_true", help="no webhook stage (bench/webhooks.py)"
     )
+    parser.add_argument(
+        "--skip-recovery",
+        action="store_true",
+        help="no recovery stage (bench/recovery.py: a killed cluster, lost messages, the "
+        "reaper's pass)",
+    )
     parser.add_argument("--backends", default="sqlite,pg-redis", help="comma-separated")
     parser.add_argument("--redis-db", type=int, help="Redis db number to use and flush "
                         "(default: the highest empty one)")  # fmt: skip
@@ -1405,6 +1418,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: webhook deliveries (bench/webhooks.py)")
             hook_counts = WEBHOOK_QUICK if args.quick else WEBHOOK_DEFAULTS
             backends[name]["webhooks"] = run_webhooks(name, dict(hook_counts), args.redis_db)
+    recovered: dict[str, Any] = {}
+    if not args.skip_recovery:
+        for name in names:
+            log(f"{name}: recovery stage (bench/recovery.py)")
+            recovered[name] = recovery.run_backend(
+                name, dict(recovery.QUICK if args.quick else recovery.FULL), args.redis_db,
+                args.keep,
+            )  # fmt: skip
     peers: dict[str, Any] = {}
     if not args.skip_peers:
         peers["celery"] = run_peer("celery", "run_celery.sh", [], timeout=900)
@@ -1423,6 +1444,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"WARNING: the engine changed during the run ({revision} -> {engine_revision()})")
         revision = f"{revision}, changed to {engine_revision()} during the run"
     rows = build_rows(backends, peers, counts)
+    rows += [row for name, fig in recovered.items() for row in recovery.rows(name, fig)]
     table = render(rows)
     seconds = time.monotonic() - started
     info = machine()
@@ -1449,6 +1471,7 @@ def main(argv: list[str] | None = None) -> int:
             "peers": sorted(peers),
         },
         "backends": backends,
+        "recovery": recovered,
         "peers": {
             k: {kk: vv for kk, vv in v.items() if kk not in ("samples",)} for k, v in peers.items()
         },
@@ -1461,6 +1484,7 @@ def main(argv: list[str] | None = None) -> int:
         and not args.skip_peers
         and counts["map"]
         and not args.skip_webhooks
+        and not args.skip_recovery
     )
     if complete:
         notes = {
@@ -1473,7 +1497,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {BENCHMARKS_MD.relative_to(BASE_DIR)}")
     else:
         log(
-            "partial run (--quick, --skip-peers, --skip-map, --skip-webhooks or a subset of "
+            "partial run (--quick, --skip-peers, --skip-map, --skip-webhooks, --skip-recovery "
+            "or a subset of "
             "backends): "
             "BENCHMARKS.md unchanged"
         )
