@@ -1,9 +1,9 @@
 """The benchmark suite: Flow Manager on SQLite and PostgreSQL + Redis, against Celery and Prefect.
 
 Run: ``make bench`` (or ``.venv/bin/python bench/suite.py [--quick] [--skip-peers]
-[--skip-map] [--backends sqlite,pg-redis]``). Prints ONE markdown table on stdout (progress
-goes to stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not ``--quick``, every
-backend, peers and map stages included) and the raw figures to
+[--skip-map] [--skip-recovery] [--backends sqlite,pg-redis]``). Prints ONE markdown table on
+stdout (progress goes to stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not
+``--quick``, every backend, peers, map and recovery stages included) and the raw figures to
 ``bench/results/bench-<UTC stamp>.json``.
 
 For each backend it starts a real stack: a fresh database (a SQLite file in a temporary
@@ -48,6 +48,12 @@ the figures from the timestamps the engine writes:
               (flows/s and p50 as in throughput). The stack is stopped after: the sleepers
               never wake.
 
+  recovery    (unless ``--skip-recovery``) ``bench/recovery.py`` on each backend, a stack of
+              its own: kill -9 of one of two clusters with 200 executions mid-step, 200
+              queued messages lost, seconds until every affected step runs again and the
+              total against the same load without a fault; the reaper's pass with 100,000
+              finished executions; the per-step figure with the pass on and off.
+
 Then, unless ``--skip-peers``, it runs ``../shared/bench/peers/run_celery.sh`` and
 ``run_prefect.sh 1 2 1`` (one measured process, 2 reps, 1 concurrent rep), and (unless
 ``--skip-map``) the map peers ``bench/peers/run_celery_map.sh 3 10000 120`` and
@@ -71,6 +77,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import recovery
 from _stack import (
     BASE_DIR,
     RESULTS_DIR,
@@ -1180,6 +1187,12 @@ def main(argv: list[str] | None = None) -> int:
         help="no map / sleep stages (the 1,000- and 10,000-item maps, the sleepers) and no "
         "map peers",
     )
+    parser.add_argument(
+        "--skip-recovery",
+        action="store_true",
+        help="no recovery stage (bench/recovery.py: a killed cluster, lost messages, the "
+        "reaper's pass)",
+    )
     parser.add_argument("--backends", default="sqlite,pg-redis", help="comma-separated")
     parser.add_argument("--redis-db", type=int, help="Redis db number to use and flush "
                         "(default: the highest empty one)")  # fmt: skip
@@ -1210,6 +1223,14 @@ def main(argv: list[str] | None = None) -> int:
     backends = {}
     for name in names:
         backends[name] = run_backend(name, counts, args.redis_db, args.keep)
+    recovered: dict[str, Any] = {}
+    if not args.skip_recovery:
+        for name in names:
+            log(f"{name}: recovery stage (bench/recovery.py)")
+            recovered[name] = recovery.run_backend(
+                name, dict(recovery.QUICK if args.quick else recovery.FULL), args.redis_db,
+                args.keep,
+            )  # fmt: skip
     peers: dict[str, Any] = {}
     if not args.skip_peers:
         peers["celery"] = run_peer("celery", "run_celery.sh", [], timeout=900)
@@ -1228,6 +1249,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"WARNING: the engine changed during the run ({revision} -> {engine_revision()})")
         revision = f"{revision}, changed to {engine_revision()} during the run"
     rows = build_rows(backends, peers, counts)
+    rows += [row for name, fig in recovered.items() for row in recovery.rows(name, fig)]
     table = render(rows)
     seconds = time.monotonic() - started
     info = machine()
@@ -1254,6 +1276,7 @@ def main(argv: list[str] | None = None) -> int:
             "peers": sorted(peers),
         },
         "backends": backends,
+        "recovery": recovered,
         "peers": {
             k: {kk: vv for kk, vv in v.items() if kk not in ("samples",)} for k, v in peers.items()
         },
@@ -1261,7 +1284,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     complete = (
-        not args.quick and set(names) == set(BACKENDS) and not args.skip_peers and counts["map"]
+        not args.quick
+        and set(names) == set(BACKENDS)
+        and not args.skip_peers
+        and counts["map"]
+        and not args.skip_recovery
     )
     if complete:
         notes = {
@@ -1274,7 +1301,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {BENCHMARKS_MD.relative_to(BASE_DIR)}")
     else:
         log(
-            "partial run (--quick, --skip-peers, --skip-map or a subset of backends): "
+            "partial run (--quick, --skip-peers, --skip-map, --skip-recovery or a subset of "
+            "backends): "
             "BENCHMARKS.md unchanged"
         )
     log(f"wrote {path.relative_to(BASE_DIR)} in {seconds / 60:.1f} min")

@@ -238,8 +238,15 @@ FLOW_DEFAULT_TASK_TIMEOUT = env_float("FLOW_DEFAULT_TASK_TIMEOUT", 300.0, minimu
 # Upper bound for any task's timeout; the django-q2 job timeout is derived from it.
 FLOW_MAX_TASK_TIMEOUT = env_float("FLOW_MAX_TASK_TIMEOUT", 3600.0, minimum=1)
 FLOW_DEFAULT_MAX_STEPS = env_int("FLOW_DEFAULT_MAX_STEPS", 1000, minimum=1)
-# How long a worker's claim on a running step lasts without renewal; renewed every third.
-FLOW_LEASE_SECONDS = env_float("FLOW_LEASE_SECONDS", 30.0, minimum=1)
+# How long a worker's claim on a running step lasts without renewal. The worker renews it
+# once a second from its dispatching thread (not the task loop, which a task may block), so a
+# live worker misses five renewals in a row before another may take its step; a dead one's
+# steps run again within about this long plus FLOW_REAP_EVERY_SECONDS (README "Faults and
+# recovery").
+FLOW_LEASE_SECONDS = env_float("FLOW_LEASE_SECONDS", 6.0, minimum=1)
+# How often each worker process looks for steps whose lease expired and PENDING steps nobody
+# claimed within FLOW_WAKE_AFTER_SECONDS (two indexed queries that find nothing, most times).
+FLOW_REAP_EVERY_SECONDS = env_float("FLOW_REAP_EVERY_SECONDS", 1.0, minimum=0.1)
 # A step lost with its worker this many times in a row (its task crashes or exits the worker
 # process, say) fails for good instead of being run again by the reaper.
 FLOW_MAX_LOST_ATTEMPTS = env_int("FLOW_MAX_LOST_ATTEMPTS", 3, minimum=1)
@@ -254,8 +261,9 @@ FLOW_EXPRESSION_BUDGET_SECONDS = env_float("FLOW_EXPRESSION_BUDGET_SECONDS", 1.0
 # step waiting on I/O does not hold the process. Waiting coroutines cost a few KB each; the
 # limit bounds the per-second lease/cancel query and a blocked loop's blast radius.
 FLOW_WORKER_CONCURRENCY = env_int("FLOW_WORKER_CONCURRENCY", 500, minimum=1)
-# A PENDING step nobody has picked up for this long is woken again by the reaper.
-FLOW_WAKE_AFTER_SECONDS = env_float("FLOW_WAKE_AFTER_SECONDS", 60.0, minimum=1)
+# A due PENDING step nobody has claimed for this long is woken again (its queue message was
+# lost: a Redis restart, a worker killed with its prefetched jobs).
+FLOW_WAKE_AFTER_SECONDS = env_float("FLOW_WAKE_AFTER_SECONDS", 3.0, minimum=0.5)
 # With the Redis broker, how often each worker process looks for delayed steps (a retry's
 # delay) that are due, and wakes them: one indexed query. The ORM broker delivers them itself.
 FLOW_DUE_STEP_CHECK_SECONDS = env_float("FLOW_DUE_STEP_CHECK_SECONDS", 1.0, minimum=0.05)

@@ -11,7 +11,7 @@ class FlowsConfig(AppConfig):
         from django_q.signals import post_spawn
 
         from flows import jobs, services, vault
-        from flows.engine import start_due_step_timer
+        from flows.engine import start_due_step_timer, start_reaper_timer
         from flows.models import Secret
 
         # At every `manage.py migrate`: the daily purge schedule follows FLOW_PURGE_AFTER_DAYS.
@@ -21,6 +21,9 @@ class FlowsConfig(AppConfig):
         # In each qcluster worker process: with the Redis broker, delayed steps (retries) are
         # woken when due by a timer there (the broker cannot deliver a message late).
         post_spawn.connect(start_due_step_timer, dispatch_uid="flows.engine.start_due_step_timer")
+        # ... and every worker process, whatever the broker, runs the reaper's quick pass every
+        # FLOW_REAP_EVERY_SECONDS: dead workers' steps and lost messages recovered in seconds.
+        post_spawn.connect(start_reaper_timer, dispatch_uid="flows.engine.start_reaper_timer")
         # And what follows executions' ends (the outbox: triggers, notifications), each second.
         post_spawn.connect(jobs.start_ends_timer, dispatch_uid="flows.jobs.start_ends_timer")
         # A secret changed in this process is read afresh by the next step run here (other

@@ -243,6 +243,20 @@ class Backend:
         finally:
             con.close()
 
+    def execute(self, sql: str, *params: Any) -> int:
+        """Write to the database from the test process (a fault a test injects): the rows
+        the statement changed."""
+        if self.postgresql:
+            import psycopg
+
+            with psycopg.connect(self.database_url, connect_timeout=10) as con:
+                return con.execute(sql, params).rowcount
+        con = sqlite3.connect(self.sqlite_path, timeout=20, isolation_level=None)
+        try:
+            return con.execute(sql.replace("%s", "?"), params).rowcount
+        finally:
+            con.close()
+
     # -- Redis: only this stack's keys --------------------------------------------------------
     def flush_redis(self) -> int:
         """Delete every key of this stack at once (what FLUSHDB would take from it).

@@ -1,5 +1,6 @@
 """The reaper wakes steps nobody woke: lost messages, and retries due on a broker that
-cannot deliver late (Redis)."""
+cannot deliver late (Redis); its quick pass (``engine.recover``, every worker process) re-runs
+dead workers' steps and wakes unclaimed ones, each once whichever pass gets there first."""
 
 import os
 import subprocess
@@ -9,12 +10,15 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 from django_q.conf import Conf
+from django_q.signals import post_spawn
 
 from flows import engine
-from flows.models import ExecutionStatus, TaskRun, TaskRunStatus
+from flows.engine import reaper, wakeup
+from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
 from tests.controls import (
     QUICK,
     WorkerKilled,
@@ -120,6 +124,172 @@ def test_worker_processes_start_the_timer_only_where_the_broker_cannot_deliver_l
     engine.start_due_step_timer(proc_name="Worker-1")
     engine.start_due_step_timer(proc_name="Worker-1")  # once per process
     assert started == [settings.FLOW_DUE_STEP_CHECK_SECONDS]
+
+
+# --- the quick pass: every worker process, every FLOW_REAP_EVERY_SECONDS ----------------------
+
+
+def test_a_dead_workers_step_is_run_again_by_the_first_pass_and_by_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    execution = start_execution(flow_doc([task("a"), task("b")]))
+    died = worker_dies_in(monkeypatch, engine.Dispatcher, "advance", execution.id)
+
+    assert engine.recover()["lost"] == 1
+    # The passes of the other worker processes, and the minute's schedule, find it done.
+    assert engine.recover()["lost"] == 0
+    assert engine.reap()["lost"] == 0
+
+    assert [(s.task_name, s.status, s.attempt) for s in steps_of(execution)] == [
+        ("a", TaskRunStatus.LOST, 1),
+        ("a", TaskRunStatus.PENDING, 2),
+    ]
+    assert died.worker in TaskRun.objects.get(pk=died.pk).error
+    execution = run_to_end(execution.id)
+    assert ran(execution) == [
+        ("a", TaskRunStatus.LOST),
+        ("a", TaskRunStatus.SUCCESS),
+        ("b", TaskRunStatus.SUCCESS),
+    ]
+
+
+def test_a_step_one_pass_took_is_left_to_it_until_that_pass_is_over_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    execution = start_execution(flow_doc([task("a")]))
+    worker_dies_in(monkeypatch, engine.Dispatcher, "advance", execution.id)
+
+    taken, _ = reaper.take_expired(timezone.now(), 50)  # a pass in another process took it ...
+    assert len(taken) == 1
+    assert engine.recover()["lost"] == 0  # ... so this one leaves it alone
+
+    # That pass died before running it again: once its hold ends, the next pass does.
+    TaskRun.objects.filter(pk=taken[0].pk).update(lease_expires_at=F("started_at"))
+    assert engine.recover()["lost"] == 1
+    assert ran(refresh(execution)) == [("a", TaskRunStatus.LOST), ("a", TaskRunStatus.PENDING)]
+
+
+def test_a_slow_worker_that_renews_before_the_pass_runs_its_step_again_keeps_it(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    execution = start_execution(flow_doc([task("a")]))
+    stalled = worker_dies_in(monkeypatch, engine.Dispatcher, "advance", execution.id)
+    real_take = reaper.take_expired
+
+    def taken_then_the_worker_renews(now, limit):
+        taken = real_take(now, limit)
+        assert engine.renew_leases([stalled.pk], stalled.worker, timedelta(seconds=6)) is None
+        return taken
+
+    monkeypatch.setattr(reaper, "take_expired", taken_then_the_worker_renews)
+    assert engine.recover()["lost"] == 0
+
+    step = TaskRun.objects.get(pk=stalled.pk)
+    assert (step.status, step.worker, step.attempt) == (
+        TaskRunStatus.RUNNING,
+        stalled.worker,
+        1,
+    )
+    assert step.lease_expires_at > timezone.now()
+    assert not TaskRun.objects.filter(status=TaskRunStatus.LOST).exists()
+
+
+def test_steps_nobody_claimed_are_woken_once_with_a_message_per_worker_process_at_most(
+    monkeypatch: pytest.MonkeyPatch, settings
+):
+    settings.FLOW_WAKE_AFTER_SECONDS = 3
+    settings.FLOW_WORKER_CONCURRENCY = 2  # each woken worker claims 2 of them at most
+    now = timezone.now()
+    lost = [start_execution(flow_doc([task("a")], flow_id=f"lost_{n}")) for n in range(7)]
+    for n, execution in enumerate(lost):  # their messages went with a flushed queue
+        TaskRun.objects.filter(execution=execution).update(woken_at=now - timedelta(seconds=10 + n))
+    fresh = start_execution(flow_doc([task("a")], flow_id="fresh"))
+    TaskRun.objects.filter(execution=fresh).update(woken_at=now - timedelta(seconds=1))
+    sent: list[Any] = []
+    monkeypatch.setattr(wakeup, "wake", lambda execution_id, **_: sent.append(execution_id))
+
+    assert engine.recover()["woken"] == 7
+    assert engine.recover()["woken"] == 0  # another process's pass: already woken
+
+    # A message wakes a dispatcher that claims every ready step it has room for: enough
+    # messages for 7 steps at 2 a worker, and one for each worker process of the cluster.
+    oldest_first = [e.id for e in reversed(lost)]
+    assert sent == oldest_first[: max(4, Conf.WORKERS)]
+    assert pending_step(fresh).woken_at == now - timedelta(seconds=1)
+    for execution in lost:
+        assert pending_step(execution).woken_at > now - timedelta(seconds=1)
+        assert run_to_end(execution.id).status == ExecutionStatus.COMPLETED
+
+
+def test_every_worker_process_starts_one_reaper_timer_whatever_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    started: list[float] = []
+    monkeypatch.setattr(engine.ReaperTimer, "__init__", lambda self, i: started.append(i))
+    monkeypatch.setattr(engine.DueStepTimer, "started", object())  # not the subject here
+    monkeypatch.setattr(Conf, "SYNC", False)
+    for orm in ("default", None):  # the ORM broker, Redis
+        monkeypatch.setattr(engine.ReaperTimer, "started", None)
+        monkeypatch.setattr(Conf, "ORM", orm)
+        post_spawn.send(sender="django_q", proc_name="Worker-1")
+        post_spawn.send(sender="django_q", proc_name="Worker-1")  # once per process
+    assert started == [settings.FLOW_REAP_EVERY_SECONDS] * 2
+
+    monkeypatch.setattr(engine.ReaperTimer, "started", None)
+    monkeypatch.setattr(Conf, "SYNC", True)  # jobs run inline: no worker process
+    post_spawn.send(sender="django_q", proc_name="Worker-1")
+    assert len(started) == 2
+
+
+def finished_executions(count: int) -> None:
+    """``count`` COMPLETED executions of three SUCCESS steps each, written in bulk."""
+    model = start_execution(flow_doc([task("a")], flow_id="finished"))
+    now = timezone.now()
+    rows = Execution.objects.bulk_create(
+        Execution(
+            flow_id=model.flow_id,
+            flow_version_id=model.flow_version_id,
+            status=ExecutionStatus.COMPLETED,
+            ended_at=now,
+        )
+        for _ in range(count)
+    )
+    TaskRun.objects.bulk_create(
+        TaskRun(
+            execution=row,
+            seq=seq,
+            task_name="a",
+            task_type="noop",
+            status=TaskRunStatus.SUCCESS,
+            woken_at=now,
+            lease_expires_at=None,
+        )
+        for row in rows
+        for seq in (1, 2, 3)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (lambda now: reaper.expired_leases(now)[: reaper.TAKE_BATCH], "taskrun_running_lease_idx"),
+        (
+            lambda now: wakeup.pending(reaper.unclaimed(now)).order_by("woken_at")[:500],
+            "taskrun_pending_idx",
+        ),
+    ],
+    ids=["expired leases", "unclaimed steps"],
+)
+def test_the_reapers_queries_read_only_open_steps_through_their_index(query, index):
+    # Finished steps are in neither partial index, so the pass costs the same with 100,000
+    # finished executions as with none (bench/recovery.py times it).
+    finished_executions(2000)
+
+    plan = query(timezone.now()).explain()
+
+    assert index in plan, plan
 
 
 # --- a step that kills its worker every time (a poison step) -----------------------------------

@@ -12,8 +12,10 @@ The database is the truth and the queue only wakes workers (see docs/architectur
    in one transaction. The next step is created already claimed by this worker, so it runs
    here without a queue round trip, until the step budget is spent; then it is left PENDING
    and a job is enqueued in the same transaction.
-4. ``reap`` (a django-q2 schedule) re-runs steps whose lease expired (their worker died) and
-   wakes PENDING steps whose queue message was lost. Every job is idempotent.
+4. ``recover`` (every FLOW_REAP_EVERY_SECONDS in every worker process, ``ReaperTimer``) re-runs
+   steps whose lease expired (their worker died) and wakes PENDING steps whose queue message
+   was lost; ``reap`` (a django-q2 schedule) does that too and ends executions past their
+   flow's timeout. Every job is idempotent.
 
 One module a role, each importing only the public names of the others:
 
@@ -31,7 +33,8 @@ One module a role, each importing only the public names of the others:
 - ``record``      write finished steps and their routing, one transaction a batch
 - ``dispatcher``  the one step loop (``Dispatcher``, ``dispatch``: a worker's job)
 - ``inline``      the same loop for one execution in this process (``run_inline``)
-- ``reaper``      lost workers, lost wake-ups, flow timeouts (``reap``)
+- ``reaper``      lost workers, lost wake-ups (``recover``, ``ReaperTimer``), flow timeouts
+                  (``reap``)
 - ``lost``        a step lost with its worker: run again, or failed for good
 - ``duetimer``    wake delayed steps when the broker cannot deliver late (Redis)
 - ``timing``      intervals, graces and batch sizes; ``worker``: this worker's name
@@ -45,7 +48,7 @@ from flows.engine.fanin import cancel_children, child_ended, lock_fanouts
 from flows.engine.inline import run_inline
 from flows.engine.inputs import flow_definition, results_scope, results_so_far
 from flows.engine.outcome import StepOutcome
-from flows.engine.reaper import reap
+from flows.engine.reaper import ReaperTimer, reap, recover, start_reaper_timer
 from flows.engine.redrive import CannotRedrive, plan_redrive
 from flows.engine.taskloop import TaskLoop
 from flows.engine.transitions import FOREVER, close_pending
@@ -58,6 +61,7 @@ __all__ = [
     "CannotRedrive",
     "Dispatcher",
     "DueStepTimer",
+    "ReaperTimer",
     "StepOutcome",
     "TaskLoop",
     "cancel_children",
@@ -69,11 +73,13 @@ __all__ = [
     "lock_fanouts",
     "plan_redrive",
     "reap",
+    "recover",
     "renew_leases",
     "results_scope",
     "results_so_far",
     "run_inline",
     "start_due_step_timer",
+    "start_reaper_timer",
     "transitions",
     "wake",
     "wake_due",

@@ -62,7 +62,8 @@ class Dispatcher:
        transaction (``flush``); the next step of each execution starts at once, on the
        same loop.
     3. Once a second (``watch``): one query looks for cancelled or deleted executions among
-       those in flight, and one UPDATE renews the leases of every running step.
+       those in flight, and one UPDATE renews the leases of every running step (on this
+       thread: a task blocking the loop does not stop it; README "Faults and recovery").
     4. A task that blocks the loop past its timeout is failed; the loop is replaced, and the
        other steps it held are recorded LOST and queued again (their tasks never finished).
     5. After the step budget no new executions are taken and finishing steps hand their
@@ -85,7 +86,11 @@ class Dispatcher:
         self.slots: dict[uuid.UUID, Slot] = {}
         self.steps = 0
         self.budget_end = time.monotonic() + settings.FLOW_STEP_BUDGET_SECONDS
-        self.renew_every = settings.FLOW_LEASE_SECONDS / 3
+        # Renewed from this thread, never from the task loop: a task that blocks the loop
+        # (blocking code in ``async def run``) holds up the other tasks, not the leases, so
+        # the reaper never mistakes a stalled worker for a dead one. Only a worker whose
+        # dispatching thread stops (the process died, or it hangs as a whole) loses them.
+        self.renew_every = min(timing.RENEW_INTERVAL_SECONDS, settings.FLOW_LEASE_SECONDS / 3)
         self.next_renew = time.perf_counter() + self.renew_every
         self.next_fill = 0.0
         # The earliest hard deadline (timeout + grace) among the tasks in flight: the loop

@@ -7,9 +7,11 @@ Read as ``timing.NAME`` where used, so a test can shorten one for the whole engi
 # How long past its own timeout a task may keep its thread before it is abandoned: a task
 # that blocks the event loop (time.sleep, CPU loop) cannot be cancelled, only left behind.
 ABANDON_GRACE_SECONDS = 2.0
-# How often the dispatcher looks for cancelled or deleted executions among those in flight
-# (and renews their leases every third of FLOW_LEASE_SECONDS).
+# How often the dispatcher looks for cancelled or deleted executions among those in flight.
 WATCH_INTERVAL_SECONDS = 1.0
+# How often it renews the leases of its running steps (one UPDATE for all of them), or every
+# third of FLOW_LEASE_SECONDS if that is shorter.
+RENEW_INTERVAL_SECONDS = 1.0
 # How often a dispatcher with room looks for newly ready executions besides its job's own: one
 # indexed query, then a claim of the whole batch. Looks that find nothing back off, doubling
 # up to the slower pace, so a worker whose room stays empty does not poll the database 20

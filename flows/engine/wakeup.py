@@ -1,7 +1,8 @@
 """Waking workers: the queue carries only an execution id, and only wakes a worker.
 
-``wake_pending`` wakes again the PENDING steps nobody woke (a lost message: the reaper; a
-delay over: the reaper, and with Redis the due-step timer of each worker process).
+``wake_pending`` wakes again the PENDING steps nobody woke or nobody claimed (a lost message:
+the reaper's pass in every worker process; a delay over: with Redis the due-step timer of
+each worker process).
 
 The job it names is ``flows.jobs.run_execution`` (``JOB_FUNC``, stored in queued jobs: keep
 it importable), which calls ``flows.engine.dispatch``.
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import uuid
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
@@ -94,22 +97,52 @@ def due(now: datetime) -> Q:
     return Q(not_before__lte=now, woken_at__lte=F("not_before"))
 
 
-def wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
-    """Wake the PENDING steps of active executions that ``which`` selects, each once: the
-    conditional UPDATE lets only one of several wakers (reapers, timers) through."""
-    sleepy = list(
-        TaskRun.objects.filter(
-            which, status=TaskRunStatus.PENDING, execution__status__in=ACTIVE_STATUSES
-        ).values_list("pk", "execution_id")[:limit]
+def pending(which: Q) -> QuerySet[TaskRun]:
+    """The PENDING steps of active executions that ``which`` selects: what ``wake_pending``
+    looks at (read on the partial index ``taskrun_pending_idx``)."""
+    return TaskRun.objects.filter(
+        which, status=TaskRunStatus.PENDING, execution__status__in=ACTIVE_STATUSES
     )
-    woken = 0
-    for pk, eid in sleepy:
-        with transaction.atomic():
-            if (
-                TaskRun.objects.filter(which, pk=pk, status=TaskRunStatus.PENDING)
-                .update(woken_at=now)
-            ):  # fmt: skip
-                woken += 1
-                logger.info("execution=%s pending step woken by %s", eid, by)
-                wake(eid)
-    return woken
+
+
+def wake_pending(which: Q, now: datetime, limit: int, by: str) -> int:
+    """Wake the PENDING steps of active executions that ``which`` selects, each once; returns
+    how many.
+
+    1. Most looks find nothing: that is asked first, outside a transaction (on SQLite a
+       transaction takes the database's one write lock).
+    2. One transaction takes them (``SKIP LOCKED`` on PostgreSQL, so wakers looking at once
+       take different rows; SQLite's IMMEDIATE transaction serialises them) and moves their
+       ``woken_at`` to now in one UPDATE: a step ``which`` selects by an old ``woken_at`` is
+       not selected again, so of several wakers (the reapers of every worker process, the
+       due-step timers) only one wakes it.
+    3. A few queue messages, however many steps: one per worker process of this cluster,
+       and one per FLOW_WORKER_CONCURRENCY steps if that is more. Each dispatcher a message
+       wakes claims every ready step it has room for, so a lost queue of thousands costs a
+       few messages, not thousands, and still wakes enough workers to take them all.
+    """
+    candidates = pending(which)
+    if not candidates.exists():
+        return 0
+    with transaction.atomic():
+        sleepy = list(
+            candidates.order_by("woken_at")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", "execution_id")[:limit]
+        )
+        if not sleepy:
+            return 0
+        TaskRun.objects.filter(
+            pk__in=[pk for pk, _ in sleepy], status=TaskRunStatus.PENDING
+        ).update(woken_at=now)
+        executions = list(dict.fromkeys(eid for _, eid in sleepy))
+        room = max(1, settings.FLOW_WORKER_CONCURRENCY)
+        for execution_id in executions[: max(1, Conf.WORKERS, math.ceil(len(sleepy) / room))]:
+            wake(execution_id)
+    logger.info(
+        "%d pending steps woken by %s (executions %s)",
+        len(sleepy),
+        by,
+        ", ".join(str(e) for e in executions[:5]) + (", ..." if len(executions) > 5 else ""),
+    )
+    return len(sleepy)
