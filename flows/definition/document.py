@@ -19,6 +19,7 @@ from flows.definition.flow import FlowDefinition
 from flows.definition.inputschema import schema_errors, undeclared_input_references
 from flows.definition.limits import FLOW_ID_RE, MAX_DEPTH, MAX_STEPS_LIMIT
 from flows.definition.tasks import Lookup
+from flows.expressions import ExpressionError, compile_expression
 
 _FLOW_KEYS = {
     "id",
@@ -30,7 +31,12 @@ _FLOW_KEYS = {
     "max_steps",
     "timeout_seconds",
     "input_schema",
+    "max_concurrent_executions",
+    "concurrency_policy",
+    "concurrency_key",
 }
+POLICIES = ("queue", "skip", "cancel_oldest")
+MAX_CONCURRENT_EXECUTIONS = 100_000
 
 
 class Registry(Protocol):
@@ -100,6 +106,8 @@ def parse_flow(
         errors.extend(schema_problems)
         input_schema = None if schema_problems else dict(input_schema)
 
+    concurrency = _concurrency(doc, err)
+
     body = parse_body(
         doc, "", registry.snapshot(), err, flow_id=flow_id, max_steps=max_steps, depth=0
     )
@@ -113,9 +121,47 @@ def parse_flow(
         description=description,
         timeout_seconds=flow_timeout,
         input_schema=input_schema,
+        **concurrency,
     )
     warnings = [*_unreachable(definition), *undeclared_input_references(definition)]
     return dataclasses.replace(definition, warnings=tuple(warnings))
+
+
+def _concurrency(doc: Mapping, err: Any) -> dict[str, Any]:
+    """The flow's own limit on its running executions: ``max_concurrent_executions``, the
+    ``concurrency_policy`` for one over it, and the ``concurrency_key`` (CEL over the input)
+    that gives each key its own count."""
+    limit = doc.get("max_concurrent_executions")
+    policy = doc.get("concurrency_policy", "queue")
+    source = doc.get("concurrency_key")
+    out: dict[str, Any] = {}
+    if limit is None:
+        for key in ("concurrency_policy", "concurrency_key"):
+            if key in doc:
+                err(key, "needs max_concurrent_executions")
+        return out
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        err("max_concurrent_executions", f"must be a whole number, not {kind_of(limit)}")
+    elif not 1 <= limit <= MAX_CONCURRENT_EXECUTIONS:
+        err("max_concurrent_executions", f"must be between 1 and {MAX_CONCURRENT_EXECUTIONS:,}")
+    else:
+        out["max_concurrent_executions"] = limit
+    if policy not in POLICIES:
+        err("concurrency_policy", f"must be one of: {', '.join(POLICIES)}")
+    else:
+        out["concurrency_policy"] = policy
+    if source is not None:
+        if not isinstance(source, str) or not source.strip() or len(source) > 2000:
+            err(
+                "concurrency_key",
+                "must be a CEL expression over `input` (2000 characters at most)",
+            )
+        else:
+            try:
+                out["concurrency_key"] = compile_expression(source)
+            except ExpressionError as exc:
+                err("concurrency_key", str(exc))
+    return out
 
 
 def _unreachable(definition: FlowDefinition) -> list[FieldError]:

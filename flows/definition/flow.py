@@ -10,7 +10,7 @@ from typing import Any
 
 from flows.definition.errors import FieldError
 from flows.definition.specs import END, ConditionSpec, TaskSpec
-from flows.expressions import DEFAULT_BUDGET_SECONDS
+from flows.expressions import DEFAULT_BUDGET_SECONDS, Expression
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class FlowDefinition:
     # The flow's JSON Schema for its input (checked: inputschema.schema_errors); None: any
     # object. Only on the flow itself, never on a branch or iterator.
     input_schema: dict[str, Any] | None = field(default=None, compare=False)
+    # At most this many executions of the flow run at once (per concurrency_key's value);
+    # the policy says what happens to one more: "queue", "skip" or "cancel_oldest".
+    max_concurrent_executions: int | None = None
+    concurrency_policy: str = "queue"
+    concurrency_key: Expression | None = field(default=None, compare=False)
 
     # The engine looks tasks and conditions up once per step: index them once per definition.
     @cached_property

@@ -17,7 +17,7 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
-from flows.engine import fanin, fanout, redrive, transitions
+from flows.engine import admission, fanin, fanout, limits, redrive, transitions
 from flows.engine.outcome import flow_timeout, remaining
 from flows.engine.routing import Finished, took
 from flows.engine.transitions import ending
@@ -95,6 +95,7 @@ def write(
     waits: list[uuid.UUID] = []
     children_ended: list[tuple[Execution, str, Any]] = []
     routes: list[tuple[uuid.UUID, str]] = []
+    admits: set[tuple[str, str]] = set()  # (flow, key) places freed (max_concurrent_executions)
     next_steps: list[TaskRun | None] = []
     for finished in batch:
         execution, definition, step = finished.execution, finished.definition, finished.step
@@ -142,6 +143,8 @@ def write(
         events = list(finished.events)
         if final:
             ends[eid] = ending(final, error, int(steps_taken), now)
+            if execution.concurrency_key is not None:
+                admits.add((execution.flow_id, execution.concurrency_key))
             end = transitions.end_row(execution, final, now)
             if end is not None:
                 inserts.ends.append(end)
@@ -157,7 +160,8 @@ def write(
                 events.append(("INFO" if succeeded else "WARNING", route))
             spec = definition.task(plan.target)  # type: ignore[union-attr]
             due = now + timedelta(seconds=plan.delay) if plan.delay > 0 else None
-            claim_here = continue_here and due is None and not pause_requested
+            # A step that takes limits is claimed by a claim, which takes its slots.
+            claim_here = continue_here and due is None and not pause_requested and not spec.limits
             next_step = transitions.new_step(
                 eid,
                 spec,
@@ -185,7 +189,13 @@ def write(
                 batch[0].execution.id, batch[0].step.seq,
             )  # fmt: skip
         raise TakenOver
+    # Slots of named limits held by the steps written, handed to the next waiters.
+    freed = [f.step.pk for f in batch if f.step.limits and f.execution.id in states]
+    if freed:
+        limits.release(freed, now)
     transitions.end_executions(ends)
+    for flow_id, key in sorted(admits):
+        admission.ended(flow_id, key, now)  # the next queued execution starts
     if paused:
         transitions.pause(paused)
     if waits:
