@@ -28,9 +28,7 @@ def handled(monkeypatch):
 def test_each_top_level_end_writes_one_row_and_a_map_s_items_none(handled) -> None:
     done = run_flow(flow_doc([task("a")], flow_id="ok_flow"))
     failed = run_flow(flow_doc([failing("a")], flow_id="bad_flow"))
-    mapped_run = run_flow(
-        flow_doc([mapped("each", [1, 2, 3], [task("item")])], flow_id="map_flow")
-    )
+    mapped_run = run_flow(flow_doc([mapped("each", [1, 2, 3], [task("item")])], flow_id="map_flow"))
 
     rows = list(ExecutionEnd.objects.values_list("execution_id", "flow_id", "status"))
     assert rows == [

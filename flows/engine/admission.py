@@ -27,6 +27,7 @@ from django.db.models import QuerySet
 from flows.definition import FlowDefinition
 from flows.engine.wakeup import wake
 from flows.models import Execution, ExecutionStatus, FlowSlot, TaskRun, TaskRunStatus
+from flows.sql import writes
 
 # Executions that hold their place: started and not ended (a paused one keeps its place).
 HOLDING = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.PAUSED)
@@ -72,16 +73,21 @@ def queued(flow_id: str, key: str) -> QuerySet[Execution]:
 
 
 def lock(flow_id: str, key: str, limit: int | None = None) -> FlowSlot | None:
-    """The (flow, key)'s row, locked; made first when ``limit`` is given (an insert that
-    ignores a row made meanwhile: two first starts at once lock the same row)."""
+    """The (flow, key)'s row, locked (``writes.lock_rows``: also inside the engine's own
+    transaction); made first when ``limit`` is given (an insert that ignores a row made
+    meanwhile: two first starts at once lock the same row)."""
     if limit is not None:
         FlowSlot.objects.bulk_create(
             [FlowSlot(flow_id=flow_id, key=key, max_in_flight=limit)], ignore_conflicts=True
         )
-    slot = FlowSlot.objects.select_for_update().filter(flow_id=flow_id, key=key).first()
-    if slot is not None and limit is not None and slot.max_in_flight != limit:
+    pk = FlowSlot.objects.filter(flow_id=flow_id, key=key).values_list("pk", flat=True).first()
+    if pk is None:
+        return None
+    writes.lock_rows(FlowSlot, [pk])
+    slot = FlowSlot.objects.get(pk=pk)
+    if limit is not None and slot.max_in_flight != limit:
         # The latest started version's limit is the one ends admit by.
-        FlowSlot.objects.filter(pk=slot.pk).update(max_in_flight=limit)
+        FlowSlot.objects.filter(pk=pk).update(max_in_flight=limit)
         slot.max_in_flight = limit
     return slot
 

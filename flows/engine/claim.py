@@ -93,9 +93,9 @@ def claim_steps(
         if not steps:
             return Claimed([], {}, {}, now)
         if any(step.limits for step in steps):
-            # Slots of named limits, taken here or waited for in the database (limits.admit);
-            # a step without limits never comes here.
-            steps, now = limits.admit(steps)
+            # Slots of named limits, taken here or waited for in the database; a step without
+            # limits never comes here.
+            steps, now = _admit(candidates, steps, room)
             expires = now + lease
             if not steps:
                 return Claimed([], {}, {}, now)
@@ -115,6 +115,36 @@ def claim_steps(
         loaded = load(steps, now)
     transitions.claimed(steps, me, now, expires)
     return loaded
+
+
+# How many more looks a claim takes when limits refused some of the steps it found: each
+# refused step joins its limit's queue (so a later key's step is among the waiters a freed
+# slot chooses from), and the claim fills its room with the steps that may run.
+ADMIT_ROUNDS = 10
+
+
+def _admit(
+    candidates: QuerySet[TaskRun], steps: list[TaskRun], room: int
+) -> tuple[list[TaskRun], datetime]:
+    """``limits.admit`` the steps found, and while it refused some, the next ones (up to
+    ADMIT_ROUNDS looks): the admitted steps, and the one time they are claimed at (the first
+    look's, taken after its limits' locks, which the later looks hold still)."""
+    admitted, now = limits.admit(steps)
+    seen = [step.pk for step in steps]
+    for _ in range(ADMIT_ROUNDS):
+        if len(admitted) >= room or len(admitted) == len(seen):
+            break
+        more = list(
+            candidates.exclude(pk__in=seen)
+            .order_by("woken_at")
+            .select_for_update(skip_locked=True, of=("self",))[: room - len(admitted)]
+        )
+        if not more:
+            break
+        seen += [step.pk for step in more]
+        taken, _ = limits.admit(more, now=now)
+        admitted += taken
+    return admitted, now
 
 
 def load(steps: list[TaskRun], now: datetime, *, fresh: bool = False) -> Claimed:

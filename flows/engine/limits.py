@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
@@ -50,6 +51,7 @@ from flows.models import (
     TaskRun,
     TaskRunStatus,
 )
+from flows.sql import writes
 from flows.waiting import LIMIT, Waiting
 
 logger = logging.getLogger("flows.engine")
@@ -77,10 +79,11 @@ class _Limit:
     started: bool = False  # a start was added to ``starts``
 
 
-def admit(steps: list[TaskRun]) -> tuple[list[TaskRun], datetime]:
+def admit(steps: list[TaskRun], *, now: datetime | None = None) -> tuple[list[TaskRun], datetime]:
     """Of ``steps`` (locked PENDING rows about to be claimed), those that may run now, and
     the time to claim them at (taken after the limits' locks, so the recorded start times
-    of a limit's steps follow the order its window saw them in). Those refused stay PENDING,
+    of a limit's steps follow the order its window saw them in; ``now``: a later look of the
+    same claim, which keeps its first time). Those refused stay PENDING,
     waiting in the database (``park``): for a slot (woken when one frees), or for the rate's
     window (due when it allows).
 
@@ -96,11 +99,11 @@ def admit(steps: list[TaskRun]) -> tuple[list[TaskRun], datetime]:
        waited for before (a sleep's state) in its ``waiting``.
     """
     wanted = sorted({name for step in steps for name in names(step)})
-    rows = list(
-        ConcurrencyLimit.objects.select_for_update().filter(name__in=wanted).order_by("name")
-    )
-    now = timezone.now()
+    writes.lock_rows(ConcurrencyLimit, wanted)
+    rows = list(ConcurrencyLimit.objects.filter(name__in=wanted).order_by("name"))
+    now = now or timezone.now()
     if not rows:  # every limit the steps name was deleted: they run unlimited
+        _restore(steps)
         return steps, now
     limits = {row.name: _Limit(row) for row in rows}
     for name, held, count in (
@@ -181,8 +184,7 @@ def admit(steps: list[TaskRun]) -> tuple[list[TaskRun], datetime]:
         parks[step.pk] = park_state(step, name, key, place, due)
         if due is not None:
             later.append((step, due))
-    if new_holds:
-        LimitHold.objects.bulk_create(new_holds)
+    writes.insert_rows(LimitHold, new_holds)
     if taken_over:
         LimitHold.objects.filter(pk__in=taken_over).update(held=True)
     for limit in limits.values():
@@ -190,18 +192,25 @@ def admit(steps: list[TaskRun]) -> tuple[list[TaskRun], datetime]:
             ConcurrencyLimit.objects.filter(pk=limit.row.pk).update(
                 recent_starts=limit.starts[-(limit.row.rate_count or 0) :]
             )
+    transitions.park(parks, {})
+    for step, due in later:
+        wake(step.execution_id, at=due)
+    _restore(admitted)
+    return admitted, now
+
+
+def _restore(admitted: list[TaskRun]) -> None:
+    """Steps that waited for a limit and run now get back what they waited for before (a
+    sleep's state, or nothing), in one UPDATE."""
     restored = {
         step.pk: {"waiting": _before(step)}
         for step in admitted
         if step.limits and _is_limit_wait(step.waiting)
     }
-    transitions.park(parks, restored)
-    for step, due in later:
-        wake(step.execution_id, at=due)
+    transitions.park({}, restored)
     for step in admitted:
         if step.pk in restored:
             step.waiting = restored[step.pk]["waiting"]
-    return admitted, now
 
 
 def park_state(
@@ -286,7 +295,7 @@ def release(step_ids: list[int], now: datetime) -> None:
     )
     if not rows:
         return
-    LimitHold.objects.filter(pk__in=[pk for pk, _, _ in rows]).delete()
+    _delete(LimitHold.objects.filter(pk__in=[pk for pk, _, _ in rows]))
     for name in sorted({name for _, name, held in rows if held}):
         grant(name, now)
 
@@ -295,7 +304,8 @@ def grant(name: str, now: datetime) -> int:
     """Hand the free slots of limit ``name`` to the next waiters, and wake them: oldest first
     (``fifo``), or (``round_robin``) from the key with the fewest steps in flight, its oldest
     first. Returns how many. Locks: the limit's row."""
-    row = ConcurrencyLimit.objects.select_for_update().filter(name=name).first()
+    writes.lock_rows(ConcurrencyLimit, [name])
+    row = ConcurrencyLimit.objects.filter(name=name).first()
     if row is None:
         return 0
     counted = holds(name)
@@ -345,22 +355,26 @@ def _round_robin(
     return picked
 
 
+def _delete(rows: QuerySet[LimitHold]) -> None:
+    """One DELETE, with no transaction of Django's around it: inside the engine's own
+    (``writes.atomic``) Django would BEGIN a second one. Nothing cascades from a hold."""
+    rows._raw_delete(rows.db)  # type: ignore[attr-defined]
+
+
 def sweep(now: datetime) -> int:
     """The reaper's look (each quick pass): holds of steps that ended without freeing them (a
     waiting step cancelled, a flow's timeout) are deleted, and any limit with a free slot and
     waiters hands it on. One query when no step waits for or holds a slot. Returns the slots
     handed on."""
-    if not LimitHold.objects.exists():
+    if not LimitHold.objects.exists():  # outside a transaction: on SQLite one takes the lock
         return 0
-    stale = LimitHold.objects.exclude(step__status__in=OPEN)
-    names_ = set(stale.values_list("limit_id", flat=True).distinct())
-    if names_:
-        stale.delete()
-    waiting = set(holds().filter(held=False).values_list("limit_id", flat=True).distinct())
-    granted = 0
-    for name in sorted(names_ | waiting):
-        granted += grant(name, now)
-    return granted
+    with transaction.atomic():
+        stale = LimitHold.objects.exclude(step__status__in=OPEN)
+        swept = set(stale.values_list("limit_id", flat=True).distinct())
+        if swept:
+            _delete(stale)
+        waiting = set(holds().filter(held=False).values_list("limit_id", flat=True).distinct())
+        return sum(grant(name, now) for name in sorted(swept | waiting))
 
 
 def waiting_limits(step_ids: list[int]) -> dict[int, str]:
@@ -370,3 +384,14 @@ def waiting_limits(step_ids: list[int]) -> dict[int, str]:
             "step_id", "limit_id"
         )
     )
+
+
+def drop(name: str, now: datetime) -> None:
+    """Limit ``name`` is being deleted: the steps waiting for it are due now (claimed, they
+    take their other limits, and this one no more). Locks: the limit's row, held by the
+    caller."""
+    waiting = list(
+        LimitHold.objects.filter(limit_id=name, held=False).values_list("step_id", flat=True)
+    )
+    for execution_id in transitions.limit_granted(waiting, now):
+        wake(execution_id)

@@ -47,6 +47,7 @@ from flows.services.flows import (
     given_flow_id,
     validate_flow,
 )
+from flows.services.limits import limit_create, limit_delete, limit_update, limit_usage
 from flows.services.retention import (
     PURGE_BATCH_SIZE,
     PURGE_JOB,
@@ -116,6 +117,10 @@ __all__ = [
     "flow_update",
     "given_flow_id",
     "handle_ends",
+    "limit_create",
+    "limit_delete",
+    "limit_update",
+    "limit_usage",
     "on_end",
     "purge_schedule_sync",
     "secret_create",
