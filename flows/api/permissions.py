@@ -53,6 +53,8 @@ class ActionPermission(BasePermission):
 DELETE_EXECUTIONS = "flows.delete_execution"
 # Creating, replacing and deleting secrets (admins, the secrets_admin role); nobody reads one.
 MANAGE_SECRETS = "flows.manage_secret"
+# Defining, changing and deleting concurrency limits (admins, the limits_admin role).
+MANAGE_LIMITS = "flows.manage_limit"
 
 
 def require(permission: str) -> type[BasePermission]:

@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from flows.api.resource.executions import ExecutionViewSet
 from flows.api.resource.flows import FlowViewSet
+from flows.api.resource.limits import LimitViewSet
 from flows.api.resource.secrets import SecretViewSet
 from flows.api.resource.task_types import TaskTypeViewSet
 
@@ -16,5 +17,6 @@ router.register("flows", FlowViewSet, basename="flow")
 router.register("executions", ExecutionViewSet, basename="execution")
 router.register("task-types", TaskTypeViewSet, basename="task-type")
 router.register("secrets", SecretViewSet, basename="secret")
+router.register("limits", LimitViewSet, basename="limit")
 
 urlpatterns = router.urls
