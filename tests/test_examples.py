@@ -40,6 +40,7 @@ class Run:
     input: dict[str, Any] | None = None
     stored_first: tuple[str, ...] = ()  # example files it calls as sub-flows
     signal: dict[str, Any] | None = None  # answered (execution_signal) once it waits
+    limits: tuple[dict[str, Any], ...] = ()  # defined first, as the README's `manage.py limit`
 
 
 EXPECTED: dict[str, Run] = {
@@ -118,6 +119,15 @@ EXPECTED: dict[str, Run] = {
         },
         input={"account": "acme"},
     ),
+    # The limit is defined first, as the README's `manage.py limit` line does.
+    "partner_api_flow.json": Run(
+        "COMPLETED",
+        [("accounts", "SUCCESS", 1), ("summary", "SUCCESS", 1)],
+        {"summary": {"message": "5 accounts pushed"}},
+        limits=(
+            {"name": "partner_api", "max_in_flight": 2, "rate": {"count": 5, "per_seconds": 1}},
+        ),
+    ),
     "sleep_flow.json": Run(
         "COMPLETED",
         [("before", "SUCCESS", 1), ("nap", "SUCCESS", 1), ("after", "SUCCESS", 1)],
@@ -161,6 +171,8 @@ PARTNER_TOKEN = "demo-token-123"
 
 def run_example(name: str, expected: Run) -> Execution:
     """Store what it calls, start it, run it inline; answer its signal when it waits."""
+    for limit in expected.limits:
+        services.limit_create(data=limit)
     for called in expected.stored_first:
         services.flow_create(document=load(EXAMPLES_DIR / called))
     document = without_retry_delays(load(EXAMPLES_DIR / name))
