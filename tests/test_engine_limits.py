@@ -178,20 +178,30 @@ def _finish(step: TaskRun) -> None:
     record.write_alone(finished, step.worker, LEASE, continue_here=False)
 
 
-def test_a_rate_holds_starts_to_its_count_in_any_window() -> None:
-    ConcurrencyLimit.objects.create(
-        name="api", max_in_flight=100, rate_count=5, rate_per_seconds=0.5
+def most_starts_in_a_window(starts: list[Any], seconds: float) -> int:
+    """The most recorded starts in any window of ``seconds`` (each window opening at one)."""
+    starts = sorted(starts)
+    return max(
+        sum(1 for t in starts[i:] if t - at < timedelta(seconds=seconds))
+        for i, at in enumerate(starts)
     )
-    submit(flow_doc([limited()]), 15)
 
-    drain()
 
-    starts = sorted(TaskRun.objects.values_list("started_at", flat=True))
-    assert len(starts) == 15
-    for i, at in enumerate(starts):
-        in_window = [t for t in starts[i:] if t - at < timedelta(seconds=0.5)]
-        assert len(in_window) <= 5
-    assert starts[-1] - starts[0] >= timedelta(seconds=1.0)  # 3 windows of 5
+def test_100_steps_at_20_a_second_take_4_5_s_and_no_second_holds_more_than_20() -> None:
+    ConcurrencyLimit.objects.create(
+        name="api", max_in_flight=100, rate_count=20, rate_per_seconds=1
+    )
+    submit(flow_doc([limited(seconds=0.5)]), 100)
+
+    drain(concurrency=100)
+
+    steps = list(TaskRun.objects.all())
+    assert len(steps) == 100
+    assert most_starts_in_a_window([s.started_at for s in steps], 1.0) <= 20
+    # 5 windows of 20 starts: the last starts 4 s after the first and runs its 0.5 s.
+    first = min(s.started_at for s in steps)
+    last = max(s.ended_at for s in steps)
+    assert last - first >= timedelta(seconds=4.5)
 
 
 def test_a_deleted_limit_lets_its_waiters_run() -> None:

@@ -135,3 +135,26 @@ def test_a_limit_of_10_holds_under_4_workers_and_a_kill_9_frees_its_slots(live: 
     assert freed.timestamp() - killed_at < 6 + 2 + 5  # lease, pass, a loaded machine
     assert not live.backend.query("SELECT 1 FROM flows_limithold")
     assert cluster.poll() is None
+
+
+def test_a_rate_of_20_a_second_holds_across_4_workers(live: Live) -> None:
+    manage(live.env, "limit", "rated", "--max-in-flight", "100", "--rate", "20/1")
+    document = flow_doc(
+        [{**task("call", "wait", seconds=0.5), "limits": ["rated"]}], flow_id="rated_calls"
+    )
+    cluster = live.start_cluster()
+    live.submit(document, 100)
+    live.wait_until_ended("rated_calls", 100)
+
+    rows = live.backend.query(
+        "SELECT s.started_at, s.ended_at FROM flows_taskrun s JOIN flows_execution e "
+        "ON e.id = s.execution_id WHERE e.flow_id = 'rated_calls'"
+    )
+    starts = sorted(timestamp(s) for s, _ in rows)
+    assert len(starts) == 100
+    most = max(
+        sum(1 for t in starts[i:] if (t - at).total_seconds() < 1.0) for i, at in enumerate(starts)
+    )
+    assert most <= 20
+    assert (max(timestamp(e) for _, e in rows) - starts[0]).total_seconds() >= 4.5
+    assert cluster.poll() is None
