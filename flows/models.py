@@ -743,7 +743,12 @@ class LimitHold(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["limit", "held", "key", "id"], name="limithold_limit_idx")]
+        indexes = [
+            # The next waiter first come (fifo), and the slots in use: read in id order.
+            models.Index(fields=["limit", "held", "id"], name="limithold_limit_idx"),
+            # The next waiter by key (round_robin).
+            models.Index(fields=["limit", "held", "key", "id"], name="limithold_key_idx"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["step", "limit"], name="limithold_one_per_step")
         ]

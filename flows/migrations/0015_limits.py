@@ -8,7 +8,6 @@ Admins (superusers) hold every permission. The permission lists are frozen here 
 
 import django.db.models.deletion
 from django.conf import settings
-from django.conf import settings
 from django.contrib.auth.management import create_permissions
 from django.db import migrations, models
 
@@ -141,7 +140,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='limithold',
-            index=models.Index(fields=['limit', 'held', 'key', 'id'], name='limithold_limit_idx'),
+            index=models.Index(fields=['limit', 'held', 'id'], name='limithold_limit_idx'),
+        ),
+        migrations.AddIndex(
+            model_name='limithold',
+            index=models.Index(fields=['limit', 'held', 'key', 'id'], name='limithold_key_idx'),
         ),
         migrations.AddConstraint(
             model_name='limithold',
