@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from flows.engine import transitions
 from flows.engine.inputs import reference_scope, results_so_far
-from flows.engine.wakeup import wake
+from flows.engine.wakeup import wake, wake_ready
 from flows.expressions import (
     BUDGET_SETTING,
     DEFAULT_BUDGET_SECONDS,
@@ -74,7 +74,7 @@ def holds(name: str | None = None) -> QuerySet[LimitHold]:
 class _Limit:
     row: ConcurrencyLimit
     in_use: int = 0
-    waiting: int = 0
+    waiting: int = -1  # not counted yet
     starts: list[float] = field(default_factory=list)  # the rate's window, oldest first
     started: bool = False  # a start was added to ``starts``
 
@@ -88,8 +88,9 @@ def admit(steps: list[TaskRun], *, now: datetime | None = None) -> tuple[list[Ta
     window (due when it allows).
 
     1. Lock the limits the steps take, in name order.
-    2. Count each limit's slots in use and its waiters; read the steps' own holds (a slot
-       handed to a step when the one before it ended).
+    2. Count each limit's slots in use (and, once a step is short of one, its waiters: those
+       count as ahead of it); read the steps' own holds (a slot handed to a step when the
+       one before it ended).
     3. For each step, oldest wake-up first, each of its limits in order: a slot handed to it,
        else a free one if nobody waits ahead of it, else its place in the queue (it keeps the
        slots of the limits before: every step takes them in the same order, so none waits
@@ -106,13 +107,14 @@ def admit(steps: list[TaskRun], *, now: datetime | None = None) -> tuple[list[Ta
         _restore(steps)
         return steps, now
     limits = {row.name: _Limit(row) for row in rows}
-    for name, held, count in (
-        holds().filter(limit_id__in=limits).values_list("limit_id", "held").annotate(n=Count("id"))
+    for name, count in (
+        holds()
+        .filter(limit_id__in=limits, held=True)
+        .values_list("limit_id")
+        .annotate(n=Count("id"))
+        .order_by()
     ):
-        if held:
-            limits[name].in_use += count
-        else:
-            limits[name].waiting += count
+        limits[name].in_use = count
     limited = [step for step in steps if step.limits]
     own = {
         (hold.step_id, hold.limit_id): hold
@@ -138,6 +140,8 @@ def admit(steps: list[TaskRun], *, now: datetime | None = None) -> tuple[list[Ta
             hold = own.get((step.pk, name))
             if hold is not None and hold.held:
                 continue
+            if limit.waiting < 0:  # counted once per claim, when a step is short of a slot
+                limit.waiting = LimitHold.objects.filter(limit_id=name, held=False).count()
             ahead = limit.waiting - (1 if hold is not None else 0)
             if limit.in_use < limit.row.max_in_flight and ahead <= 0:
                 limit.in_use += 1
@@ -320,8 +324,9 @@ def grant(name: str, now: datetime) -> int:
     if not picked:
         return 0
     LimitHold.objects.filter(pk__in=[pk for pk, _ in picked]).update(held=True)
-    for execution_id in transitions.limit_granted([step for _, step in picked], now):
-        wake(execution_id)
+    # A few queue messages however many: each dispatcher a message wakes claims every due
+    # step it has room for (and the one that freed the slots looks again soon).
+    wake_ready(transitions.limit_granted([step for _, step in picked], now))
     return len(picked)
 
 
