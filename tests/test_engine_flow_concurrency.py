@@ -183,3 +183,18 @@ def test_concurrent_starts_never_admit_one_too_many() -> None:
     assert errors == []
     assert Execution.objects.filter(concurrency_held=True).count() == 3
     assert Execution.objects.filter(concurrency_held=False, status="QUEUED").count() == 13
+
+
+def test_a_redrive_takes_a_free_place_or_is_refused() -> None:
+    document = limited_flow(max_concurrent_executions=1, concurrency_policy="skip")
+    (first,) = start(document, 1)
+    services.execution_cancel(execution_id=first.id)
+    (second,) = start(document, 1)  # the place is free again: it starts
+
+    with pytest.raises(services.Conflict, match="max_concurrent_executions 1"):
+        services.execution_redrive(execution_id=first.id)
+    run_to_end(second.id)
+    services.execution_redrive(execution_id=first.id)
+
+    assert fresh(first).concurrency_held
+    assert run_to_end(first.id).status == ExecutionStatus.COMPLETED
