@@ -1,9 +1,10 @@
 """The benchmark suite: Flow Manager on SQLite and PostgreSQL + Redis, against Celery and Prefect.
 
 Run: ``make bench`` (or ``.venv/bin/python bench/suite.py [--quick] [--skip-peers]
-[--skip-map] [--skip-recovery] [--backends sqlite,pg-redis]``). Prints ONE markdown table on
-stdout (progress goes to stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not
-``--quick``, every backend, peers, map and recovery stages included) and the raw figures to
+[--skip-map] [--skip-recovery] [--skip-limits] [--only-limits]
+[--backends sqlite,pg-redis]``). Prints ONE markdown table on stdout (progress goes to
+stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not ``--quick``, every
+backend, peers, map and recovery stages included) and the raw figures to
 ``bench/results/bench-<UTC stamp>.json``.
 
 For each backend it starts a real stack: a fresh database (a SQLite file in a temporary
@@ -47,6 +48,14 @@ the figures from the timestamps the engine writes:
               PENDING with ``waiting`` set and no worker; then the same burst beside them
               (flows/s and p50 as in throughput). The stack is stopped after: the sleepers
               never wake.
+
+  limits      (unless ``--skip-limits``) a map of 10,000 no-op items (quick: 2,000) whose
+              item task takes a named limit of 10 slots (every item may start; the limit lets
+              10 run), against the same map capped by its own max_concurrency 10 (no limit):
+              a warm-up of 200 items each, then one of each, capped first; items/s = items /
+              the map's wall. ``--only-limits`` runs the per-step overhead and this stage
+              alone, the overhead beside the figure BENCHMARKS.md recorded before limits
+              existed (a flow with no limit in it pays nothing for them).
 
   recovery    (unless ``--skip-recovery``) ``bench/recovery.py`` on each backend, a stack of
               its own: kill -9 of one of two clusters with 200 executions mid-step, 200
