@@ -312,44 +312,56 @@ def grant(name: str, now: datetime) -> int:
     row = ConcurrencyLimit.objects.filter(name=name).first()
     if row is None:
         return 0
-    counted = holds(name)
-    room = row.max_in_flight - counted.filter(held=True).count()
-    if room <= 0:
-        return 0
-    waiters = counted.filter(held=False)
-    if row.fairness == LimitFairness.ROUND_ROBIN:
-        picked = _round_robin(counted, waiters, room)
-    else:
-        picked = list(waiters.order_by("id").values_list("pk", "step_id")[:room])
-    if not picked:
-        return 0
-    LimitHold.objects.filter(pk__in=[pk for pk, _ in picked]).update(held=True)
-    # A few queue messages however many: each dispatcher a message wakes claims every due
-    # step it has room for (and the one that freed the slots looks again soon).
-    wake_ready(transitions.limit_granted([step for _, step in picked], now))
-    return len(picked)
+    room = row.max_in_flight - holds(name).filter(held=True).count()
+    granted = 0
+    # The waiters are read without their steps (a join over thousands of them, at every
+    # freed slot, is what would cost): a row whose step ended meanwhile (cancelled while it
+    # waited) gets nothing from ``limit_granted``, is deleted here, and the next one is read.
+    while room > 0:
+        waiters = LimitHold.objects.filter(limit_id=name, held=False)
+        if row.fairness == LimitFairness.ROUND_ROBIN:
+            picked = _round_robin(name, waiters, room)
+        else:
+            picked = list(waiters.order_by("id").values_list("pk", "step_id")[:room])
+        if not picked:
+            break
+        woken = transitions.limit_granted([step for _, step in picked], now)
+        got = {step for step, _ in woken}
+        LimitHold.objects.filter(pk__in=[pk for pk, step in picked if step in got]).update(
+            held=True
+        )
+        stale = [pk for pk, step in picked if step not in got]
+        if stale:
+            _delete(LimitHold.objects.filter(pk__in=stale))
+        # A few queue messages however many: each dispatcher a message wakes claims every
+        # due step it has room for (and the one that freed the slots looks again at once).
+        wake_ready([execution_id for _, execution_id in woken])
+        room -= len(got)
+        granted += len(got)
+    return granted
 
 
-def _round_robin(
-    counted: QuerySet[LimitHold], waiters: QuerySet[LimitHold], room: int
-) -> list[tuple[int, int]]:
+def _round_robin(name: str, waiters: QuerySet[LimitHold], room: int) -> list[tuple[int, int]]:
     """Up to ``room`` waiters, one at a time from the key with the fewest steps in flight
     (ties: the key waiting longest), each key's oldest first."""
     first = dict(waiters.values("key").annotate(first=Min("id")).values_list("key", "first"))
     flying = Counter(
         dict(
-            counted.filter(held=True).values("key").annotate(n=Count("id")).values_list("key", "n")
+            holds(name)
+            .filter(held=True)
+            .values("key")
+            .annotate(n=Count("id"))
+            .values_list("key", "n")
         )
     )
     picked: list[tuple[int, int]] = []
     while room > 0 and first:
         key = min(first, key=lambda k: (flying[k], first[k]))
-        nxt = (
+        got = list(
             waiters.filter(key=key, id__gte=first[key])
             .order_by("id")
             .values_list("pk", "step_id")[:2]
         )
-        got = list(nxt)
         picked.append(got[0])
         flying[key] += 1
         room -= 1
@@ -382,15 +394,6 @@ def sweep(now: datetime) -> int:
         return sum(grant(name, now) for name in sorted(swept | waiting))
 
 
-def waiting_limits(step_ids: list[int]) -> dict[int, str]:
-    """Which limit each of these steps waits for (tests and faces read ``waiting`` instead)."""
-    return dict(
-        LimitHold.objects.filter(step_id__in=step_ids, held=False).values_list(
-            "step_id", "limit_id"
-        )
-    )
-
-
 def drop(name: str, now: datetime) -> None:
     """Limit ``name`` is being deleted: the steps waiting for it are due now (claimed, they
     take their other limits, and this one no more). Locks: the limit's row, held by the
@@ -398,5 +401,4 @@ def drop(name: str, now: datetime) -> None:
     waiting = list(
         LimitHold.objects.filter(limit_id=name, held=False).values_list("step_id", flat=True)
     )
-    for execution_id in transitions.limit_granted(waiting, now):
-        wake(execution_id)
+    wake_ready([execution_id for _, execution_id in transitions.limit_granted(waiting, now)])

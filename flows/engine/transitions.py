@@ -434,10 +434,12 @@ def park(parks: dict[int, dict[str, Any]], restored: dict[int, dict[str, Any]]) 
     writes.update_rows(TaskRun, {**parks, **restored})
 
 
-def limit_granted(step_ids: list[int], now: datetime) -> list[uuid.UUID]:
-    """Steps handed a limit's slot are due now (the caller wakes their executions, returned).
-    Locks: the limit's row, held by the caller (``limits.grant``)."""
+def limit_granted(step_ids: list[int], now: datetime) -> list[tuple[int, uuid.UUID]]:
+    """Steps handed a limit's slot are due now, those still PENDING: (step, execution) of
+    each (the caller wakes them). Locks: the limit's row, held by the caller
+    (``limits.grant``)."""
     due = TaskRun.objects.filter(pk__in=step_ids, status=TaskRunStatus.PENDING)
-    ids = list(due.values_list("execution_id", flat=True))
-    due.update(not_before=None, woken_at=now)
-    return ids
+    found = list(due.values_list("pk", "execution_id"))
+    if found:
+        TaskRun.objects.filter(pk__in=[pk for pk, _ in found]).update(not_before=None, woken_at=now)
+    return found
