@@ -100,6 +100,7 @@ class Dispatcher:
         self.finished: list[tuple[Slot, Finished]] = []  # to record at the next flush
         self.types: dict[str, TaskType | None] = {}  # task types as of the last plugin scan
         self.adopted: list[TaskRun] = []  # map items started and claimed here, to launch
+        self.resumed: list[TaskRun] = []  # steps handed a limit's slot freed here, to launch
         # Steps of named limits were recorded: the slots they freed went to waiting steps,
         # due now, which the next fill takes at once rather than at its interval.
         self.refill = False
@@ -285,6 +286,12 @@ class Dispatcher:
                     continue
                 slot.step = next_step
                 self._launch(slot)
+            if self.resumed:  # steps handed a slot this dispatcher freed, claimed for it
+                steps, self.resumed = self.resumed, []
+                self._guarded(
+                    lambda steps=steps: self._start_claimed(claim.load(steps, timezone.now())),
+                    "starting steps handed a slot",
+                )
             if self.adopted:
                 steps, self.adopted = self.adopted, []
                 self._guarded(
@@ -307,6 +314,8 @@ class Dispatcher:
                 )  # fmt: skip
             if adopt is not None and adopt.steps:
                 self.adopted += adopt.steps
+            if adopt is not None and adopt.resumed:
+                self.resumed += adopt.resumed
             return list(zip([slot for slot, _ in batch], written, strict=True))
         except record.TakenOver:
             pass  # one step was taken over: the others are written one by one below

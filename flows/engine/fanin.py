@@ -51,6 +51,9 @@ class Adopt:
     me: str
     lease: timedelta
     steps: list[TaskRun] = field(default_factory=list)
+    # Steps handed a slot of a named limit that this dispatcher freed, claimed for it in the
+    # same transaction (limits.grant): not fresh, their results so far are read to start them.
+    resumed: list[TaskRun] = field(default_factory=list)
 
 
 def children_ended(

@@ -31,6 +31,7 @@ from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
 from flows.engine import transitions
+from flows.engine.fanin import Adopt
 from flows.engine.inputs import reference_scope, results_so_far
 from flows.engine.wakeup import wake, wake_ready
 from flows.expressions import (
@@ -290,10 +291,11 @@ def _expression(source: str) -> Expression:
     return found
 
 
-def release(step_ids: list[int], now: datetime) -> None:
+def release(step_ids: list[int], now: datetime, adopt: Adopt | None = None, room: int = 0) -> None:
     """Free the slots of these steps (recorded, lost or waiting again) and hand each to the
     next waiter, in the caller's transaction (locks: the steps' rows, held by the caller;
-    the limits' rows are taken here, in name order)."""
+    the limits' rows are taken here, in name order). With ``adopt``, up to ``room`` of the
+    steps handed a slot are claimed for that dispatcher here (``grant``)."""
     rows = list(
         LimitHold.objects.filter(step_id__in=step_ids).values_list("pk", "limit_id", "held")
     )
@@ -301,19 +303,21 @@ def release(step_ids: list[int], now: datetime) -> None:
         return
     _delete(LimitHold.objects.filter(pk__in=[pk for pk, _, _ in rows]))
     for name in sorted({name for _, name, held in rows if held}):
-        grant(name, now)
+        room -= grant(name, now, adopt if room > 0 else None, room)
 
 
-def grant(name: str, now: datetime) -> int:
+def grant(name: str, now: datetime, adopt: Adopt | None = None, room_here: int = 0) -> int:
     """Hand the free slots of limit ``name`` to the next waiters, and wake them: oldest first
     (``fifo``), or (``round_robin``) from the key with the fewest steps in flight, its oldest
-    first. Returns how many. Locks: the limit's row."""
-    writes.lock_rows(ConcurrencyLimit, [name])
-    row = ConcurrencyLimit.objects.filter(name=name).first()
+    first. With ``adopt`` (the dispatcher whose steps freed the slots, in its record
+    transaction), up to ``room_here`` of them that take only this limit, which has no rate,
+    are claimed for it at once: no claim transaction and no queue hop. Returns how many it
+    claimed so. Locks: the limit's row (the waiters' rows are nobody's: they were not due)."""
+    row = _locked(name)
     if row is None:
         return 0
     room = row.max_in_flight - holds(name).filter(held=True).count()
-    granted = 0
+    claimed_here = 0
     # The waiters are read without their steps (a join over thousands of them, at every
     # freed slot, is what would cost): a row whose step ended meanwhile (cancelled while it
     # waited) gets nothing from ``limit_granted``, is deleted here, and the next one is read.
@@ -326,19 +330,42 @@ def grant(name: str, now: datetime) -> int:
         if not picked:
             break
         woken = transitions.limit_granted([step for _, step in picked], now)
-        got = {step for step, _ in woken}
+        got = {step for step, _, _ in woken}
         LimitHold.objects.filter(pk__in=[pk for pk, step in picked if step in got]).update(
             held=True
         )
         stale = [pk for pk, step in picked if step not in got]
         if stale:
             _delete(LimitHold.objects.filter(pk__in=stale))
+        here = []
+        if adopt is not None and not row.rate_count:
+            here = [s for s, _, taken in woken if taken == name][: room_here - claimed_here]
+            if here:
+                _claim_here(here, adopt, now)
+                claimed_here += len(here)
         # A few queue messages however many: each dispatcher a message wakes claims every
         # due step it has room for (and the one that freed the slots looks again at once).
-        wake_ready([execution_id for _, execution_id in woken])
+        wake_ready([execution_id for step, execution_id, _ in woken if step not in here])
         room -= len(got)
-        granted += len(got)
-    return granted
+    return claimed_here
+
+
+def _locked(name: str) -> ConcurrencyLimit | None:
+    """The limit's row, locked (``writes.lock_rows``: also in the engine's own transaction)."""
+    writes.lock_rows(ConcurrencyLimit, [name])
+    return ConcurrencyLimit.objects.filter(name=name).first()
+
+
+def _claim_here(step_ids: list[int], adopt: Adopt, now: datetime) -> None:
+    """Claim steps just handed a slot for ``adopt``'s dispatcher, as a claim would (RUNNING
+    with its lease, their executions RUNNING, what they waited for before given back)."""
+    steps = list(TaskRun.objects.filter(pk__in=step_ids))
+    _restore(steps)
+    expires = now + adopt.lease
+    transitions.claim([step.pk for step in steps], adopt.me, now, expires)
+    transitions.executions_running([step.execution_id for step in steps], now)
+    transitions.claimed(steps, adopt.me, now, expires)
+    adopt.resumed += steps
 
 
 def _round_robin(name: str, waiters: QuerySet[LimitHold], room: int) -> list[tuple[int, int]]:
@@ -391,7 +418,9 @@ def sweep(now: datetime) -> int:
         if swept:
             _delete(stale)
         waiting = set(holds().filter(held=False).values_list("limit_id", flat=True).distinct())
-        return sum(grant(name, now) for name in sorted(swept | waiting))
+        for name in sorted(swept | waiting):
+            grant(name, now)
+        return len(swept | waiting)
 
 
 def drop(name: str, now: datetime) -> None:
@@ -401,4 +430,4 @@ def drop(name: str, now: datetime) -> None:
     waiting = list(
         LimitHold.objects.filter(limit_id=name, held=False).values_list("step_id", flat=True)
     )
-    wake_ready([execution_id for _, execution_id in transitions.limit_granted(waiting, now)])
+    wake_ready([execution_id for _, execution_id, _ in transitions.limit_granted(waiting, now)])

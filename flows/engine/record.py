@@ -189,10 +189,6 @@ def write(
                 batch[0].execution.id, batch[0].step.seq,
             )  # fmt: skip
         raise TakenOver
-    # Slots of named limits held by the steps written, handed to the next waiters.
-    freed = [f.step.pk for f in batch if f.step.limits and f.execution.id in states]
-    if freed:
-        limits.release(freed, now)
     transitions.end_executions(ends)
     for flow_id, key in sorted(admits):
         admission.ended(flow_id, key, now)  # the next queued execution starts
@@ -211,6 +207,13 @@ def write(
                 fanout.create(plan, finished.execution, finished.step, now)
     if children_ended:
         fanin.children_ended(children_ended, now, adopt if continue_here else None)
+    # Slots of named limits held by the steps written, handed to the next waiters: claimed
+    # here for as many as the steps written free of this dispatcher's room (less the map
+    # items it took above), else woken for any worker.
+    freed = [f.step.pk for f in batch if f.step.limits and f.execution.id in states]
+    if freed:
+        room = sum(1 for nxt in next_steps if nxt is None) - (len(adopt.steps) if adopt else 0)
+        limits.release(freed, now, adopt if continue_here and room > 0 else None, room)
     inserts.save()
     for eid, route in routes:
         logger.info("execution=%s route: %s", eid, route)

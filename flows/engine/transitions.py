@@ -434,12 +434,14 @@ def park(parks: dict[int, dict[str, Any]], restored: dict[int, dict[str, Any]]) 
     writes.update_rows(TaskRun, {**parks, **restored})
 
 
-def limit_granted(step_ids: list[int], now: datetime) -> list[tuple[int, uuid.UUID]]:
-    """Steps handed a limit's slot are due now, those still PENDING: (step, execution) of
-    each (the caller wakes them). Locks: the limit's row, held by the caller
-    (``limits.grant``)."""
+def limit_granted(step_ids: list[int], now: datetime) -> list[tuple[int, uuid.UUID, str]]:
+    """Steps handed a limit's slot are due now, those still PENDING: (step, execution, its
+    limits) of each (the caller claims or wakes them). Locks: the limit's row, held by the
+    caller (``limits.grant``); the steps' rows are nobody's (they were waiting, not due)."""
     due = TaskRun.objects.filter(pk__in=step_ids, status=TaskRunStatus.PENDING)
-    found = list(due.values_list("pk", "execution_id"))
+    found = list(due.values_list("pk", "execution_id", "limits"))
     if found:
-        TaskRun.objects.filter(pk__in=[pk for pk, _ in found]).update(not_before=None, woken_at=now)
+        TaskRun.objects.filter(pk__in=[pk for pk, _, _ in found]).update(
+            not_before=None, woken_at=now
+        )
     return found
