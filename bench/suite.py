@@ -1,10 +1,10 @@
 """The benchmark suite: Flow Manager on SQLite and PostgreSQL + Redis, against Celery and Prefect.
 
 Run: ``make bench`` (or ``.venv/bin/python bench/suite.py [--quick] [--skip-peers]
-[--skip-map] [--skip-webhooks] [--skip-recovery] [--backends sqlite,pg-redis]``). Prints ONE
-markdown table on stdout (progress goes to stderr), writes it to ``BENCHMARKS.md`` (complete
-runs only: not ``--quick``, every backend, peers, map, webhook and recovery stages included)
-and the raw figures to
+[--skip-map] [--skip-webhooks] [--skip-recovery] [--skip-limits] [--only-limits]
+[--backends sqlite,pg-redis]``). Prints ONE markdown table on stdout (progress goes to
+stderr), writes it to ``BENCHMARKS.md`` (complete runs only: not ``--quick``, every backend,
+peers, map, webhook, limits and recovery stages included) and the raw figures to
 ``bench/results/bench-<UTC stamp>.json``.
 
 For each backend it starts a real stack: a fresh database (a SQLite file in a temporary
@@ -58,6 +58,14 @@ the figures from the timestamps the engine writes:
   webhooks    (unless ``--skip-webhooks``) a stack of its own per backend, without workers:
               gunicorn and signed GitHub-style deliveries to one hook, one at a time (latency
               p50 / p99) and from 16 client threads (accepted/s): bench/webhooks.py.
+  limits      (unless ``--skip-limits``) a map of 10,000 no-op items (quick: 2,000) whose
+              item task takes a named limit of 10 slots (every item may start; the limit lets
+              10 run), against the same map capped by its own max_concurrency 10 (no limit):
+              a warm-up of 200 items each, then one of each, capped first; items/s = items /
+              the map's wall. ``--only-limits`` runs the per-step overhead and this stage
+              alone, the overhead beside the figure BENCHMARKS.md recorded before limits
+              existed (a flow with no limit in it pays nothing for them).
+
   recovery    (unless ``--skip-recovery``) ``bench/recovery.py`` on each backend, a stack of
               its own: kill -9 of one of two clusters with 200 executions mid-step, 200
               queued messages lost, seconds until every affected step runs again and the
@@ -132,6 +140,9 @@ FULL = {
     "capacity": 5000,
     "api_singles": 200,
     "bulk_calls": 5,
+    "limits": True,
+    "limit_items": 10000,
+    "only_limits": False,
 }
 BULK_PER_CALL = 1000  # inputs a bulk start call (FLOW_BULK_MAX's default)
 QUICK = {
@@ -148,6 +159,7 @@ QUICK = {
     "big_map_items": 2000,
     "sleepers": 100,
     "burst": 100,
+    "limit_items": 2000,
 }
 # The 10,000-item map (items/s, worker memory) runs on this backend only, as issue 14 asks.
 BIG_MAP_BACKENDS = ("pg-redis",)
@@ -347,6 +359,36 @@ MAP_FLOW = {
     ],
 }
 MAP_CONCURRENCY = 100
+# The limits stage: the same no-op map through a named limit of 10 slots (every item may start,
+# the limit lets 10 run), and capped by the map's own max_concurrency 10 (no limit).
+LIMIT_SLOTS = 10
+LIMIT_NAME = "bench_limit"
+LIMITED_MAP_FLOW = {
+    "id": "bench_map_limited",
+    "name": "Benchmark: a map of no-op items through a 10-slot limit",
+    "tasks": [
+        {
+            "name": "each",
+            "task_type": "map",
+            "items": "${input.items}",
+            "max_concurrency": 10_000,
+            "iterator": {"tasks": [{"name": "n", "task_type": "noop", "limits": [LIMIT_NAME]}]},
+        }
+    ],
+}
+CAPPED_MAP_FLOW = {
+    "id": "bench_map_capped",
+    "name": "Benchmark: a map of no-op items, max_concurrency 10",
+    "tasks": [
+        {
+            "name": "each",
+            "task_type": "map",
+            "items": "${input.items}",
+            "max_concurrency": LIMIT_SLOTS,
+            "iterator": {"tasks": [{"name": "n", "task_type": "noop"}]},
+        }
+    ],
+}
 SLEEP_SECONDS = 60
 BURSTS = 3  # bursts alone, and again beside the sleepers: the medians are compared
 SLEEP_FLOW = {
@@ -439,6 +481,25 @@ def measure_map(version_obj: Any, items: int, runs: int, timeout: float) -> dict
             "max": max(walls, default=None),
             "n": len(walls),
         },
+    }
+
+
+def measure_limits(items: int, timeout: float) -> dict[str, Any]:
+    """The limits stage: a map of ``items`` no-op items through a 10-slot named limit, and the
+    same map capped by its own max_concurrency 10; a warm-up of each (200 items), then each
+    once, capped first. items/s = items / the map execution's wall."""
+    from flows import services
+
+    services.limit_create(data={"name": LIMIT_NAME, "max_in_flight": LIMIT_SLOTS})
+    limited = services.flow_create(document=LIMITED_MAP_FLOW)
+    capped = services.flow_create(document=CAPPED_MAP_FLOW)
+    for version_obj in (capped, limited):
+        run_map(version_obj, 200, timeout)
+    return {
+        "items": items,
+        "slots": LIMIT_SLOTS,
+        "capped": run_map(capped, items, timeout),
+        "limited": run_map(limited, items, timeout),
     }
 
 
@@ -591,6 +652,38 @@ def measure_alerts(eo: Any, chain: Any, qlog: Path, runs: int) -> dict[str, Any]
     }
 
 
+class _Done(Exception):
+    """``--only-limits``: the stages after the limits stage are skipped."""
+
+
+def _limit_summary(fig: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{kind} {fig[kind]['items_per_s']:.0f} items/s" if fig[kind]["items_per_s"] else kind
+        for kind in ("capped", "limited")
+    )
+
+
+def limit_rows(name: str, fig: dict[str, Any], add: Any) -> None:
+    """The limits stage's rows: the map through the limit, the same map capped by its own
+    max_concurrency, and what the limit costs against it."""
+    stack, lim = fig["label"], fig.get("limits")
+    if not lim:
+        return
+    items, capped, limited = lim["items"], lim["capped"], lim["limited"]
+    add(stack, f"map of {items:,} no-op items, max_concurrency {lim['slots']} (no limit)",
+        f"{capped['items_per_s']:.0f} items/s" if capped["done"] else capped["status"])  # fmt: skip
+    if limited["done"] and capped["done"]:
+        cost = capped["items_per_s"] / limited["items_per_s"] - 1
+        add(
+            stack,
+            f"the same map, every item through a named limit of {lim['slots']} slots "
+            "(slot taken with the claim, freed with the record, handed to the next waiter)",
+            f"{limited['items_per_s']:.0f} items/s ({cost:+.0%} time against the capped map)",
+        )
+    else:
+        add(stack, "the same map through a named limit", limited["status"])
+
+
 def child(out_path: Path, counts: dict[str, Any]) -> int:
     """Run inside the backend's environment (set by the parent); write the figures as JSON."""
     sys.path.insert(0, str(BASE_DIR))
@@ -674,6 +767,12 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
         result["overhead"] = {"summary": eo.summarize(runs), "runs": runs}
         log(f"  overhead: {result['overhead']['summary']['overhead_ms_per_step']}")
 
+        if counts.get("limits"):
+            result["limits"] = measure_limits(counts["limit_items"], timeout=1800)
+            log(f"  limits: {_limit_summary(result['limits'])}")
+        if counts.get("only_limits"):
+            raise _Done
+
         # The same print chain, its message a literal or a secret reference (resolved for the
         # task, then masked in its result and its log line); runs alternate, after a warm-up
         # of each.
@@ -732,6 +831,8 @@ def child(out_path: Path, counts: dict[str, Any]) -> int:
                 log(f"  map of {counts['big_map_items']}: {result['big_map']}")
             # Last: the sleepers are left sleeping when the stack stops.
             result["sleepers"] = measure_sleepers(sleep, alone, beside, counts)
+    except _Done:
+        pass
     finally:
         stop(cluster)
     out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -1352,6 +1453,40 @@ def add_map_peer_rows(
             )
 
 
+ROW_KEYS = ("stack", "figure", "value", "target", "verdict")
+
+
+def _row(*cells: str) -> dict[str, str]:
+    """A table row from its first cells, the rest "-"."""
+    return dict(zip(ROW_KEYS, [*cells, "-", "-", "-"][: len(ROW_KEYS)], strict=True))
+
+
+def only_limit_rows(backends: dict[str, Any], counts: dict[str, Any]) -> list[dict[str, str]]:
+    """``--only-limits``: the per-step overhead (no limit defined, as every other flow runs)
+    against BENCHMARKS.md's recorded figure, and the limits stage."""
+    rows: list[dict[str, str]] = []
+
+    def add(*cells: str) -> None:
+        rows.append(_row(*cells))
+
+    for name, fig in backends.items():
+        over = fig["overhead"]["summary"]["overhead_ms_per_step"]
+        add(
+            fig["label"],
+            f"engine overhead per step, {counts['steps']}-step noop flow, no limit in it "
+            f"(median of {counts['overhead_runs']}; min {over['min']:.3f})",
+            f"{over['median']:.3f} ms",
+            f"BENCHMARKS.md: {RECORDED_OVERHEAD_MS[name]:g} ms",
+        )
+        limit_rows(name, fig, add)
+    return rows
+
+
+# The per-step figure BENCHMARKS.md recorded before limits existed (its full run), for
+# ``--only-limits`` to set beside this run's.
+RECORDED_OVERHEAD_MS = {"sqlite": 0.409, "pg-redis": 1.545}
+
+
 def render(rows: list[dict[str, str]]) -> str:
     lines = [
         f"| stack (Q_WORKERS={WORKERS}, LOG_LEVEL={LOG_LEVEL}) "
@@ -1384,6 +1519,17 @@ def main(argv: list[str] | None = None) -> int:
         help="no recovery stage (bench/recovery.py: a killed cluster, lost messages, the "
         "reaper's pass)",
     )
+    parser.add_argument(
+        "--skip-limits",
+        action="store_true",
+        help="no limits stage (a map through a 10-slot named limit, and capped at 10)",
+    )
+    parser.add_argument(
+        "--only-limits",
+        action="store_true",
+        help="only the per-step overhead and the limits stage (no throughput, waits, maps, "
+        "recovery or peers)",
+    )
     parser.add_argument("--backends", default="sqlite,pg-redis", help="comma-separated")
     parser.add_argument("--redis-db", type=int, help="Redis db number to use and flush "
                         "(default: the highest empty one)")  # fmt: skip
@@ -1407,6 +1553,11 @@ def main(argv: list[str] | None = None) -> int:
         counts["clients"] = max(1, args.clients)
     if args.skip_map:
         counts["map"] = False
+    if args.skip_limits:
+        counts["limits"] = False
+    if args.only_limits:
+        counts.update(only_limits=True, limits=True, map=False)
+        args.skip_recovery = args.skip_peers = args.skip_webhooks = True
     started, stamp = time.monotonic(), utc_stamp()
     revision = engine_revision()
     load_before = os.getloadavg()
@@ -1443,7 +1594,12 @@ def main(argv: list[str] | None = None) -> int:
     if engine_revision() != revision:
         log(f"WARNING: the engine changed during the run ({revision} -> {engine_revision()})")
         revision = f"{revision}, changed to {engine_revision()} during the run"
-    rows = build_rows(backends, peers, counts)
+    if counts.get("only_limits"):
+        rows = only_limit_rows(backends, counts)
+    else:
+        rows = build_rows(backends, peers, counts)
+        for name, fig in backends.items():
+            limit_rows(name, fig, lambda *cells: rows.append(_row(*cells)))
     rows += [row for name, fig in recovered.items() for row in recovery.rows(name, fig)]
     table = render(rows)
     seconds = time.monotonic() - started
@@ -1485,6 +1641,7 @@ def main(argv: list[str] | None = None) -> int:
         and counts["map"]
         and not args.skip_webhooks
         and not args.skip_recovery
+        and counts["limits"]
     )
     if complete:
         notes = {
@@ -1497,8 +1654,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {BENCHMARKS_MD.relative_to(BASE_DIR)}")
     else:
         log(
-            "partial run (--quick, --skip-peers, --skip-map, --skip-webhooks, --skip-recovery "
-            "or a subset of "
+            "partial run (--quick, --skip-peers, --skip-map, --skip-webhooks, --skip-recovery, "
+            "--skip-limits, --only-limits or a subset of "
             "backends): "
             "BENCHMARKS.md unchanged"
         )

@@ -291,6 +291,39 @@ class Expression:
             )
         return bool(value)
 
+    def key(self, variables: Mapping[str, Any], *, budget_seconds: float) -> str:
+        """The expression's value over ``variables`` as a key of at most 200 characters (a
+        concurrency key: a string or a number, in their JSON form otherwise). Raises
+        ExpressionError as ``evaluate`` does."""
+        activation = {name: celpy.json_to_cel(value) for name, value in variables.items()}
+        try:
+            value = self.program.evaluate_within(activation, budget_seconds)
+        except _OverBudget:
+            raise ExpressionBudgetError(
+                f"expression '{self.source}' exceeded its budget of {budget_seconds:g} s "
+                f"({BUDGET_SETTING}) and was stopped"
+            ) from None
+        except Exception as exc:
+            raise ExpressionError(
+                f"expression '{self.source}' failed: {_cel_message(exc)}"
+            ) from None
+        if isinstance(value, celtypes.BoolType):
+            return "true" if value else "false"
+        if isinstance(value, str | int | float):
+            return str(value)[:200]
+        return json.dumps(_plain(value), sort_keys=True, default=str)[:200]
+
+
+def _plain(value: Any) -> Any:
+    """A CEL value as plain JSON-able Python (lists and maps walked)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
 
 def compile_expression(source: str) -> Expression:
     """``source`` compiled, or ExpressionError saying why not (including comprehensions nested

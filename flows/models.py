@@ -486,6 +486,14 @@ class Execution(models.Model):
         help_text="A child's output: its last step's result.",
     )
 
+    # A flow with max_concurrent_executions: the execution's key (its concurrency_key's value,
+    # "" without one), and whether it holds one of the key's places (False: queued for one).
+    # None for every other execution, which then costs the admission nothing.
+    concurrency_key = models.CharField(  # noqa: DJ001 (None: no limit; "": the one key)
+        max_length=200, null=True, blank=True, default=None
+    )
+    concurrency_held = models.BooleanField(default=False)
+
     objects = ExecutionQuerySet.as_manager()
 
     class Meta:
@@ -512,6 +520,13 @@ class Execution(models.Model):
                 fields=["backfill", "status"],
                 condition=Q(backfill__isnull=False),
                 name="exec_backfill_status_idx",
+            ),
+            # The places of a flow's key in use, and its queue (engine/admission.py); holds
+            # only executions of flows with max_concurrent_executions.
+            models.Index(
+                fields=["flow", "concurrency_key", "concurrency_held", "status"],
+                name="exec_concurrency_idx",
+                condition=Q(concurrency_key__isnull=False),
             ),
         ]
         constraints = [
@@ -588,6 +603,9 @@ class TaskRun(models.Model):
     )
     worker = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The named limits (ConcurrencyLimit) the step takes a slot of, comma-separated; "" (most
+    # steps) costs the claim and the record nothing (flows/engine/limits.py).
+    limits = models.CharField(max_length=500, blank=True, default="")
     woken_at = models.DateTimeField(
         null=True, blank=True, help_text="When a worker was last asked to pick this step up."
     )
@@ -1171,3 +1189,87 @@ class WebhookDedup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hook_id} {self.key}"
+
+
+class LimitFairness(models.TextChoices):
+    FIFO = "fifo", "First come, first served"
+    ROUND_ROBIN = "round_robin", "Round robin between keys"
+
+
+class ConcurrencyLimit(models.Model):
+    """A named limit on what tasks call (a partner API): at most ``max_in_flight`` steps that
+    take it run at once, and with a rate, at most ``rate_count`` start in any
+    ``rate_per_seconds``. A task takes it with ``"limits": [name]``; the engine takes and
+    frees its slots (flows/engine/limits.py), ``services.limits`` writes it.
+
+    ``key`` (CEL over the step's parameters) groups the waiting steps: with ``round_robin``
+    the next slot goes to the key with the fewest steps in flight, so one tenant's thousand
+    steps do not hold back another's first.
+    """
+
+    name = models.CharField(primary_key=True, max_length=100)
+    max_in_flight = models.PositiveIntegerField()
+    rate_count = models.PositiveIntegerField(null=True, blank=True)
+    rate_per_seconds = models.FloatField(null=True, blank=True)
+    key = models.TextField(blank=True, help_text="CEL over the step's parameters.")
+    fairness = models.CharField(
+        max_length=16, choices=LimitFairness.choices, default=LimitFairness.FIFO
+    )
+    description = models.CharField(max_length=500, blank=True)
+    # The start times (epoch seconds) of the last rate_count steps: the sliding window.
+    recent_starts = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        default_permissions = ()
+        permissions = [("manage_limit", "Can create, change and delete concurrency limits")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LimitHold(models.Model):
+    """A step's slot of a limit (``held``), or its place in the limit's queue (not held).
+
+    Written and deleted only by the engine: taken in the claim's transaction, freed in the
+    record's (or the reaper's), handed to the next waiter there. A row whose step ended
+    without freeing it (a cancel of a waiting step) counts for nothing and is swept.
+    """
+
+    limit = models.ForeignKey(ConcurrencyLimit, on_delete=models.CASCADE, related_name="+")
+    step = models.ForeignKey(TaskRun, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=200, blank=True)
+    held = models.BooleanField(default=False)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # The next waiter first come (fifo), and the slots in use: read in id order.
+            models.Index(fields=["limit", "held", "id"], name="limithold_limit_idx"),
+            # The next waiter by key (round_robin).
+            models.Index(fields=["limit", "held", "key", "id"], name="limithold_key_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["step", "limit"], name="limithold_one_per_step")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.limit_id} {'held' if self.held else 'waiting'} by step {self.step_id}"
+
+
+class FlowSlot(models.Model):
+    """The row that admissions of one flow's key lock (max_concurrent_executions): starts and
+    ends of its executions take it, so two starts at once never both take the last place."""
+
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="+", db_index=False)
+    key = models.CharField(max_length=200, blank=True)
+    max_in_flight = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["flow", "key"], name="flowslot_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.flow_id} [{self.key}] max {self.max_in_flight}"

@@ -54,6 +54,10 @@ class TaskType:
     def default_retry(self) -> dict[str, Any] | None:
         return getattr(self.cls, "default_retry", None)
 
+    @property
+    def default_limits(self) -> list[str] | None:
+        return getattr(self.cls, "default_limits", None)
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

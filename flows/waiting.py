@@ -19,6 +19,9 @@ UNTIL = "until"
 SIGNAL = "signal"
 CHILDREN = "children"
 RESUME = "resume"
+# A step waiting for a slot of a named limit, or for its flow's turn
+# (max_concurrent_executions): flows/engine/limits.py, flows/engine/admission.py.
+LIMIT = "limit"
 
 # JSON keys that are not a valid or a clear field name.
 _KEYS = {"children_for": "for"}
@@ -41,6 +44,10 @@ class Waiting:
     took_over: int | None = None  # children: the earlier step whose children it took over
     children_of: int | None = None  # resume: the earlier step whose children it takes over
     lost: int | None = None  # children: times lost with its worker while joining
+    limit: str | None = None  # limit: the limit's name ("flow" for the flow's own)
+    key: str | None = None  # limit: the key the step waits under
+    place: int | None = None  # limit: its place among the waiters when it began waiting
+    then: Any = None  # limit: what the step waited for before (restored when it runs)
     extra: Mapping[str, Any] = field(default_factory=dict)  # other keys a task wrote
     # The JSON keys it was read with, in order: written back as they were, even when null.
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
@@ -79,7 +86,7 @@ class Waiting:
         """When the wait ends by itself (ISO): a sleep's time, a signal's timeout, else None."""
         if self.kind == SIGNAL:
             return self.timeout_at
-        if self.kind == UNTIL:
+        if self.kind in (UNTIL, LIMIT):
             return self.until
         return None
 
@@ -108,6 +115,8 @@ def waiting_of(step: TaskRun) -> dict[str, Any] | None:
         "prompt": str(state.prompt or ""),
         "until": state.ends_at,
         "received": state.received,
+        "limit": state.limit if state.kind == LIMIT else None,
+        "place": state.place if state.kind == LIMIT else None,
     }
 
 

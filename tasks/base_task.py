@@ -8,7 +8,8 @@ A module ``tasks/task_<task_type>.py`` holds ``class <TaskType>Task(BaseTask)`` 
 Optional class attributes describe the type: ``description`` (else the docstring),
 ``parameters_schema`` (a JSON Schema object the flow's parameters must match) and
 ``default_timeout`` (seconds) and ``default_retry`` (a retry policy, as in a flow's task:
-``{"max_attempts": 3, "delay_seconds": 2, "backoff": "exponential"}``).
+``{"max_attempts": 3, "delay_seconds": 2, "backoff": "exponential"}``) and ``default_limits``
+(names of concurrency limits its steps take unless a flow's task lists its own ``limits``).
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ class BaseTask(ABC):
     parameters_schema: ClassVar[dict[str, Any]] = {"type": "object"}
     default_timeout: ClassVar[float | None] = None
     default_retry: ClassVar[dict[str, Any] | None] = None
+    # Named concurrency limits every task of this type takes unless the flow's task lists its
+    # own "limits" (e.g. ["partner_api"]); defined with /api/limits/.
+    default_limits: ClassVar[list[str] | None] = None
 
     def __init__(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         self.name = name

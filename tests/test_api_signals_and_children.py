@@ -175,6 +175,8 @@ def test_a_waiting_step_says_what_it_waits_for(operator, waiting):
         "prompt": "Ship it?",
         "until": None,
         "received": False,
+        "limit": None,
+        "place": None,
     }
     assert step["children"] is None
 

@@ -40,6 +40,7 @@ class Run:
     input: dict[str, Any] | None = None
     stored_first: tuple[str, ...] = ()  # example files it calls as sub-flows
     signal: dict[str, Any] | None = None  # answered (execution_signal) once it waits
+    limits: tuple[dict[str, Any], ...] = ()  # defined first, as the README's `manage.py limit`
 
 
 EXPECTED: dict[str, Run] = {
@@ -131,6 +132,15 @@ EXPECTED: dict[str, Run] = {
         },
         input={"account": "acme"},
     ),
+    # The limit is defined first, as the README's `manage.py limit` line does.
+    "partner_api_flow.json": Run(
+        "COMPLETED",
+        [("accounts", "SUCCESS", 1), ("summary", "SUCCESS", 1)],
+        {"summary": {"message": "5 accounts pushed"}},
+        limits=(
+            {"name": "partner_api", "max_in_flight": 2, "rate": {"count": 5, "per_seconds": 1}},
+        ),
+    ),
     "sleep_flow.json": Run(
         "COMPLETED",
         [("before", "SUCCESS", 1), ("nap", "SUCCESS", 1), ("after", "SUCCESS", 1)],
@@ -174,6 +184,8 @@ PARTNER_TOKEN = "demo-token-123"
 
 def run_example(name: str, expected: Run) -> Execution:
     """Store what it calls, start it, run it inline; answer its signal when it waits."""
+    for limit in expected.limits:
+        services.limit_create(data=limit)
     for called in expected.stored_first:
         services.flow_create(document=load(EXAMPLES_DIR / called))
     document = without_retry_delays(load(EXAMPLES_DIR / name))
@@ -315,6 +327,9 @@ def test_every_readme_runflow_line_of_these_examples_is_tested_here():
     # sample_flow.json and retry_branch_flow.json: their lines are tested in test_commands.
     others = {"examples/sample_flow.json", "examples/retry_branch_flow.json"}
     others.add("examples/sample_flow.json -v 2")
+    # partner_api_flow.json needs its limit defined first: tests/test_limits_faces.py runs
+    # the README's two lines.
+    others.add("examples/partner_api_flow.json")
 
     assert written - others == tested
 

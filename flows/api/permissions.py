@@ -56,6 +56,8 @@ MANAGE_SECRETS = "flows.manage_secret"
 # Creating, changing, deleting and testing notification channels and alert rules (admins, the
 # editor role); reading them and the delivery log needs VIEW_EXECUTIONS.
 MANAGE_ALERTS = "flows.manage_alerts"
+# Defining, changing and deleting concurrency limits (admins, the limits_admin role).
+MANAGE_LIMITS = "flows.manage_limit"
 
 
 def require(permission: str) -> type[BasePermission]:

@@ -20,6 +20,7 @@ from flows.definition.inputschema import schema_errors, undeclared_input_referen
 from flows.definition.limits import FLOW_ID_RE, MAX_DEPTH, MAX_STEPS_LIMIT
 from flows.definition.tasks import Lookup
 from flows.definition.triggers import parse_triggers
+from flows.expressions import ExpressionError, compile_expression
 
 _FLOW_KEYS = {
     "id",
@@ -33,7 +34,12 @@ _FLOW_KEYS = {
     "input_schema",
     "on_flow_end",
     "on_failure",
+    "max_concurrent_executions",
+    "concurrency_policy",
+    "concurrency_key",
 }
+POLICIES = ("queue", "skip", "cancel_oldest")
+MAX_CONCURRENT_EXECUTIONS = 100_000
 
 
 class Registry(Protocol):
@@ -105,6 +111,7 @@ def parse_flow(
 
     triggers = parse_triggers(doc.get("on_flow_end"), err)
     on_failure = _on_failure(doc.get("on_failure"), flow_id, err)
+    concurrency = _concurrency(doc, err)
 
     body = parse_body(
         doc, "", registry.snapshot(), err, flow_id=flow_id, max_steps=max_steps, depth=0
@@ -121,6 +128,7 @@ def parse_flow(
         input_schema=input_schema,
         on_flow_end=triggers,
         on_failure=on_failure,
+        **concurrency,
     )
     warnings = [*_unreachable(definition), *undeclared_input_references(definition)]
     return dataclasses.replace(definition, warnings=tuple(warnings))
@@ -151,6 +159,43 @@ def _on_failure(value: Any, flow_id: str, err: Any) -> str | None:
         )
         return None
     return target
+
+
+def _concurrency(doc: Mapping, err: Any) -> dict[str, Any]:
+    """The flow's own limit on its running executions: ``max_concurrent_executions``, the
+    ``concurrency_policy`` for one over it, and the ``concurrency_key`` (CEL over the input)
+    that gives each key its own count."""
+    limit = doc.get("max_concurrent_executions")
+    policy = doc.get("concurrency_policy", "queue")
+    source = doc.get("concurrency_key")
+    out: dict[str, Any] = {}
+    if limit is None:
+        for key in ("concurrency_policy", "concurrency_key"):
+            if key in doc:
+                err(key, "needs max_concurrent_executions")
+        return out
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        err("max_concurrent_executions", f"must be a whole number, not {kind_of(limit)}")
+    elif not 1 <= limit <= MAX_CONCURRENT_EXECUTIONS:
+        err("max_concurrent_executions", f"must be between 1 and {MAX_CONCURRENT_EXECUTIONS:,}")
+    else:
+        out["max_concurrent_executions"] = limit
+    if policy not in POLICIES:
+        err("concurrency_policy", f"must be one of: {', '.join(POLICIES)}")
+    else:
+        out["concurrency_policy"] = policy
+    if source is not None:
+        if not isinstance(source, str) or not source.strip() or len(source) > 2000:
+            err(
+                "concurrency_key",
+                "must be a CEL expression over `input` (2000 characters at most)",
+            )
+        else:
+            try:
+                out["concurrency_key"] = compile_expression(source)
+            except ExpressionError as exc:
+                err("concurrency_key", str(exc))
+    return out
 
 
 def _unreachable(definition: FlowDefinition) -> list[FieldError]:

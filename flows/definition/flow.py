@@ -11,7 +11,7 @@ from typing import Any
 from flows.definition.errors import FieldError
 from flows.definition.specs import END, ConditionSpec, TaskSpec
 from flows.definition.triggers import FlowTriggerSpec
-from flows.expressions import DEFAULT_BUDGET_SECONDS
+from flows.expressions import DEFAULT_BUDGET_SECONDS, Expression
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,11 @@ class FlowDefinition:
     # The flow started when an execution of this one fails for good (``on_failure.flow_id``);
     # only on the flow itself.
     on_failure: str | None = None
+    # At most this many executions of the flow run at once (per concurrency_key's value);
+    # the policy says what happens to one more: "queue", "skip" or "cancel_oldest".
+    max_concurrent_executions: int | None = None
+    concurrency_policy: str = "queue"
+    concurrency_key: Expression | None = field(default=None, compare=False)
 
     # The engine looks tasks and conditions up once per step: index them once per definition.
     @cached_property

@@ -67,6 +67,9 @@ class TaskSpec:
     iterator: FlowDefinition | None = None
     max_concurrency: int | None = None
     tolerated_failures: Tolerance = field(default_factory=Tolerance)
+    # The named limits (ConcurrencyLimit) the step takes a slot of: the task's "limits", else
+    # its type's default_limits. Checked against the stored limits by services.validate_flow.
+    limits: tuple[str, ...] = ()
 
     @property
     def is_control(self) -> bool:

@@ -3,6 +3,7 @@ retry policy."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -11,7 +12,17 @@ from flows.definition.fields import check_schema, is_name, kind_of, optional_sec
 from flows.definition.limits import MAX_ATTEMPTS, MAX_NAME, MAX_RETRY_DELAY
 from flows.definition.specs import NO_RETRY, RetryPolicy, TaskSpec
 
-TASK_KEYS = {"name", "task_type", "description", "parameters", "timeout_seconds", "retry"}
+TASK_KEYS = {
+    "name",
+    "task_type",
+    "description",
+    "parameters",
+    "timeout_seconds",
+    "retry",
+    "limits",
+}
+LIMIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+MAX_LIMITS = 5
 _RETRY_KEYS = {"max_attempts", "delay_seconds", "backoff", "max_delay_seconds"}
 
 
@@ -71,8 +82,12 @@ def parse_task(
     retry = _parse_retry(
         item.get("retry", getattr(type_info, "default_retry", None)), f"{path}.retry", err
     )
-    if ok and retry is not None:
+    limits = parse_limits(
+        item.get("limits", getattr(type_info, "default_limits", None)), f"{path}.limits", err
+    )
+    if ok and retry is not None and limits is not None:
         return TaskSpec(
+            limits=limits,
             name=name,
             task_type=task_type,
             parameters=dict(params),
@@ -131,3 +146,29 @@ def _parse_retry(raw: Any, path: str, err: Report) -> RetryPolicy | None:
         backoff=backoff,
         max_delay_seconds=numbers["max_delay_seconds"],
     )
+
+
+def parse_limits(raw: Any, path: str, err: Report) -> tuple[str, ...] | None:
+    """A task's named limits: a list of distinct limit names (whether each exists is the
+    stored flow's check, services.validate_flow); None (errors reported) when invalid."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        err(path, f"must be a list of limit names, not {kind_of(raw)}")
+        return None
+    if len(raw) > MAX_LIMITS:
+        err(path, f"at most {MAX_LIMITS} limits")
+        return None
+    ok = True
+    for i, name in enumerate(raw):
+        if not isinstance(name, str) or not LIMIT_NAME_RE.match(name):
+            err(
+                f"{path}[{i}]",
+                "must be a limit name: 1-100 letters, digits, '_', '-' and '.', starting with "
+                "a letter or digit",
+            )
+            ok = False
+        elif name in raw[:i]:
+            err(f"{path}[{i}]", f"duplicate limit '{name}'")
+            ok = False
+    return tuple(raw) if ok else None

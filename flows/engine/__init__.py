@@ -40,7 +40,7 @@ One module a role, each importing only the public names of the others:
 - ``timing``      intervals, graces and batch sizes; ``worker``: this worker's name
 """
 
-from flows.engine import transitions
+from flows.engine import admission, limits, transitions
 from flows.engine.claim import claim_steps, renew_leases
 from flows.engine.dispatcher import Dispatcher, dispatch
 from flows.engine.duetimer import DueStepTimer, start_due_step_timer, wake_due
@@ -64,12 +64,14 @@ __all__ = [
     "ReaperTimer",
     "StepOutcome",
     "TaskLoop",
+    "admission",
     "cancel_children",
     "child_ended",
     "claim_steps",
     "close_pending",
     "dispatch",
     "flow_definition",
+    "limits",
     "lock_fanouts",
     "plan_redrive",
     "reap",

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from flows.engine import transitions
+from flows.engine import limits, transitions
 from flows.engine.inputs import results_so_far
 from flows.models import (
     ACTIVE_STATUSES,
@@ -73,10 +73,12 @@ def claim_steps(
 
     1. Lock the ready steps (``SKIP LOCKED`` on PostgreSQL, so workers claiming at once take
        different rows; SQLite's IMMEDIATE transaction serialises them).
-    2. Claim them: PENDING -> RUNNING with this worker's lease, only where still PENDING.
-    3. Mark their executions RUNNING (resume and redrive queue one again: the first start
+    2. Steps that take named limits take their slots (``limits.admit``); those refused wait
+       PENDING in the database. No statement for steps without limits.
+    3. Claim them: PENDING -> RUNNING with this worker's lease, only where still PENDING.
+    4. Mark their executions RUNNING (resume and redrive queue one again: the first start
        time stays).
-    4. Read those executions, their flow versions and results so far, in the same
+    5. Read those executions, their flow versions and results so far, in the same
        transaction: if this fails, the claim rolls back with it.
     """
     now = timezone.now()
@@ -90,6 +92,13 @@ def claim_steps(
         )
         if not steps:
             return Claimed([], {}, {}, now)
+        if any(step.limits for step in steps):
+            # Slots of named limits, taken here or waited for in the database; a step without
+            # limits never comes here.
+            steps, now = _admit(candidates, steps, room)
+            expires = now + lease
+            if not steps:
+                return Claimed([], {}, {}, now)
         keys = [step.pk for step in steps]
         # A step that waited (its children, a sleep, a signal) is claimed again to go on: it
         # keeps the start of its first run, when it began waiting.
@@ -106,6 +115,36 @@ def claim_steps(
         loaded = load(steps, now)
     transitions.claimed(steps, me, now, expires)
     return loaded
+
+
+# How many more looks a claim takes when limits refused some of the steps it found: each
+# refused step joins its limit's queue (so a later key's step is among the waiters a freed
+# slot chooses from), and the claim fills its room with the steps that may run.
+ADMIT_ROUNDS = 10
+
+
+def _admit(
+    candidates: QuerySet[TaskRun], steps: list[TaskRun], room: int
+) -> tuple[list[TaskRun], datetime]:
+    """``limits.admit`` the steps found, and while it refused some, the next ones (up to
+    ADMIT_ROUNDS looks): the admitted steps, and the one time they are claimed at (the first
+    look's, taken after its limits' locks, which the later looks hold still)."""
+    admitted, now = limits.admit(steps)
+    seen = [step.pk for step in steps]
+    for _ in range(ADMIT_ROUNDS):
+        if len(admitted) >= room or len(admitted) == len(seen):
+            break
+        more = list(
+            candidates.exclude(pk__in=seen)
+            .order_by("woken_at")
+            .select_for_update(skip_locked=True, of=("self",))[: room - len(admitted)]
+        )
+        if not more:
+            break
+        seen += [step.pk for step in more]
+        taken, _ = limits.admit(more, now=now)
+        admitted += taken
+    return admitted, now
 
 
 def load(steps: list[TaskRun], now: datetime, *, fresh: bool = False) -> Claimed:

@@ -100,6 +100,10 @@ class Dispatcher:
         self.finished: list[tuple[Slot, Finished]] = []  # to record at the next flush
         self.types: dict[str, TaskType | None] = {}  # task types as of the last plugin scan
         self.adopted: list[TaskRun] = []  # map items started and claimed here, to launch
+        self.resumed: list[TaskRun] = []  # steps handed a limit's slot freed here, to launch
+        # Steps of named limits were recorded: the slots they freed went to waiting steps,
+        # due now, which the next fill takes at once rather than at its interval.
+        self.refill = False
 
     def run(self) -> int:
         """Run ready executions until none is in flight and none is ready, or the budget is
@@ -107,10 +111,12 @@ class Dispatcher:
         try:
             next_watch = time.perf_counter() + timing.WATCH_INTERVAL_SECONDS
             while True:
-                if self._has_room() and time.perf_counter() >= self.next_fill:
+                if self._has_room() and (self.refill or time.perf_counter() >= self.next_fill):
                     self._guarded(self.fill, "looking for ready executions")
                 self.flush()
                 if not self.slots:
+                    if self.refill and self._has_room():
+                        continue  # slots it freed went to waiting steps, due now: take them
                     # Whatever became ready since the last look has a queue message of its own.
                     break
                 flights = {slot.flight.future: slot for slot in self.slots.values() if slot.flight}
@@ -157,6 +163,7 @@ class Dispatcher:
         """Claim ready steps of other executions while there is room and budget, and start
         them (``claim.claim_steps``: one batch, a few statements however many it takes)."""
         self.next_fill = time.perf_counter() + self.fill_every
+        self.refill = False
         room = self.concurrency - len(self.slots)
         if room <= 0 or not self._has_budget():
             return
@@ -270,6 +277,8 @@ class Dispatcher:
         while self.finished:
             batch = self.finished[: timing.RECORD_BATCH]
             del self.finished[: timing.RECORD_BATCH]
+            if any(finished.step.limits for _, finished in batch):
+                self.refill = True
             self.steps += len(batch)
             for slot, next_step in self._write_batch(batch, continue_here=self._has_budget()):
                 if next_step is None:
@@ -277,6 +286,12 @@ class Dispatcher:
                     continue
                 slot.step = next_step
                 self._launch(slot)
+            if self.resumed:  # steps handed a slot this dispatcher freed, claimed for it
+                steps, self.resumed = self.resumed, []
+                self._guarded(
+                    lambda steps=steps: self._start_claimed(claim.load(steps, timezone.now())),
+                    "starting steps handed a slot",
+                )
             if self.adopted:
                 steps, self.adopted = self.adopted, []
                 self._guarded(
@@ -299,6 +314,8 @@ class Dispatcher:
                 )  # fmt: skip
             if adopt is not None and adopt.steps:
                 self.adopted += adopt.steps
+            if adopt is not None and adopt.resumed:
+                self.resumed += adopt.resumed
             return list(zip([slot for slot, _ in batch], written, strict=True))
         except record.TakenOver:
             pass  # one step was taken over: the others are written one by one below

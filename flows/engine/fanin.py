@@ -51,6 +51,9 @@ class Adopt:
     me: str
     lease: timedelta
     steps: list[TaskRun] = field(default_factory=list)
+    # Steps handed a slot of a named limit that this dispatcher freed, claimed for it in the
+    # same transaction (limits.grant): not fresh, their results so far are read to start them.
+    resumed: list[TaskRun] = field(default_factory=list)
 
 
 def children_ended(
@@ -127,6 +130,8 @@ def _start_next(
     body = definition if definition is not None else _body_of(child)
     start = body.task(body.start_task)
     # Only those still CREATED start: a cancel may have ended some meanwhile.
+    if start.limits:  # a step that takes limits is claimed by a claim, which takes its slots
+        adopt = None
     ids = transitions.start_children(ids, now, claimed=adopt is not None)
     if adopt is None:
         steps = [transitions.new_step(eid, start, now) for eid in ids]

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 
 from flows.definition import FlowValidationError
-from flows.engine import fanin, record, transitions
+from flows.engine import fanin, limits, record, transitions
 from flows.engine.fanout import registry
 from flows.engine.inputs import flow_definition, results_so_far
 from flows.engine.outcome import failure
@@ -68,6 +68,8 @@ def run_again(
             taken = transitions.lose(running, now, why=why)
         if taken != 1:
             return False
+        if step.limits:
+            limits.release([step.pk], now)  # its slots go to the next waiters
         if execution.cancel_requested:
             end_execution(execution, ExecutionStatus.CANCELLED, "cancelled by request", now)
             return True

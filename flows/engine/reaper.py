@@ -30,7 +30,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django_q.conf import Conf
 
-from flows.engine import transitions
+from flows.engine import limits, transitions
 from flows.engine.lost import end_execution, run_again
 from flows.engine.wakeup import due, wake_pending
 from flows.engine.worker import reconnect
@@ -92,6 +92,7 @@ def reap(limit: int = 500) -> dict[str, int]:
     # SQLite): steps whose message was lost, and delayed steps due but never woken.
     counts["woken"] = wake_pending(unclaimed(now), now, limit, "the reaper")
     counts["woken"] += wake_pending(due(now), now, limit, "the reaper")
+    counts["slots"] = sweep_slots(now)
     return counts
 
 
@@ -119,12 +120,20 @@ def overdue(now: datetime, limit: int) -> list[Any]:
 
 def recover(limit: int = 500) -> dict[str, int]:
     """The quick pass each worker process runs every FLOW_REAP_EVERY_SECONDS: steps whose
-    worker died (``run_expired``) and PENDING steps nobody claimed (``unclaimed``)."""
+    worker died (``run_expired``), PENDING steps nobody claimed (``unclaimed``) and slots of
+    named limits nobody freed (``sweep_slots``)."""
     now = timezone.now()
     return {
         "lost": run_expired(now, limit),
         "woken": wake_pending(unclaimed(now), now, limit, "the reaper"),
+        "slots": sweep_slots(now),
     }
+
+
+def sweep_slots(now: datetime) -> int:
+    """Slots of named limits left by steps that ended without freeing them (a waiting step
+    cancelled), handed on (``limits.sweep``; one query when no step takes a limit)."""
+    return limits.sweep(now)
 
 
 def unclaimed(now: datetime) -> Q:

@@ -17,7 +17,7 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
-from flows.engine import fanin, fanout, redrive, transitions
+from flows.engine import admission, fanin, fanout, limits, redrive, transitions
 from flows.engine.outcome import flow_timeout, remaining
 from flows.engine.routing import Finished, took
 from flows.engine.transitions import ending
@@ -95,6 +95,7 @@ def write(
     waits: list[uuid.UUID] = []
     children_ended: list[tuple[Execution, str, Any]] = []
     routes: list[tuple[uuid.UUID, str]] = []
+    admits: set[tuple[str, str]] = set()  # (flow, key) places freed (max_concurrent_executions)
     next_steps: list[TaskRun | None] = []
     for finished in batch:
         execution, definition, step = finished.execution, finished.definition, finished.step
@@ -142,6 +143,8 @@ def write(
         events = list(finished.events)
         if final:
             ends[eid] = ending(final, error, int(steps_taken), now)
+            if execution.concurrency_key is not None:
+                admits.add((execution.flow_id, execution.concurrency_key))
             end = transitions.end_row(execution, final, now)
             if end is not None:
                 inserts.ends.append(end)
@@ -157,7 +160,8 @@ def write(
                 events.append(("INFO" if succeeded else "WARNING", route))
             spec = definition.task(plan.target)  # type: ignore[union-attr]
             due = now + timedelta(seconds=plan.delay) if plan.delay > 0 else None
-            claim_here = continue_here and due is None and not pause_requested
+            # A step that takes limits is claimed by a claim, which takes its slots.
+            claim_here = continue_here and due is None and not pause_requested and not spec.limits
             next_step = transitions.new_step(
                 eid,
                 spec,
@@ -186,6 +190,8 @@ def write(
             )  # fmt: skip
         raise TakenOver
     transitions.end_executions(ends)
+    for flow_id, key in sorted(admits):
+        admission.ended(flow_id, key, now)  # the next queued execution starts
     if paused:
         transitions.pause(paused)
     if waits:
@@ -201,6 +207,13 @@ def write(
                 fanout.create(plan, finished.execution, finished.step, now)
     if children_ended:
         fanin.children_ended(children_ended, now, adopt if continue_here else None)
+    # Slots of named limits held by the steps written, handed to the next waiters: claimed
+    # here for as many as the steps written free of this dispatcher's room (less the map
+    # items it took above), else woken for any worker.
+    freed = [f.step.pk for f in batch if f.step.limits and f.execution.id in states]
+    if freed:
+        room = sum(1 for nxt in next_steps if nxt is None) - (len(adopt.steps) if adopt else 0)
+        limits.release(freed, now, adopt if continue_here and room > 0 else None, room)
     inserts.save()
     for eid, route in routes:
         logger.info("execution=%s route: %s", eid, route)

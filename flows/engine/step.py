@@ -143,6 +143,9 @@ def start(
         outcome.parameters = resolved
         return masked(outcome, masker)
     finished = threading.Event()
+    # Before the task is submitted: it starts on the loop's thread at once, and a line it
+    # logs before its values are registered would go out unmasked.
+    masking = running(masker) if masker else None
     started = time.perf_counter()
     return Flight(
         step=step,
@@ -155,5 +158,5 @@ def start(
         log=log,
         parameters=resolved,
         masker=masker,
-        masking=running(masker) if masker else None,
+        masking=masking,
     )

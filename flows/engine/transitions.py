@@ -31,6 +31,7 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 
 from flows.definition import TaskSpec
+from flows.engine import admission
 from flows.engine.wakeup import wake, wake_ready
 from flows.models import (
     ACTIVE_STATUSES,
@@ -138,6 +139,8 @@ def end_execution(execution: Execution, status: str, error: str, now: datetime) 
     row = end_row(execution, status, now)
     if row is not None:
         writes.insert_rows(ExecutionEnd, [row], after_commit=True)
+    if execution.concurrency_key is not None:
+        admission.ended(execution.flow_id, execution.concurrency_key, now)
 
 
 def end_executions(ends: dict[uuid.UUID, dict[str, Any]]) -> None:
@@ -171,7 +174,9 @@ def cancel_now(ids: list[uuid.UUID], now: datetime, *, error: str) -> None:
     )
     ending = Execution.objects.filter(pk__in=ids, status__in=CANCELLABLE)
     # Before the update, which takes them out of CANCELLABLE: the top-level ones among them.
-    top = list(ending.filter(parent_step__isnull=True).values_list("id", "flow_id"))
+    top = list(
+        ending.filter(parent_step__isnull=True).values_list("id", "flow_id", "concurrency_key")
+    )
     ending.update(
         status=ExecutionStatus.CANCELLED,
         cancel_requested=True,
@@ -183,9 +188,12 @@ def cancel_now(ids: list[uuid.UUID], now: datetime, *, error: str) -> None:
         ExecutionEnd(
             execution_id=eid, flow_id=flow_id, status=ExecutionStatus.CANCELLED, ended_at=now
         )
-        for eid, flow_id in top
+        for eid, flow_id, _ in top
     ]
     writes.insert_rows(ExecutionEnd, rows, after_commit=True)
+    # Places of their flows' keys (max_concurrent_executions) go to the next queued.
+    for flow_id, key in sorted({(f, k) for _, f, k in top if k is not None}):
+        admission.ended(flow_id, key, now)
 
 
 def ask_to_cancel(ids: Iterable[uuid.UUID]) -> None:
@@ -320,6 +328,7 @@ def new_step(
     service's ``_locked``, ``run_again``) or the FanOut row of a child's parent (``fanin``,
     ``fanout``, ``redrive.take_over``)."""
     name = spec.task_name if isinstance(spec, TaskRun) else spec.name
+    limits = spec.limits if isinstance(spec, TaskRun) else ",".join(spec.limits)
     row: dict[str, Any] = {
         "execution_id": execution_id,
         "seq": seq,
@@ -331,6 +340,7 @@ def new_step(
         "woken_at": None if claimed_by else (due or now),
         "not_before": due,
         "waiting": waiting,
+        "limits": limits,
     }
     if claimed_by:
         row.update(
@@ -462,3 +472,24 @@ def rejoin(running: QuerySet[TaskRun], now: datetime, waiting: dict[str, Any]) -
         not_before=None,
         waiting=waiting,
     )
+
+
+# -- Limits -----------------------------------------------------------------------------------
+def park(parks: dict[int, dict[str, Any]], restored: dict[int, dict[str, Any]]) -> None:
+    """Claimable steps a limit refused wait PENDING in the database (``limits.park_state``:
+    for a freed slot, or the rate's window), and those it admitted get back what they waited
+    for before; one UPDATE for both. Locks: the steps' rows, held by the claim."""
+    writes.update_rows(TaskRun, {**parks, **restored})
+
+
+def limit_granted(step_ids: list[int], now: datetime) -> list[tuple[int, uuid.UUID, str]]:
+    """Steps handed a limit's slot are due now, those still PENDING: (step, execution, its
+    limits) of each (the caller claims or wakes them). Locks: the limit's row, held by the
+    caller (``limits.grant``); the steps' rows are nobody's (they were waiting, not due)."""
+    due = TaskRun.objects.filter(pk__in=step_ids, status=TaskRunStatus.PENDING)
+    found = list(due.values_list("pk", "execution_id", "limits"))
+    if found:
+        TaskRun.objects.filter(pk__in=[pk for pk, _, _ in found]).update(
+            not_before=None, woken_at=now
+        )
+    return found

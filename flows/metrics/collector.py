@@ -34,7 +34,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
+from flows import services
+from flows.models import ConcurrencyLimit, Execution, ExecutionStatus, TaskRun, TaskRunStatus
 
 logger = logging.getLogger("flows.metrics")
 
@@ -79,6 +80,7 @@ class FlowCollector(Collector):
         yield from self._executions()
         yield self._step_durations()
         yield from self._open_steps(now)
+        yield from self._limits()
         sources_up: dict[str, bool] = {}
         yield from self._clusters(sources_up)
         yield from self._queue(sources_up)
@@ -91,6 +93,30 @@ class FlowCollector(Collector):
         for source, ok in sources_up.items():
             up.add_metric([source], 1 if ok else 0)
         yield up
+
+    # Named concurrency limits ---------------------------------------------------------------
+    def _limits(self) -> Iterator[Metric]:
+        """Steps holding and waiting for each limit's slots: the limits' names, then one GROUP
+        BY over their holds (``services.limit_usage``). Labelled by limit only: a key is a
+        tenant, a customer..., too many label values for a time series each."""
+        in_use = GaugeMetricFamily(
+            "flowmanager_limit_in_use",
+            "Steps holding a slot of the named concurrency limit (running, or handed the slot).",
+            labels=["limit"],
+        )
+        waiting = GaugeMetricFamily(
+            "flowmanager_limit_waiting",
+            "Steps waiting in the database for a slot of the named concurrency limit.",
+            labels=["limit"],
+        )
+        names = list(ConcurrencyLimit.objects.values_list("name", flat=True))
+        usage = services.limit_usage(names) if names else {}
+        for name in names:
+            got = usage.get(name, {"in_use": {}, "waiting": {}})
+            in_use.add_metric([name], sum(got["in_use"].values()))
+            waiting.add_metric([name], sum(got["waiting"].values()))
+        yield in_use
+        yield waiting
 
     # 1. Executions -------------------------------------------------------------------------
     def _executions(self) -> Iterator[Metric]:

@@ -67,6 +67,7 @@ from flows.services.flows import (
     given_flow_id,
     validate_flow,
 )
+from flows.services.limits import limit_create, limit_delete, limit_update, limit_usage
 from flows.services.notifications import notifications_send
 from flows.services.retention import (
     PURGE_BATCH_SIZE,
@@ -169,6 +170,10 @@ __all__ = [
     "given_flow_id",
     "handle_ends",
     "handler_input",
+    "limit_create",
+    "limit_delete",
+    "limit_update",
+    "limit_usage",
     "notifications_send",
     "notify_webhook_refused",
     "on_end",

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from flows import engine, selectors
+from flows.expressions import ExpressionError
 from flows.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -79,6 +80,24 @@ def execution_cancel(*, execution_id: Any) -> Execution:
     return locked
 
 
+def _take_place(execution: Execution, definition: Any) -> None:
+    """A redriven execution of a flow with max_concurrent_executions runs again only in a
+    free place of its key (under the key's lock, after its own: an end's order); else 409."""
+    try:
+        key = engine.admission.key_of(definition, execution.input)
+    except ExpressionError as exc:
+        raise Conflict(f"concurrency_key could not be computed from the input: {exc}") from None
+    limit = definition.max_concurrent_executions
+    engine.admission.lock(execution.flow_id, key, limit)
+    taken = engine.admission.holding(execution.flow_id, key).count()
+    if taken >= limit:
+        raise Conflict(
+            f"execution {execution.id} cannot be redriven now: {taken} executions of its flow "
+            f"hold every place (max_concurrent_executions {limit}); redrive it once one ends"
+        )
+    Execution.objects.filter(pk=execution.id).update(concurrency_key=key, concurrency_held=True)
+
+
 @transaction.atomic
 def execution_pause(*, execution_id: Any) -> Execution:
     """Pause: the step in flight finishes, then the execution waits as PAUSED until resumed."""
@@ -135,6 +154,8 @@ def execution_redrive(*, execution_id: Any, registry: TaskRegistry | None = None
             "can be redriven"
         )
     definition = runnable_definition(locked, registry, "be redriven")
+    if definition.max_concurrent_executions is not None and locked.parent_step_id is None:
+        _take_place(locked, definition)
     last = TaskRun.objects.filter(execution_id=locked.id).order_by("-seq").first()
     try:
         redrive = engine.plan_redrive(locked, definition, last, results=lambda: _results_of(locked))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -21,9 +22,11 @@ from flows.definition import (
     unstorable_problem,
     unwrap,
 )
+from flows.expressions import ExpressionError
 from flows.models import (
     ACTIVE_STATUSES,
     Execution,
+    ExecutionEvent,
     ExecutionStatus,
     ExecutionTrigger,
     FlowVersion,
@@ -40,6 +43,7 @@ from flows.services.errors import (
 )
 from flows.services.flows import canonical_json, flow_store, recorded_user, validate_flow
 from flows.sql import writes
+from flows.waiting import LIMIT, Waiting
 
 logger = logging.getLogger("flows.services")
 
@@ -154,6 +158,11 @@ def execution_start(
     }
     if input is not None:
         changes["input"] = input
+    admitted = None
+    if definition.max_concurrent_executions is not None and execution.parent_step_id is None:
+        admitted = _admit(execution, definition, execution.input if input is None else input)
+        changes["concurrency_key"] = admitted.key
+        changes["concurrency_held"] = admitted.verdict == "start"
     # Starting is every client's hot path: two hand-written statements (flows/sql/writes.py).
     moved, changes = engine.transitions.start(execution.id, changes)
     if moved != 1:
@@ -162,14 +171,69 @@ def execution_start(
             f"execution {execution.id} is {current}; only a CREATED execution can be executed"
         )
     start = definition.task(definition.start_task)
-    writes.insert_rows(TaskRun, [engine.transitions.new_step(execution.id, start, now)])
-    engine.wake(execution.id)
-    logger.info("execution=%s queued, first task %s", execution.id, start.name)
+    if admitted is not None and admitted.verdict == "skip":
+        engine.transitions.cancel_now([execution.id], now, error=admitted.why)
+        logger.info("execution=%s %s", execution.id, admitted.why)
+        execution.refresh_from_db()
+        return execution
+    if admitted is not None and admitted.verdict == "queue":
+        # Its first step waits in the database for the flow's turn (admission.ended).
+        waiting = Waiting(
+            kind=LIMIT,
+            limit=engine.admission.FLOW,
+            key=admitted.key or None,
+            place=admitted.place,
+        )
+        first = engine.transitions.new_step(
+            execution.id, start, now, due=engine.FOREVER, waiting=waiting.to_json()
+        )
+        writes.insert_rows(TaskRun, [first])
+        logger.info(
+            "execution=%s queued for its flow's turn, place %s", execution.id, admitted.place
+        )
+    else:
+        writes.insert_rows(TaskRun, [engine.transitions.new_step(execution.id, start, now)])
+        engine.wake(execution.id)
+        logger.info("execution=%s queued, first task %s", execution.id, start.name)
     # The row is what the UPDATE above wrote (a CREATED execution has nothing else in flight),
     # so no second read: starting is on the hot path of every client.
     for name, value in changes.items():
         setattr(execution, name, value)
     return execution
+
+
+def _admit(
+    execution: Execution, definition: FlowDefinition, input: Any
+) -> engine.admission.Admission:
+    """The flow's max_concurrent_executions for this start (``engine.admission``): its key,
+    and whether it starts, queues or is skipped. With ``cancel_oldest`` and every place
+    taken, the oldest execution of the key is asked to stop first (in its own locks, before
+    the key's: an end takes them in that order); this one queues at the front until it ends,
+    or starts now when it had no step running."""
+    try:
+        key = engine.admission.key_of(definition, input)
+    except ExpressionError as exc:
+        raise InvalidInput(
+            f"concurrency_key could not be computed from the input: {exc}",
+            errors=[{"field": "concurrency_key", "message": str(exc)}],
+        ) from None
+    limit = definition.max_concurrent_executions
+    if definition.concurrency_policy == "cancel_oldest" and limit is not None:
+        oldest = engine.admission.oldest(execution.flow_id, key, limit)
+        if oldest is not None:
+            # Late: controls imports this module.
+            from flows.services.controls import execution_cancel
+
+            with contextlib.suppress(Conflict, NotFound):  # it ended meanwhile: a place is free
+                execution_cancel(execution_id=oldest)
+            ExecutionEvent.objects.create(
+                execution_id=oldest,
+                created_at=timezone.now(),
+                level="WARNING",
+                message=f"cancelled: execution {execution.id} started "
+                "(concurrency_policy cancel_oldest)",
+            )
+    return engine.admission.admit(execution.flow_id, definition, key)
 
 
 def execution_submit(

@@ -25,7 +25,7 @@ from flows.definition import (
     unwrap,
 )
 from flows.expressions import SECRETS, Reference, references_in
-from flows.models import ACTIVE_STATUSES, Flow, FlowTrigger, FlowVersion
+from flows.models import ACTIVE_STATUSES, ConcurrencyLimit, Flow, FlowTrigger, FlowVersion
 from flows.registry import TaskRegistry, default_registry
 from flows.services.errors import Conflict, InvalidFlow
 
@@ -52,8 +52,12 @@ def given_flow_id(document: Any) -> str | None:
     return flow_id if isinstance(flow_id, str) else None
 
 
-def validate_flow(document: Any, *, registry: TaskRegistry | None = None) -> FlowDefinition:
-    """Parse and validate a flow document; raise InvalidFlow listing every error."""
+def validate_flow(
+    document: Any, *, registry: TaskRegistry | None = None, check_limits: bool = True
+) -> FlowDefinition:
+    """Parse and validate a flow document; raise InvalidFlow listing every error (with
+    ``check_limits``, a task's ``limits`` naming no stored ConcurrencyLimit is one: a stored
+    version read back is not checked again, its limits may have been deleted since)."""
     try:
         size = len(json.dumps(document, allow_nan=False))
     except (TypeError, ValueError) as exc:
@@ -77,6 +81,10 @@ def validate_flow(document: Any, *, registry: TaskRegistry | None = None) -> Flo
     problems += trigger_cycles(definition.id, definition.on_flow_end, _downstreams)
     if problems:
         error = FlowValidationError(problems)
+        raise InvalidFlow(str(error), errors=error.as_list())
+    unknown = _unknown_limits(definition) if check_limits else []
+    if unknown:
+        error = FlowValidationError(unknown)
         raise InvalidFlow(str(error), errors=error.as_list())
     unset = [*_unset_secrets(definition), *_unknown_upstreams(definition)]
     if unset:
@@ -146,6 +154,30 @@ def _replace_triggers(flow: Flow, definition: FlowDefinition) -> None:
         )
         for i, spec in enumerate(definition.on_flow_end)
     )
+
+
+def _unknown_limits(definition: FlowDefinition) -> list[FieldError]:
+    """An error for each limit a task takes that is not defined (/api/limits/): its steps
+    would run unlimited, which is not what the flow asks for. No query for a flow that
+    takes none."""
+    used = [
+        (f"{prefix}tasks[{i}].limits[{j}]", name)
+        for prefix, body in definition.bodies()
+        for i, spec in enumerate(body.tasks)
+        for j, name in enumerate(spec.limits)
+    ]
+    if not used:
+        return []
+    known = set(
+        ConcurrencyLimit.objects.filter(name__in={n for _, n in used}).values_list(
+            "name", flat=True
+        )
+    )
+    return [
+        FieldError(path, f"unknown limit '{name}'; define it first (POST /api/limits/)")
+        for path, name in used
+        if name not in known
+    ]
 
 
 def _unset_secrets(definition: FlowDefinition) -> list[FieldError]:

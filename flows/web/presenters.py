@@ -262,7 +262,8 @@ class ExecutionView:
     @property
     def waiting_rows(self) -> list[StepRow]:
         """The open step when it waits for a signal or a time (shown at the top)."""
-        return [r for r in self.steps if r.waiting and r.waiting["kind"] in ("signal", "until")]
+        shown = ("signal", "until", "limit")
+        return [r for r in self.steps if r.waiting and r.waiting["kind"] in shown]
 
 
 def parent_view(execution: Execution) -> ParentView | None:

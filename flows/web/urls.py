@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from flows.web.views import alerts, builder, controls, executions, flows, home, secrets
+from flows.web.views import alerts, builder, controls, executions, flows, home, limits, secrets
 
 urlpatterns = [
     path("", home.home, name="home"),
@@ -18,6 +18,7 @@ urlpatterns = [
     path("flows/<slug:flow_id>/webhooks", flows.flow_webhooks, name="flow_webhooks"),
     path("flows/<slug:flow_id>/v<int:version>/", flows.flow_version, name="flow_version"),
     path("flows/<slug:flow_id>/v<int:version>/export", flows.flow_export, name="flow_export"),
+    path("limits/", limits.limit_list, name="limit_list"),
     path("secrets/", secrets.secret_list, name="secret_list"),
     path("secrets/<str:name>/", secrets.secret_replace, name="secret_replace"),
     path("secrets/<str:name>/delete", secrets.secret_delete, name="secret_delete"),

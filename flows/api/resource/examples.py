@@ -243,6 +243,8 @@ SIGNALLED_STEP = {
         "prompt": "Ship 1.2 to production?",
         "until": None,
         "received": True,
+        "limit": None,
+        "place": None,
     },
     "signal": {
         "name": "deploy",

@@ -378,9 +378,10 @@ class WaitingSerializer(serializers.Serializer):
     """What an open step waits for in the database (``TaskRun.waiting``), for people."""
 
     kind = serializers.ChoiceField(
-        choices=["signal", "until", "children"],
+        choices=["signal", "until", "children", "limit"],
         help_text="signal: a wait_for_signal step; until: a sleep (or a timed wait); "
-        "children: a parallel, map or subflow step waiting for its children.",
+        "children: a parallel, map or subflow step waiting for its children; limit: a step "
+        "waiting for a slot of a named limit (or its flow's turn: max_concurrent_executions).",
     )
     signal = serializers.CharField(
         allow_null=True, help_text="The signal name it waits for (kind signal)."
@@ -388,10 +389,21 @@ class WaitingSerializer(serializers.Serializer):
     prompt = serializers.CharField(allow_blank=True, help_text="What the approver is asked.")
     until = serializers.DateTimeField(
         allow_null=True,
-        help_text="When the wait ends by itself: a sleep's end, a signal's timeout; null: never.",
+        help_text="When the wait ends by itself: a sleep's end, a signal's timeout, a limit's "
+        "rate window; null: never.",
     )
     received = serializers.BooleanField(
         help_text="A signal came; the step runs on as soon as a worker picks it up."
+    )
+    limit = serializers.CharField(
+        allow_null=True,
+        help_text="kind limit: the limit's name (/api/limits/), or `flow` for the flow's own "
+        "max_concurrent_executions; else null.",
+    )
+    place = serializers.IntegerField(
+        allow_null=True,
+        help_text="kind limit: its place in the queue when it began waiting (null: it waits "
+        "for the rate's window).",
     )
 
 

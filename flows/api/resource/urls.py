@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 from flows.api.resource.alerts import AlertRuleViewSet, ChannelViewSet, NotificationViewSet
 from flows.api.resource.executions import ExecutionViewSet
 from flows.api.resource.flows import FlowViewSet
+from flows.api.resource.limits import LimitViewSet
 from flows.api.resource.secrets import SecretViewSet
 from flows.api.resource.task_types import TaskTypeViewSet
 
@@ -20,5 +21,6 @@ router.register("secrets", SecretViewSet, basename="secret")
 router.register("channels", ChannelViewSet, basename="channel")
 router.register("alert-rules", AlertRuleViewSet, basename="alert-rule")
 router.register("notifications", NotificationViewSet, basename="notification")
+router.register("limits", LimitViewSet, basename="limit")
 
 urlpatterns = router.urls
