@@ -432,3 +432,14 @@ def test_execution_log_lines_without_a_step_are_shown_as_the_execution_log(opera
     )
     html = operator.get(f"/executions/{execution.id}/").content.decode()
     assert "Execution log" in html and "operator note" in html
+
+
+@pytest.mark.parametrize("url", ["/", "/flows/", "/flows/test_flow/", "/executions/"])
+def test_each_page_s_title_is_its_name_and_nothing_of_its_content(operator, url):
+    # A card once landed inside the flow page's <title> block: the tab read its whole HTML.
+    stored(flow_doc([task("a")]))
+    html = operator.get(url).content.decode()
+
+    title = re.search(r"<head>.*?<title>(.*?)</title>", html, re.S).group(1)  # not an SVG's
+    assert "<" not in title and len(title) < 120, title
+    assert title.endswith("Flow Manager")
