@@ -126,7 +126,9 @@ def test_a_task_type_s_default_limits_are_taken(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(NoopTask, "default_limits", ["api"], raising=False)
     services.limit_create(data={"name": "api", "max_in_flight": 1})
-    start(flow_doc([task("a", "noop")]), 2)
+    # A document of its own: a parsed flow is kept per process by its text (engine.inputs),
+    # and the patch above is not a change of the plugin's file the cache would notice.
+    start(flow_doc([task("a", "noop")], flow_id="noop_with_default_limits"), 2)
 
     engine.claim_steps("w", LEASE, 10)
 
