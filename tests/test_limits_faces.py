@@ -122,9 +122,12 @@ def test_a_flow_naming_an_unknown_limit_is_refused_at_the_path(api: Any) -> None
 
 
 def test_a_task_type_s_default_limits_are_taken(monkeypatch: Any) -> None:
-    from tasks.task_noop import NoopTask
+    from flows.registry import default_registry
 
-    monkeypatch.setattr(NoopTask, "default_limits", ["api"], raising=False)
+    # The class the registry loaded (a test with plugins of its own may have loaded the
+    # module again, so tasks.task_noop.NoopTask can be another class object).
+    noop = default_registry().get("noop").cls
+    monkeypatch.setattr(noop, "default_limits", ["api"], raising=False)
     services.limit_create(data={"name": "api", "max_in_flight": 1})
     # A document of its own: a parsed flow is kept per process by its text (engine.inputs),
     # and the patch above is not a change of the plugin's file the cache would notice.
