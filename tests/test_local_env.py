@@ -139,6 +139,7 @@ def readme_example_lines() -> list[str]:
         if line.startswith(".venv/bin/python manage.py runflow examples/")
         and "sample_flow" not in line
         and "retry_branch" not in line
+        and "partner_api" not in line  # after its limit: the test below
     ]
 
 
@@ -160,6 +161,21 @@ def test_the_readme_s_secret_example_runs_as_written_and_never_shows_the_token(c
     assert out.splitlines()[-1] == "COMPLETED"
     assert "with Authorization: Bearer ***" in done.stderr
     assert "demo-token-123" not in out + done.stderr
+
+
+def test_the_readme_s_partner_api_lines_run_as_written_in_order(checkout):
+    readme = (PROJECT / "README.md").read_text().splitlines()
+    limit, run = (
+        next(line.split("  #")[0].strip() for line in readme if line.startswith(prefix))
+        for prefix in (
+            ".venv/bin/python manage.py limit partner_api",
+            ".venv/bin/python manage.py runflow examples/partner_api_flow.json",
+        )
+    )
+
+    assert "limit partner_api defined: 2 at once, 5 per 1 s" in ok(sh(checkout.root, limit))
+    done = sh(checkout.root, run)
+    assert ok(done).splitlines()[-1] == "COMPLETED"
 
 
 @pytest.mark.parametrize("line", readme_example_lines())
