@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 from django_q.signals import post_spawn
 
-from flows import engine
+from flows import engine, jobs
 from flows.engine import reaper, wakeup
 from flows.models import Execution, ExecutionStatus, TaskRun, TaskRunStatus
 from tests.controls import (
@@ -226,7 +226,11 @@ def test_every_worker_process_starts_one_reaper_timer_whatever_the_broker(
 ):
     started: list[float] = []
     monkeypatch.setattr(engine.ReaperTimer, "__init__", lambda self, i: started.append(i))
-    monkeypatch.setattr(engine.DueStepTimer, "started", object())  # not the subject here
+    # Not the subject here (and, started in this process, they would handle other tests'
+    # rows): the other timers a worker process starts.
+    monkeypatch.setattr(engine.DueStepTimer, "started", object())
+    monkeypatch.setattr(jobs.EndsTimer, "started", object())
+    monkeypatch.setattr(jobs.NotifyTimer, "started", object())
     monkeypatch.setattr(Conf, "SYNC", False)
     for orm in ("default", None):  # the ORM broker, Redis
         monkeypatch.setattr(engine.ReaperTimer, "started", None)

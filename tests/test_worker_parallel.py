@@ -731,8 +731,10 @@ def test_cancelling_the_parent_while_map_items_end_and_start_leaves_nothing_open
     # workers' endings, and neither may leave an item or a step open.
     live.start_cluster()
     document = flow_doc(
-        [mapped("each", "${input.items}", [task("echo", "record", value="${item}")],
-                max_concurrency=10)],
+        # 0.2 s an item: the map runs for some 8 s, well past the cancel's arrival (a
+        # `manage.py shell` of a second or two), however fast the engine hands items on.
+        [mapped("each", "${input.items}",
+                [task("echo", "record", value="${item}", seconds=0.2)], max_concurrency=10)],
         flow_id="pl_cancel_busy_map",
     )  # fmt: skip
     [execution_id] = live.submit(document, {"items": list(range(400))})
@@ -776,7 +778,8 @@ def test_a_parent_paused_while_its_map_runs_finishes_the_map_after_resume(live: 
             mapped(
                 "each",
                 "${input.items}",
-                [task("hold", "wait", seconds=0.5), task("say", "print", message="item ${item}")],
+                # 1.5 s an item, 2 at a time: the map outlasts the pause's arrival.
+                [task("hold", "wait", seconds=1.5), task("say", "print", message="item ${item}")],
                 max_concurrency=2,
             ),
             task("after", "print", message="${results.each.data.count} mapped"),
