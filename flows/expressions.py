@@ -269,13 +269,24 @@ class Expression:
         Raises ExpressionBudgetError past the budget, ExpressionError when it fails or does
         not give a boolean.
         """
-        activation = {
-            "result": celpy.json_to_cel(result if result is not None else {}),
-            "results": celpy.json_to_cel(dict(results)),
-            "input": celpy.json_to_cel(input or {}),
+        variables = {
+            "result": result if result is not None else {},
+            "results": dict(results),
+            "input": input or {},
         }
+        value = self._run(variables, budget_seconds)
+        if not isinstance(value, celtypes.BoolType):
+            raise ExpressionError(
+                f"expression '{self.source}' gave {type(value).__name__}, not true or false"
+            )
+        return bool(value)
+
+    def _run(self, variables: Mapping[str, Any], budget_seconds: float) -> Any:
+        """The expression's CEL value over ``variables`` (JSON), within ``budget_seconds``:
+        ExpressionBudgetError past it, ExpressionError when it fails."""
+        activation = {name: celpy.json_to_cel(value) for name, value in variables.items()}
         try:
-            value = self.program.evaluate_within(activation, budget_seconds)
+            return self.program.evaluate_within(activation, budget_seconds)
         except _OverBudget:
             raise ExpressionBudgetError(
                 f"expression '{self.source}' exceeded its budget of {budget_seconds:g} s "
@@ -285,28 +296,12 @@ class Expression:
             raise ExpressionError(
                 f"expression '{self.source}' failed: {_cel_message(exc)}"
             ) from None
-        if not isinstance(value, celtypes.BoolType):
-            raise ExpressionError(
-                f"expression '{self.source}' gave {type(value).__name__}, not true or false"
-            )
-        return bool(value)
 
     def key(self, variables: Mapping[str, Any], *, budget_seconds: float) -> str:
         """The expression's value over ``variables`` as a key of at most 200 characters (a
         concurrency key: a string or a number, in their JSON form otherwise). Raises
         ExpressionError as ``evaluate`` does."""
-        activation = {name: celpy.json_to_cel(value) for name, value in variables.items()}
-        try:
-            value = self.program.evaluate_within(activation, budget_seconds)
-        except _OverBudget:
-            raise ExpressionBudgetError(
-                f"expression '{self.source}' exceeded its budget of {budget_seconds:g} s "
-                f"({BUDGET_SETTING}) and was stopped"
-            ) from None
-        except Exception as exc:
-            raise ExpressionError(
-                f"expression '{self.source}' failed: {_cel_message(exc)}"
-            ) from None
+        value = self._run(variables, budget_seconds)
         if isinstance(value, celtypes.BoolType):
             return "true" if value else "false"
         if isinstance(value, str | int | float):
