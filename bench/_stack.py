@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -105,6 +106,26 @@ class Backend:
     label: str
     env: dict[str, str]
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def stack_env(backend: Backend, label: str, **extra: str) -> dict[str, str]:
+    """The environment of a stack's processes: ``os.environ`` with the backend's database
+    (and Redis, or none), a throwaway SECRET_KEY, DEBUG off, real workers (no Q_SYNC), a
+    cluster name of this run's own, and ``extra`` on top."""
+    env = {
+        **os.environ,
+        **backend.env,
+        # Signs nothing that outlives the run.
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "DEBUG": "0",
+        "DJANGO_SETTINGS_MODULE": "flowmanager.settings",
+        "Q_CLUSTER_NAME": f"bench-{label}-{os.getpid()}",
+        **extra,
+    }
+    env.pop("Q_SYNC", None)
+    if "REDIS_URL" not in backend.env:
+        env.pop("REDIS_URL", None)
+    return env
 
 
 def _postgres_up() -> bool:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import signal
 import statistics
@@ -68,6 +67,7 @@ from _stack import (
     manage,
     pg_redis_backend,
     sqlite_backend,
+    stack_env,
     start,
     stop,
     utc_stamp,
@@ -460,22 +460,17 @@ def run_backend(
     try:
         stack = sqlite_backend(home) if name == "sqlite" else pg_redis_backend(redis_db)
         with stack as backend:
-            env = {
-                **os.environ,
-                **backend.env,
-                "SECRET_KEY": secrets.token_urlsafe(40),
-                "DEBUG": "0",
-                "DJANGO_SETTINGS_MODULE": "flowmanager.settings",
-                "Q_WORKERS": str(WORKERS),
-                "Q_CLUSTER_NAME": f"bench-recovery-{os.getpid()}",
-                "LOG_LEVEL": LOG_LEVEL,
-                "FLOW_DEMO_DELAY_SECONDS": "0",
-            }
-            for unset in ("Q_SYNC", "FLOW_LEASE_SECONDS", "FLOW_REAP_EVERY_SECONDS",
+            env = stack_env(
+                backend,
+                "recovery",
+                Q_WORKERS=str(WORKERS),
+                LOG_LEVEL=LOG_LEVEL,
+                FLOW_DEMO_DELAY_SECONDS="0",
+            )
+            # The recovery knobs at their defaults, whatever this shell sets.
+            for unset in ("FLOW_LEASE_SECONDS", "FLOW_REAP_EVERY_SECONDS",
                           "FLOW_WAKE_AFTER_SECONDS", "FLOW_WORKER_CONCURRENCY"):  # fmt: skip
                 env.pop(unset, None)
-            if "REDIS_URL" not in backend.env:
-                env.pop("REDIS_URL", None)
             log(f"{backend.label}: migrate ({backend.details})")
             manage(env, "migrate", "--noinput", "--verbosity", "0")
             out = home / "figures.json"

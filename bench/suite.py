@@ -84,7 +84,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -103,6 +102,7 @@ from _stack import (
     manage,
     pg_redis_backend,
     sqlite_backend,
+    stack_env,
     start,
     stop,
     utc_stamp,
@@ -849,22 +849,15 @@ def run_backend(
     try:
         stack = sqlite_backend(home) if name == "sqlite" else pg_redis_backend(redis_db)
         with stack as backend:
-            env = {
-                **os.environ,
-                **backend.env,
-                "SECRET_KEY": secrets.token_urlsafe(40),
-                "DEBUG": "0",
-                "DJANGO_SETTINGS_MODULE": "flowmanager.settings",
-                "Q_WORKERS": str(WORKERS),
-                "Q_CLUSTER_NAME": f"bench-suite-{os.getpid()}",
-                "LOG_LEVEL": LOG_LEVEL,
-                "FLOW_DEMO_DELAY_SECONDS": "0",
+            env = stack_env(
+                backend,
+                "suite",
+                Q_WORKERS=str(WORKERS),
+                LOG_LEVEL=LOG_LEVEL,
+                FLOW_DEMO_DELAY_SECONDS="0",
                 # The start endpoints are timed through the test client (bench/capacity.py).
-                "ALLOWED_HOSTS": "testserver",
-            }
-            env.pop("Q_SYNC", None)
-            if "REDIS_URL" not in backend.env:
-                env.pop("REDIS_URL", None)
+                ALLOWED_HOSTS="testserver",
+            )
             log(f"{backend.label}: migrate ({backend.details})")
             manage(env, "migrate", "--noinput", "--verbosity", "0")
             out = home / "figures.json"

@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import shutil
 import statistics
 import sys
@@ -48,10 +47,12 @@ from _stack import (
     manage,
     pg_redis_backend,
     sqlite_backend,
+    stack_env,
     start,
     stop,
     utc_stamp,
 )
+from cryptography.fernet import Fernet
 
 SETUP_USER = """
 from django.contrib.auth import get_user_model
@@ -173,19 +174,14 @@ def run(name: str, counts: dict[str, int], redis_db: int | None = None) -> dict[
             backend = stack.enter_context(
                 sqlite_backend(home) if name == "sqlite" else pg_redis_backend(redis_db)
             )
-            env = {
-                **os.environ,
-                **backend.env,
-                "SECRET_KEY": secrets.token_urlsafe(40),
-                "DEBUG": "0",
-                "ALLOWED_HOSTS": "127.0.0.1",
-                "LOG_LEVEL": "WARNING",
-                "FLOW_SECRET_KEYS": "kS8S9QKt5CGMLNCg2rl6rWvhqWsBWw_dkoreWyQbqpU=",
-                "Q_CLUSTER_NAME": f"bench-webhooks-{os.getpid()}",
-            }
-            env.pop("Q_SYNC", None)
-            if "REDIS_URL" not in backend.env:
-                env.pop("REDIS_URL", None)
+            env = stack_env(
+                backend,
+                "webhooks",
+                ALLOWED_HOSTS="127.0.0.1",
+                LOG_LEVEL="WARNING",
+                # A key of the run's own for the hooks' secrets: none in the repository.
+                FLOW_SECRET_KEYS=Fernet.generate_key().decode(),
+            )
             log(f"{backend.label}: migrate")
             manage(env, "migrate", "--noinput", "--verbosity", "0")
             token = manage(env, "shell", "--verbosity", "0", "-c", SETUP_USER).split()[-1]
