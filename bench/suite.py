@@ -1471,6 +1471,12 @@ def only_limit_rows(backends: dict[str, Any], counts: dict[str, Any]) -> list[di
             f"{over['median']:.3f} ms",
             f"BENCHMARKS.md: {RECORDED_OVERHEAD_MS[name]:g} ms",
         )
+        per_step = fig["overhead"]["summary"]["per_step_ms"]["median"]
+        add(fig["label"], "per step with the no-op task included: span / steps (median)",
+            f"{per_step:.3f} ms", "-")  # fmt: skip
+        floor = fig["floor"]["step_transaction_s"] * 1000
+        add(fig["label"], "floor: BEGIN + 3 single-row UPDATEs + COMMIT, from Python",
+            f"{floor:.3f} ms (overhead / floor {over['median'] / floor:.2f}x)", "-")  # fmt: skip
         limit_rows(name, fig, add)
     return rows
 
@@ -1521,7 +1527,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only-limits",
         action="store_true",
         help="only the per-step overhead and the limits stage (no throughput, waits, maps, "
-        "recovery or peers)",
+        "recovery or peers); with --skip-limits, the per-step figures alone",
     )
     parser.add_argument("--backends", default="sqlite,pg-redis", help="comma-separated")
     parser.add_argument("--redis-db", type=int, help="Redis db number to use and flush "
@@ -1549,7 +1555,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_limits:
         counts["limits"] = False
     if args.only_limits:
-        counts.update(only_limits=True, limits=True, map=False)
+        # With --skip-limits: the per-step figures alone (overhead, with the task, the floor).
+        counts.update(only_limits=True, limits=not args.skip_limits, map=False)
         args.skip_recovery = args.skip_peers = args.skip_webhooks = True
     started, stamp = time.monotonic(), utc_stamp()
     revision = engine_revision()

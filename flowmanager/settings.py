@@ -116,6 +116,20 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         **_db.get("OPTIONS", {}),
     }
 DATABASES = {"default": _db}
+# PostgreSQL: the engine's one-statement step record (flows/sql/onetrip.py) is a server-side
+# prepared statement, planned once per connection. Turn off behind a pooler that cannot keep
+# prepared statements across transactions (PgBouncer in transaction mode before 1.21).
+FLOW_PG_PREPARED = env_bool("FLOW_PG_PREPARED", True)
+if _db["ENGINE"] == "django.db.backends.postgresql" and FLOW_PG_PREPARED:
+    # Django turns psycopg's prepared statements off (None). Django's own queries never use
+    # them (its client-side binding cursor cannot); a threshold no query reaches lets the
+    # engine prepare the statements it asks for (prepare=True) and no other.
+    # And planned once: a custom plan for each call (the server's default for the first
+    # calls and whenever it guesses one is cheaper) costs more than running it. Only
+    # prepared statements have plans to cache, so Django's queries are unaffected.
+    _options = _db.setdefault("OPTIONS", {})
+    _options.setdefault("prepare_threshold", 2**31 - 1)
+    _options["options"] = f"{_options.get('options', '')} -c plan_cache_mode=force_generic_plan"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache: shared between web and worker processes so /health sees the worker clusters ---

@@ -235,16 +235,20 @@ def test_recording_a_step_is_tried_once_more_after_a_database_error(registry, mo
     from django.db import OperationalError
 
     execution = start(registry, flow_doc([task("a", "noop"), task("b", "noop")], flow_id="r"))
-    real_write = record.write
     failures = []
 
-    def write_failing_once(*args, **kwargs):
-        if not failures:
-            failures.append(1)
-            raise OperationalError("connection reset")
-        return real_write(*args, **kwargs)
+    def failing_once(real):
+        def write(*args, **kwargs):
+            if not failures:
+                failures.append(1)
+                raise OperationalError("connection reset")
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(record, "write", write_failing_once)
+        return write
+
+    # Whichever way the step is written: in one statement (PostgreSQL) or the general way.
+    monkeypatch.setattr(record, "write", failing_once(record.write))
+    monkeypatch.setattr(record, "write_in_one", failing_once(record.write_in_one))
 
     engine.Dispatcher(registry).run()
 

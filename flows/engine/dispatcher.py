@@ -307,6 +307,13 @@ class Dispatcher:
         # Map items started by this batch take the slots their predecessors free here.
         adopt = fanin.Adopt(self.me, self.lease) if self.only is None else None
         try:
+            # PostgreSQL: a batch that goes on here (or ends) as planned in one round trip.
+            written = record.write_in_one(
+                [finished for _, finished in batch], self.me, self.lease,
+                continue_here=continue_here,
+            )  # fmt: skip
+            if written is not None:
+                return list(zip([slot for slot, _ in batch], written, strict=True))
             with writes.atomic():
                 written = record.write(
                     [finished for _, finished in batch], self.me, self.lease,

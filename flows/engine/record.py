@@ -54,6 +54,30 @@ class _Inserts:
         writes.insert_rows(ExecutionEnd, self.ends, after_commit=True)
 
 
+@dataclass
+class _Decided:
+    """What a batch's transaction writes, decided from its steps and their executions' rows
+    (``_decide``), before any of it is written."""
+
+    inserts: _Inserts = field(default_factory=_Inserts)
+    closes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ends: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
+    routes: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)  # those going on
+    paused: list[uuid.UUID] = field(default_factory=list)
+    waits: list[uuid.UUID] = field(default_factory=list)
+    wakes: list[tuple[uuid.UUID, datetime | None]] = field(default_factory=list)
+    children_ended: list[tuple[Execution, str, Any]] = field(default_factory=list)
+    logged: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+    admits: set[tuple[str, str]] = field(default_factory=set)  # (flow, key) places freed
+    next_steps: list[TaskRun | None] = field(default_factory=list)
+
+
+# An execution's row as ``write`` reads it back: (cancel_requested, pause_requested,
+# steps_taken), or None for steps_taken where nobody read it (``write_in_one`` counts it in
+# its statement).
+_State = tuple[bool, bool, int | None]
+
+
 def write(
     batch: list[Finished],
     me: str,
@@ -79,7 +103,7 @@ def write(
     now = timezone.now()
     # Children of a map or parallel step: their FanOut rows first (fanin.lock_fanouts).
     fanin.lock_fanouts(f.execution.parent_step_id for f in batch if f.execution.parent_step_id)
-    states = {
+    states: dict[uuid.UUID, _State] = {
         row[0]: row[1:]
         for row in writes.update_rows(
             Execution,
@@ -88,19 +112,71 @@ def write(
             returning=["cancel_requested", "pause_requested", "steps_taken"],
         )
     }
-    inserts = _Inserts()
-    closes: dict[int, dict[str, Any]] = {}
-    ends: dict[uuid.UUID, dict[str, Any]] = {}
-    paused: list[uuid.UUID] = []
-    waits: list[uuid.UUID] = []
-    children_ended: list[tuple[Execution, str, Any]] = []
-    routes: list[tuple[uuid.UUID, str]] = []
-    admits: set[tuple[str, str]] = set()  # (flow, key) places freed (max_concurrent_executions)
-    next_steps: list[TaskRun | None] = []
+    decided = _decide(batch, states, me, lease, now, continue_here=continue_here)
+    for eid, at in decided.wakes:
+        wake(eid, at=at)
+    if transitions.close_steps(decided.closes, me) != len(decided.closes):
+        if len(batch) == 1:
+            logger.warning(
+                "execution=%s step=%s was taken over by another worker; result dropped",
+                batch[0].execution.id, batch[0].step.seq,
+            )  # fmt: skip
+        raise TakenOver
+    transitions.end_executions(decided.ends)
+    for flow_id, key in sorted(decided.admits):
+        admission.ended(flow_id, key, now)  # the next queued execution starts
+    if decided.paused:
+        transitions.pause(decided.paused)
+    waits = decided.waits
+    if waits:
+        # A step that waits runs again later: it counts once against max_steps, not per run.
+        Execution.objects.filter(pk__in=waits).update(steps_taken=F("steps_taken") - 1)
+        for finished in batch:
+            plan = finished.outcome.fanout
+            if plan is None or finished.execution.id not in waits:
+                continue
+            if isinstance(plan, redrive.TakeOver):
+                redrive.take_over(plan, finished.execution, finished.step, now)
+            else:
+                fanout.create(plan, finished.execution, finished.step, now)
+    if decided.children_ended:
+        fanin.children_ended(decided.children_ended, now, adopt if continue_here else None)
+    # Slots of named limits held by the steps written, handed to the next waiters: claimed
+    # here for as many as the steps written free of this dispatcher's room (less the map
+    # items it took above), else woken for any worker.
+    freed = [f.step.pk for f in batch if f.step.limits and f.execution.id in states]
+    if freed:
+        next_steps = decided.next_steps
+        room = sum(1 for nxt in next_steps if nxt is None) - (len(adopt.steps) if adopt else 0)
+        limits.release(freed, now, adopt if continue_here and room > 0 else None, room)
+    decided.inserts.save()
+    _log(decided)
+    return decided.next_steps
+
+
+def _log(decided: _Decided) -> None:
+    for eid, route in decided.logged:
+        logger.info("execution=%s route: %s", eid, route)
+
+
+def _decide(
+    batch: list[Finished],
+    states: dict[uuid.UUID, _State],
+    me: str,
+    lease: timedelta,
+    now: datetime,
+    *,
+    continue_here: bool,
+) -> _Decided:
+    """Step 2 of ``write``: what the batch writes, given its executions' rows (``states``; an
+    execution absent from them was deleted). Writes nothing; the workers to wake are listed,
+    not woken."""
+    decided = _Decided()
+    inserts, closes, ends = decided.inserts, decided.closes, decided.ends
     for finished in batch:
         execution, definition, step = finished.execution, finished.definition, finished.step
         outcome, plan, eid = finished.outcome, finished.plan, finished.execution.id
-        next_steps.append(None)
+        decided.next_steps.append(None)
         if eid not in states:
             logger.info("execution=%s was deleted while step %s ran", eid, step.seq)
             continue
@@ -110,23 +186,28 @@ def write(
         if outcome.status == TaskRunStatus.CANCELLED or cancel_requested:
             final, error, why = ExecutionStatus.CANCELLED, "cancelled by request", "cancelled"
         elif plan.wait:
-            waits.append(eid)
-            _wait(finished, me, now, closes, paused if pause_requested else None)
-            routes.append((eid, plan.why))
+            decided.waits.append(eid)
+            _wait(finished, now, decided, pause_requested)
+            decided.logged.append((eid, plan.why))
             inserts.events.extend(_events(eid, step, now, finished.events))
             continue
         elif not final and left is not None and left <= plan.delay:
             # A retry that would be due too late.
             timeout = flow_timeout(definition)
             final, error, why = ExecutionStatus.FAILED, timeout.error, timeout.error
-        elif not final and definition is not None and steps_taken >= definition.max_steps:
+        elif (
+            not final
+            and definition is not None
+            and steps_taken is not None
+            and steps_taken >= definition.max_steps
+        ):
             final = ExecutionStatus.FAILED
             error = why = (
                 f"step limit of {definition.max_steps} steps (max_steps) reached before "
                 f"task '{plan.target}' could run"
             )
         route = f"{why} -> {f'execution {final}' if final else plan.target}"
-        routes.append((eid, route))
+        decided.logged.append((eid, route))
         closes[step.pk] = transitions.closed(
             outcome.status,
             now,
@@ -142,19 +223,20 @@ def write(
         # conditions, retries, pauses, failures and the end.
         events = list(finished.events)
         if final:
-            ends[eid] = ending(final, error, int(steps_taken), now)
+            ends[eid] = ending(final, error, steps_taken, now)
             if execution.concurrency_key is not None:
-                admits.add((execution.flow_id, execution.concurrency_key))
+                decided.admits.add((execution.flow_id, execution.concurrency_key))
             end = transitions.end_row(execution, final, now)
             if end is not None:
                 inserts.ends.append(end)
             if execution.parent_step_id is not None:
                 # A child's output is what its parent step gathers (fanin.join).
                 ends[eid]["result"] = outcome.result if final == ExecutionStatus.COMPLETED else None
-                children_ended.append((execution, final, definition))
+                decided.children_ended.append((execution, final, definition))
             level = {ExecutionStatus.COMPLETED: "INFO", ExecutionStatus.CANCELLED: "WARNING"}
             events.append((level.get(final, "ERROR"), route))
         else:
+            decided.routes[eid] = {"current_task": plan.target}
             if plan.noteworthy:
                 succeeded = outcome.status == TaskRunStatus.SUCCESS
                 events.append(("INFO" if succeeded else "WARNING", route))
@@ -174,50 +256,77 @@ def write(
             )
             inserts.steps.append(next_step)
             if pause_requested:
-                paused.append(eid)
+                decided.paused.append(eid)
                 events.append(("WARNING", f"paused before {spec.name}"))
                 logger.info("execution=%s paused before %s", eid, spec.name)
             elif not claim_here:
-                wake(eid, at=due)
+                decided.wakes.append((eid, due))
             else:
-                next_steps[-1] = next_step
+                decided.next_steps[-1] = next_step
         inserts.events.extend(_events(eid, step, now, events))
-    if transitions.close_steps(closes, me) != len(closes):
-        if len(batch) == 1:
-            logger.warning(
-                "execution=%s step=%s was taken over by another worker; result dropped",
-                batch[0].execution.id, batch[0].step.seq,
-            )  # fmt: skip
-        raise TakenOver
-    transitions.end_executions(ends)
-    for flow_id, key in sorted(admits):
-        admission.ended(flow_id, key, now)  # the next queued execution starts
-    if paused:
-        transitions.pause(paused)
-    if waits:
-        # A step that waits runs again later: it counts once against max_steps, not per run.
-        Execution.objects.filter(pk__in=waits).update(steps_taken=F("steps_taken") - 1)
-        for finished in batch:
-            plan = finished.outcome.fanout
-            if plan is None or finished.execution.id not in waits:
-                continue
-            if isinstance(plan, redrive.TakeOver):
-                redrive.take_over(plan, finished.execution, finished.step, now)
-            else:
-                fanout.create(plan, finished.execution, finished.step, now)
-    if children_ended:
-        fanin.children_ended(children_ended, now, adopt if continue_here else None)
-    # Slots of named limits held by the steps written, handed to the next waiters: claimed
-    # here for as many as the steps written free of this dispatcher's room (less the map
-    # items it took above), else woken for any worker.
-    freed = [f.step.pk for f in batch if f.step.limits and f.execution.id in states]
-    if freed:
-        room = sum(1 for nxt in next_steps if nxt is None) - (len(adopt.steps) if adopt else 0)
-        limits.release(freed, now, adopt if continue_here and room > 0 else None, room)
-    inserts.save()
-    for eid, route in routes:
-        logger.info("execution=%s route: %s", eid, route)
-    return next_steps
+    return decided
+
+
+def write_in_one(
+    batch: list[Finished], me: str, lease: timedelta, *, continue_here: bool
+) -> list[TaskRun | None] | None:
+    """PostgreSQL: write decided steps in ONE statement, committed on its own
+    (``flows.sql.onetrip``), when each of them goes on here or ends as planned: for each, the
+    next step (claimed by this worker), else None. None when it wrote nothing: a step of the
+    batch needs what only ``write`` does (a wait, a retry's delay, limits, a child's end, an
+    admission place, a successor not run here), or its execution was not as assumed (a
+    cancel or a pause asked for, the step limit reached, deleted), or a step was taken over;
+    the caller then writes the batch with ``write``, which decides those."""
+    if not transitions.in_one_available() or not all(
+        _in_one(finished, continue_here) for finished in batch
+    ):
+        return None
+    now = timezone.now()
+    # What ``write`` would decide were every execution as the statement checks it is.
+    states: dict[uuid.UUID, _State] = {f.execution.id: (False, False, None) for f in batch}
+    decided = _decide(batch, states, me, lease, now, continue_here=continue_here)
+    # Each step's limit, checked by the statement (None: the execution ends with this step).
+    max_steps = {
+        f.execution.id: None if f.plan.final else f.definition.max_steps  # type: ignore[union-attr]
+        for f in batch
+    }
+    routes = {**decided.routes, **decided.ends}
+    checks = [(f.execution.id, f.step.pk, max_steps[f.execution.id]) for f in batch]
+    if not transitions.record_in_one(
+        checks, decided.closes, routes, decided.inserts.steps, decided.inserts.events,
+        decided.inserts.ends, me=me,
+    ):  # fmt: skip
+        return None
+    _log(decided)
+    return decided.next_steps
+
+
+def _in_one(finished: Finished, continue_here: bool) -> bool:
+    """Whether ``write_in_one`` can write this step: it goes on in this worker to a task
+    without limits, or its execution ends as planned, with nothing but rows to write."""
+    execution, step, outcome, plan = (
+        finished.execution, finished.step, finished.outcome, finished.plan,
+    )  # fmt: skip
+    if (
+        execution.parent_step_id is not None  # a child: its parent's FanOut row and counts
+        or step.limits  # slots to free
+        or plan.wait
+        or outcome.fanout is not None
+        or outcome.status == TaskRunStatus.CANCELLED
+    ):
+        return False
+    left = remaining(execution)
+    if plan.final:
+        # An ended execution's place goes to the next queued one (admission).
+        return execution.concurrency_key is None
+    definition = finished.definition
+    return (
+        continue_here
+        and definition is not None
+        and plan.delay <= 0
+        and (left is None or left > 0)
+        and not definition.task(plan.target).limits  # type: ignore[arg-type]
+    )
 
 
 def _events(
@@ -231,26 +340,21 @@ def _events(
     ]
 
 
-def _wait(
-    finished: Finished,
-    me: str,
-    now: datetime,
-    closes: dict[int, dict[str, Any]],
-    paused: list[uuid.UUID] | None,
-) -> None:
+def _wait(finished: Finished, now: datetime, decided: _Decided, pause_requested: bool) -> None:
     """The step goes back to PENDING to wait in the database, its worker let go: until its
     time (a sleep, a signal's timeout), or until something makes it due (FOREVER: a signal,
     its children). The reaper and the due-step timer leave it alone until then."""
     outcome, step, eid = finished.outcome, finished.step, finished.execution.id
     until = outcome.wait_until
     # Open until the wait ends: its duration is then the whole wait (routing.took).
+    closes = decided.closes
     closes[step.pk] = transitions.waits(until, outcome.waiting, route=finished.plan.why[:300])
     if outcome.parameters is not None:
         closes[step.pk]["parameters"] = outcome.parameters
-    if paused is not None:
-        paused.append(eid)
+    if pause_requested:
+        decided.paused.append(eid)
     elif until is not None:
-        wake(eid, at=until)
+        decided.wakes.append((eid, until))
     logger.info("execution=%s step=%s %s", eid, step.seq, finished.plan.why)
 
 

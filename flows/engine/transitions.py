@@ -37,11 +37,12 @@ from flows.models import (
     ACTIVE_STATUSES,
     Execution,
     ExecutionEnd,
+    ExecutionEvent,
     ExecutionStatus,
     TaskRun,
     TaskRunStatus,
 )
-from flows.sql import writes
+from flows.sql import onetrip, writes
 
 # A wait no clock ends (a signal, children): not_before/woken_at so far ahead that the due-step
 # timer, the reaper and the claim leave the step alone until something makes it due.
@@ -109,16 +110,13 @@ def start_batch(rows: list[Execution], spec: TaskSpec, now: datetime) -> None:
     wake_ready([row.id for row in rows])
 
 
-def ending(status: str, error: str, steps_taken: int, now: datetime) -> dict[str, Any]:
+def ending(status: str, error: str, steps_taken: int | None, now: datetime) -> dict[str, Any]:
     """An execution's row as it ends (written by ``record.write`` in its batch UPDATE, or by
-    ``end_execution``)."""
-    return {
-        "status": status,
-        "error": error,
-        "ended_at": now,
-        "current_task": "",
-        "steps_taken": steps_taken,
-    }
+    ``end_execution``); ``steps_taken`` None: counted by the statement (``record_in_one``)."""
+    row: dict[str, Any] = {"status": status, "error": error, "ended_at": now, "current_task": ""}
+    if steps_taken is not None:
+        row["steps_taken"] = steps_taken
+    return row
 
 
 def end_row(execution: Execution, status: str, now: datetime) -> ExecutionEnd | None:
@@ -141,6 +139,33 @@ def end_execution(execution: Execution, status: str, error: str, now: datetime) 
         writes.insert_rows(ExecutionEnd, [row], after_commit=True)
     if execution.concurrency_key is not None:
         admission.ended(execution.flow_id, execution.concurrency_key, now)
+
+
+def in_one_available() -> bool:
+    """Whether ``record_in_one`` can be used here (PostgreSQL)."""
+    return onetrip.available()
+
+
+def record_in_one(
+    checks: list[tuple[uuid.UUID, int, int | None]],
+    closes: dict[int, dict[str, Any]],
+    routes: dict[uuid.UUID, dict[str, Any]],
+    steps: list[TaskRun],
+    events: list[ExecutionEvent],
+    ends: list[ExecutionEnd],
+    *,
+    me: str,
+) -> bool:
+    """PostgreSQL: a batch's steps closed (``closed`` rows), their executions counted and
+    routed or ended (``ending`` rows; ``routes``), their next steps (``new_step``, claimed by
+    ``me``), log lines and outbox rows inserted, in ONE statement committed on its own
+    (``flows.sql.onetrip``), all of it only if every execution was asked neither to cancel
+    nor to pause, is within its step limit (``checks``: execution, step, limit or None) and
+    every step is still ``me``'s: whether it wrote. Locks: none held before (outside any
+    transaction of the engine); the statement takes the executions' rows, then the steps'."""
+    return onetrip.record(
+        checks, closes, routes, steps, events, ends, running=TaskRunStatus.RUNNING, me=me
+    )
 
 
 def end_executions(ends: dict[uuid.UUID, dict[str, Any]]) -> None:

@@ -100,12 +100,13 @@ def update_sql(
     increment: tuple[str, ...],
     returning: tuple[str, ...],
     where: tuple[tuple[str, bool], ...],
+    guard: str = "",
 ) -> str:
     """``UPDATE`` of the rows of one document, then an array of their keys: ``pattern`` names
     each field written and whether every row writes it (else a row's ``s<i>`` flag says
     whether it does, and the others keep their value); ``where`` as in
     ``writes.update_rows``. Each document row: ``k`` the key, ``c<i>`` the i-th field's
-    value, ``s<i>`` its flag."""
+    value, ``s<i>`` its flag. ``guard``: one more condition, SQL written here (``onetrip``)."""
     meta, quote = model._meta, db.ops.quote_name
     table = quote(meta.db_table)
 
@@ -135,6 +136,8 @@ def update_sql(
         f"FROM jsonb_to_recordset(%s::jsonb) AS v({_record(db, columns)}) "
         f"WHERE {pk} = ANY(%s::{columns[0][1]}[]) AND {pk} = v.{KEY}{conditions}"
     )
+    if guard:
+        sql += f" AND {guard}"
     if returning:
         sql += f" RETURNING {', '.join([pk, *(f'{table}.{column(n)}' for n in returning)])}"
     return sql
@@ -168,11 +171,15 @@ def update_rows_document(
 
 @functools.lru_cache(maxsize=64)
 def insert_sql(
-    db: BaseDatabaseWrapper, model: type[Model], fields: tuple[Field, ...], returning: bool
+    db: BaseDatabaseWrapper,
+    model: type[Model],
+    fields: tuple[Field, ...],
+    returning: bool,
+    guard: str = "",
 ) -> str:
     """``INSERT`` of the rows of one document (``c<i>``: the i-th of ``fields``), in the
     document's order, so that keys coming back (``returning``: the auto primary key) are in
-    that order too."""
+    that order too. ``guard``: a condition on them all, SQL written here (``onetrip``)."""
     meta, quote = model._meta, db.ops.quote_name
     names = [f"c{i}" for i in range(len(fields))]
     columns = [*zip(names, (column_type(db, f) for f in fields), strict=True), ("n", "integer")]
@@ -180,7 +187,8 @@ def insert_sql(
         f"INSERT INTO {quote(meta.db_table)} "  # noqa: S608 - identifiers from the model
         f"({', '.join(quote(f.column) for f in fields)}) "
         f"SELECT {', '.join(f'v.{n}' for n in names)} "
-        f"FROM jsonb_to_recordset(%s::jsonb) AS v({_record(db, columns)}) ORDER BY v.n"
+        f"FROM jsonb_to_recordset(%s::jsonb) AS v({_record(db, columns)})"
+        f"{f' WHERE {guard}' if guard else ''} ORDER BY v.n"
     )
     if returning:
         sql += f" RETURNING {quote(meta.pk.column)}"

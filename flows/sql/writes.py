@@ -88,6 +88,39 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
         return (cursor.fetchall() if cursor.description else []), cursor.rowcount
 
 
+def run_prepared(sql: str, params: list[Any]) -> list[Any]:
+    """Run one PostgreSQL statement as a server-side prepared statement: planned once per
+    connection, not at every call (``FLOW_PG_PREPARED``: off behind a pooler that cannot
+    keep them, such as PgBouncer in transaction mode before 1.21). Its rows.
+
+    Outside a transaction it commits on its own (autocommit). Inside one (a caller's atomic
+    block, a test's), in a savepoint, so that a statement that fails leaves that transaction
+    usable, as ``atomic`` would. Watched (DEBUG's query log, ``CaptureQueriesContext``), it
+    goes through Django's cursor, so they see it, unprepared.
+    """
+    db = _db()
+    if getattr(_state, "lean", None) is not None:
+        raise rules.SqlRuleError("run_prepared commits on its own: not inside writes.atomic()")
+    if db.in_atomic_block:
+        with transaction.atomic(using=db.alias):
+            return _prepared(db, sql, params)
+    return _prepared(db, sql, params)
+
+
+def _prepared(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> list[Any]:
+    if _watched(db) or not settings.FLOW_PG_PREPARED:
+        return _execute(db, sql, params)[0]
+    import psycopg
+
+    if db.connection is None:
+        db.ensure_connection()
+    # Server-side binding (psycopg.Cursor, not the connection's client-binding cursor): only
+    # a statement whose values travel apart from its text can be prepared.
+    with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchall()
+
+
 def _check(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> None:
     """The rules of ``flows.sql.rules`` for a statement about to run (DEBUG only)."""
     rules.check_statement(sql, params, db.vendor)

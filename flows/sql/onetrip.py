@@ -1,0 +1,185 @@
+"""PostgreSQL: a batch of finished steps recorded in ONE statement, one round trip (issue 26).
+
+Recorded the general way (``record.write``), a step costs PostgreSQL three round trips: BEGIN
+with the UPDATE that counts the step on its execution (and reads back whether a cancel or a
+pause was asked for), the UPDATE that closes the step, the next step's INSERT with COMMIT.
+Each of them is planned again by the server, since values travel in the statement's text.
+
+The common case needs none of what that read back decides: a step after which its
+execution goes on in this worker, or ends. For it the worker sends one data-modifying
+statement in autocommit (committed once), prepared once per connection (planned once)::
+
+    WITH x  AS (the executions, locked in key order: the lock order of ``transitions``),
+         y  AS (then the steps, locked, read as they are now),
+         d  AS (each step's execution, and its step limit when it goes on),
+         go AS (whether every execution and step is as the worker assumed: no cancel and no
+                pause asked for, the step limit not reached, every step still RUNNING and
+                this worker's, no execution deleted),
+         s  AS (close the steps)             -- each of these only where go:
+         e  AS (count the steps; route or end)  all of them or nothing
+         n  AS (insert the next steps, claimed by this worker)
+         v  AS (the log lines), o AS (the outbox rows of ended executions)
+    SELECT go, the keys of the new steps in order
+
+Nothing is written unless everything is as assumed; then it says so and the caller writes
+the batch the general way, which decides each of those cases. So the guarantees are those of
+``record.write``: the lease (the step closes only while it is this worker's), the reaper, the
+cancel and pause checks, the step limit.
+
+The values travel as JSON documents (``jsonrows``), so the text of the statement is the same
+for every batch, whatever its size and content, and psycopg's prepared statement serves
+them all. The key arrays are sent as PostgreSQL array text ("{1,2}"), which the server reads
+as the cast says: a Python list would be sent as the smallest integer type that holds its
+values, and every such type prepared again.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field
+
+from flows.models import Execution, ExecutionEnd, ExecutionEvent, TaskRun
+from flows.sql import jsonrows, writes
+
+# The fields each part writes, the same every time (one statement text: see the docstring).
+# A step closes with these; a step that resolved its parameters writes them too (a flag).
+CLOSE = (
+    ("status", True),
+    ("ended_at", True),
+    ("lease_expires_at", True),
+    ("result", True),
+    ("error", True),
+    ("traceback", True),
+    ("duration", True),
+    ("route", True),
+    ("parameters", False),
+)
+# An execution goes on (its next task) or ends (its status, error and end time too).
+ROUTE = (("current_task", True), ("status", False), ("error", False), ("ended_at", False))
+GO = "(SELECT ok FROM go)"
+
+
+def available() -> bool:
+    """Whether the database is PostgreSQL (SQLite has no round trips to save)."""
+    return writes._db().vendor == "postgresql"
+
+
+def _inserted_fields(model: Any) -> tuple[Field, ...]:
+    meta = model._meta
+    return tuple(f for f in meta.concrete_fields if f is not meta.pk)
+
+
+@functools.lru_cache(maxsize=16)
+def record_sql(db: BaseDatabaseWrapper, *, steps: bool, events: bool, ends: bool) -> str:
+    """The statement (see the module's docstring), with the parts a batch needs (``steps``,
+    ``events``, ``ends``: whether it inserts any; a part inserting nothing still costs the
+    server its plan nodes): a handful of texts, each prepared once. Its parameters, in order:
+    the executions' keys, the steps' keys (array text), the check document (``e``, ``s``,
+    ``m``), the status a held step has and this worker's name, then each part's document and
+    keys."""
+    quote = db.ops.quote_name
+    executions = quote(Execution._meta.db_table)
+    table = quote(TaskRun._meta.db_table)
+
+    def column(model: Any, name: str) -> str:
+        return quote(model._meta.get_field(name).column)
+
+    pk_e, pk_s = column(Execution, "id"), column(TaskRun, "id")
+    close = jsonrows.update_sql(
+        db, TaskRun, CLOSE, (), (), (("status", False), ("worker", False)), GO
+    )
+    route = jsonrows.update_sql(db, Execution, ROUTE, ("steps_taken",), (), (), GO)
+    parts = [f"s AS ({close})", f"e AS ({route})"]
+    if steps:
+        inserted = jsonrows.insert_sql(db, TaskRun, _inserted_fields(TaskRun), True, GO)
+        parts.append(f"n AS ({inserted})")
+    if events:
+        inserted = jsonrows.insert_sql(
+            db, ExecutionEvent, _inserted_fields(ExecutionEvent), False, GO
+        )
+        parts.append(f"v AS ({inserted})")
+    if ends:
+        inserted = jsonrows.insert_sql(
+            db, ExecutionEnd, _inserted_fields(ExecutionEnd), False, GO
+        )
+        parts.append(f"o AS ({inserted})")
+    keys = f"(SELECT array_agg(n.{pk_s}) FROM n)" if steps else "NULL::bigint[]"  # noqa: S608
+    return (
+        "WITH "  # noqa: S608 - identifiers from the models, every value a parameter
+        f"x AS (SELECT {pk_e} AS id, {column(Execution, 'cancel_requested')} AS cancel, "
+        f"{column(Execution, 'pause_requested')} AS pause, "
+        f"{column(Execution, 'steps_taken')} AS taken FROM {executions} "
+        f"WHERE {pk_e} = ANY(%s::uuid[]) ORDER BY {pk_e} FOR UPDATE), "
+        # After x (its count), so the steps are locked after their executions.
+        f"y AS (SELECT {pk_s} AS id, {column(TaskRun, 'status')} AS status, "
+        f"{column(TaskRun, 'worker')} AS worker FROM {table} "
+        f"WHERE {pk_s} = ANY(%s::bigint[]) AND (SELECT count(*) FROM x) >= 0 "
+        f"ORDER BY {pk_s} FOR UPDATE), "
+        "d AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS d(e uuid, s bigint, m integer)), "
+        "go AS (SELECT (SELECT count(*) FROM d JOIN x ON x.id = d.e "
+        "WHERE NOT x.cancel AND NOT x.pause AND (d.m IS NULL OR x.taken + 1 < d.m)) "
+        "= (SELECT count(*) FROM d) AND (SELECT count(*) FROM d JOIN y ON y.id = d.s "
+        "WHERE y.status = %s AND y.worker = %s) = (SELECT count(*) FROM d) AS ok), "
+        f"{', '.join(parts)} SELECT {GO}, {keys}"
+    )
+
+
+def _array(keys: Sequence[Any]) -> str:
+    """Keys as PostgreSQL array text (UUIDs and integers need no quoting)."""
+    return "{" + ",".join(str(key) for key in keys) + "}"
+
+
+def record(
+    checks: Sequence[tuple[uuid.UUID, int, int | None]],
+    closes: dict[int, dict[str, Any]],
+    routes: dict[uuid.UUID, dict[str, Any]],
+    new_steps: Sequence[TaskRun],
+    events: Sequence[ExecutionEvent],
+    ends: Sequence[ExecutionEnd],
+    *,
+    running: str,
+    me: str,
+) -> bool:
+    """Write a batch in one statement if everything is as assumed; whether it did.
+
+    ``checks``: each step's (execution, step, step limit: ``None`` when the execution ends
+    with it). ``closes``: each step's changes; ``routes``: each execution's (``steps_taken``
+    counted by the statement); ``new_steps`` get their keys; ``running``: the status of a
+    step this worker holds.
+    """
+    db = writes._db()
+    insert = _inserted_fields(TaskRun)
+    params: list[Any] = [
+        _array(sorted({str(eid) for eid, _, _ in checks})),
+        _array(sorted({sid for _, sid, _ in checks})),
+        jsonrows.document({"e": str(eid), "s": sid, "m": limit} for eid, sid, limit in checks),
+        running,
+        me,
+        jsonrows.update_rows_document(TaskRun, closes, CLOSE),
+        _array(closes),
+        running,
+        me,
+        jsonrows.update_rows_document(Execution, routes, ROUTE),
+        _array(routes),
+    ]
+    if new_steps:
+        params.append(jsonrows.insert_rows_document(new_steps, insert))
+    if events:
+        params.append(jsonrows.insert_rows_document(events, _inserted_fields(ExecutionEvent)))
+    if ends:
+        params.append(jsonrows.insert_rows_document(ends, _inserted_fields(ExecutionEnd)))
+    sql = record_sql(db, steps=bool(new_steps), events=bool(events), ends=bool(ends))
+    rows = writes.run_prepared(sql, params)
+    ok, keys = rows[0]
+    if not ok:
+        return False
+    for obj, key in zip(new_steps, keys or [], strict=True):
+        obj.pk = key
+    for obj in (*new_steps, *events, *ends):
+        obj._state.adding, obj._state.db = False, db.alias
+    return True
