@@ -69,6 +69,7 @@ def available() -> bool:
     return writes._db().vendor == "postgresql"
 
 
+@functools.cache
 def _inserted_fields(model: Any) -> tuple[Field, ...]:
     meta = model._meta
     return tuple(f for f in meta.concrete_fields if f is not meta.pk)
@@ -104,9 +105,7 @@ def record_sql(db: BaseDatabaseWrapper, *, steps: bool, events: bool, ends: bool
         )
         parts.append(f"v AS ({inserted})")
     if ends:
-        inserted = jsonrows.insert_sql(
-            db, ExecutionEnd, _inserted_fields(ExecutionEnd), False, GO
-        )
+        inserted = jsonrows.insert_sql(db, ExecutionEnd, _inserted_fields(ExecutionEnd), False, GO)
         parts.append(f"o AS ({inserted})")
     keys = f"(SELECT array_agg(n.{pk_s}) FROM n)" if steps else "NULL::bigint[]"  # noqa: S608
     return (
