@@ -45,6 +45,7 @@ from django.db.models import Field
 
 from flows.models import Execution, ExecutionEnd, ExecutionEvent, TaskRun
 from flows.sql import jsonrows, writes
+from flows.sql.values import prep
 
 # The fields each part writes, the same every time (one statement text: see the docstring).
 # A step closes with these; a step that resolved its parameters writes them too (a flag).
@@ -128,6 +129,114 @@ def record_sql(db: BaseDatabaseWrapper, *, steps: bool, events: bool, ends: bool
     )
 
 
+@functools.lru_cache(maxsize=64)
+def record_one_sql(
+    db: BaseDatabaseWrapper,
+    close: tuple[str, ...],
+    route: tuple[str, ...],
+    *,
+    step: bool,
+    events: bool,
+    ends: bool,
+) -> str:
+    """``record_sql`` for a batch of one step, its values as plain parameters: the JSON
+    documents' reading (the records, their joins, the casts of every column) costs the
+    server more than the rest of the statement, and most batches are one step (a chain).
+    ``close`` and ``route``: the fields the step's and the execution's changes set. Its
+    parameters, in order: the execution's key, the step's key, its step limit (None: none),
+    the status a held step has and this worker's name; the close's values and the step's
+    key; the route's values and the execution's key; the next step's values; the event and
+    end documents."""
+    quote = db.ops.quote_name
+    executions = quote(Execution._meta.db_table)
+    table = quote(TaskRun._meta.db_table)
+
+    def column(model: Any, name: str) -> str:
+        return quote(model._meta.get_field(name).column)
+
+    pk_e, pk_s = column(Execution, "id"), column(TaskRun, "id")
+    parts = [
+        f"s AS ({writes.update_one_sql(TaskRun, close)} AND {GO})",
+        f"e AS ({writes.update_one_sql(Execution, route, increment=('steps_taken',))} AND {GO})",
+    ]
+    if step:
+        fields = _inserted_fields(TaskRun)
+        # Cast: in a SELECT (not VALUES) a parameter's type comes from nothing else.
+        values = ", ".join(f"%s::{jsonrows.column_type(db, f)}" for f in fields)
+        parts.append(
+            f"n AS (INSERT INTO {table} ({', '.join(quote(f.column) for f in fields)}) "
+            f"SELECT {values} WHERE {GO} RETURNING {pk_s})"
+        )
+    if events:
+        inserted = jsonrows.insert_sql(
+            db, ExecutionEvent, _inserted_fields(ExecutionEvent), False, GO
+        )
+        parts.append(f"v AS ({inserted})")
+    if ends:
+        inserted = jsonrows.insert_sql(db, ExecutionEnd, _inserted_fields(ExecutionEnd), False, GO)
+        parts.append(f"o AS ({inserted})")
+    key = f"(SELECT n.{pk_s} FROM n)" if step else "NULL::bigint"  # noqa: S608
+    return (
+        "WITH "  # noqa: S608 - identifiers from the models, every value a parameter
+        f"x AS (SELECT {column(Execution, 'cancel_requested')} AS cancel, "
+        f"{column(Execution, 'pause_requested')} AS pause, "
+        f"{column(Execution, 'steps_taken')} AS taken FROM {executions} "
+        f"WHERE {pk_e} = %s FOR UPDATE), "
+        f"y AS (SELECT {column(TaskRun, 'status')} AS status, "
+        f"{column(TaskRun, 'worker')} AS worker FROM {table} "
+        f"WHERE {pk_s} = %s AND (SELECT count(*) FROM x) >= 0 FOR UPDATE), "
+        "go AS (SELECT EXISTS (SELECT 1 FROM x WHERE NOT x.cancel AND NOT x.pause "
+        "AND x.taken + 1 < COALESCE(%s::integer, x.taken + 2)) "
+        "AND EXISTS (SELECT 1 FROM y WHERE y.status = %s AND y.worker = %s) AS ok), "
+        f"{', '.join(parts)} SELECT {GO}, {key}"
+    )
+
+
+def _record_one(
+    check: tuple[uuid.UUID, int, int | None],
+    close: dict[str, Any],
+    route: dict[str, Any],
+    new_steps: Sequence[TaskRun],
+    events: Sequence[ExecutionEvent],
+    ends: Sequence[ExecutionEnd],
+    *,
+    running: str,
+    me: str,
+) -> bool:
+    db = writes._db()
+    (eid, sid, limit), step_meta, run_meta = check, TaskRun._meta, Execution._meta
+    close_names, route_names = tuple(close), tuple(route)
+    params: list[Any] = [
+        prep(run_meta.pk, eid, db), sid, limit, running, me,
+        *(prep(step_meta.get_field(name), close[name], db) for name in close_names),
+        sid,
+        *(prep(run_meta.get_field(name), route[name], db) for name in route_names),
+        prep(run_meta.pk, eid, db),
+    ]  # fmt: skip
+    for obj in new_steps:  # at most one: one execution's next step
+        params += [prep(f, f.pre_save(obj, add=True), db) for f in _inserted_fields(TaskRun)]
+    if events:
+        params.append(jsonrows.insert_rows_document(events, _inserted_fields(ExecutionEvent)))
+    if ends:
+        params.append(jsonrows.insert_rows_document(ends, _inserted_fields(ExecutionEnd)))
+    sql = record_one_sql(
+        db, close_names, route_names, step=bool(new_steps), events=bool(events), ends=bool(ends)
+    )
+    ok, key = writes.run_prepared(sql, params)[0]
+    if not ok:
+        return False
+    for obj in new_steps:
+        obj.pk = key
+    _saved(db, new_steps, events, ends)
+    return True
+
+
+def _saved(db: BaseDatabaseWrapper, *rows: Sequence[Any]) -> None:
+    for objs in rows:
+        for obj in objs:
+            obj._state.adding, obj._state.db = False, db.alias
+
+
 def _array(keys: Sequence[Any]) -> str:
     """Keys as PostgreSQL array text (UUIDs and integers need no quoting)."""
     return "{" + ",".join(str(key) for key in keys) + "}"
@@ -151,6 +260,11 @@ def record(
     counted by the statement); ``new_steps`` get their keys; ``running``: the status of a
     step this worker holds.
     """
+    if len(checks) == 1 and len(new_steps) <= 1:
+        ((eid, sid, _),) = checks
+        return _record_one(
+            checks[0], closes[sid], routes[eid], new_steps, events, ends, running=running, me=me
+        )
     db = writes._db()
     insert = _inserted_fields(TaskRun)
     params: list[Any] = [
@@ -179,6 +293,5 @@ def record(
         return False
     for obj, key in zip(new_steps, keys or [], strict=True):
         obj.pk = key
-    for obj in (*new_steps, *events, *ends):
-        obj._state.adding, obj._state.db = False, db.alias
+    _saved(db, new_steps, events, ends)
     return True

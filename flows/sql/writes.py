@@ -325,6 +325,20 @@ def _update_sql(
     return sql
 
 
+def update_one_sql(
+    model: type[Model],
+    names: tuple[str, ...],
+    *,
+    increment: tuple[str, ...] = (),
+    where: tuple[str, ...] = (),
+) -> str:
+    """The text of ``update_rows``' single-row UPDATE setting ``names`` (then the key, then
+    the ``where`` values, none of them None): for a statement that holds it (``onetrip``)."""
+    pattern = tuple((name, (0,)) for name in names)
+    conditions = tuple((name, False) for name in where)
+    return _update_sql(model, _db().vendor, 1, pattern, increment, (), conditions)
+
+
 def update_rows(
     model: type[Model],
     rows: Mapping[Any, Mapping[str, Any]],
