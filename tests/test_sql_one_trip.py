@@ -201,3 +201,36 @@ def test_without_prepared_statements_the_record_is_planned_each_time(settings) -
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements")
         assert cursor.fetchone()[0] == 0
+
+
+def test_a_batch_of_several_steps_is_one_statement_too() -> None:
+    version = services.flow_create(document=flow_doc([task("a"), task("b")], flow_id="many"))
+    pairs = [_running_step(version.pk) for _ in range(3)]
+    now = timezone.now()
+    closes = {
+        s.pk: transitions.closed(
+            TaskRunStatus.SUCCESS,
+            now,
+            result={"n": i},
+            error="",
+            traceback="",
+            duration=0.0,
+            route="a -> b",
+        )
+        for i, (_, s) in enumerate(pairs)
+    }
+    nexts = [
+        transitions.new_step(e.id, s, now, seq=2, claimed_by="w1", lease=timedelta(seconds=6))
+        for e, s in pairs
+    ]
+    with CaptureQueriesContext(connection) as sent:
+        written = transitions.record_in_one(
+            [(e.id, s.pk, 100) for e, s in pairs], closes,
+            {e.id: {"current_task": "b"} for e, _ in pairs}, nexts, [], [], me="w1",
+        )  # fmt: skip
+    assert written is True
+    assert len(sent.captured_queries) == 1
+    for i, ((execution, step), nxt) in enumerate(zip(pairs, nexts, strict=True)):
+        assert TaskRun.objects.get(pk=step.pk).result == {"n": i}
+        assert TaskRun.objects.get(pk=nxt.pk).execution_id == execution.id  # keys in order
+        assert Execution.objects.get(pk=execution.pk).steps_taken == 1

@@ -26,11 +26,14 @@ the batch the general way, which decides each of those cases. So the guarantees 
 ``record.write``: the lease (the step closes only while it is this worker's), the reaper, the
 cancel and pause checks, the step limit.
 
-The values travel as JSON documents (``jsonrows``), so the text of the statement is the same
-for every batch, whatever its size and content, and psycopg's prepared statement serves
-them all. The key arrays are sent as PostgreSQL array text ("{1,2}"), which the server reads
-as the cast says: a Python list would be sent as the smallest integer type that holds its
-values, and every such type prepared again.
+A batch of one step (every step of a chain, most batches) sends its values as plain
+parameters: reading JSON documents (``jsonrows``: the records, their joins, a cast for every
+column) costs the server more than the rest of the statement. A bigger batch sends them as
+documents, so that one text serves every size. Either text depends only on which fields are
+written (a few variants, each prepared once per connection). The key arrays are sent as
+PostgreSQL array text ("{1,2}"), which the server reads as the cast says: a Python list would
+be sent as the smallest integer type that holds its values, and every such type prepared
+again.
 """
 
 from __future__ import annotations
