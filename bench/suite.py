@@ -180,6 +180,8 @@ TARGET_BULK_STARTS_PER_S = {"pg-redis": 5000.0}
 TARGET_TASKS_VS_CELERY = {"pg-redis": 2.0}  # 3-task flows' tasks/s / Celery's tasks/s
 # Per step with the no-op task included (a step's span), against Celery's chain per step.
 TARGET_STEP_VS_CELERY = {"sqlite": 6.0, "pg-redis": 2.5}
+# PostgreSQL: a step's overhead against BEGIN + 3 UPDATEs + COMMIT sent plainly (issue 26).
+TARGET_OVERHEAD_VS_FLOOR = {"pg-redis": 1.2}
 TARGET_WAIT_WALL_S = 5.0
 TARGET_VS_PREFECT = 10.0
 TARGET_MAP_VS_CELERY = 3.0
@@ -1035,6 +1037,17 @@ def build_rows(
                 "(a recorded step's transaction written plainly: count it, close it, open the "
                 "next)",
                 f"{floor['step_transaction_s'] * 1000:.3f} ms",
+            )
+            over_floor = fig["overhead"]["summary"]["overhead_ms_per_step"]["median"] / (
+                floor["step_transaction_s"] * 1000
+            )
+            target = TARGET_OVERHEAD_VS_FLOOR.get(name)
+            add(
+                stack,
+                "engine overhead per step / that plain step transaction, both in this run",
+                f"{over_floor:.2f}x",
+                f"≤ {target:g}x" if target else "-",
+                _verdict(over_floor <= target) if target else "-",
             )
         add_capacity_rows(add, name, stack, fig, counts)
         w = fig["waits"]
