@@ -314,12 +314,42 @@ def drop_queue() -> int:
         client.close()
 
 
+def stopped_idle(clusters: list[subprocess.Popen], tries: int = 100) -> None:
+    """SIGSTOP the clusters at a moment none of them holds SQLite's write lock: stopped inside
+    a write transaction, a worker would keep the lock, and the starts here would wait for it
+    past the busy timeout ("database is locked"). On PostgreSQL a stop holds at most the rows
+    of its own steps, which starting new executions never waits for."""
+    from django.db import connection
+
+    for _ in range(tries):
+        paused(clusters, signal.SIGSTOP)
+        if connection.vendor != "sqlite" or not _write_locked(connection.settings_dict["NAME"]):
+            return
+        paused(clusters, signal.SIGCONT)
+        time.sleep(0.02)
+    raise RuntimeError(f"no moment without a writer in {tries} stops")
+
+
+def _write_locked(path: str) -> bool:
+    import sqlite3
+
+    probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        probe.close()
+
+
 def lost_queue(version: Any, clusters: list[subprocess.Popen], count: int) -> dict[str, Any]:
     from django.utils import timezone
 
     from flows.models import TaskRun
 
-    paused(clusters, signal.SIGSTOP)
+    stopped_idle(clusters)
     try:
         ids = start_load(version, count)
         dropped = drop_queue()

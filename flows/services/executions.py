@@ -61,8 +61,11 @@ def execution_create(
     user: Any = None,
     input: dict[str, Any] | None = None,
     trigger: str = ExecutionTrigger.MANUAL,
+    **recorded: Any,
 ) -> Execution:
-    """A new execution of ``flow_version`` in CREATED state (started by execution_start)."""
+    """A new execution of ``flow_version`` in CREATED state (started by execution_start).
+    ``recorded``: what ``execution_submit`` records with it (its idempotency key, what
+    triggered it, its schedule slot), written with the row, not by a second statement."""
     if input is not None and not isinstance(input, dict):
         raise ServiceError(
             "input must be a JSON object",
@@ -75,6 +78,7 @@ def execution_create(
         input=input or {},
         created_by=recorded_user(user),
         trigger=trigger,
+        **recorded,
     )
     logger.info(
         "execution=%s created for flow=%s v%s",
@@ -129,8 +133,13 @@ def execution_start(
     execution_id: Any,
     input: dict[str, Any] | None = None,
     registry: TaskRegistry | None = None,
+    created: Execution | None = None,
 ) -> Execution:
     """CREATED -> QUEUED: write the first step and wake a worker, in one transaction.
+
+    ``created``: the execution's row as the caller's transaction just inserted it
+    (``execution_submit``), so it is not read again; its start still moves it only if it is
+    CREATED (the conditional UPDATE below).
 
     ``input``, when given, replaces the execution's input object. Every way an execution
     starts comes here (the API, the seed's execute, rerun, schedules, the pages, ``runflow``;
@@ -146,7 +155,10 @@ def execution_start(
             errors=[{"field": "input", "message": "must be an object"}],
         )
     check_storable(input, "input")
-    execution = selectors.execution_get(execution_id, with_flow=False)
+    if created is not None and str(created.pk) == str(execution_id):
+        execution = created
+    else:
+        execution = selectors.execution_get(execution_id, with_flow=False)
     definition = runnable_definition(execution, registry, "start")
     if definition.input_schema is not None:
         input = checked_input(definition.input_schema, execution.input if input is None else input)
@@ -283,11 +295,13 @@ def execution_submit(
             return _repeated(existing, key, request_fingerprint), False
     try:
         with transaction.atomic():
-            execution = execution_create(flow_version=flow_version, user=user, input=input)
-            Execution.objects.filter(pk=execution.id).update(
+            execution = execution_create(
+                flow_version=flow_version,
+                user=user,
+                input=input,
+                trigger=trigger,
                 idempotency_key=key,
                 idempotency_fingerprint=request_fingerprint if key else "",
-                trigger=trigger,
                 rerun_of=rerun_of,
                 triggered_by=triggered_by,
                 scheduled_for=scheduled_for,
@@ -295,10 +309,7 @@ def execution_submit(
                 backfill=backfill,
             )
             if start:
-                execution = execution_start(execution_id=execution.id)
-            else:
-                execution.trigger, execution.scheduled_for = trigger, scheduled_for
-                execution.backfill = backfill
+                execution = execution_start(execution_id=execution.id, created=execution)
     except IntegrityError:
         # A concurrent submit with the same key won the race: answer with its execution.
         if not key:
