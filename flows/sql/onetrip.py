@@ -87,14 +87,7 @@ def record_sql(db: BaseDatabaseWrapper, *, steps: bool, events: bool, ends: bool
     the executions' keys, the steps' keys (array text), the check document (``e``, ``s``,
     ``m``), the status a held step has and this worker's name, then each part's document and
     keys."""
-    quote = db.ops.quote_name
-    executions = quote(Execution._meta.db_table)
-    table = quote(TaskRun._meta.db_table)
-
-    def column(model: Any, name: str) -> str:
-        return quote(model._meta.get_field(name).column)
-
-    pk_e, pk_s = column(Execution, "id"), column(TaskRun, "id")
+    pk_s = _column(db, TaskRun, "id")
     close = jsonrows.update_sql(
         db, TaskRun, CLOSE, (), (), (("status", False), ("worker", False)), GO
     )
@@ -103,26 +96,10 @@ def record_sql(db: BaseDatabaseWrapper, *, steps: bool, events: bool, ends: bool
     if steps:
         inserted = jsonrows.insert_sql(db, TaskRun, _inserted_fields(TaskRun), True, GO)
         parts.append(f"n AS ({inserted})")
-    if events:
-        inserted = jsonrows.insert_sql(
-            db, ExecutionEvent, _inserted_fields(ExecutionEvent), False, GO
-        )
-        parts.append(f"v AS ({inserted})")
-    if ends:
-        inserted = jsonrows.insert_sql(db, ExecutionEnd, _inserted_fields(ExecutionEnd), False, GO)
-        parts.append(f"o AS ({inserted})")
+    parts += _row_parts(db, events=events, ends=ends)
     keys = f"(SELECT array_agg(n.{pk_s}) FROM n)" if steps else "NULL::bigint[]"  # noqa: S608
     return (
-        "WITH "  # noqa: S608 - identifiers from the models, every value a parameter
-        f"x AS (SELECT {pk_e} AS id, {column(Execution, 'cancel_requested')} AS cancel, "
-        f"{column(Execution, 'pause_requested')} AS pause, "
-        f"{column(Execution, 'steps_taken')} AS taken FROM {executions} "
-        f"WHERE {pk_e} = ANY(%s::uuid[]) ORDER BY {pk_e} FOR UPDATE), "
-        # After x (its count), so the steps are locked after their executions.
-        f"y AS (SELECT {pk_s} AS id, {column(TaskRun, 'status')} AS status, "
-        f"{column(TaskRun, 'worker')} AS worker FROM {table} "
-        f"WHERE {pk_s} = ANY(%s::bigint[]) AND (SELECT count(*) FROM x) >= 0 "
-        f"ORDER BY {pk_s} FOR UPDATE), "
+        f"WITH {_locks(db, one=False)}"  # noqa: S608 - identifiers from the models
         "d AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS d(e uuid, s bigint, m integer)), "
         "go AS (SELECT (SELECT count(*) FROM d JOIN x ON x.id = d.e "
         "WHERE NOT x.cancel AND NOT x.pause AND (d.m IS NULL OR x.taken + 1 < d.m)) "
@@ -150,14 +127,7 @@ def record_one_sql(
     the status a held step has and this worker's name; the close's values and the step's
     key; the route's values and the execution's key; the next step's values; the event and
     end documents."""
-    quote = db.ops.quote_name
-    executions = quote(Execution._meta.db_table)
-    table = quote(TaskRun._meta.db_table)
-
-    def column(model: Any, name: str) -> str:
-        return quote(model._meta.get_field(name).column)
-
-    pk_e, pk_s = column(Execution, "id"), column(TaskRun, "id")
+    table, pk_s = db.ops.quote_name(TaskRun._meta.db_table), _column(db, TaskRun, "id")
     parts = [
         f"s AS ({writes.update_one_sql(TaskRun, close)} AND {GO})",
         f"e AS ({writes.update_one_sql(Execution, route, increment=('steps_taken',))} AND {GO})",
@@ -167,27 +137,13 @@ def record_one_sql(
         # Cast: in a SELECT (not VALUES) a parameter's type comes from nothing else.
         values = ", ".join(f"%s::{jsonrows.column_type(db, f)}" for f in fields)
         parts.append(
-            f"n AS (INSERT INTO {table} ({', '.join(quote(f.column) for f in fields)}) "
+            f"n AS (INSERT INTO {table} ({', '.join(db.ops.quote_name(f.column) for f in fields)}) "
             f"SELECT {values} WHERE {GO} RETURNING {pk_s})"
         )
-    if events:
-        inserted = jsonrows.insert_sql(
-            db, ExecutionEvent, _inserted_fields(ExecutionEvent), False, GO
-        )
-        parts.append(f"v AS ({inserted})")
-    if ends:
-        inserted = jsonrows.insert_sql(db, ExecutionEnd, _inserted_fields(ExecutionEnd), False, GO)
-        parts.append(f"o AS ({inserted})")
+    parts += _row_parts(db, events=events, ends=ends)
     key = f"(SELECT n.{pk_s} FROM n)" if step else "NULL::bigint"  # noqa: S608
     return (
-        "WITH "  # noqa: S608 - identifiers from the models, every value a parameter
-        f"x AS (SELECT {column(Execution, 'cancel_requested')} AS cancel, "
-        f"{column(Execution, 'pause_requested')} AS pause, "
-        f"{column(Execution, 'steps_taken')} AS taken FROM {executions} "
-        f"WHERE {pk_e} = %s FOR UPDATE), "
-        f"y AS (SELECT {column(TaskRun, 'status')} AS status, "
-        f"{column(TaskRun, 'worker')} AS worker FROM {table} "
-        f"WHERE {pk_s} = %s AND (SELECT count(*) FROM x) >= 0 FOR UPDATE), "
+        f"WITH {_locks(db, one=True)}"  # noqa: S608 - identifiers from the models
         "go AS (SELECT EXISTS (SELECT 1 FROM x WHERE NOT x.cancel AND NOT x.pause "
         "AND x.taken + 1 < COALESCE(%s::integer, x.taken + 2)) "
         "AND EXISTS (SELECT 1 FROM y WHERE y.status = %s AND y.worker = %s) AS ok), "
@@ -238,6 +194,47 @@ def _saved(db: BaseDatabaseWrapper, *rows: Sequence[Any]) -> None:
     for objs in rows:
         for obj in objs:
             obj._state.adding, obj._state.db = False, db.alias
+
+
+def _column(db: BaseDatabaseWrapper, model: Any, name: str) -> str:
+    return db.ops.quote_name(model._meta.get_field(name).column)
+
+
+def _locks(db: BaseDatabaseWrapper, *, one: bool) -> str:
+    """The ``x`` and ``y`` parts: the executions locked (in key order), then the steps (``one``:
+    a key each, else arrays of keys), as they are now. Parameters: the execution key(s), the
+    step key(s)."""
+    executions = db.ops.quote_name(Execution._meta.db_table)
+    table = db.ops.quote_name(TaskRun._meta.db_table)
+    pk_e, pk_s = _column(db, Execution, "id"), _column(db, TaskRun, "id")
+
+    def column(model: Any, name: str) -> str:
+        return _column(db, model, name)
+
+    match_e = "= %s" if one else f"= ANY(%s::uuid[]) ORDER BY {pk_e}"
+    match_s = "= %s" if one else "= ANY(%s::bigint[])"
+    order_s = "" if one else f" ORDER BY {pk_s}"
+    return (
+        f"x AS (SELECT {pk_e} AS id, {column(Execution, 'cancel_requested')} AS cancel, "  # noqa: S608
+        f"{column(Execution, 'pause_requested')} AS pause, "
+        f"{column(Execution, 'steps_taken')} AS taken FROM {executions} "
+        f"WHERE {pk_e} {match_e} FOR UPDATE), "
+        # After x (its count), so the steps are locked after their executions.
+        f"y AS (SELECT {pk_s} AS id, {column(TaskRun, 'status')} AS status, "
+        f"{column(TaskRun, 'worker')} AS worker FROM {table} "
+        f"WHERE {pk_s} {match_s} AND (SELECT count(*) FROM x) >= 0{order_s} FOR UPDATE), "
+    )
+
+
+def _row_parts(db: BaseDatabaseWrapper, *, events: bool, ends: bool) -> list[str]:
+    """The log lines' and the outbox rows' inserts (``v``, ``o``), from their documents, in
+    both statements (few batches have any: one-step variants gain nothing from plain ones)."""
+    parts = []
+    for wanted, name, model in ((events, "v", ExecutionEvent), (ends, "o", ExecutionEnd)):
+        if wanted:
+            inserted = jsonrows.insert_sql(db, model, _inserted_fields(model), False, GO)
+            parts.append(f"{name} AS ({inserted})")
+    return parts
 
 
 def _array(keys: Sequence[Any]) -> str:
