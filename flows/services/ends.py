@@ -6,6 +6,9 @@ transaction of its own that runs every registered handler and deletes the row: w
 handlers write (a triggered execution, a notification to send) commits with the deletion or
 not at all. So a worker killed at any moment neither loses an end nor handles it twice, and
 two workers never take the same row (``skip_locked`` on PostgreSQL; SQLite has one writer).
+Nor do they pass each other: a worker that finds the oldest due row taken stops there, so
+ends are handled in the order they were written (a channel's messages go out in the order
+of the failures that raised them, however many worker processes handle ends).
 
 Handlers only write rows: anything slow or fallible outside the database (sending a mail,
 calling a webhook) belongs to an outbox of its own, sent later with retries, so that a
@@ -64,8 +67,11 @@ def handle_ends(*, limit: int = BATCH) -> int:
                     .filter(pk=end_id)
                     .first()
                 )
-                if end is None:  # another worker has it, or its execution was deleted
-                    continue
+                if end is None:
+                    # Another worker has it (or its execution was deleted): skipping to the
+                    # next would handle a later end before this one. That worker goes on in
+                    # order; this one looks again at its next pass.
+                    break
                 for handler in _handlers.values():
                     handler(end, end.execution)
                 end.delete()
