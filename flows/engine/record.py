@@ -285,13 +285,12 @@ def write_in_one(
     # What ``write`` would decide were every execution as the statement checks it is.
     states: dict[uuid.UUID, _State] = {f.execution.id: (False, False, None) for f in batch}
     decided = _decide(batch, states, me, lease, now, continue_here=continue_here)
-    # Each step's limit, checked by the statement (None: the execution ends with this step).
-    max_steps = {
-        f.execution.id: None if f.plan.final else f.definition.max_steps  # type: ignore[union-attr]
-        for f in batch
-    }
     routes = {**decided.routes, **decided.ends}
-    checks = [(f.execution.id, f.step.pk, max_steps[f.execution.id]) for f in batch]
+    # Each step's limit, checked by the statement (None: the execution ends with this step).
+    checks = [
+        (f.execution.id, f.step.pk, None if f.plan.final else f.definition.max_steps)  # type: ignore[union-attr]
+        for f in batch
+    ]
     if not transitions.record_in_one(
         checks, decided.closes, routes, decided.inserts.steps, decided.inserts.events,
         decided.inserts.ends, me=me,
@@ -315,11 +314,10 @@ def _in_one(finished: Finished, continue_here: bool) -> bool:
         or outcome.status == TaskRunStatus.CANCELLED
     ):
         return False
-    left = remaining(execution)
     if plan.final:
         # An ended execution's place goes to the next queued one (admission).
         return execution.concurrency_key is None
-    definition = finished.definition
+    left, definition = remaining(execution), finished.definition
     return (
         continue_here
         and definition is not None

@@ -174,26 +174,28 @@ def _record_one(
     ]  # fmt: skip
     for obj in new_steps:  # at most one: one execution's next step
         params += [prep(f, f.pre_save(obj, add=True), db) for f in _inserted_fields(TaskRun)]
-    if events:
-        params.append(jsonrows.insert_rows_document(events, _inserted_fields(ExecutionEvent)))
-    if ends:
-        params.append(jsonrows.insert_rows_document(ends, _inserted_fields(ExecutionEnd)))
+    params += _row_params(events, ends)
     sql = record_one_sql(
         db, close_names, route_names, step=bool(new_steps), events=bool(events), ends=bool(ends)
     )
     ok, key = writes.run_prepared(sql, params)[0]
     if not ok:
         return False
-    for obj in new_steps:
-        obj.pk = key
-    _saved(db, new_steps, events, ends)
+    _inserted(db, new_steps, [key] if new_steps else [], events, ends)
     return True
 
 
-def _saved(db: BaseDatabaseWrapper, *rows: Sequence[Any]) -> None:
-    for objs in rows:
-        for obj in objs:
-            obj._state.adding, obj._state.db = False, db.alias
+def _inserted(
+    db: BaseDatabaseWrapper,
+    steps: Sequence[TaskRun],
+    keys: Sequence[int],
+    events: Sequence[ExecutionEvent],
+    ends: Sequence[ExecutionEnd],
+) -> None:
+    """The rows the statement inserted, saved as ``writes.insert_rows`` leaves them: the new
+    steps with their keys (in order), the others marked saved."""
+    writes._set_keys(list(steps), TaskRun._meta.pk.attname, db.alias, [(key,) for key in keys])
+    writes._set_keys([*events, *ends], "", db.alias, [])
 
 
 def _column(db: BaseDatabaseWrapper, model: Any, name: str) -> str:
@@ -207,21 +209,17 @@ def _locks(db: BaseDatabaseWrapper, *, one: bool) -> str:
     executions = db.ops.quote_name(Execution._meta.db_table)
     table = db.ops.quote_name(TaskRun._meta.db_table)
     pk_e, pk_s = _column(db, Execution, "id"), _column(db, TaskRun, "id")
-
-    def column(model: Any, name: str) -> str:
-        return _column(db, model, name)
-
     match_e = "= %s" if one else f"= ANY(%s::uuid[]) ORDER BY {pk_e}"
     match_s = "= %s" if one else "= ANY(%s::bigint[])"
     order_s = "" if one else f" ORDER BY {pk_s}"
     return (
-        f"x AS (SELECT {pk_e} AS id, {column(Execution, 'cancel_requested')} AS cancel, "  # noqa: S608
-        f"{column(Execution, 'pause_requested')} AS pause, "
-        f"{column(Execution, 'steps_taken')} AS taken FROM {executions} "
+        f"x AS (SELECT {pk_e} AS id, {_column(db, Execution, 'cancel_requested')} AS cancel, "  # noqa: S608
+        f"{_column(db, Execution, 'pause_requested')} AS pause, "
+        f"{_column(db, Execution, 'steps_taken')} AS taken FROM {executions} "
         f"WHERE {pk_e} {match_e} FOR UPDATE), "
         # After x (its count), so the steps are locked after their executions.
-        f"y AS (SELECT {pk_s} AS id, {column(TaskRun, 'status')} AS status, "
-        f"{column(TaskRun, 'worker')} AS worker FROM {table} "
+        f"y AS (SELECT {pk_s} AS id, {_column(db, TaskRun, 'status')} AS status, "
+        f"{_column(db, TaskRun, 'worker')} AS worker FROM {table} "
         f"WHERE {pk_s} {match_s} AND (SELECT count(*) FROM x) >= 0{order_s} FOR UPDATE), "
     )
 
@@ -235,6 +233,15 @@ def _row_parts(db: BaseDatabaseWrapper, *, events: bool, ends: bool) -> list[str
             inserted = jsonrows.insert_sql(db, model, _inserted_fields(model), False, GO)
             parts.append(f"{name} AS ({inserted})")
     return parts
+
+
+def _row_params(events: Sequence[ExecutionEvent], ends: Sequence[ExecutionEnd]) -> list[str]:
+    """The documents ``_row_parts`` reads, those of the rows there are."""
+    return [
+        jsonrows.insert_rows_document(rows, _inserted_fields(model))
+        for rows, model in ((events, ExecutionEvent), (ends, ExecutionEnd))
+        if rows
+    ]
 
 
 def _array(keys: Sequence[Any]) -> str:
@@ -282,16 +289,10 @@ def record(
     ]
     if new_steps:
         params.append(jsonrows.insert_rows_document(new_steps, insert))
-    if events:
-        params.append(jsonrows.insert_rows_document(events, _inserted_fields(ExecutionEvent)))
-    if ends:
-        params.append(jsonrows.insert_rows_document(ends, _inserted_fields(ExecutionEnd)))
+    params += _row_params(events, ends)
     sql = record_sql(db, steps=bool(new_steps), events=bool(events), ends=bool(ends))
-    rows = writes.run_prepared(sql, params)
-    ok, keys = rows[0]
+    ok, keys = writes.run_prepared(sql, params)[0]
     if not ok:
         return False
-    for obj, key in zip(new_steps, keys or [], strict=True):
-        obj.pk = key
-    _saved(db, new_steps, events, ends)
+    _inserted(db, new_steps, keys or [], events, ends)
     return True

@@ -326,17 +326,12 @@ def _update_sql(
 
 
 def update_one_sql(
-    model: type[Model],
-    names: tuple[str, ...],
-    *,
-    increment: tuple[str, ...] = (),
-    where: tuple[str, ...] = (),
+    model: type[Model], names: tuple[str, ...], *, increment: tuple[str, ...] = ()
 ) -> str:
-    """The text of ``update_rows``' single-row UPDATE setting ``names`` (then the key, then
-    the ``where`` values, none of them None): for a statement that holds it (``onetrip``)."""
+    """The text of ``update_rows``' single-row UPDATE setting ``names`` (their values, then
+    the key): for a statement that holds it (``onetrip``)."""
     pattern = tuple((name, (0,)) for name in names)
-    conditions = tuple((name, False) for name in where)
-    return _update_sql(model, _db().vendor, 1, pattern, increment, (), conditions)
+    return _update_sql(model, _db().vendor, 1, pattern, increment, (), ())
 
 
 def update_rows(
