@@ -4,8 +4,10 @@ its end, handled once by ``services.handle_ends``."""
 from __future__ import annotations
 
 import pytest
+from django.db import transaction
+from django.utils import timezone
 
-from flows import services
+from flows import jobs, services
 from flows.models import Execution, ExecutionEnd, ExecutionStatus, Flow
 from flows.services import ends
 from tests.factories import failing, flow_doc, mapped, run_flow, start_execution, task
@@ -80,3 +82,55 @@ def test_a_handler_that_fails_rolls_its_work_back_and_is_tried_again_later(monke
     assert services.handle_ends() == 1
     assert Flow.objects.get(pk="kept").name == "changed by a handler"
     assert calls == ["kept", "kept"]
+
+
+def _ended(count: int) -> list[int]:
+    """``count`` outbox rows of ended executions, oldest first (written as the engine does)."""
+    version = services.flow_create(document=flow_doc([task("a")], flow_id="many"))
+    rows = [
+        ExecutionEnd(
+            execution=services.execution_create(flow_version=version),
+            flow_id="many",
+            status=ExecutionStatus.COMPLETED,
+            ended_at=timezone.now(),
+        )
+        for _ in range(count)
+    ]
+    return [row.pk for row in ExecutionEnd.objects.bulk_create(rows)]
+
+
+def test_one_pass_handles_every_due_end_so_ends_never_fall_behind(handled) -> None:
+    # A worker's timer runs one pass a second: a pass that handled a fixed hundred would
+    # leave ends behind whenever more than a hundred executions a second end, and what
+    # follows them (triggered flows, alerts) would lag further and further.
+    _ended(350)
+
+    jobs.handle_ends()
+
+    assert not ExecutionEnd.objects.exists()
+    assert len(handled) == 350
+
+
+def test_a_failing_handler_in_a_chunk_holds_back_only_its_own_row(
+    monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    ids = _ended(5)
+    committed: list[int] = []
+
+    def fails_on_the_third(end: ExecutionEnd, execution: Execution) -> None:
+        # What a handler's transaction commits (a callback of a rolled-back one never runs).
+        transaction.on_commit(lambda pk=end.pk: committed.append(pk))
+        if end.pk == ids[2]:
+            raise RuntimeError("the third end's handler")
+
+    monkeypatch.setattr(ends, "_handlers", {"flaky": fails_on_the_third})
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.handle_ends() == 4
+    assert list(ExecutionEnd.objects.values_list("pk", "attempts")) == [(ids[2], 1)]
+    assert committed == [ids[0], ids[1], ids[3], ids[4]]  # each once, in order
+
+    ExecutionEnd.objects.update(not_before=None)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.handle_ends() == 0  # it fails again: tried later again
+    assert ExecutionEnd.objects.get().attempts == 2

@@ -57,7 +57,7 @@ from flows.models import (
     TaskRun,
     TaskRunStatus,
 )
-from flows.services.ends import on_end
+from flows.services.ends import chunk_memo, on_end
 from flows.services.errors import Conflict, NotFound, ServiceError
 from flows.services.flows import recorded_user
 from flows.services.secrets import NoSecretKeys
@@ -500,7 +500,9 @@ def alert_on_end(end: ExecutionEnd, execution: Execution) -> None:
     """Raise the alerts an execution's end calls for (one query when no rule applies)."""
     if end.status not in (ExecutionStatus.FAILED, ExecutionStatus.COMPLETED):
         return
-    rules = _rules(Q(event__in=END_EVENTS), end.flow_id)
+    rules = chunk_memo(
+        ("alert_rules", end.flow_id), lambda: _rules(Q(event__in=END_EVENTS), end.flow_id)
+    )
     if not rules:
         return
     now = timezone.now()

@@ -1,19 +1,21 @@
 """What follows an execution's end, done once from the outbox (``models.ExecutionEnd``).
 
 The engine writes an ``ExecutionEnd`` row in the transaction that ends a top-level execution
-(``engine.transitions.end_row``). ``handle_ends`` takes the rows, oldest first, each in a
-transaction of its own that runs every registered handler and deletes the row: what the
-handlers write (a triggered execution, a notification to send) commits with the deletion or
-not at all. So a worker killed at any moment neither loses an end nor handles it twice, and
-two workers never take the same row (``skip_locked`` on PostgreSQL; SQLite has one writer).
-Nor do they pass each other: a worker that finds the oldest due row taken stops there, so
-ends are handled in the order they were written (a channel's messages go out in the order
-of the failures that raised them, however many worker processes handle ends).
+(``engine.transitions.end_row``). ``handle_ends`` takes the rows, oldest first, in chunks: one
+transaction takes a chunk's rows, runs every registered handler on each and deletes them:
+what the handlers write (a triggered execution, a notification to send) commits with the
+deletion or not at all. So a worker killed at any moment neither loses an end nor handles
+it twice, and two workers never take the same row (``skip_locked`` on PostgreSQL; SQLite
+has one writer). Nor do they pass each other: a worker that finds the oldest due row taken
+stops there, so ends are handled in the order they were written (a channel's messages go
+out in the order of the failures that raised them, however many worker processes handle
+ends).
 
 Handlers only write rows: anything slow or fallible outside the database (sending a mail,
 calling a webhook) belongs to an outbox of its own, sent later with retries, so that a
 channel that is down never holds up what follows other ends. A handler that raises rolls
-its row's work back; the row is tried again with backoff (``attempts``, ``last_error``).
+its chunk's work back; its row is tried again with backoff (``attempts``, ``last_error``),
+the others at once.
 
 Handlers register with ``@on_end("name")``; they run in registration order.
 """
@@ -21,8 +23,11 @@ Handlers register with ``@on_end("name")``; they run in registration order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from contextvars import ContextVar
 from datetime import timedelta
+from itertools import takewhile
+from typing import TypeVar
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -34,8 +39,16 @@ logger = logging.getLogger("flows.services")
 
 Handler = Callable[[ExecutionEnd, Execution], None]
 _handlers: dict[str, Handler] = {}
+T = TypeVar("T")
+# The look-ups of the chunk being handled in this thread (None: no chunk).
+_chunk_memo: ContextVar[dict[Hashable, object] | None] = ContextVar("ends_memo", default=None)
 
-BATCH = 100
+# Rows one pass handles at most (a pass runs every FLOW_ENDS_EVERY_SECONDS in each worker
+# process): far above any end rate the engine reaches, so ends never fall behind; bounded so
+# that a pass ends and its connection is checked.
+PASS_LIMIT = 10_000
+# Rows handled in one transaction.
+CHUNK = 100
 # A handler that keeps failing is retried after 2, 4, 8, ... seconds, at most this apart.
 MAX_BACKOFF_SECONDS = 300
 
@@ -51,35 +64,87 @@ def on_end(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def handle_ends(*, limit: int = BATCH) -> int:
-    """Handle up to ``limit`` due outbox rows; how many were handled (0 when none waits: one
-    indexed query)."""
-    now = timezone.now()
-    due = ExecutionEnd.objects.filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-    ids = list(due.order_by("id").values_list("id", flat=True)[:limit])
+def chunk_memo(key: Hashable, compute: Callable[[], T]) -> T:
+    """``compute()``, once per ``key`` in a chunk of ends: for the handlers' look-ups of what a
+    chunk's handling does not change (a flow's alert rules, its triggers), one query a flow
+    and chunk instead of one an end. Outside a chunk, computed each time."""
+    memo = _chunk_memo.get()
+    if memo is None:
+        return compute()
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]  # type: ignore[return-value]
+
+
+def handle_ends(*, limit: int = PASS_LIMIT) -> int:
+    """Handle up to ``limit`` due outbox rows, oldest first; how many were handled (0 when
+    none waits: one indexed query).
+
+    The rows go in chunks of ``CHUNK``, each chunk in ONE transaction that takes its rows,
+    runs every handler on each in order and deletes them: the handlers' cost, not a
+    transaction per end, bounds how fast ends are handled (a worker must keep up with as
+    many ends a second as the engine makes). A handler that raises rolls its chunk back; its
+    row is tried again later (backoff) and the chunk's earlier rows are handled again at
+    once, so each row's work still commits with its deletion or not at all.
+    """
     handled = 0
-    for end_id in ids:
-        try:
-            with transaction.atomic():
-                end = (
-                    ExecutionEnd.objects.select_for_update(skip_locked=True)
-                    .select_related("execution")
-                    .filter(pk=end_id)
-                    .first()
-                )
-                if end is None:
-                    # Another worker has it (or its execution was deleted): skipping to the
-                    # next would handle a later end before this one. That worker goes on in
-                    # order; this one looks again at its next pass.
-                    break
-                for handler in _handlers.values():
-                    handler(end, end.execution)
-                end.delete()
-            handled += 1
-        except Exception as exc:
-            logger.exception("execution end %s: a handler failed; it is tried again", end_id)
+    while handled < limit:
+        now = timezone.now()
+        due = ExecutionEnd.objects.filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+        ids = list(due.order_by("id").values_list("id", flat=True)[: min(CHUNK, limit - handled)])
+        if not ids:
+            break
+        done, failure = _handle_chunk(ids)
+        handled += done
+        if failure is not None:
+            end_id, exc = failure
+            logger.error(
+                "execution end %s: a handler failed; it is tried again: %s",
+                end_id,
+                exc,
+                exc_info=exc,
+            )
             _later(end_id, exc)
+        elif done < len(ids):
+            # Another worker has the next row (or its execution was deleted): skipping to
+            # the rows after it would handle a later end before this one. That worker goes
+            # on in order; this one looks again at its next pass.
+            break
     return handled
+
+
+class _Failed(Exception):
+    """A handler raised: leave the chunk's transaction (rolled back)."""
+
+
+def _handle_chunk(ids: list[int]) -> tuple[int, tuple[int, Exception] | None]:
+    """Handle the rows ``ids`` (oldest first) in one transaction, up to the first that another
+    worker holds; (how many were handled, None) or (0, (the row whose handler raised, the
+    exception)) with nothing of the chunk kept."""
+    failure: tuple[int, Exception] | None = None
+    memo = _chunk_memo.set({})
+    try:
+        with transaction.atomic():
+            taken = {
+                end.pk: end
+                for end in ExecutionEnd.objects.select_for_update(skip_locked=True)
+                .select_related("execution")
+                .filter(pk__in=ids)
+            }
+            ends = [taken[end_id] for end_id in takewhile(taken.__contains__, ids)]
+            for end in ends:
+                try:
+                    for handler in _handlers.values():
+                        handler(end, end.execution)
+                except Exception as exc:
+                    failure = (end.pk, exc)
+                    raise _Failed from exc
+            ExecutionEnd.objects.filter(pk__in=[end.pk for end in ends]).delete()
+    except _Failed:
+        return 0, failure
+    finally:
+        _chunk_memo.reset(memo)
+    return len(ends), None
 
 
 def _later(end_id: int, exc: Exception) -> None:

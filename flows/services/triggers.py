@@ -26,7 +26,7 @@ from flows.models import (
     FlowVersion,
     TaskRun,
 )
-from flows.services.ends import on_end
+from flows.services.ends import chunk_memo, on_end
 from flows.services.errors import ServiceError
 from flows.services.executions import execution_submit
 
@@ -63,8 +63,13 @@ def start_triggered_flows(end: ExecutionEnd, execution: Execution) -> None:
     """
     triggers = [
         t
-        for t in FlowTrigger.objects.filter(upstream_flow_id=end.flow_id).select_related(
-            "downstream"
+        for t in chunk_memo(
+            ("flow_triggers", end.flow_id),
+            lambda: list(
+                FlowTrigger.objects.filter(upstream_flow_id=end.flow_id).select_related(
+                    "downstream"
+                )
+            ),
         )
         if end.status in t.states
     ]
