@@ -196,9 +196,10 @@ def measure_capacity(
     one call after another, as a client of ``bulk/`` would) while the workers run them; the
     engine's flows/s and steps/s, and the CPU split over the same window."""
     from django.db import connection
+    from django.utils import timezone
 
     from flows import services
-    from flows.models import TERMINAL_STATUSES, Execution, TaskRun
+    from flows.models import TERMINAL_STATUSES, Execution, ExecutionEnd, TaskRun
 
     flow_id = version_obj.flow_id
     database = connection.settings_dict["NAME"] if connection.vendor == "postgresql" else ""
@@ -209,10 +210,21 @@ def measure_capacity(
         services.executions_start(flow_version=version_obj, items=items)
     start_s = time.perf_counter() - started
     ended = Execution.objects.filter(flow_id=flow_id, status__in=TERMINAL_STATUSES)
+    # What follows each end (flow triggers, alerts: the ends outbox) must keep up with the
+    # ends: the most of them waiting at once, and how long after the last end the last of
+    # them was handled.
+    ends = ExecutionEnd.objects.filter(flow_id=flow_id)
+    ends_most = 0
     deadline = time.monotonic() + timeout
     while ended.count() < count and time.monotonic() < deadline:
+        ends_most = max(ends_most, ends.count())
         time.sleep(0.1)
     after = cpu_snapshot(cluster_pid, database)
+    while ends.exists() and time.monotonic() < deadline:
+        ends_most = max(ends_most, ends.count())
+        time.sleep(0.1)
+    ends_left = ends.count()
+    ends_done_at = timezone.now()
     rows = list(
         Execution.objects.filter(flow_id=flow_id).values_list("status", "queued_at", "ended_at")
     )
@@ -238,4 +250,12 @@ def measure_capacity(
         "latency_p50_s": _percentile(latencies, 50) if len(latencies) > 1 else None,
         "latency_p95_s": _percentile(latencies, 95) if len(latencies) > 1 else None,
         "cpu": cpu_split(before, after),
+        "ends_most_waiting": ends_most,
+        "ends_left": ends_left,
+        # Polled every 0.1 s: within that of when the last end was handled.
+        "ends_handled_s_after_last_end": (
+            (ends_done_at - max(e for _, e in done)).total_seconds()
+            if done and not ends_left
+            else None
+        ),
     }

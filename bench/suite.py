@@ -1249,6 +1249,21 @@ def add_capacity_rows(add: Any, name: str, stack: str, fig: dict[str, Any], coun
         "the same: queued → COMPLETED p50 / p95 (a bulk-started execution waits behind its batch)",
         f"{_ms(thr['latency_p50_s'])} / {_ms(thr['latency_p95_s'])}",
     )
+    if "ends_most_waiting" in thr:
+        lag = thr["ends_handled_s_after_last_end"]
+        if lag is not None:
+            value = f"{thr['ends_most_waiting']:,} waiting at most; all handled {lag:.1f} s after"
+        else:
+            value = f"{thr['ends_left']:,} still waiting when the stage gave up"
+        add(
+            stack,
+            "the same: the ends outbox (what follows each end: flow triggers, alerts) keeps up: "
+            "the most ends waiting at once while the flows ran; the last one handled after the "
+            "last execution ended (polled every 0.1 s; a worker's pass runs each second)",
+            value,
+            "≤ 2 s after the last end",
+            "meets" if lag is not None and lag <= 2 else "**misses**",
+        )
     cpu = thr.get("cpu")
     if cpu:
         parts = [
