@@ -4,7 +4,8 @@ its end, handled once by ``services.handle_ends``."""
 from __future__ import annotations
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from flows import jobs, services
@@ -134,3 +135,19 @@ def test_a_failing_handler_in_a_chunk_holds_back_only_its_own_row(
     with django_capture_on_commit_callbacks(execute=True):
         assert services.handle_ends() == 0  # it fails again: tried later again
     assert ExecutionEnd.objects.get().attempts == 2
+
+
+def test_a_chunk_commits_when_its_time_is_up_and_the_pass_goes_on(handled, monkeypatch) -> None:
+    # Handlers that take long (starting triggered flows) must not keep the chunk's
+    # transaction, SQLite's one write lock, for a hundred ends: past CHUNK_SECONDS it commits
+    # what it has handled, and the pass goes on with the rest, in order.
+    monkeypatch.setattr(ends, "CHUNK_SECONDS", 0.0)
+    _ended(5)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert services.handle_ends() == 5
+
+    deletes = [q["sql"] for q in queries if q["sql"].startswith('DELETE FROM "flows_executionend"')]
+    assert len(deletes) == 5  # one end a transaction
+    assert not ExecutionEnd.objects.exists()
+    assert len(handled) == 5

@@ -23,6 +23,7 @@ Handlers register with ``@on_end("name")``; they run in registration order.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from datetime import timedelta
@@ -47,8 +48,11 @@ _chunk_memo: ContextVar[dict[Hashable, object] | None] = ContextVar("ends_memo",
 # process): far above any end rate the engine reaches, so ends never fall behind; bounded so
 # that a pass ends and its connection is checked.
 PASS_LIMIT = 10_000
-# Rows handled in one transaction.
+# Rows handled in one transaction at most, and for how long at most: past it the chunk
+# commits what it has handled (on SQLite its transaction holds the one write lock, which every
+# step's record waits for: handlers that start flows must not hold it for a hundred of them).
 CHUNK = 100
+CHUNK_SECONDS = 0.05
 # A handler that keeps failing is retried after 2, 4, 8, ... seconds, at most this apart.
 MAX_BACKOFF_SECONDS = 300
 
@@ -80,12 +84,13 @@ def handle_ends(*, limit: int = PASS_LIMIT) -> int:
     """Handle up to ``limit`` due outbox rows, oldest first; how many were handled (0 when
     none waits: one indexed query).
 
-    The rows go in chunks of ``CHUNK``, each chunk in ONE transaction that takes its rows,
-    runs every handler on each in order and deletes them: the handlers' cost, not a
-    transaction per end, bounds how fast ends are handled (a worker must keep up with as
-    many ends a second as the engine makes). A handler that raises rolls its chunk back; its
-    row is tried again later (backoff) and the chunk's earlier rows are handled again at
-    once, so each row's work still commits with its deletion or not at all.
+    The rows go in chunks (``CHUNK`` rows, ``CHUNK_SECONDS`` of handling at most), each in
+    ONE transaction that takes its rows, runs every handler on each in order and deletes
+    them: the handlers' cost, not a transaction per end, bounds how fast ends are handled (a
+    worker must keep up with as many ends a second as the engine makes). A handler that
+    raises rolls its chunk back; its row is tried again later (backoff) and the chunk's
+    earlier rows are handled again at once, so each row's work still commits with its
+    deletion or not at all.
     """
     handled = 0
     while handled < limit:
@@ -94,7 +99,7 @@ def handle_ends(*, limit: int = PASS_LIMIT) -> int:
         ids = list(due.order_by("id").values_list("id", flat=True)[: min(CHUNK, limit - handled)])
         if not ids:
             break
-        done, failure = _handle_chunk(ids)
+        done, failure, blocked = _handle_chunk(ids)
         handled += done
         if failure is not None:
             end_id, exc = failure
@@ -105,7 +110,7 @@ def handle_ends(*, limit: int = PASS_LIMIT) -> int:
                 exc_info=exc,
             )
             _later(end_id, exc)
-        elif done < len(ids):
+        elif blocked:
             # Another worker has the next row (or its execution was deleted): skipping to
             # the rows after it would handle a later end before this one. That worker goes
             # on in order; this one looks again at its next pass.
@@ -117,10 +122,11 @@ class _Failed(Exception):
     """A handler raised: leave the chunk's transaction (rolled back)."""
 
 
-def _handle_chunk(ids: list[int]) -> tuple[int, tuple[int, Exception] | None]:
+def _handle_chunk(ids: list[int]) -> tuple[int, tuple[int, Exception] | None, bool]:
     """Handle the rows ``ids`` (oldest first) in one transaction, up to the first that another
-    worker holds; (how many were handled, None) or (0, (the row whose handler raised, the
-    exception)) with nothing of the chunk kept."""
+    worker holds and for ``CHUNK_SECONDS`` at most: (how many were handled, None, whether it
+    stopped at a row another worker holds) or, a handler having raised, (0, (its row, the
+    exception), False) with nothing of the chunk kept."""
     failure: tuple[int, Exception] | None = None
     memo = _chunk_memo.set({})
     try:
@@ -131,20 +137,25 @@ def _handle_chunk(ids: list[int]) -> tuple[int, tuple[int, Exception] | None]:
                 .select_related("execution")
                 .filter(pk__in=ids)
             }
-            ends = [taken[end_id] for end_id in takewhile(taken.__contains__, ids)]
-            for end in ends:
+            ours = [taken[end_id] for end_id in takewhile(taken.__contains__, ids)]
+            until = time.monotonic() + CHUNK_SECONDS
+            done: list[ExecutionEnd] = []
+            for end in ours:
                 try:
                     for handler in _handlers.values():
                         handler(end, end.execution)
                 except Exception as exc:
                     failure = (end.pk, exc)
                     raise _Failed from exc
-            ExecutionEnd.objects.filter(pk__in=[end.pk for end in ends]).delete()
+                done.append(end)
+                if time.monotonic() >= until:
+                    break  # the rest go in the next chunk
+            ExecutionEnd.objects.filter(pk__in=[end.pk for end in done]).delete()
     except _Failed:
-        return 0, failure
+        return 0, failure, False
     finally:
         _chunk_memo.reset(memo)
-    return len(ends), None
+    return len(done), None, len(done) == len(ours) < len(ids)
 
 
 def _later(end_id: int, exc: Exception) -> None:
