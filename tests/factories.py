@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from django.utils import timezone
+
 from flows import engine, services
-from flows.models import Execution, Flow, FlowVersion
+from flows.models import Execution, ExecutionEnd, ExecutionStatus, Flow, FlowVersion
 
 SAMPLE = json.loads(
     (Path(__file__).resolve().parent.parent / "examples" / "sample_flow.json").read_text()
@@ -116,6 +118,25 @@ def run_to_end(execution_id: Any) -> Execution:
 
 def run_flow(document: dict[str, Any], *, input: dict | None = None) -> Execution:
     return run_to_end(start_execution(document, input=input).id)
+
+
+def ended(
+    count: int, *, flow_id: str = "ended", status: str = ExecutionStatus.COMPLETED
+) -> list[int]:
+    """``count`` ends-outbox rows of executions of a one-task flow, as the engine writes one
+    when an execution ends (the executions themselves stay CREATED); their keys, oldest
+    first."""
+    version = services.flow_create(document=flow_doc([task("a")], flow_id=flow_id))
+    rows = [
+        ExecutionEnd(
+            execution=services.execution_create(flow_version=version),
+            flow_id=flow_id,
+            status=status,
+            ended_at=timezone.now(),
+        )
+        for _ in range(count)
+    ]
+    return [row.pk for row in ExecutionEnd.objects.bulk_create(rows)]
 
 
 def ran(execution: Execution) -> list[tuple[str, str]]:

@@ -10,11 +10,10 @@ import threading
 
 import pytest
 from django.db import connection, connections, transaction
-from django.utils import timezone
 
 from flows import services
 from flows.models import ExecutionEnd
-from tests.factories import flow_doc, task
+from tests.factories import ended
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -25,20 +24,8 @@ pytestmark = [
 ]
 
 
-def _ends(n: int) -> list[int]:
-    version = services.flow_create(document=flow_doc([task("a")], flow_id="ended"))
-    ids = []
-    for _ in range(n):
-        execution = services.execution_create(flow_version=version)
-        end = ExecutionEnd.objects.create(
-            execution=execution, flow_id="ended", status="FAILED", ended_at=timezone.now()
-        )
-        ids.append(end.pk)
-    return ids
-
-
 def test_a_worker_that_finds_the_oldest_end_taken_does_not_pass_it() -> None:
-    first, second = _ends(2)
+    first, second = ended(2, status="FAILED")
     taken, release = threading.Event(), threading.Event()
 
     def other_worker() -> None:  # holds the oldest end, as a worker handling it does

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
 from flows import jobs, services
 from flows.models import Execution, ExecutionEnd, ExecutionStatus, Flow
 from flows.services import ends
-from tests.factories import failing, flow_doc, mapped, run_flow, start_execution, task
+from tests.factories import ended, failing, flow_doc, mapped, run_flow, start_execution, task
 
 pytestmark = [pytest.mark.django_db]
 
@@ -85,26 +84,11 @@ def test_a_handler_that_fails_rolls_its_work_back_and_is_tried_again_later(monke
     assert calls == ["kept", "kept"]
 
 
-def _ended(count: int) -> list[int]:
-    """``count`` outbox rows of ended executions, oldest first (written as the engine does)."""
-    version = services.flow_create(document=flow_doc([task("a")], flow_id="many"))
-    rows = [
-        ExecutionEnd(
-            execution=services.execution_create(flow_version=version),
-            flow_id="many",
-            status=ExecutionStatus.COMPLETED,
-            ended_at=timezone.now(),
-        )
-        for _ in range(count)
-    ]
-    return [row.pk for row in ExecutionEnd.objects.bulk_create(rows)]
-
-
 def test_one_pass_handles_every_due_end_so_ends_never_fall_behind(handled) -> None:
     # A worker's timer runs one pass a second: a pass that handled a fixed hundred would
     # leave ends behind whenever more than a hundred executions a second end, and what
     # follows them (triggered flows, alerts) would lag further and further.
-    _ended(350)
+    ended(350)
 
     jobs.handle_ends()
 
@@ -115,7 +99,7 @@ def test_one_pass_handles_every_due_end_so_ends_never_fall_behind(handled) -> No
 def test_a_failing_handler_in_a_chunk_holds_back_only_its_own_row(
     monkeypatch, django_capture_on_commit_callbacks
 ) -> None:
-    ids = _ended(5)
+    ids = ended(5)
     committed: list[int] = []
 
     def fails_on_the_third(end: ExecutionEnd, execution: Execution) -> None:
@@ -142,7 +126,7 @@ def test_a_chunk_commits_when_its_time_is_up_and_the_pass_goes_on(handled, monke
     # transaction, SQLite's one write lock, for a hundred ends: past CHUNK_SECONDS it commits
     # what it has handled, and the pass goes on with the rest, in order.
     monkeypatch.setattr(ends, "CHUNK_SECONDS", 0.0)
-    _ended(5)
+    ended(5)
 
     with CaptureQueriesContext(connection) as queries:
         assert services.handle_ends() == 5

@@ -118,16 +118,11 @@ def handle_ends(*, limit: int = PASS_LIMIT) -> int:
     return handled
 
 
-class _Failed(Exception):
-    """A handler raised: leave the chunk's transaction (rolled back)."""
-
-
 def _handle_chunk(ids: list[int]) -> tuple[int, tuple[int, Exception] | None, bool]:
     """Handle the rows ``ids`` (oldest first) in one transaction, up to the first that another
     worker holds and for ``CHUNK_SECONDS`` at most: (how many were handled, None, whether it
     stopped at a row another worker holds) or, a handler having raised, (0, (its row, the
     exception), False) with nothing of the chunk kept."""
-    failure: tuple[int, Exception] | None = None
     memo = _chunk_memo.set({})
     try:
         with transaction.atomic():
@@ -145,14 +140,12 @@ def _handle_chunk(ids: list[int]) -> tuple[int, tuple[int, Exception] | None, bo
                     for handler in _handlers.values():
                         handler(end, end.execution)
                 except Exception as exc:
-                    failure = (end.pk, exc)
-                    raise _Failed from exc
+                    transaction.set_rollback(True)  # nothing of the chunk is kept
+                    return 0, (end.pk, exc), False
                 done.append(end)
                 if time.monotonic() >= until:
                     break  # the rest go in the next chunk
             ExecutionEnd.objects.filter(pk__in=[end.pk for end in done]).delete()
-    except _Failed:
-        return 0, failure, False
     finally:
         _chunk_memo.reset(memo)
     return len(done), None, len(done) == len(ours) < len(ids)
