@@ -23,14 +23,14 @@ Definitions (all from timestamps the engine itself writes)
         the span from the first start to the last end is exactly ``steps`` engine cycles:
         each one is the commit of the previous routing transaction, building the task
         (registry lookup, deep copies of parameters/results/input, logging), handing the
-        coroutine to the task loop thread and getting its result back, checking the result,
+        coroutine to the task loop and running it there (on the same thread), checking the result,
         and the start of the next routing transaction. ``duration`` is what the engine
         times around the coroutine itself (``perf_counter`` around the future), so the
         difference is everything the engine adds. Dividing by ``steps`` (not steps - 1)
         because there are ``steps`` such cycles in the span; the first also includes the
         claim and loading the flow definition.
     task time per step
-        sum of step durations / steps: the noop coroutine plus the thread handoff that the
+        sum of step durations / steps: the noop coroutine plus the wait for the task loop that the
         engine's own timer includes (future submit -> result).
     queue latency
         execution ``queued_at`` (``execution_start``, before its commit) -> first step
@@ -194,7 +194,7 @@ def measure(execution_id: str) -> dict[str, Any]:
 
 METRICS = [
     ("overhead_ms_per_step", "engine overhead per step (ms)"),
-    ("task_ms_per_step", "task time per step, incl. thread handoff (ms)"),
+    ("task_ms_per_step", "task time per step, incl. the wait for the loop (ms)"),
     ("per_step_ms", "per step with the task included: span / steps (ms)"),
     ("queue_latency_ms", "queue latency: queued -> first step claimed (ms)"),
     ("wall_ms", "execution wall time: queued -> ended (ms)"),
@@ -279,8 +279,8 @@ BREAKDOWN = [
     ("sql", "  SQLite execute, all statements"),
     ("commit", "  SQLite commit"),
     ("orm", "  rest of the record: statement building, model init, 2 log lines"),
-    ("start", "step.start: build the task, hand it to the loop thread"),
-    ("task", "  task duration as recorded (coroutine + thread handoff)"),
+    ("start", "step.start: build the task, submit it to the loop"),
+    ("task", "  task duration as recorded (coroutine + wait for the loop)"),
     ("logging", "logging calls (engine and task lines, format + write)"),
     ("deepcopy", "copy.deepcopy of parameters/results/input"),
     ("parse", "parse_flow (once per job; validates every task)"),

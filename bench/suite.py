@@ -976,7 +976,7 @@ def build_rows(
             stack,
             f"per step with the no-op task included, the same flow: span / steps (median of "
             f"{n_over}; min {with_task['min']:.3f}; the task's share, its duration incl. the "
-            f"hand-off to the task thread, {over['task_ms_per_step']['median']:.3f} ms)",
+            f"wait for the task loop, {over['task_ms_per_step']['median']:.3f} ms)",
             f"{with_task['median']:.3f} ms",
         )
         if fig.get("secrets"):
@@ -1736,7 +1736,7 @@ django-q2 {info["django_q2"]}, SQLite {info["sqlite"]}; load average
 Reading it: "per step with the no-op task included" is what a step costs end to end, as the
 peers' per-step figures (their trivial task body included) are measured, and the ratios
 against them are judged on it; "engine overhead per step" leaves out the task's own time (the
-no-op coroutine and its hand-off to the task thread) and is kept beside it. The 3-task
+no-op coroutine and its wait for the task loop) and is kept beside it. The 3-task
 throughput is started in bulk (1,000 a call) so that the start rate is not the bound (its row
 says how many times the flow rate the starts ran); the CPU row says where the cores went
 meanwhile. "starts alone" (waits, bursts) is how fast the client processes started those

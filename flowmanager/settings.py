@@ -256,11 +256,14 @@ FLOW_DEFAULT_TASK_TIMEOUT = env_float("FLOW_DEFAULT_TASK_TIMEOUT", 300.0, minimu
 FLOW_MAX_TASK_TIMEOUT = env_float("FLOW_MAX_TASK_TIMEOUT", 3600.0, minimum=1)
 FLOW_DEFAULT_MAX_STEPS = env_int("FLOW_DEFAULT_MAX_STEPS", 1000, minimum=1)
 # How long a worker's claim on a running step lasts without renewal. The worker renews it
-# once a second from its dispatching thread (not the task loop, which a task may block), so a
-# live worker misses five renewals in a row before another may take its step; a dead one's
-# steps run again within about this long plus FLOW_REAP_EVERY_SECONDS (README "Faults and
-# recovery").
+# once a second (its watchdog thread does while a task blocks the loop), so a live worker
+# misses five renewals in a row before another may take its step; a dead one's steps run
+# again within about this long plus FLOW_REAP_EVERY_SECONDS (README "Faults and recovery").
 FLOW_LEASE_SECONDS = env_float("FLOW_LEASE_SECONDS", 6.0, minimum=1)
+# A task still blocking its worker's event loop this long after its timeout and grace ran
+# out is given up: its step fails, the worker's other steps run again, and the worker process
+# exits for the cluster to start a fresh one (flows/engine/watchdog.py).
+FLOW_STUCK_LOOP_SECONDS = env_float("FLOW_STUCK_LOOP_SECONDS", 10.0, minimum=0.1)
 # How often each worker process looks for steps whose lease expired and PENDING steps nobody
 # claimed within FLOW_WAKE_AFTER_SECONDS (two indexed queries that find nothing, most times).
 FLOW_REAP_EVERY_SECONDS = env_float("FLOW_REAP_EVERY_SECONDS", 1.0, minimum=0.1)

@@ -6,6 +6,8 @@ the same through real qcluster processes.
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,6 +46,14 @@ PLUGINS = {
             async def run(self):
                 time.sleep(self.parameters.get("seconds", 1.0))
                 return {}
+    """,
+    "whereami": """
+        import threading
+
+
+        class WhereamiTask(BaseTask):
+            async def run(self):
+                return {"thread": threading.get_ident()}
     """,
 }
 
@@ -161,6 +171,51 @@ def test_a_task_blocking_the_loop_fails_and_the_steps_it_held_up_run_again(regis
     assert innocent.steps.get(seq=2).attempt == 2
     innocent.refresh_from_db()
     assert innocent.status == ExecutionStatus.COMPLETED
+
+
+def test_a_task_runs_on_the_thread_that_runs_the_dispatcher_without_a_hand_off(registry):
+    # No thread hop a step (issue 26): the task loop runs on the dispatcher's own thread.
+    execution = start(
+        registry, flow_doc([task("a", "whereami"), task("b", "whereami")], flow_id="here")
+    )
+
+    engine.Dispatcher(registry).run()
+
+    threads = {step.result["thread"] for step in TaskRun.objects.filter(execution=execution)}
+    assert threads == {threading.get_ident()}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_blocking_the_loop_for_good_is_given_up_by_the_watchdog(
+    registry, monkeypatch, settings
+):
+    # Blocks far longer than its timeout: the watchdog, on its own thread and connection,
+    # fails it and sends the step it held up back to the queue while it still blocks; the
+    # dispatcher, once the blocking code returns, writes nothing more.
+    settings.FLOW_STUCK_LOOP_SECONDS = 0.3
+    monkeypatch.setattr(timing, "ABANDON_GRACE_SECONDS", 0.2)
+    blocker = start(
+        registry,
+        flow_doc([{**task("block", "block", seconds=4), "timeout_seconds": 0.1}], flow_id="b"),
+    )
+    innocent = start(registry, flow_doc([task("wait", "pause", seconds=0.5)], flow_id="i"))
+    began = time.monotonic()
+
+    assert engine.Dispatcher(registry, concurrency=5).run() == 0  # recorded none itself
+
+    assert time.monotonic() - began >= 4  # it returned once the blocking code had
+    blocker.refresh_from_db()
+    assert blocker.status == ExecutionStatus.FAILED
+    assert "blocked its event loop" in blocker.error
+    failed = blocker.steps.get()
+    # Failed at its timeout, grace and FLOW_STUCK_LOOP_SECONDS (plus a watchdog look), not
+    # when its blocking code returned.
+    assert (failed.ended_at - failed.started_at).total_seconds() < 2.5
+    assert list(innocent.steps.order_by("seq").values_list("status", "attempt")) == [
+        (TaskRunStatus.LOST, 1),
+        (TaskRunStatus.PENDING, 2),  # queued for a worker that is not stuck
+    ]
+    assert "blocked this worker's event loop" in innocent.steps.get(seq=1).error
 
 
 def test_a_step_held_up_by_another_tasks_blocking_is_not_counted_as_lost_with_its_worker(

@@ -18,8 +18,22 @@ from pathlib import Path
 import pytest
 
 from tests.factories import flow_doc, task
-from tests.live import BASE_DIR, Backend, live_backend, log_tails, poll, record_plugin
-from tests.test_worker_faults import TERMINAL, Live, assert_each_step_ran_once, recorded
+from tests.live import (
+    BASE_DIR,
+    Backend,
+    descendants,
+    live_backend,
+    log_tails,
+    poll,
+    record_plugin,
+)
+from tests.test_worker_faults import (
+    TERMINAL,
+    WORKERS_PER_CLUSTER,
+    Live,
+    assert_each_step_ran_once,
+    recorded,
+)
 
 pytestmark = pytest.mark.worker
 
@@ -171,6 +185,36 @@ def test_a_task_blocking_its_event_loop_past_the_lease_keeps_its_step(live: Live
         ("stall", 1),
     ]
     assert "lost with worker" not in live.logs_text("qcluster")
+    assert cluster.poll() is None, log_tails(live.logs)
+
+
+def test_a_task_blocking_its_event_loop_for_good_fails_and_its_worker_is_replaced(
+    live: Live,
+) -> None:
+    # The blocking code never returns (in the test's time): its worker's watchdog fails the
+    # step FLOW_STUCK_LOOP_SECONDS after its timeout and grace, and the worker process exits
+    # so the cluster starts another in its place, with the same number of workers as before.
+    cluster = live.start_cluster(FLOW_STUCK_LOOP_SECONDS="1")
+    live.wait_for_workers(cluster)
+    document = flow_doc(
+        [{**task("stall", "stall", seconds=3600), "timeout_seconds": 1}], flow_id="stuck"
+    )
+    [stuck] = live.submit(document, 1)
+
+    assert live.wait_until_ended("stuck", 1) == {stuck: "FAILED"}
+
+    [step] = live.steps("stuck")
+    assert "blocked its event loop" in (step.error or "")
+    [(_, _, _, pid)] = live.runs([stuck])
+    assert step.pid == pid
+    live.poll(
+        "the stuck worker gone and another in its place",
+        lambda: descendants(cluster.pid),
+        lambda pids: pid not in pids and len(pids) >= WORKERS_PER_CLUSTER + 3,
+    )
+    live.submit(flow_doc([task("a", "noop")], flow_id="after_stuck"), 4)
+    assert set(live.wait_until_ended("after_stuck", 4).values()) == {"COMPLETED"}
+    assert "exits for a fresh one" in live.logs_text("qcluster")
     assert cluster.poll() is None, log_tails(live.logs)
 
 

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
+import multiprocessing
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,7 +26,8 @@ from flows.engine.lost import INTERRUPTED, run_again
 from flows.engine.outcome import StepOutcome, blocked, failure, finish, stopped
 from flows.engine.routing import Finished, decide
 from flows.engine.step import Flight, start
-from flows.engine.taskloop import TaskLoop
+from flows.engine.taskloop import Handle, Retired, TaskLoop
+from flows.engine.watchdog import Watchdog
 from flows.engine.worker import reconnect, worker_id
 from flows.models import Execution, TaskRun, TaskRunStatus
 from flows.registry import TaskRegistry, TaskType, default_registry
@@ -50,8 +51,9 @@ class Dispatcher:
     """Runs up to ``concurrency`` executions at once in one worker process.
 
     Tasks are coroutines, so a step that waits on I/O need not hold a process: every task of
-    every execution here runs on one event loop thread (``TaskLoop``), while this thread
-    does the database work (claims, results, routing) in batches.
+    every execution here runs on one event loop (``TaskLoop``), which this thread runs while
+    it waits for tasks to finish, between its database work (claims, results, routing) in
+    batches. A watchdog thread guards it against tasks that block the loop (``watchdog``).
 
     1. Ready steps are claimed in batches, oldest wake-up first, up to the concurrency
        (``fill``): the job's own execution and others beside it (their queue messages later
@@ -62,10 +64,12 @@ class Dispatcher:
        transaction (``flush``); the next step of each execution starts at once, on the
        same loop.
     3. Once a second (``watch``): one query looks for cancelled or deleted executions among
-       those in flight, and one UPDATE renews the leases of every running step (on this
-       thread: a task blocking the loop does not stop it; README "Faults and recovery").
+       those in flight, and one UPDATE renews the leases of every running step (while a task
+       blocks the loop, and so this thread, the watchdog renews them: README "Faults and
+       recovery").
     4. A task that blocks the loop past its timeout is failed; the loop is replaced, and the
        other steps it held are recorded LOST and queued again (their tasks never finished).
+       One that blocks it for good is given up by the watchdog (``watchdog``).
     5. After the step budget no new executions are taken and finishing steps hand their
        successors back to the queue; ``run`` returns when nothing is in flight.
     """
@@ -76,7 +80,9 @@ class Dispatcher:
         concurrency: int | None = None,
         *,
         only: uuid.UUID | None = None,
+        exit_when_stuck: bool = False,
     ) -> None:
+        self.exit_when_stuck = exit_when_stuck
         self.registry = registry or default_registry()
         self.concurrency = concurrency or settings.FLOW_WORKER_CONCURRENCY
         self.only = only
@@ -86,12 +92,14 @@ class Dispatcher:
         self.slots: dict[uuid.UUID, Slot] = {}
         self.steps = 0
         self.budget_end = time.monotonic() + settings.FLOW_STEP_BUDGET_SECONDS
-        # Renewed from this thread, never from the task loop: a task that blocks the loop
-        # (blocking code in ``async def run``) holds up the other tasks, not the leases, so
-        # the reaper never mistakes a stalled worker for a dead one. Only a worker whose
-        # dispatching thread stops (the process died, or it hangs as a whole) loses them.
+        # Renewed from this thread between runs of the task loop, and by the watchdog while a
+        # task blocks the loop (blocking code in ``async def run``): such a task holds up the
+        # other tasks, not the leases, so the reaper never mistakes a stalled worker for a
+        # dead one. Only a worker whose process stops (died, or hangs as a whole) loses them.
         self.renew_every = min(timing.RENEW_INTERVAL_SECONDS, settings.FLOW_LEASE_SECONDS / 3)
         self.next_renew = time.perf_counter() + self.renew_every
+        self.renewed_at = time.perf_counter()  # leases are at least this fresh (watchdog)
+        self.flying: dict[Handle, Slot] = {}  # the slot of each task on the loop
         self.next_fill = 0.0
         # The earliest hard deadline (timeout + grace) among the tasks in flight: the loop
         # wakes then to see whether one is blocking the task loop.
@@ -108,6 +116,8 @@ class Dispatcher:
     def run(self) -> int:
         """Run ready executions until none is in flight and none is ready, or the budget is
         spent; returns the steps recorded."""
+        watchdog = Watchdog(self, exit_when_stuck=self.exit_when_stuck)
+        watchdog.start()
         try:
             next_watch = time.perf_counter() + timing.WATCH_INTERVAL_SECONDS
             while True:
@@ -119,26 +129,29 @@ class Dispatcher:
                         continue  # slots it freed went to waiting steps, due now: take them
                     # Whatever became ready since the last look has a queue message of its own.
                     break
-                flights = {slot.flight.future: slot for slot in self.slots.values() if slot.flight}
                 wake_at = min(next_watch, self.next_deadline)
                 if self._has_room():
                     wake_at = min(wake_at, self.next_fill)
-                done, _ = concurrent.futures.wait(
-                    flights,
-                    timeout=max(0.0, wake_at - time.perf_counter()),
-                    return_when=concurrent.futures.FIRST_COMPLETED,
-                )
-                for future in done:
-                    slot = flights[future]
-                    assert slot.flight is not None
-                    self.advance(slot, finish(slot.flight, slot.definition))
+                loop = self._task_loop()
+                if not loop.done:
+                    loop.run(wake_at)  # the tasks run here, until one finishes or wake_at
+                done = loop.take_done()
+                if loop.held_up or time.perf_counter() >= self.next_deadline:
+                    # First: a task that finished only past its deadline blocked the loop.
+                    self._guarded(self._check_deadlines, "checking for a blocked task loop")
+                for handle in done:
+                    slot = self.flying.pop(handle, None)
+                    if slot is not None and slot.flight is not None:
+                        self.advance(slot, finish(slot.flight, slot.definition))
                 if time.perf_counter() >= next_watch:
                     self._guarded(self.watch, "watch")
                     next_watch = time.perf_counter() + timing.WATCH_INTERVAL_SECONDS
-                elif time.perf_counter() >= self.next_deadline:
-                    self._guarded(self._check_deadlines, "checking for a blocked task loop")
                 self.flush()
+        except Retired:
+            # The watchdog wrote what became of this worker's steps while a task blocked it.
+            logger.warning("worker %s: stopped, its steps taken over by its watchdog", self.me)
         finally:
+            watchdog.stop()
             if self.loop is not None:
                 self.loop.close()
         return self.steps
@@ -253,12 +266,15 @@ class Dispatcher:
             self.advance(slot, started)
         else:
             slot.flight = started
+            self.flying[started.future] = slot
             if started.hard_deadline < self.next_deadline:
                 self.next_deadline = started.hard_deadline
 
     def advance(self, slot: Slot, outcome: StepOutcome) -> None:
         """A step of ``slot`` ended with ``outcome``: decide what follows, and queue it for
         the next ``flush``."""
+        if slot.flight is not None:
+            self.flying.pop(slot.flight.future, None)
         slot.flight = None
         if outcome.stop:  # the execution vanished or the step was taken away
             self.slots.pop(slot.execution.id, None)
@@ -355,6 +371,7 @@ class Dispatcher:
     def _renew_leases(self) -> set[int] | None:
         """Extend the leases of every running step; the ids still ours (None: all are)."""
         self.next_renew = time.perf_counter() + self.renew_every
+        self.renewed_at = time.perf_counter()
         ids = [slot.step.pk for slot in self.slots.values() if slot.flight is not None]
         return claim.renew_leases(ids, self.me, self.lease)
 
@@ -383,25 +400,27 @@ class Dispatcher:
         self._check_deadlines()
 
     def _check_deadlines(self) -> None:
-        """Handle the tasks past their hard deadline; note the next one due."""
+        """Handle the tasks past their hard deadline (finished or not: one that finished
+        only past it blocked the loop); note the next one due."""
         now, overdue, self.next_deadline = time.perf_counter(), [], math.inf
         for slot in self.slots.values():
             flight = slot.flight
-            if flight is None or flight.future.done():
+            if flight is None:
                 continue
-            if now >= flight.hard_deadline:
+            if (flight.future.ended or now) >= flight.hard_deadline:
                 overdue.append(slot)
-            elif flight.hard_deadline < self.next_deadline:
+            elif not flight.future.done() and flight.hard_deadline < self.next_deadline:
                 self.next_deadline = flight.hard_deadline
+        held_up = self.loop is not None and self.loop.take_held_up()
         if overdue:
-            self._overdue(overdue)
+            self._overdue(overdue, held_up=held_up)
 
-    def _overdue(self, overdue: list[Slot]) -> None:
-        """Steps past their timeout and grace that did not stop: is the loop blocked?"""
-        loop = self._task_loop()
-        if loop.responds(within=0.5):
-            # The loop runs again. A task that ended meanwhile was what blocked it; one still
-            # running swallowed its cancellation. Both fail, their coroutines left behind.
+    def _overdue(self, overdue: list[Slot], *, held_up: bool) -> None:
+        """Steps past their timeout and grace that did not stop: did they block the loop?"""
+        if not held_up:
+            # The loop ran freely: a task that ended meanwhile held it for a while all the
+            # same; one still running swallowed its cancellation. Both fail, their coroutines
+            # left behind.
             for slot in overdue:
                 assert slot.flight is not None
                 if slot.flight.future.done():
@@ -410,17 +429,21 @@ class Dispatcher:
                     why = "did not stop when its timeout cancelled it (it swallowed the cancel)"
                     self.advance(slot, blocked(slot.flight, why))
             return
-        # The loop is stuck in some task's blocking code. Leave it behind (its thread ends when
-        # that code returns); the overdue steps fail, the others are run again elsewhere.
-        loop.abandon()
+        # Some task's blocking code held the loop. The overdue steps fail; the others it held
+        # up are run again elsewhere, and a fresh loop takes this worker's next tasks (on the
+        # old one, what they had begun may be in any state).
+        assert self.loop is not None
+        self.loop.close()
         self.loop = None
         now = timezone.now()
         for slot in list(self.slots.values()):
-            if slot.flight is None or slot.flight.future.done():
+            if slot.flight is None:
                 continue
-            slot.flight.future.cancel()
+            # (Nothing is cancelled: the closed loop would be asked to run the cancellation.)
             if any(slot is late for late in overdue):
-                self.advance(slot, blocked(slot.flight))
+                self.advance(slot, blocked(slot.flight, cancel=False))
+            elif slot.flight.future.done():  # it finished in time, held up or not
+                self.advance(slot, finish(slot.flight, slot.definition))
             else:
                 run_again(
                     slot.step,
@@ -430,6 +453,7 @@ class Dispatcher:
                     now=now,
                     worker=self.me,
                 )
+                self.flying.pop(slot.flight.future, None)
                 slot.flight = None
                 self.slots.pop(slot.execution.id, None)
 
@@ -439,4 +463,7 @@ def dispatch(execution_id: uuid.UUID | str, registry: TaskRegistry | None = None
     the steps recorded. (``execution_id`` names the job's own; the dispatcher claims ready
     steps oldest wake-up first, so it is among them when ready.)"""
     uuid.UUID(str(execution_id))  # a malformed id is the job's error, as before
-    return Dispatcher(registry).run()
+    # In a worker process of the cluster, a task that blocks its loop for good ends the
+    # process (the cluster starts another); not where the job runs in the caller (Q_SYNC).
+    in_worker = multiprocessing.parent_process() is not None and not settings.Q_CLUSTER.get("sync")
+    return Dispatcher(registry, exit_when_stuck=in_worker).run()

@@ -6,7 +6,7 @@ why one was cut short. Nothing here touches the database.
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import json
 import logging
 import time
@@ -177,7 +177,7 @@ def _outcome_of(flight: Flight, definition: FlowDefinition) -> StepOutcome:
             duration=duration,
             lines=lines,
         )
-    except concurrent.futures.CancelledError:
+    except asyncio.CancelledError:
         return failure("task was cancelled", duration=duration, lines=lines)
     except Waiting as wait:
         return waiting(wait.state, wait.until, duration=duration, lines=lines)
@@ -200,7 +200,7 @@ def stopped(flight: Flight, verdict: str) -> StepOutcome:
     ("deleted") or its step taken away ("lost")."""
     flight.future.cancel()
     # Give the coroutine a moment to run its own clean-up before the step is recorded.
-    flight.finished.wait(timing.ABANDON_GRACE_SECONDS)
+    flight.future.wait(timing.ABANDON_GRACE_SECONDS)
     step = flight.step
     if verdict == "cancel":
         logger.info("execution=%s step=%s cancelled while running", step.execution_id, step.seq)
@@ -220,9 +220,13 @@ def stopped(flight: Flight, verdict: str) -> StepOutcome:
 def blocked(
     flight: Flight,
     why: str = "blocked its event loop (blocking code in an async task?)",
+    *,
+    cancel: bool = True,
 ) -> StepOutcome:
-    """A task still running past its timeout and grace: it fails, and is left behind."""
-    flight.future.cancel()
+    """A task still running past its timeout and grace: it fails, and is left behind
+    (``cancel=False``: from another thread than the loop's, which must not touch it)."""
+    if cancel:
+        flight.future.cancel()
     outcome = failure(
         f"task did not finish within its timeout of {flight.timeout:g}s and {why}",
         duration=time.perf_counter() - flight.started,

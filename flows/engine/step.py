@@ -7,10 +7,8 @@ built).
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import logging
-import threading
 import time
 import traceback as tb
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ from flows.engine.outcome import (
     masked,
     remaining,
 )
-from flows.engine.taskloop import TaskLoop, run_task
+from flows.engine.taskloop import Handle, TaskLoop, run_task
 from flows.masking import Masker, running
 from flows.models import Execution, TaskRun
 from flows.registry import TaskType
@@ -44,8 +42,7 @@ class Flight:
     """A step whose coroutine is running on the task loop."""
 
     step: TaskRun
-    future: concurrent.futures.Future[Any]
-    finished: threading.Event
+    future: Handle
     started: float  # time.perf_counter()
     timeout: float
     source: str  # where the timeout came from, for the message
@@ -142,15 +139,13 @@ def start(
         )
         outcome.parameters = resolved
         return masked(outcome, masker)
-    finished = threading.Event()
-    # Before the task is submitted: it starts on the loop's thread at once, and a line it
-    # logs before its values are registered would go out unmasked.
+    # Before the task is submitted: a line it logs before its values are registered would
+    # go out unmasked.
     masking = running(masker) if masker else None
     started = time.perf_counter()
     return Flight(
         step=step,
-        future=loop.submit(run_task(task, timeout, finished)),
-        finished=finished,
+        future=loop.submit(run_task(task, timeout)),
         started=started,
         timeout=timeout,
         source=source,

@@ -7,6 +7,11 @@ Read as ``timing.NAME`` where used, so a test can shorten one for the whole engi
 # How long past its own timeout a task may keep its thread before it is abandoned: a task
 # that blocks the event loop (time.sleep, CPU loop) cannot be cancelled, only left behind.
 ABANDON_GRACE_SECONDS = 2.0
+# A run of the task loop that ends this much later than it should have was held up by a
+# task's blocking code (tasks run on the dispatcher's own thread: taskloop.py).
+LOOP_HELD_UP_SECONDS = 0.5
+# How often the watchdog looks at the dispatcher's thread (watchdog.py).
+WATCHDOG_INTERVAL_SECONDS = 0.25
 # How often the dispatcher looks for cancelled or deleted executions among those in flight.
 WATCH_INTERVAL_SECONDS = 1.0
 # How often it renews the leases of its running steps (one UPDATE for all of them), or every
