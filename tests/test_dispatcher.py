@@ -198,7 +198,11 @@ def test_a_task_blocking_the_loop_for_good_is_given_up_by_the_watchdog(
         registry,
         flow_doc([{**task("block", "block", seconds=4), "timeout_seconds": 0.1}], flow_id="b"),
     )
-    innocent = start(registry, flow_doc([task("wait", "pause", seconds=0.5)], flow_id="i"))
+    # Its own timeout runs out too while it waits behind the blocker: it is not the culprit.
+    innocent = start(
+        registry,
+        flow_doc([{**task("wait", "pause", seconds=0.5), "timeout_seconds": 0.1}], flow_id="i"),
+    )
     began = time.monotonic()
 
     assert engine.Dispatcher(registry, concurrency=5).run() == 0  # recorded none itself

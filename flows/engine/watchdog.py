@@ -19,6 +19,7 @@ database connection:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -35,7 +36,7 @@ from flows.engine.outcome import blocked
 from flows.engine.routing import decide
 
 if TYPE_CHECKING:
-    from flows.engine.dispatcher import Dispatcher
+    from flows.engine.dispatcher import Dispatcher, Slot
     from flows.engine.taskloop import TaskLoop
 
 logger = logging.getLogger("flows.engine")
@@ -64,6 +65,9 @@ class Watchdog:
                 except DatabaseError as exc:
                     logger.warning("worker %s: watchdog: %s", self.dispatcher.me, exc)
                     connections["default"].close()  # a fresh one at the next look
+                except Exception:
+                    # Never end the watchdog: the next look may be the one that matters.
+                    logger.exception("worker %s: watchdog failed", self.dispatcher.me)
         finally:
             connections.close_all()  # this thread's own
 
@@ -77,9 +81,13 @@ class Watchdog:
                 return
             dispatcher, now = self.dispatcher, time.perf_counter()
             flying = [slot for slot in list(dispatcher.slots.values()) if slot.flight]
+            # The task whose code holds the loop now: the others only wait behind it, however
+            # far past their own deadlines that leaves them.
+            culprit = asyncio.current_task(loop.loop)
+            suspects = [s for s in flying if s.flight and s.flight.future.task is culprit]
             late = [
                 slot
-                for slot in flying
+                for slot in suspects or flying
                 if slot.flight is not None
                 and not slot.flight.future.done()
                 and now >= slot.flight.hard_deadline + settings.FLOW_STUCK_LOOP_SECONDS
@@ -97,7 +105,7 @@ class Watchdog:
         wake_at = loop.wake_at
         return wake_at is not None and time.perf_counter() > wake_at + timing.LOOP_HELD_UP_SECONDS
 
-    def _take_over(self, loop: TaskLoop, flying: list, late: list) -> None:
+    def _take_over(self, loop: TaskLoop, flying: list[Slot], late: list[Slot]) -> None:
         dispatcher = self.dispatcher
         loop.retired = True
         logger.error(
@@ -108,7 +116,18 @@ class Watchdog:
             len(flying) - len(late),
             " and this worker process exits for a fresh one" if self.exit_when_stuck else "",
         )
-        now = timezone.now()
+        try:
+            self._write_takeover(flying, late)
+        finally:
+            if self.exit_when_stuck:
+                # Written above (or left to the reaper, should that have failed); nothing of
+                # this process is needed any more, and the stuck thread cannot be stopped
+                # any other way.
+                logging.shutdown()
+                os._exit(70)
+
+    def _write_takeover(self, flying: list[Slot], late: list[Slot]) -> None:
+        dispatcher, now = self.dispatcher, timezone.now()
         for slot in flying:
             flight = slot.flight
             if any(slot is overdue for overdue in late):
@@ -129,8 +148,3 @@ class Watchdog:
                     now=now,
                     worker=dispatcher.me,
                 )
-        if self.exit_when_stuck:
-            # Committed above; nothing of this process is needed any more, and the stuck
-            # thread cannot be stopped any other way.
-            logging.shutdown()
-            os._exit(70)
