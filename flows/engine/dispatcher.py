@@ -22,7 +22,7 @@ from django.utils import timezone
 from flows.definition import FlowDefinition, FlowValidationError
 from flows.engine import claim, fanin, record, timing
 from flows.engine.inputs import flow_definition
-from flows.engine.lost import INTERRUPTED, run_again
+from flows.engine.lost import interrupted
 from flows.engine.outcome import StepOutcome, blocked, failure, finish, stopped
 from flows.engine.routing import Finished, decide
 from flows.engine.step import Flight, start
@@ -445,14 +445,7 @@ class Dispatcher:
             elif slot.flight.future.done():  # it finished in time, held up or not
                 self.advance(slot, finish(slot.flight, slot.definition))
             else:
-                run_again(
-                    slot.step,
-                    why=f"{INTERRUPTED}; step runs again",
-                    event=f"{slot.step.task_name}: interrupted by a blocked event loop; "
-                    "running it again",
-                    now=now,
-                    worker=self.me,
-                )
+                interrupted(slot.step, now=now, worker=self.me)
                 self.flying.pop(slot.flight.future, None)
                 slot.flight = None
                 self.slots.pop(slot.execution.id, None)

@@ -1,6 +1,6 @@
 """A step lost with its worker (the lease expired, or the worker saw its event loop blocked):
 run again, or failed for good after ``FLOW_MAX_LOST_ATTEMPTS`` losses in a row. Called by the
-reaper (expired leases) and the dispatcher (steps held up by a blocking task)."""
+reaper (expired leases), the dispatcher and its watchdog (steps held up by a blocking task)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ logger = logging.getLogger("flows.engine")
 # The error of a step lost because another task blocked its worker's event loop: the step
 # did nothing wrong, so such a loss is not counted against FLOW_MAX_LOST_ATTEMPTS.
 INTERRUPTED = "another task blocked this worker's event loop"
+
+
+def interrupted(step: TaskRun, *, now: datetime, worker: str) -> bool:
+    """``run_again`` for a step another task's blocking code held up on ``worker``'s loop
+    (the dispatcher once the loop is back, or its watchdog while it is still stuck)."""
+    return run_again(
+        step,
+        why=f"{INTERRUPTED}; step runs again",
+        event=f"{step.task_name}: interrupted by a blocked event loop; running it again",
+        now=now,
+        worker=worker,
+    )
 
 
 def run_again(

@@ -31,7 +31,7 @@ from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from flows.engine import claim, record, timing
-from flows.engine.lost import INTERRUPTED, run_again
+from flows.engine.lost import interrupted
 from flows.engine.outcome import blocked
 from flows.engine.routing import decide
 
@@ -140,11 +140,4 @@ class Watchdog:
                 )
                 record.write_alone(finished, dispatcher.me, dispatcher.lease, continue_here=False)
             else:
-                run_again(
-                    slot.step,
-                    why=f"{INTERRUPTED}; step runs again",
-                    event=f"{slot.step.task_name}: interrupted by a blocked event loop; "
-                    "running it again",
-                    now=now,
-                    worker=dispatcher.me,
-                )
+                interrupted(slot.step, now=now, worker=dispatcher.me)
