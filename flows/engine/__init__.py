@@ -5,9 +5,10 @@ The database is the truth and the queue only wakes workers (see docs/architectur
 1. A job carries only an execution id and runs the ``Dispatcher``, which *claims* ready
    steps with a conditional UPDATE (PENDING -> RUNNING, with a lease); a step whose UPDATE
    changed no row is another worker's.
-2. Each task's coroutine runs on the task loop thread under its timeout while the
-   dispatcher's thread watches the database once a second: it renews the leases and stops
-   tasks whose execution was cancelled or deleted.
+2. Each task's coroutine runs on the task loop under its timeout, run by the dispatcher's
+   own thread while it waits (no hop to another thread); once a second it renews the leases
+   and stops tasks whose execution was cancelled or deleted, and a watchdog thread renews
+   them while a task blocks the loop.
 3. A step's result and the routing decision (the next step, or the execution's end) commit
    in one transaction. The next step is created already claimed by this worker, so it runs
    here without a queue round trip, until the step budget is spent; then it is left PENDING
@@ -21,7 +22,9 @@ One module a role, each importing only the public names of the others:
 
 - ``transitions`` every status change of an execution or a step, and its lock order
 - ``wakeup``      enqueue the job that wakes a worker (``wake``); wake steps nobody woke
-- ``taskloop``    the event loop thread tasks run on, and a task under its timeout
+- ``taskloop``    the event loop tasks run on (the dispatcher's thread), a task under its
+                  timeout
+- ``watchdog``    leases renewed while a task blocks the loop; one blocking it for good given up
 - ``inputs``      the parsed flow, results so far, parameters with references resolved
 - ``step``        build one step's task and start it on the task loop (``Flight``)
 - ``outcome``     what a finished, failed, timed-out or stopped task amounts to
