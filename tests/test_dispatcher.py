@@ -47,6 +47,17 @@ PLUGINS = {
                 time.sleep(self.parameters.get("seconds", 1.0))
                 return {}
     """,
+    "offload": """
+        import asyncio
+        import time
+
+
+        class OffloadTask(BaseTask):
+            async def run(self):
+                # Blocking work the README way: on a thread, the loop stays free.
+                await asyncio.to_thread(time.sleep, self.parameters.get("seconds", 1.0))
+                return {}
+    """,
     "whereami": """
         import threading
 
@@ -183,6 +194,22 @@ def test_a_task_runs_on_the_thread_that_runs_the_dispatcher_without_a_hand_off(r
 
     threads = {step.result["thread"] for step in TaskRun.objects.filter(execution=execution)}
     assert threads == {threading.get_ident()}
+
+
+def test_blocking_work_a_task_runs_on_a_thread_holds_up_no_other_task(registry):
+    slow = start(registry, flow_doc([task("sync", "offload", seconds=1.0)], flow_id="slow"))
+    quick = start(
+        registry,
+        flow_doc([task(f"t{i}", "pause", seconds=0.05) for i in range(3)], flow_id="quick"),
+    )
+
+    engine.Dispatcher(registry, concurrency=5).run()
+
+    for execution in (slow, quick):
+        execution.refresh_from_db()
+        assert execution.status == ExecutionStatus.COMPLETED
+    # The quick flow's three steps all ended while the slow one's thread still slept.
+    assert max(end for _, end in windows(quick)) < windows(slow)[0][1]
 
 
 @pytest.mark.django_db(transaction=True)
