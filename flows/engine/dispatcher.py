@@ -98,7 +98,6 @@ class Dispatcher:
         # dead one. Only a worker whose process stops (died, or hangs as a whole) loses them.
         self.renew_every = min(timing.RENEW_INTERVAL_SECONDS, settings.FLOW_LEASE_SECONDS / 3)
         self.next_renew = time.perf_counter() + self.renew_every
-        self.renewed_at = time.perf_counter()  # leases are at least this fresh (watchdog)
         self.flying: dict[Handle, Slot] = {}  # the slot of each task on the loop
         self.next_fill = 0.0
         # The earliest hard deadline (timeout + grace) among the tasks in flight: the loop
@@ -215,7 +214,7 @@ class Dispatcher:
             self._take(execution, definition, claimed.results.get(execution.id, {}), step)
             if time.perf_counter() >= self.next_renew:
                 # Starting many can take a while: keep the steps already running ours.
-                self._renew_leases()
+                self.renew_leases()
 
     def _invalid(self, execution: Execution, step: TaskRun, exc: FlowValidationError) -> None:
         """Fail the claimed step, and so the execution: its flow no longer validates."""
@@ -368,10 +367,15 @@ class Dispatcher:
         return None  # not reached
 
     # -- once a second --------------------------------------------------------------------
-    def _renew_leases(self) -> set[int] | None:
-        """Extend the leases of every running step; the ids still ours (None: all are)."""
+    @property
+    def renewed_at(self) -> float:
+        """When the leases were last renewed (perf_counter)."""
+        return self.next_renew - self.renew_every
+
+    def renew_leases(self) -> set[int] | None:
+        """Extend the leases of every running step; the ids still ours (None: all are). The
+        watchdog calls it too, while a task blocks this thread."""
         self.next_renew = time.perf_counter() + self.renew_every
-        self.renewed_at = time.perf_counter()
         ids = [slot.step.pk for slot in self.slots.values() if slot.flight is not None]
         return claim.renew_leases(ids, self.me, self.lease)
 
@@ -382,7 +386,7 @@ class Dispatcher:
         if not flying:
             return
         cancel = claim.cancel_requests(list(flying))
-        kept = self._renew_leases() if time.perf_counter() >= self.next_renew else None
+        kept = self.renew_leases() if time.perf_counter() >= self.next_renew else None
         for eid, slot in flying.items():
             flight = slot.flight
             assert flight is not None

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from flows.engine import claim, record, timing
+from flows.engine import record, timing
 from flows.engine.lost import interrupted
 from flows.engine.outcome import blocked
 from flows.engine.routing import decide
@@ -80,25 +80,22 @@ class Watchdog:
             if not self._stuck(loop) or loop.retired:
                 return
             dispatcher, now = self.dispatcher, time.perf_counter()
-            flying = [slot for slot in list(dispatcher.slots.values()) if slot.flight]
+            # Under the guard the dispatcher's thread changes none of them.
+            flights = {slot: slot.flight for slot in dispatcher.slots.values() if slot.flight}
             # The task whose code holds the loop now: the others only wait behind it, however
             # far past their own deadlines that leaves them.
             culprit = asyncio.current_task(loop.loop)
-            suspects = [s for s in flying if s.flight and s.flight.future.task is culprit]
+            suspects = [slot for slot, flight in flights.items() if flight.future.task is culprit]
             late = [
                 slot
-                for slot in suspects or flying
-                if slot.flight is not None
-                and not slot.flight.future.done()
-                and now >= slot.flight.hard_deadline + settings.FLOW_STUCK_LOOP_SECONDS
+                for slot in suspects or flights
+                if not flights[slot].future.done()
+                and now >= flights[slot].hard_deadline + settings.FLOW_STUCK_LOOP_SECONDS
             ]
             if late:
-                self._take_over(loop, flying, late)
+                self._take_over(loop, list(flights), late)
             elif now >= dispatcher.renewed_at + dispatcher.lease.total_seconds() / 2:
-                dispatcher.renewed_at = now
-                claim.renew_leases(
-                    [slot.step.pk for slot in flying], dispatcher.me, dispatcher.lease
-                )
+                dispatcher.renew_leases()
 
     @staticmethod
     def _stuck(loop: TaskLoop) -> bool:
@@ -130,7 +127,7 @@ class Watchdog:
         dispatcher, now = self.dispatcher, timezone.now()
         for slot in flying:
             flight = slot.flight
-            if any(slot is overdue for overdue in late):
+            if slot in late:  # Slot compares by identity
                 finished = decide(
                     slot.execution,
                     slot.definition,
