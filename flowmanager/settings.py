@@ -326,6 +326,10 @@ FLOW_SECRET_CACHE_SECONDS = env_float("FLOW_SECRET_CACHE_SECONDS", 5.0, minimum=
 # error-handler flows: flows/services/ends.py); what follows an end waits at most this long.
 FLOW_ENDS_EVERY_SECONDS = env_float("FLOW_ENDS_EVERY_SECONDS", 1.0, minimum=0.05)
 
+# SQLite: how often each worker process copies the write-ahead log back into the database file
+# (flows/engine/checkpoint.py), so that no step's commit pays for it.
+FLOW_CHECKPOINT_EVERY_SECONDS = env_float("FLOW_CHECKPOINT_EVERY_SECONDS", 0.25, minimum=0.01)
+
 # --- Notifications and alerts (flows/notify.py, README "Notifications and alerts") -----------
 # Email channels send through Django's email backend: SMTP with these, or any backend Django
 # has (EMAIL_BACKEND=django.core.mail.backends.console.EmailBackend prints them).

@@ -11,7 +11,7 @@ class FlowsConfig(AppConfig):
         from django_q.signals import post_spawn
 
         from flows import jobs, services, vault
-        from flows.engine import start_due_step_timer, start_reaper_timer
+        from flows.engine import start_checkpoint_timer, start_due_step_timer, start_reaper_timer
         from flows.models import Secret
 
         # At every `manage.py migrate`: the daily purge schedule follows FLOW_PURGE_AFTER_DAYS.
@@ -29,6 +29,11 @@ class FlowsConfig(AppConfig):
         # And the notifications outbox (alerts), in a thread of its own: a channel that is
         # down delays its messages, never the ends or the steps.
         post_spawn.connect(jobs.start_notify_timer, dispatch_uid="flows.jobs.start_notify_timer")
+        # On a SQLite file: the write-ahead log is copied back into the database by a timer
+        # of each worker process, not by whichever step's commit crosses SQLite's mark.
+        post_spawn.connect(
+            start_checkpoint_timer, dispatch_uid="flows.engine.start_checkpoint_timer"
+        )
         # A secret changed in this process is read afresh by the next step run here (other
         # processes within FLOW_SECRET_CACHE_SECONDS).
         for signal in (post_save, post_delete):

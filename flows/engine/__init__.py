@@ -40,10 +40,12 @@ One module a role, each importing only the public names of the others:
                   (``reap``)
 - ``lost``        a step lost with its worker: run again, or failed for good
 - ``duetimer``    wake delayed steps when the broker cannot deliver late (Redis)
+- ``checkpoint``  SQLite: the write-ahead log copied back by a timer, not by a step's commit
 - ``timing``      intervals, graces and batch sizes; ``worker``: this worker's name
 """
 
 from flows.engine import admission, limits, transitions
+from flows.engine.checkpoint import CheckpointTimer, start_checkpoint_timer
 from flows.engine.claim import claim_steps, renew_leases
 from flows.engine.dispatcher import Dispatcher, dispatch
 from flows.engine.duetimer import DueStepTimer, start_due_step_timer, wake_due
@@ -62,6 +64,7 @@ __all__ = [
     "FOREVER",
     "JOB_FUNC",
     "CannotRedrive",
+    "CheckpointTimer",
     "Dispatcher",
     "DueStepTimer",
     "ReaperTimer",
@@ -83,6 +86,7 @@ __all__ = [
     "results_scope",
     "results_so_far",
     "run_inline",
+    "start_checkpoint_timer",
     "start_due_step_timer",
     "start_reaper_timer",
     "transitions",
