@@ -12,7 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.db.models import F
+from django.test.utils import CaptureQueriesContext
 
 from flows import engine, services
 from flows.engine import outcome, record, timing
@@ -123,6 +125,38 @@ def test_each_execution_keeps_its_own_order_of_steps(registry):
 
     for execution in (first, second):
         assert ran(execution) == [("a", "SUCCESS"), ("b", "SUCCESS"), ("c", "SUCCESS")]
+
+
+def test_a_jobs_first_step_starts_after_one_transaction_and_no_read_before_it(registry):
+    execution = start(registry, flow_doc([task("a", "noop"), task("b", "noop")]))
+    dispatcher = engine.Dispatcher(registry, concurrency=5)
+    with CaptureQueriesContext(connection) as first_look:
+        dispatcher.fill()
+    sent = [
+        (q["sql"].split(" ")[0], q["sql"].split('"')[1] if '"' in q["sql"] else "")
+        for q in first_look.captured_queries
+    ]
+
+    # No look for ready steps before the claim's transaction (the job's message says one is
+    # ready), and no read of earlier results for an execution's first step: the claim, the
+    # execution and its flow version, in one transaction.
+    claimed = [
+        ("SELECT", "flows_taskrun"),  # ... FOR UPDATE (SQLite: the IMMEDIATE transaction)
+        ("UPDATE", "flows_taskrun"),
+        ("UPDATE", "flows_execution"),
+        ("SELECT", "flows_execution"),
+        ("SELECT", "flows_flowversion"),
+    ]
+    assert [q for q in sent if q[0] in ("SELECT", "UPDATE")] == claimed
+    assert list(dispatcher.slots) == [execution.id]
+    # Later looks, which mostly find nothing, ask first, outside any transaction: here that
+    # question alone (nothing else is ready).
+    with CaptureQueriesContext(connection) as later_look:
+        dispatcher.fill()
+    assert [q["sql"].split(" ")[0] for q in later_look.captured_queries] == ["SELECT"]
+
+    dispatcher.run()
+    assert ran(execution) == [("a", "SUCCESS"), ("b", "SUCCESS")]
 
 
 def test_a_job_whose_execution_was_taken_still_picks_up_other_ready_work(registry):

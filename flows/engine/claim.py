@@ -63,12 +63,15 @@ def claim_steps(
     *,
     exclude: Iterable[uuid.UUID] = (),
     only: uuid.UUID | None = None,
+    probe: bool = True,
 ) -> Claimed | None:
     """Claim up to ``room`` ready steps, oldest wake-up first, for worker ``me``.
 
     None when nothing is ready: most looks find nothing, so that is asked first outside a
     transaction, which on SQLite would take the database's one write lock and on PostgreSQL
-    costs two more round trips. Otherwise one transaction, a few statements however many it
+    costs two more round trips. Not with ``probe`` False: a job's first look, made for an
+    execution its message says is ready, mostly finds it, and the probe would be one more
+    query before its first step. Otherwise one transaction, a few statements however many it
     takes:
 
     1. Lock the ready steps (``SKIP LOCKED`` on PostgreSQL, so workers claiming at once take
@@ -83,7 +86,7 @@ def claim_steps(
     """
     now = timezone.now()
     candidates = ready(now, exclude=exclude, only=only)
-    if not candidates.exists():
+    if probe and not candidates.exists():
         return None
     expires = now + lease
     with transaction.atomic():
@@ -149,13 +152,15 @@ def _admit(
 
 def load(steps: list[TaskRun], now: datetime, *, fresh: bool = False) -> Claimed:
     """What running claimed ``steps`` needs: their executions with their flow versions and
-    the results so far (none to read for ``fresh`` executions, at their first step)."""
+    the results so far (none to read for ``fresh`` executions, nor when every step is its
+    execution's first: only an earlier step has a result)."""
     ids = [step.execution_id for step in steps]
     executions = Execution.objects.in_bulk(ids)
     versions = FlowVersion.objects.in_bulk(
         {execution.flow_version_id for execution in executions.values()}
     )
-    results = {} if fresh else results_so_far(ids)
+    first = all(step.seq == 1 for step in steps)
+    results = {} if fresh or first else results_so_far(ids)
     for execution in executions.values():
         execution.flow_version = versions[execution.flow_version_id]
     return Claimed(steps, executions, results, now)

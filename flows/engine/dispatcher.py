@@ -100,6 +100,7 @@ class Dispatcher:
         self.next_renew = time.perf_counter() + self.renew_every
         self.flying: dict[Handle, Slot] = {}  # the slot of each task on the loop
         self.next_fill = 0.0
+        self.looked = False  # the job's first look claims without probing first
         # The earliest hard deadline (timeout + grace) among the tasks in flight: the loop
         # wakes then to see whether one is blocking the task loop.
         self.next_deadline = math.inf
@@ -179,7 +180,10 @@ class Dispatcher:
         room = self.concurrency - len(self.slots)
         if room <= 0 or not self._has_budget():
             return
-        claimed = claim.claim_steps(self.me, self.lease, room, exclude=self.slots, only=self.only)
+        claimed = claim.claim_steps(
+            self.me, self.lease, room, exclude=self.slots, only=self.only, probe=self.looked
+        )
+        self.looked = True
         if claimed is None:
             self.fill_every = min(self.fill_every * 2, timing.FILL_INTERVAL_MAX_SECONDS)
             return
