@@ -27,6 +27,7 @@ from flows.models import (
     TaskRun,
     TaskRunStatus,
 )
+from flows.sql import reads
 
 
 @dataclass
@@ -85,9 +86,10 @@ def claim_steps(
        transaction: if this fails, the claim rolls back with it.
     """
     now = timezone.now()
-    candidates = ready(now, exclude=exclude, only=only)
-    if probe and not candidates.exists():
+    exclude = list(exclude)
+    if probe and not reads.ready_exists(now, exclude, only):  # ``ready``'s question, quicker
         return None
+    candidates = ready(now, exclude=exclude, only=only)
     expires = now + lease
     with transaction.atomic():
         steps = list(
