@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
 from django_q.conf import Conf
 
 from flows import engine, services
+from flows.engine.worker import every
 
 logger = logging.getLogger("flows.jobs")
 
@@ -55,19 +53,6 @@ def handle_ends() -> None:
         logger.exception("handling execution ends failed; the next pass tries again")
 
 
-def _every(interval: float, work: Callable[[], None]) -> None:
-    """A worker process's timer loop: ``work`` every ``interval`` seconds, on this thread's
-    own connection (closed past its age, or broken), never ending on an error: a database
-    hiccup is tried again at the next pass."""
-    while True:
-        time.sleep(interval)
-        try:
-            close_old_connections()
-            work()
-        except Exception as exc:
-            logger.warning("%s failed, will retry: %s", work.__name__, exc)
-
-
 class EndsTimer:
     """A daemon thread that runs ``handle_ends`` every ``interval`` seconds in this worker
     process: what follows an execution's end happens about a second after it, on whichever
@@ -81,7 +66,7 @@ class EndsTimer:
         self.thread.start()
 
     def _run(self) -> None:
-        _every(self.interval, handle_ends)
+        every(self.interval, handle_ends, logger)
 
 
 def start_ends_timer(**_: Any) -> None:
@@ -122,7 +107,7 @@ class NotifyTimer:
         self.thread.start()
 
     def _run(self) -> None:
-        _every(self.interval, send_notifications)
+        every(self.interval, send_notifications, logger)
 
 
 def start_notify_timer(**_: Any) -> None:

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django_q.conf import Conf
+
+from flows.engine.worker import every
 
 logger = logging.getLogger("flows.engine")
 
@@ -71,13 +72,7 @@ class CheckpointTimer:
         self.thread.start()
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
-            try:
-                close_old_connections()
-                checkpoint()
-            except Exception as exc:  # the file locked past the busy timeout, say
-                logger.warning("WAL checkpoint failed, will retry: %s", exc)
+        every(self.interval, checkpoint, logger)
 
 
 def start_checkpoint_timer(**_: Any) -> None:

@@ -1,11 +1,15 @@
-"""Who this worker is, and how it gets back on its feet after a database error."""
+"""Who this worker is, how it gets back on its feet after a database error, and its timers'
+loop."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 
-from django.db import connection
+from django.db import close_old_connections, connection
 
 
 def worker_id() -> str:
@@ -21,3 +25,16 @@ def reconnect() -> None:
     """
     if not connection.in_atomic_block:
         connection.close()
+
+
+def every(interval: float, work: Callable[[], object], logger: logging.Logger) -> None:
+    """A worker process's timer loop: ``work`` every ``interval`` seconds, on this thread's
+    own connection (closed past its age, or broken), never ending on an error: a database
+    hiccup is tried again at the next pass (``logger`` says so)."""
+    while True:
+        time.sleep(interval)
+        try:
+            close_old_connections()
+            work()
+        except Exception as exc:
+            logger.warning("%s failed, will retry: %s", work.__name__, exc)
