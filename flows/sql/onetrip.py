@@ -48,7 +48,7 @@ from django.db.models import Field
 
 from flows.models import Execution, ExecutionEnd, ExecutionEvent, TaskRun
 from flows.sql import jsonrows, writes
-from flows.sql.values import prep
+from flows.sql.values import array_text, prep
 
 # The fields each part writes, the same every time (one statement text: see the docstring).
 # A step closes with these; a step that resolved its parameters writes them too (a flag).
@@ -244,11 +244,6 @@ def _row_params(events: Sequence[ExecutionEvent], ends: Sequence[ExecutionEnd]) 
     ]
 
 
-def _array(keys: Sequence[Any]) -> str:
-    """Keys as PostgreSQL array text (UUIDs and integers need no quoting)."""
-    return "{" + ",".join(str(key) for key in keys) + "}"
-
-
 def record(
     checks: Sequence[tuple[uuid.UUID, int, int | None]],
     closes: dict[int, dict[str, Any]],
@@ -275,17 +270,17 @@ def record(
     db = writes._db()
     insert = _inserted_fields(TaskRun)
     params: list[Any] = [
-        _array(sorted({str(eid) for eid, _, _ in checks})),
-        _array(sorted({sid for _, sid, _ in checks})),
+        array_text(sorted({str(eid) for eid, _, _ in checks})),
+        array_text(sorted({sid for _, sid, _ in checks})),
         jsonrows.document({"e": str(eid), "s": sid, "m": limit} for eid, sid, limit in checks),
         running,
         me,
         jsonrows.update_rows_document(TaskRun, closes, CLOSE),
-        _array(closes),
+        array_text(closes),
         running,
         me,
         jsonrows.update_rows_document(Execution, routes, ROUTE),
-        _array(routes),
+        array_text(routes),
     ]
     if new_steps:
         params.append(jsonrows.insert_rows_document(new_steps, insert))

@@ -25,7 +25,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from flows.models import ACTIVE_STATUSES, Execution, Flow, FlowVersion, TaskRun, TaskRunStatus
 from flows.sql import rules, writes
-from flows.sql.values import prep
+from flows.sql.values import array_text, prep
 
 
 def _raw(model: Any, sql: str, params: list[Any]) -> list[Any]:
@@ -146,7 +146,7 @@ def ready_exists(now: datetime, exclude: list[uuid.UUID], only: uuid.UUID | None
     if only is not None:
         params += [prep(pk, only, db)] * 2
     if db.vendor == "postgresql":
-        params.append("{" + ",".join(str(key) for key in exclude) + "}")
+        params.append(array_text(exclude))
     else:
         params += [prep(pk, key, db) for key in exclude]
     sql = _ready_sql(db.vendor, only is not None, len(exclude))

@@ -11,7 +11,7 @@ import functools
 import json
 import operator
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -62,6 +62,14 @@ def _shortcut(field: Field, vendor: str, native_uuid: bool) -> tuple[type, Prep]
     if kind == "JSONField" and vendor == "sqlite":
         return dict, functools.partial(json.dumps, cls=field.encoder)
     return None
+
+
+def array_text(keys: Iterable[Any]) -> str:
+    """Keys as PostgreSQL array text (UUIDs and integers need no quoting), for a parameter
+    the statement casts (``%s::uuid[]``): one statement text whatever the number of keys, and
+    the server reads them as the cast says (a Python list would be sent as the smallest
+    integer type that holds its values, and every such type prepared again)."""
+    return "{" + ",".join(str(key) for key in keys) + "}"
 
 
 def prep(field: Field, value: Any, db: BaseDatabaseWrapper) -> Any:
