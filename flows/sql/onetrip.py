@@ -48,7 +48,7 @@ from django.db.models import Field
 
 from flows.models import Execution, ExecutionEnd, ExecutionEvent, TaskRun
 from flows.sql import jsonrows, writes
-from flows.sql.values import array_text, prep
+from flows.sql.values import array_text, converters, row_reader
 
 # The fields each part writes, the same every time (one statement text: see the docstring).
 # A step closes with these; a step that resolved its parameters writes them too (a flag).
@@ -163,17 +163,20 @@ def _record_one(
     me: str,
 ) -> bool:
     db = writes._db()
-    (eid, sid, limit), step_meta, run_meta = check, TaskRun._meta, Execution._meta
+    eid, sid, limit = check
     close_names, route_names = tuple(close), tuple(route)
+    step_values, run_values = converters(TaskRun, db), converters(Execution, db)
+    key = run_values["id"](eid, db)
     params: list[Any] = [
-        prep(run_meta.pk, eid, db), sid, limit, running, me,
-        *(prep(step_meta.get_field(name), close[name], db) for name in close_names),
+        key, sid, limit, running, me,
+        *(step_values[name](close[name], db) for name in close_names),
         sid,
-        *(prep(run_meta.get_field(name), route[name], db) for name in route_names),
-        prep(run_meta.pk, eid, db),
+        *(run_values[name](route[name], db) for name in route_names),
+        key,
     ]  # fmt: skip
+    read = row_reader(TaskRun, _inserted_fields(TaskRun), db)
     for obj in new_steps:  # at most one: one execution's next step
-        params += [prep(f, f.pre_save(obj, add=True), db) for f in _inserted_fields(TaskRun)]
+        params += read(obj, db)
     params += _row_params(events, ends)
     sql = record_one_sql(
         db, close_names, route_names, step=bool(new_steps), events=bool(events), ends=bool(ends)

@@ -33,7 +33,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
 from flows.sql import jsonrows, rules
-from flows.sql.values import prep
+from flows.sql.values import converters, prep, row_reader
 
 logger = logging.getLogger("flows.sql.writes")
 
@@ -357,21 +357,27 @@ def update_rows(
     keys = list(rows)
     if db.vendor == "postgresql" and len(keys) > 1:
         return _update_rows_document(db, model, rows, increment, returning, where)
-    names = dict.fromkeys(name for values in rows.values() for name in values)
-    pattern = tuple(
-        (name, tuple(i for i, key in enumerate(keys) if name in rows[key])) for name in names
-    )
+    if len(keys) == 1:
+        names: Iterable[str] = rows[keys[0]]
+        pattern = tuple((name, (0,)) for name in names)
+    else:
+        names = dict.fromkeys(name for values in rows.values() for name in values)
+        pattern = tuple(
+            (name, tuple(i for i, key in enumerate(keys) if name in rows[key])) for name in names
+        )
+    convert = converters(model, db)
+    key_of = convert[pk.name]
+    sent = [key_of(key, db) for key in keys]
     params: list[Any] = []
-    for name, positions in pattern:
-        field = meta.get_field(name)
-        for i in positions:
-            if len(keys) > 1:
-                params.append(prep(pk, keys[i], db))
-            params.append(prep(field, rows[keys[i]][name], db))
-    params += [prep(pk, key, db) for key in keys]
-    params += [
-        prep(meta.get_field(name), value, db) for name, value in where.items() if value is not None
-    ]
+    if len(keys) == 1:
+        values = rows[keys[0]]
+        params += [convert[name](values[name], db) for name in names]
+    else:
+        for name, positions in pattern:
+            for i in positions:
+                params += (sent[i], convert[name](rows[keys[i]][name], db))
+    params += sent
+    params += [convert[name](value, db) for name, value in where.items() if value is not None]
     sql = _update_sql(
         model,
         db.vendor,
@@ -383,8 +389,13 @@ def update_rows(
     )
     fetched, count = _execute(db, sql, params)
     if returning:
-        # The key as the model holds it (SQLite returns a UUID as its hex text).
-        return [(pk.to_python(row[0]), *row[1:]) for row in fetched]
+        # The key as the model holds it (SQLite returns a UUID as its hex text): the one
+        # given, where it was given so.
+        given = {s: k for s, k in zip(sent, keys, strict=True) if type(k) in (uuid.UUID, int)}
+        return [
+            (given[row[0]] if row[0] in given else pk.to_python(row[0]), *row[1:])
+            for row in fetched
+        ]
     return count
 
 
@@ -476,7 +487,8 @@ def insert_rows(model: type[Model], objs: Iterable[Model], *, after_commit: bool
     for start in range(0, len(objs), per_statement):
         chunk = objs[start : start + per_statement]
         sql, fields = _insert_sql(model, db.vendor, len(chunk))
-        params = [prep(f, f.pre_save(obj, add=True), db) for obj in chunk for f in fields]
+        read = row_reader(model, fields, db)
+        params = [value for obj in chunk for value in read(obj, db)]
         then = functools.partial(_set_keys, chunk, pk.attname if auto else "", db.alias)
         if defer:
             lean.deferred.append((sql, params, then))  # type: ignore[union-attr]
