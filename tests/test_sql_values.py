@@ -122,3 +122,11 @@ def test_a_step_row_is_read_in_one_go_and_sent_as_the_orm_would() -> None:
     assert [_comparable(v) for v in sent] == [
         _comparable(_orm(f, f.pre_save(step, True))) for f in fields
     ]
+
+
+def test_instants_sent_one_after_another_each_keep_their_own_value() -> None:
+    # A step's rows send the same instant in several fields, and the next step another.
+    field = TaskRun._meta.get_field("ended_at")
+    first, second = dj_timezone.now(), dj_timezone.now() + timedelta(microseconds=1)
+    for value in (first, first, second, first, second, second):
+        assert prep(field, value, connection) == _orm(field, value)

@@ -375,9 +375,10 @@ def new_step(
             started_at=now,
             lease_expires_at=now + lease if lease is not None else None,
         )
-    if fields.keys() - {name for name, _ in _fields()}:
-        raise TypeError(f"new_step: not TaskRun fields: {sorted(fields)}")
-    row.update(fields)
+    if fields:
+        if fields.keys() - _names():
+            raise TypeError(f"new_step: not TaskRun fields: {sorted(fields)}")
+        row.update(fields)
     # Positional, in field order: Model.__init__'s quick path (the one from_db takes), a third
     # of what keyword arguments cost; a step opens one a step.
     return TaskRun(
@@ -389,6 +390,11 @@ def new_step(
 def _fields() -> tuple[tuple[str, Field], ...]:
     """TaskRun's concrete fields in order, by attribute name (``new_step``)."""
     return tuple((field.attname, field) for field in TaskRun._meta.concrete_fields)
+
+
+@functools.cache
+def _names() -> frozenset[str]:
+    return frozenset(name for name, _ in _fields())
 
 
 def claim(keys: list[int], me: str, now: datetime, expires: datetime) -> int:

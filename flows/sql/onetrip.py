@@ -70,7 +70,7 @@ GO = "(SELECT ok FROM go)"
 
 def available() -> bool:
     """Whether the database is PostgreSQL (SQLite has no round trips to save)."""
-    return writes._db().vendor == "postgresql"
+    return writes.vendor() == "postgresql"
 
 
 @functools.cache

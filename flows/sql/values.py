@@ -41,6 +41,11 @@ Prep = Callable[[Any], Any]
 Converter = Callable[[Any, BaseDatabaseWrapper], Any]
 
 
+# The last aware datetime converted to SQLite's text, and the text: a step's rows hold the
+# same instant (its "now") in several fields. Held here, so its identity is never reused.
+_last_text: tuple[datetime | None, str] = (None, "")
+
+
 def _as_is(value: Any) -> Any:
     return value
 
@@ -76,13 +81,21 @@ def converter(field: Field, vendor: str, native_uuid: bool) -> Converter:
         sqlite = vendor == "sqlite"
 
         def convert_datetime(value: Any, db: BaseDatabaseWrapper) -> Any:
+            global _last_text
             if value is None:
                 return None
             if type(value) is datetime and value.tzinfo is db.timezone:
                 # Django's timezone.now() in the connection's own zone (UTC): the driver
                 # takes it as it is on PostgreSQL; SQLite stores the naive text, as
                 # make_naive + str() does.
-                return str(value.replace(tzinfo=None)) if sqlite else value
+                if not sqlite:
+                    return value
+                last = _last_text
+                if last[0] is value:  # the same instant in several fields of a step's rows
+                    return last[1]
+                text = str(value.replace(tzinfo=None))
+                _last_text = (value, text)
+                return text
             return chain(value, db)
 
         return convert_datetime

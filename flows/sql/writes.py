@@ -50,6 +50,13 @@ def _db() -> BaseDatabaseWrapper:
     return lean.db if lean is not None else connections[DEFAULT_DB_ALIAS]
 
 
+@functools.cache
+def vendor() -> str:
+    """The default database's vendor: the same for the life of the process, and a look-up
+    of the connection (``_db``) costs more than a cached call."""
+    return connections[DEFAULT_DB_ALIAS].vendor
+
+
 @functools.lru_cache(maxsize=1024)
 def _driver_sql(sql: str, vendor: str) -> str:
     # sqlite3 takes qmark placeholders; Django's cursor converts on every call, with a regex.
