@@ -80,44 +80,43 @@ def claim_steps(
     2. Steps that take named limits take their slots (``limits.admit``); those refused wait
        PENDING in the database. No statement for steps without limits.
     3. Claim them: PENDING -> RUNNING with this worker's lease, only where still PENDING.
-    4. Mark their executions RUNNING (resume and redrive queue one again: the first start
-       time stays).
-    5. Read those executions, their flow versions and results so far, in the same
+    4. Read those executions, their flow versions and results so far, in the same
        transaction: if this fails, the claim rolls back with it.
+    5. Mark their executions RUNNING (resume and redrive queue one again: the first start
+       time stays).
     """
     now = timezone.now()
     exclude = list(exclude)
     if probe and not reads.ready_exists(now, exclude, only):  # ``ready``'s question, quicker
         return None
-    candidates = ready(now, exclude=exclude, only=only)
     expires = now + lease
     with transaction.atomic():
-        steps = list(
-            candidates.order_by("woken_at").select_for_update(skip_locked=True, of=("self",))[:room]
-        )
+        # ``ready(...)``, oldest wake-up first, locked: its SQL built once.
+        steps = reads.ready_steps(now, exclude, only, room)
         if not steps:
             return Claimed([], {}, {}, now)
         if any(step.limits for step in steps):
             # Slots of named limits, taken here or waited for in the database; a step without
             # limits never comes here.
-            steps, now = _admit(candidates, steps, room)
+            steps, now = _admit(ready(now, exclude=exclude, only=only), steps, room)
             expires = now + lease
             if not steps:
                 return Claimed([], {}, {}, now)
-        keys = [step.pk for step in steps]
         # A step that waited (its children, a sleep, a signal) is claimed again to go on: it
         # keeps the start of its first run, when it began waiting.
-        claimed = transitions.claim(keys, me, now, expires)
+        claimed = transitions.claim_locked(steps, me, now, expires)
         if claimed != len(steps):  # cannot happen under the row locks; kept honest anyway
             ours = set(
                 TaskRun.objects.filter(
-                    pk__in=keys, status=TaskRunStatus.RUNNING, worker=me, lease_expires_at=expires
+                    pk__in=[step.pk for step in steps],
+                    status=TaskRunStatus.RUNNING,
+                    worker=me,
+                    lease_expires_at=expires,
                 ).values_list("pk", flat=True)
             )
             steps = [step for step in steps if step.pk in ours]
-        ids = [step.execution_id for step in steps]
-        transitions.executions_running(ids, now)
         loaded = load(steps, now)
+        transitions.executions_started(loaded.executions.values(), now)
     transitions.claimed(steps, me, now, expires)
     return loaded
 
@@ -157,10 +156,9 @@ def load(steps: list[TaskRun], now: datetime, *, fresh: bool = False) -> Claimed
     the results so far (none to read for ``fresh`` executions, nor when every step is its
     execution's first: only an earlier step has a result)."""
     ids = [step.execution_id for step in steps]
-    executions = Execution.objects.in_bulk(ids)
-    versions = FlowVersion.objects.in_bulk(
-        {execution.flow_version_id for execution in executions.values()}
-    )
+    # ``in_bulk`` of each, their SQL built once (``flows.sql.reads``).
+    executions = reads.by_keys(Execution, ids)
+    versions = reads.by_keys(FlowVersion, {e.flow_version_id for e in executions.values()})
     first = all(step.seq == 1 for step in steps)
     results = {} if fresh or first else results_so_far(ids)
     for execution in executions.values():

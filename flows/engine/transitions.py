@@ -410,6 +410,51 @@ def claim(keys: list[int], me: str, now: datetime, expires: datetime) -> int:
     )
 
 
+def claim_locked(steps: list[TaskRun], me: str, now: datetime, expires: datetime) -> int:
+    """``claim`` for steps the caller's transaction read and holds locked (``reads.ready_steps``
+    and the limits' look: ``FOR UPDATE``; SQLite's write lock): each one's start is known, so
+    each row is written as it will be (no COALESCE), in one hand-written UPDATE."""
+    return writes.update_rows(  # type: ignore[return-value]
+        TaskRun,
+        {
+            step.pk: {
+                "status": TaskRunStatus.RUNNING,
+                "worker": me,
+                "started_at": step.started_at or now,
+                "lease_expires_at": expires,
+            }
+            for step in steps
+        },
+        status=TaskRunStatus.PENDING,
+    )
+
+
+def executions_started(executions: Iterable[Execution], now: datetime) -> None:
+    """``executions_running`` for executions read in the claim's transaction, and set so in
+    memory: QUEUED -> RUNNING, kept at their first start. Only a claim starts a QUEUED
+    execution, and its step's lock keeps other claims out, so the start read is the one to
+    keep; a change of status since (a cancel) leaves the row and the instance as they are."""
+    queued = {
+        execution.pk: (
+            execution,
+            {"status": ExecutionStatus.RUNNING, "started_at": execution.started_at or now},
+        )
+        for execution in executions
+        if execution.status == ExecutionStatus.QUEUED
+    }
+    if not queued:
+        return
+    started = writes.update_rows(
+        Execution,
+        {key: values for key, (_, values) in queued.items()},
+        returning=["status"],
+        status=ExecutionStatus.QUEUED,
+    )
+    for key, _ in started:  # type: ignore[union-attr]
+        execution, values = queued[key]
+        execution.status, execution.started_at = values["status"], values["started_at"]
+
+
 def executions_running(ids: list[uuid.UUID], now: datetime) -> None:
     """QUEUED -> RUNNING for the executions whose steps were just claimed (kept at their
     first start)."""

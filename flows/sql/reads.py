@@ -14,6 +14,7 @@ every value is a query parameter (asserted while ``settings.DEBUG`` is on: ``flo
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from functools import cache, lru_cache
 from typing import Any
@@ -109,13 +110,15 @@ def user_for_token(key: str) -> Any | None:
 
 # -- the dispatcher's look for ready steps -----------------------------------------------------
 @lru_cache(maxsize=64)
-def _ready_sql(vendor: str, only: bool, excluded: int) -> str:
-    """``ready_exists``' statement: PostgreSQL one text per ``only`` (the excluded keys travel
-    as one array), SQLite one per number of excluded keys."""
+def _ready_sql(vendor: str, only: bool, excluded: int, claim: bool = False) -> str:
+    """The statement of ``ready_exists`` (``claim`` False) or ``ready_steps`` (True): PostgreSQL
+    one text per ``only`` (the excluded keys travel as one array), SQLite one per number of
+    excluded keys."""
     s, e = TaskRun, Execution
     step_execution = _col(s, "execution", "s")
+    selected = _columns(s, "s") if claim else "1"
     sql = (
-        f"SELECT 1 FROM {_q(s._meta.db_table)} s"
+        f"SELECT {selected} FROM {_q(s._meta.db_table)} s"
         f" JOIN {_q(e._meta.db_table)} e ON {_col(e, 'id', 'e')} = {step_execution}"
         f" WHERE {_col(s, 'status', 's')} = %s"
         f" AND {_col(e, 'status', 'e')} IN ({', '.join(['%s'] * len(ACTIVE_STATUSES))})"
@@ -128,15 +131,18 @@ def _ready_sql(vendor: str, only: bool, excluded: int) -> str:
         sql += f" AND {step_execution} <> ALL(%s::uuid[])"
     elif excluded:
         sql += f" AND {step_execution} NOT IN ({', '.join(['%s'] * excluded)})"
-    return sql + " LIMIT 1"
+    if not claim:
+        return sql + " LIMIT 1"
+    # Oldest wake-up first; on PostgreSQL rows another claim holds are passed over, so that
+    # workers claiming at once take different steps (SQLite's IMMEDIATE transaction
+    # serialises the claims instead).
+    sql += f" ORDER BY {_col(s, 'woken_at', 's')} LIMIT %s"
+    return sql + (" FOR UPDATE OF s SKIP LOCKED" if vendor == "postgresql" else "")
 
 
-def ready_exists(now: datetime, exclude: list[uuid.UUID], only: uuid.UUID | None) -> bool:
-    """Whether a step is ready (``flows.engine.claim.ready``'s question, asked before each
-    claim): a worker asks it every FILL_INTERVAL_SECONDS or more while it has room, and it
-    mostly finds nothing. The ORM built the query anew each time (about 1 ms here, more than
-    running it); this builds it once, and on PostgreSQL prepares it once per connection."""
-    db = connections[DEFAULT_DB_ALIAS]
+def _ready_params(
+    db: Any, now: datetime, exclude: list[uuid.UUID], only: uuid.UUID | None
+) -> list[Any]:
     pk = Execution._meta.pk
     params: list[Any] = [
         TaskRunStatus.PENDING,
@@ -149,6 +155,16 @@ def ready_exists(now: datetime, exclude: list[uuid.UUID], only: uuid.UUID | None
         params.append(array_text(exclude))
     else:
         params += [prep(pk, key, db) for key in exclude]
+    return params
+
+
+def ready_exists(now: datetime, exclude: list[uuid.UUID], only: uuid.UUID | None) -> bool:
+    """Whether a step is ready (``flows.engine.claim.ready``'s question, asked before each
+    claim): a worker asks it every FILL_INTERVAL_SECONDS or more while it has room, and it
+    mostly finds nothing. The ORM built the query anew each time (about 1 ms here, more than
+    running it); this builds it once, and on PostgreSQL prepares it once per connection."""
+    db = connections[DEFAULT_DB_ALIAS]
+    params = _ready_params(db, now, exclude, only)
     sql = _ready_sql(db.vendor, only is not None, len(exclude))
     if settings.DEBUG:
         rules.check_statement(sql, params, db.vendor)
@@ -157,3 +173,88 @@ def ready_exists(now: datetime, exclude: list[uuid.UUID], only: uuid.UUID | None
     with db.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone() is not None
+
+
+def ready_steps(
+    now: datetime, exclude: list[uuid.UUID], only: uuid.UUID | None, room: int
+) -> list[TaskRun]:
+    """Up to ``room`` ready steps, oldest wake-up first, locked for the caller's transaction:
+    ``claim.ready(...).order_by("woken_at").select_for_update(skip_locked=True, of=("self",))``
+    with its SQL built once (the ORM's building cost more than the claim's other statements
+    together)."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if not db.in_atomic_block:
+        raise rules.SqlRuleError("ready_steps locks rows: call it inside a transaction")
+    params = [*_ready_params(db, now, exclude, only), room]
+    return _rows(TaskRun, db, _ready_sql(db.vendor, only is not None, len(exclude), True), params)
+
+
+# -- rows by key -------------------------------------------------------------------------------
+@lru_cache(maxsize=16)
+def _by_keys_sql(model: Any, vendor: str, keys: int) -> str:
+    pk = model._meta.pk
+    table, column = _q(model._meta.db_table), _col(model, pk.name, "r")
+    if vendor == "postgresql":  # one text for any number of keys: an array
+        where = f"{column} = ANY(%s::{pk.rel_db_type(connection)}[])"
+    else:
+        where = f"{column} IN ({', '.join(['%s'] * keys)})"
+    return f"SELECT {_columns(model, 'r')} FROM {table} r WHERE {where}"
+
+
+def by_keys(model: Any, keys: Iterable[Any]) -> dict[Any, Any]:
+    """``model.objects.in_bulk(keys)`` (every concrete field), its SQL built once."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return {}
+    db = connections[DEFAULT_DB_ALIAS]
+    pk = model._meta.pk
+    if db.vendor == "postgresql":
+        params: list[Any] = [array_text(prep(pk, key, db) for key in keys)]
+    else:
+        params = [prep(pk, key, db) for key in keys]
+    found = _rows(model, db, _by_keys_sql(model, db.vendor, len(keys)), params)
+    return {obj.pk: obj for obj in found}
+
+
+# -- rows as model instances -------------------------------------------------------------------
+def _columns(model: Any, alias: str) -> str:
+    return ", ".join(f"{alias}.{_q(field.column)}" for field in model._meta.concrete_fields)
+
+
+@lru_cache(maxsize=16)
+def _converters(model: Any, vendor: str) -> tuple[tuple[int, tuple[Any, ...], Any], ...]:
+    """For each concrete field with converters (the backend's, then the field's own, as the
+    ORM's compiler applies them): its position, its converters and the column expression they
+    are called with."""
+    found = []
+    for position, field in enumerate(model._meta.concrete_fields):
+        column = field.get_col(model._meta.db_table)
+        converters = (
+            *connection.ops.get_db_converters(column),
+            *field.get_db_converters(connection),
+        )
+        if converters:
+            found.append((position, converters, column))
+    return tuple(found)
+
+
+def _rows(model: Any, db: Any, sql: str, params: list[Any]) -> list[Any]:
+    """Run a statement selecting ``_columns(model, ...)``: its rows as instances, each value
+    converted as the ORM converts it (``Model.from_db``, as a queryset makes them)."""
+    if settings.DEBUG:
+        rules.check_statement(sql, params, db.vendor)
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    converters = _converters(model, db.vendor)
+    names = [field.attname for field in model._meta.concrete_fields]
+    found = []
+    for row in rows:
+        values = list(row)
+        for position, functions, column in converters:
+            value = values[position]
+            for convert in functions:
+                value = convert(value, column, db)
+            values[position] = value
+        found.append(model.from_db(db.alias, names, values))
+    return found
