@@ -6,9 +6,12 @@ Through the real engine run inline (tests/controls.py has the task types and hel
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from flows import engine, services
+from flows.engine import inline
 from flows.models import ExecutionStatus
 from tests.controls import (
     FAIL,
@@ -123,6 +126,33 @@ def test_a_retry_waiting_when_paused_runs_after_resume() -> None:
     services.execution_resume(execution_id=execution.id)
     execution = run_to_end(execution.id)
 
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert ran(execution) == [("flaky", FAIL), ("flaky", OK)]
+
+
+def test_a_retry_falling_due_while_the_inline_run_looks_still_runs(monkeypatch) -> None:
+    """The retry's delay ends between the dispatcher's look (nothing due yet) and the inline
+    run's check of what is left: the run goes on to it instead of returning half done. (CI
+    caught this with the resume above: a 0.05 s retry delay ending in that gap.)"""
+    execution = start_execution(
+        flow_doc([retrying("flaky", "flaky", {"max_attempts": 2, "delay_seconds": 0.2})])
+    )
+    run_one_job(execution)
+    looks = []
+    real_run = inline.Dispatcher.run
+
+    def look_then_let_the_delay_pass(dispatcher: inline.Dispatcher) -> int:
+        ran_now = real_run(dispatcher)
+        looks.append(ran_now)
+        if len(looks) == 1:
+            time.sleep(0.3)  # the retry falls due after the look
+        return ran_now
+
+    monkeypatch.setattr(inline.Dispatcher, "run", look_then_let_the_delay_pass)
+
+    execution = run_to_end(execution.id)
+
+    assert looks[0] == 0
     assert execution.status == ExecutionStatus.COMPLETED
     assert ran(execution) == [("flaky", FAIL), ("flaky", OK)]
 

@@ -39,6 +39,7 @@ def run_inline(
     """
     execution_id = uuid.UUID(str(execution_id))
     while True:
+        looked_at = timezone.now()
         ran = Dispatcher(registry, concurrency=1, only=execution_id).run()
         execution = Execution.objects.get(pk=execution_id)
         if execution.status not in ACTIVE_STATUSES:
@@ -57,5 +58,8 @@ def run_inline(
         wait = (pending.not_before - timezone.now()).total_seconds() if pending.not_before else 0.0
         if wait > 0:
             sleep(wait)
-        elif not ran:
+        elif not ran and (pending.not_before is None or pending.not_before <= looked_at):
+            # Due before the dispatcher looked, and still it ran nothing: nothing this process
+            # can do will run it. A step that fell due while the dispatcher was looking (a
+            # retry's short delay) is tried again instead of ending the run early.
             return execution
