@@ -151,16 +151,17 @@ def _admit(
     return admitted, now
 
 
-def load(steps: list[TaskRun], now: datetime, *, fresh: bool = False) -> Claimed:
+def load(steps: list[TaskRun], now: datetime) -> Claimed:
     """What running claimed ``steps`` needs: their executions with their flow versions and
-    the results so far (none to read for ``fresh`` executions, nor when every step is its
-    execution's first: only an earlier step has a result)."""
+    the results so far (none to read when every step is its execution's first: only an
+    earlier step has a result). A map's items started by the dispatcher that runs them need
+    none of it (``fanin.Adopt``)."""
     ids = [step.execution_id for step in steps]
     # ``in_bulk`` of each, their SQL built once (``flows.sql.reads``).
     executions = reads.by_keys(Execution, ids)
     versions = reads.by_keys(FlowVersion, {e.flow_version_id for e in executions.values()})
     first = all(step.seq == 1 for step in steps)
-    results = {} if fresh or first else results_so_far(ids)
+    results = {} if first else results_so_far(ids)
     for execution in executions.values():
         execution.flow_version = versions[execution.flow_version_id]
     return Claimed(steps, executions, results, now)

@@ -108,6 +108,7 @@ class Dispatcher:
         self.finished: list[tuple[Slot, Finished]] = []  # to record at the next flush
         self.types: dict[str, TaskType | None] = {}  # task types as of the last plugin scan
         self.adopted: list[TaskRun] = []  # map items started and claimed here, to launch
+        self.adopted_executions: dict[uuid.UUID, Execution] = {}  # theirs, read as started
         self.resumed: list[TaskRun] = []  # steps handed a limit's slot freed here, to launch
         # Steps of named limits were recorded: the slots they freed went to waiting steps,
         # due now, which the next fill takes at once rather than at its interval.
@@ -313,11 +314,11 @@ class Dispatcher:
                 )
             if self.adopted:
                 steps, self.adopted = self.adopted, []
+                executions, self.adopted_executions = self.adopted_executions, {}
+                # Fresh items: no results so far to read, their rows came with their start.
+                claimed = claim.Claimed(steps, executions, {}, timezone.now())
                 self._guarded(
-                    lambda steps=steps: self._start_claimed(
-                        claim.load(steps, timezone.now(), fresh=True)
-                    ),
-                    "starting map items",
+                    lambda claimed=claimed: self._start_claimed(claimed), "starting map items"
                 )
 
     def _write_batch(
@@ -340,6 +341,7 @@ class Dispatcher:
                 )  # fmt: skip
             if adopt is not None and adopt.steps:
                 self.adopted += adopt.steps
+                self.adopted_executions.update(adopt.executions)
             if adopt is not None and adopt.resumed:
                 self.resumed += adopt.resumed
             return list(zip([slot for slot, _ in batch], written, strict=True))

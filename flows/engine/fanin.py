@@ -51,6 +51,9 @@ class Adopt:
     me: str
     lease: timedelta
     steps: list[TaskRun] = field(default_factory=list)
+    # Their executions as the statement that started them left them, with their flow
+    # version: the dispatcher launches the steps without reading them again.
+    executions: dict[uuid.UUID, Execution] = field(default_factory=dict)
     # Steps handed a slot of a named limit that this dispatcher freed, claimed for it in the
     # same transaction (limits.grant): not fresh, their results so far are read to start them.
     resumed: list[TaskRun] = field(default_factory=list)
@@ -117,32 +120,30 @@ def _start_next(
     moved = FanOut.objects.filter(pk=fan.pk, started=first).update(started=last)
     if not moved:  # another transaction moved it first (it holds the row lock): it starts them
         return []
-    ids = list(
-        Execution.objects.filter(
-            parent_step_id=fan.pk,
-            item_index__gte=first,
-            item_index__lt=last,
-            status=ExecutionStatus.CREATED,
-        ).values_list("id", flat=True)
-    )
-    if not ids:  # cancelled before they could start
-        return []
     body = definition if definition is not None else _body_of(child)
     start = body.task(body.start_task)
-    # Only those still CREATED start: a cancel may have ended some meanwhile.
     if start.limits:  # a step that takes limits is claimed by a claim, which takes its slots
         adopt = None
-    ids = transitions.start_children(ids, now, claimed=adopt is not None)
+    # Only those still CREATED start: a cancel may have ended some meanwhile.
+    items = transitions.start_items(fan.pk, first, last, now, claimed=adopt is not None)
+    if not items:  # cancelled before they could start
+        return []
     if adopt is None:
-        steps = [transitions.new_step(eid, start, now) for eid in ids]
+        steps = [transitions.new_step(item.id, start, now) for item in items]
         writes.insert_rows(TaskRun, steps, after_commit=True)
-        return ids
+        return [item.id for item in items]
     steps = [
-        transitions.new_step(eid, start, now, claimed_by=adopt.me, lease=adopt.lease) for eid in ids
+        transitions.new_step(item.id, start, now, claimed_by=adopt.me, lease=adopt.lease)
+        for item in items
     ]
     # The dispatcher launches them once this commits; their keys come back with the COMMIT.
     writes.insert_rows(TaskRun, steps, after_commit=True)
     adopt.steps += steps
+    version = child.flow_version  # a map's items share their parent's version (read once)
+    for item in items:
+        if item.flow_version_id == version.pk:
+            item.flow_version = version
+        adopt.executions[item.id] = item
     return []
 
 

@@ -43,7 +43,7 @@ from flows.models import (
     TaskRun,
     TaskRunStatus,
 )
-from flows.sql import onetrip, writes
+from flows.sql import onetrip, reads, writes
 
 # A wait no clock ends (a signal, children): not_before/woken_at so far ahead that the due-step
 # timer, the reaper and the claim leave the step alone until something makes it due.
@@ -306,19 +306,23 @@ def child_started(now: datetime) -> dict[str, Any]:
     return {"status": ExecutionStatus.QUEUED, "queued_at": now}
 
 
-def start_children(ids: list[uuid.UUID], now: datetime, *, claimed: bool) -> list[uuid.UUID]:
-    """Map items CREATED -> QUEUED (or RUNNING, ``claimed`` by the dispatcher that starts
-    them): those still CREATED (a cancel may have ended some), whose ids are returned; the
-    caller writes their first steps. Locks: the map step's FanOut row (``fanin``)."""
+def start_items(
+    step_id: int, first: int, last: int, now: datetime, *, claimed: bool
+) -> list[Execution]:
+    """A map's items ``first`` to ``last - 1`` CREATED -> QUEUED (or RUNNING, ``claimed`` by
+    the dispatcher that starts them): those still CREATED (a cancel may have ended some), as
+    they are now, in item order; the caller writes their first steps. One statement: the
+    same rows are not looked up first, nor read again to run them. Locks: the map step's
+    FanOut row (``fanin``)."""
     status = ExecutionStatus.RUNNING if claimed else ExecutionStatus.QUEUED
-    moved = writes.update_rows(
+    rows = writes.update_range(
         Execution,
-        {eid: {"status": status, "queued_at": now, "started_at": now if claimed else None}
-         for eid in ids},
-        status=ExecutionStatus.CREATED,
-        returning=["status"],
-    )  # fmt: skip
-    return [row[0] for row in moved]  # type: ignore[union-attr,misc]
+        {"status": status, "queued_at": now, "started_at": now if claimed else None},
+        where={"parent_step": step_id, "status": ExecutionStatus.CREATED},
+        ranges={"item_index": (first, last)},
+    )
+    items = reads.instances(Execution, rows)
+    return sorted(items, key=lambda item: item.item_index)
 
 
 def children_due(ids: list[uuid.UUID], now: datetime) -> None:

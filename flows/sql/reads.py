@@ -251,6 +251,14 @@ def _rows(model: Any, db: Any, sql: str, params: list[Any]) -> list[Any]:
     with db.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
+    return instances(model, rows, db)
+
+
+def instances(model: Any, rows: Iterable[Any], db: Any = None) -> list[Any]:
+    """Rows of every concrete column of ``model`` in field order (a statement's ``RETURNING``
+    them, ``flows.sql.writes.update_range``) as instances, converted as ``_rows`` converts."""
+    if db is None:
+        db = connections[DEFAULT_DB_ALIAS]
     names, converters = _read_converters(model, db.vendor)
     found = []
     for row in rows:
