@@ -1,5 +1,5 @@
 """A map's next items started in one statement (``transitions.start_items`` on
-``flows.sql.writes.update_range``), and launched by the worker that started them from the rows
+``flows.sql.writes.update_matching``), and launched by the worker that started them from the rows
 that statement returned, without reading their executions or flow version again."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from flows import engine
@@ -106,3 +107,24 @@ def test_a_worker_launches_the_items_it_started_without_reading_them_again(monke
     later = {c.id for c in children[3:]}
     assert not any(later & set(ids) for ids in loads)
     assert FanOut.objects.get(step__execution=parent).done == 12
+
+
+def test_counting_ended_items_reads_no_fanout_row_apart_from_its_update(monkeypatch) -> None:
+    document = flow_doc(
+        [mapped("each", "${input.items}", [task("echo", "print", message="${item}")],
+                max_concurrency=2)],
+        flow_id="counted_here",
+    )  # fmt: skip
+    execution = start_execution(document, input={"items": list(range(8))})
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(20):
+            engine.Dispatcher(concurrency=1).run()  # one item ends per batch: 8 batches
+            if Execution.objects.get(pk=execution.id).status == ExecutionStatus.COMPLETED:
+                break
+
+    assert Execution.objects.get(pk=execution.id).status == ExecutionStatus.COMPLETED
+    fanout = [q["sql"] for q in queries.captured_queries if '"flows_fanout"' in q["sql"]]
+    counts = [sql for sql in fanout if sql.startswith("UPDATE") and '"done" + ' in sql]
+    assert len(counts) == 8  # each item's end counted, the counts returned by that UPDATE
+    reads_of_it = [sql for sql in fanout if sql.startswith("SELECT") and "FOR UPDATE" not in sql]
+    assert len(reads_of_it) == 1  # the join's, when the map step runs again

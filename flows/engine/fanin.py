@@ -25,7 +25,7 @@ from flows.models import (
     TaskRun,
     TaskRunStatus,
 )
-from flows.sql import writes
+from flows.sql import reads, writes
 from flows.waiting import CHILDREN, Waiting
 
 
@@ -78,13 +78,14 @@ def children_ended(
     started: list[uuid.UUID] = []
     for step_id, group in by_step.items():
         failed = sum(status != ExecutionStatus.COMPLETED for _, status, _ in group)
-        # Concurrent endings queue on the FanOut's row lock, so none is lost.
-        FanOut.objects.filter(pk=step_id).update(
-            done=F("done") + len(group), failed=F("failed") + failed
+        # Concurrent endings queue on the FanOut's row lock, so none is lost. The counts as
+        # they are now come back with the UPDATE.
+        counted = writes.update_matching(
+            FanOut, {}, add={"done": len(group), "failed": failed}, where={"step": step_id}
         )
-        fan = FanOut.objects.filter(pk=step_id).first()
-        if fan is None:  # the parent went away
+        if not counted:  # the parent went away
             continue
+        (fan,) = reads.instances(FanOut, counted)
         decided, _ = decided_by(fan)
         if decided:
             transitions.make_due(step_id, now)
@@ -117,7 +118,9 @@ def _start_next(
         return _start_again(fan, count, now)
     first = fan.started
     last = min(fan.total, first + count)
-    moved = FanOut.objects.filter(pk=fan.pk, started=first).update(started=last)
+    moved = writes.update_matching(
+        FanOut, {"started": last}, where={"step": fan.pk, "started": first}
+    )
     if not moved:  # another transaction moved it first (it holds the row lock): it starts them
         return []
     body = definition if definition is not None else _body_of(child)

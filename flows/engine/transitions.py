@@ -315,7 +315,7 @@ def start_items(
     same rows are not looked up first, nor read again to run them. Locks: the map step's
     FanOut row (``fanin``)."""
     status = ExecutionStatus.RUNNING if claimed else ExecutionStatus.QUEUED
-    rows = writes.update_range(
+    rows = writes.update_matching(
         Execution,
         {"status": status, "queued_at": now, "started_at": now if claimed else None},
         where={"parent_step": step_id, "status": ExecutionStatus.CREATED},

@@ -256,7 +256,7 @@ def _rows(model: Any, db: Any, sql: str, params: list[Any]) -> list[Any]:
 
 def instances(model: Any, rows: Iterable[Any], db: Any = None) -> list[Any]:
     """Rows of every concrete column of ``model`` in field order (a statement's ``RETURNING``
-    them, ``flows.sql.writes.update_range``) as instances, converted as ``_rows`` converts."""
+    them, ``flows.sql.writes.update_matching``) as instances, converted as ``_rows`` converts."""
     if db is None:
         db = connections[DEFAULT_DB_ALIAS]
     names, converters = _read_converters(model, db.vendor)

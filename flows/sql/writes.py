@@ -407,47 +407,56 @@ def update_rows(
 
 
 @functools.lru_cache(maxsize=16)
-def _update_range_sql(
+def _update_matching_sql(
     model: type[Model],
     vendor: str,
     names: tuple[str, ...],
+    add: tuple[str, ...],
     where: tuple[str, ...],
     ranges: tuple[str, ...],
 ) -> str:
-    """The text of an ``update_range`` statement of this shape."""
+    """The text of an ``update_matching`` statement of this shape."""
     meta, quote = model._meta, _db().ops.quote_name
 
     def column(name: str) -> str:
         return quote(meta.get_field(name).column)
 
+    assignments = [f"{column(name)} = %s" for name in names]
+    assignments += [f"{column(name)} = {column(name)} + %s" for name in add]
     conditions = [f"{column(name)} = %s" for name in where]
     conditions += [f"{column(name)} >= %s AND {column(name)} < %s" for name in ranges]
     every = ", ".join(quote(field.column) for field in meta.concrete_fields)
     return (
-        f"UPDATE {quote(meta.db_table)} SET {', '.join(f'{column(n)} = %s' for n in names)} "  # noqa: S608
+        f"UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} "  # noqa: S608
         f"WHERE {' AND '.join(conditions)} RETURNING {every}"
     )
 
 
-def update_range(
+def update_matching(
     model: type[Model],
     values: Mapping[str, Any],
     *,
+    add: Mapping[str, int] | None = None,
     where: Mapping[str, Any],
-    ranges: Mapping[str, tuple[Any, Any]],
+    ranges: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> list[tuple[Any, ...]]:
     """``UPDATE`` every row meeting ``where`` (equalities, no None) and ``ranges`` (``low <=
-    value < high``) with the same ``values``, in one statement: the rows changed, every
-    concrete column in field order as the driver returns them (``flows.sql.reads.instances``
-    makes them model instances). Where the caller would otherwise read the keys first and
-    update them next: one round trip instead of two, and the rows without a third."""
+    value < high``) with the same ``values``, adding ``add``'s amounts to those counters, in
+    one statement: the rows changed, every concrete column in field order as the driver
+    returns them (``flows.sql.reads.instances`` makes them model instances). Where the
+    caller would otherwise look the rows up first, or read them again after: one round trip
+    instead of two or three."""
+    add, ranges = add or {}, ranges or {}
     db = _db()
     convert = converters(model, db)
     params = [convert[name](value, db) for name, value in values.items()]
+    params += list(add.values())
     params += [convert[name](value, db) for name, value in where.items()]
     for name, (low, high) in ranges.items():
         params += (convert[name](low, db), convert[name](high, db))
-    sql = _update_range_sql(model, db.vendor, tuple(values), tuple(where), tuple(ranges))
+    sql = _update_matching_sql(
+        model, db.vendor, tuple(values), tuple(add), tuple(where), tuple(ranges)
+    )
     return _execute(db, sql, params)[0]
 
 
