@@ -204,6 +204,32 @@ def test_increment_adds_one_per_call_and_returning_gives_uuid_keys(new_execution
     assert not Execution.objects.filter(pk=missing).exists()
 
 
+def test_rows_writing_different_fields_with_a_condition_return_only_those_changed(new_step):
+    # SQLite writes such rows one statement text per set of fields; PostgreSQL in one document.
+    a = new_step(status=TaskRunStatus.RUNNING, worker="me", route="a")
+    b = new_step(status=TaskRunStatus.RUNNING, worker="me", route="b")
+    c = new_step(status=TaskRunStatus.RUNNING, worker="other", route="c")
+    d = new_step(status=TaskRunStatus.RUNNING, worker="me", route="d")
+    rows = {
+        a.pk: {"status": TaskRunStatus.SUCCESS, "route": "a ended"},
+        b.pk: {"status": TaskRunStatus.FAILURE},
+        c.pk: {"status": TaskRunStatus.SUCCESS, "route": "c ended"},
+        d.pk: {"route": "d moved", "status": TaskRunStatus.SUCCESS},
+    }
+
+    returned = writes.update_rows(
+        TaskRun, rows, returning=["status", "route"], status=TaskRunStatus.RUNNING, worker="me"
+    )
+
+    assert sorted(returned) == sorted(
+        [(a.pk, "SUCCESS", "a ended"), (b.pk, "FAILURE", "b"), (d.pk, "SUCCESS", "d moved")]
+    )
+    assert stored(c, "status", "route") == {"status": "RUNNING", "route": "c"}
+    # Again, any worker's: only c is still RUNNING.
+    assert writes.update_rows(TaskRun, rows, status=TaskRunStatus.RUNNING) == 1
+    assert stored(c, "status", "route") == {"status": "SUCCESS", "route": "c ended"}
+
+
 def test_a_single_row_is_written_the_same_way(new_step):
     step = new_step(status=TaskRunStatus.RUNNING, worker="me", route="before")
     values = {

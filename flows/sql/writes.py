@@ -95,6 +95,25 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
         return (cursor.fetchall() if cursor.description else []), cursor.rowcount
 
 
+def _execute_many(db: BaseDatabaseWrapper, sql: str, rows: list[list[Any]]) -> int:
+    """Run one statement (no ``RETURNING``) once for each parameter list, prepared once by
+    the driver and looped in C: the rows changed in all. SQLite, whose driver sums the
+    counts; ``_execute`` says which cursor and why."""
+    if getattr(_state, "guarded", None) is not None:
+        _first_is_ours()
+    if _watched(db):
+        if settings.DEBUG:
+            _check(db, sql, rows[0])
+        with db.cursor() as cursor:
+            cursor.executemany(sql, rows)
+            return cursor.rowcount
+    if db.connection is None:
+        db.ensure_connection()
+    with db.wrap_database_errors, contextlib.closing(db.connection.cursor()) as cursor:
+        cursor.executemany(_driver_sql(sql, db.vendor), rows)
+        return cursor.rowcount
+
+
 def run_prepared(sql: str, params: list[Any]) -> list[Any]:
     """Run one PostgreSQL statement as a server-side prepared statement: planned once per
     connection, not at every call (``FLOW_PG_PREPARED``: off behind a pooler that cannot
@@ -297,15 +316,14 @@ def on_commit(func: Callable[[], None]) -> None:
 def _update_sql(
     model: type[Model],
     vendor: str,
-    rows: int,
-    pattern: tuple[tuple[str, tuple[int, ...]], ...],
+    names: tuple[str, ...],
     increment: tuple[str, ...],
     returning: tuple[str, ...],
     where: tuple[tuple[str, bool], ...],
 ) -> str:
-    """The text of an ``update_rows`` statement of this shape (SQLite's, or one row's):
-    ``pattern`` names each field set and the rows (by position) that set it; ``where`` names
-    each condition and whether its value is None."""
+    """The text of a one-row ``update_rows`` statement of this shape (``vendor`` keys the
+    cache): ``names`` the fields set, then the key; ``where`` names each condition and
+    whether its value is None."""
     db = _db()
     meta, quote = model._meta, db.ops.quote_name
     pk_column = quote(meta.pk.column)
@@ -314,18 +332,13 @@ def _update_sql(
         return quote(meta.get_field(name).column)
 
     assignments = [f"{column(name)} = {column(name)} + 1" for name in increment]
-    for name, positions in pattern:
-        if rows == 1:
-            assignments.append(f"{column(name)} = %s")
-            continue
-        whens = " ".join("WHEN %s THEN %s" for _ in positions)
-        assignments.append(f"{column(name)} = CASE {pk_column} {whens} ELSE {column(name)} END")
+    assignments += [f"{column(name)} = %s" for name in names]
     conditions = "".join(
         f" AND {column(name)} {'IS NULL' if is_none else '= %s'}" for name, is_none in where
     )
     sql = (
         f"UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} "  # noqa: S608
-        f"WHERE {pk_column} IN ({', '.join(['%s'] * rows)}){conditions}"
+        f"WHERE {pk_column} = %s{conditions}"
     )
     if returning:
         sql += f" RETURNING {', '.join([pk_column, *map(column, returning)])}"
@@ -337,8 +350,7 @@ def update_one_sql(
 ) -> str:
     """The text of ``update_rows``' single-row UPDATE setting ``names`` (their values, then
     the key): for a statement that holds it (``onetrip``)."""
-    pattern = tuple((name, (0,)) for name in names)
-    return _update_sql(model, _db().vendor, 1, pattern, increment, (), ())
+    return _update_sql(model, _db().vendor, names, increment, (), ())
 
 
 def update_rows(
@@ -364,46 +376,26 @@ def update_rows(
     keys = list(rows)
     if db.vendor == "postgresql" and len(keys) > 1:
         return _update_rows_document(db, model, rows, increment, returning, where)
-    if len(keys) == 1:
-        names: Iterable[str] = rows[keys[0]]
-        pattern = tuple((name, (0,)) for name in names)
-    else:
-        names = dict.fromkeys(name for values in rows.values() for name in values)
-        pattern = tuple(
-            (name, tuple(i for i, key in enumerate(keys) if name in rows[key])) for name in names
-        )
+    if len(keys) > 1:
+        return _update_rows_each(db, model, rows, increment, returning, where)
+    # One row: the statement's text once per set of fields (the step's hot path).
+    (key,) = keys
+    values = rows[key]
     convert = converters(model, db)
-    key_of = convert[pk.name]
-    sent = [key_of(key, db) for key in keys]
-    params: list[Any] = []
-    if len(keys) == 1:
-        values = rows[keys[0]]
-        params += [convert[name](values[name], db) for name in names]
-    else:
-        for name, positions in pattern:
-            for i in positions:
-                params += (sent[i], convert[name](rows[keys[i]][name], db))
-    params += sent
+    sent = convert[pk.name](key, db)
+    params = [convert[name](values[name], db) for name in values]
+    params.append(sent)
     params += [convert[name](value, db) for name, value in where.items() if value is not None]
     sql = _update_sql(
         model,
         db.vendor,
-        len(keys),
-        pattern,
+        tuple(values),
         tuple(increment),
         tuple(returning),
         tuple((name, value is None) for name, value in where.items()),
     )
     fetched, count = _execute(db, sql, params)
-    if returning:
-        # The key as the model holds it (SQLite returns a UUID as its hex text): the one
-        # given, where it was given so.
-        given = {s: k for s, k in zip(sent, keys, strict=True) if type(k) in (uuid.UUID, int)}
-        return [
-            (given[row[0]] if row[0] in given else pk.to_python(row[0]), *row[1:])
-            for row in fetched
-        ]
-    return count
+    return _returned(model, rows, {key: sent}, fetched) if returning else count
 
 
 @functools.lru_cache(maxsize=16)
@@ -458,6 +450,56 @@ def update_matching(
         model, db.vendor, tuple(values), tuple(add), tuple(where), tuple(ranges)
     )
     return _execute(db, sql, params)[0]
+
+
+def _update_rows_each(
+    db: BaseDatabaseWrapper,
+    model: type[Model],
+    rows: Mapping[Any, Mapping[str, Any]],
+    increment: Sequence[str],
+    returning: Sequence[str],
+    where: dict[str, Any],
+) -> list[tuple[Any, ...]] | int:
+    """``update_rows`` of several rows on SQLite: the one-row statement, once per row (one
+    text per set of fields written). One statement for them all would choose each row's
+    values with ``CASE key WHEN ... END``, which SQLite evaluates by walking the keys for
+    every row and column: 3 ms for 50 steps' closes against 0.35 ms this way. Without
+    ``returning``, the rows go through the driver's ``executemany``."""
+    convert = converters(model, db)
+    key_of = convert[model._meta.pk.name]
+    conditions = [convert[name](value, db) for name, value in where.items() if value is not None]
+    shape = tuple((name, value is None) for name, value in where.items())
+    by_names: dict[tuple[str, ...], list[list[Any]]] = {}
+    sent: dict[Any, Any] = {}
+    for key, values in rows.items():
+        names = tuple(values)
+        sent[key] = key_of(key, db)
+        params = [convert[name](values[name], db) for name in names]
+        by_names.setdefault(names, []).append([*params, sent[key], *conditions])
+    count = 0
+    fetched: list[Any] = []
+    for names, params_rows in by_names.items():
+        sql = _update_sql(model, db.vendor, names, tuple(increment), tuple(returning), shape)
+        if not returning:
+            count += _execute_many(db, sql, params_rows)
+            continue
+        for params in params_rows:
+            fetched += _execute(db, sql, params)[0]
+    if not returning:
+        return count
+    return _returned(model, rows, sent, fetched)
+
+
+def _returned(
+    model: type[Model], rows: Mapping[Any, Any], sent: Mapping[Any, Any], fetched: list[Any]
+) -> list[tuple[Any, ...]]:
+    """``RETURNING`` rows with their keys as the model holds them (SQLite returns a UUID as
+    its hex text): the one given, where it was given so."""
+    given = {sent[k]: k for k in rows if type(k) in (uuid.UUID, int)}
+    pk = model._meta.pk
+    return [
+        (given[row[0]] if row[0] in given else pk.to_python(row[0]), *row[1:]) for row in fetched
+    ]
 
 
 def _update_rows_document(
