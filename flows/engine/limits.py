@@ -359,10 +359,12 @@ def _locked(name: str) -> ConcurrencyLimit | None:
 def _claim_here(step_ids: list[int], adopt: Adopt, now: datetime) -> None:
     """Claim steps just handed a slot for ``adopt``'s dispatcher, as a claim would (RUNNING
     with its lease, their executions RUNNING, what they waited for before given back)."""
+    # Read in this transaction, after the grant's UPDATE locked them (SQLite: its write lock):
+    # each one's first start is known, as in a claim's look.
     steps = list(TaskRun.objects.filter(pk__in=step_ids))
     _restore(steps)
     expires = now + adopt.lease
-    transitions.claim([step.pk for step in steps], adopt.me, now, expires)
+    transitions.claim_locked(steps, adopt.me, now, expires)
     transitions.executions_running([step.execution_id for step in steps], now)
     transitions.claimed(steps, adopt.me, now, expires)
     adopt.resumed += steps

@@ -401,23 +401,13 @@ def _names() -> frozenset[str]:
     return frozenset(name for name, _ in _fields())
 
 
-def claim(keys: list[int], me: str, now: datetime, expires: datetime) -> int:
-    """PENDING -> RUNNING for this worker with a lease: how many were claimed. A step that
-    waited (its children, a sleep, a signal) keeps the start of its first run. Locks: the
-    steps' rows, taken by the caller (``SKIP LOCKED``); no execution row (the claim never
-    waits on a record transaction)."""
-    return TaskRun.objects.filter(pk__in=keys, status=TaskRunStatus.PENDING).update(
-        status=TaskRunStatus.RUNNING,
-        worker=me,
-        started_at=Coalesce(F("started_at"), Value(now)),
-        lease_expires_at=expires,
-    )
-
-
 def claim_locked(steps: list[TaskRun], me: str, now: datetime, expires: datetime) -> int:
-    """``claim`` for steps the caller's transaction read and holds locked (``reads.ready_steps``
-    and the limits' look: ``FOR UPDATE``; SQLite's write lock): each one's start is known, so
-    each row is written as it will be (no COALESCE), in one hand-written UPDATE."""
+    """PENDING -> RUNNING for this worker with a lease: how many were claimed. For steps the
+    caller's transaction read and holds locked (``reads.ready_steps`` and the limits' look:
+    ``FOR UPDATE``; a slot's grant, ``limits``: its UPDATE; SQLite's write lock), so each
+    one's start is known: a step that waited (its children, a sleep, a signal) keeps the
+    start of its first run. One hand-written UPDATE; no execution row is locked (the claim
+    never waits on a record transaction)."""
     return writes.update_rows(  # type: ignore[return-value]
         TaskRun,
         {
