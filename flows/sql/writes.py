@@ -63,8 +63,12 @@ def _driver_sql(sql: str, vendor: str) -> str:
     return sql.replace("%s", "?") if vendor == "sqlite" else sql
 
 
-def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list[Any], int]:
-    """Run one statement: its rows (with ``RETURNING``) and its row count.
+def _execute(
+    db: BaseDatabaseWrapper, sql: str, params: list[Any], *, many: bool = False
+) -> tuple[list[Any], int]:
+    """Run one statement: its rows (with ``RETURNING``) and its row count. ``many``: once for
+    each of the parameter lists ``params`` (SQLite, no ``RETURNING``: the driver prepares it
+    once, loops in C and sums the counts).
 
     On the driver's own cursor, with Django's error translation, when nothing watches the
     queries: Django's cursor wrapper, its placeholder conversion and its per-call checks
@@ -76,9 +80,9 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
         _first_is_ours()
     if _watched(db):
         if settings.DEBUG:  # DEBUG's query log always takes this path: the lean one never checks
-            _check(db, sql, params)
+            _check(db, sql, params[0] if many else params)
         with db.cursor() as cursor:
-            cursor.execute(sql, params)
+            (cursor.executemany if many else cursor.execute)(sql, params)
             return (cursor.fetchall() if cursor.description else []), cursor.rowcount
     if db.connection is None:
         db.ensure_connection()
@@ -87,31 +91,12 @@ def _execute(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[list
     if lean is not None and lean.begin:
         begin, lean.begin = lean.begin, ""  # a failure from here leaves one to roll back
     with db.wrap_database_errors, contextlib.closing(db.connection.cursor()) as cursor:
-        if begin:
+        if begin:  # PostgreSQL's multi-statement driver: never ``many``
             cursor.execute(f"{begin}; {sql}", params)
             cursor.nextset()
         else:
-            cursor.execute(_driver_sql(sql, db.vendor), params)
+            (cursor.executemany if many else cursor.execute)(_driver_sql(sql, db.vendor), params)
         return (cursor.fetchall() if cursor.description else []), cursor.rowcount
-
-
-def _execute_many(db: BaseDatabaseWrapper, sql: str, rows: list[list[Any]]) -> int:
-    """Run one statement (no ``RETURNING``) once for each parameter list, prepared once by
-    the driver and looped in C: the rows changed in all. SQLite, whose driver sums the
-    counts; ``_execute`` says which cursor and why."""
-    if getattr(_state, "guarded", None) is not None:
-        _first_is_ours()
-    if _watched(db):
-        if settings.DEBUG:
-            _check(db, sql, rows[0])
-        with db.cursor() as cursor:
-            cursor.executemany(sql, rows)
-            return cursor.rowcount
-    if db.connection is None:
-        db.ensure_connection()
-    with db.wrap_database_errors, contextlib.closing(db.connection.cursor()) as cursor:
-        cursor.executemany(_driver_sql(sql, db.vendor), rows)
-        return cursor.rowcount
 
 
 def run_prepared(sql: str, params: list[Any]) -> list[Any]:
@@ -361,9 +346,10 @@ def update_rows(
     returning: Sequence[str] = (),
     **where: Any,
 ) -> list[tuple[Any, ...]] | int:
-    """``UPDATE`` the rows whose primary keys are ``rows``' keys, each with its own values, in
-    one statement; ``increment`` names counters to add one to; ``where`` adds equalities every
-    row must meet (None meaning IS NULL, as in the ORM).
+    """``UPDATE`` the rows whose primary keys are ``rows``' keys, each with its own values (on
+    PostgreSQL in one statement, on SQLite one prepared statement run per row);
+    ``increment`` names counters to add one to; ``where`` adds equalities every row must meet
+    (None meaning IS NULL, as in the ORM).
 
     A field given for only some rows keeps its value in the others. Returns the number of
     rows changed, or with ``returning`` the changed rows' primary keys and those columns.
@@ -371,31 +357,9 @@ def update_rows(
     if not rows:
         return [] if returning else 0
     db = _db()
-    meta = model._meta
-    pk = meta.pk
-    keys = list(rows)
-    if db.vendor == "postgresql" and len(keys) > 1:
+    if db.vendor == "postgresql" and len(rows) > 1:
         return _update_rows_document(db, model, rows, increment, returning, where)
-    if len(keys) > 1:
-        return _update_rows_each(db, model, rows, increment, returning, where)
-    # One row: the statement's text once per set of fields (the step's hot path).
-    (key,) = keys
-    values = rows[key]
-    convert = converters(model, db)
-    sent = convert[pk.name](key, db)
-    params = [convert[name](values[name], db) for name in values]
-    params.append(sent)
-    params += [convert[name](value, db) for name, value in where.items() if value is not None]
-    sql = _update_sql(
-        model,
-        db.vendor,
-        tuple(values),
-        tuple(increment),
-        tuple(returning),
-        tuple((name, value is None) for name, value in where.items()),
-    )
-    fetched, count = _execute(db, sql, params)
-    return _returned(model, rows, {key: sent}, fetched) if returning else count
+    return _update_rows_each(db, model, rows, increment, returning, where)
 
 
 @functools.lru_cache(maxsize=16)
@@ -460,11 +424,11 @@ def _update_rows_each(
     returning: Sequence[str],
     where: dict[str, Any],
 ) -> list[tuple[Any, ...]] | int:
-    """``update_rows`` of several rows on SQLite: the one-row statement, once per row (one
-    text per set of fields written). One statement for them all would choose each row's
-    values with ``CASE key WHEN ... END``, which SQLite evaluates by walking the keys for
-    every row and column: 3 ms for 50 steps' closes against 0.35 ms this way. Without
-    ``returning``, the rows go through the driver's ``executemany``."""
+    """``update_rows`` of one row, or of several on SQLite: the one-row statement, once per
+    row (one text per set of fields written). One statement for several rows would choose
+    each row's values with ``CASE key WHEN ... END``, which SQLite evaluates by walking the
+    keys for every row and column: 3 ms for 50 steps' closes against 0.35 ms this way.
+    Several rows without ``returning`` go through the driver's ``executemany``."""
     convert = converters(model, db)
     key_of = convert[model._meta.pk.name]
     conditions = [convert[name](value, db) for name, value in where.items() if value is not None]
@@ -480,11 +444,13 @@ def _update_rows_each(
     fetched: list[Any] = []
     for names, params_rows in by_names.items():
         sql = _update_sql(model, db.vendor, names, tuple(increment), tuple(returning), shape)
-        if not returning:
-            count += _execute_many(db, sql, params_rows)
+        if not returning and len(params_rows) > 1:
+            count += _execute(db, sql, params_rows, many=True)[1]
             continue
         for params in params_rows:
-            fetched += _execute(db, sql, params)[0]
+            got, changed = _execute(db, sql, params)
+            fetched += got
+            count += changed
     if not returning:
         return count
     return _returned(model, rows, sent, fetched)
