@@ -42,6 +42,26 @@ def waiting_map(items: int, at_once: int) -> Execution:
     return Execution.objects.get(pk=execution.id)
 
 
+def printing_map(items: list[Any], at_once: int) -> Execution:
+    """A started map printing each of ``items``, ``at_once`` at a time."""
+    document = flow_doc(
+        [mapped("each", "${input.items}", [task("echo", "print", message="${item}")],
+                max_concurrency=at_once)],
+        flow_id=f"printing_{len(items)}_{at_once}",
+    )  # fmt: skip
+    return start_execution(document, input={"items": items})
+
+
+def run_as_a_worker(execution: Execution, concurrency: int) -> Execution:
+    """Jobs as a worker runs them until the execution completes (not inline: a worker starts
+    map items for itself); the execution as it ends."""
+    for _ in range(20):
+        engine.Dispatcher(concurrency=concurrency).run()
+        if Execution.objects.get(pk=execution.id).status == ExecutionStatus.COMPLETED:
+            break
+    return Execution.objects.get(pk=execution.id)
+
+
 def test_items_start_in_one_statement_returning_the_rows_the_orm_reads_after() -> None:
     parent = waiting_map(items=6, at_once=2)
     step_id = parent.steps.get(task_name="each").pk
@@ -77,12 +97,7 @@ def test_items_started_for_any_worker_are_queued_without_a_start_time() -> None:
 
 
 def test_a_worker_launches_the_items_it_started_without_reading_them_again(monkeypatch) -> None:
-    document = flow_doc(
-        [mapped("each", "${input.items}", [task("echo", "print", message="${item}")],
-                max_concurrency=3)],
-        flow_id="started_here",
-    )  # fmt: skip
-    execution = start_execution(document, input={"items": [f"v{i}" for i in range(12)]})
+    execution = printing_map([f"v{i}" for i in range(12)], at_once=3)
     loads: list[list[Any]] = []
     real_load = claim.load
 
@@ -91,12 +106,8 @@ def test_a_worker_launches_the_items_it_started_without_reading_them_again(monke
         return real_load(steps, *args, **kwargs)
 
     monkeypatch.setattr(claim, "load", counted)
-    for _ in range(20):  # jobs as a worker runs them (not inline: it starts items for itself)
-        engine.Dispatcher(concurrency=10).run()
-        if Execution.objects.get(pk=execution.id).status == ExecutionStatus.COMPLETED:
-            break
+    parent = run_as_a_worker(execution, concurrency=10)
 
-    parent = Execution.objects.get(pk=execution.id)
     assert parent.status == ExecutionStatus.COMPLETED
     children = children_of(parent, "each")
     assert [c.status for c in children] == ["COMPLETED"] * 12
@@ -110,19 +121,11 @@ def test_a_worker_launches_the_items_it_started_without_reading_them_again(monke
 
 
 def test_counting_ended_items_reads_no_fanout_row_apart_from_its_update(monkeypatch) -> None:
-    document = flow_doc(
-        [mapped("each", "${input.items}", [task("echo", "print", message="${item}")],
-                max_concurrency=2)],
-        flow_id="counted_here",
-    )  # fmt: skip
-    execution = start_execution(document, input={"items": list(range(8))})
+    execution = printing_map(list(range(8)), at_once=2)
     with CaptureQueriesContext(connection) as queries:
-        for _ in range(20):
-            engine.Dispatcher(concurrency=1).run()  # one item ends per batch: 8 batches
-            if Execution.objects.get(pk=execution.id).status == ExecutionStatus.COMPLETED:
-                break
+        parent = run_as_a_worker(execution, concurrency=1)  # one item ends a batch: 8 batches
 
-    assert Execution.objects.get(pk=execution.id).status == ExecutionStatus.COMPLETED
+    assert parent.status == ExecutionStatus.COMPLETED
     fanout = [q["sql"] for q in queries.captured_queries if '"flows_fanout"' in q["sql"]]
     counts = [sql for sql in fanout if sql.startswith("UPDATE") and '"done" + ' in sql]
     assert len(counts) == 8  # each item's end counted, the counts returned by that UPDATE
