@@ -128,6 +128,12 @@ def test_counting_ended_items_reads_no_fanout_row_apart_from_its_update(monkeypa
     assert parent.status == ExecutionStatus.COMPLETED
     fanout = [q["sql"] for q in queries.captured_queries if '"flows_fanout"' in q["sql"]]
     counts = [sql for sql in fanout if sql.startswith("UPDATE") and '"done" + ' in sql]
-    assert len(counts) == 8  # each item's end counted, the counts returned by that UPDATE
+    if connection.vendor == "postgresql":
+        # Items 0-6 counted by the statement that records them (test_sql_one_trip_items.py);
+        # item 7, the last, tried there too, then counted the general way.
+        assert len([sql for sql in fanout if sql.startswith("WITH f AS")]) == 8
+        assert len(counts) == 1
+    else:
+        assert len(counts) == 8  # each item's end counted, the counts returned by that UPDATE
     reads_of_it = [sql for sql in fanout if sql.startswith("SELECT") and "FOR UPDATE" not in sql]
     assert len(reads_of_it) == 1  # the join's, when the map step runs again

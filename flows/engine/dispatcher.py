@@ -330,15 +330,14 @@ class Dispatcher:
             # PostgreSQL: a batch that goes on here (or ends) as planned in one round trip.
             written = record.write_in_one(
                 [finished for _, finished in batch], self.me, self.lease,
-                continue_here=continue_here,
+                continue_here=continue_here, adopt=adopt,
             )  # fmt: skip
-            if written is not None:
-                return list(zip([slot for slot, _ in batch], written, strict=True))
-            with writes.atomic():
-                written = record.write(
-                    [finished for _, finished in batch], self.me, self.lease,
-                    continue_here=continue_here, adopt=adopt,
-                )  # fmt: skip
+            if written is None:
+                with writes.atomic():
+                    written = record.write(
+                        [finished for _, finished in batch], self.me, self.lease,
+                        continue_here=continue_here, adopt=adopt,
+                    )  # fmt: skip
             if adopt is not None and adopt.steps:
                 self.adopted += adopt.steps
                 self.adopted_executions.update(adopt.executions)

@@ -268,20 +268,30 @@ def _decide(
 
 
 def write_in_one(
-    batch: list[Finished], me: str, lease: timedelta, *, continue_here: bool
+    batch: list[Finished],
+    me: str,
+    lease: timedelta,
+    *,
+    continue_here: bool,
+    adopt: fanin.Adopt | None = None,
 ) -> list[TaskRun | None] | None:
     """PostgreSQL: write decided steps in ONE statement, committed on its own
     (``flows.sql.onetrip``), when each of them goes on here or ends as planned: for each, the
     next step (claimed by this worker), else None. None when it wrote nothing: a step of the
-    batch needs what only ``write`` does (a wait, a retry's delay, limits, a child's end, an
-    admission place, a successor not run here), or its execution was not as assumed (a
-    cancel or a pause asked for, the step limit reached, deleted), or a step was taken over;
-    the caller then writes the batch with ``write``, which decides those."""
+    batch needs what only ``write`` does (a wait, a retry's delay, limits, an admission place,
+    a successor not run here, a child but of one map whose items it can start here), or its
+    execution was not as assumed (a cancel or a pause asked for, the step limit reached,
+    deleted), or a step was taken over, or the map is done or failing; the caller then
+    writes the batch with ``write``, which decides those. Items of a map that end start as
+    many of its next ones, claimed for ``adopt``'s dispatcher (``fanin._start_next``)."""
     if not transitions.in_one_available() or not all(
         _in_one(finished, continue_here) for finished in batch
     ):
         return None
     now = timezone.now()
+    items = _map_items(batch, me, lease, now, adopt if continue_here else None)
+    if items is False:
+        return None
     # What ``write`` would decide were every execution as the statement checks it is.
     states: dict[uuid.UUID, _State] = {f.execution.id: (False, False, None) for f in batch}
     decided = _decide(batch, states, me, lease, now, continue_here=continue_here)
@@ -293,22 +303,73 @@ def write_in_one(
     ]
     if not transitions.record_in_one(
         checks, decided.closes, routes, decided.inserts.steps, decided.inserts.events,
-        decided.inserts.ends, me=me,
+        decided.inserts.ends, me=me, items=items,
     ):  # fmt: skip
         return None
+    if items is not None and adopt is not None:
+        _adopted(items, batch, adopt)
     _log(decided)
     return decided.next_steps
 
 
+def _map_items(
+    batch: list[Finished],
+    me: str,
+    lease: timedelta,
+    now: datetime,
+    adopt: fanin.Adopt | None,
+) -> transitions.MapItems | bool | None:
+    """The batch's items of a map for ``write_in_one`` (``onetrip.MapItems``): None when it
+    holds no child; False when it cannot write them (a branch or a sub-flow, items of
+    several maps, an item that fails, no dispatcher to run the next items, their first task
+    takes limits)."""
+    children = [f for f in batch if f.execution.parent_step_id is not None]
+    if not children:
+        return None
+    parents = {f.execution.parent_step_id for f in children}
+    ended = [f for f in children if f.plan.final]
+    if (
+        len(parents) > 1
+        # A map's items run its iterator, whose scope ends with "" (models.Execution.scope):
+        # a branch's ends with its name, a sub-flow's is its whole flow.
+        or any(not f.execution.scope or f.execution.scope[-1] != "" for f in children)
+        or adopt is None
+        or any(f.plan.final != ExecutionStatus.COMPLETED for f in ended)
+        or any(f.definition is None for f in children)
+    ):
+        return False
+    body = children[0].definition
+    assert body is not None
+    first = body.task(body.start_task)
+    if first.limits:  # a step that takes limits is claimed by a claim, which takes its slots
+        return False
+    (parent,) = parents
+    # Each item's execution is set when the statement inserts its step.
+    step = transitions.new_step(children[0].execution.id, first, now, claimed_by=me, lease=lease)
+    return transitions.MapItems(parent, len(ended), step, now)  # type: ignore[arg-type]
+
+
+def _adopted(items: transitions.MapItems, batch: list[Finished], adopt: fanin.Adopt) -> None:
+    """The items the statement started, handed to the dispatcher as ``fanin`` hands them:
+    their steps to launch, their executions with their flow version (a map's items share
+    their parent's, read once)."""
+    version = next(f.execution for f in batch if f.execution.parent_step_id).flow_version
+    for execution, step in items.started:
+        if execution.flow_version_id == version.pk:
+            execution.flow_version = version
+        adopt.steps.append(step)
+        adopt.executions[execution.id] = execution
+
+
 def _in_one(finished: Finished, continue_here: bool) -> bool:
     """Whether ``write_in_one`` can write this step: it goes on in this worker to a task
-    without limits, or its execution ends as planned, with nothing but rows to write."""
+    without limits, or its execution ends as planned, with nothing but rows to write (a map's
+    item: see ``_map_items``)."""
     execution, step, outcome, plan = (
         finished.execution, finished.step, finished.outcome, finished.plan,
     )  # fmt: skip
     if (
-        execution.parent_step_id is not None  # a child: its parent's FanOut row and counts
-        or step.limits  # slots to free
+        step.limits  # slots to free
         or plan.wait
         or outcome.fanout is not None
         or outcome.status == TaskRunStatus.CANCELLED

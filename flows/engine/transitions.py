@@ -44,6 +44,7 @@ from flows.models import (
     TaskRunStatus,
 )
 from flows.sql import onetrip, reads, writes
+from flows.sql.onetrip import MapItems
 
 # A wait no clock ends (a signal, children): not_before/woken_at so far ahead that the due-step
 # timer, the reaper and the claim leave the step alone until something makes it due.
@@ -156,17 +157,22 @@ def record_in_one(
     ends: list[ExecutionEnd],
     *,
     me: str,
+    items: MapItems | None = None,
 ) -> bool:
     """PostgreSQL: a batch's steps closed (``closed`` rows), their executions counted and
     routed or ended (``ending`` rows; ``routes``), their next steps (``new_step``, claimed by
     ``me``), log lines and outbox rows inserted, in ONE statement committed on its own
     (``flows.sql.onetrip``), all of it only if every execution was asked neither to cancel
     nor to pause, is within its step limit (``checks``: execution, step, limit or None) and
-    every step is still ``me``'s: whether it wrote. Locks: none held before (outside any
-    transaction of the engine); the statement takes the executions' rows, then the steps'."""
+    every step is still ``me``'s: whether it wrote. ``items``: the batch holds items of a
+    map, counted on it, and as many of its next items are started (``onetrip.MapItems``)
+    while it is neither done nor failing. Locks: none held before (outside any transaction
+    of the engine); the statement takes the FanOut row (``items``), the executions' rows,
+    then the steps', then the started items'."""
     return onetrip.record(
-        checks, closes, routes, steps, events, ends, running=TaskRunStatus.RUNNING, me=me
-    )
+        checks, closes, routes, steps, events, ends, running=TaskRunStatus.RUNNING, me=me,
+        items=items,
+    )  # fmt: skip
 
 
 def end_executions(ends: dict[uuid.UUID, dict[str, Any]]) -> None:
