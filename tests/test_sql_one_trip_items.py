@@ -39,7 +39,7 @@ def map_flow(items: int, *, iterator: list[dict[str, Any]] | None = None, **extr
     iterator = iterator or [task("echo", "print", message="${item}")]
     return flow_doc(
         [mapped("each", "${input.items}", iterator, max_concurrency=1, **extra)],
-        flow_id=f"items_{items}_{abs(hash(repr((iterator, extra)))) % 10_000}",
+        flow_id=f"items_{items}",
     )
 
 
