@@ -58,6 +58,16 @@ class Adopt:
     # same transaction (limits.grant): not fresh, their results so far are read to start them.
     resumed: list[TaskRun] = field(default_factory=list)
 
+    def take(self, steps: list[TaskRun], items: list[Execution], version: FlowVersion) -> None:
+        """Map items started and claimed here: their first steps, and their executions as the
+        statement that started them left them, each given the flow version it shares with
+        its map (read once) so that the dispatcher reads neither again."""
+        self.steps += steps
+        for item in items:
+            if item.flow_version_id == version.pk:
+                item.flow_version = version
+            self.executions[item.id] = item
+
 
 def children_ended(
     ended: list[tuple[Execution, str, FlowDefinition | None]],
@@ -141,12 +151,7 @@ def _start_next(
     ]
     # The dispatcher launches them once this commits; their keys come back with the COMMIT.
     writes.insert_rows(TaskRun, steps, after_commit=True)
-    adopt.steps += steps
-    version = child.flow_version  # a map's items share their parent's version (read once)
-    for item in items:
-        if item.flow_version_id == version.pk:
-            item.flow_version = version
-        adopt.executions[item.id] = item
+    adopt.take(steps, items, child.flow_version)
     return []
 
 

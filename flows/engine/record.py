@@ -350,15 +350,13 @@ def _map_items(
 
 
 def _adopted(items: transitions.MapItems, batch: list[Finished], adopt: fanin.Adopt) -> None:
-    """The items the statement started, handed to the dispatcher as ``fanin`` hands them:
-    their steps to launch, their executions with their flow version (a map's items share
-    their parent's, read once)."""
-    version = next(f.execution for f in batch if f.execution.parent_step_id).flow_version
-    for execution, step in items.started:
-        if execution.flow_version_id == version.pk:
-            execution.flow_version = version
-        adopt.steps.append(step)
-        adopt.executions[execution.id] = execution
+    """The items the statement started, handed to the dispatcher as ``fanin`` hands them."""
+    child = next(f.execution for f in batch if f.execution.parent_step_id)
+    adopt.take(
+        [step for _, step in items.started],
+        [execution for execution, _ in items.started],
+        child.flow_version,
+    )
 
 
 def _in_one(finished: Finished, continue_here: bool) -> bool:
