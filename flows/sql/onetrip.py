@@ -156,7 +156,9 @@ def record_sql(
     undecided = f" AND COALESCE((SELECT {_GOES_ON} FROM f), false)" if items else ""  # noqa: S608
     selected = f"SELECT {GO}, {keys}"
     if items:
-        columns = ", ".join(f"i.{db.ops.quote_name(f.column)}" for f in _every(Execution))
+        columns = ", ".join(
+            f"i.{db.ops.quote_name(f.column)}" for f in Execution._meta.concrete_fields
+        )
         selected += (
             f", t.{pk_s}, {columns} FROM (VALUES (1)) AS one (o) "
             f"LEFT JOIN (i JOIN t ON t.{_column(db, TaskRun, 'execution')} = i.id) ON true"
@@ -180,11 +182,6 @@ _GOES_ON = (
     "WHEN f.tolerated_percent IS NOT NULL THEN f.failed * 100 > f.tolerated_percent * f.total "
     "ELSE f.failed > f.tolerated END"
 )
-
-
-@functools.cache
-def _every(model: Any) -> tuple[Field, ...]:
-    return tuple(model._meta.concrete_fields)
 
 
 def _fanout_lock(db: BaseDatabaseWrapper) -> str:
@@ -220,7 +217,7 @@ def _items_parts(db: BaseDatabaseWrapper) -> list[str]:
         f"{started} = LEAST(f.total, f.started + f.n) FROM f "
         f"WHERE {fanouts}.{_column(db, FanOut, 'step')} = f.k AND {GO})"
     )
-    every = ", ".join(f"{executions}.{quote(f.column)}" for f in _every(Execution))
+    every = ", ".join(f"{executions}.{quote(f.column)}" for f in Execution._meta.concrete_fields)
     begun = (
         f"i AS (UPDATE {executions} SET {status} = %s, "  # noqa: S608
         f"{_column(db, Execution, 'queued_at')} = %s, {_column(db, Execution, 'started_at')} = %s "
